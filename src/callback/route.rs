@@ -1,0 +1,152 @@
+//! `POST /callback`: verify the headers → bounded body → parse → ledger → queue → ack.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt as _;
+use serde_json::json;
+use tokio::sync::mpsc::error::TrySendError;
+
+use super::payload::Callback;
+use super::signature::SignatureError;
+use crate::clock::now_ms;
+use crate::ledger::Accepted;
+use crate::server::AppState;
+
+/// Largest callback body accepted (DESIGN §5).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+fn error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": message }))
+}
+
+/// One header's value: `Ok(None)` when absent, `Err` when repeated or not visible ASCII.
+fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, SignatureError> {
+    let mut values = headers.get_all(name);
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(SignatureError::Malformed);
+    }
+    first
+        .to_str()
+        .map(Some)
+        .map_err(|_| SignatureError::Malformed)
+}
+
+fn verify(state: &AppState, headers: &HeaderMap) -> Result<(), SignatureError> {
+    let timestamp = single_header(headers, "timestamp")?;
+    let sign = single_header(headers, "sign")?;
+    state.verifier.verify(timestamp, sign)
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::BytesMut, HttpResponse> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body larger than 64 KiB",
+        ));
+    }
+    let mut body = web::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "could not read the body"))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body larger than 64 KiB",
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The DingTalk robot callback (HTTP mode).
+pub async fn callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    // The signature is checked before a byte of the body is read.
+    if let Err(e) = verify(&state, req.headers()) {
+        tracing::info!(reason = e.reason(), "callback rejected: signature");
+        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    let body = match read_body(&req, payload).await {
+        Ok(b) => b,
+        Err(resp) => {
+            tracing::info!(status = resp.status().as_u16(), "callback rejected: body");
+            return resp;
+        }
+    };
+    let cb = match Callback::parse(&body) {
+        Ok(cb) => cb,
+        Err(e) => {
+            tracing::info!(error = %e, "callback rejected: payload");
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    let job = Accepted {
+        text: cb.text(),
+        msg_id: cb.msg_id,
+        received_ms: now_ms(),
+        conversation_id: cb.conversation_id,
+        conversation_type: cb.conversation_type,
+        conversation_title: cb.conversation_title,
+        sender_staff_id: cb.sender_staff_id,
+        sender_nick: cb.sender_nick,
+        sender_is_admin: cb.is_admin.unwrap_or(false),
+        msgtype: cb.msgtype,
+        session_webhook: cb.session_webhook,
+        session_expires_ms: cb.session_webhook_expired_time,
+    };
+    let span = tracing::info_span!("callback", msg_id = %job.msg_id, group = %job.conversation_id);
+    let _enter = span.enter();
+    let record = job.clone();
+    match state.ledger.call(move |l| l.accept(&record)).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!("duplicate callback ignored");
+            return ack();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ledger unavailable; callback refused");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ledger unavailable, retry later",
+            );
+        }
+    }
+    let msg_id = job.msg_id.clone();
+    match state.queue.try_send(job) {
+        Ok(()) => {
+            tracing::info!("callback accepted");
+            ack()
+        }
+        Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+            // Release the msgId so that a redelivery of this message can run.
+            let release = msg_id.clone();
+            if let Err(e) = state.ledger.call(move |l| l.release(&release)).await {
+                tracing::error!(error = %e, "could not release a refused command");
+            }
+            tracing::warn!("command queue full or closed; callback refused with 503");
+            error(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later")
+        }
+    }
+}
+
+fn ack() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "msgtype": "empty" }))
+}

@@ -1,0 +1,601 @@
+//! Settings: a TOML file plus `DINGOPS_*` environment variables (environment wins),
+//! validated at start. DESIGN §4 is the contract for the key names.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::{Host, Url};
+
+/// Every key the file and the environment may set, with its environment variable.
+/// A key in the file that is not here is an error, so typos do not pass silently.
+pub const KEYS: &[&str] = &[
+    "listen",
+    "app_key",
+    "app_secret",
+    "oapi_base",
+    "api_base",
+    "reply_hosts",
+    "admins",
+    "trust_is_admin",
+    "database",
+    "signature_window_secs",
+    "groups",
+    "command_concurrency",
+    "queue_capacity",
+    "upstream_timeout_ms",
+    "upstream_connect_timeout_ms",
+    "shutdown_grace_secs",
+    "api_calls_per_sec",
+    "retry_max_attempts",
+    "retry_base_ms",
+    "retry_deadline_ms",
+];
+
+/// Why the configuration was refused. Each variant names the key; none carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("configuration key `{key}` (env {env}) is required")]
+    Missing { key: &'static str, env: String },
+    #[error("configuration key `{key}` (env {env}): {reason}")]
+    Invalid {
+        key: &'static str,
+        env: String,
+        reason: String,
+    },
+    #[error("configuration file has unknown key `{0}`; known keys: {known}", known = KEYS.join(", "))]
+    UnknownKey(String),
+}
+
+/// The validated configuration of a dingops process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTP listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// AppKey / ClientID of the DingTalk app. Required.
+    pub app_key: String,
+    /// AppSecret: the callback signature key and the token credential. Required; never logged.
+    pub app_secret: SecretString,
+    /// Legacy API base (gettoken, topapi). Default `https://oapi.dingtalk.com`.
+    pub oapi_base: Url,
+    /// New API base (oauth2, im). Default `https://api.dingtalk.com`.
+    pub api_base: Url,
+    /// Hosts a sessionWebhook may point at. Default `oapi.dingtalk.com`.
+    pub reply_hosts: Vec<ReplyHost>,
+    /// staffIds allowed to run admin commands. Default empty.
+    pub admins: Vec<String>,
+    /// Treat the payload's `isAdmin: true` as admin. Default `true`.
+    pub trust_is_admin: bool,
+    /// SQLite file of the ledger and bindings. Default `dingops.db`.
+    pub database: PathBuf,
+    /// Accepted distance between the callback `timestamp` and our clock, in seconds. Default 3600.
+    pub signature_window_secs: u64,
+    /// Static bindings openConversationId → chatid. Default empty.
+    pub groups: BTreeMap<String, String>,
+    /// Commands executed at once (DingTalk calls plus reply). Default 8.
+    pub command_concurrency: usize,
+    /// Accepted commands waiting for a worker before callbacks get 503. Default 4096.
+    pub queue_capacity: usize,
+    /// Total time one outbound HTTP call may take, in milliseconds. Default 5000.
+    pub upstream_timeout_ms: u64,
+    /// Time to establish an outbound connection, in milliseconds. Default 2000.
+    pub upstream_connect_timeout_ms: u64,
+    /// How long a stop waits for in-flight commands, in seconds. Default 30.
+    pub shutdown_grace_secs: u64,
+    /// Calls per second per DingTalk API (DingTalk allows 20); 0 turns pacing off. Default 20.
+    pub api_calls_per_sec: u32,
+    /// Attempts per DingTalk call, the first included. Default 4.
+    pub retry_max_attempts: u32,
+    /// First backoff after a transient failure, doubled each time, in milliseconds. Default 200.
+    pub retry_base_ms: u64,
+    /// Total time one DingTalk call may take with its retries, in milliseconds. Default 30000.
+    pub retry_deadline_ms: u64,
+}
+
+/// One `host[:port]` entry of `reply_hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl ReplyHost {
+    fn parse(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.contains(['/', '@', '?', '#', ' ']) {
+            return Err(format!("`{entry}` is not host[:port]"));
+        }
+        let url = Url::parse(&format!("http://{entry}/"))
+            .map_err(|_| format!("`{entry}` is not host[:port]"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("`{entry}` has no host"))?
+            .to_ascii_lowercase();
+        // `Url` drops an explicit :80 for http; recover it from the text.
+        let port = url.port().or_else(|| entry.ends_with(":80").then_some(80));
+        Ok(Self { host, port })
+    }
+}
+
+/// Whether a sessionWebhook URL may be called under the `reply_hosts` allow-list:
+/// https (http only for loopback hosts), no user info, host and port on the list.
+pub fn reply_url_allowed(url: &Url, allowed: &[ReplyHost]) -> bool {
+    let loopback = match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => return false,
+    };
+    let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !scheme_ok || !url.username().is_empty() || url.password().is_some() {
+        return false;
+    }
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let Some(port) = url.port_or_known_default() else {
+        return false;
+    };
+    allowed.iter().any(|entry| {
+        entry.host.eq_ignore_ascii_case(host)
+            && match entry.port {
+                Some(p) => p == port,
+                None => url.port().is_none(),
+            }
+    })
+}
+
+/// Whether `s` looks like a legacy DingTalk chatid: 1–128 ASCII letters, digits, `-`, `_`.
+/// Anything else is refused before it reaches a URL path.
+pub fn is_valid_chatid(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn env_name(key: &str) -> String {
+    format!("DINGOPS_{}", key.to_ascii_uppercase())
+}
+
+/// One raw value with its origin, converted to a typed value with a message naming the key.
+enum Raw {
+    File(toml::Value),
+    Env(String),
+}
+
+struct Sources {
+    file: toml::Table,
+    env: HashMap<String, String>,
+}
+
+impl Sources {
+    fn raw(&self, key: &'static str) -> Option<Raw> {
+        if let Some(v) = self.env.get(&env_name(key)) {
+            return Some(Raw::Env(v.clone()));
+        }
+        self.file.get(key).cloned().map(Raw::File)
+    }
+
+    fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key,
+            env: env_name(key),
+            reason: reason.into(),
+        }
+    }
+
+    fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(Raw::Env(s)) => Ok(Some(s)),
+            Some(Raw::File(toml::Value::String(s))) => Ok(Some(s)),
+            Some(Raw::File(other)) => Err(Self::invalid(
+                key,
+                format!("expected a string, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn required(&self, key: &'static str) -> Result<String, ConfigError> {
+        match self.string(key)? {
+            Some(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            _ => Err(ConfigError::Missing {
+                key,
+                env: env_name(key),
+            }),
+        }
+    }
+
+    fn list(&self, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+        let items: Vec<String> = match self.raw(key) {
+            None => return Ok(None),
+            Some(Raw::Env(s)) | Some(Raw::File(toml::Value::String(s))) => {
+                s.split(',').map(str::to_owned).collect()
+            }
+            Some(Raw::File(toml::Value::Array(a))) => a
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s),
+                    other => Err(Self::invalid(
+                        key,
+                        format!("list items must be strings, found {}", other.type_str()),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Raw::File(other)) => {
+                return Err(Self::invalid(
+                    key,
+                    format!("expected a list of strings, found {}", other.type_str()),
+                ));
+            }
+        };
+        Ok(Some(
+            items
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ))
+    }
+
+    fn bool(&self, key: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(Raw::File(toml::Value::Boolean(b))) => Ok(b),
+            Some(Raw::Env(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(Self::invalid(key, "expected true or false")),
+            },
+            Some(Raw::File(other)) => Err(Self::invalid(
+                key,
+                format!("expected true or false, found {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn integer(
+        &self,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let value = match self.raw(key) {
+            None => return Ok(default),
+            Some(Raw::File(toml::Value::Integer(i))) => u64::try_from(i).ok(),
+            Some(Raw::Env(s)) => s.trim().parse::<u64>().ok(),
+            Some(Raw::File(_)) => None,
+        };
+        match value {
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            _ => Err(Self::invalid(
+                key,
+                format!("expected a whole number from {min} to {max}"),
+            )),
+        }
+    }
+
+    fn base_url(&self, key: &'static str, default: &str) -> Result<Url, ConfigError> {
+        let text = self.string(key)?.unwrap_or_else(|| default.to_owned());
+        let url =
+            Url::parse(text.trim()).map_err(|e| Self::invalid(key, format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Self::invalid(key, "expected an http(s) URL with a host"));
+        }
+        if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+            return Err(Self::invalid(key, "must not carry a query or user info"));
+        }
+        Ok(url)
+    }
+
+    fn groups(&self) -> Result<BTreeMap<String, String>, ConfigError> {
+        const KEY: &str = "groups";
+        let pairs: Vec<(String, String)> = match self.raw(KEY) {
+            None => Vec::new(),
+            Some(Raw::Env(s)) | Some(Raw::File(toml::Value::String(s))) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    // openConversationIds end in `=`, so split at the last one.
+                    pair.rsplit_once('=')
+                        .map(|(cid, chat)| (cid.trim().to_owned(), chat.trim().to_owned()))
+                        .ok_or_else(|| {
+                            Self::invalid(KEY, "expected cid=chatid pairs separated by commas")
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Raw::File(toml::Value::Table(t))) => t
+                .into_iter()
+                .map(|(cid, v)| match v {
+                    toml::Value::String(chat) => Ok((cid, chat)),
+                    other => Err(Self::invalid(
+                        KEY,
+                        format!(
+                            "the chatid of `{cid}` must be a string, found {}",
+                            other.type_str()
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(Raw::File(other)) => {
+                return Err(Self::invalid(
+                    KEY,
+                    format!(
+                        "expected a table of openConversationId = chatid, found {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        let mut groups = BTreeMap::new();
+        for (cid, chat) in pairs {
+            if cid.is_empty() || cid.len() > 256 {
+                return Err(Self::invalid(
+                    KEY,
+                    "an openConversationId is empty or too long",
+                ));
+            }
+            if !is_valid_chatid(&chat) {
+                return Err(Self::invalid(
+                    KEY,
+                    format!("`{chat}` (for `{cid}`) is not a chatid"),
+                ));
+            }
+            groups.insert(cid, chat);
+        }
+        Ok(groups)
+    }
+}
+
+impl Settings {
+    /// Loads the file at `path` (if any) and the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                path: p.to_owned(),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("DINGOPS_"))
+            .collect();
+        Self::from_sources(text.as_deref(), &env).map_err(|e| match (e, path) {
+            (ConfigError::File { reason, .. }, Some(p)) => ConfigError::File {
+                path: p.to_owned(),
+                reason,
+            },
+            (e, _) => e,
+        })
+    }
+
+    /// Builds settings from TOML text and an environment map; the environment wins.
+    pub fn from_sources(
+        toml_text: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file: toml::Table = match toml_text {
+            Some(text) => toml::from_str(text).map_err(|e| ConfigError::File {
+                path: PathBuf::from("<toml>"),
+                reason: e.message().to_owned(),
+            })?,
+            None => toml::Table::new(),
+        };
+        if let Some(unknown) = file.keys().find(|k| !KEYS.contains(&k.as_str())) {
+            return Err(ConfigError::UnknownKey(unknown.clone()));
+        }
+        let src = Sources {
+            file,
+            env: env.clone(),
+        };
+
+        let listen_text = src
+            .string("listen")?
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .trim()
+            .parse()
+            .map_err(|_| Sources::invalid("listen", format!("`{listen_text}` is not ip:port")))?;
+        let reply_hosts = src
+            .list("reply_hosts")?
+            .unwrap_or_else(|| vec!["oapi.dingtalk.com".into()])
+            .iter()
+            .map(|e| ReplyHost::parse(e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| Sources::invalid("reply_hosts", reason))?;
+        let database = src
+            .string("database")?
+            .unwrap_or_else(|| "dingops.db".into());
+        if database.trim().is_empty() {
+            return Err(Sources::invalid("database", "must not be empty"));
+        }
+
+        Ok(Self {
+            listen,
+            app_key: src.required("app_key")?,
+            app_secret: SecretString::from(src.required("app_secret")?),
+            oapi_base: src.base_url("oapi_base", "https://oapi.dingtalk.com")?,
+            api_base: src.base_url("api_base", "https://api.dingtalk.com")?,
+            reply_hosts,
+            admins: src.list("admins")?.unwrap_or_default(),
+            trust_is_admin: src.bool("trust_is_admin", true)?,
+            database: PathBuf::from(database.trim()),
+            signature_window_secs: src.integer("signature_window_secs", 3600, 1, 86_400)?,
+            groups: src.groups()?,
+            command_concurrency: src.integer("command_concurrency", 8, 1, 1024)? as usize,
+            queue_capacity: src.integer("queue_capacity", 4096, 1, 1_000_000)? as usize,
+            upstream_timeout_ms: src.integer("upstream_timeout_ms", 5000, 100, 600_000)?,
+            upstream_connect_timeout_ms: src.integer(
+                "upstream_connect_timeout_ms",
+                2000,
+                100,
+                600_000,
+            )?,
+            shutdown_grace_secs: src.integer("shutdown_grace_secs", 30, 0, 3600)?,
+            api_calls_per_sec: src.integer("api_calls_per_sec", 20, 0, 10_000)? as u32,
+            retry_max_attempts: src.integer("retry_max_attempts", 4, 1, 20)? as u32,
+            retry_base_ms: src.integer("retry_base_ms", 200, 1, 60_000)?,
+            retry_deadline_ms: src.integer("retry_deadline_ms", 30_000, 100, 3_600_000)?,
+        })
+    }
+
+    /// `upstream_timeout_ms` as a duration.
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_timeout_ms)
+    }
+
+    /// `upstream_connect_timeout_ms` as a duration.
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream_connect_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const MINIMAL: &str = "app_key = \"k\"\napp_secret = \"s\"\n";
+
+    #[test]
+    fn defaults_fill_every_optional_key() {
+        let s = Settings::from_sources(Some(MINIMAL), &env(&[])).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.oapi_base.as_str(), "https://oapi.dingtalk.com/");
+        assert_eq!(s.api_base.as_str(), "https://api.dingtalk.com/");
+        assert!(s.trust_is_admin);
+        assert_eq!(s.signature_window_secs, 3600);
+        assert_eq!(s.database, PathBuf::from("dingops.db"));
+        assert!(s.admins.is_empty() && s.groups.is_empty());
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let s = Settings::from_sources(
+            Some("app_key = \"file\"\napp_secret = \"s\"\nadmins = [\"a\"]\n"),
+            &env(&[("DINGOPS_APP_KEY", "env"), ("DINGOPS_ADMINS", "x, y,")]),
+        )
+        .unwrap();
+        assert_eq!(s.app_key, "env");
+        assert_eq!(s.admins, vec!["x", "y"]);
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_key_and_its_variable() {
+        let err = Settings::from_sources(Some("app_key = \"k\""), &env(&[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration key `app_secret` (env DINGOPS_APP_SECRET) is required"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key() {
+        let err = Settings::from_sources(
+            Some(MINIMAL),
+            &env(&[("DINGOPS_SIGNATURE_WINDOW_SECS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`signature_window_secs`"), "{err}");
+        let err =
+            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_TRUST_IS_ADMIN", "maybe")]))
+                .unwrap_err();
+        assert!(err.to_string().contains("`trust_is_admin`"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_refused() {
+        let err =
+            Settings::from_sources(Some("app_key=\"k\"\napp_secert=\"s\""), &env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key `app_secert`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn groups_from_the_environment_split_at_the_last_equals_sign() {
+        let s = Settings::from_sources(
+            Some(MINIMAL),
+            &env(&[("DINGOPS_GROUPS", "cidAAA===chat1, cidBB=chat2")]),
+        )
+        .unwrap();
+        assert_eq!(s.groups.get("cidAAA=="), Some(&"chat1".to_string()));
+        assert_eq!(s.groups.get("cidBB"), Some(&"chat2".to_string()));
+    }
+
+    #[test]
+    fn groups_from_the_file_are_a_table() {
+        let s = Settings::from_sources(
+            Some("app_key=\"k\"\napp_secret=\"s\"\n[groups]\n\"cidX==\" = \"chatX\"\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.groups.get("cidX=="), Some(&"chatX".to_string()));
+    }
+
+    #[test]
+    fn debug_output_redacts_the_secret() {
+        let s = Settings::from_sources(
+            Some("app_key=\"k\"\napp_secret=\"hunter2-secret\""),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.app_secret.expose_secret(), "hunter2-secret");
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+    }
+
+    fn allowed(url: &str, hosts: &[&str]) -> bool {
+        let hosts: Vec<ReplyHost> = hosts.iter().map(|h| ReplyHost::parse(h).unwrap()).collect();
+        reply_url_allowed(&Url::parse(url).unwrap(), &hosts)
+    }
+
+    #[test]
+    fn reply_urls_need_https_an_allowed_host_and_port() {
+        assert!(allowed(
+            "https://oapi.dingtalk.com/robot/sendBySession?session=x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "http://oapi.dingtalk.com/robot/sendBySession",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "https://evil.example/robot",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "https://oapi.dingtalk.com:8443/x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "https://user:pw@oapi.dingtalk.com/x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "https://oapi.dingtalk.com.evil.example/x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(allowed("http://127.0.0.1:9000/x", &["127.0.0.1:9000"]));
+        assert!(!allowed("http://127.0.0.1:9001/x", &["127.0.0.1:9000"]));
+        assert!(!allowed("http://10.0.0.1:9000/x", &["10.0.0.1:9000"]));
+        assert!(!allowed(
+            "ftp://oapi.dingtalk.com/x",
+            &["oapi.dingtalk.com"]
+        ));
+    }
+}

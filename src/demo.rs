@@ -1,0 +1,417 @@
+//! `dingops demo`: the built-in simulator and the real server on loopback, a scripted group
+//! conversation, printed as a chat transcript. Success only when every step behaved.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::config::Settings;
+use crate::server::{Application, RunOptions};
+use crate::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use crate::sim::{SimConfig, Simulator, api};
+
+const GROUP_CID: &str = "cidDemoGroupQ2hhdE9wcw==";
+const GROUP_CHATID: &str = "chatdemo0a1b2c3d";
+const OTHER_CID: &str = "cidOtherGroupT3RoZXI=";
+const OTHER_CHATID: &str = "chatother9f8e7d6c";
+
+/// What a step must produce.
+enum Expect {
+    /// HTTP 200 and a reply starting with this mark that contains `contains`.
+    Reply {
+        mark: &'static str,
+        contains: &'static str,
+    },
+    /// This HTTP status and no reply.
+    Rejected { status: u16 },
+    /// HTTP 200 and no reply: a redelivery.
+    Duplicate,
+}
+
+struct Step {
+    who: &'static str,
+    text: &'static str,
+    /// Sign with a wrong secret.
+    forged: bool,
+    /// Resend the body of the previous step.
+    redeliver: bool,
+    expect: Expect,
+    /// Expected DM switch of the demo group in the simulator after the step.
+    dm_after: Option<bool>,
+}
+
+fn script() -> Vec<Step> {
+    let step = |who, text, expect, dm_after| Step {
+        who,
+        text,
+        forged: false,
+        redeliver: false,
+        expect,
+        dm_after,
+    };
+    vec![
+        step(
+            "alice",
+            "/help",
+            Expect::Reply {
+                mark: "ℹ️",
+                contains: "/lock-dm",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "/lock-dm",
+            Expect::Reply {
+                mark: "⛔",
+                contains: "/bind",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "/bind chatother9f8e7d6c",
+            Expect::Reply {
+                mark: "⛔",
+                contains: "another group",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "/bind chatdemo0a1b2c3d",
+            Expect::Reply {
+                mark: "✅",
+                contains: "bound",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "/lock-dm",
+            Expect::Reply {
+                mark: "✅",
+                contains: "forbidden",
+            },
+            Some(true),
+        ),
+        step(
+            "bob",
+            "/unlock-dm",
+            Expect::Reply {
+                mark: "⛔",
+                contains: "admins only",
+            },
+            Some(true),
+        ),
+        step(
+            "bob",
+            "/dm-status",
+            Expect::Reply {
+                mark: "ℹ️",
+                contains: "forbidden",
+            },
+            Some(true),
+        ),
+        step(
+            "alice",
+            "/unlock-dm",
+            Expect::Reply {
+                mark: "✅",
+                contains: "allowed again",
+            },
+            Some(false),
+        ),
+        Step {
+            redeliver: true,
+            ..step("alice", "/unlock-dm", Expect::Duplicate, Some(false))
+        },
+        Step {
+            forged: true,
+            ..step(
+                "mallory",
+                "/lock-dm",
+                Expect::Rejected { status: 401 },
+                Some(false),
+            )
+        },
+        step(
+            "bob",
+            "/私聊状态",
+            Expect::Reply {
+                mark: "ℹ️",
+                contains: "allowed",
+            },
+            Some(false),
+        ),
+    ]
+}
+
+fn clock() -> String {
+    let t = crate::clock::format_ms(crate::clock::now_ms());
+    t.get(11..19).unwrap_or(&t).to_owned()
+}
+
+fn describe_call(call: &crate::sim::RecordedCall) -> String {
+    let what = match call.api.as_str() {
+        api::FRIEND_SWITCH => format!(
+            "friendswitch/update chatid={} is_prohibit={}",
+            call.body
+                .get("chatid")
+                .and_then(Value::as_str)
+                .unwrap_or("?"),
+            call.body
+                .get("is_prohibit")
+                .map_or("?".into(), Value::to_string)
+        ),
+        api::CONVERT => format!(
+            "convertToOpenConversationId chatId={}",
+            call.body.as_str().unwrap_or("?")
+        ),
+        api::GET_TOKEN => "gettoken".into(),
+        api::ACCESS_TOKEN => "oauth2/accessToken".into(),
+        other => other.into(),
+    };
+    let answer = if call.answer == 0 {
+        "ok".to_owned()
+    } else {
+        format!("error {}", call.answer)
+    };
+    format!("{what} → {answer}")
+}
+
+/// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
+pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
+    let sim_config = SimConfig::default();
+    let sim = Simulator::start(sim_config.clone(), TcpListener::bind("127.0.0.1:0")?)?;
+    sim.add_group(GROUP_CID, GROUP_CHATID, "dingops demo group");
+    sim.add_group(OTHER_CID, OTHER_CHATID, "another group");
+
+    let dir = std::env::temp_dir().join(format!(
+        "dingops-demo-{}-{}",
+        std::process::id(),
+        new_msg_id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let env: HashMap<String, String> = [
+        ("DINGOPS_APP_KEY", sim_config.app_key.clone()),
+        ("DINGOPS_APP_SECRET", sim_config.app_secret.clone()),
+        ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
+        ("DINGOPS_OAPI_BASE", sim.url().to_owned()),
+        ("DINGOPS_API_BASE", sim.url().to_owned()),
+        ("DINGOPS_REPLY_HOSTS", sim.host_port().to_owned()),
+        ("DINGOPS_ADMINS", "manager01".into()),
+        ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
+        (
+            "DINGOPS_DATABASE",
+            dir.join("demo.db").display().to_string(),
+        ),
+        ("DINGOPS_SHUTDOWN_GRACE_SECS", "5".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = Settings::from_sources(None, &env)?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let app = Application::build_with_listener(
+        settings,
+        listener,
+        RunOptions {
+            handle_signals: false,
+            http_workers: 1,
+        },
+    )
+    .await?;
+    let bot_url = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let running = tokio::spawn(app.run_until_stopped());
+
+    let result = play(out, &sim, &bot_url, &sim_config).await;
+
+    handle.stop(true).await;
+    let _ = running.await;
+    sim.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn play(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    bot_url: &str,
+    cfg: &SimConfig,
+) -> anyhow::Result<bool> {
+    let people: HashMap<&str, (Member, &str)> = [
+        (
+            "alice",
+            (
+                Member::new("manager01", "Alice", true),
+                "group admin, on the dingops admin list",
+            ),
+        ),
+        ("bob", (Member::new("member01", "Bob", false), "member")),
+        (
+            "mallory",
+            (
+                Member::new("intruder", "Mallory", true),
+                "forges the signature",
+            ),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let (webhook, expires) = sim.open_session(GROUP_CID, Duration::from_secs(90 * 60));
+    let chat = Chat {
+        open_conversation_id: GROUP_CID.into(),
+        title: "dingops demo group".into(),
+        conversation_type: "2".into(),
+        session_webhook: webhook,
+        session_expires_ms: expires,
+    };
+    let sender = CallbackSender::new(bot_url, SecretString::from(cfg.app_secret.clone()));
+    let forger = CallbackSender::new(bot_url, SecretString::from("a guessed secret".to_owned()));
+
+    writeln!(
+        out,
+        "dingops demo: the real dingops server and a simulated DingTalk, both on loopback"
+    )?;
+    writeln!(out, "  DingTalk simulator  {}", sim.url())?;
+    writeln!(out, "  dingops             {bot_url}  (POST /callback)")?;
+    writeln!(
+        out,
+        "  group \"{}\"  openConversationId {GROUP_CID}  chatid {GROUP_CHATID}",
+        chat.title
+    )?;
+    writeln!(out, "  private chat in the group right now: allowed")?;
+    writeln!(out)?;
+
+    let steps = script();
+    let total = steps.len();
+    let mut passed = 0;
+    let mut last_body: Option<Value> = None;
+    for step in steps {
+        let (member, role) = &people[step.who];
+        let body = match (&last_body, step.redeliver) {
+            (Some(b), true) => b.clone(),
+            _ => text_message(&new_msg_id(), &chat, member, step.text),
+        };
+        let replies_before = sim.replies().len();
+        let calls_before = sim.calls(None).len();
+        let label = if step.redeliver {
+            format!("(DingTalk redelivers {}'s last message)", member.nick)
+        } else {
+            format!("{} ({}, {role})", member.nick, member.staff_id)
+        };
+        writeln!(out, "[{}] {label}: @dingops {}", clock(), step.text)?;
+        let (status, _) = if step.forged {
+            let (ts, sign) = forger.signed_headers();
+            forger
+                .send_raw(body.to_string().into_bytes(), Some(&ts), Some(&sign))
+                .await?
+        } else {
+            sender.send(&body).await?
+        };
+        last_body = Some(body);
+
+        let mut problems = Vec::new();
+        let wanted_reply = matches!(step.expect, Expect::Reply { .. });
+        let replies = if wanted_reply {
+            sim.wait_for_replies(replies_before + 1, Duration::from_secs(10))
+                .await
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sim.replies()
+        };
+        let new_replies = &replies[replies_before.min(replies.len())..];
+        let calls: Vec<_> = sim.calls(None).into_iter().skip(calls_before).collect();
+        for call in calls.iter().filter(|c| c.api != api::SEND_BY_SESSION) {
+            writeln!(out, "           ↳ DingTalk API: {}", describe_call(call))?;
+        }
+        for r in new_replies {
+            let mut lines = r.content.lines();
+            writeln!(out, "[{}] dingops: {}", clock(), lines.next().unwrap_or(""))?;
+            for l in lines {
+                writeln!(out, "           {l}")?;
+            }
+        }
+        match step.expect {
+            Expect::Reply { mark, contains } => {
+                if status != 200 {
+                    problems.push(format!("HTTP {status}, expected 200"));
+                }
+                match new_replies {
+                    [r] => {
+                        if !r.content.starts_with(mark) {
+                            problems.push(format!("reply should start with {mark}"));
+                        }
+                        if !r.content.contains(contains) {
+                            problems.push(format!("reply should mention \"{contains}\""));
+                        }
+                        if !r.at_user_ids.contains(&member.staff_id)
+                            || !r.content.contains(&format!("@{}", member.staff_id))
+                        {
+                            problems.push("reply should @-mention the sender".into());
+                        }
+                    }
+                    other => problems.push(format!("expected one reply, got {}", other.len())),
+                }
+            }
+            Expect::Rejected { status: want } => {
+                writeln!(out, "           ↳ dingops answered HTTP {status}")?;
+                if status != want {
+                    problems.push(format!("HTTP {status}, expected {want}"));
+                }
+                if !new_replies.is_empty() || !calls.is_empty() {
+                    problems.push("nothing should have been sent to DingTalk".into());
+                }
+            }
+            Expect::Duplicate => {
+                writeln!(
+                    out,
+                    "           ↳ dingops answered HTTP {status} and ignored the duplicate msgId"
+                )?;
+                if status != 200 {
+                    problems.push(format!("HTTP {status}, expected 200"));
+                }
+                if !new_replies.is_empty() || !calls.is_empty() {
+                    problems.push("a redelivered message must not run again".into());
+                }
+            }
+        }
+        if let Some(want) = step.dm_after {
+            let now = sim.group(GROUP_CID).map(|g| g.dm_prohibited);
+            if now != Some(want) {
+                problems.push(format!(
+                    "private chat should be {} in DingTalk",
+                    if want { "forbidden" } else { "allowed" }
+                ));
+            }
+        }
+        if problems.is_empty() {
+            passed += 1;
+            writeln!(out, "           ✔ as expected")?;
+        } else {
+            for p in &problems {
+                writeln!(out, "           ✘ {p}")?;
+            }
+        }
+        writeln!(out)?;
+    }
+    let state = sim.group(GROUP_CID).map(|g| g.dm_prohibited);
+    writeln!(
+        out,
+        "Private chat in \"{}\" is now {} in (simulated) DingTalk.",
+        chat.title,
+        if state == Some(true) {
+            "forbidden"
+        } else {
+            "allowed"
+        }
+    )?;
+    writeln!(out, "Summary: {passed} of {total} steps behaved.")?;
+    Ok(passed == total)
+}

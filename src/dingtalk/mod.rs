@@ -1,0 +1,494 @@
+//! The DingTalk API client: tokens, the group APIs dingops drives, and replies.
+//!
+//! Every call goes through one path ([`DingTalk::call`]) that applies the per-API rate
+//! limit, the retry policy and token invalidation, so each API function only describes its
+//! request and how to read the answer.
+
+pub mod error;
+pub mod token;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rand::RngExt as _;
+use reqwest::{Method, RequestBuilder, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use url::Url;
+
+pub use error::{ApiError, ErrorClass};
+use token::TokenCache;
+
+use crate::config::Settings;
+
+/// Largest answer body read from DingTalk; anything bigger is an error.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// The DingTalk APIs dingops calls; each has its own rate limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    GetToken,
+    AccessToken,
+    FriendSwitch,
+    ConvertChatId,
+    SendBySession,
+}
+
+impl Api {
+    pub const ALL: [Api; 5] = [
+        Api::GetToken,
+        Api::AccessToken,
+        Api::FriendSwitch,
+        Api::ConvertChatId,
+        Api::SendBySession,
+    ];
+
+    /// A stable name for logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::GetToken => "gettoken",
+            Api::AccessToken => "oauth2_access_token",
+            Api::FriendSwitch => "friendswitch_update",
+            Api::ConvertChatId => "convert_to_open_conversation_id",
+            Api::SendBySession => "send_by_session",
+        }
+    }
+
+    /// Whether repeating the call after an unclear failure (timeout, broken connection)
+    /// is harmless. A reply is not: DingTalk may already have posted it.
+    fn idempotent(self) -> bool {
+        !matches!(self, Api::SendBySession)
+    }
+}
+
+/// Which token an API takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    /// `?access_token=` on oapi.
+    Legacy,
+    /// `x-acs-dingtalk-access-token` on api.
+    Modern,
+}
+
+/// Retry and pacing settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Calls per second per API; 0 disables the limiter.
+    pub calls_per_sec: u32,
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub deadline: Duration,
+}
+
+impl ClientOptions {
+    pub fn from_settings(s: &Settings) -> Self {
+        Self {
+            timeout: s.upstream_timeout(),
+            connect_timeout: s.upstream_connect_timeout(),
+            calls_per_sec: s.api_calls_per_sec,
+            max_attempts: s.retry_max_attempts,
+            base_backoff: Duration::from_millis(s.retry_base_ms),
+            deadline: Duration::from_millis(s.retry_deadline_ms),
+        }
+    }
+}
+
+/// Spaces calls to one API evenly. It keeps 10% headroom below the configured rate so that
+/// network jitter cannot push DingTalk's per-second count over the limit.
+struct Limiter {
+    interval: Duration,
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Limiter {
+    fn new(calls_per_sec: u32) -> Option<Self> {
+        (calls_per_sec > 0).then(|| Self {
+            interval: Duration::from_micros(1_100_000 / u64::from(calls_per_sec)),
+            next: std::sync::Mutex::new(Instant::now()),
+        })
+    }
+
+    async fn acquire(&self) {
+        let slot = {
+            let mut next = match self.next.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// The DingTalk client of one app.
+pub struct DingTalk {
+    http: reqwest::Client,
+    oapi_base: String,
+    api_base: String,
+    app_key: String,
+    app_secret: SecretString,
+    legacy: TokenCache,
+    modern: TokenCache,
+    limiters: HashMap<Api, Limiter>,
+    options: ClientOptions,
+}
+
+impl std::fmt::Debug for DingTalk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DingTalk")
+            .field("oapi_base", &self.oapi_base)
+            .field("api_base", &self.api_base)
+            .field("app_key", &self.app_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a transport error without its URL: a legacy URL carries the access token.
+fn transport(e: reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        ApiError::Timeout
+    } else if e.is_connect() {
+        ApiError::Connect
+    } else {
+        ApiError::Transport(e.without_url().to_string())
+    }
+}
+
+async fn read_body(mut resp: Response) -> Result<(u16, Value), ApiError> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ApiError::Decode(format!(
+                "answer larger than {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((status, Value::Null));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(v) => Ok((status, v)),
+        Err(_) if status >= 400 => Ok((status, Value::Null)),
+        Err(e) => Err(ApiError::Decode(format!(
+            "HTTP {status}, body is not JSON: {e}"
+        ))),
+    }
+}
+
+/// Reads a legacy answer: success needs HTTP 2xx and `errcode == 0` (and `success` true
+/// where the API sends it).
+fn legacy_outcome(status: u16, v: &Value) -> Result<(), ApiError> {
+    if let Some(errcode) = v.get("errcode").and_then(Value::as_i64)
+        && errcode != 0
+    {
+        return Err(ApiError::Code {
+            errcode,
+            errmsg: v
+                .get("errmsg")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(status_error(status, v));
+    }
+    match v.get("errcode").and_then(Value::as_i64) {
+        Some(0) => {}
+        _ => {
+            return Err(ApiError::Decode(format!(
+                "HTTP {status} without an errcode"
+            )));
+        }
+    }
+    if v.get("success").is_some_and(|s| s != &Value::Bool(true)) {
+        return Err(ApiError::Code {
+            errcode: 0,
+            errmsg: "success was not true".into(),
+        });
+    }
+    Ok(())
+}
+
+fn status_error(status: u16, v: &Value) -> ApiError {
+    ApiError::Status {
+        status,
+        code: v
+            .get("code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        message: v
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    }
+}
+
+fn join(base: &str, path: &str) -> Result<Url, ApiError> {
+    Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
+        .map_err(|e| ApiError::Decode(format!("bad URL for {path}: {e}")))
+}
+
+impl DingTalk {
+    /// A client for the app in `settings`.
+    pub fn new(settings: &Settings) -> Result<Self, ApiError> {
+        let options = ClientOptions::from_settings(settings);
+        let http = reqwest::Client::builder()
+            .timeout(options.timeout)
+            .connect_timeout(options.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("dingops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        let limiters = Api::ALL
+            .into_iter()
+            .filter_map(|api| Limiter::new(options.calls_per_sec).map(|l| (api, l)))
+            .collect();
+        Ok(Self {
+            http,
+            oapi_base: settings.oapi_base.to_string(),
+            api_base: settings.api_base.to_string(),
+            app_key: settings.app_key.clone(),
+            app_secret: settings.app_secret.clone(),
+            legacy: TokenCache::default(),
+            modern: TokenCache::default(),
+            limiters,
+            options,
+        })
+    }
+
+    fn cache(&self, kind: TokenKind) -> &TokenCache {
+        match kind {
+            TokenKind::Legacy => &self.legacy,
+            TokenKind::Modern => &self.modern,
+        }
+    }
+
+    /// Runs one API call with pacing, retries and (for `token`) the token's invalidation.
+    async fn call<T, F, Fut>(
+        &self,
+        api: Api,
+        token: Option<TokenKind>,
+        op: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(Option<SecretString>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let deadline = Instant::now() + self.options.deadline;
+        let mut attempt: u32 = 0;
+        let mut token_refreshed = false;
+        loop {
+            let tok = match token {
+                // Boxed: fetching a token is itself a `call`.
+                Some(kind) => Some(Box::pin(self.token(kind)).await?),
+                None => None,
+            };
+            if let Some(l) = self.limiters.get(&api) {
+                l.acquire().await;
+            }
+            let started = std::time::Instant::now();
+            let result = op(tok.clone()).await;
+            let elapsed_ms = started.elapsed().as_millis();
+            let err = match result {
+                Ok(v) => {
+                    tracing::debug!(api = api.name(), elapsed_ms, "DingTalk call succeeded");
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            attempt += 1;
+            tracing::warn!(api = api.name(), attempt, elapsed_ms, error = %err.short(), "DingTalk call failed");
+            let wait = match err.class() {
+                ErrorClass::TokenRejected if !token_refreshed => {
+                    if let (Some(kind), Some(stale)) = (token, tok.as_ref()) {
+                        self.cache(kind).invalidate(stale).await;
+                    }
+                    token_refreshed = true;
+                    Duration::ZERO
+                }
+                ErrorClass::RateLimited => {
+                    Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(5) - 1)
+                }
+                ErrorClass::Transient if api.idempotent() || matches!(err, ApiError::Connect) => {
+                    let base = self.options.base_backoff * 2u32.saturating_pow(attempt.min(10) - 1);
+                    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 2 + 1);
+                    base + Duration::from_millis(jitter)
+                }
+                _ => return Err(err),
+            };
+            if attempt >= self.options.max_attempts || Instant::now() + wait > deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A valid token of `kind`, from the cache or fetched once for all waiting callers.
+    async fn token(&self, kind: TokenKind) -> Result<SecretString, ApiError> {
+        match kind {
+            TokenKind::Legacy => self.legacy.get(|| self.fetch_legacy_token()).await,
+            TokenKind::Modern => self.modern.get(|| self.fetch_modern_token()).await,
+        }
+    }
+
+    async fn fetch_legacy_token(&self) -> Result<(SecretString, i64), ApiError> {
+        self.call(Api::GetToken, None, |_| async {
+            let mut url = join(&self.oapi_base, "/gettoken")?;
+            url.query_pairs_mut()
+                .append_pair("appkey", &self.app_key)
+                .append_pair("appsecret", self.app_secret.expose_secret());
+            let resp = self.http.get(url).send().await.map_err(transport)?;
+            let (status, v) = read_body(resp).await?;
+            legacy_outcome(status, &v).map_err(credentials_error)?;
+            let token = v
+                .get("access_token")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| ApiError::Decode("gettoken answer without access_token".into()))?;
+            let ttl = v.get("expires_in").and_then(Value::as_i64).unwrap_or(0);
+            Ok((SecretString::from(token.to_owned()), ttl))
+        })
+        .await
+    }
+
+    async fn fetch_modern_token(&self) -> Result<(SecretString, i64), ApiError> {
+        self.call(Api::AccessToken, None, |_| async {
+            let url = join(&self.api_base, "/v1.0/oauth2/accessToken")?;
+            let body =
+                json!({"appKey": self.app_key, "appSecret": self.app_secret.expose_secret()});
+            let resp = self
+                .http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(transport)?;
+            let (status, v) = read_body(resp).await?;
+            if !(200..300).contains(&status) {
+                return Err(credentials_error(status_error(status, &v)));
+            }
+            let token = v
+                .get("accessToken")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| ApiError::Decode("accessToken answer without accessToken".into()))?;
+            let ttl = v.get("expireIn").and_then(Value::as_i64).unwrap_or(0);
+            Ok((SecretString::from(token.to_owned()), ttl))
+        })
+        .await
+    }
+
+    /// Fetches both tokens now (for `dingops check`).
+    pub async fn check_tokens(&self) -> (Result<(), ApiError>, Result<(), ApiError>) {
+        (
+            self.token(TokenKind::Legacy).await.map(|_| ()),
+            self.token(TokenKind::Modern).await.map(|_| ()),
+        )
+    }
+
+    fn modern_request(
+        &self,
+        method: Method,
+        path: &str,
+        token: &Option<SecretString>,
+    ) -> Result<RequestBuilder, ApiError> {
+        let url = join(&self.api_base, path)?;
+        let mut req = self.http.request(method, url);
+        if let Some(t) = token {
+            req = req.header("x-acs-dingtalk-access-token", t.expose_secret());
+        }
+        Ok(req)
+    }
+
+    /// `friendswitch/update`: forbids (`prohibit = true`) or allows private chat between the
+    /// members of the group `chatid`.
+    #[tracing::instrument(skip(self), fields(chatid = %chatid))]
+    pub async fn set_friend_switch(&self, chatid: &str, prohibit: bool) -> Result<(), ApiError> {
+        self.call(
+            Api::FriendSwitch,
+            Some(TokenKind::Legacy),
+            |tok| async move {
+                let mut url = join(&self.oapi_base, "/topapi/chat/member/friendswitch/update")?;
+                if let Some(t) = &tok {
+                    url.query_pairs_mut()
+                        .append_pair("access_token", t.expose_secret());
+                }
+                let body = json!({"chatid": chatid, "is_prohibit": prohibit});
+                let resp = self
+                    .http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(transport)?;
+                let (status, v) = read_body(resp).await?;
+                legacy_outcome(status, &v)
+            },
+        )
+        .await
+    }
+
+    /// `convertToOpenConversationId`: the openConversationId of the group `chatid`.
+    #[tracing::instrument(skip(self), fields(chatid = %chatid))]
+    pub async fn open_conversation_id(&self, chatid: &str) -> Result<String, ApiError> {
+        if !crate::config::is_valid_chatid(chatid) {
+            return Err(ApiError::Decode("not a chatid".into()));
+        }
+        let path = format!("/v1.0/im/chat/{chatid}/convertToOpenConversationId");
+        self.call(Api::ConvertChatId, Some(TokenKind::Modern), |tok| {
+            let path = path.clone();
+            async move {
+                let resp = self
+                    .modern_request(Method::POST, &path, &tok)?
+                    .send()
+                    .await
+                    .map_err(transport)?;
+                let (status, v) = read_body(resp).await?;
+                if !(200..300).contains(&status) {
+                    return Err(status_error(status, &v));
+                }
+                v.get("openConversationId")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::Decode("answer without openConversationId".into()))
+            }
+        })
+        .await
+    }
+
+    /// Posts `message` to a sessionWebhook (already checked against `reply_hosts`).
+    pub async fn send_by_session(&self, webhook: &Url, message: &Value) -> Result<(), ApiError> {
+        self.call(Api::SendBySession, None, |_| async {
+            let resp = self
+                .http
+                .post(webhook.clone())
+                .json(message)
+                .send()
+                .await
+                .map_err(transport)?;
+            let (status, v) = read_body(resp).await?;
+            legacy_outcome(status, &v)
+        })
+        .await
+    }
+}
+
+/// A refused token request means the credentials are wrong: not worth a retry.
+fn credentials_error(e: ApiError) -> ApiError {
+    match e.class() {
+        ErrorClass::Transient | ErrorClass::RateLimited => e,
+        _ => ApiError::Credentials(e.short()),
+    }
+}

@@ -1,0 +1,570 @@
+//! The ledger (DESIGN §8): one table of commands keyed by `msgId` for dedupe, audit, state
+//! and resumption; one table of bindings; one of the last DM state per group.
+//!
+//! The trait is synchronous and small so that another store (PostgreSQL) can back several
+//! replicas later; async callers go through [`LedgerHandle`], which runs calls on the
+//! blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::callback::payload::SessionWebhook;
+
+/// A ledger failure. The text names the operation, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {op}: {source}")]
+    Sqlite {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger lock poisoned")]
+    Poisoned,
+    #[error("ledger task failed: {0}")]
+    Join(String),
+}
+
+fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
+    move |source| LedgerError::Sqlite { op, source }
+}
+
+/// A command accepted from a callback, everything needed to run it (again, after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub msg_id: String,
+    pub received_ms: u64,
+    pub conversation_id: String,
+    pub conversation_type: String,
+    pub conversation_title: Option<String>,
+    pub sender_staff_id: Option<String>,
+    pub sender_nick: Option<String>,
+    pub sender_is_admin: bool,
+    pub msgtype: String,
+    /// Trimmed text, `None` for non-text messages.
+    pub text: Option<String>,
+    pub session_webhook: SessionWebhook,
+    pub session_expires_ms: Option<u64>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The change was made.
+    Ok,
+    /// Information was given (help, status, hints).
+    Info,
+    /// Refused without calling DingTalk's group APIs (not allowed, not bound, wrong group).
+    Refused,
+    /// DingTalk answered with an error, or could not be reached.
+    Failed,
+}
+
+impl Outcome {
+    /// The status mark a chat reply starts with.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Outcome::Ok => "✅",
+            Outcome::Info => "ℹ️",
+            Outcome::Refused => "⛔",
+            Outcome::Failed => "❌",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Info => "info",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// The audit record of a finished command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// The command's name (`/lock-dm`), or `-` when the text was not a command.
+    pub command: String,
+    pub outcome: Outcome,
+    pub errcode: Option<i64>,
+    /// A short, secret-free explanation.
+    pub detail: String,
+    /// How the reply went: `delivered`, `expired`, `host-not-allowed`, `failed`.
+    pub reply: String,
+    pub finished_ms: u64,
+}
+
+/// A stored binding openConversationId → chatid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub conversation_id: String,
+    pub chat_id: String,
+    pub bound_by: String,
+    pub bound_ms: u64,
+}
+
+/// The private-chat state dingops last set in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmState {
+    pub prohibited: bool,
+    pub set_by: String,
+    pub set_by_nick: Option<String>,
+    pub set_ms: u64,
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub msg_id: String,
+    pub received_ms: u64,
+    pub conversation_id: String,
+    pub sender_staff_id: Option<String>,
+    pub sender_nick: Option<String>,
+    pub text: Option<String>,
+    pub command: Option<String>,
+    pub status: String,
+    pub result: Option<String>,
+    pub errcode: Option<i64>,
+    pub detail: Option<String>,
+    pub reply: Option<String>,
+    pub finished_ms: Option<u64>,
+}
+
+/// The store behind dedupe, audit, bindings and state.
+pub trait Ledger: Send + Sync + 'static {
+    /// Records an accepted command unless its `msg_id` is known; `true` when it was new.
+    fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError>;
+    /// Forgets an accepted command that could not be queued, so a redelivery can run it.
+    fn release(&self, msg_id: &str) -> Result<(), LedgerError>;
+    /// Records how a command ended and drops its stored reply URL.
+    fn finish(&self, msg_id: &str, finished: &Finished) -> Result<(), LedgerError>;
+    /// Accepted commands that never finished, oldest first.
+    fn unfinished(&self) -> Result<Vec<Accepted>, LedgerError>;
+    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
+    fn bind(&self, binding: &Binding) -> Result<(), LedgerError>;
+    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
+    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError>;
+    /// Audit rows, newest first, optionally for one group and since a time.
+    fn history(
+        &self,
+        conversation_id: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, LedgerError>;
+    /// Proves the store answers.
+    fn ping(&self) -> Result<(), LedgerError>;
+}
+
+/// The SQLite ledger (WAL journal).
+pub struct SqliteLedger {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS commands (
+    msg_id              TEXT PRIMARY KEY,
+    received_ms         INTEGER NOT NULL,
+    conversation_id     TEXT NOT NULL,
+    conversation_type   TEXT NOT NULL,
+    conversation_title  TEXT,
+    sender_staff_id     TEXT,
+    sender_nick         TEXT,
+    sender_is_admin     INTEGER NOT NULL,
+    msgtype             TEXT NOT NULL,
+    text                TEXT,
+    session_webhook     TEXT,
+    session_expires_ms  INTEGER,
+    status              TEXT NOT NULL,
+    command             TEXT,
+    result              TEXT,
+    errcode             INTEGER,
+    detail              TEXT,
+    reply               TEXT,
+    finished_ms         INTEGER
+);
+CREATE INDEX IF NOT EXISTS commands_unfinished ON commands(status, received_ms);
+CREATE INDEX IF NOT EXISTS commands_group ON commands(conversation_id, received_ms);
+CREATE TABLE IF NOT EXISTS bindings (
+    conversation_id TEXT PRIMARY KEY,
+    chat_id         TEXT NOT NULL,
+    bound_by        TEXT NOT NULL,
+    bound_ms        INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dm_state (
+    conversation_id TEXT PRIMARY KEY,
+    prohibited      INTEGER NOT NULL,
+    set_by          TEXT NOT NULL,
+    set_by_nick     TEXT,
+    set_ms          INTEGER NOT NULL
+);
+";
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteLedger {
+    /// Opens (creating if needed) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let conn = Connection::open(path).map_err(sql("open"))?;
+        // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
+        // the last transactions.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(sql("configure"))?;
+        conn.execute_batch(SCHEMA).map_err(sql("migrate"))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
+        f(&conn)
+    }
+}
+
+fn accepted_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Accepted> {
+    Ok(Accepted {
+        msg_id: row.get(0)?,
+        received_ms: to_u64(row.get(1)?),
+        conversation_id: row.get(2)?,
+        conversation_type: row.get(3)?,
+        conversation_title: row.get(4)?,
+        sender_staff_id: row.get(5)?,
+        sender_nick: row.get(6)?,
+        sender_is_admin: row.get::<_, i64>(7)? != 0,
+        msgtype: row.get(8)?,
+        text: row.get(9)?,
+        session_webhook: SessionWebhook::new(row.get::<_, Option<String>>(10)?.unwrap_or_default()),
+        session_expires_ms: row.get::<_, Option<i64>>(11)?.map(to_u64),
+    })
+}
+
+impl Ledger for SqliteLedger {
+    fn accept(&self, c: &Accepted) -> Result<bool, LedgerError> {
+        self.with(|conn| {
+            let n = conn
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id,
+                     conversation_type, conversation_title, sender_staff_id, sender_nick,
+                     sender_is_admin, msgtype, text, session_webhook, session_expires_ms, status)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'accepted')",
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        c.msg_id,
+                        to_i64(c.received_ms),
+                        c.conversation_id,
+                        c.conversation_type,
+                        c.conversation_title,
+                        c.sender_staff_id,
+                        c.sender_nick,
+                        c.sender_is_admin as i64,
+                        c.msgtype,
+                        c.text,
+                        c.session_webhook.expose(),
+                        c.session_expires_ms.map(to_i64),
+                    ])
+                })
+                .map_err(sql("accept"))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn release(&self, msg_id: &str) -> Result<(), LedgerError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM commands WHERE msg_id = ?1 AND status = 'accepted'",
+                params![msg_id],
+            )
+            .map_err(sql("release"))?;
+            Ok(())
+        })
+    }
+
+    fn finish(&self, msg_id: &str, f: &Finished) -> Result<(), LedgerError> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "UPDATE commands SET status = 'done', command = ?2, result = ?3, errcode = ?4,
+                 detail = ?5, reply = ?6, finished_ms = ?7, session_webhook = NULL
+                 WHERE msg_id = ?1",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    msg_id,
+                    f.command,
+                    f.outcome.as_str(),
+                    f.errcode,
+                    f.detail,
+                    f.reply,
+                    to_i64(f.finished_ms),
+                ])
+            })
+            .map_err(sql("finish"))?;
+            Ok(())
+        })
+    }
+
+    fn unfinished(&self) -> Result<Vec<Accepted>, LedgerError> {
+        self.with(|conn| {
+            let mut st = conn
+                .prepare(
+                    "SELECT msg_id, received_ms, conversation_id, conversation_type,
+                     conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
+                     text, session_webhook, session_expires_ms
+                     FROM commands WHERE status = 'accepted' ORDER BY received_ms",
+                )
+                .map_err(sql("unfinished"))?;
+            let rows = st
+                .query_map([], accepted_from_row)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("unfinished"))?;
+            Ok(rows)
+        })
+    }
+
+    fn binding(&self, cid: &str) -> Result<Option<Binding>, LedgerError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT conversation_id, chat_id, bound_by, bound_ms FROM bindings WHERE conversation_id = ?1",
+                params![cid],
+                |r| {
+                    Ok(Binding {
+                        conversation_id: r.get(0)?,
+                        chat_id: r.get(1)?,
+                        bound_by: r.get(2)?,
+                        bound_ms: to_u64(r.get(3)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("binding"))
+        })
+    }
+
+    fn bind(&self, b: &Binding) -> Result<(), LedgerError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO bindings (conversation_id, chat_id, bound_by, bound_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(conversation_id) DO UPDATE SET chat_id = excluded.chat_id,
+                 bound_by = excluded.bound_by, bound_ms = excluded.bound_ms",
+                params![b.conversation_id, b.chat_id, b.bound_by, to_i64(b.bound_ms)],
+            )
+            .map_err(sql("bind"))?;
+            Ok(())
+        })
+    }
+
+    fn dm_state(&self, cid: &str) -> Result<Option<DmState>, LedgerError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT prohibited, set_by, set_by_nick, set_ms FROM dm_state WHERE conversation_id = ?1",
+                params![cid],
+                |r| {
+                    Ok(DmState {
+                        prohibited: r.get::<_, i64>(0)? != 0,
+                        set_by: r.get(1)?,
+                        set_by_nick: r.get(2)?,
+                        set_ms: to_u64(r.get(3)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("dm_state"))
+        })
+    }
+
+    fn set_dm_state(&self, cid: &str, s: &DmState) -> Result<(), LedgerError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO dm_state (conversation_id, prohibited, set_by, set_by_nick, set_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(conversation_id) DO UPDATE SET prohibited = excluded.prohibited,
+                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, set_ms = excluded.set_ms",
+                params![cid, s.prohibited as i64, s.set_by, s.set_by_nick, to_i64(s.set_ms)],
+            )
+            .map_err(sql("set_dm_state"))?;
+            Ok(())
+        })
+    }
+
+    fn history(
+        &self,
+        cid: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, LedgerError> {
+        self.with(|conn| {
+            let mut st = conn
+                .prepare(
+                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
+                     command, status, result, errcode, detail, reply, finished_ms
+                     FROM commands
+                     WHERE (?1 IS NULL OR conversation_id = ?1) AND received_ms >= ?2
+                     ORDER BY received_ms DESC, msg_id LIMIT ?3",
+                )
+                .map_err(sql("history"))?;
+            let rows = st
+                .query_map(
+                    params![cid, to_i64(since_ms.unwrap_or(0)), to_i64(limit as u64)],
+                    |r| {
+                        Ok(AuditRow {
+                            msg_id: r.get(0)?,
+                            received_ms: to_u64(r.get(1)?),
+                            conversation_id: r.get(2)?,
+                            sender_staff_id: r.get(3)?,
+                            sender_nick: r.get(4)?,
+                            text: r.get(5)?,
+                            command: r.get(6)?,
+                            status: r.get(7)?,
+                            result: r.get(8)?,
+                            errcode: r.get(9)?,
+                            detail: r.get(10)?,
+                            reply: r.get(11)?,
+                            finished_ms: r.get::<_, Option<i64>>(12)?.map(to_u64),
+                        })
+                    },
+                )
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("history"))?;
+            Ok(rows)
+        })
+    }
+
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.with(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sql("ping"))
+        })
+    }
+}
+
+/// A cloneable async front of a [`Ledger`]: each call runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct LedgerHandle(Arc<dyn Ledger>);
+
+impl LedgerHandle {
+    pub fn new(ledger: impl Ledger) -> Self {
+        Self(Arc::new(ledger))
+    }
+
+    /// Runs `f` against the ledger off the async threads.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let ledger = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || f(ledger.as_ref()))
+            .await
+            .map_err(|e| LedgerError::Join(e.to_string()))?
+    }
+
+    /// The ledger for synchronous callers (CLI tools).
+    pub fn blocking(&self) -> &dyn Ledger {
+        self.0.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(id: &str) -> Accepted {
+        Accepted {
+            msg_id: id.into(),
+            received_ms: 1,
+            conversation_id: "cid1==".into(),
+            conversation_type: "2".into(),
+            conversation_title: Some("t".into()),
+            sender_staff_id: Some("u1".into()),
+            sender_nick: Some("n".into()),
+            sender_is_admin: false,
+            msgtype: "text".into(),
+            text: Some("/help".into()),
+            session_webhook: SessionWebhook::new("http://127.0.0.1:1/x"),
+            session_expires_ms: Some(10),
+        }
+    }
+
+    #[test]
+    fn a_msg_id_is_accepted_once_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        {
+            let l = SqliteLedger::open(&path).unwrap();
+            assert!(l.accept(&accepted("m1")).unwrap());
+            assert!(!l.accept(&accepted("m1")).unwrap());
+        }
+        let l = SqliteLedger::open(&path).unwrap();
+        assert!(!l.accept(&accepted("m1")).unwrap());
+        assert_eq!(l.unfinished().unwrap(), vec![accepted("m1")]);
+    }
+
+    #[test]
+    fn finishing_removes_the_command_from_unfinished_and_forgets_the_webhook() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        l.accept(&accepted("m1")).unwrap();
+        l.finish(
+            "m1",
+            &Finished {
+                command: "/help".into(),
+                outcome: Outcome::Info,
+                errcode: None,
+                detail: "help".into(),
+                reply: "delivered".into(),
+                finished_ms: 2,
+            },
+        )
+        .unwrap();
+        assert!(l.unfinished().unwrap().is_empty());
+        let webhook: Option<String> = l
+            .with(|c| {
+                c.query_row("SELECT session_webhook FROM commands", [], |r| r.get(0))
+                    .map_err(sql("t"))
+            })
+            .unwrap();
+        assert_eq!(webhook, None);
+        let rows = l.history(Some("cid1=="), None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].result.as_deref(), Some("info"));
+    }
+
+    #[test]
+    fn released_commands_can_be_accepted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        l.accept(&accepted("m1")).unwrap();
+        l.release("m1").unwrap();
+        assert!(l.accept(&accepted("m1")).unwrap());
+    }
+
+    #[test]
+    fn rebinding_replaces_the_chatid() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        for chat in ["chatA", "chatB"] {
+            l.bind(&Binding {
+                conversation_id: "cid".into(),
+                chat_id: chat.into(),
+                bound_by: "u".into(),
+                bound_ms: 1,
+            })
+            .unwrap();
+        }
+        assert_eq!(l.binding("cid").unwrap().unwrap().chat_id, "chatB");
+    }
+}

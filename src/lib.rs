@@ -1,0 +1,16 @@
+//! dingops: a DingTalk chat-ops robot. Group admins @-mention it and type `/lock-dm`; it
+//! verifies the callback, checks the sender, calls DingTalk's group API and replies.
+//!
+//! The binary (`main.rs`) is a thin CLI over these modules.
+
+pub mod callback;
+pub mod clock;
+pub mod command;
+pub mod config;
+pub mod demo;
+pub mod dingtalk;
+pub mod ledger;
+pub mod server;
+pub mod sim;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,194 @@
+//! The dingops command line: a thin layer over the library.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret as _;
+
+use dingops::config::Settings;
+use dingops::server::{Application, RunOptions};
+use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use dingops::sim::{SimConfig, Simulator};
+
+/// dingops: DingTalk group policy, one chat command away.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (keys in README); DINGOPS_* variables override it.
+    #[arg(long, global = true, env = "DINGOPS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service (the default).
+    Serve,
+    /// Play a scripted group conversation against the built-in simulator; no account needed.
+    Demo,
+    /// Run the DingTalk simulator alone.
+    Sim {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+        /// AppKey the simulator accepts.
+        #[arg(long, default_value = "dingdemo-app-key")]
+        app_key: String,
+        /// AppSecret the simulator accepts.
+        #[arg(long, default_value = "demo-app-secret-not-for-production")]
+        app_secret: String,
+        /// A group as openConversationId=chatid (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Calls per second per API before it answers 90018 (0 = no limit).
+        #[arg(long, default_value_t = 20)]
+        rate_limit: u32,
+    },
+    /// Send a correctly signed callback to a running dingops (smoke test).
+    Send {
+        /// Base URL of the running dingops, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        url: String,
+        /// The text, as typed after @-mentioning the robot.
+        #[arg(long)]
+        text: String,
+        /// senderStaffId of the (pretend) sender.
+        #[arg(long, default_value = "dingops-smoke-test")]
+        sender: String,
+        /// Send isAdmin: true.
+        #[arg(long)]
+        admin: bool,
+        /// openConversationId of the group.
+        #[arg(long, default_value = "cidDingopsSmokeTest==")]
+        group: String,
+        /// sessionWebhook to put in the callback (where the reply goes).
+        #[arg(
+            long,
+            default_value = "https://oapi.dingtalk.com/robot/sendBySession?session=dingops-smoke-test"
+        )]
+        session_webhook: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dingops: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dingops: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => {
+            dingops::telemetry::init("info");
+            let settings = Settings::load(cli.config.as_deref())?;
+            tracing::info!(listen = %settings.listen, database = %settings.database.display(), "starting dingops");
+            let app = Application::build(settings, RunOptions::default()).await?;
+            app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo => {
+            dingops::telemetry::init("error");
+            let mut out = std::io::stdout();
+            let ok = dingops::demo::run(&mut out).await?;
+            out.flush()?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Sim {
+            listen,
+            app_key,
+            app_secret,
+            groups,
+            rate_limit,
+        } => {
+            dingops::telemetry::init("info");
+            let listener =
+                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
+            let sim = Simulator::start(
+                SimConfig {
+                    app_key,
+                    app_secret,
+                    rate_limit_per_sec: rate_limit,
+                    ..SimConfig::default()
+                },
+                listener,
+            )?;
+            for g in &groups {
+                let (cid, chatid) = g
+                    .rsplit_once('=')
+                    .with_context(|| format!("--group {g}: expected openConversationId=chatid"))?;
+                sim.add_group(cid, chatid, cid);
+            }
+            println!("DingTalk simulator on {}", sim.url());
+            println!(
+                "  point dingops at it: DINGOPS_OAPI_BASE={0} DINGOPS_API_BASE={0} DINGOPS_REPLY_HOSTS={1}",
+                sim.url(),
+                sim.host_port()
+            );
+            println!(
+                "  control: GET/POST /_sim/groups, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
+            );
+            tokio::signal::ctrl_c().await?;
+            sim.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Send {
+            url,
+            text,
+            sender,
+            admin,
+            group,
+            session_webhook,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let client =
+                CallbackSender::new(&url, settings.app_secret.expose_secret().to_owned().into());
+            let chat = Chat {
+                open_conversation_id: group,
+                title: "dingops smoke test".into(),
+                conversation_type: "2".into(),
+                session_webhook,
+                session_expires_ms: dingops::clock::now_ms() + 90 * 60 * 1000,
+            };
+            let body = text_message(
+                &new_msg_id(),
+                &chat,
+                &Member::new(&sender, &sender, admin),
+                &text,
+            );
+            let (status, answer) = client
+                .send(&body)
+                .await
+                .with_context(|| format!("cannot reach {url}"))?;
+            println!("HTTP {status} {answer}");
+            Ok(if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

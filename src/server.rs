@@ -1,0 +1,205 @@
+//! The HTTP application: routes, shared state, start-up (resumption) and shutdown.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::callback::route::callback;
+use crate::callback::signature::Verifier;
+use crate::clock::now_ms;
+use crate::config::Settings;
+use crate::dingtalk::DingTalk;
+use crate::ledger::{Accepted, Finished, LedgerHandle, Outcome, SqliteLedger};
+use crate::worker::{WorkerContext, WorkerPool};
+
+/// State shared by the HTTP handlers.
+pub struct AppState {
+    pub verifier: Verifier,
+    pub ledger: LedgerHandle,
+    pub queue: mpsc::Sender<Accepted>,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("cannot build the DingTalk client: {0}")]
+    Client(#[from] crate::dingtalk::ApiError),
+}
+
+/// A built, not yet running, dingops server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    pool: WorkerPool,
+    grace: Duration,
+}
+
+/// Options that only embedders (tests, `demo`) change.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Install SIGINT/SIGTERM handlers (the service does; tests and `demo` do not).
+    pub handle_signals: bool,
+    /// HTTP worker threads.
+    pub http_workers: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            handle_signals: true,
+            http_workers: 2,
+        }
+    }
+}
+
+impl Application {
+    /// Binds `settings.listen` and builds the application.
+    pub async fn build(settings: Settings, options: RunOptions) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(settings.listen).map_err(|source| StartError::Listen {
+            addr: settings.listen.to_string(),
+            source,
+        })?;
+        Self::build_with_listener(settings, listener, options).await
+    }
+
+    /// Builds the application on a listener the caller bound (tests use port 0).
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+        options: RunOptions,
+    ) -> Result<Self, StartError> {
+        let path = settings.database.clone();
+        let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
+            .await
+            .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
+        let ledger = LedgerHandle::new(ledger);
+        let dingtalk = Arc::new(DingTalk::new(&settings)?);
+        let ctx = Arc::new(WorkerContext::new(&settings, ledger.clone(), dingtalk));
+        let (queue, pool) =
+            WorkerPool::start(ctx, settings.queue_capacity, settings.command_concurrency);
+
+        resume_unfinished(&ledger, &queue).await?;
+
+        let state = web::Data::new(AppState {
+            verifier: Verifier::new(settings.app_secret.clone(), settings.signature_window_secs),
+            ledger,
+            queue,
+        });
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen {
+                addr: settings.listen.to_string(),
+                source,
+            })?
+            .port();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route("/callback", web::post().to(callback))
+                .route("/healthz", web::get().to(healthz))
+                .default_service(web::to(not_found))
+        })
+        .workers(options.http_workers.max(1))
+        .shutdown_timeout(settings.shutdown_grace_secs);
+        if !options.handle_signals {
+            server = server.disable_signals();
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Listen {
+                addr: settings.listen.to_string(),
+                source,
+            })?
+            .run();
+        Ok(Self {
+            port,
+            server,
+            pool,
+            grace: Duration::from_secs(settings.shutdown_grace_secs),
+        })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that stops the server (as SIGTERM does).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then lets in-flight commands finish (bounded by the grace period).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        tracing::info!("HTTP server stopped; finishing in-flight commands");
+        self.pool.shutdown(self.grace).await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Queues commands accepted before a stop or crash whose reply path is still valid; the
+/// others are recorded as failed, since nobody could be told the result.
+async fn resume_unfinished(
+    ledger: &LedgerHandle,
+    queue: &mpsc::Sender<Accepted>,
+) -> Result<(), StartError> {
+    let pending = ledger.call(|l| l.unfinished()).await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let (live, expired): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|a| a.session_expires_ms.is_none_or(|exp| exp > now));
+    tracing::info!(
+        resumed = live.len(),
+        expired = expired.len(),
+        "resuming unfinished commands"
+    );
+    for job in expired {
+        let finished = Finished {
+            command: "-".into(),
+            outcome: Outcome::Failed,
+            errcode: None,
+            detail: "not run: its reply session expired before dingops restarted".into(),
+            reply: "expired".into(),
+            finished_ms: now,
+        };
+        ledger
+            .call(move |l| l.finish(&job.msg_id, &finished))
+            .await?;
+    }
+    let queue = queue.clone();
+    // The queue may be smaller than the backlog: feed it from a task.
+    tokio::spawn(async move {
+        for job in live {
+            if queue.send(job).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({ "error": "not found" }))
+}

@@ -1,0 +1,689 @@
+//! The DingTalk simulator (DESIGN §7): a real, stateful HTTP server speaking the parts of
+//! DingTalk's API that dingops uses, with DingTalk's error shapes and injectable faults.
+//! `demo`, the integration tests and the benchmarks run against it; `dingops sim` serves it
+//! alone.
+
+pub mod chat;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use rand::RngExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::clock::now_ms;
+
+/// API names the simulator records calls under and takes faults for.
+pub mod api {
+    pub const GET_TOKEN: &str = "gettoken";
+    pub const ACCESS_TOKEN: &str = "oauth2_access_token";
+    pub const FRIEND_SWITCH: &str = "friendswitch_update";
+    pub const CONVERT: &str = "convert_to_open_conversation_id";
+    pub const SEND_BY_SESSION: &str = "send_by_session";
+}
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub app_key: String,
+    pub app_secret: String,
+    /// Lifetime of the tokens it issues, in seconds.
+    pub token_ttl_secs: u64,
+    /// Calls per second per API before it answers 90018; 0 turns the limit off.
+    pub rate_limit_per_sec: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            app_key: "dingdemo-app-key".into(),
+            app_secret: "demo-app-secret-not-for-production".into(),
+            token_ttl_secs: 7200,
+            rate_limit_per_sec: 20,
+        }
+    }
+}
+
+/// A fault to inject into the next call of one API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Fault {
+    /// Answer this errcode (legacy APIs) or HTTP 400 with this code (new APIs).
+    Errcode { errcode: i64 },
+    /// Answer this HTTP status with an empty body.
+    Http { status: u16 },
+    /// Wait, then answer normally.
+    Delay { ms: u64 },
+    /// Never answer (the client's timeout must fire).
+    Hang,
+    /// Send headers, then break the connection.
+    Drop,
+}
+
+/// A group the simulator knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimGroup {
+    pub open_conversation_id: String,
+    pub chatid: String,
+    pub title: String,
+    /// Current private-chat switch: `true` when members may not add each other.
+    pub dm_prohibited: bool,
+}
+
+/// A recorded API call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedCall {
+    pub api: String,
+    pub at_ms: u64,
+    /// The access token presented (query or header), if any.
+    pub access_token: Option<String>,
+    /// The path parameter or JSON body, as received.
+    pub body: Value,
+    /// The errcode (or HTTP status for new APIs) the simulator answered; 0 for success.
+    pub answer: i64,
+}
+
+/// A reply received on a sessionWebhook.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordedReply {
+    pub open_conversation_id: String,
+    pub at_ms: u64,
+    /// The message text (`text.content` or `markdown.text`).
+    pub content: String,
+    pub at_user_ids: Vec<String>,
+    pub body: Value,
+}
+
+struct Session {
+    cid: String,
+    expires_ms: u64,
+}
+
+#[derive(Default)]
+struct State {
+    groups: Vec<SimGroup>,
+    legacy_tokens: HashMap<String, u64>,
+    modern_tokens: HashMap<String, u64>,
+    sessions: HashMap<String, Session>,
+    calls: Vec<RecordedCall>,
+    replies: Vec<RecordedReply>,
+    faults: HashMap<String, VecDeque<Fault>>,
+    window: HashMap<String, VecDeque<Instant>>,
+}
+
+struct Shared {
+    config: SimConfig,
+    state: Mutex<State>,
+    base_url: String,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// A running simulator.
+pub struct Simulator {
+    shared: Arc<Shared>,
+    handle: ServerHandle,
+}
+
+fn random_hex(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect()
+}
+
+impl Simulator {
+    /// Starts the simulator on `listener` (spawned on the current tokio runtime).
+    pub fn start(config: SimConfig, listener: TcpListener) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State::default()),
+            base_url: format!("http://{addr}"),
+        });
+        let data = web::Data::from(shared.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(1024 * 1024))
+                .route("/gettoken", web::get().to(gettoken))
+                .route("/v1.0/oauth2/accessToken", web::post().to(access_token))
+                .route(
+                    "/topapi/chat/member/friendswitch/update",
+                    web::post().to(friendswitch),
+                )
+                .route(
+                    "/v1.0/im/chat/{chat_id}/convertToOpenConversationId",
+                    web::post().to(convert),
+                )
+                .route("/robot/sendBySession", web::post().to(send_by_session))
+                .route("/_sim/groups", web::get().to(control_groups))
+                .route("/_sim/groups", web::post().to(control_add_group))
+                .route("/_sim/sessions", web::post().to(control_open_session))
+                .route("/_sim/calls", web::get().to(control_calls))
+                .route("/_sim/replies", web::get().to(control_replies))
+                .route("/_sim/faults", web::post().to(control_fault))
+                .route("/_sim/revoke-tokens", web::post().to(control_revoke))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Ok(Self { shared, handle })
+    }
+
+    /// The base URL (`http://127.0.0.1:port`), both `oapi_base` and `api_base`.
+    pub fn url(&self) -> &str {
+        &self.shared.base_url
+    }
+
+    /// `host:port`, for `reply_hosts`.
+    pub fn host_port(&self) -> &str {
+        self.shared.base_url.trim_start_matches("http://")
+    }
+
+    /// The app credentials it accepts.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.config
+    }
+
+    /// Adds (or replaces) a group.
+    pub fn add_group(&self, open_conversation_id: &str, chatid: &str, title: &str) {
+        add_group(&self.shared, open_conversation_id, chatid, title);
+    }
+
+    /// A group's current state.
+    pub fn group(&self, open_conversation_id: &str) -> Option<SimGroup> {
+        self.shared
+            .state()
+            .groups
+            .iter()
+            .find(|g| g.open_conversation_id == open_conversation_id)
+            .cloned()
+    }
+
+    /// Opens a reply session for a group; returns the sessionWebhook and its expiry (ms).
+    pub fn open_session(&self, open_conversation_id: &str, ttl: Duration) -> (String, u64) {
+        open_session(&self.shared, open_conversation_id, ttl)
+    }
+
+    /// Calls received, optionally of one API.
+    pub fn calls(&self, api: Option<&str>) -> Vec<RecordedCall> {
+        self.shared
+            .state()
+            .calls
+            .iter()
+            .filter(|c| api.is_none_or(|a| c.api == a))
+            .cloned()
+            .collect()
+    }
+
+    /// Replies received.
+    pub fn replies(&self) -> Vec<RecordedReply> {
+        self.shared.state().replies.clone()
+    }
+
+    /// Waits until at least `n` replies arrived or `timeout` passed; returns them all.
+    pub async fn wait_for_replies(&self, n: usize, timeout: Duration) -> Vec<RecordedReply> {
+        let end = Instant::now() + timeout;
+        loop {
+            let replies = self.replies();
+            if replies.len() >= n || Instant::now() >= end {
+                return replies;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The valid legacy tokens it issued.
+    pub fn legacy_tokens(&self) -> Vec<String> {
+        self.shared.state().legacy_tokens.keys().cloned().collect()
+    }
+
+    /// Queues a fault for the next call of `api`.
+    pub fn inject(&self, api: &str, fault: Fault) {
+        self.shared
+            .state()
+            .faults
+            .entry(api.to_owned())
+            .or_default()
+            .push_back(fault);
+    }
+
+    /// Forgets every issued token, as if DingTalk revoked them.
+    pub fn revoke_tokens(&self) {
+        let mut s = self.shared.state();
+        s.legacy_tokens.clear();
+        s.modern_tokens.clear();
+    }
+
+    /// Stops the server.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn add_group(shared: &Shared, cid: &str, chatid: &str, title: &str) {
+    let mut s = shared.state();
+    s.groups
+        .retain(|g| g.open_conversation_id != cid && g.chatid != chatid);
+    s.groups.push(SimGroup {
+        open_conversation_id: cid.to_owned(),
+        chatid: chatid.to_owned(),
+        title: title.to_owned(),
+        dm_prohibited: false,
+    });
+}
+
+fn open_session(shared: &Shared, cid: &str, ttl: Duration) -> (String, u64) {
+    let session = random_hex(32);
+    let expires_ms = now_ms() + u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2);
+    shared.state().sessions.insert(
+        session.clone(),
+        Session {
+            cid: cid.to_owned(),
+            expires_ms,
+        },
+    );
+    (
+        format!("{}/robot/sendBySession?session={session}", shared.base_url),
+        expires_ms,
+    )
+}
+
+/// What the simulator does before serving a call: faults, then the rate limit.
+enum Gate {
+    Proceed,
+    Respond(HttpResponse),
+}
+
+async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
+    let fault = shared
+        .state()
+        .faults
+        .get_mut(api)
+        .and_then(VecDeque::pop_front);
+    match fault {
+        Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(Fault::Hang) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Some(Fault::Http { status }) => {
+            record(shared, api, None, Value::Null, i64::from(status));
+            let status = actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+            return Gate::Respond(HttpResponse::build(status).finish());
+        }
+        Some(Fault::Errcode { errcode }) => {
+            record(shared, api, None, Value::Null, errcode);
+            return Gate::Respond(error_answer(new_style, errcode, "injected fault"));
+        }
+        Some(Fault::Drop) => {
+            record(shared, api, None, Value::Null, -2);
+            let broken = futures_util::stream::once(async {
+                Err::<web::Bytes, _>(std::io::Error::other("connection dropped by the simulator"))
+            });
+            return Gate::Respond(HttpResponse::Ok().streaming(broken));
+        }
+        None => {}
+    }
+    let limit = shared.config.rate_limit_per_sec as usize;
+    if limit > 0 {
+        let mut s = shared.state();
+        let window = s.window.entry(api.to_owned()).or_default();
+        let now = Instant::now();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            window.pop_front();
+        }
+        if window.len() >= limit {
+            drop(s);
+            record(shared, api, None, Value::Null, 90018);
+            return Gate::Respond(error_answer(
+                new_style,
+                90018,
+                "当前企业调用该接口的QPS超过上限",
+            ));
+        }
+        window.push_back(now);
+    }
+    Gate::Proceed
+}
+
+fn error_answer(new_style: bool, errcode: i64, message: &str) -> HttpResponse {
+    if new_style {
+        let (status, code) = match errcode {
+            90018 => (
+                403,
+                "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi".to_owned(),
+            ),
+            60011 => (
+                403,
+                "Forbidden.AccessDenied.AccessTokenPermissionDenied".to_owned(),
+            ),
+            c => (400, c.to_string()),
+        };
+        let status = actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+        HttpResponse::build(status)
+            .json(json!({"code": code, "message": message, "requestid": random_hex(16)}))
+    } else {
+        HttpResponse::Ok()
+            .json(json!({"errcode": errcode, "errmsg": message, "request_id": random_hex(16)}))
+    }
+}
+
+fn record(shared: &Shared, api: &str, access_token: Option<String>, body: Value, answer: i64) {
+    shared.state().calls.push(RecordedCall {
+        api: api.to_owned(),
+        at_ms: now_ms(),
+        access_token,
+        body,
+        answer,
+    });
+}
+
+/// Checks a token against the issued set: `Ok` or the legacy errcode.
+fn check_token(tokens: &HashMap<String, u64>, token: Option<&str>) -> Result<(), i64> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Err(41001);
+    };
+    match tokens.get(token) {
+        None => Err(40014),
+        Some(exp) if *exp <= now_ms() => Err(42001),
+        Some(_) => Ok(()),
+    }
+}
+
+fn issue(tokens: &mut HashMap<String, u64>, ttl_secs: u64) -> String {
+    let now = now_ms();
+    tokens.retain(|_, exp| *exp > now);
+    // DingTalk returns the same token while it is valid and extends it.
+    let token = tokens
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| random_hex(32));
+    tokens.insert(token.clone(), now + ttl_secs * 1000);
+    token
+}
+
+#[derive(Deserialize)]
+struct GetTokenQuery {
+    appkey: Option<String>,
+    appsecret: Option<String>,
+}
+
+async fn gettoken(shared: web::Data<Shared>, q: web::Query<GetTokenQuery>) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::GET_TOKEN, false).await {
+        return r;
+    }
+    let ok = q.appkey.as_deref() == Some(shared.config.app_key.as_str())
+        && q.appsecret.as_deref() == Some(shared.config.app_secret.as_str());
+    if !ok {
+        record(&shared, api::GET_TOKEN, None, Value::Null, 40001);
+        return error_answer(false, 40001, "不合法的corpid或corpsecret");
+    }
+    let ttl = shared.config.token_ttl_secs;
+    let token = issue(&mut shared.state().legacy_tokens, ttl);
+    record(&shared, api::GET_TOKEN, None, Value::Null, 0);
+    HttpResponse::Ok()
+        .json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl}))
+}
+
+async fn access_token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::ACCESS_TOKEN, true).await {
+        return r;
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let ok = v.get("appKey").and_then(Value::as_str) == Some(shared.config.app_key.as_str())
+        && v.get("appSecret").and_then(Value::as_str) == Some(shared.config.app_secret.as_str());
+    if !ok {
+        record(&shared, api::ACCESS_TOKEN, None, Value::Null, 400);
+        return HttpResponse::BadRequest().json(
+            json!({"code": "invalidClientIdOrSecret", "message": "无效的clientId或者clientSecret"}),
+        );
+    }
+    let ttl = shared.config.token_ttl_secs;
+    let token = issue(&mut shared.state().modern_tokens, ttl);
+    record(&shared, api::ACCESS_TOKEN, None, Value::Null, 0);
+    HttpResponse::Ok().json(json!({"accessToken": token, "expireIn": ttl}))
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+async fn friendswitch(
+    shared: web::Data<Shared>,
+    q: web::Query<TokenQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::FRIEND_SWITCH, false).await {
+        return r;
+    }
+    let token = q.access_token.clone();
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => {
+            record(&shared, api::FRIEND_SWITCH, token, Value::Null, 43009);
+            return error_answer(false, 43009, "post参数需要json类型");
+        }
+    };
+    let mut s = shared.state();
+    if let Err(code) = check_token(&s.legacy_tokens, token.as_deref()) {
+        drop(s);
+        record(&shared, api::FRIEND_SWITCH, token, v, code);
+        return error_answer(false, code, "不合法的access_token");
+    }
+    let chatid = v
+        .get("chatid")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let prohibit = v.get("is_prohibit").and_then(Value::as_bool);
+    let answer = match (chatid.is_empty(), prohibit) {
+        (true, _) | (_, None) => 40036,
+        (false, Some(p)) => match s.groups.iter_mut().find(|g| g.chatid == chatid) {
+            Some(g) => {
+                g.dm_prohibited = p;
+                0
+            }
+            None => 34001,
+        },
+    };
+    drop(s);
+    record(&shared, api::FRIEND_SWITCH, token, v, answer);
+    match answer {
+        0 => HttpResponse::Ok().json(
+            json!({"success": true, "errcode": 0, "errmsg": "ok", "request_id": random_hex(16)}),
+        ),
+        40036 => error_answer(false, 40036, "参数为空"),
+        _ => error_answer(false, 34001, "无效的chatid"),
+    }
+}
+
+async fn convert(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::CONVERT, true).await {
+        return r;
+    }
+    let chat_id = path.into_inner();
+    let token = req
+        .headers()
+        .get("x-acs-dingtalk-access-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let s = shared.state();
+    if check_token(&s.modern_tokens, token.as_deref()).is_err() {
+        drop(s);
+        record(&shared, api::CONVERT, token, json!(chat_id), 401);
+        return HttpResponse::Unauthorized().json(json!({
+            "code": "InvalidAuthentication",
+            "message": "access_token过期或者不存在，需要重新获取"
+        }));
+    }
+    let cid = s
+        .groups
+        .iter()
+        .find(|g| g.chatid == chat_id)
+        .map(|g| g.open_conversation_id.clone());
+    drop(s);
+    match cid {
+        Some(cid) => {
+            record(&shared, api::CONVERT, token, json!(chat_id), 0);
+            HttpResponse::Ok().json(json!({"openConversationId": cid}))
+        }
+        None => {
+            record(&shared, api::CONVERT, token, json!(chat_id), 400);
+            HttpResponse::BadRequest()
+                .json(json!({"code": "invalideChatId", "message": "不合法的chatId"}))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    session: Option<String>,
+}
+
+async fn send_by_session(
+    shared: web::Data<Shared>,
+    q: web::Query<SessionQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::SEND_BY_SESSION, false).await {
+        return r;
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut s = shared.state();
+    let cid = q
+        .session
+        .as_deref()
+        .and_then(|k| s.sessions.get(k))
+        .filter(|sess| sess.expires_ms > now_ms())
+        .map(|sess| sess.cid.clone());
+    let Some(cid) = cid else {
+        drop(s);
+        record(&shared, api::SEND_BY_SESSION, None, v, 300001);
+        return error_answer(false, 300001, "session 不存在");
+    };
+    let content = v
+        .pointer("/text/content")
+        .or_else(|| v.pointer("/markdown/text"))
+        .and_then(Value::as_str);
+    let Some(content) = content else {
+        drop(s);
+        record(&shared, api::SEND_BY_SESSION, None, v, 40035);
+        return error_answer(false, 40035, "缺少参数 content");
+    };
+    let at_user_ids = v
+        .pointer("/at/atUserIds")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    s.replies.push(RecordedReply {
+        open_conversation_id: cid,
+        at_ms: now_ms(),
+        content: content.to_owned(),
+        at_user_ids,
+        body: v.clone(),
+    });
+    drop(s);
+    record(&shared, api::SEND_BY_SESSION, None, v, 0);
+    HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+async fn control_groups(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.state().groups)
+}
+
+#[derive(Deserialize)]
+struct NewGroup {
+    open_conversation_id: String,
+    chatid: String,
+    #[serde(default)]
+    title: String,
+}
+
+async fn control_add_group(shared: web::Data<Shared>, g: web::Json<NewGroup>) -> HttpResponse {
+    add_group(&shared, &g.open_conversation_id, &g.chatid, &g.title);
+    HttpResponse::Ok().json(json!({"ok": true}))
+}
+
+#[derive(Deserialize)]
+struct NewSession {
+    open_conversation_id: String,
+    #[serde(default = "default_session_ttl")]
+    ttl_ms: u64,
+}
+
+fn default_session_ttl() -> u64 {
+    90 * 60 * 1000
+}
+
+async fn control_open_session(shared: web::Data<Shared>, r: web::Json<NewSession>) -> HttpResponse {
+    let (url, expires) = open_session(
+        &shared,
+        &r.open_conversation_id,
+        Duration::from_millis(r.ttl_ms),
+    );
+    HttpResponse::Ok().json(json!({"sessionWebhook": url, "sessionWebhookExpiredTime": expires}))
+}
+
+async fn control_calls(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.state().calls)
+}
+
+async fn control_replies(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.state().replies)
+}
+
+#[derive(Deserialize)]
+struct NewFault {
+    api: String,
+    fault: Fault,
+}
+
+async fn control_fault(shared: web::Data<Shared>, f: web::Json<NewFault>) -> HttpResponse {
+    let f = f.into_inner();
+    shared
+        .state()
+        .faults
+        .entry(f.api)
+        .or_default()
+        .push_back(f.fault);
+    HttpResponse::Ok().json(json!({"ok": true}))
+}
+
+async fn control_revoke(shared: web::Data<Shared>) -> HttpResponse {
+    let mut s = shared.state();
+    s.legacy_tokens.clear();
+    s.modern_tokens.clear();
+    HttpResponse::Ok().json(json!({"ok": true}))
+}

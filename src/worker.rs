@@ -1,0 +1,430 @@
+//! The command worker: authorize → execute → reply → record, with bounded concurrency.
+//!
+//! Callbacks put [`Accepted`] commands on a bounded queue after the ledger has them; the
+//! dispatcher runs at most `command_concurrency` at once. Nothing here knows about HTTP
+//! ingress, so a Stream-mode ingress can feed the same queue.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use url::Url;
+
+use crate::clock::{format_ms, now_ms};
+use crate::command::{Command, CommandSpec, ParseError, help_text};
+use crate::config::{ReplyHost, Settings, reply_url_allowed};
+use crate::dingtalk::{ApiError, DingTalk};
+use crate::ledger::{Accepted, Binding, DmState, Finished, LedgerError, LedgerHandle, Outcome};
+
+/// What the worker needs to decide and act.
+pub struct WorkerContext {
+    pub ledger: LedgerHandle,
+    pub dingtalk: Arc<DingTalk>,
+    pub admins: HashSet<String>,
+    pub trust_is_admin: bool,
+    pub reply_hosts: Vec<ReplyHost>,
+    pub static_groups: BTreeMap<String, String>,
+}
+
+impl WorkerContext {
+    pub fn new(settings: &Settings, ledger: LedgerHandle, dingtalk: Arc<DingTalk>) -> Self {
+        Self {
+            ledger,
+            dingtalk,
+            admins: settings.admins.iter().cloned().collect(),
+            trust_is_admin: settings.trust_is_admin,
+            reply_hosts: settings.reply_hosts.clone(),
+            static_groups: settings.groups.clone(),
+        }
+    }
+}
+
+/// The answer to one command before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub command: String,
+    pub outcome: Outcome,
+    pub errcode: Option<i64>,
+    /// The reply text after the mark and the mention.
+    pub text: String,
+    /// A short note for the audit log.
+    pub detail: String,
+}
+
+impl Answer {
+    fn new(
+        command: &str,
+        outcome: Outcome,
+        text: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            command: command.to_owned(),
+            outcome,
+            errcode: None,
+            text: text.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn failed(command: &str, what: &str, e: &ApiError) -> Self {
+        Self {
+            command: command.to_owned(),
+            outcome: Outcome::Failed,
+            errcode: e.errcode(),
+            text: format!("DingTalk refused {what} ({}): {}.", e.short(), e.advice()),
+            detail: e.to_string(),
+        }
+    }
+
+    fn ledger_failed(command: &str, e: &LedgerError) -> Self {
+        tracing::error!(error = %e, "ledger failed while running a command");
+        Self::new(
+            command,
+            Outcome::Failed,
+            "dingops could not read or write its ledger; the operators have been told in the log. Try again later.",
+            "ledger error",
+        )
+    }
+}
+
+/// The reply body DingTalk expects on a sessionWebhook: text with the sender @-mentioned.
+pub fn reply_message(job: &Accepted, answer: &Answer) -> Value {
+    let staff = job.sender_staff_id.as_deref().filter(|s| !s.is_empty());
+    let content = match staff {
+        Some(s) => format!("{} @{s} {}", answer.outcome.mark(), answer.text),
+        None => format!("{} {}", answer.outcome.mark(), answer.text),
+    };
+    json!({
+        "msgtype": "text",
+        "text": {"content": content},
+        "at": {"atUserIds": staff.into_iter().collect::<Vec<_>>(), "isAtAll": false},
+    })
+}
+
+fn who(staff: &str, nick: Option<&str>) -> String {
+    match nick.filter(|n| !n.is_empty()) {
+        Some(n) => format!("{n} ({staff})"),
+        None => staff.to_owned(),
+    }
+}
+
+impl WorkerContext {
+    fn is_admin(&self, job: &Accepted) -> bool {
+        let listed = job
+            .sender_staff_id
+            .as_deref()
+            .is_some_and(|s| !s.is_empty() && self.admins.contains(s));
+        listed || (self.trust_is_admin && job.sender_is_admin)
+    }
+
+    /// The chatid of a group: a verified `/bind` wins over the configuration.
+    async fn chatid_of(&self, cid: &str) -> Result<Option<(String, String)>, LedgerError> {
+        let key = cid.to_owned();
+        let bound = self.ledger.call(move |l| l.binding(&key)).await?;
+        Ok(match bound {
+            Some(b) => Some((
+                b.chat_id,
+                format!("bound by {} at {}", b.bound_by, format_ms(b.bound_ms)),
+            )),
+            None => self
+                .static_groups
+                .get(cid)
+                .map(|c| (c.clone(), "from the dingops configuration".to_owned())),
+        })
+    }
+
+    /// Decides and carries out one command; never calls DingTalk for a refused one.
+    pub async fn answer(&self, job: &Accepted) -> Answer {
+        let Some(text) = job.text.as_deref() else {
+            return Answer::new(
+                "-",
+                Outcome::Info,
+                "I only understand text commands. Type /help to see them.",
+                format!("msgtype {}", job.msgtype),
+            );
+        };
+        let command = match Command::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let name = match &e {
+                    ParseError::MissingArgument(s) | ParseError::UnexpectedArgument(s) => s.name,
+                    _ => "-",
+                };
+                return Answer::new(name, Outcome::Info, e.to_string(), "not a valid command");
+            }
+        };
+        let spec: &CommandSpec = command.spec();
+        if job.conversation_type == "1" {
+            let mut text = String::from(
+                "dingops commands work in group chats: add me to a group, @-mention me there and type the command.",
+            );
+            if command == Command::Help {
+                text = format!("{text}\n{}", help_text());
+            }
+            return Answer::new(spec.name, Outcome::Info, text, "1:1 chat");
+        }
+        if spec.admin_only && !self.is_admin(job) {
+            return Answer::new(
+                spec.name,
+                Outcome::Refused,
+                format!(
+                    "{} is for admins only. Ask a group admin who is on the dingops admin list.",
+                    spec.name
+                ),
+                "sender is not an admin",
+            );
+        }
+        match command {
+            Command::Help => Answer::new(spec.name, Outcome::Info, help_text(), "help"),
+            Command::LockDm => self.set_dm(job, spec.name, true).await,
+            Command::UnlockDm => self.set_dm(job, spec.name, false).await,
+            Command::DmStatus => self.status(job, spec.name).await,
+            Command::Bind { chatid } => self.bind(job, spec.name, &chatid).await,
+        }
+    }
+
+    async fn set_dm(&self, job: &Accepted, name: &str, prohibit: bool) -> Answer {
+        let chatid = match self.chatid_of(&job.conversation_id).await {
+            Ok(Some((chatid, _))) => chatid,
+            Ok(None) => return not_bound(name),
+            Err(e) => return Answer::ledger_failed(name, &e),
+        };
+        let cid = job.conversation_id.clone();
+        let previous = match self.ledger.call(move |l| l.dm_state(&cid)).await {
+            Ok(p) => p,
+            Err(e) => return Answer::ledger_failed(name, &e),
+        };
+        if let Err(e) = self.dingtalk.set_friend_switch(&chatid, prohibit).await {
+            return Answer::failed(name, name, &e);
+        }
+        let staff = job.sender_staff_id.clone().unwrap_or_default();
+        let state = DmState {
+            prohibited: prohibit,
+            set_by: staff,
+            set_by_nick: job.sender_nick.clone(),
+            set_ms: now_ms(),
+        };
+        let cid = job.conversation_id.clone();
+        if let Err(e) = self
+            .ledger
+            .call(move |l| l.set_dm_state(&cid, &state))
+            .await
+        {
+            // DingTalk made the change; only our record of it is missing.
+            tracing::error!(error = %e, "could not record the new DM state");
+        }
+        let mut text = if prohibit {
+            "Private chat is now forbidden in this group: members can no longer add each other as friends or chat privately.".to_owned()
+        } else {
+            "Private chat is allowed again in this group: members can add each other as friends and chat privately.".to_owned()
+        };
+        if let Some(p) = previous {
+            text.push_str(&format!(
+                " (dingops had last {} it: {} at {}.)",
+                if p.prohibited { "locked" } else { "unlocked" },
+                who(&p.set_by, p.set_by_nick.as_deref()),
+                format_ms(p.set_ms)
+            ));
+        }
+        Answer::new(
+            name,
+            Outcome::Ok,
+            text,
+            format!("chatid {chatid} is_prohibit={prohibit}"),
+        )
+    }
+
+    async fn status(&self, job: &Accepted, name: &str) -> Answer {
+        let binding = match self.chatid_of(&job.conversation_id).await {
+            Ok(b) => b,
+            Err(e) => return Answer::ledger_failed(name, &e),
+        };
+        let cid = job.conversation_id.clone();
+        let state = match self.ledger.call(move |l| l.dm_state(&cid)).await {
+            Ok(s) => s,
+            Err(e) => return Answer::ledger_failed(name, &e),
+        };
+        let binding_text = match binding {
+            Some((chatid, how)) => format!("This group is bound to chatid {chatid} ({how})."),
+            None => "This group is not bound to a chatid yet; an admin can run /bind <chatid>."
+                .to_owned(),
+        };
+        let state_text = match state {
+            Some(s) => format!(
+                "Private chat: {}, set by {} at {} through dingops (the group owner may have changed it in DingTalk since).",
+                if s.prohibited { "forbidden" } else { "allowed" },
+                who(&s.set_by, s.set_by_nick.as_deref()),
+                format_ms(s.set_ms)
+            ),
+            None => "Private chat: dingops has not changed this group's setting yet.".to_owned(),
+        };
+        Answer::new(
+            name,
+            Outcome::Info,
+            format!("{binding_text}\n{state_text}"),
+            "status",
+        )
+    }
+
+    async fn bind(&self, job: &Accepted, name: &str, chatid: &str) -> Answer {
+        let converted = match self.dingtalk.open_conversation_id(chatid).await {
+            Ok(c) => c,
+            Err(e) => return Answer::failed(name, &format!("chatid {chatid}"), &e),
+        };
+        if converted != job.conversation_id {
+            return Answer::new(
+                name,
+                Outcome::Refused,
+                format!(
+                    "chatid {chatid} belongs to another group, not this one. Run /bind in the group it belongs to."
+                ),
+                "chatid of another group",
+            );
+        }
+        let binding = Binding {
+            conversation_id: job.conversation_id.clone(),
+            chat_id: chatid.to_owned(),
+            bound_by: who(
+                job.sender_staff_id.as_deref().unwrap_or(""),
+                job.sender_nick.as_deref(),
+            ),
+            bound_ms: now_ms(),
+        };
+        match self.ledger.call(move |l| l.bind(&binding)).await {
+            Ok(()) => Answer::new(
+                name,
+                Outcome::Ok,
+                format!(
+                    "This group is now bound to chatid {chatid}. Admins can use /lock-dm and /unlock-dm here."
+                ),
+                format!("bound chatid {chatid}"),
+            ),
+            Err(e) => Answer::ledger_failed(name, &e),
+        }
+    }
+
+    /// Sends the answer to the callback's sessionWebhook; returns how that went.
+    async fn deliver(&self, job: &Accepted, answer: &Answer) -> String {
+        if job.session_expires_ms.is_some_and(|exp| now_ms() >= exp) {
+            tracing::warn!("reply not sent: the sessionWebhook has expired");
+            return "expired".into();
+        }
+        let url = match Url::parse(job.session_webhook.expose()) {
+            Ok(u) if reply_url_allowed(&u, &self.reply_hosts) => u,
+            _ => {
+                tracing::warn!("reply not sent: the sessionWebhook is not on reply_hosts");
+                return "host-not-allowed".into();
+            }
+        };
+        match self
+            .dingtalk
+            .send_by_session(&url, &reply_message(job, answer))
+            .await
+        {
+            Ok(()) => "delivered".into(),
+            Err(e) => {
+                tracing::warn!(error = %e.short(), "reply failed");
+                format!("failed-{}", e.short())
+            }
+        }
+    }
+
+    /// Runs one accepted command to the end and records it.
+    #[tracing::instrument(skip_all, fields(msg_id = %job.msg_id, group = %job.conversation_id))]
+    pub async fn process(&self, job: Accepted) {
+        let answer = self.answer(&job).await;
+        tracing::info!(command = %answer.command, outcome = answer.outcome.as_str(), errcode = ?answer.errcode, "command answered");
+        let reply = self.deliver(&job, &answer).await;
+        let finished = Finished {
+            command: answer.command,
+            outcome: answer.outcome,
+            errcode: answer.errcode,
+            detail: answer.detail,
+            reply,
+            finished_ms: now_ms(),
+        };
+        let msg_id = job.msg_id.clone();
+        if let Err(e) = self
+            .ledger
+            .call(move |l| l.finish(&msg_id, &finished))
+            .await
+        {
+            tracing::error!(error = %e, "could not record the end of a command");
+        }
+    }
+}
+
+fn not_bound(name: &str) -> Answer {
+    Answer::new(
+        name,
+        Outcome::Refused,
+        "This group is not bound to its DingTalk chatid yet, so I cannot change its settings. An admin can bind it with /bind <chatid>.",
+        "group not bound",
+    )
+}
+
+/// Handle to the running dispatcher.
+pub struct WorkerPool {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerPool {
+    /// Starts the dispatcher; returns the queue's sender and the pool.
+    pub fn start(
+        ctx: Arc<WorkerContext>,
+        capacity: usize,
+        concurrency: usize,
+    ) -> (mpsc::Sender<Accepted>, Self) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(dispatch(ctx, rx, concurrency, stop.clone()));
+        (tx, Self { stop, task })
+    }
+
+    /// Stops taking new work, finishes what is queued and running, waiting at most `grace`.
+    /// Whatever is still unfinished stays `accepted` in the ledger and resumes at the next start.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.notify_one();
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight commands did not finish in time; they resume at the next start"
+            );
+            task.abort();
+        }
+    }
+}
+
+async fn dispatch(
+    ctx: Arc<WorkerContext>,
+    mut rx: mpsc::Receiver<Accepted>,
+    concurrency: usize,
+    stop: Arc<Notify>,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
+    loop {
+        let job = tokio::select! {
+            job = rx.recv() => job,
+            () = stop.notified() => { rx.close(); rx.recv().await }
+        };
+        let Some(job) = job else { break };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let ctx = ctx.clone();
+        running.spawn(async move {
+            ctx.process(job).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow with the backlog.
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
