@@ -1,0 +1,215 @@
+//! Spawning dingops against the simulator, and talking to it like DingTalk does.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use dingops::config::Settings;
+use dingops::ledger::{AuditRow, Ledger, SqliteLedger};
+use dingops::server::{Application, RunOptions};
+use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use dingops::sim::{RecordedReply, SimConfig, Simulator};
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const GROUP: &str = "cidGroupAaaaaaaaaaa==";
+pub const GROUP_CHATID: &str = "chatgroupa0001";
+pub const OTHER: &str = "cidGroupBbbbbbbbbbb==";
+pub const OTHER_CHATID: &str = "chatgroupb0002";
+/// A group bound in the configuration whose chatid DingTalk does not know.
+pub const STALE: &str = "cidGroupStaleeeeeee==";
+pub const STALE_CHATID: &str = "chatgonegone";
+/// A group nobody bound.
+pub const UNBOUND: &str = "cidGroupUnboundddd==";
+
+pub fn admin() -> Member {
+    Member::new("admin01", "Ada", false)
+}
+
+pub fn member() -> Member {
+    Member::new("member01", "Max", false)
+}
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        dingops::telemetry::init("debug");
+    }
+}
+
+/// How to spawn.
+#[derive(Default)]
+pub struct Options {
+    pub env: Vec<(&'static str, String)>,
+    pub sim: Option<Arc<Simulator>>,
+    pub dir: Option<Arc<tempfile::TempDir>>,
+    pub sim_config: SimConfig,
+}
+
+pub struct TestApp {
+    pub sim: Arc<Simulator>,
+    pub dir: Arc<tempfile::TempDir>,
+    pub address: String,
+    pub sender: CallbackSender,
+    pub secret: String,
+    handle: ServerHandle,
+    running: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn new_sim(config: SimConfig) -> Arc<Simulator> {
+    let sim = Simulator::start(config, TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
+    sim.add_group(GROUP, GROUP_CHATID, "Group A");
+    sim.add_group(OTHER, OTHER_CHATID, "Group B");
+    Arc::new(sim)
+}
+
+/// The settings a test app runs with: the simulator as DingTalk, `admin01` as admin, GROUP
+/// and STALE bound in the configuration, then `extra` on top.
+pub fn settings_for(sim: &Simulator, db: PathBuf, extra: &[(&'static str, String)]) -> Settings {
+    let cfg = sim.config();
+    let mut env: HashMap<String, String> = [
+        ("DINGOPS_APP_KEY", cfg.app_key.clone()),
+        ("DINGOPS_APP_SECRET", cfg.app_secret.clone()),
+        ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
+        ("DINGOPS_OAPI_BASE", sim.url().into()),
+        ("DINGOPS_API_BASE", sim.url().into()),
+        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
+        ("DINGOPS_DATABASE", db.display().to_string()),
+        (
+            "DINGOPS_GROUPS",
+            format!("{GROUP}={GROUP_CHATID},{STALE}={STALE_CHATID}"),
+        ),
+        ("DINGOPS_SHUTDOWN_GRACE_SECS", "10".into()),
+        ("DINGOPS_UPSTREAM_TIMEOUT_MS", "2000".into()),
+        ("DINGOPS_RETRY_BASE_MS", "20".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), v.clone());
+    }
+    Settings::from_sources(None, &env).expect("test settings are valid")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(opts: Options) -> TestApp {
+    init_logs();
+    let sim = opts.sim.unwrap_or_else(|| new_sim(opts.sim_config.clone()));
+    let dir = opts
+        .dir
+        .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+    let settings = settings_for(&sim, dir.path().join("ledger.db"), &opts.env);
+    let secret = sim.config().app_secret.clone();
+    let app = Application::build_with_listener(
+        settings,
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        RunOptions {
+            handle_signals: false,
+            http_workers: 2,
+        },
+    )
+    .await
+    .expect("the app starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let handle = app.handle();
+    let running = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        sender: CallbackSender::new(&address, SecretString::from(secret.clone())),
+        sim,
+        dir,
+        address,
+        secret,
+        handle,
+        running,
+    }
+}
+
+impl TestApp {
+    /// A chat in `cid` with a fresh 90-minute session.
+    pub fn chat(&self, cid: &str) -> Chat {
+        let (url, exp) = self.sim.open_session(cid, Duration::from_secs(90 * 60));
+        Chat {
+            open_conversation_id: cid.into(),
+            title: format!("title of {cid}"),
+            conversation_type: "2".into(),
+            session_webhook: url,
+            session_expires_ms: exp,
+        }
+    }
+
+    /// `who` types `text` in `chat`; returns the HTTP status and the msgId.
+    pub async fn say(&self, chat: &Chat, who: &Member, text: &str) -> (u16, String) {
+        let msg_id = new_msg_id();
+        let body = text_message(&msg_id, chat, who, text);
+        let (status, _) = self.sender.send(&body).await.unwrap();
+        (status, msg_id)
+    }
+
+    /// Posts a raw body, correctly signed.
+    pub async fn post_signed(&self, body: &Value) -> (u16, String) {
+        self.sender.send(body).await.unwrap()
+    }
+
+    /// Waits for exactly `n` replies in total, and a little longer to see that no more come.
+    pub async fn replies(&self, n: usize) -> Vec<RecordedReply> {
+        let got = self.sim.wait_for_replies(n, Duration::from_secs(10)).await;
+        assert!(
+            got.len() >= n,
+            "expected {n} replies, got {}: {got:#?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let got = self.sim.replies();
+        assert_eq!(got.len(), n, "more replies than expected: {got:#?}");
+        got
+    }
+
+    /// The one reply expected after `text`.
+    pub async fn ask(&self, chat: &Chat, who: &Member, text: &str) -> RecordedReply {
+        let before = self.sim.replies().len();
+        let (status, _) = self.say(chat, who, text).await;
+        assert_eq!(status, 200);
+        self.replies(before + 1).await.pop().unwrap()
+    }
+
+    pub fn ledger(&self) -> SqliteLedger {
+        SqliteLedger::open(&self.dir.path().join("ledger.db")).unwrap()
+    }
+
+    /// The audit row of `msg_id` once it is finished.
+    pub async fn finished_row(&self, msg_id: &str) -> AuditRow {
+        let ledger = self.ledger();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = ledger
+                .history(None, None, 10_000)
+                .unwrap()
+                .into_iter()
+                .find(|r| r.msg_id == msg_id);
+            if let Some(r) = row.filter(|r| r.status == "done") {
+                return r;
+            }
+            assert!(Instant::now() < end, "{msg_id} did not finish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn ledger_rows(&self) -> usize {
+        self.ledger().history(None, None, 100_000).unwrap().len()
+    }
+
+    /// Stops the server the way SIGTERM does and waits for it.
+    pub async fn stop(self) -> (Arc<Simulator>, Arc<tempfile::TempDir>) {
+        self.handle.stop(true).await;
+        self.running.await.unwrap().unwrap();
+        (self.sim, self.dir)
+    }
+}

@@ -1,0 +1,145 @@
+//! The binary: `demo`, configuration errors, health, and a graceful stop on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dingops::sim::chat::{CallbackSender, new_msg_id, text_message};
+use dingops::sim::{Fault, api};
+use secrecy::SecretString;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dingops");
+
+#[test]
+fn dingops_demo_exits_zero_and_prints_the_conversation() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Summary: 11 of 11 steps behaved."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("✅ @manager01 Private chat is now forbidden"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("✘"), "{stdout}");
+}
+
+#[test]
+fn a_missing_app_secret_stops_serve_with_a_message_naming_the_key() {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("DINGOPS_APP_KEY", "k")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`app_secret`") && stderr.contains("DINGOPS_APP_SECRET"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_value_in_the_config_file_is_named_and_the_secret_is_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dingops.toml");
+    std::fs::write(
+        &path,
+        "app_key = \"k\"\napp_secret = \"sup3r-s3cret\"\nreply_hosts = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "serve"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`reply_hosts`"), "{stderr}");
+    assert!(!stderr.contains("sup3r-s3cret"), "{stderr}");
+}
+
+#[tokio::test]
+async fn healthz_answers_200() {
+    let app = spawn_app().await;
+    let resp = reqwest::get(format!("{}/healthz", app.address))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_after_the_in_flight_command_finishes() {
+    let sim = new_sim(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings_env = [
+        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
+        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
+        ("DINGOPS_LISTEN", format!("127.0.0.1:{port}")),
+        ("DINGOPS_OAPI_BASE", sim.url().into()),
+        ("DINGOPS_API_BASE", sim.url().into()),
+        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")),
+        (
+            "DINGOPS_DATABASE",
+            dir.path().join("l.db").display().to_string(),
+        ),
+    ];
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .envs(settings_env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(Instant::now() < ready, "dingops did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // DingTalk is slow: the command is still running when SIGTERM arrives.
+    sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 800 });
+    let (url, exp) = sim.open_session(GROUP, Duration::from_secs(600));
+    let chat = dingops::sim::chat::Chat {
+        open_conversation_id: GROUP.into(),
+        title: "t".into(),
+        conversation_type: "2".into(),
+        session_webhook: url,
+        session_expires_ms: exp,
+    };
+    let sender = CallbackSender::new(&base, SecretString::from(sim.config().app_secret.clone()));
+    let body = text_message(&new_msg_id(), &chat, &admin(), "/lock-dm");
+    assert_eq!(sender.send(&body).await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(sim.group(GROUP).unwrap().dm_prohibited);
+    assert_eq!(sim.replies().len(), 1);
+    assert!(sim.replies()[0].content.starts_with("✅"));
+}

@@ -1,0 +1,13 @@
+//! Integration tests: the real dingops server on a loopback port against the simulator.
+
+// Test helpers panic on purpose when the system under test misbehaves.
+#![allow(clippy::unwrap_used)]
+
+mod commands;
+mod dedupe;
+mod helpers;
+mod lifecycle;
+mod limits;
+mod replies;
+mod signature;
+mod tokens;
