@@ -32,6 +32,7 @@ pub const KEYS: &[&str] = &[
     "retry_max_attempts",
     "retry_base_ms",
     "retry_deadline_ms",
+    "robot_code",
 ];
 
 /// Why the configuration was refused. Each variant names the key; none carries a secret.
@@ -94,6 +95,8 @@ pub struct Settings {
     pub retry_base_ms: u64,
     /// Total time one DingTalk call may take with its retries, in milliseconds. Default 30000.
     pub retry_deadline_ms: u64,
+    /// robotCode for the group-message fallback when a reply session expired. Default: `app_key`.
+    pub robot_code: String,
 }
 
 /// One `host[:port]` entry of `reply_hosts`.
@@ -417,9 +420,16 @@ impl Settings {
             return Err(Sources::invalid("database", "must not be empty"));
         }
 
+        let app_key = src.required("app_key")?;
+        let robot_code = src
+            .string("robot_code")?
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| app_key.clone());
         Ok(Self {
             listen,
-            app_key: src.required("app_key")?,
+            robot_code,
+            app_key,
             app_secret: SecretString::from(src.required("app_secret")?),
             oapi_base: src.base_url("oapi_base", "https://oapi.dingtalk.com")?,
             api_base: src.base_url("api_base", "https://api.dingtalk.com")?,

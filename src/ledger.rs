@@ -73,6 +73,16 @@ impl Outcome {
         }
     }
 
+    /// The inverse of [`Outcome::as_str`]; unknown text reads as `Failed`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "ok" => Outcome::Ok,
+            "info" => Outcome::Info,
+            "refused" => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -83,18 +93,25 @@ impl Outcome {
     }
 }
 
-/// The audit record of a finished command.
+/// What dingops decided for a command, recorded before the reply is sent so that a restart
+/// resends the reply without repeating the DingTalk call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finished {
+pub struct Answer {
     /// The command's name (`/lock-dm`), or `-` when the text was not a command.
     pub command: String,
     pub outcome: Outcome,
     pub errcode: Option<i64>,
-    /// A short, secret-free explanation.
+    /// The reply text after the mark and the mention.
+    pub text: String,
+    /// A short, secret-free note for the audit log.
     pub detail: String,
-    /// How the reply went: `delivered`, `expired`, `host-not-allowed`, `failed`.
-    pub reply: String,
-    pub finished_ms: u64,
+}
+
+/// A command that was accepted but not finished, with its answer once it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub accepted: Accepted,
+    pub answer: Option<Answer>,
 }
 
 /// A stored binding openConversationId → chatid.
@@ -139,10 +156,12 @@ pub trait Ledger: Send + Sync + 'static {
     fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError>;
     /// Forgets an accepted command that could not be queued, so a redelivery can run it.
     fn release(&self, msg_id: &str) -> Result<(), LedgerError>;
-    /// Records how a command ended and drops its stored reply URL.
-    fn finish(&self, msg_id: &str, finished: &Finished) -> Result<(), LedgerError>;
-    /// Accepted commands that never finished, oldest first.
-    fn unfinished(&self) -> Result<Vec<Accepted>, LedgerError>;
+    /// Records the answer to a command (status `answered`).
+    fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError>;
+    /// Records how the reply went (status `done`) and drops the stored reply URL.
+    fn finish(&self, msg_id: &str, reply: &str, finished_ms: u64) -> Result<(), LedgerError>;
+    /// Commands accepted or answered but not finished, oldest first.
+    fn unfinished(&self) -> Result<Vec<Pending>, LedgerError>;
     fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
     fn bind(&self, binding: &Binding) -> Result<(), LedgerError>;
     fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
@@ -182,6 +201,7 @@ CREATE TABLE IF NOT EXISTS commands (
     result              TEXT,
     errcode             INTEGER,
     detail              TEXT,
+    answer_text         TEXT,
     reply               TEXT,
     finished_ms         INTEGER
 );
@@ -294,41 +314,68 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn finish(&self, msg_id: &str, f: &Finished) -> Result<(), LedgerError> {
+    fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
         self.with(|conn| {
             conn.prepare_cached(
-                "UPDATE commands SET status = 'done', command = ?2, result = ?3, errcode = ?4,
-                 detail = ?5, reply = ?6, finished_ms = ?7, session_webhook = NULL
-                 WHERE msg_id = ?1",
+                "UPDATE commands SET status = 'answered', command = ?2, result = ?3, errcode = ?4,
+                 detail = ?5, answer_text = ?6 WHERE msg_id = ?1",
             )
             .and_then(|mut st| {
                 st.execute(params![
                     msg_id,
-                    f.command,
-                    f.outcome.as_str(),
-                    f.errcode,
-                    f.detail,
-                    f.reply,
-                    to_i64(f.finished_ms),
+                    a.command,
+                    a.outcome.as_str(),
+                    a.errcode,
+                    a.detail,
+                    a.text
                 ])
             })
+            .map_err(sql("record_answer"))?;
+            Ok(())
+        })
+    }
+
+    fn finish(&self, msg_id: &str, reply: &str, finished_ms: u64) -> Result<(), LedgerError> {
+        self.with(|conn| {
+            conn.prepare_cached(
+                "UPDATE commands SET status = 'done', reply = ?2, finished_ms = ?3,
+                 session_webhook = NULL, answer_text = NULL WHERE msg_id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![msg_id, reply, to_i64(finished_ms)]))
             .map_err(sql("finish"))?;
             Ok(())
         })
     }
 
-    fn unfinished(&self) -> Result<Vec<Accepted>, LedgerError> {
+    fn unfinished(&self) -> Result<Vec<Pending>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
                 .prepare(
                     "SELECT msg_id, received_ms, conversation_id, conversation_type,
                      conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
-                     text, session_webhook, session_expires_ms
-                     FROM commands WHERE status = 'accepted' ORDER BY received_ms",
+                     text, session_webhook, session_expires_ms,
+                     status, command, result, errcode, detail, answer_text
+                     FROM commands WHERE status IN ('accepted', 'answered') ORDER BY received_ms",
                 )
                 .map_err(sql("unfinished"))?;
             let rows = st
-                .query_map([], accepted_from_row)
+                .query_map([], |row| {
+                    let accepted = accepted_from_row(row)?;
+                    let answer = if row.get::<_, String>(12)? == "answered" {
+                        Some(Answer {
+                            command: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+                            outcome: Outcome::parse(
+                                &row.get::<_, Option<String>>(14)?.unwrap_or_default(),
+                            ),
+                            errcode: row.get(15)?,
+                            detail: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
+                            text: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
+                        })
+                    } else {
+                        None
+                    };
+                    Ok(Pending { accepted, answer })
+                })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("unfinished"))?;
             Ok(rows)
@@ -510,26 +557,30 @@ mod tests {
         }
         let l = SqliteLedger::open(&path).unwrap();
         assert!(!l.accept(&accepted("m1")).unwrap());
-        assert_eq!(l.unfinished().unwrap(), vec![accepted("m1")]);
+        assert_eq!(
+            l.unfinished().unwrap(),
+            vec![Pending {
+                accepted: accepted("m1"),
+                answer: None
+            }]
+        );
     }
 
     #[test]
-    fn finishing_removes_the_command_from_unfinished_and_forgets_the_webhook() {
+    fn an_answered_command_is_pending_with_its_answer_until_finished() {
         let dir = tempfile::tempdir().unwrap();
         let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
         l.accept(&accepted("m1")).unwrap();
-        l.finish(
-            "m1",
-            &Finished {
-                command: "/help".into(),
-                outcome: Outcome::Info,
-                errcode: None,
-                detail: "help".into(),
-                reply: "delivered".into(),
-                finished_ms: 2,
-            },
-        )
-        .unwrap();
+        let answer = Answer {
+            command: "/help".into(),
+            outcome: Outcome::Info,
+            errcode: None,
+            text: "the list".into(),
+            detail: "help".into(),
+        };
+        l.record_answer("m1", &answer).unwrap();
+        assert_eq!(l.unfinished().unwrap()[0].answer, Some(answer));
+        l.finish("m1", "session", 2).unwrap();
         assert!(l.unfinished().unwrap().is_empty());
         let webhook: Option<String> = l
             .with(|c| {

@@ -14,14 +14,14 @@ use crate::callback::signature::Verifier;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
-use crate::ledger::{Accepted, Finished, LedgerHandle, Outcome, SqliteLedger};
+use crate::ledger::{Answer, LedgerHandle, Outcome, Pending, SqliteLedger};
 use crate::worker::{WorkerContext, WorkerPool};
 
 /// State shared by the HTTP handlers.
 pub struct AppState {
     pub verifier: Verifier,
     pub ledger: LedgerHandle,
-    pub queue: mpsc::Sender<Accepted>,
+    pub queue: mpsc::Sender<Pending>,
 }
 
 /// Why the application could not start.
@@ -152,36 +152,40 @@ impl Application {
     }
 }
 
-/// Queues commands accepted before a stop or crash whose reply path is still valid; the
-/// others are recorded as failed, since nobody could be told the result.
+/// Queues commands accepted before a stop or crash whose reply path is still valid. An
+/// answered one only gets its reply; one never answered runs in full. Those whose session
+/// expired before the restart are recorded as not run: nobody could be told the result.
 async fn resume_unfinished(
     ledger: &LedgerHandle,
-    queue: &mpsc::Sender<Accepted>,
+    queue: &mpsc::Sender<Pending>,
 ) -> Result<(), StartError> {
     let pending = ledger.call(|l| l.unfinished()).await?;
     if pending.is_empty() {
         return Ok(());
     }
     let now = now_ms();
-    let (live, expired): (Vec<_>, Vec<_>) = pending
-        .into_iter()
-        .partition(|a| a.session_expires_ms.is_none_or(|exp| exp > now));
+    let (live, expired): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
+        p.answer.is_some() || p.accepted.session_expires_ms.is_none_or(|exp| exp > now)
+    });
     tracing::info!(
         resumed = live.len(),
         expired = expired.len(),
         "resuming unfinished commands"
     );
     for job in expired {
-        let finished = Finished {
+        let answer = Answer {
             command: "-".into(),
             outcome: Outcome::Failed,
             errcode: None,
+            text: String::new(),
             detail: "not run: its reply session expired before dingops restarted".into(),
-            reply: "expired".into(),
-            finished_ms: now,
         };
+        let id = job.accepted.msg_id;
         ledger
-            .call(move |l| l.finish(&job.msg_id, &finished))
+            .call(move |l| {
+                l.record_answer(&id, &answer)?;
+                l.finish(&id, "none-expired", now)
+            })
             .await?;
     }
     let queue = queue.clone();

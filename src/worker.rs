@@ -17,7 +17,9 @@ use crate::clock::{format_ms, now_ms};
 use crate::command::{Command, CommandSpec, ParseError, help_text};
 use crate::config::{ReplyHost, Settings, reply_url_allowed};
 use crate::dingtalk::{ApiError, DingTalk};
-use crate::ledger::{Accepted, Binding, DmState, Finished, LedgerError, LedgerHandle, Outcome};
+use crate::ledger::{
+    Accepted, Answer, Binding, DmState, LedgerError, LedgerHandle, Outcome, Pending,
+};
 
 /// What the worker needs to decide and act.
 pub struct WorkerContext {
@@ -27,6 +29,7 @@ pub struct WorkerContext {
     pub trust_is_admin: bool,
     pub reply_hosts: Vec<ReplyHost>,
     pub static_groups: BTreeMap<String, String>,
+    pub robot_code: String,
 }
 
 impl WorkerContext {
@@ -38,23 +41,24 @@ impl WorkerContext {
             trust_is_admin: settings.trust_is_admin,
             reply_hosts: settings.reply_hosts.clone(),
             static_groups: settings.groups.clone(),
+            robot_code: settings.robot_code.clone(),
         }
     }
 }
 
-/// The answer to one command before it is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    pub command: String,
-    pub outcome: Outcome,
-    pub errcode: Option<i64>,
-    /// The reply text after the mark and the mention.
-    pub text: String,
-    /// A short note for the audit log.
-    pub detail: String,
+/// Constructors of answers.
+trait AnswerExt {
+    fn new(
+        command: &str,
+        outcome: Outcome,
+        text: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self;
+    fn failed(command: &str, what: &str, e: &ApiError) -> Self;
+    fn ledger_failed(command: &str, e: &LedgerError) -> Self;
 }
 
-impl Answer {
+impl AnswerExt for Answer {
     fn new(
         command: &str,
         outcome: Outcome,
@@ -89,6 +93,14 @@ impl Answer {
             "ledger error",
         )
     }
+}
+
+/// How a reply reached the chat, or why it did not; recorded in the ledger's `reply` column.
+pub mod via {
+    /// Posted to the callback's sessionWebhook.
+    pub const SESSION: &str = "session";
+    /// Posted with the robot group-message API after the session had expired.
+    pub const GROUP_MESSAGE: &str = "group-message";
 }
 
 /// The reply body DingTalk expects on a sessionWebhook: text with the sender @-mentioned.
@@ -307,56 +319,98 @@ impl WorkerContext {
         }
     }
 
-    /// Sends the answer to the callback's sessionWebhook; returns how that went.
+    /// Sends the answer to the chat; returns how that went (see [`via`]). The callback's
+    /// sessionWebhook comes first; when it has expired (by its time or DingTalk's 300001), a
+    /// group chat gets the robot group-message API instead, which cannot @-mention, so the
+    /// sender is named in the text.
     async fn deliver(&self, job: &Accepted, answer: &Answer) -> String {
-        if job.session_expires_ms.is_some_and(|exp| now_ms() >= exp) {
-            tracing::warn!("reply not sent: the sessionWebhook has expired");
-            return "expired".into();
-        }
-        let url = match Url::parse(job.session_webhook.expose()) {
-            Ok(u) if reply_url_allowed(&u, &self.reply_hosts) => u,
-            _ => {
-                tracing::warn!("reply not sent: the sessionWebhook is not on reply_hosts");
-                return "host-not-allowed".into();
+        let expired = job.session_expires_ms.is_some_and(|exp| now_ms() >= exp);
+        if !expired {
+            let url = match Url::parse(job.session_webhook.expose()) {
+                Ok(u) if reply_url_allowed(&u, &self.reply_hosts) => u,
+                _ => {
+                    tracing::warn!("reply not sent: the sessionWebhook is not on reply_hosts");
+                    return "none-host-not-allowed".into();
+                }
+            };
+            match self
+                .dingtalk
+                .send_by_session(&url, &reply_message(job, answer))
+                .await
+            {
+                Ok(()) => return via::SESSION.into(),
+                Err(e) if e.errcode() == Some(SESSION_GONE) => {
+                    tracing::info!(
+                        "sessionWebhook is gone (300001); falling back to a group message"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.short(), "reply failed");
+                    return format!("none-failed-{}", e.short());
+                }
             }
-        };
+        }
+        if job.conversation_type == "1" {
+            tracing::warn!("reply not sent: the 1:1 session expired");
+            return "none-expired".into();
+        }
+        let content = format!(
+            "{} {}: {}",
+            answer.outcome.mark(),
+            who(
+                job.sender_staff_id.as_deref().unwrap_or(""),
+                job.sender_nick.as_deref()
+            ),
+            answer.text
+        );
         match self
             .dingtalk
-            .send_by_session(&url, &reply_message(job, answer))
+            .send_group_message(&self.robot_code, &job.conversation_id, &content)
             .await
         {
-            Ok(()) => "delivered".into(),
+            Ok(()) => via::GROUP_MESSAGE.into(),
             Err(e) => {
-                tracing::warn!(error = %e.short(), "reply failed");
-                format!("failed-{}", e.short())
+                tracing::warn!(error = %e.short(), "fallback group message failed");
+                format!("none-failed-{}", e.short())
             }
         }
     }
 
-    /// Runs one accepted command to the end and records it.
-    #[tracing::instrument(skip_all, fields(msg_id = %job.msg_id, group = %job.conversation_id))]
-    pub async fn process(&self, job: Accepted) {
-        let answer = self.answer(&job).await;
-        tracing::info!(command = %answer.command, outcome = answer.outcome.as_str(), errcode = ?answer.errcode, "command answered");
-        let reply = self.deliver(&job, &answer).await;
-        let finished = Finished {
-            command: answer.command,
-            outcome: answer.outcome,
-            errcode: answer.errcode,
-            detail: answer.detail,
-            reply,
-            finished_ms: now_ms(),
+    /// Runs one command to the end and records it. A command answered before a restart only
+    /// gets its reply sent: DingTalk is not called twice.
+    #[tracing::instrument(skip_all, fields(msg_id = %job.accepted.msg_id, group = %job.accepted.conversation_id))]
+    pub async fn process(&self, job: Pending) {
+        let Pending { accepted, answer } = job;
+        let answer = match answer {
+            Some(a) => a,
+            None => {
+                let a = self.answer(&accepted).await;
+                let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
+                if let Err(e) = self
+                    .ledger
+                    .call(move |l| l.record_answer(&msg_id, &record))
+                    .await
+                {
+                    tracing::error!(error = %e, "could not record the answer of a command");
+                }
+                a
+            }
         };
-        let msg_id = job.msg_id.clone();
+        tracing::info!(command = %answer.command, outcome = answer.outcome.as_str(), errcode = ?answer.errcode, "command answered");
+        let reply = self.deliver(&accepted, &answer).await;
+        let msg_id = accepted.msg_id.clone();
         if let Err(e) = self
             .ledger
-            .call(move |l| l.finish(&msg_id, &finished))
+            .call(move |l| l.finish(&msg_id, &reply, now_ms()))
             .await
         {
             tracing::error!(error = %e, "could not record the end of a command");
         }
     }
 }
+
+/// sendBySession's answer for an expired or unknown session.
+const SESSION_GONE: i64 = 300_001;
 
 fn not_bound(name: &str) -> Answer {
     Answer::new(
@@ -379,7 +433,7 @@ impl WorkerPool {
         ctx: Arc<WorkerContext>,
         capacity: usize,
         concurrency: usize,
-    ) -> (mpsc::Sender<Accepted>, Self) {
+    ) -> (mpsc::Sender<Pending>, Self) {
         let (tx, rx) = mpsc::channel(capacity);
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(dispatch(ctx, rx, concurrency, stop.clone()));
@@ -403,7 +457,7 @@ impl WorkerPool {
 
 async fn dispatch(
     ctx: Arc<WorkerContext>,
-    mut rx: mpsc::Receiver<Accepted>,
+    mut rx: mpsc::Receiver<Pending>,
     concurrency: usize,
     stop: Arc<Notify>,
 ) {

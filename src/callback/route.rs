@@ -10,7 +10,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use super::payload::Callback;
 use super::signature::SignatureError;
 use crate::clock::now_ms;
-use crate::ledger::Accepted;
+use crate::ledger::{Accepted, Pending};
 use crate::server::AppState;
 
 /// Largest callback body accepted (DESIGN §5).
@@ -130,7 +130,10 @@ pub async fn callback(
         }
     }
     let msg_id = job.msg_id.clone();
-    match state.queue.try_send(job) {
+    match state.queue.try_send(Pending {
+        accepted: job,
+        answer: None,
+    }) {
         Ok(()) => {
             tracing::info!("callback accepted");
             ack()

@@ -34,15 +34,17 @@ pub enum Api {
     FriendSwitch,
     ConvertChatId,
     SendBySession,
+    GroupMessage,
 }
 
 impl Api {
-    pub const ALL: [Api; 5] = [
+    pub const ALL: [Api; 6] = [
         Api::GetToken,
         Api::AccessToken,
         Api::FriendSwitch,
         Api::ConvertChatId,
         Api::SendBySession,
+        Api::GroupMessage,
     ];
 
     /// A stable name for logs and metrics.
@@ -53,13 +55,20 @@ impl Api {
             Api::FriendSwitch => "friendswitch_update",
             Api::ConvertChatId => "convert_to_open_conversation_id",
             Api::SendBySession => "send_by_session",
+            Api::GroupMessage => "robot_group_messages_send",
         }
     }
 
     /// Whether repeating the call after an unclear failure (timeout, broken connection)
     /// is harmless. A reply is not: DingTalk may already have posted it.
     fn idempotent(self) -> bool {
-        !matches!(self, Api::SendBySession)
+        !matches!(self, Api::SendBySession | Api::GroupMessage)
+    }
+
+    /// Whether a transient failure of this API may be retried: always for idempotent APIs;
+    /// for replies only when DingTalk surely did not act (no connection, or an error answer).
+    fn may_retry(self, err: &ApiError) -> bool {
+        self.idempotent() || !matches!(err, ApiError::Timeout | ApiError::Transport(_))
     }
 }
 
@@ -320,7 +329,7 @@ impl DingTalk {
                 ErrorClass::RateLimited => {
                     Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(5) - 1)
                 }
-                ErrorClass::Transient if api.idempotent() || matches!(err, ApiError::Connect) => {
+                ErrorClass::Transient if api.may_retry(&err) => {
                     let base = self.options.base_backoff * 2u32.saturating_pow(attempt.min(10) - 1);
                     let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 2 + 1);
                     base + Duration::from_millis(jitter)
@@ -480,6 +489,41 @@ impl DingTalk {
                 .map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)
+        })
+        .await
+    }
+}
+
+impl DingTalk {
+    /// The robot group-message API (`sampleText`): the fallback when a reply session has
+    /// expired. It cannot @-mention.
+    pub async fn send_group_message(
+        &self,
+        robot_code: &str,
+        open_conversation_id: &str,
+        text: &str,
+    ) -> Result<(), ApiError> {
+        let body = json!({
+            "msgParam": json!({"content": text}).to_string(),
+            "msgKey": "sampleText",
+            "openConversationId": open_conversation_id,
+            "robotCode": robot_code,
+        });
+        self.call(Api::GroupMessage, Some(TokenKind::Modern), |tok| {
+            let body = body.clone();
+            async move {
+                let resp = self
+                    .modern_request(Method::POST, "/v1.0/robot/groupMessages/send", &tok)?
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(transport)?;
+                let (status, v) = read_body(resp).await?;
+                if !(200..300).contains(&status) {
+                    return Err(status_error(status, &v));
+                }
+                Ok(())
+            }
         })
         .await
     }

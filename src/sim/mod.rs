@@ -25,6 +25,7 @@ pub mod api {
     pub const FRIEND_SWITCH: &str = "friendswitch_update";
     pub const CONVERT: &str = "convert_to_open_conversation_id";
     pub const SEND_BY_SESSION: &str = "send_by_session";
+    pub const GROUP_MESSAGE: &str = "robot_group_messages_send";
 }
 
 /// How the simulator behaves.
@@ -84,13 +85,16 @@ pub struct RecordedCall {
     pub access_token: Option<String>,
     /// The path parameter or JSON body, as received.
     pub body: Value,
-    /// The errcode (or HTTP status for new APIs) the simulator answered; 0 for success.
+    /// The errcode (or HTTP status for new APIs) the simulator answered; 0 for success,
+    /// -2 for a dropped connection, -3 for a call it never answered.
     pub answer: i64,
 }
 
 /// A reply received on a sessionWebhook.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordedReply {
+    /// `session` (sendBySession) or `group-message` (the robot group-message API).
+    pub via: String,
     pub open_conversation_id: String,
     pub at_ms: u64,
     /// The message text (`text.content` or `markdown.text`).
@@ -169,6 +173,10 @@ impl Simulator {
                     web::post().to(convert),
                 )
                 .route("/robot/sendBySession", web::post().to(send_by_session))
+                .route(
+                    "/v1.0/robot/groupMessages/send",
+                    web::post().to(group_message),
+                )
                 .route("/_sim/groups", web::get().to(control_groups))
                 .route("/_sim/groups", web::post().to(control_add_group))
                 .route("/_sim/sessions", web::post().to(control_open_session))
@@ -264,6 +272,11 @@ impl Simulator {
             .push_back(fault);
     }
 
+    /// Expires every open reply session (sendBySession answers 300001 from now on).
+    pub fn expire_sessions(&self) {
+        self.shared.state().sessions.clear();
+    }
+
     /// Forgets every issued token, as if DingTalk revoked them.
     pub fn revoke_tokens(&self) {
         let mut s = self.shared.state();
@@ -320,7 +333,9 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
     match fault {
         Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(Fault::Hang) => {
+            record(shared, api, None, Value::Null, -3);
             tokio::time::sleep(Duration::from_secs(3600)).await;
+            return Gate::Respond(HttpResponse::GatewayTimeout().finish());
         }
         Some(Fault::Http { status }) => {
             record(shared, api, None, Value::Null, i64::from(status));
@@ -529,11 +544,7 @@ async fn convert(
         return r;
     }
     let chat_id = path.into_inner();
-    let token = req
-        .headers()
-        .get("x-acs-dingtalk-access-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let token = header_token(&req);
     let s = shared.state();
     if check_token(&s.modern_tokens, token.as_deref()).is_err() {
         drop(s);
@@ -608,6 +619,7 @@ async fn send_by_session(
         })
         .unwrap_or_default();
     s.replies.push(RecordedReply {
+        via: "session".into(),
         open_conversation_id: cid,
         at_ms: now_ms(),
         content: content.to_owned(),
@@ -617,6 +629,90 @@ async fn send_by_session(
     drop(s);
     record(&shared, api::SEND_BY_SESSION, None, v, 0);
     HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok"}))
+}
+
+fn header_token(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get("x-acs-dingtalk-access-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `POST /v1.0/robot/groupMessages/send` (sampleText / sampleMarkdown only).
+async fn group_message(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::GROUP_MESSAGE, true).await {
+        return r;
+    }
+    let token = header_token(&req);
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut s = shared.state();
+    let bad = |s: MutexGuard<'_, State>, status: u16, code: &str, message: &str| {
+        drop(s);
+        record(
+            &shared,
+            api::GROUP_MESSAGE,
+            token.clone(),
+            v.clone(),
+            i64::from(status),
+        );
+        let status = actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+        HttpResponse::build(status).json(json!({"code": code, "message": message}))
+    };
+    if check_token(&s.modern_tokens, token.as_deref()).is_err() {
+        return bad(
+            s,
+            401,
+            "InvalidAuthentication",
+            "access_token过期或者不存在，需要重新获取",
+        );
+    }
+    if v.get("robotCode").and_then(Value::as_str) != Some(shared.config.app_key.as_str()) {
+        return bad(s, 400, "invalidParameter.robotCode.empty", "robotCode无效");
+    }
+    let cid = v
+        .get("openConversationId")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if !s.groups.iter().any(|g| g.open_conversation_id == cid) {
+        return bad(
+            s,
+            400,
+            "invalid.openConversationId",
+            "openConversationId无效",
+        );
+    }
+    let param: Value = v
+        .get("msgParam")
+        .and_then(Value::as_str)
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or(Value::Null);
+    let content = match v.get("msgKey").and_then(Value::as_str) {
+        Some("sampleText") => param.get("content"),
+        Some("sampleMarkdown") => param.get("text"),
+        _ => None,
+    }
+    .and_then(Value::as_str)
+    .map(str::to_owned);
+    let Some(content) = content else {
+        return bad(s, 400, "invalidParameter.msgParam", "msgParam无效");
+    };
+    s.replies.push(RecordedReply {
+        via: "group-message".into(),
+        open_conversation_id: cid,
+        at_ms: now_ms(),
+        content,
+        at_user_ids: Vec::new(),
+        body: v.clone(),
+    });
+    drop(s);
+    record(&shared, api::GROUP_MESSAGE, token, v, 0);
+    HttpResponse::Ok().json(json!({"processQueryKey": random_hex(24)}))
 }
 
 async fn control_groups(shared: web::Data<Shared>) -> HttpResponse {

@@ -303,7 +303,7 @@ async fn every_command_is_audited_with_sender_group_result_and_errcode() {
     assert_eq!(ok.conversation_id, GROUP);
     assert_eq!(ok.command.as_deref(), Some("/lock-dm"));
     assert_eq!(ok.result.as_deref(), Some("ok"));
-    assert_eq!(ok.reply.as_deref(), Some("delivered"));
+    assert_eq!(ok.reply.as_deref(), Some("session"));
     assert!(ok.finished_ms.unwrap() >= ok.received_ms);
     let refused = app.finished_row(&refused_id).await;
     assert_eq!(refused.result.as_deref(), Some("refused"));

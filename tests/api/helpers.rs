@@ -213,3 +213,70 @@ impl TestApp {
         (self.sim, self.dir)
     }
 }
+
+/// The real binary serving with the simulator as DingTalk, on `port`, ledger at `db`.
+pub fn spawn_binary(
+    sim: &Simulator,
+    port: u16,
+    db: &std::path::Path,
+    extra: &[(&str, String)],
+) -> std::process::Child {
+    let mut env: Vec<(&str, String)> = vec![
+        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
+        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
+        ("DINGOPS_LISTEN", format!("127.0.0.1:{port}")),
+        ("DINGOPS_OAPI_BASE", sim.url().into()),
+        ("DINGOPS_API_BASE", sim.url().into()),
+        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")),
+        ("DINGOPS_DATABASE", db.display().to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+        .arg("serve")
+        .env_clear()
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `/healthz` answers on `port`.
+pub async fn wait_healthy(port: u16) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < end, "dingops did not start on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `pred` holds for the simulator's recorded calls.
+pub async fn wait_for_calls(
+    sim: &Simulator,
+    what: &str,
+    pred: impl Fn(&[dingops::sim::RecordedCall]) -> bool,
+) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !pred(&sim.calls(None)) {
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}: {:#?}",
+            sim.calls(None)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,7 +1,7 @@
 //! The binary: `demo`, configuration errors, health, and a graceful stop on SIGTERM.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use dingops::sim::chat::{CallbackSender, new_msg_id, text_message};
 use dingops::sim::{Fault, api};
@@ -80,39 +80,10 @@ async fn healthz_answers_200() {
 async fn sigterm_stops_the_server_after_the_in_flight_command_finishes() {
     let sim = new_sim(Default::default());
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let settings_env = [
-        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
-        ("DINGOPS_LISTEN", format!("127.0.0.1:{port}")),
-        ("DINGOPS_OAPI_BASE", sim.url().into()),
-        ("DINGOPS_API_BASE", sim.url().into()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
-        ("DINGOPS_ADMINS", "admin01".into()),
-        ("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")),
-        (
-            "DINGOPS_DATABASE",
-            dir.path().join("l.db").display().to_string(),
-        ),
-    ];
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .envs(settings_env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let mut child = spawn_binary(&sim, port, &dir.path().join("l.db"), &[]);
     let base = format!("http://127.0.0.1:{port}");
-    let ready = Instant::now() + Duration::from_secs(10);
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(Instant::now() < ready, "dingops did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(port).await;
 
     // DingTalk is slow: the command is still running when SIGTERM arrives.
     sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 800 });

@@ -5,6 +5,7 @@
 
 mod commands;
 mod dedupe;
+mod faults;
 mod helpers;
 mod lifecycle;
 mod limits;

@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use dingops::sim::chat::{Chat, new_msg_id, text_message};
+use dingops::sim::chat::Chat;
 use dingops::sim::{SimConfig, Simulator, api};
 
 use crate::helpers::*;
@@ -28,7 +28,7 @@ async fn a_session_webhook_outside_reply_hosts_is_never_called() {
     let (status, msg_id) = app.say(&chat, &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
     let row = app.finished_row(&msg_id).await;
-    assert_eq!(row.reply.as_deref(), Some("host-not-allowed"));
+    assert_eq!(row.reply.as_deref(), Some("none-host-not-allowed"));
     assert!(rogue.calls(None).is_empty());
     assert!(rogue.replies().is_empty());
     // The command itself still ran: the allow-list guards only the reply.
@@ -56,40 +56,92 @@ async fn non_https_and_foreign_webhooks_are_refused() {
         assert_eq!(status, 200);
         assert_eq!(
             app.finished_row(&msg_id).await.reply.as_deref(),
-            Some("host-not-allowed"),
+            Some("none-host-not-allowed"),
             "{url}"
         );
     }
 }
 
 #[tokio::test]
-async fn an_expired_session_is_not_called() {
+async fn a_session_past_its_expiry_time_is_not_called_and_a_group_message_names_the_sender() {
     let app = spawn_app().await;
     let mut chat = app.chat(GROUP);
     chat.session_expires_ms = dingops::clock::now_ms() - 1;
-    let (status, msg_id) = app.say(&chat, &member(), "/help").await;
+    let (status, msg_id) = app.say(&chat, &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
-    assert_eq!(
-        app.finished_row(&msg_id).await.reply.as_deref(),
-        Some("expired")
+    let reply = app.replies(1).await.pop().unwrap();
+    assert_eq!(reply.via, "group-message");
+    assert_eq!(reply.open_conversation_id, GROUP);
+    assert!(
+        reply
+            .content
+            .starts_with("✅ Ada (admin01): Private chat is now forbidden"),
+        "{}",
+        reply.content
     );
     assert!(app.sim.calls(Some(api::SEND_BY_SESSION)).is_empty());
+    let sent = app.sim.calls(Some(api::GROUP_MESSAGE));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["robotCode"], app.sim.config().app_key.as_str());
+    assert_eq!(sent[0].body["msgKey"], "sampleText");
+    assert_eq!(
+        app.finished_row(&msg_id).await.reply.as_deref(),
+        Some("group-message")
+    );
 }
 
 #[tokio::test]
-async fn a_reply_dingtalk_refuses_is_recorded_with_its_errcode() {
+async fn a_session_dingtalk_says_is_gone_falls_back_to_a_group_message() {
     let app = spawn_app().await;
-    // The simulator forgets the session: DingTalk answers 300001.
-    let body = {
-        let mut chat = app.chat(GROUP);
-        chat.session_webhook = format!("{}/robot/sendBySession?session=unknown", app.sim.url());
-        text_message(&new_msg_id(), &chat, &member(), "/help")
-    };
-    let msg_id = body["msgId"].as_str().unwrap().to_owned();
-    assert_eq!(app.post_signed(&body).await.0, 200);
+    let chat = app.chat(GROUP);
+    app.sim.expire_sessions();
+    let (_, msg_id) = app.say(&chat, &member(), "/dm-status").await;
+    let reply = app.replies(1).await.pop().unwrap();
+    assert_eq!(reply.via, "group-message");
+    assert!(
+        reply.content.starts_with("ℹ️ Max (member01): "),
+        "{}",
+        reply.content
+    );
+    let answers: Vec<i64> = app
+        .sim
+        .calls(Some(api::SEND_BY_SESSION))
+        .iter()
+        .map(|c| c.answer)
+        .collect();
+    assert_eq!(answers, vec![300001]);
     assert_eq!(
         app.finished_row(&msg_id).await.reply.as_deref(),
-        Some("failed-300001")
+        Some("group-message")
+    );
+}
+
+#[tokio::test]
+async fn an_expired_one_to_one_session_gets_no_reply_and_the_ledger_says_so() {
+    let app = spawn_app().await;
+    let mut chat = app.chat("cidPrivate==");
+    chat.conversation_type = "1".into();
+    chat.session_expires_ms = dingops::clock::now_ms() - 1;
+    let (_, msg_id) = app.say(&chat, &member(), "/help").await;
+    assert_eq!(
+        app.finished_row(&msg_id).await.reply.as_deref(),
+        Some("none-expired")
+    );
+    assert!(app.sim.replies().is_empty());
+}
+
+#[tokio::test]
+async fn a_reply_dingtalk_refuses_is_recorded_with_its_errcode_and_not_retried() {
+    let app = spawn_app().await;
+    app.sim.inject(
+        api::SEND_BY_SESSION,
+        dingops::sim::Fault::Errcode { errcode: 310000 },
+    );
+    let (_, msg_id) = app.say(&app.chat(GROUP), &member(), "/help").await;
+    assert_eq!(
+        app.finished_row(&msg_id).await.reply.as_deref(),
+        Some("none-failed-310000")
     );
     assert_eq!(app.sim.calls(Some(api::SEND_BY_SESSION)).len(), 1);
+    assert!(app.sim.replies().is_empty());
 }

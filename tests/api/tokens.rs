@@ -68,3 +68,28 @@ async fn wrong_credentials_fail_the_command_with_a_clear_reason_and_no_retry_sto
     assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 1);
     assert!(app.sim.calls(Some(api::FRIEND_SWITCH)).is_empty());
 }
+
+#[tokio::test]
+async fn a_token_is_refreshed_before_it_expires() {
+    // Tokens of 2 s are refreshed at half their life, so a command 1.5 s later fetches anew.
+    let app = spawn_app_with(Options {
+        sim_config: dingops::sim::SimConfig {
+            token_ttl_secs: 2,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let chat = app.chat(GROUP);
+    app.ask(&chat, &admin(), "/lock-dm").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    app.ask(&chat, &admin(), "/unlock-dm").await;
+    assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 2);
+    // No call was refused for an expired token.
+    assert!(
+        app.sim
+            .calls(Some(api::FRIEND_SWITCH))
+            .iter()
+            .all(|c| c.answer == 0)
+    );
+}

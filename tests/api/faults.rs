@@ -1,0 +1,325 @@
+//! The fault matrix: each DingTalk failure mode, with the exact number of DingTalk calls
+//! and replies the simulator saw. The README's matrix lists these rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dingops::sim::chat::{Chat, Member};
+use dingops::sim::{Fault, RecordedReply, api};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// friendswitch answers the simulator gave, in order.
+fn switch_answers(app: &TestApp) -> Vec<i64> {
+    app.sim
+        .calls(Some(api::FRIEND_SWITCH))
+        .iter()
+        .map(|c| c.answer)
+        .collect()
+}
+
+async fn lock_with_faults(app: &TestApp, faults: &[Fault]) -> RecordedReply {
+    for f in faults {
+        app.sim.inject(api::FRIEND_SWITCH, f.clone());
+    }
+    app.ask(&app.chat(GROUP), &admin(), "/lock-dm").await
+}
+
+fn assert_done(reply: &RecordedReply) {
+    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+}
+
+#[tokio::test]
+async fn system_error_400001_twice_then_success_retries_and_replies_once() {
+    let app = spawn_app().await;
+    let e = Fault::Errcode { errcode: 400001 };
+    let reply = lock_with_faults(&app, &[e.clone(), e]).await;
+    assert_done(&reply);
+    assert_eq!(switch_answers(&app), vec![400001, 400001, 0]);
+    assert!(app.sim.group(GROUP).unwrap().dm_prohibited);
+}
+
+#[tokio::test]
+async fn system_busy_minus_one_is_retried() {
+    let app = spawn_app().await;
+    assert_done(&lock_with_faults(&app, &[Fault::Errcode { errcode: -1 }]).await);
+    assert_eq!(switch_answers(&app), vec![-1, 0]);
+}
+
+#[tokio::test]
+async fn http_502_is_retried() {
+    let app = spawn_app().await;
+    assert_done(&lock_with_faults(&app, &[Fault::Http { status: 502 }]).await);
+    assert_eq!(switch_answers(&app), vec![502, 0]);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_retried() {
+    let app = spawn_app().await;
+    assert_done(&lock_with_faults(&app, &[Fault::Drop]).await);
+    assert_eq!(switch_answers(&app), vec![-2, 0]);
+}
+
+#[tokio::test]
+async fn a_hang_longer_than_the_timeout_is_abandoned_and_retried() {
+    let app = spawn_app_with(Options {
+        env: vec![("DINGOPS_UPSTREAM_TIMEOUT_MS", "300".into())],
+        ..Options::default()
+    })
+    .await;
+    assert_done(&lock_with_faults(&app, &[Fault::Hang]).await);
+    assert_eq!(switch_answers(&app), vec![-3, 0]);
+}
+
+#[tokio::test]
+async fn a_rejected_token_40014_is_fetched_again_once_and_the_call_retried_once() {
+    let app = spawn_app().await;
+    assert_done(&lock_with_faults(&app, &[Fault::Errcode { errcode: 40014 }]).await);
+    assert_eq!(switch_answers(&app), vec![40014, 0]);
+    assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 2);
+}
+
+#[tokio::test]
+async fn a_token_rejected_twice_fails_instead_of_looping() {
+    let app = spawn_app().await;
+    let e = Fault::Errcode { errcode: 42001 };
+    let reply = lock_with_faults(&app, &[e.clone(), e]).await;
+    assert!(reply.content.starts_with("❌"), "{}", reply.content);
+    assert_eq!(switch_answers(&app), vec![42001, 42001]);
+    assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 2);
+}
+
+#[tokio::test]
+async fn rate_limit_90018_backs_off_at_least_a_second_then_succeeds() {
+    let app = spawn_app().await;
+    assert_done(&lock_with_faults(&app, &[Fault::Errcode { errcode: 90018 }]).await);
+    let calls = app.sim.calls(Some(api::FRIEND_SWITCH));
+    assert_eq!(
+        calls.iter().map(|c| c.answer).collect::<Vec<_>>(),
+        vec![90018, 0]
+    );
+    assert!(calls[1].at_ms - calls[0].at_ms >= 1000, "{calls:#?}");
+}
+
+#[tokio::test]
+async fn transient_failures_that_never_end_give_one_failure_reply_after_the_attempts() {
+    let app = spawn_app().await;
+    let e = Fault::Errcode { errcode: 400001 };
+    let reply = lock_with_faults(&app, &[e.clone(), e.clone(), e.clone(), e]).await;
+    assert!(reply.content.starts_with("❌"), "{}", reply.content);
+    assert!(
+        reply.content.contains("400001") && reply.content.contains("try again"),
+        "{}",
+        reply.content
+    );
+    assert_eq!(switch_answers(&app), vec![400001; 4]);
+}
+
+#[tokio::test]
+async fn a_hanging_dingtalk_does_not_hold_up_the_callback_route_or_other_commands() {
+    let app = spawn_app_with(Options {
+        env: vec![("DINGOPS_UPSTREAM_TIMEOUT_MS", "3000".into())],
+        ..Options::default()
+    })
+    .await;
+    app.sim.inject(api::FRIEND_SWITCH, Fault::Hang);
+    let (status, _) = app.say(&app.chat(GROUP), &admin(), "/lock-dm").await;
+    assert_eq!(status, 200);
+    wait_for_calls(&app.sim, "the hung call", |c| {
+        c.iter().any(|c| c.answer == -3)
+    })
+    .await;
+    // While the lock waits on DingTalk, another group is served.
+    let other = app.ask(&app.chat(OTHER), &member(), "/help").await;
+    assert_eq!(other.open_conversation_id, OTHER);
+    assert!(app.sim.group(GROUP).is_some_and(|g| !g.dm_prohibited));
+    // And the lock still completes after its retry.
+    let replies = app.replies(2).await;
+    assert!(replies[1].content.starts_with("✅"), "{replies:#?}");
+}
+
+#[tokio::test]
+async fn a_burst_of_200_locks_across_200_groups_never_trips_the_rate_limit() {
+    let groups: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("cidBurst{i:04}=="), format!("chatburst{i:04}")))
+        .collect();
+    let sim = new_sim(Default::default());
+    for (cid, chat) in &groups {
+        sim.add_group(cid, chat, cid);
+    }
+    let bindings = groups
+        .iter()
+        .map(|(c, h)| format!("{c}={h}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let app = Arc::new(
+        spawn_app_with(Options {
+            sim: Some(sim),
+            env: vec![("DINGOPS_GROUPS", bindings)],
+            ..Options::default()
+        })
+        .await,
+    );
+    let chats: Vec<Chat> = groups.iter().map(|(cid, _)| app.chat(cid)).collect();
+    let mut tasks = Vec::new();
+    for chat in chats {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.say(&chat, &admin(), "/lock-dm").await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let replies = app.sim.wait_for_replies(200, Duration::from_secs(60)).await;
+    assert_eq!(replies.len(), 200);
+    assert!(replies.iter().all(|r| r.content.starts_with("✅")));
+
+    let calls = app.sim.calls(Some(api::FRIEND_SWITCH));
+    assert_eq!(calls.len(), 200);
+    assert!(calls.iter().all(|c| c.answer == 0), "a call was refused");
+    assert!(app.sim.calls(None).iter().all(|c| c.answer != 90018));
+    for (cid, _) in &groups {
+        assert!(app.sim.group(cid).unwrap().dm_prohibited, "{cid}");
+    }
+    assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 1);
+
+    let first = calls.first().unwrap().at_ms;
+    let last = calls.last().unwrap().at_ms;
+    let peak = calls
+        .iter()
+        .map(|c| {
+            calls
+                .iter()
+                .filter(|d| d.at_ms >= c.at_ms && d.at_ms < c.at_ms + 1000)
+                .count()
+        })
+        .max()
+        .unwrap();
+    eprintln!(
+        "burst: 200 friendswitch calls in {} ms, {:.1} calls/s on average, at most {peak} in any second",
+        last - first,
+        199_000.0 / (last - first) as f64
+    );
+    assert!(peak <= 20, "{peak} calls in one second");
+}
+
+#[tokio::test]
+async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply() {
+    let sim = new_sim(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    let port = free_port();
+    let mut first = spawn_binary(&sim, port, &db, &[]);
+    wait_healthy(port).await;
+
+    // The lock reaches DingTalk; the reply hangs; the process is killed.
+    sim.inject(api::SEND_BY_SESSION, Fault::Hang);
+    let sender = dingops::sim::chat::CallbackSender::new(
+        &format!("http://127.0.0.1:{port}"),
+        sim.config().app_secret.clone().into(),
+    );
+    let (url, exp) = sim.open_session(GROUP, Duration::from_secs(600));
+    let chat = Chat {
+        open_conversation_id: GROUP.into(),
+        title: "t".into(),
+        conversation_type: "2".into(),
+        session_webhook: url,
+        session_expires_ms: exp,
+    };
+    let body = dingops::sim::chat::text_message(
+        "msg-killed-1",
+        &chat,
+        &Member::new("admin01", "Ada", false),
+        "/lock-dm",
+    );
+    assert_eq!(sender.send(&body).await.unwrap().0, 200);
+    wait_for_calls(&sim, "the hung reply", |c| {
+        c.iter()
+            .any(|c| c.api == api::SEND_BY_SESSION && c.answer == -3)
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert_eq!(sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
+    assert!(sim.replies().is_empty());
+
+    let mut second = spawn_binary(&sim, port, &db, &[]);
+    wait_healthy(port).await;
+    let replies = sim.wait_for_replies(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    assert_eq!(replies.len(), 1);
+    assert!(
+        replies[0].content.starts_with("✅"),
+        "{}",
+        replies[0].content
+    );
+    assert_eq!(sim.replies().len(), 1);
+    assert_eq!(
+        sim.calls(Some(api::FRIEND_SWITCH)).len(),
+        1,
+        "DingTalk was called again"
+    );
+    assert_eq!(
+        sim.calls(Some(api::FRIEND_SWITCH))[0].body,
+        json!({"chatid": GROUP_CHATID, "is_prohibit": true})
+    );
+}
+
+#[tokio::test]
+async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_restart() {
+    let sim = new_sim(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    let port = free_port();
+    let mut first = spawn_binary(&sim, port, &db, &[]);
+    wait_healthy(port).await;
+    sim.inject(api::FRIEND_SWITCH, Fault::Hang);
+    let app_sender = dingops::sim::chat::CallbackSender::new(
+        &format!("http://127.0.0.1:{port}"),
+        sim.config().app_secret.clone().into(),
+    );
+    let (url, exp) = sim.open_session(GROUP, Duration::from_secs(600));
+    let chat = Chat {
+        open_conversation_id: GROUP.into(),
+        title: "t".into(),
+        conversation_type: "2".into(),
+        session_webhook: url,
+        session_expires_ms: exp,
+    };
+    let body = dingops::sim::chat::text_message(
+        "msg-killed-2",
+        &chat,
+        &Member::new("admin01", "Ada", false),
+        "/lock-dm",
+    );
+    assert_eq!(app_sender.send(&body).await.unwrap().0, 200);
+    wait_for_calls(&sim, "the hung call", |c| c.iter().any(|c| c.answer == -3)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = spawn_binary(&sim, port, &db, &[]);
+    wait_healthy(port).await;
+    let replies = sim.wait_for_replies(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(replies.len(), 1);
+    assert!(
+        replies[0].content.starts_with("✅"),
+        "{}",
+        replies[0].content
+    );
+    // The hung call never answered; exactly one answered call did the change.
+    let answers: Vec<i64> = sim
+        .calls(Some(api::FRIEND_SWITCH))
+        .iter()
+        .map(|c| c.answer)
+        .collect();
+    assert_eq!(answers, vec![-3, 0]);
+    assert!(sim.group(GROUP).unwrap().dm_prohibited);
+}
