@@ -24,9 +24,6 @@ pub fn format_ms(ms: u64) -> String {
 mod tests {
     #[test]
     fn format_ms_renders_utc_to_the_second() {
-        assert_eq!(
-            super::format_ms(1_577_262_236_757),
-            "2019-12-25 08:23:56 UTC"
-        );
+        assert_eq!(super::format_ms(1_577_262_236_757), "2019-12-25 08:23:56 UTC");
     }
 }

@@ -227,10 +227,7 @@ mod tests {
     fn help_lists_every_command_and_alias() {
         let help = help_text();
         for spec in COMMANDS {
-            assert!(
-                help.contains(spec.name) && help.contains(spec.alias),
-                "{help}"
-            );
+            assert!(help.contains(spec.name) && help.contains(spec.alias), "{help}");
         }
     }
 

@@ -112,8 +112,8 @@ impl ReplyHost {
         if entry.is_empty() || entry.contains(['/', '@', '?', '#', ' ']) {
             return Err(format!("`{entry}` is not host[:port]"));
         }
-        let url = Url::parse(&format!("http://{entry}/"))
-            .map_err(|_| format!("`{entry}` is not host[:port]"))?;
+        let url =
+            Url::parse(&format!("http://{entry}/")).map_err(|_| format!("`{entry}` is not host[:port]"))?;
         let host = url
             .host_str()
             .ok_or_else(|| format!("`{entry}` has no host"))?
@@ -262,13 +262,7 @@ impl Sources {
         }
     }
 
-    fn integer(
-        &self,
-        key: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> Result<u64, ConfigError> {
+    fn integer(&self, key: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
         let value = match self.raw(key) {
             None => return Ok(default),
             Some(Raw::File(toml::Value::Integer(i))) => u64::try_from(i).ok(),
@@ -286,8 +280,7 @@ impl Sources {
 
     fn base_url(&self, key: &'static str, default: &str) -> Result<Url, ConfigError> {
         let text = self.string(key)?.unwrap_or_else(|| default.to_owned());
-        let url =
-            Url::parse(text.trim()).map_err(|e| Self::invalid(key, format!("not a URL: {e}")))?;
+        let url = Url::parse(text.trim()).map_err(|e| Self::invalid(key, format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(Self::invalid(key, "expected an http(s) URL with a host"));
         }
@@ -309,9 +302,7 @@ impl Sources {
                     // openConversationIds end in `=`, so split at the last one.
                     pair.rsplit_once('=')
                         .map(|(cid, chat)| (cid.trim().to_owned(), chat.trim().to_owned()))
-                        .ok_or_else(|| {
-                            Self::invalid(KEY, "expected cid=chatid pairs separated by commas")
-                        })
+                        .ok_or_else(|| Self::invalid(KEY, "expected cid=chatid pairs separated by commas"))
                 })
                 .collect::<Result<_, _>>()?,
             Some(Raw::File(toml::Value::Table(t))) => t
@@ -340,10 +331,7 @@ impl Sources {
         let mut groups = BTreeMap::new();
         for (cid, chat) in pairs {
             if cid.is_empty() || cid.len() > 256 {
-                return Err(Self::invalid(
-                    KEY,
-                    "an openConversationId is empty or too long",
-                ));
+                return Err(Self::invalid(KEY, "an openConversationId is empty or too long"));
             }
             if !is_valid_chatid(&chat) {
                 return Err(Self::invalid(
@@ -380,10 +368,7 @@ impl Settings {
     }
 
     /// Builds settings from TOML text and an environment map; the environment wins.
-    pub fn from_sources(
-        toml_text: Option<&str>,
-        env: &HashMap<String, String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_sources(toml_text: Option<&str>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let file: toml::Table = match toml_text {
             Some(text) => toml::from_str(text).map_err(|e| ConfigError::File {
                 path: PathBuf::from("<toml>"),
@@ -399,9 +384,7 @@ impl Settings {
             env: env.clone(),
         };
 
-        let listen_text = src
-            .string("listen")?
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen_text = src.string("listen")?.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen = listen_text
             .trim()
             .parse()
@@ -413,9 +396,7 @@ impl Settings {
             .map(|e| ReplyHost::parse(e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|reason| Sources::invalid("reply_hosts", reason))?;
-        let database = src
-            .string("database")?
-            .unwrap_or_else(|| "dingops.db".into());
+        let database = src.string("database")?.unwrap_or_else(|| "dingops.db".into());
         if database.trim().is_empty() {
             return Err(Sources::invalid("database", "must not be empty"));
         }
@@ -442,12 +423,7 @@ impl Settings {
             command_concurrency: src.integer("command_concurrency", 8, 1, 1024)? as usize,
             queue_capacity: src.integer("queue_capacity", 4096, 1, 1_000_000)? as usize,
             upstream_timeout_ms: src.integer("upstream_timeout_ms", 5000, 100, 600_000)?,
-            upstream_connect_timeout_ms: src.integer(
-                "upstream_connect_timeout_ms",
-                2000,
-                100,
-                600_000,
-            )?,
+            upstream_connect_timeout_ms: src.integer("upstream_connect_timeout_ms", 2000, 100, 600_000)?,
             shutdown_grace_secs: src.integer("shutdown_grace_secs", 30, 0, 3600)?,
             api_calls_per_sec: src.integer("api_calls_per_sec", 20, 0, 10_000)? as u32,
             retry_max_attempts: src.integer("retry_max_attempts", 4, 1, 20)? as u32,
@@ -515,26 +491,18 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_the_key() {
-        let err = Settings::from_sources(
-            Some(MINIMAL),
-            &env(&[("DINGOPS_SIGNATURE_WINDOW_SECS", "soon")]),
-        )
-        .unwrap_err();
+        let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_SIGNATURE_WINDOW_SECS", "soon")]))
+            .unwrap_err();
         assert!(err.to_string().contains("`signature_window_secs`"), "{err}");
         let err =
-            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_TRUST_IS_ADMIN", "maybe")]))
-                .unwrap_err();
+            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_TRUST_IS_ADMIN", "maybe")])).unwrap_err();
         assert!(err.to_string().contains("`trust_is_admin`"), "{err}");
     }
 
     #[test]
     fn an_unknown_file_key_is_refused() {
-        let err =
-            Settings::from_sources(Some("app_key=\"k\"\napp_secert=\"s\""), &env(&[])).unwrap_err();
-        assert!(
-            err.to_string().contains("unknown key `app_secert`"),
-            "{err}"
-        );
+        let err = Settings::from_sources(Some("app_key=\"k\"\napp_secert=\"s\""), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("unknown key `app_secert`"), "{err}");
     }
 
     #[test]
@@ -560,11 +528,8 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_the_secret() {
-        let s = Settings::from_sources(
-            Some("app_key=\"k\"\napp_secret=\"hunter2-secret\""),
-            &env(&[]),
-        )
-        .unwrap();
+        let s =
+            Settings::from_sources(Some("app_key=\"k\"\napp_secret=\"hunter2-secret\""), &env(&[])).unwrap();
         assert_eq!(s.app_secret.expose_secret(), "hunter2-secret");
         assert!(!format!("{s:?}").contains("hunter2-secret"));
     }
@@ -584,10 +549,7 @@ mod tests {
             "http://oapi.dingtalk.com/robot/sendBySession",
             &["oapi.dingtalk.com"]
         ));
-        assert!(!allowed(
-            "https://evil.example/robot",
-            &["oapi.dingtalk.com"]
-        ));
+        assert!(!allowed("https://evil.example/robot", &["oapi.dingtalk.com"]));
         assert!(!allowed(
             "https://oapi.dingtalk.com:8443/x",
             &["oapi.dingtalk.com"]
@@ -603,9 +565,6 @@ mod tests {
         assert!(allowed("http://127.0.0.1:9000/x", &["127.0.0.1:9000"]));
         assert!(!allowed("http://127.0.0.1:9001/x", &["127.0.0.1:9000"]));
         assert!(!allowed("http://10.0.0.1:9000/x", &["10.0.0.1:9000"]));
-        assert!(!allowed(
-            "ftp://oapi.dingtalk.com/x",
-            &["oapi.dingtalk.com"]
-        ));
+        assert!(!allowed("ftp://oapi.dingtalk.com/x", &["oapi.dingtalk.com"]));
     }
 }

@@ -160,13 +160,8 @@ fn describe_call(call: &crate::sim::RecordedCall) -> String {
     let what = match call.api.as_str() {
         api::FRIEND_SWITCH => format!(
             "friendswitch/update chatid={} is_prohibit={}",
-            call.body
-                .get("chatid")
-                .and_then(Value::as_str)
-                .unwrap_or("?"),
-            call.body
-                .get("is_prohibit")
-                .map_or("?".into(), Value::to_string)
+            call.body.get("chatid").and_then(Value::as_str).unwrap_or("?"),
+            call.body.get("is_prohibit").map_or("?".into(), Value::to_string)
         ),
         api::CONVERT => format!(
             "convertToOpenConversationId chatId={}",
@@ -191,11 +186,7 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
     sim.add_group(GROUP_CID, GROUP_CHATID, "dingops demo group");
     sim.add_group(OTHER_CID, OTHER_CHATID, "another group");
 
-    let dir = std::env::temp_dir().join(format!(
-        "dingops-demo-{}-{}",
-        std::process::id(),
-        new_msg_id()
-    ));
+    let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
     std::fs::create_dir_all(&dir)?;
     let env: HashMap<String, String> = [
         ("DINGOPS_APP_KEY", sim_config.app_key.clone()),
@@ -206,10 +197,7 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
         ("DINGOPS_REPLY_HOSTS", sim.host_port().to_owned()),
         ("DINGOPS_ADMINS", "manager01".into()),
         ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
-        (
-            "DINGOPS_DATABASE",
-            dir.join("demo.db").display().to_string(),
-        ),
+        ("DINGOPS_DATABASE", dir.join("demo.db").display().to_string()),
         ("DINGOPS_SHUTDOWN_GRACE_SECS", "5".into()),
     ]
     .into_iter()
@@ -239,12 +227,7 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
     result
 }
 
-async fn play(
-    out: &mut dyn Write,
-    sim: &Simulator,
-    bot_url: &str,
-    cfg: &SimConfig,
-) -> anyhow::Result<bool> {
+async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConfig) -> anyhow::Result<bool> {
     let people: HashMap<&str, (Member, &str)> = [
         (
             "alice",
@@ -256,10 +239,7 @@ async fn play(
         ("bob", (Member::new("member01", "Bob", false), "member")),
         (
             "mallory",
-            (
-                Member::new("intruder", "Mallory", true),
-                "forges the signature",
-            ),
+            (Member::new("intruder", "Mallory", true), "forges the signature"),
         ),
     ]
     .into_iter()

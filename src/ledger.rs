@@ -21,6 +21,8 @@ pub enum LedgerError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("ledger file {0} is gone")]
+    Missing(String),
     #[error("ledger lock poisoned")]
     Poisoned,
     #[error("ledger task failed: {0}")]
@@ -180,6 +182,7 @@ pub trait Ledger: Send + Sync + 'static {
 /// The SQLite ledger (WAL journal).
 pub struct SqliteLedger {
     conn: Mutex<Connection>,
+    path: std::path::PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -243,13 +246,11 @@ impl SqliteLedger {
         conn.execute_batch(SCHEMA).map_err(sql("migrate"))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
         })
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
-    ) -> Result<T, LedgerError> {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
         let conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
         f(&conn)
     }
@@ -364,9 +365,7 @@ impl Ledger for SqliteLedger {
                     let answer = if row.get::<_, String>(12)? == "answered" {
                         Some(Answer {
                             command: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
-                            outcome: Outcome::parse(
-                                &row.get::<_, Option<String>>(14)?.unwrap_or_default(),
-                            ),
+                            outcome: Outcome::parse(&row.get::<_, Option<String>>(14)?.unwrap_or_default()),
                             errcode: row.get(15)?,
                             detail: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
                             text: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
@@ -440,7 +439,13 @@ impl Ledger for SqliteLedger {
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT(conversation_id) DO UPDATE SET prohibited = excluded.prohibited,
                  set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, set_ms = excluded.set_ms",
-                params![cid, s.prohibited as i64, s.set_by, s.set_by_nick, to_i64(s.set_ms)],
+                params![
+                    cid,
+                    s.prohibited as i64,
+                    s.set_by,
+                    s.set_by_nick,
+                    to_i64(s.set_ms)
+                ],
             )
             .map_err(sql("set_dm_state"))?;
             Ok(())
@@ -491,8 +496,13 @@ impl Ledger for SqliteLedger {
     }
 
     fn ping(&self) -> Result<(), LedgerError> {
+        // An open connection keeps working on a file that was deleted or unmounted under
+        // it, so check that the path still holds the database too.
+        if !self.path.is_file() {
+            return Err(LedgerError::Missing(self.path.display().to_string()));
+        }
         self.with(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
+            conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM commands; ROLLBACK;")
                 .map_err(sql("ping"))
         })
     }

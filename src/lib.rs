@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod dingtalk;
 pub mod ledger;
+pub mod ops;
 pub mod server;
 pub mod sim;
 pub mod telemetry;

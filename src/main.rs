@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret as _;
 
 use dingops::config::Settings;
+use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingops::server::{Application, RunOptions};
 use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 use dingops::sim::{SimConfig, Simulator};
+use dingops::telemetry::LogFormat;
 
 /// dingops: DingTalk group policy, one chat command away.
 #[derive(Parser)]
@@ -21,6 +23,15 @@ struct Cli {
     /// TOML configuration file (keys in README); DINGOPS_* variables override it.
     #[arg(long, global = true, env = "DINGOPS_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format (level from RUST_LOG).
+    #[arg(
+        long,
+        global = true,
+        env = "DINGOPS_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -73,14 +84,28 @@ enum Cmd {
         )]
         session_webhook: String,
     },
+    /// Validate the configuration and try the real credentials and bindings.
+    Check,
+    /// Show the ledger's history: who ran what, where, when, with what result.
+    Audit {
+        /// Only this group (openConversationId).
+        #[arg(long)]
+        group: Option<String>,
+        /// Only since then: a duration back (2h, 30m, 7days) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// At most this many rows (newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dingops: cannot start the async runtime: {e}");
@@ -97,9 +122,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format;
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {
-            dingops::telemetry::init("info");
+            dingops::telemetry::init(log_format, "info");
             let settings = Settings::load(cli.config.as_deref())?;
             tracing::info!(listen = %settings.listen, database = %settings.database.display(), "starting dingops");
             let app = Application::build(settings, RunOptions::default()).await?;
@@ -107,15 +133,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo => {
-            dingops::telemetry::init("error");
+            dingops::telemetry::init(log_format, "error");
             let mut out = std::io::stdout();
             let ok = dingops::demo::run(&mut out).await?;
             out.flush()?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Sim {
             listen,
@@ -124,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             groups,
             rate_limit,
         } => {
-            dingops::telemetry::init("info");
+            dingops::telemetry::init(log_format, "info");
             let listener =
                 TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
             let sim = Simulator::start(
@@ -164,8 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session_webhook,
         } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let client =
-                CallbackSender::new(&url, settings.app_secret.expose_secret().to_owned().into());
+            let client = CallbackSender::new(&url, settings.app_secret.expose_secret().to_owned().into());
             let chat = Chat {
                 open_conversation_id: group,
                 title: "dingops smoke test".into(),
@@ -173,12 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session_webhook,
                 session_expires_ms: dingops::clock::now_ms() + 90 * 60 * 1000,
             };
-            let body = text_message(
-                &new_msg_id(),
-                &chat,
-                &Member::new(&sender, &sender, admin),
-                &text,
-            );
+            let body = text_message(&new_msg_id(), &chat, &Member::new(&sender, &sender, admin), &text);
             let (status, answer) = client
                 .send(&body)
                 .await
@@ -189,6 +205,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Check => {
+            dingops::telemetry::init(log_format, "error");
+            let settings = match Settings::load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("❌ configuration: {e}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let items = dingops::ops::check(&settings).await;
+            print!("{}", dingops::ops::render_check(&items));
+            Ok(if items.iter().all(|i| i.ok) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Audit {
+            group,
+            since,
+            json,
+            limit,
+        } => {
+            let database = match Settings::load(cli.config.as_deref()) {
+                Ok(s) => s.database,
+                // Reading the audit needs only the database path.
+                Err(_) => std::env::var_os("DINGOPS_DATABASE")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("dingops.db")),
+            };
+            if !database.is_file() {
+                anyhow::bail!("no ledger at {}", database.display());
+            }
+            let since = since
+                .as_deref()
+                .map(dingops::ops::parse_since)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let ledger = SqliteLedger::open(&database)?;
+            let rows = ledger.history(group.as_deref(), since, limit)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for row in rows.iter().rev() {
+                    writeln!(out, "{}", dingops::ops::audit_json(row))?;
+                }
+            } else {
+                write!(out, "{}", dingops::ops::audit_table(&rows))?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -15,11 +15,13 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
 use crate::ledger::{Answer, LedgerHandle, Outcome, Pending, SqliteLedger};
+use crate::telemetry::Metrics;
 use crate::worker::{WorkerContext, WorkerPool};
 
 /// State shared by the HTTP handlers.
 pub struct AppState {
     pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
     pub ledger: LedgerHandle,
     pub queue: mpsc::Sender<Pending>,
 }
@@ -86,15 +88,21 @@ impl Application {
             .await
             .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
         let ledger = LedgerHandle::new(ledger);
-        let dingtalk = Arc::new(DingTalk::new(&settings)?);
-        let ctx = Arc::new(WorkerContext::new(&settings, ledger.clone(), dingtalk));
-        let (queue, pool) =
-            WorkerPool::start(ctx, settings.queue_capacity, settings.command_concurrency);
+        let metrics = Arc::new(Metrics::new());
+        let dingtalk = Arc::new(DingTalk::new(&settings, metrics.clone())?);
+        let ctx = Arc::new(WorkerContext::new(
+            &settings,
+            ledger.clone(),
+            dingtalk,
+            metrics.clone(),
+        ));
+        let (queue, pool) = WorkerPool::start(ctx, settings.queue_capacity, settings.command_concurrency);
 
-        resume_unfinished(&ledger, &queue).await?;
+        resume_unfinished(&ledger, &queue, &metrics).await?;
 
         let state = web::Data::new(AppState {
             verifier: Verifier::new(settings.app_secret.clone(), settings.signature_window_secs),
+            metrics,
             ledger,
             queue,
         });
@@ -110,6 +118,8 @@ impl Application {
                 .app_data(state.clone())
                 .route("/callback", web::post().to(callback))
                 .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics_text))
                 .default_service(web::to(not_found))
         })
         .workers(options.http_workers.max(1))
@@ -158,15 +168,16 @@ impl Application {
 async fn resume_unfinished(
     ledger: &LedgerHandle,
     queue: &mpsc::Sender<Pending>,
+    metrics: &Arc<Metrics>,
 ) -> Result<(), StartError> {
     let pending = ledger.call(|l| l.unfinished()).await?;
     if pending.is_empty() {
         return Ok(());
     }
     let now = now_ms();
-    let (live, expired): (Vec<_>, Vec<_>) = pending.into_iter().partition(|p| {
-        p.answer.is_some() || p.accepted.session_expires_ms.is_none_or(|exp| exp > now)
-    });
+    let (live, expired): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|p| p.answer.is_some() || p.accepted.session_expires_ms.is_none_or(|exp| exp > now));
     tracing::info!(
         resumed = live.len(),
         expired = expired.len(),
@@ -189,9 +200,11 @@ async fn resume_unfinished(
             .await?;
     }
     let queue = queue.clone();
+    let metrics = metrics.clone();
     // The queue may be smaller than the backlog: feed it from a task.
     tokio::spawn(async move {
         for job in live {
+            metrics.queue_depth.inc();
             if queue.send(job).await.is_err() {
                 break;
             }
@@ -202,6 +215,24 @@ async fn resume_unfinished(
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when the ledger answers a write transaction at its configured path.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.ledger.call(|l| l.ping()).await {
+        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            HttpResponse::ServiceUnavailable()
+                .json(json!({ "status": "not ready", "error": "ledger unavailable" }))
+        }
+    }
+}
+
+async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
 }
 
 async fn not_found() -> HttpResponse {

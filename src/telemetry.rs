@@ -1,14 +1,186 @@
-//! Logging setup. Secrets never reach a log line: tokens and sessionWebhook URLs are
-//! wrapped in redacting types and transport errors are logged without their URL.
+//! Logs and metrics.
+//!
+//! Logs: `tracing`, as JSON lines or human-readable text, level from `RUST_LOG`. Secrets
+//! never reach a log line: the app secret, tokens and sessionWebhook URLs are wrapped in
+//! redacting types and transport errors are logged without their URL.
+//!
+//! Metrics: one Prometheus registry per application (so tests can run several side by side),
+//! rendered in the text exposition format at `GET /metrics`.
 
+use std::time::Duration;
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber: level from `RUST_LOG` (default `info`), output to stderr.
-pub fn init(default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Installs the global subscriber: level from `RUST_LOG` (else `default_level`), to stderr.
+pub fn init(format: LogFormat, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Every metric dingops exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `dingops_callbacks_total{outcome, reason}`.
+    pub callbacks: IntCounterVec,
+    /// `dingops_commands_total{command, result}`.
+    pub commands: IntCounterVec,
+    /// `dingops_dingtalk_calls_total{api, errcode}`; errcode `0` is success.
+    pub dingtalk_calls: IntCounterVec,
+    /// `dingops_token_fetches_total{kind}`.
+    pub token_fetches: IntCounterVec,
+    /// `dingops_replies_total{via}`.
+    pub replies: IntCounterVec,
+    /// `dingops_callback_ack_seconds`: from the request to the acknowledgement.
+    pub ack_seconds: Histogram,
+    /// `dingops_command_seconds`: from acceptance to the reply.
+    pub command_seconds: Histogram,
+    /// `dingops_dingtalk_call_seconds{api}`: one HTTP exchange with DingTalk.
+    pub dingtalk_seconds: HistogramVec,
+    /// `dingops_queue_depth`: accepted commands waiting for a worker.
+    pub queue_depth: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    // Names are fixed and unique, so registration cannot collide.
+    if let Err(e) = registry.register(Box::new(metric.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+    register(registry, c)
+}
+
+const FAST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+const SLOW_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
+            register(&registry, h)
+        };
+        let dingtalk_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "dingops_dingtalk_call_seconds",
+                    "Duration of one HTTP exchange with DingTalk.",
+                )
+                .buckets(SLOW_BUCKETS.to_vec()),
+                &["api"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        let queue_depth = register(
+            &registry,
+            IntGauge::new("dingops_queue_depth", "Accepted commands waiting for a worker.")
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        Self {
+            callbacks: counter(
+                &registry,
+                "dingops_callbacks_total",
+                "Robot callbacks by outcome (accepted, duplicate, rejected, unavailable) and reason.",
+                &["outcome", "reason"],
+            ),
+            commands: counter(
+                &registry,
+                "dingops_commands_total",
+                "Commands answered, by command and result (ok, info, refused, failed).",
+                &["command", "result"],
+            ),
+            dingtalk_calls: counter(
+                &registry,
+                "dingops_dingtalk_calls_total",
+                "DingTalk API calls by API and errcode (0 = success).",
+                &["api", "errcode"],
+            ),
+            token_fetches: counter(
+                &registry,
+                "dingops_token_fetches_total",
+                "Access-token fetches by kind (legacy, modern).",
+                &["kind"],
+            ),
+            replies: counter(
+                &registry,
+                "dingops_replies_total",
+                "Replies by delivery path (session, group-message, none-...).",
+                &["via"],
+            ),
+            ack_seconds: histogram(
+                "dingops_callback_ack_seconds",
+                "Time from receiving a callback to acknowledging it.",
+                FAST_BUCKETS,
+            ),
+            command_seconds: histogram(
+                "dingops_command_seconds",
+                "Time from accepting a command to finishing its reply.",
+                SLOW_BUCKETS,
+            ),
+            dingtalk_seconds,
+            queue_depth,
+            registry,
+        }
+    }
+
+    /// Counts a callback.
+    pub fn callback(&self, outcome: &str, reason: &str) {
+        self.callbacks.with_label_values(&[outcome, reason]).inc();
+    }
+
+    /// Records one DingTalk exchange.
+    pub fn dingtalk_call(&self, api: &str, errcode: &str, took: Duration) {
+        self.dingtalk_calls.with_label_values(&[api, errcode]).inc();
+        self.dingtalk_seconds
+            .with_label_values(&[api])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
 }

@@ -17,9 +17,8 @@ use crate::clock::{format_ms, now_ms};
 use crate::command::{Command, CommandSpec, ParseError, help_text};
 use crate::config::{ReplyHost, Settings, reply_url_allowed};
 use crate::dingtalk::{ApiError, DingTalk};
-use crate::ledger::{
-    Accepted, Answer, Binding, DmState, LedgerError, LedgerHandle, Outcome, Pending,
-};
+use crate::ledger::{Accepted, Answer, Binding, DmState, LedgerError, LedgerHandle, Outcome, Pending};
+use crate::telemetry::Metrics;
 
 /// What the worker needs to decide and act.
 pub struct WorkerContext {
@@ -30,10 +29,16 @@ pub struct WorkerContext {
     pub reply_hosts: Vec<ReplyHost>,
     pub static_groups: BTreeMap<String, String>,
     pub robot_code: String,
+    pub metrics: Arc<Metrics>,
 }
 
 impl WorkerContext {
-    pub fn new(settings: &Settings, ledger: LedgerHandle, dingtalk: Arc<DingTalk>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        ledger: LedgerHandle,
+        dingtalk: Arc<DingTalk>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             ledger,
             dingtalk,
@@ -42,29 +47,20 @@ impl WorkerContext {
             reply_hosts: settings.reply_hosts.clone(),
             static_groups: settings.groups.clone(),
             robot_code: settings.robot_code.clone(),
+            metrics,
         }
     }
 }
 
 /// Constructors of answers.
 trait AnswerExt {
-    fn new(
-        command: &str,
-        outcome: Outcome,
-        text: impl Into<String>,
-        detail: impl Into<String>,
-    ) -> Self;
+    fn new(command: &str, outcome: Outcome, text: impl Into<String>, detail: impl Into<String>) -> Self;
     fn failed(command: &str, what: &str, e: &ApiError) -> Self;
     fn ledger_failed(command: &str, e: &LedgerError) -> Self;
 }
 
 impl AnswerExt for Answer {
-    fn new(
-        command: &str,
-        outcome: Outcome,
-        text: impl Into<String>,
-        detail: impl Into<String>,
-    ) -> Self {
+    fn new(command: &str, outcome: Outcome, text: impl Into<String>, detail: impl Into<String>) -> Self {
         Self {
             command: command.to_owned(),
             outcome,
@@ -221,11 +217,7 @@ impl WorkerContext {
             set_ms: now_ms(),
         };
         let cid = job.conversation_id.clone();
-        if let Err(e) = self
-            .ledger
-            .call(move |l| l.set_dm_state(&cid, &state))
-            .await
-        {
+        if let Err(e) = self.ledger.call(move |l| l.set_dm_state(&cid, &state)).await {
             // DingTalk made the change; only our record of it is missing.
             tracing::error!(error = %e, "could not record the new DM state");
         }
@@ -262,8 +254,7 @@ impl WorkerContext {
         };
         let binding_text = match binding {
             Some((chatid, how)) => format!("This group is bound to chatid {chatid} ({how})."),
-            None => "This group is not bound to a chatid yet; an admin can run /bind <chatid>."
-                .to_owned(),
+            None => "This group is not bound to a chatid yet; an admin can run /bind <chatid>.".to_owned(),
         };
         let state_text = match state {
             Some(s) => format!(
@@ -340,9 +331,7 @@ impl WorkerContext {
             {
                 Ok(()) => return via::SESSION.into(),
                 Err(e) if e.errcode() == Some(SESSION_GONE) => {
-                    tracing::info!(
-                        "sessionWebhook is gone (300001); falling back to a group message"
-                    );
+                    tracing::info!("sessionWebhook is gone (300001); falling back to a group message");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e.short(), "reply failed");
@@ -378,7 +367,10 @@ impl WorkerContext {
 
     /// Runs one command to the end and records it. A command answered before a restart only
     /// gets its reply sent: DingTalk is not called twice.
-    #[tracing::instrument(skip_all, fields(msg_id = %job.accepted.msg_id, group = %job.accepted.conversation_id))]
+    #[tracing::instrument(
+        skip_all,
+        fields(msg_id = %job.accepted.msg_id, group = %job.accepted.conversation_id, command = tracing::field::Empty)
+    )]
     pub async fn process(&self, job: Pending) {
         let Pending { accepted, answer } = job;
         let answer = match answer {
@@ -386,18 +378,23 @@ impl WorkerContext {
             None => {
                 let a = self.answer(&accepted).await;
                 let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
-                if let Err(e) = self
-                    .ledger
-                    .call(move |l| l.record_answer(&msg_id, &record))
-                    .await
-                {
+                if let Err(e) = self.ledger.call(move |l| l.record_answer(&msg_id, &record)).await {
                     tracing::error!(error = %e, "could not record the answer of a command");
                 }
                 a
             }
         };
-        tracing::info!(command = %answer.command, outcome = answer.outcome.as_str(), errcode = ?answer.errcode, "command answered");
+        tracing::Span::current().record("command", answer.command.as_str());
+        tracing::info!(outcome = answer.outcome.as_str(), errcode = ?answer.errcode, "command answered");
+        self.metrics
+            .commands
+            .with_label_values(&[answer.command.as_str(), answer.outcome.as_str()])
+            .inc();
         let reply = self.deliver(&accepted, &answer).await;
+        self.metrics.replies.with_label_values(&[reply.as_str()]).inc();
+        self.metrics
+            .command_seconds
+            .observe(now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
         let msg_id = accepted.msg_id.clone();
         if let Err(e) = self
             .ledger
@@ -469,6 +466,7 @@ async fn dispatch(
             () = stop.notified() => { rx.close(); rx.recv().await }
         };
         let Some(job) = job else { break };
+        ctx.metrics.queue_depth.dec();
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };

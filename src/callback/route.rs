@@ -21,10 +21,7 @@ fn error(status: StatusCode, message: &str) -> HttpResponse {
 }
 
 /// One header's value: `Ok(None)` when absent, `Err` when repeated or not visible ASCII.
-fn single_header<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-) -> Result<Option<&'a str>, SignatureError> {
+fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, SignatureError> {
     let mut values = headers.get_all(name);
     let Some(first) = values.next() else {
         return Ok(None);
@@ -32,10 +29,7 @@ fn single_header<'a>(
     if values.next().is_some() {
         return Err(SignatureError::Malformed);
     }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| SignatureError::Malformed)
+    first.to_str().map(Some).map_err(|_| SignatureError::Malformed)
 }
 
 fn verify(state: &AppState, headers: &HeaderMap) -> Result<(), SignatureError> {
@@ -44,29 +38,20 @@ fn verify(state: &AppState, headers: &HeaderMap) -> Result<(), SignatureError> {
     state.verifier.verify(timestamp, sign)
 }
 
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-) -> Result<web::BytesMut, HttpResponse> {
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HttpResponse> {
     let declared = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body larger than 64 KiB",
-        ));
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"));
     }
     let mut body = web::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "could not read the body"))?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body larger than 64 KiB",
-            ));
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"));
         }
         body.extend_from_slice(&chunk);
     }
@@ -74,28 +59,57 @@ async fn read_body(
 }
 
 /// The DingTalk robot callback (HTTP mode).
-pub async fn callback(
-    req: HttpRequest,
+pub async fn callback(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let started = std::time::Instant::now();
+    let (response, outcome, reason) = handle(&req, payload, &state).await;
+    state.metrics.callback(outcome, reason);
+    state.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The pipeline up to the acknowledgement. Returns the response and the metric labels
+/// (outcome, reason).
+async fn handle(
+    req: &HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+    state: &AppState,
+) -> (HttpResponse, &'static str, &'static str) {
     // The signature is checked before a byte of the body is read.
-    if let Err(e) = verify(&state, req.headers()) {
+    if let Err(e) = verify(state, req.headers()) {
         tracing::info!(reason = e.reason(), "callback rejected: signature");
-        return error(StatusCode::UNAUTHORIZED, &e.to_string());
+        let reason = match e {
+            SignatureError::Missing => "signature_missing",
+            SignatureError::Malformed => "signature_malformed",
+            SignatureError::Stale => "signature_stale",
+            SignatureError::Mismatch => "signature_mismatch",
+        };
+        return (
+            error(StatusCode::UNAUTHORIZED, &e.to_string()),
+            "rejected",
+            reason,
+        );
     }
-    let body = match read_body(&req, payload).await {
+    let body = match read_body(req, payload).await {
         Ok(b) => b,
         Err(resp) => {
             tracing::info!(status = resp.status().as_u16(), "callback rejected: body");
-            return resp;
+            let reason = if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "bad_request"
+            };
+            return (resp, "rejected", reason);
         }
     };
     let cb = match Callback::parse(&body) {
         Ok(cb) => cb,
         Err(e) => {
             tracing::info!(error = %e, "callback rejected: payload");
-            return error(StatusCode::BAD_REQUEST, &e.to_string());
+            return (
+                error(StatusCode::BAD_REQUEST, &e.to_string()),
+                "rejected",
+                "bad_request",
+            );
         }
     };
     let job = Accepted {
@@ -119,33 +133,41 @@ pub async fn callback(
         Ok(true) => {}
         Ok(false) => {
             tracing::info!("duplicate callback ignored");
-            return ack();
+            return (ack(), "duplicate", "-");
         }
         Err(e) => {
             tracing::error!(error = %e, "ledger unavailable; callback refused");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ledger unavailable, retry later",
+            return (
+                error(StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable, retry later"),
+                "unavailable",
+                "ledger",
             );
         }
     }
     let msg_id = job.msg_id.clone();
+    // Counted before the send so the worker's decrement can never run first.
+    state.metrics.queue_depth.inc();
     match state.queue.try_send(Pending {
         accepted: job,
         answer: None,
     }) {
         Ok(()) => {
             tracing::info!("callback accepted");
-            ack()
+            (ack(), "accepted", "-")
         }
         Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
+            state.metrics.queue_depth.dec();
             // Release the msgId so that a redelivery of this message can run.
             let release = msg_id.clone();
             if let Err(e) = state.ledger.call(move |l| l.release(&release)).await {
                 tracing::error!(error = %e, "could not release a refused command");
             }
             tracing::warn!("command queue full or closed; callback refused with 503");
-            error(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later")
+            (
+                error(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later"),
+                "unavailable",
+                "queue_full",
+            )
         }
     }
 }

@@ -115,9 +115,7 @@ impl Verifier {
         if ts.abs_diff(now_ms) > self.window_ms {
             return Err(SignatureError::Stale);
         }
-        let given = STANDARD
-            .decode(sign)
-            .map_err(|_| SignatureError::Malformed)?;
+        let given = STANDARD.decode(sign).map_err(|_| SignatureError::Malformed)?;
         // `verify_slice` compares in constant time.
         self.mac_for(timestamp)
             .verify_slice(&given)
@@ -125,11 +123,7 @@ impl Verifier {
     }
 
     /// Verifies against the system clock.
-    pub fn verify(
-        &self,
-        timestamp: Option<&str>,
-        sign: Option<&str>,
-    ) -> Result<(), SignatureError> {
+    pub fn verify(&self, timestamp: Option<&str>, sign: Option<&str>) -> Result<(), SignatureError> {
         self.verify_at(timestamp, sign, crate::clock::now_ms())
     }
 }
@@ -172,18 +166,9 @@ mod tests {
     #[test]
     fn missing_or_empty_headers_are_missing() {
         let v = verifier("s");
-        assert_eq!(
-            v.verify_at(None, Some("x"), 0),
-            Err(SignatureError::Missing)
-        );
-        assert_eq!(
-            v.verify_at(Some("1"), None, 0),
-            Err(SignatureError::Missing)
-        );
-        assert_eq!(
-            v.verify_at(Some(""), Some("x"), 0),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(v.verify_at(None, Some("x"), 0), Err(SignatureError::Missing));
+        assert_eq!(v.verify_at(Some("1"), None, 0), Err(SignatureError::Missing));
+        assert_eq!(v.verify_at(Some(""), Some("x"), 0), Err(SignatureError::Missing));
     }
 
     #[test]

@@ -153,10 +153,7 @@ mod tests {
             code: code.into(),
             message: String::new(),
         };
-        assert_eq!(
-            status(401, "Unauthorized").class(),
-            ErrorClass::TokenRejected
-        );
+        assert_eq!(status(401, "Unauthorized").class(), ErrorClass::TokenRejected);
         assert_eq!(
             status(400, "InvalidAuthentication").class(),
             ErrorClass::TokenRejected

@@ -22,6 +22,7 @@ pub use error::{ApiError, ErrorClass};
 use token::TokenCache;
 
 use crate::config::Settings;
+use crate::telemetry::Metrics;
 
 /// Largest answer body read from DingTalk; anything bigger is an error.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
@@ -146,6 +147,7 @@ pub struct DingTalk {
     modern: TokenCache,
     limiters: HashMap<Api, Limiter>,
     options: ClientOptions,
+    metrics: std::sync::Arc<Metrics>,
 }
 
 impl std::fmt::Debug for DingTalk {
@@ -186,9 +188,7 @@ async fn read_body(mut resp: Response) -> Result<(u16, Value), ApiError> {
     match serde_json::from_slice(&body) {
         Ok(v) => Ok((status, v)),
         Err(_) if status >= 400 => Ok((status, Value::Null)),
-        Err(e) => Err(ApiError::Decode(format!(
-            "HTTP {status}, body is not JSON: {e}"
-        ))),
+        Err(e) => Err(ApiError::Decode(format!("HTTP {status}, body is not JSON: {e}"))),
     }
 }
 
@@ -200,11 +200,7 @@ fn legacy_outcome(status: u16, v: &Value) -> Result<(), ApiError> {
     {
         return Err(ApiError::Code {
             errcode,
-            errmsg: v
-                .get("errmsg")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
+            errmsg: v.get("errmsg").and_then(Value::as_str).unwrap_or("").to_owned(),
         });
     }
     if !(200..300).contains(&status) {
@@ -213,9 +209,7 @@ fn legacy_outcome(status: u16, v: &Value) -> Result<(), ApiError> {
     match v.get("errcode").and_then(Value::as_i64) {
         Some(0) => {}
         _ => {
-            return Err(ApiError::Decode(format!(
-                "HTTP {status} without an errcode"
-            )));
+            return Err(ApiError::Decode(format!("HTTP {status} without an errcode")));
         }
     }
     if v.get("success").is_some_and(|s| s != &Value::Bool(true)) {
@@ -230,16 +224,8 @@ fn legacy_outcome(status: u16, v: &Value) -> Result<(), ApiError> {
 fn status_error(status: u16, v: &Value) -> ApiError {
     ApiError::Status {
         status,
-        code: v
-            .get("code")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
-        message: v
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        code: v.get("code").and_then(Value::as_str).unwrap_or("").to_owned(),
+        message: v.get("message").and_then(Value::as_str).unwrap_or("").to_owned(),
     }
 }
 
@@ -250,7 +236,7 @@ fn join(base: &str, path: &str) -> Result<Url, ApiError> {
 
 impl DingTalk {
     /// A client for the app in `settings`.
-    pub fn new(settings: &Settings) -> Result<Self, ApiError> {
+    pub fn new(settings: &Settings, metrics: std::sync::Arc<Metrics>) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
@@ -273,6 +259,7 @@ impl DingTalk {
             modern: TokenCache::default(),
             limiters,
             options,
+            metrics,
         })
     }
 
@@ -284,12 +271,7 @@ impl DingTalk {
     }
 
     /// Runs one API call with pacing, retries and (for `token`) the token's invalidation.
-    async fn call<T, F, Fut>(
-        &self,
-        api: Api,
-        token: Option<TokenKind>,
-        op: F,
-    ) -> Result<T, ApiError>
+    async fn call<T, F, Fut>(&self, api: Api, token: Option<TokenKind>, op: F) -> Result<T, ApiError>
     where
         F: Fn(Option<SecretString>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -308,7 +290,13 @@ impl DingTalk {
             }
             let started = std::time::Instant::now();
             let result = op(tok.clone()).await;
-            let elapsed_ms = started.elapsed().as_millis();
+            let took = started.elapsed();
+            let elapsed_ms = took.as_millis();
+            let code = match &result {
+                Ok(_) => "0".to_owned(),
+                Err(e) => e.short(),
+            };
+            self.metrics.dingtalk_call(api.name(), &code, took);
             let err = match result {
                 Ok(v) => {
                     tracing::debug!(api = api.name(), elapsed_ms, "DingTalk call succeeded");
@@ -326,9 +314,7 @@ impl DingTalk {
                     token_refreshed = true;
                     Duration::ZERO
                 }
-                ErrorClass::RateLimited => {
-                    Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(5) - 1)
-                }
+                ErrorClass::RateLimited => Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(5) - 1),
                 ErrorClass::Transient if api.may_retry(&err) => {
                     let base = self.options.base_backoff * 2u32.saturating_pow(attempt.min(10) - 1);
                     let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 2 + 1);
@@ -352,6 +338,7 @@ impl DingTalk {
     }
 
     async fn fetch_legacy_token(&self) -> Result<(SecretString, i64), ApiError> {
+        self.metrics.token_fetches.with_label_values(&["legacy"]).inc();
         self.call(Api::GetToken, None, |_| async {
             let mut url = join(&self.oapi_base, "/gettoken")?;
             url.query_pairs_mut()
@@ -372,17 +359,11 @@ impl DingTalk {
     }
 
     async fn fetch_modern_token(&self) -> Result<(SecretString, i64), ApiError> {
+        self.metrics.token_fetches.with_label_values(&["modern"]).inc();
         self.call(Api::AccessToken, None, |_| async {
             let url = join(&self.api_base, "/v1.0/oauth2/accessToken")?;
-            let body =
-                json!({"appKey": self.app_key, "appSecret": self.app_secret.expose_secret()});
-            let resp = self
-                .http
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(transport)?;
+            let body = json!({"appKey": self.app_key, "appSecret": self.app_secret.expose_secret()});
+            let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             if !(200..300).contains(&status) {
                 return Err(credentials_error(status_error(status, &v)));
@@ -424,27 +405,17 @@ impl DingTalk {
     /// members of the group `chatid`.
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
     pub async fn set_friend_switch(&self, chatid: &str, prohibit: bool) -> Result<(), ApiError> {
-        self.call(
-            Api::FriendSwitch,
-            Some(TokenKind::Legacy),
-            |tok| async move {
-                let mut url = join(&self.oapi_base, "/topapi/chat/member/friendswitch/update")?;
-                if let Some(t) = &tok {
-                    url.query_pairs_mut()
-                        .append_pair("access_token", t.expose_secret());
-                }
-                let body = json!({"chatid": chatid, "is_prohibit": prohibit});
-                let resp = self
-                    .http
-                    .post(url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(transport)?;
-                let (status, v) = read_body(resp).await?;
-                legacy_outcome(status, &v)
-            },
-        )
+        self.call(Api::FriendSwitch, Some(TokenKind::Legacy), |tok| async move {
+            let mut url = join(&self.oapi_base, "/topapi/chat/member/friendswitch/update")?;
+            if let Some(t) = &tok {
+                url.query_pairs_mut()
+                    .append_pair("access_token", t.expose_secret());
+            }
+            let body = json!({"chatid": chatid, "is_prohibit": prohibit});
+            let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
+            let (status, v) = read_body(resp).await?;
+            legacy_outcome(status, &v)
+        })
         .await
     }
 

@@ -173,10 +173,7 @@ impl Simulator {
                     web::post().to(convert),
                 )
                 .route("/robot/sendBySession", web::post().to(send_by_session))
-                .route(
-                    "/v1.0/robot/groupMessages/send",
-                    web::post().to(group_message),
-                )
+                .route("/v1.0/robot/groupMessages/send", web::post().to(group_message))
                 .route("/_sim/groups", web::get().to(control_groups))
                 .route("/_sim/groups", web::post().to(control_add_group))
                 .route("/_sim/sessions", web::post().to(control_open_session))
@@ -325,11 +322,7 @@ enum Gate {
 }
 
 async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
-    let fault = shared
-        .state()
-        .faults
-        .get_mut(api)
-        .and_then(VecDeque::pop_front);
+    let fault = shared.state().faults.get_mut(api).and_then(VecDeque::pop_front);
     match fault {
         Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(Fault::Hang) => {
@@ -370,11 +363,7 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
         if window.len() >= limit {
             drop(s);
             record(shared, api, None, Value::Null, 90018);
-            return Gate::Respond(error_answer(
-                new_style,
-                90018,
-                "当前企业调用该接口的QPS超过上限",
-            ));
+            return Gate::Respond(error_answer(new_style, 90018, "当前企业调用该接口的QPS超过上限"));
         }
         window.push_back(now);
     }
@@ -384,23 +373,19 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
 fn error_answer(new_style: bool, errcode: i64, message: &str) -> HttpResponse {
     if new_style {
         let (status, code) = match errcode {
-            90018 => (
-                403,
-                "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi".to_owned(),
-            ),
+            90018 => (403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi".to_owned()),
             60011 => (
                 403,
                 "Forbidden.AccessDenied.AccessTokenPermissionDenied".to_owned(),
             ),
             c => (400, c.to_string()),
         };
-        let status = actix_web::http::StatusCode::from_u16(status)
-            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+        let status =
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
         HttpResponse::build(status)
             .json(json!({"code": code, "message": message, "requestid": random_hex(16)}))
     } else {
-        HttpResponse::Ok()
-            .json(json!({"errcode": errcode, "errmsg": message, "request_id": random_hex(16)}))
+        HttpResponse::Ok().json(json!({"errcode": errcode, "errmsg": message, "request_id": random_hex(16)}))
     }
 }
 
@@ -430,11 +415,7 @@ fn issue(tokens: &mut HashMap<String, u64>, ttl_secs: u64) -> String {
     let now = now_ms();
     tokens.retain(|_, exp| *exp > now);
     // DingTalk returns the same token while it is valid and extends it.
-    let token = tokens
-        .keys()
-        .next()
-        .cloned()
-        .unwrap_or_else(|| random_hex(32));
+    let token = tokens.keys().next().cloned().unwrap_or_else(|| random_hex(32));
     tokens.insert(token.clone(), now + ttl_secs * 1000);
     token
 }
@@ -458,8 +439,7 @@ async fn gettoken(shared: web::Data<Shared>, q: web::Query<GetTokenQuery>) -> Ht
     let ttl = shared.config.token_ttl_secs;
     let token = issue(&mut shared.state().legacy_tokens, ttl);
     record(&shared, api::GET_TOKEN, None, Value::Null, 0);
-    HttpResponse::Ok()
-        .json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl}))
+    HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl}))
 }
 
 async fn access_token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
@@ -471,9 +451,8 @@ async fn access_token(shared: web::Data<Shared>, body: web::Bytes) -> HttpRespon
         && v.get("appSecret").and_then(Value::as_str) == Some(shared.config.app_secret.as_str());
     if !ok {
         record(&shared, api::ACCESS_TOKEN, None, Value::Null, 400);
-        return HttpResponse::BadRequest().json(
-            json!({"code": "invalidClientIdOrSecret", "message": "无效的clientId或者clientSecret"}),
-        );
+        return HttpResponse::BadRequest()
+            .json(json!({"code": "invalidClientIdOrSecret", "message": "无效的clientId或者clientSecret"}));
     }
     let ttl = shared.config.token_ttl_secs;
     let token = issue(&mut shared.state().modern_tokens, ttl);
@@ -508,11 +487,7 @@ async fn friendswitch(
         record(&shared, api::FRIEND_SWITCH, token, v, code);
         return error_answer(false, code, "不合法的access_token");
     }
-    let chatid = v
-        .get("chatid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let chatid = v.get("chatid").and_then(Value::as_str).unwrap_or("").to_owned();
     let prohibit = v.get("is_prohibit").and_then(Value::as_bool);
     let answer = match (chatid.is_empty(), prohibit) {
         (true, _) | (_, None) => 40036,
@@ -527,19 +502,14 @@ async fn friendswitch(
     drop(s);
     record(&shared, api::FRIEND_SWITCH, token, v, answer);
     match answer {
-        0 => HttpResponse::Ok().json(
-            json!({"success": true, "errcode": 0, "errmsg": "ok", "request_id": random_hex(16)}),
-        ),
+        0 => HttpResponse::Ok()
+            .json(json!({"success": true, "errcode": 0, "errmsg": "ok", "request_id": random_hex(16)})),
         40036 => error_answer(false, 40036, "参数为空"),
         _ => error_answer(false, 34001, "无效的chatid"),
     }
 }
 
-async fn convert(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-    path: web::Path<String>,
-) -> HttpResponse {
+async fn convert(shared: web::Data<Shared>, req: HttpRequest, path: web::Path<String>) -> HttpResponse {
     if let Gate::Respond(r) = gate(&shared, api::CONVERT, true).await {
         return r;
     }
@@ -567,8 +537,7 @@ async fn convert(
         }
         None => {
             record(&shared, api::CONVERT, token, json!(chat_id), 400);
-            HttpResponse::BadRequest()
-                .json(json!({"code": "invalideChatId", "message": "不合法的chatId"}))
+            HttpResponse::BadRequest().json(json!({"code": "invalideChatId", "message": "不合法的chatId"}))
         }
     }
 }
@@ -611,12 +580,7 @@ async fn send_by_session(
     let at_user_ids = v
         .pointer("/at/atUserIds")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
         .unwrap_or_default();
     s.replies.push(RecordedReply {
         via: "session".into(),
@@ -639,11 +603,7 @@ fn header_token(req: &HttpRequest) -> Option<String> {
 }
 
 /// `POST /v1.0/robot/groupMessages/send` (sampleText / sampleMarkdown only).
-async fn group_message(
-    shared: web::Data<Shared>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> HttpResponse {
+async fn group_message(shared: web::Data<Shared>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if let Gate::Respond(r) = gate(&shared, api::GROUP_MESSAGE, true).await {
         return r;
     }
@@ -659,8 +619,8 @@ async fn group_message(
             v.clone(),
             i64::from(status),
         );
-        let status = actix_web::http::StatusCode::from_u16(status)
-            .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+        let status =
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
         HttpResponse::build(status).json(json!({"code": code, "message": message}))
     };
     if check_token(&s.modern_tokens, token.as_deref()).is_err() {
@@ -680,12 +640,7 @@ async fn group_message(
         .unwrap_or("")
         .to_owned();
     if !s.groups.iter().any(|g| g.open_conversation_id == cid) {
-        return bad(
-            s,
-            400,
-            "invalid.openConversationId",
-            "openConversationId无效",
-        );
+        return bad(s, 400, "invalid.openConversationId", "openConversationId无效");
     }
     let param: Value = v
         .get("msgParam")
@@ -744,11 +699,7 @@ fn default_session_ttl() -> u64 {
 }
 
 async fn control_open_session(shared: web::Data<Shared>, r: web::Json<NewSession>) -> HttpResponse {
-    let (url, expires) = open_session(
-        &shared,
-        &r.open_conversation_id,
-        Duration::from_millis(r.ttl_ms),
-    );
+    let (url, expires) = open_session(&shared, &r.open_conversation_id, Duration::from_millis(r.ttl_ms));
     HttpResponse::Ok().json(json!({"sessionWebhook": url, "sessionWebhookExpiredTime": expires}))
 }
 
@@ -768,12 +719,7 @@ struct NewFault {
 
 async fn control_fault(shared: web::Data<Shared>, f: web::Json<NewFault>) -> HttpResponse {
     let f = f.into_inner();
-    shared
-        .state()
-        .faults
-        .entry(f.api)
-        .or_default()
-        .push_back(f.fault);
+    shared.state().faults.entry(f.api).or_default().push_back(f.fault);
     HttpResponse::Ok().json(json!({"ok": true}))
 }
 

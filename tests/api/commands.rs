@@ -28,10 +28,7 @@ async fn lock_dm_forbids_private_chat_for_the_bound_chatid_and_replies_done() {
         calls[0].body,
         json!({"chatid": GROUP_CHATID, "is_prohibit": true})
     );
-    assert_eq!(
-        calls[0].access_token.as_ref(),
-        app.sim.legacy_tokens().first()
-    );
+    assert_eq!(calls[0].access_token.as_ref(), app.sim.legacy_tokens().first());
     assert!(reply.content.starts_with("✅"), "{}", reply.content);
     assert!(reply.content.contains("forbidden"), "{}", reply.content);
     assert_mentions(&reply, &admin());
@@ -68,11 +65,7 @@ async fn locking_an_already_locked_group_still_calls_dingtalk() {
     app.ask(&chat, &admin(), "/lock-dm").await;
     let reply = app.ask(&chat, &admin(), "/禁止私聊").await;
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 2);
-    assert!(
-        reply.content.contains("last locked it"),
-        "{}",
-        reply.content
-    );
+    assert!(reply.content.contains("last locked it"), "{}", reply.content);
 }
 
 #[tokio::test]
@@ -82,11 +75,7 @@ async fn dm_status_shows_the_binding_and_the_last_state_to_anyone() {
     let before = app.ask(&chat, &member(), "/dm-status").await;
     assert!(before.content.starts_with("ℹ️"), "{}", before.content);
     assert!(before.content.contains(GROUP_CHATID), "{}", before.content);
-    assert!(
-        before.content.contains("has not changed"),
-        "{}",
-        before.content
-    );
+    assert!(before.content.contains("has not changed"), "{}", before.content);
 
     app.ask(&chat, &admin(), "/lock-dm").await;
     let after = app.ask(&chat, &member(), "/dm-status").await;
@@ -104,9 +93,7 @@ async fn bind_verifies_the_chatid_with_dingtalk_and_then_lock_dm_uses_it() {
     let app = spawn_app().await;
     // OTHER is not bound in the configuration.
     let chat = app.chat(OTHER);
-    let reply = app
-        .ask(&chat, &admin(), &format!("/bind {OTHER_CHATID}"))
-        .await;
+    let reply = app.ask(&chat, &admin(), &format!("/bind {OTHER_CHATID}")).await;
     assert!(reply.content.starts_with("✅"), "{}", reply.content);
 
     let converts = app.sim.calls(Some(api::CONVERT));
@@ -127,9 +114,7 @@ async fn bind_verifies_the_chatid_with_dingtalk_and_then_lock_dm_uses_it() {
 async fn bind_with_another_groups_chatid_is_refused_and_stores_nothing() {
     let app = spawn_app().await;
     let chat = app.chat(OTHER);
-    let reply = app
-        .ask(&chat, &admin(), &format!("/绑定 {GROUP_CHATID}"))
-        .await;
+    let reply = app.ask(&chat, &admin(), &format!("/绑定 {GROUP_CHATID}")).await;
     assert!(reply.content.starts_with("⛔"), "{}", reply.content);
     assert!(reply.content.contains("another group"), "{}", reply.content);
     assert!(app.ledger().binding(OTHER).unwrap().is_none());
@@ -140,15 +125,9 @@ async fn bind_with_another_groups_chatid_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn bind_with_a_chatid_dingtalk_does_not_know_fails_with_the_reason() {
     let app = spawn_app().await;
-    let reply = app
-        .ask(&app.chat(OTHER), &admin(), "/bind chatnosuchgroup")
-        .await;
+    let reply = app.ask(&app.chat(OTHER), &admin(), "/bind chatnosuchgroup").await;
     assert!(reply.content.starts_with("❌"), "{}", reply.content);
-    assert!(
-        reply.content.contains("invalideChatId"),
-        "{}",
-        reply.content
-    );
+    assert!(reply.content.contains("invalideChatId"), "{}", reply.content);
     assert!(app.ledger().binding(OTHER).unwrap().is_none());
 }
 
@@ -195,11 +174,7 @@ async fn lock_dm_in_an_unbound_group_is_refused_with_how_to_bind() {
     let app = spawn_app().await;
     let reply = app.ask(&app.chat(UNBOUND), &admin(), "/lock-dm").await;
     assert!(reply.content.starts_with("⛔"), "{}", reply.content);
-    assert!(
-        reply.content.contains("/bind <chatid>"),
-        "{}",
-        reply.content
-    );
+    assert!(reply.content.contains("/bind <chatid>"), "{}", reply.content);
     assert!(app.sim.calls(Some(api::FRIEND_SWITCH)).is_empty());
     assert!(app.sim.calls(Some(api::GET_TOKEN)).is_empty());
 }
@@ -263,11 +238,7 @@ async fn a_missing_permission_60011_fails_with_the_permission_to_add() {
     let reply = app.ask(&app.chat(GROUP), &admin(), "/lock-dm").await;
     assert!(reply.content.starts_with("❌"), "{}", reply.content);
     assert!(reply.content.contains("60011"), "{}", reply.content);
-    assert!(
-        reply.content.contains("qyapi_chat_manage"),
-        "{}",
-        reply.content
-    );
+    assert!(reply.content.contains("qyapi_chat_manage"), "{}", reply.content);
     // A permanent error is not retried.
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
     assert!(!app.sim.group(GROUP).unwrap().dm_prohibited);

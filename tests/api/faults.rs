@@ -95,10 +95,7 @@ async fn rate_limit_90018_backs_off_at_least_a_second_then_succeeds() {
     let app = spawn_app().await;
     assert_done(&lock_with_faults(&app, &[Fault::Errcode { errcode: 90018 }]).await);
     let calls = app.sim.calls(Some(api::FRIEND_SWITCH));
-    assert_eq!(
-        calls.iter().map(|c| c.answer).collect::<Vec<_>>(),
-        vec![90018, 0]
-    );
+    assert_eq!(calls.iter().map(|c| c.answer).collect::<Vec<_>>(), vec![90018, 0]);
     assert!(calls[1].at_ms - calls[0].at_ms >= 1000, "{calls:#?}");
 }
 
@@ -126,10 +123,7 @@ async fn a_hanging_dingtalk_does_not_hold_up_the_callback_route_or_other_command
     app.sim.inject(api::FRIEND_SWITCH, Fault::Hang);
     let (status, _) = app.say(&app.chat(GROUP), &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
-    wait_for_calls(&app.sim, "the hung call", |c| {
-        c.iter().any(|c| c.answer == -3)
-    })
-    .await;
+    wait_for_calls(&app.sim, "the hung call", |c| c.iter().any(|c| c.answer == -3)).await;
     // While the lock waits on DingTalk, another group is served.
     let other = app.ask(&app.chat(OTHER), &member(), "/help").await;
     assert_eq!(other.open_conversation_id, OTHER);
@@ -236,8 +230,7 @@ async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply
     );
     assert_eq!(sender.send(&body).await.unwrap().0, 200);
     wait_for_calls(&sim, "the hung reply", |c| {
-        c.iter()
-            .any(|c| c.api == api::SEND_BY_SESSION && c.answer == -3)
+        c.iter().any(|c| c.api == api::SEND_BY_SESSION && c.answer == -3)
     })
     .await;
     first.kill().unwrap();
@@ -253,11 +246,7 @@ async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply
     second.wait().unwrap();
 
     assert_eq!(replies.len(), 1);
-    assert!(
-        replies[0].content.starts_with("✅"),
-        "{}",
-        replies[0].content
-    );
+    assert!(replies[0].content.starts_with("✅"), "{}", replies[0].content);
     assert_eq!(sim.replies().len(), 1);
     assert_eq!(
         sim.calls(Some(api::FRIEND_SWITCH)).len(),
@@ -309,11 +298,7 @@ async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_re
     second.kill().unwrap();
     second.wait().unwrap();
     assert_eq!(replies.len(), 1);
-    assert!(
-        replies[0].content.starts_with("✅"),
-        "{}",
-        replies[0].content
-    );
+    assert!(replies[0].content.starts_with("✅"), "{}", replies[0].content);
     // The hung call never answered; exactly one answered call did the change.
     let answers: Vec<i64> = sim
         .calls(Some(api::FRIEND_SWITCH))

@@ -35,7 +35,7 @@ pub fn member() -> Member {
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        dingops::telemetry::init("debug");
+        dingops::telemetry::init(dingops::telemetry::LogFormat::Pretty, "debug");
     }
 }
 
@@ -103,9 +103,7 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(opts: Options) -> TestApp {
     init_logs();
     let sim = opts.sim.unwrap_or_else(|| new_sim(opts.sim_config.clone()));
-    let dir = opts
-        .dir
-        .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+    let dir = opts.dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
     let settings = settings_for(&sim, dir.path().join("ledger.db"), &opts.env);
     let secret = sim.config().app_secret.clone();
     let app = Application::build_with_listener(

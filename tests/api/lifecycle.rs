@@ -20,10 +20,7 @@ fn dingops_demo_exits_zero_and_prints_the_conversation() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("Summary: 11 of 11 steps behaved."),
-        "{stdout}"
-    );
+    assert!(stdout.contains("Summary: 11 of 11 steps behaved."), "{stdout}");
     assert!(
         stdout.contains("✅ @manager01 Private chat is now forbidden"),
         "{stdout}"
@@ -70,9 +67,7 @@ fn a_bad_value_in_the_config_file_is_named_and_the_secret_is_not_echoed() {
 #[tokio::test]
 async fn healthz_answers_200() {
     let app = spawn_app().await;
-    let resp = reqwest::get(format!("{}/healthz", app.address))
-        .await
-        .unwrap();
+    let resp = reqwest::get(format!("{}/healthz", app.address)).await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 }
 

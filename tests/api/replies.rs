@@ -12,11 +12,7 @@ use crate::helpers::*;
 async fn a_session_webhook_outside_reply_hosts_is_never_called() {
     let app = spawn_app().await;
     // A second server on loopback that is not on reply_hosts.
-    let rogue = Simulator::start(
-        SimConfig::default(),
-        TcpListener::bind("127.0.0.1:0").unwrap(),
-    )
-    .unwrap();
+    let rogue = Simulator::start(SimConfig::default(), TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
     let (url, exp) = rogue.open_session(GROUP, Duration::from_secs(600));
     let chat = Chat {
         open_conversation_id: GROUP.into(),

@@ -49,8 +49,7 @@ async fn a_correctly_signed_callback_is_acknowledged_with_msgtype_empty() {
 async fn a_signature_made_with_the_wrong_secret_is_rejected_with_401() {
     let app = spawn_app().await;
     let ts = now_ms().to_string();
-    assert_rejected_and_nothing_happened(&app, Some(&ts), Some(&sign_with("wrong secret", &ts)))
-        .await;
+    assert_rejected_and_nothing_happened(&app, Some(&ts), Some(&sign_with("wrong secret", &ts))).await;
 }
 
 #[tokio::test]
@@ -97,11 +96,7 @@ async fn a_forged_signature_is_rejected_before_an_oversized_body_is_read() {
     let ts = now_ms().to_string();
     let (status, _) = app
         .sender
-        .send_raw(
-            vec![b' '; 200 * 1024],
-            Some(&ts),
-            Some(&sign_with("wrong", &ts)),
-        )
+        .send_raw(vec![b' '; 200 * 1024], Some(&ts), Some(&sign_with("wrong", &ts)))
         .await
         .unwrap();
     assert_eq!(status, 401);

@@ -15,9 +15,9 @@ async fn twenty_concurrent_commands_cause_one_token_fetch() {
     for i in 0..20 {
         let (app, chat) = (app.clone(), chat.clone());
         let text = if i % 2 == 0 { "/lock-dm" } else { "/unlock-dm" };
-        tasks.push(tokio::spawn(async move {
-            app.say(&chat, &admin(), text).await.0
-        }));
+        tasks.push(tokio::spawn(
+            async move { app.say(&chat, &admin(), text).await.0 },
+        ));
     }
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
