@@ -113,6 +113,7 @@ struct State {
     groups: Vec<SimGroup>,
     legacy_tokens: HashMap<String, u64>,
     modern_tokens: HashMap<String, u64>,
+    issued: Vec<String>,
     sessions: HashMap<String, Session>,
     calls: Vec<RecordedCall>,
     replies: Vec<RecordedReply>,
@@ -257,6 +258,11 @@ impl Simulator {
     /// The valid legacy tokens it issued.
     pub fn legacy_tokens(&self) -> Vec<String> {
         self.shared.state().legacy_tokens.keys().cloned().collect()
+    }
+
+    /// Every token it ever issued, for tests that prove tokens are never logged.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.state().issued.clone()
     }
 
     /// Queues a fault for the next call of `api`.
@@ -437,7 +443,12 @@ async fn gettoken(shared: web::Data<Shared>, q: web::Query<GetTokenQuery>) -> Ht
         return error_answer(false, 40001, "不合法的corpid或corpsecret");
     }
     let ttl = shared.config.token_ttl_secs;
-    let token = issue(&mut shared.state().legacy_tokens, ttl);
+    let token = {
+        let mut s = shared.state();
+        let t = issue(&mut s.legacy_tokens, ttl);
+        s.issued.push(t.clone());
+        t
+    };
     record(&shared, api::GET_TOKEN, None, Value::Null, 0);
     HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl}))
 }
@@ -455,7 +466,12 @@ async fn access_token(shared: web::Data<Shared>, body: web::Bytes) -> HttpRespon
             .json(json!({"code": "invalidClientIdOrSecret", "message": "无效的clientId或者clientSecret"}));
     }
     let ttl = shared.config.token_ttl_secs;
-    let token = issue(&mut shared.state().modern_tokens, ttl);
+    let token = {
+        let mut s = shared.state();
+        let t = issue(&mut s.modern_tokens, ttl);
+        s.issued.push(t.clone());
+        t
+    };
     record(&shared, api::ACCESS_TOKEN, None, Value::Null, 0);
     HttpResponse::Ok().json(json!({"accessToken": token, "expireIn": ttl}))
 }

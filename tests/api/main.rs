@@ -9,6 +9,7 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod ops;
 mod replies;
 mod signature;
 mod tokens;
