@@ -246,15 +246,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             let ledger = SqliteLedger::open(&database)?;
             let rows = ledger.history(group.as_deref(), since, limit)?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                for row in rows.iter().rev() {
-                    writeln!(out, "{}", dingops::ops::audit_json(row))?;
-                }
+            let text = if json {
+                rows.iter()
+                    .rev()
+                    .map(|row| format!("{}\n", dingops::ops::audit_json(row)))
+                    .collect()
             } else {
-                write!(out, "{}", dingops::ops::audit_table(&rows))?;
+                dingops::ops::audit_table(&rows)
+            };
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                // `dingops audit | head` closes the pipe early; that is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
 }

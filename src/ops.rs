@@ -168,12 +168,10 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
     ];
     let mut lines: Vec<[String; 7]> = vec![header.map(str::to_owned)];
     for r in rows.iter().rev() {
-        let sender = match (&r.sender_nick, &r.sender_staff_id) {
-            (Some(n), Some(s)) if !n.is_empty() => format!("{n} ({s})"),
-            (_, Some(s)) => s.clone(),
-            (Some(n), None) => n.clone(),
-            (None, None) => "-".into(),
-        };
+        let sender = crate::worker::who(
+            r.sender_staff_id.as_deref().unwrap_or(""),
+            r.sender_nick.as_deref(),
+        );
         lines.push([
             format_ms(r.received_ms).trim_end_matches(" UTC").to_owned(),
             r.conversation_id.clone(),

@@ -113,9 +113,12 @@ pub fn reply_message(job: &Accepted, answer: &Answer) -> Value {
     })
 }
 
-fn who(staff: &str, nick: Option<&str>) -> String {
-    match nick.filter(|n| !n.is_empty()) {
+/// A person as shown in replies and the audit: `Nick (staffId)`, or whichever is known.
+pub fn who(staff: &str, nick: Option<&str>) -> String {
+    match nick.filter(|n| !n.is_empty() && *n != staff) {
+        Some(n) if staff.is_empty() => n.to_owned(),
         Some(n) => format!("{n} ({staff})"),
+        None if staff.is_empty() => "-".to_owned(),
         None => staff.to_owned(),
     }
 }
@@ -385,7 +388,8 @@ impl WorkerContext {
             }
         };
         tracing::Span::current().record("command", answer.command.as_str());
-        tracing::info!(outcome = answer.outcome.as_str(), errcode = ?answer.errcode, "command answered");
+        let errcode = answer.errcode.map_or_else(|| "-".to_owned(), |c| c.to_string());
+        tracing::info!(outcome = answer.outcome.as_str(), errcode = %errcode, "command answered");
         self.metrics
             .commands
             .with_label_values(&[answer.command.as_str(), answer.outcome.as_str()])
