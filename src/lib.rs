@@ -3,6 +3,7 @@
 //!
 //! The binary (`main.rs`) is a thin CLI over these modules.
 
+pub mod bench;
 pub mod callback;
 pub mod clock;
 pub mod command;

@@ -101,6 +101,11 @@ pub struct RecordedReply {
     pub content: String,
     pub at_user_ids: Vec<String>,
     pub body: Value,
+    /// The session key it was posted to (sendBySession only).
+    pub session: Option<String>,
+    /// When it arrived, for latency measurements.
+    #[serde(skip)]
+    pub received: Instant,
 }
 
 struct Session {
@@ -225,6 +230,11 @@ impl Simulator {
     /// Opens a reply session for a group; returns the sessionWebhook and its expiry (ms).
     pub fn open_session(&self, open_conversation_id: &str, ttl: Duration) -> (String, u64) {
         open_session(&self.shared, open_conversation_id, ttl)
+    }
+
+    /// How many replies arrived so far.
+    pub fn reply_count(&self) -> usize {
+        self.shared.state().replies.len()
     }
 
     /// Calls received, optionally of one API.
@@ -605,6 +615,8 @@ async fn send_by_session(
         content: content.to_owned(),
         at_user_ids,
         body: v.clone(),
+        session: q.session.clone(),
+        received: Instant::now(),
     });
     drop(s);
     record(&shared, api::SEND_BY_SESSION, None, v, 0);
@@ -680,6 +692,8 @@ async fn group_message(shared: web::Data<Shared>, req: HttpRequest, body: web::B
         content,
         at_user_ids: Vec::new(),
         body: v.clone(),
+        session: None,
+        received: Instant::now(),
     });
     drop(s);
     record(&shared, api::GROUP_MESSAGE, token, v, 0);

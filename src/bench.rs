@@ -1,0 +1,660 @@
+//! `dingops bench`: the load benchmark. It runs dingops (the real binary, `serve`) and a
+//! baseline server (a minimal actix-web handler that answers 200 `{"msgtype":"empty"}`
+//! without verification or ledger) as child processes on loopback, drives both with the same
+//! keep-alive HTTP/1.1 client and the same requests, and prints dingops/baseline ratios.
+//! The simulator plays DingTalk in this process. Nothing leaves the machine.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::callback::signature::Verifier;
+use crate::clock::now_ms;
+use crate::sim::chat::{Chat, Member, text_message};
+use crate::sim::{SimConfig, Simulator, api};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Concurrent keep-alive connections of the load phases.
+    pub connections: usize,
+    /// Length of each throughput phase.
+    pub duration: Duration,
+    /// Bound groups the load is spread over.
+    pub groups: usize,
+    /// Callbacks per second of the fixed-rate latency phases.
+    pub rate: u32,
+    /// Groups of the drain phase (one `/lock-dm` each, paced at DingTalk's limit); 0 skips it.
+    pub drain_groups: usize,
+    /// `RUST_LOG` of the dingops under test.
+    pub rust_log: String,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            duration: Duration::from_secs(5),
+            groups: 100,
+            rate: 500,
+            drain_groups: 1000,
+            rust_log: "info".into(),
+        }
+    }
+}
+
+/// Serves the baseline: `POST /callback` answers `{"msgtype":"empty"}` after reading the body.
+pub async fn serve_baseline(listener: TcpListener, workers: usize) -> std::io::Result<()> {
+    HttpServer::new(|| {
+        App::new()
+            .app_data(web::PayloadConfig::new(64 * 1024))
+            .route(
+                "/callback",
+                web::post().to(|_body: web::Bytes| async {
+                    HttpResponse::Ok().json(serde_json::json!({"msgtype": "empty"}))
+                }),
+            )
+            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().finish() }))
+    })
+    .workers(workers)
+    .listen(listener)?
+    .run()
+    .await
+}
+
+/// Counts and latencies of one phase.
+#[derive(Debug, Default)]
+pub struct PhaseStats {
+    pub statuses: HashMap<u16, u64>,
+    pub latencies_us: Vec<u32>,
+    pub elapsed: Duration,
+    pub errors: u64,
+}
+
+impl PhaseStats {
+    pub fn count(&self, status: u16) -> u64 {
+        self.statuses.get(&status).copied().unwrap_or(0)
+    }
+
+    pub fn per_sec(&self, status: u16) -> f64 {
+        self.count(status) as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile (0..1) of the latencies, in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        quantile_ms(&self.latencies_us, q)
+    }
+}
+
+fn quantile_ms(sorted_us: &[u32], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * q).round() as usize;
+    f64::from(sorted_us[i.min(sorted_us.len() - 1)]) / 1000.0
+}
+
+/// One keep-alive HTTP/1.1 connection that sends prepared requests and reads the status.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request and reads its whole response; returns the status.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).unwrap_or("");
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + length {
+                    let n = self.stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return Ok(status);
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A `POST /callback` request with the given headers and body.
+pub fn http_request(timestamp: &str, sign: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST /callback HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=utf-8\r\n\
+         timestamp: {timestamp}\r\nsign: {sign}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Drives `addr` with `connections` keep-alive connections. Each sends `make(n)` for a
+/// global sequence number n; with `rate` set, sends are paced to that many per second in
+/// total, otherwise as fast as answers come back. Stops at `duration` or after `limit`.
+async fn drive(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    rate: Option<u32>,
+    limit: Option<u64>,
+    make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+) -> PhaseStats {
+    let seq = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (seq, make) = (seq.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stats = PhaseStats::default();
+            let Ok(mut conn) = Conn::open(addr).await else {
+                stats.errors += 1;
+                return stats;
+            };
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / f64::from(r.max(1))));
+            let mut next = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
+            loop {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
+                if Instant::now() >= end {
+                    break;
+                }
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                if limit.is_some_and(|l| n >= l) {
+                    break;
+                }
+                let request = make(n);
+                let t0 = Instant::now();
+                match conn.exchange(&request).await {
+                    Ok(status) => {
+                        let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+                        stats.latencies_us.push(us);
+                        *stats.statuses.entry(status).or_default() += 1;
+                    }
+                    Err(_) => {
+                        stats.errors += 1;
+                        match Conn::open(addr).await {
+                            Ok(c) => conn = c,
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            stats
+        }));
+    }
+    let mut total = PhaseStats::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            for (k, v) in s.statuses {
+                *total.statuses.entry(k).or_default() += v;
+            }
+            total.latencies_us.extend(s.latencies_us);
+            total.errors += s.errors;
+        }
+    }
+    total.elapsed = start.elapsed();
+    total.latencies_us.sort_unstable();
+    total
+}
+
+/// A child server process, killed on drop.
+struct ChildServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChildServer {
+    /// Peak resident set size (VmHWM) in KiB, from /proc.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+fn free_addr() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+async fn wait_up(addr: SocketAddr) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(addr).await.is_err() {
+        anyhow::ensure!(Instant::now() < end, "server on {addr} did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn start_baseline(exe: &Path) -> anyhow::Result<ChildServer> {
+    let addr = free_addr()?;
+    let child = Command::new(exe)
+        .args(["bench-baseline", "--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = ChildServer { child, addr };
+    wait_up(addr).await?;
+    Ok(server)
+}
+
+async fn start_dingops(
+    exe: &Path,
+    sim: &Simulator,
+    db: &Path,
+    groups: &[(String, String)],
+    extra: &[(&str, &str)],
+) -> anyhow::Result<ChildServer> {
+    let addr = free_addr()?;
+    let bindings = groups
+        .iter()
+        .map(|(cid, chat)| format!("{cid}={chat}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let child = Command::new(exe)
+        .arg("serve")
+        .env_clear()
+        .env("DINGOPS_APP_KEY", &sim.config().app_key)
+        .env("DINGOPS_APP_SECRET", &sim.config().app_secret)
+        .env("DINGOPS_LISTEN", addr.to_string())
+        .env("DINGOPS_OAPI_BASE", sim.url())
+        .env("DINGOPS_API_BASE", sim.url())
+        .env("DINGOPS_REPLY_HOSTS", sim.host_port())
+        .env("DINGOPS_ADMINS", "admin01")
+        .env("DINGOPS_DATABASE", db)
+        .env("DINGOPS_GROUPS", bindings)
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = ChildServer { child, addr };
+    wait_up(addr).await?;
+    Ok(server)
+}
+
+fn groups(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("cid{prefix}{i:05}=="), format!("chat{prefix}{i:05}")))
+        .collect()
+}
+
+/// The figures of one run.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub baseline: Option<PhaseStats>,
+    pub accepted: Option<PhaseStats>,
+    pub forged: Option<PhaseStats>,
+    pub baseline_paced: Option<PhaseStats>,
+    pub paced: Option<PhaseStats>,
+    pub e2e_ms: Vec<f64>,
+    pub peak_rss_kib: Option<u64>,
+    pub drain: Option<(usize, Duration, u64, usize)>,
+}
+
+/// Runs the benchmark, printing progress and the table to `out`.
+pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("dingops-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run_in(opts, out, &exe, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let sim = Simulator::start(
+        SimConfig {
+            rate_limit_per_sec: 0,
+            ..SimConfig::default()
+        },
+        TcpListener::bind("127.0.0.1:0")?,
+    )?;
+    let load_groups = groups("Load", opts.groups);
+    for (cid, chat) in &load_groups {
+        sim.add_group(cid, chat, cid);
+    }
+    let secret = sim.config().app_secret.clone();
+    let verifier = Verifier::new(secret.clone().into(), 3600);
+    let forger = Verifier::new("not the secret".to_owned().into(), 3600);
+    let ts = now_ms().to_string();
+    let (sign, forged_sign) = (verifier.sign(&ts), forger.sign(&ts));
+    // One long-lived session per group: the reply path of the load phases.
+    let chats: Arc<Vec<Chat>> = Arc::new(
+        load_groups
+            .iter()
+            .map(|(cid, _)| {
+                let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
+                Chat {
+                    open_conversation_id: cid.clone(),
+                    title: cid.clone(),
+                    conversation_type: "2".into(),
+                    session_webhook: url,
+                    session_expires_ms: exp,
+                }
+            })
+            .collect(),
+    );
+    let admin = Member::new("admin01", "Bench Admin", false);
+    let run_id = now_ms();
+    let make = {
+        let (chats, admin, ts, sign) = (chats.clone(), admin.clone(), ts.clone(), sign.clone());
+        move |prefix: &'static str| -> Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> {
+            let (chats, admin, ts, sign) = (chats.clone(), admin.clone(), ts.clone(), sign.clone());
+            Arc::new(move |n: u64| {
+                let chat = &chats[(n as usize) % chats.len()];
+                let text = if n % 4 == 0 { "/lock-dm" } else { "/help" };
+                let body = text_message(&format!("{prefix}-{run_id}-{n}"), chat, &admin, text);
+                http_request(&ts, &sign, &body.to_string())
+            })
+        }
+    };
+
+    writeln!(
+        out,
+        "dingops bench: {} connections, {} s phases, {} groups, loopback only",
+        opts.connections,
+        opts.duration.as_secs(),
+        opts.groups
+    )?;
+
+    // Baseline: saturated and paced.
+    {
+        let baseline = start_baseline(exe).await?;
+        writeln!(out, "  baseline (minimal actix-web handler) …")?;
+        report.baseline =
+            Some(drive(baseline.addr, opts.connections, opts.duration, None, None, make("b")).await);
+        report.baseline_paced = Some(
+            drive(baseline.addr, opts.connections, opts.duration, Some(opts.rate), None, make("bp")).await,
+        );
+    }
+
+    // dingops: accepted throughput, paced ack latency, forged rejection, end-to-end latency.
+    {
+        let dingops = start_dingops(
+            exe,
+            &sim,
+            &dir.join("load.db"),
+            &load_groups,
+            &[
+                ("DINGOPS_API_CALLS_PER_SEC", "0"),
+                ("DINGOPS_QUEUE_CAPACITY", "1000000"),
+                ("RUST_LOG", opts.rust_log.as_str()),
+            ],
+        )
+        .await?;
+        writeln!(out, "  dingops: signed callbacks, durable ledger …")?;
+        let accepted = drive(dingops.addr, opts.connections, opts.duration, None, None, make("a")).await;
+        let expected = sim.reply_count() as u64 + accepted.count(200);
+        // Let the workers drain before the latency phases.
+        let drain_end = Instant::now() + Duration::from_secs(120);
+        while (sim.reply_count() as u64) < expected && Instant::now() < drain_end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        report.accepted = Some(accepted);
+        writeln!(out, "  dingops: paced at {} callbacks/s …", opts.rate)?;
+        report.paced = Some(
+            drive(dingops.addr, opts.connections, opts.duration, Some(opts.rate), None, make("p")).await,
+        );
+        writeln!(out, "  dingops: forged signatures …")?;
+        let forged_make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> = {
+            let (chats, admin, ts) = (chats.clone(), admin.clone(), ts.clone());
+            Arc::new(move |n: u64| {
+                let chat = &chats[(n as usize) % chats.len()];
+                let body = text_message(&format!("f-{run_id}-{n}"), chat, &admin, "/lock-dm");
+                http_request(&ts, &forged_sign, &body.to_string())
+            })
+        };
+        report.forged = Some(drive(dingops.addr, opts.connections, opts.duration, None, None, forged_make).await);
+
+        writeln!(out, "  dingops: end-to-end latency at 100 callbacks/s …")?;
+        report.e2e_ms = end_to_end(&sim, dingops.addr, &load_groups, &ts, &sign, &admin).await;
+        report.peak_rss_kib = dingops.peak_rss_kib();
+    }
+
+    if opts.drain_groups > 0 {
+        writeln!(
+            out,
+            "  drain: {} /lock-dm in {} groups at DingTalk's 20 calls/s …",
+            opts.drain_groups, opts.drain_groups
+        )?;
+        report.drain = Some(drain(exe, dir, opts.drain_groups).await?);
+    }
+    sim.stop().await;
+    print_report(opts, &report, out)?;
+    Ok(report)
+}
+
+/// Callback sent → reply received by the simulator, at 100 callbacks/s (no queueing, no
+/// rate limit binding), each on its own session so replies match callbacks.
+async fn end_to_end(
+    sim: &Simulator,
+    addr: SocketAddr,
+    load_groups: &[(String, String)],
+    ts: &str,
+    sign: &str,
+    admin: &Member,
+) -> Vec<f64> {
+    const N: usize = 500;
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let Ok(mut conn) = Conn::open(addr).await else {
+        return Vec::new();
+    };
+    let start = Instant::now();
+    for i in 0..N {
+        let (cid, _) = &load_groups[i % load_groups.len()];
+        let (url, exp) = sim.open_session(cid, Duration::from_secs(600));
+        let session = url.rsplit('=').next().unwrap_or_default().to_owned();
+        let chat = Chat {
+            open_conversation_id: cid.clone(),
+            title: cid.clone(),
+            conversation_type: "2".into(),
+            session_webhook: url,
+            session_expires_ms: exp,
+        };
+        let text = if i % 2 == 0 { "/lock-dm" } else { "/help" };
+        let body = text_message(&format!("e2e-{}-{i}", now_ms()), &chat, admin, text);
+        tokio::time::sleep_until((start + Duration::from_millis(10 * i as u64)).into()).await;
+        sent.insert(session, Instant::now());
+        let _ = conn.exchange(&http_request(ts, sign, &body.to_string())).await;
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let replies = sim.replies();
+        let mut lat: Vec<f64> = replies
+            .iter()
+            .filter_map(|r| {
+                let t0 = sent.get(r.session.as_deref()?)?;
+                Some(r.received.duration_since(*t0).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        if lat.len() >= N || Instant::now() > end {
+            lat.sort_by(f64::total_cmp);
+            return lat;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 1 000 `/lock-dm` across 1 000 groups against a simulator that enforces 20 calls/s per API,
+/// with dingops's default pacing. Returns (replies, duration, 90018 answers, peak calls in
+/// any second).
+async fn drain(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<(usize, Duration, u64, usize)> {
+    let sim = Simulator::start(SimConfig::default(), TcpListener::bind("127.0.0.1:0")?)?;
+    let drain_groups = groups("Drain", n);
+    for (cid, chat) in &drain_groups {
+        sim.add_group(cid, chat, cid);
+    }
+    let dingops = start_dingops(exe, &sim, &dir.join("drain.db"), &drain_groups, &[]).await?;
+    let verifier = Verifier::new(sim.config().app_secret.clone().into(), 3600);
+    let ts = now_ms().to_string();
+    let sign = verifier.sign(&ts);
+    let admin = Member::new("admin01", "Bench Admin", false);
+    let requests: Vec<Vec<u8>> = drain_groups
+        .iter()
+        .enumerate()
+        .map(|(i, (cid, _))| {
+            let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
+            let chat = Chat {
+                open_conversation_id: cid.clone(),
+                title: cid.clone(),
+                conversation_type: "2".into(),
+                session_webhook: url,
+                session_expires_ms: exp,
+            };
+            let body = text_message(&format!("drain-{}-{i}", now_ms()), &chat, &admin, "/lock-dm");
+            http_request(&ts, &sign, &body.to_string())
+        })
+        .collect();
+    let requests = Arc::new(requests);
+    let start = Instant::now();
+    let make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> = {
+        let requests = requests.clone();
+        Arc::new(move |i: u64| requests[i as usize].clone())
+    };
+    let sent = drive(dingops.addr, 16, Duration::from_secs(60), None, Some(n as u64), make).await;
+    anyhow::ensure!(sent.count(200) == n as u64, "drain: {:?} of {n} accepted", sent.statuses);
+    let replies = sim.wait_for_replies(n, Duration::from_secs(600)).await;
+    let took = start.elapsed();
+    let calls = sim.calls(Some(api::FRIEND_SWITCH));
+    let limited = sim.calls(None).iter().filter(|c| c.answer == 90018).count() as u64;
+    let peak = calls
+        .iter()
+        .map(|c| calls.iter().filter(|d| d.at_ms >= c.at_ms && d.at_ms < c.at_ms + 1000).count())
+        .max()
+        .unwrap_or(0);
+    sim.stop().await;
+    Ok((replies.len(), took, limited, peak))
+}
+
+fn print_report(opts: &BenchOptions, r: &Report, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "| figure | baseline | dingops | ratio | target |")?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    if let (Some(b), Some(a), Some(f)) = (&r.baseline, &r.accepted, &r.forged) {
+        let base = b.per_sec(200);
+        writeln!(
+            out,
+            "| accepted signed callbacks/s ({} conns, ledger on) | {:.0} | {:.0} | {:.2} | ≥ 0.50 |",
+            opts.connections,
+            base,
+            a.per_sec(200),
+            a.per_sec(200) / base
+        )?;
+        writeln!(
+            out,
+            "| forged signatures rejected/s | {:.0} | {:.0} | {:.2} | ≥ 0.80 |",
+            base,
+            f.per_sec(401),
+            f.per_sec(401) / base
+        )?;
+        writeln!(
+            out,
+            "| ack latency at saturation p50 / p99 / p99.9 (ms) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} (p99) | — |",
+            b.quantile_ms(0.5),
+            b.quantile_ms(0.99),
+            b.quantile_ms(0.999),
+            a.quantile_ms(0.5),
+            a.quantile_ms(0.99),
+            a.quantile_ms(0.999),
+            a.quantile_ms(0.99) / b.quantile_ms(0.99)
+        )?;
+        let other: u64 = a.statuses.iter().filter(|(s, _)| **s != 200).map(|(_, c)| c).sum();
+        if other > 0 || a.errors > 0 {
+            writeln!(out, "| (dingops answers other than 200: {:?}, errors {}) | | | | |", a.statuses, a.errors)?;
+        }
+    }
+    if let (Some(b), Some(p)) = (&r.baseline_paced, &r.paced) {
+        writeln!(
+            out,
+            "| ack latency at {} callbacks/s p50 / p99 / p99.9 (ms) | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.2} (p99) | p99 ≤ 5 ms |",
+            opts.rate,
+            b.quantile_ms(0.5),
+            b.quantile_ms(0.99),
+            b.quantile_ms(0.999),
+            p.quantile_ms(0.5),
+            p.quantile_ms(0.99),
+            p.quantile_ms(0.999),
+            p.quantile_ms(0.99) / b.quantile_ms(0.99)
+        )?;
+    }
+    if !r.e2e_ms.is_empty() {
+        let q = |x: f64| r.e2e_ms[((r.e2e_ms.len() - 1) as f64 * x).round() as usize];
+        writeln!(
+            out,
+            "| end-to-end callback → reply at 100/s p50 / p99 (ms), {} replies | — | {:.1} / {:.1} | — | p99 ≤ 50 ms |",
+            r.e2e_ms.len(),
+            q(0.5),
+            q(0.99)
+        )?;
+    }
+    if let Some(kib) = r.peak_rss_kib {
+        writeln!(out, "| dingops peak RSS after the load (MiB) | — | {:.1} | — | ≤ 64 MiB |", kib as f64 / 1024.0)?;
+    }
+    if let Some((replies, took, limited, peak)) = r.drain {
+        writeln!(
+            out,
+            "| drain of {replies} /lock-dm in {replies} groups | — | {:.1} s, {:.1} calls/s, peak {peak}/s, {limited} × 90018 | — | 20/s, zero 90018 |",
+            took.as_secs_f64(),
+            replies as f64 / took.as_secs_f64(),
+        )?;
+    }
+    Ok(())
+}
