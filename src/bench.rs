@@ -63,7 +63,10 @@ pub async fn serve_baseline(listener: TcpListener, workers: usize) -> std::io::R
                     HttpResponse::Ok().json(serde_json::json!({"msgtype": "empty"}))
                 }),
             )
-            .route("/healthz", web::get().to(|| async { HttpResponse::Ok().finish() }))
+            .route(
+                "/healthz",
+                web::get().to(|| async { HttpResponse::Ok().finish() }),
+            )
     })
     .workers(workers)
     .listen(listener)?
@@ -132,16 +135,13 @@ impl Conn {
             self.buf.extend_from_slice(&chunk[..n]);
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end]).unwrap_or("");
-                let status = head
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0);
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
                 let length: usize = head
                     .lines()
                     .find_map(|l| {
                         let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
                     })
                     .unwrap_or(0);
                 while self.buf.len() < end + 4 + length {
@@ -195,7 +195,8 @@ async fn drive(
                 return stats;
             };
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / f64::from(r.max(1))));
-            let mut next = start + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
+            let mut next =
+                start + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
             loop {
                 if let Some(i) = interval {
                     tokio::time::sleep_until(next.into()).await;
@@ -419,10 +420,27 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     {
         let baseline = start_baseline(exe).await?;
         writeln!(out, "  baseline (minimal actix-web handler) …")?;
-        report.baseline =
-            Some(drive(baseline.addr, opts.connections, opts.duration, None, None, make("b")).await);
+        report.baseline = Some(
+            drive(
+                baseline.addr,
+                opts.connections,
+                opts.duration,
+                None,
+                None,
+                make("b"),
+            )
+            .await,
+        );
         report.baseline_paced = Some(
-            drive(baseline.addr, opts.connections, opts.duration, Some(opts.rate), None, make("bp")).await,
+            drive(
+                baseline.addr,
+                opts.connections,
+                opts.duration,
+                Some(opts.rate),
+                None,
+                make("bp"),
+            )
+            .await,
         );
     }
 
@@ -441,8 +459,17 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
         )
         .await?;
         writeln!(out, "  dingops: signed callbacks, durable ledger …")?;
-        let accepted = drive(dingops.addr, opts.connections, opts.duration, None, None, make("a")).await;
-        let expected = sim.reply_count() as u64 + accepted.count(200);
+        let replies_before = sim.reply_count() as u64;
+        let accepted = drive(
+            dingops.addr,
+            opts.connections,
+            opts.duration,
+            None,
+            None,
+            make("a"),
+        )
+        .await;
+        let expected = replies_before + accepted.count(200);
         // Let the workers drain before the latency phases.
         let drain_end = Instant::now() + Duration::from_secs(120);
         while (sim.reply_count() as u64) < expected && Instant::now() < drain_end {
@@ -451,7 +478,15 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
         report.accepted = Some(accepted);
         writeln!(out, "  dingops: paced at {} callbacks/s …", opts.rate)?;
         report.paced = Some(
-            drive(dingops.addr, opts.connections, opts.duration, Some(opts.rate), None, make("p")).await,
+            drive(
+                dingops.addr,
+                opts.connections,
+                opts.duration,
+                Some(opts.rate),
+                None,
+                make("p"),
+            )
+            .await,
         );
         writeln!(out, "  dingops: forged signatures …")?;
         let forged_make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> = {
@@ -462,7 +497,17 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
                 http_request(&ts, &forged_sign, &body.to_string())
             })
         };
-        report.forged = Some(drive(dingops.addr, opts.connections, opts.duration, None, None, forged_make).await);
+        report.forged = Some(
+            drive(
+                dingops.addr,
+                opts.connections,
+                opts.duration,
+                None,
+                None,
+                forged_make,
+            )
+            .await,
+        );
 
         writeln!(out, "  dingops: end-to-end latency at 100 callbacks/s …")?;
         report.e2e_ms = end_to_end(&sim, dingops.addr, &load_groups, &ts, &sign, &admin).await;
@@ -569,15 +614,32 @@ async fn drain(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<(usize, Durat
         let requests = requests.clone();
         Arc::new(move |i: u64| requests[i as usize].clone())
     };
-    let sent = drive(dingops.addr, 16, Duration::from_secs(60), None, Some(n as u64), make).await;
-    anyhow::ensure!(sent.count(200) == n as u64, "drain: {:?} of {n} accepted", sent.statuses);
+    let sent = drive(
+        dingops.addr,
+        16,
+        Duration::from_secs(60),
+        None,
+        Some(n as u64),
+        make,
+    )
+    .await;
+    anyhow::ensure!(
+        sent.count(200) == n as u64,
+        "drain: {:?} of {n} accepted",
+        sent.statuses
+    );
     let replies = sim.wait_for_replies(n, Duration::from_secs(600)).await;
     let took = start.elapsed();
     let calls = sim.calls(Some(api::FRIEND_SWITCH));
     let limited = sim.calls(None).iter().filter(|c| c.answer == 90018).count() as u64;
     let peak = calls
         .iter()
-        .map(|c| calls.iter().filter(|d| d.at_ms >= c.at_ms && d.at_ms < c.at_ms + 1000).count())
+        .map(|c| {
+            calls
+                .iter()
+                .filter(|d| d.at_ms >= c.at_ms && d.at_ms < c.at_ms + 1000)
+                .count()
+        })
         .max()
         .unwrap_or(0);
     sim.stop().await;
@@ -616,9 +678,18 @@ fn print_report(opts: &BenchOptions, r: &Report, out: &mut dyn Write) -> std::io
             a.quantile_ms(0.999),
             a.quantile_ms(0.99) / b.quantile_ms(0.99)
         )?;
-        let other: u64 = a.statuses.iter().filter(|(s, _)| **s != 200).map(|(_, c)| c).sum();
+        let other: u64 = a
+            .statuses
+            .iter()
+            .filter(|(s, _)| **s != 200)
+            .map(|(_, c)| c)
+            .sum();
         if other > 0 || a.errors > 0 {
-            writeln!(out, "| (dingops answers other than 200: {:?}, errors {}) | | | | |", a.statuses, a.errors)?;
+            writeln!(
+                out,
+                "| (dingops answers other than 200: {:?}, errors {}) | | | | |",
+                a.statuses, a.errors
+            )?;
         }
     }
     if let (Some(b), Some(p)) = (&r.baseline_paced, &r.paced) {
@@ -646,7 +717,11 @@ fn print_report(opts: &BenchOptions, r: &Report, out: &mut dyn Write) -> std::io
         )?;
     }
     if let Some(kib) = r.peak_rss_kib {
-        writeln!(out, "| dingops peak RSS after the load (MiB) | — | {:.1} | — | ≤ 64 MiB |", kib as f64 / 1024.0)?;
+        writeln!(
+            out,
+            "| dingops peak RSS after the load (MiB) | — | {:.1} | — | ≤ 64 MiB |",
+            kib as f64 / 1024.0
+        )?;
     }
     if let Some((replies, took, limited, peak)) = r.drain {
         writeln!(

@@ -23,6 +23,10 @@ pub enum LedgerError {
     },
     #[error("ledger file {0} is gone")]
     Missing(String),
+    #[error("ledger commit failed: {0}")]
+    Commit(String),
+    #[error("ledger writer thread is gone")]
+    WriterGone,
     #[error("ledger lock poisoned")]
     Poisoned,
     #[error("ledger task failed: {0}")]
@@ -156,12 +160,19 @@ pub struct AuditRow {
 pub trait Ledger: Send + Sync + 'static {
     /// Records an accepted command unless its `msg_id` is known; `true` when it was new.
     fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError>;
+    /// [`Ledger::accept`] without blocking the caller: `done` gets the result. The hot path
+    /// (every callback) uses this so that no thread waits for the commit. The default runs
+    /// `accept` inline, which suits stores whose calls are quick.
+    fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
+        done(self.accept(&cmd));
+    }
     /// Forgets an accepted command that could not be queued, so a redelivery can run it.
     fn release(&self, msg_id: &str) -> Result<(), LedgerError>;
     /// Records the answer to a command (status `answered`).
     fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError>;
-    /// Records how the reply went (status `done`) and drops the stored reply URL.
-    fn finish(&self, msg_id: &str, reply: &str, finished_ms: u64) -> Result<(), LedgerError>;
+    /// Records the answer and how the reply went (status `done`) and drops the stored reply URL.
+    fn finish(&self, msg_id: &str, answer: &Answer, reply: &str, finished_ms: u64)
+    -> Result<(), LedgerError>;
     /// Commands accepted or answered but not finished, oldest first.
     fn unfinished(&self) -> Result<Vec<Pending>, LedgerError>;
     fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
@@ -180,9 +191,65 @@ pub trait Ledger: Send + Sync + 'static {
 }
 
 /// The SQLite ledger (WAL journal).
+///
+/// Writes go to one writer thread that commits them in groups: every write waiting when a
+/// transaction starts joins it, and each caller gets its answer after the commit. One commit
+/// per batch instead of one per callback is what lets the ledger keep up with bursts. Reads
+/// use their own connection, which WAL lets run beside the writer.
 pub struct SqliteLedger {
-    conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    writer: std::sync::mpsc::Sender<WriteJob>,
     path: std::path::PathBuf,
+    // Dropping it stops the checkpoint thread.
+    _checkpointer: std::sync::mpsc::Sender<()>,
+}
+
+/// Copies the WAL back into the database file every second from its own connection, so the
+/// writer never stalls on a checkpoint's fsync (SQLite's automatic checkpoint would run it
+/// inside a commit, in the path of every waiting callback).
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(std::time::Duration::from_secs(1)) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "ledger checkpoint failed");
+        }
+    }
+}
+
+/// What the writer thread runs: the operation (given the connection, or `None` when the
+/// transaction could not start), returning what to do once the commit's fate is known.
+type WriteJob = Box<dyn FnOnce(Option<&Connection>) -> Finisher + Send>;
+type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let finishers: Vec<Finisher> = batch
+            .into_iter()
+            .map(|job| job(began.as_ref().ok().map(|_| &conn)))
+            .collect();
+        let failure = match began.and_then(|_| conn.execute_batch("COMMIT")) {
+            Ok(()) => None,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                tracing::error!(error = %e, "ledger commit failed");
+                Some(e.to_string())
+            }
+        };
+        for finish in finishers {
+            finish(failure.as_deref());
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -208,7 +275,7 @@ CREATE TABLE IF NOT EXISTS commands (
     reply               TEXT,
     finished_ms         INTEGER
 );
-CREATE INDEX IF NOT EXISTS commands_unfinished ON commands(status, received_ms);
+CREATE INDEX IF NOT EXISTS commands_open ON commands(received_ms) WHERE status != 'done';
 CREATE INDEX IF NOT EXISTS commands_group ON commands(conversation_id, received_ms);
 CREATE TABLE IF NOT EXISTS bindings (
     conversation_id TEXT PRIMARY KEY,
@@ -244,15 +311,77 @@ impl SqliteLedger {
         )
         .map_err(sql("configure"))?;
         conn.execute_batch(SCHEMA).map_err(sql("migrate"))?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(sql("configure"))?;
+        let checkpointer = Connection::open(path).map_err(sql("open"))?;
+        checkpointer
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(sql("configure"))?;
+        let (stop_checkpoints, stop) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("ledger-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, stop))
+            .map_err(|e| LedgerError::Join(e.to_string()))?;
+        let reader = Connection::open(path).map_err(sql("open"))?;
+        reader
+            .execute_batch("PRAGMA busy_timeout = 5000;")
+            .map_err(sql("configure"))?;
+        let (writer, jobs) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer_loop(conn, jobs))
+            .map_err(|e| LedgerError::Join(e.to_string()))?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
+            writer,
             path: path.to_owned(),
+            _checkpointer: stop_checkpoints,
         })
     }
 
+    /// Runs a read on the reader connection.
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
-        let conn = self.conn.lock().map_err(|_| LedgerError::Poisoned)?;
+        let conn = self.reader.lock().map_err(|_| LedgerError::Poisoned)?;
         f(&conn)
+    }
+
+    /// Runs a write in the writer thread's next group commit; returns once it is committed.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Result<T, LedgerError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            f,
+        );
+        rx.recv().map_err(|_| LedgerError::WriterGone)?
+    }
+
+    /// Queues a write for the writer thread; `done` gets its result after the commit.
+    fn submit<T: Send + 'static>(
+        &self,
+        done: Box<dyn FnOnce(Result<T, LedgerError>) + Send>,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
+    ) {
+        let job: WriteJob = Box::new(move |conn| {
+            let result = match conn {
+                Some(c) => f(c),
+                None => Err(LedgerError::Commit("could not begin a transaction".into())),
+            };
+            Box::new(move |failure| {
+                done(match failure {
+                    Some(e) => Err(LedgerError::Commit(e.to_owned())),
+                    None => result,
+                })
+            })
+        });
+        if let Err(std::sync::mpsc::SendError(job)) = self.writer.send(job) {
+            // The writer is gone: fail the job without running it.
+            job(None)(Some("the ledger writer thread is gone"));
+        }
     }
 }
 
@@ -275,7 +404,18 @@ fn accepted_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Accepted> {
 
 impl Ledger for SqliteLedger {
     fn accept(&self, c: &Accepted) -> Result<bool, LedgerError> {
-        self.with(|conn| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.accept_then(
+            c.clone(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| LedgerError::WriterGone)?
+    }
+
+    fn accept_then(&self, c: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
+        self.submit(done, move |conn| {
             let n = conn
                 .prepare_cached(
                     "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id,
@@ -305,7 +445,8 @@ impl Ledger for SqliteLedger {
     }
 
     fn release(&self, msg_id: &str) -> Result<(), LedgerError> {
-        self.with(|conn| {
+        let msg_id = msg_id.to_owned();
+        self.write(move |conn| {
             conn.execute(
                 "DELETE FROM commands WHERE msg_id = ?1 AND status = 'accepted'",
                 params![msg_id],
@@ -316,7 +457,8 @@ impl Ledger for SqliteLedger {
     }
 
     fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
-        self.with(|conn| {
+        let (msg_id, a) = (msg_id.to_owned(), a.clone());
+        self.write(move |conn| {
             conn.prepare_cached(
                 "UPDATE commands SET status = 'answered', command = ?2, result = ?3, errcode = ?4,
                  detail = ?5, answer_text = ?6 WHERE msg_id = ?1",
@@ -336,13 +478,25 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn finish(&self, msg_id: &str, reply: &str, finished_ms: u64) -> Result<(), LedgerError> {
-        self.with(|conn| {
+    fn finish(&self, msg_id: &str, a: &Answer, reply: &str, finished_ms: u64) -> Result<(), LedgerError> {
+        let (msg_id, a, reply) = (msg_id.to_owned(), a.clone(), reply.to_owned());
+        self.write(move |conn| {
             conn.prepare_cached(
-                "UPDATE commands SET status = 'done', reply = ?2, finished_ms = ?3,
-                 session_webhook = NULL, answer_text = NULL WHERE msg_id = ?1",
+                "UPDATE commands SET status = 'done', command = ?2, result = ?3, errcode = ?4,
+                 detail = ?5, reply = ?6, finished_ms = ?7, session_webhook = NULL, answer_text = NULL
+                 WHERE msg_id = ?1",
             )
-            .and_then(|mut st| st.execute(params![msg_id, reply, to_i64(finished_ms)]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    msg_id,
+                    a.command,
+                    a.outcome.as_str(),
+                    a.errcode,
+                    a.detail,
+                    reply,
+                    to_i64(finished_ms)
+                ])
+            })
             .map_err(sql("finish"))?;
             Ok(())
         })
@@ -401,7 +555,8 @@ impl Ledger for SqliteLedger {
     }
 
     fn bind(&self, b: &Binding) -> Result<(), LedgerError> {
-        self.with(|conn| {
+        let b = b.clone();
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO bindings (conversation_id, chat_id, bound_by, bound_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(conversation_id) DO UPDATE SET chat_id = excluded.chat_id,
@@ -433,7 +588,8 @@ impl Ledger for SqliteLedger {
     }
 
     fn set_dm_state(&self, cid: &str, s: &DmState) -> Result<(), LedgerError> {
-        self.with(|conn| {
+        let (cid, s) = (cid.to_owned(), s.clone());
+        self.write(move |conn| {
             conn.execute(
                 "INSERT INTO dm_state (conversation_id, prohibited, set_by, set_by_nick, set_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -501,8 +657,9 @@ impl Ledger for SqliteLedger {
         if !self.path.is_file() {
             return Err(LedgerError::Missing(self.path.display().to_string()));
         }
-        self.with(|conn| {
-            conn.execute_batch("BEGIN IMMEDIATE; SELECT count(*) FROM commands; ROLLBACK;")
+        // Through the writer: proves it is alive and can begin a transaction.
+        self.write(|conn| {
+            conn.query_row("SELECT count(*) FROM commands", [], |_| Ok(()))
                 .map_err(sql("ping"))
         })
     }
@@ -515,6 +672,19 @@ pub struct LedgerHandle(Arc<dyn Ledger>);
 impl LedgerHandle {
     pub fn new(ledger: impl Ledger) -> Self {
         Self(Arc::new(ledger))
+    }
+
+    /// Records an accepted command unless its msgId is known, without occupying a thread
+    /// while the commit is pending.
+    pub async fn accept(&self, cmd: Accepted) -> Result<bool, LedgerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.accept_then(
+            cmd,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| LedgerError::WriterGone)?
     }
 
     /// Runs `f` against the ledger off the async threads.
@@ -589,8 +759,8 @@ mod tests {
             detail: "help".into(),
         };
         l.record_answer("m1", &answer).unwrap();
-        assert_eq!(l.unfinished().unwrap()[0].answer, Some(answer));
-        l.finish("m1", "session", 2).unwrap();
+        assert_eq!(l.unfinished().unwrap()[0].answer, Some(answer.clone()));
+        l.finish("m1", &answer, "session", 2).unwrap();
         assert!(l.unfinished().unwrap().is_empty());
         let webhook: Option<String> = l
             .with(|c| {

@@ -254,7 +254,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::BenchBaseline { listen } => {
-            let listener = TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
+            let listener =
+                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
             dingops::bench::serve_baseline(listener, 2).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -380,9 +380,14 @@ impl WorkerContext {
             Some(a) => a,
             None => {
                 let a = self.answer(&accepted).await;
-                let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
-                if let Err(e) = self.ledger.call(move |l| l.record_answer(&msg_id, &record)).await {
-                    tracing::error!(error = %e, "could not record the answer of a command");
+                // Only an answer that changed or asked DingTalk is recorded before the reply:
+                // after a crash it must not be repeated. Information and refusals are simply
+                // answered again, which saves a ledger write on most commands.
+                if matches!(a.outcome, Outcome::Ok | Outcome::Failed) {
+                    let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
+                    if let Err(e) = self.ledger.call(move |l| l.record_answer(&msg_id, &record)).await {
+                        tracing::error!(error = %e, "could not record the answer of a command");
+                    }
                 }
                 a
             }
@@ -402,7 +407,7 @@ impl WorkerContext {
         let msg_id = accepted.msg_id.clone();
         if let Err(e) = self
             .ledger
-            .call(move |l| l.finish(&msg_id, &reply, now_ms()))
+            .call(move |l| l.finish(&msg_id, &answer, &reply, now_ms()))
             .await
         {
             tracing::error!(error = %e, "could not record the end of a command");

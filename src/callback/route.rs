@@ -38,6 +38,26 @@ fn verify(state: &AppState, headers: &HeaderMap) -> Result<(), SignatureError> {
     state.verifier.verify(timestamp, sign)
 }
 
+/// Reads and drops a body of a declared length up to the limit; leaves anything else unread
+/// (actix then closes the connection).
+async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if !declared.is_some_and(|n| n <= MAX_BODY_BYTES) {
+        return;
+    }
+    let mut seen = 0;
+    while let Some(Ok(chunk)) = payload.next().await {
+        seen += chunk.len();
+        if seen > MAX_BODY_BYTES {
+            return;
+        }
+    }
+}
+
 async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HttpResponse> {
     let declared = req
         .headers()
@@ -76,13 +96,19 @@ async fn handle(
 ) -> (HttpResponse, &'static str, &'static str) {
     // The signature is checked before a byte of the body is read.
     if let Err(e) = verify(state, req.headers()) {
-        tracing::info!(reason = e.reason(), "callback rejected: signature");
+        // Debug, not info: a flood of forged requests must not become a flood of log lines;
+        // dingops_callbacks_total counts them.
+        tracing::debug!(reason = e.reason(), "callback rejected: signature");
         let reason = match e {
             SignatureError::Missing => "signature_missing",
             SignatureError::Malformed => "signature_malformed",
             SignatureError::Stale => "signature_stale",
             SignatureError::Mismatch => "signature_mismatch",
         };
+        // The body is never parsed, but a small one is read and dropped so the connection
+        // can be kept alive: actix closes a connection whose request body was left unread,
+        // and a reconnect per rejection costs more than reading a few KiB.
+        discard_body(req, payload).await;
         return (
             error(StatusCode::UNAUTHORIZED, &e.to_string()),
             "rejected",
@@ -128,11 +154,10 @@ async fn handle(
     };
     let span = tracing::info_span!("callback", msg_id = %job.msg_id, group = %job.conversation_id);
     let _enter = span.enter();
-    let record = job.clone();
-    match state.ledger.call(move |l| l.accept(&record)).await {
+    match state.ledger.accept(job.clone()).await {
         Ok(true) => {}
         Ok(false) => {
-            tracing::info!("duplicate callback ignored");
+            tracing::debug!("duplicate callback ignored");
             return (ack(), "duplicate", "-");
         }
         Err(e) => {
@@ -152,7 +177,7 @@ async fn handle(
         answer: None,
     }) {
         Ok(()) => {
-            tracing::info!("callback accepted");
+            tracing::debug!("callback accepted");
             (ack(), "accepted", "-")
         }
         Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
