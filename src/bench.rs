@@ -401,7 +401,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
             let (chats, admin, ts, sign) = (chats.clone(), admin.clone(), ts.clone(), sign.clone());
             Arc::new(move |n: u64| {
                 let chat = &chats[(n as usize) % chats.len()];
-                let text = if n % 4 == 0 { "/lock-dm" } else { "/help" };
+                let text = if n.is_multiple_of(4) { "/lock-dm" } else { "/help" };
                 let body = text_message(&format!("{prefix}-{run_id}-{n}"), chat, &admin, text);
                 http_request(&ts, &sign, &body.to_string())
             })
@@ -554,7 +554,7 @@ async fn end_to_end(
             session_webhook: url,
             session_expires_ms: exp,
         };
-        let text = if i % 2 == 0 { "/lock-dm" } else { "/help" };
+        let text = if i.is_multiple_of(2) { "/lock-dm" } else { "/help" };
         let body = text_message(&format!("e2e-{}-{i}", now_ms()), &chat, admin, text);
         tokio::time::sleep_until((start + Duration::from_millis(10 * i as u64)).into()).await;
         sent.insert(session, Instant::now());

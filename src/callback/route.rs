@@ -46,7 +46,7 @@ async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if !declared.is_some_and(|n| n <= MAX_BODY_BYTES) {
+    if declared.is_none_or(|n| n > MAX_BODY_BYTES) {
         return;
     }
     let mut seen = 0;
