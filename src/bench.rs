@@ -453,7 +453,6 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
             &load_groups,
             &[
                 ("DINGOPS_API_CALLS_PER_SEC", "0"),
-                ("DINGOPS_QUEUE_CAPACITY", "1000000"),
                 ("RUST_LOG", opts.rust_log.as_str()),
             ],
         )

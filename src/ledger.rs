@@ -166,15 +166,24 @@ pub trait Ledger: Send + Sync + 'static {
     fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
         done(self.accept(&cmd));
     }
-    /// Forgets an accepted command that could not be queued, so a redelivery can run it.
-    fn release(&self, msg_id: &str) -> Result<(), LedgerError>;
     /// Records the answer to a command (status `answered`).
     fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError>;
     /// Records the answer and how the reply went (status `done`) and drops the stored reply URL.
     fn finish(&self, msg_id: &str, answer: &Answer, reply: &str, finished_ms: u64)
     -> Result<(), LedgerError>;
     /// Commands accepted or answered but not finished, oldest first.
-    fn unfinished(&self) -> Result<Vec<Pending>, LedgerError>;
+    fn unfinished(&self) -> Result<Vec<Pending>, LedgerError> {
+        Ok(self
+            .open_after(0, usize::MAX)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+    /// Up to `limit` open commands after the position `cursor`, in the order they were
+    /// accepted, each with its position (the worker's cursor; 0 is the start).
+    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError>;
+    /// How many commands are open (accepted or answered, not finished).
+    fn open_count(&self) -> Result<u64, LedgerError>;
     fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
     fn bind(&self, binding: &Binding) -> Result<(), LedgerError>;
     fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
@@ -444,18 +453,6 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn release(&self, msg_id: &str) -> Result<(), LedgerError> {
-        let msg_id = msg_id.to_owned();
-        self.write(move |conn| {
-            conn.execute(
-                "DELETE FROM commands WHERE msg_id = ?1 AND status = 'accepted'",
-                params![msg_id],
-            )
-            .map_err(sql("release"))?;
-            Ok(())
-        })
-    }
-
     fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
         let (msg_id, a) = (msg_id.to_owned(), a.clone());
         self.write(move |conn| {
@@ -502,19 +499,30 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn unfinished(&self) -> Result<Vec<Pending>, LedgerError> {
+    fn open_count(&self) -> Result<u64, LedgerError> {
+        self.with(|conn| {
+            conn.query_row("SELECT count(*) FROM commands WHERE status != 'done'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(to_u64)
+            .map_err(sql("open_count"))
+        })
+    }
+
+    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
-                .prepare(
+                .prepare_cached(
                     "SELECT msg_id, received_ms, conversation_id, conversation_type,
                      conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
                      text, session_webhook, session_expires_ms,
-                     status, command, result, errcode, detail, answer_text
-                     FROM commands WHERE status IN ('accepted', 'answered') ORDER BY received_ms",
+                     status, command, result, errcode, detail, answer_text, rowid
+                     FROM commands WHERE rowid > ?1 AND status != 'done' ORDER BY rowid LIMIT ?2",
                 )
-                .map_err(sql("unfinished"))?;
+                .map_err(sql("open_after"))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = st
-                .query_map([], |row| {
+                .query_map(params![cursor, limit], |row| {
                     let accepted = accepted_from_row(row)?;
                     let answer = if row.get::<_, String>(12)? == "answered" {
                         Some(Answer {
@@ -527,10 +535,10 @@ impl Ledger for SqliteLedger {
                     } else {
                         None
                     };
-                    Ok(Pending { accepted, answer })
+                    Ok((row.get::<_, i64>(18)?, Pending { accepted, answer }))
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(sql("unfinished"))?;
+                .map_err(sql("open_after"))?;
             Ok(rows)
         })
     }
@@ -775,12 +783,19 @@ mod tests {
     }
 
     #[test]
-    fn released_commands_can_be_accepted_again() {
+    fn open_commands_are_listed_after_a_cursor_in_acceptance_order() {
         let dir = tempfile::tempdir().unwrap();
         let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
-        l.accept(&accepted("m1")).unwrap();
-        l.release("m1").unwrap();
-        assert!(l.accept(&accepted("m1")).unwrap());
+        for id in ["m3", "m1", "m2"] {
+            l.accept(&accepted(id)).unwrap();
+        }
+        let first = l.open_after(0, 2).unwrap();
+        let ids: Vec<&str> = first.iter().map(|(_, p)| p.accepted.msg_id.as_str()).collect();
+        assert_eq!(ids, ["m3", "m1"]);
+        let rest = l.open_after(first[1].0, 10).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1.accepted.msg_id, "m2");
+        assert_eq!(l.open_count().unwrap(), 3);
     }
 
     #[test]

@@ -7,23 +7,21 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::callback::route::callback;
 use crate::callback::signature::Verifier;
-use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
-use crate::ledger::{Answer, LedgerHandle, Outcome, Pending, SqliteLedger};
+use crate::ledger::{LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
-use crate::worker::{WorkerContext, WorkerPool};
+use crate::worker::{Intake, WorkerContext, WorkerPool};
 
 /// State shared by the HTTP handlers.
 pub struct AppState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub ledger: LedgerHandle,
-    pub queue: mpsc::Sender<Pending>,
+    pub intake: Intake,
 }
 
 /// Why the application could not start.
@@ -96,15 +94,14 @@ impl Application {
             dingtalk,
             metrics.clone(),
         ));
-        let (queue, pool) = WorkerPool::start(ctx, settings.queue_capacity, settings.command_concurrency);
-
-        resume_unfinished(&ledger, &queue, &metrics).await?;
+        // The pool starts by resuming whatever a stop or crash left open in the ledger.
+        let (intake, pool) = WorkerPool::start(ctx, settings.queue_capacity, settings.command_concurrency);
 
         let state = web::Data::new(AppState {
             verifier: Verifier::new(settings.app_secret.clone(), settings.signature_window_secs),
             metrics,
             ledger,
-            queue,
+            intake,
         });
         let port = listener
             .local_addr()
@@ -162,54 +159,6 @@ impl Application {
     }
 }
 
-/// Queues commands accepted before a stop or crash whose reply path is still valid. An
-/// answered one only gets its reply; one never answered runs in full. Those whose session
-/// expired before the restart are recorded as not run: nobody could be told the result.
-async fn resume_unfinished(
-    ledger: &LedgerHandle,
-    queue: &mpsc::Sender<Pending>,
-    metrics: &Arc<Metrics>,
-) -> Result<(), StartError> {
-    let pending = ledger.call(|l| l.unfinished()).await?;
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let now = now_ms();
-    let (live, expired): (Vec<_>, Vec<_>) = pending
-        .into_iter()
-        .partition(|p| p.answer.is_some() || p.accepted.session_expires_ms.is_none_or(|exp| exp > now));
-    tracing::info!(
-        resumed = live.len(),
-        expired = expired.len(),
-        "resuming unfinished commands"
-    );
-    for job in expired {
-        let answer = Answer {
-            command: "-".into(),
-            outcome: Outcome::Failed,
-            errcode: None,
-            text: String::new(),
-            detail: "not run: its reply session expired before dingops restarted".into(),
-        };
-        let id = job.accepted.msg_id;
-        ledger
-            .call(move |l| l.finish(&id, &answer, "none-expired", now))
-            .await?;
-    }
-    let queue = queue.clone();
-    let metrics = metrics.clone();
-    // The queue may be smaller than the backlog: feed it from a task.
-    tokio::spawn(async move {
-        for job in live {
-            metrics.queue_depth.inc();
-            if queue.send(job).await.is_err() {
-                break;
-            }
-        }
-    });
-    Ok(())
-}
-
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -227,6 +176,13 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+    match state.ledger.call(|l| l.open_count()).await {
+        Ok(n) => state
+            .metrics
+            .open_commands
+            .set(i64::try_from(n).unwrap_or(i64::MAX)),
+        Err(e) => tracing::warn!(error = %e, "cannot count open commands"),
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -61,8 +61,8 @@ pub struct Metrics {
     pub command_seconds: Histogram,
     /// `dingops_dingtalk_call_seconds{api}`: one HTTP exchange with DingTalk.
     pub dingtalk_seconds: HistogramVec,
-    /// `dingops_queue_depth`: accepted commands waiting for a worker.
-    pub queue_depth: IntGauge,
+    /// `dingops_open_commands`: accepted and not finished (the backlog plus those running).
+    pub open_commands: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -112,10 +112,13 @@ impl Metrics {
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         );
-        let queue_depth = register(
+        let open_commands = register(
             &registry,
-            IntGauge::new("dingops_queue_depth", "Accepted commands waiting for a worker.")
-                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            IntGauge::new(
+                "dingops_open_commands",
+                "Commands accepted and not finished: the backlog plus those running.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         );
         Self {
             callbacks: counter(
@@ -159,7 +162,7 @@ impl Metrics {
                 SLOW_BUCKETS,
             ),
             dingtalk_seconds,
-            queue_depth,
+            open_commands,
             registry,
         }
     }

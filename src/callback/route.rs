@@ -5,12 +5,11 @@ use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt as _;
 use serde_json::json;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::payload::Callback;
 use super::signature::SignatureError;
 use crate::clock::now_ms;
-use crate::ledger::{Accepted, Pending};
+use crate::ledger::Accepted;
 use crate::server::AppState;
 
 /// Largest callback body accepted (DESIGN §5).
@@ -154,7 +153,7 @@ async fn handle(
     };
     let span = tracing::info_span!("callback", msg_id = %job.msg_id, group = %job.conversation_id);
     let _enter = span.enter();
-    match state.ledger.accept(job.clone()).await {
+    match state.ledger.accept(job).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!("duplicate callback ignored");
@@ -169,32 +168,9 @@ async fn handle(
             );
         }
     }
-    let msg_id = job.msg_id.clone();
-    // Counted before the send so the worker's decrement can never run first.
-    state.metrics.queue_depth.inc();
-    match state.queue.try_send(Pending {
-        accepted: job,
-        answer: None,
-    }) {
-        Ok(()) => {
-            tracing::debug!("callback accepted");
-            (ack(), "accepted", "-")
-        }
-        Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-            state.metrics.queue_depth.dec();
-            // Release the msgId so that a redelivery of this message can run.
-            let release = msg_id.clone();
-            if let Err(e) = state.ledger.call(move |l| l.release(&release)).await {
-                tracing::error!(error = %e, "could not release a refused command");
-            }
-            tracing::warn!("command queue full or closed; callback refused with 503");
-            (
-                error(StatusCode::SERVICE_UNAVAILABLE, "busy, retry later"),
-                "unavailable",
-                "queue_full",
-            )
-        }
-    }
+    state.intake.wake();
+    tracing::debug!("callback accepted");
+    (ack(), "accepted", "-")
 }
 
 fn ack() -> HttpResponse {

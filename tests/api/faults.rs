@@ -308,3 +308,93 @@ async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_re
     assert_eq!(answers, vec![-3, 0]);
     assert!(sim.group(GROUP).unwrap().dm_prohibited);
 }
+
+#[tokio::test]
+async fn a_backlog_larger_than_memory_waits_in_the_ledger_and_each_group_runs_in_order() {
+    let app = spawn_app_with(Options {
+        env: vec![
+            ("DINGOPS_QUEUE_CAPACITY", "2".into()),
+            ("DINGOPS_COMMAND_CONCURRENCY", "2".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..5 {
+        app.sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 30 });
+    }
+    let (group, other) = (app.chat(GROUP), app.chat(OTHER));
+    for i in 0..30 {
+        let text = if i % 2 == 0 { "/lock-dm" } else { "/unlock-dm" };
+        assert_eq!(app.say(&group, &admin(), text).await.0, 200);
+        assert_eq!(app.say(&other, &member(), "/help").await.0, 200);
+    }
+    let replies = app.sim.wait_for_replies(60, Duration::from_secs(30)).await;
+    assert_eq!(replies.len(), 60);
+    let order: Vec<bool> = app
+        .sim
+        .calls(Some(api::FRIEND_SWITCH))
+        .iter()
+        .map(|c| c.body["is_prohibit"].as_bool().unwrap())
+        .collect();
+    let expected: Vec<bool> = (0..30).map(|i| i % 2 == 0).collect();
+    assert_eq!(order, expected, "DingTalk saw the group's commands out of order");
+    assert!(
+        !app.sim.group(GROUP).unwrap().dm_prohibited,
+        "the last command was /unlock-dm"
+    );
+}
+
+fn stale_command(id: &str, received_ms: u64, expires_ms: u64, webhook: String) -> dingops::ledger::Accepted {
+    dingops::ledger::Accepted {
+        msg_id: id.into(),
+        received_ms,
+        conversation_id: GROUP.into(),
+        conversation_type: "2".into(),
+        conversation_title: None,
+        sender_staff_id: Some("admin01".into()),
+        sender_nick: Some("Ada".into()),
+        sender_is_admin: false,
+        msgtype: "text".into(),
+        text: Some("/lock-dm".into()),
+        session_webhook: dingops::callback::payload::SessionWebhook::new(webhook),
+        session_expires_ms: Some(expires_ms),
+    }
+}
+
+#[tokio::test]
+async fn at_start_a_command_whose_session_expired_meanwhile_is_recorded_and_not_run() {
+    use dingops::ledger::Ledger as _;
+    let sim = new_sim(Default::default());
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let now = dingops::clock::now_ms();
+    let (live_url, live_exp) = sim.open_session(GROUP, Duration::from_secs(600));
+    {
+        let ledger = dingops::ledger::SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+        let dead = format!("{}/robot/sendBySession?session=gone", sim.url());
+        ledger
+            .accept(&stale_command(
+                "old-expired",
+                now - 7_200_000,
+                now - 1_800_000,
+                dead,
+            ))
+            .unwrap();
+        ledger
+            .accept(&stale_command("old-live", now - 60_000, live_exp, live_url))
+            .unwrap();
+    }
+    let app = spawn_app_with(Options {
+        sim: Some(sim),
+        dir: Some(dir),
+        ..Options::default()
+    })
+    .await;
+    let expired = app.finished_row("old-expired").await;
+    assert_eq!(expired.reply.as_deref(), Some("none-expired"));
+    assert_eq!(expired.result.as_deref(), Some("failed"));
+    let live = app.finished_row("old-live").await;
+    assert_eq!(live.result.as_deref(), Some("ok"));
+    assert_eq!(live.reply.as_deref(), Some("session"));
+    assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
+    assert_eq!(app.replies(1).await.len(), 1);
+}

@@ -91,7 +91,7 @@ async fn metrics_count_accepted_duplicate_and_rejected_callbacks_and_what_follow
         m(r#"dingops_dingtalk_call_seconds_count{api="friendswitch_update"}"#),
         Some(1.0)
     );
-    assert_eq!(m("dingops_queue_depth"), Some(0.0));
+    assert_eq!(m("dingops_open_commands"), Some(0.0));
 }
 
 #[tokio::test]
