@@ -151,7 +151,9 @@ async fn handle(
         session_webhook: cb.session_webhook,
         session_expires_ms: cb.session_webhook_expired_time,
     };
-    let span = tracing::info_span!("callback", msg_id = %job.msg_id, group = %job.conversation_id);
+    // Debug level: the worker's info-level `process` span carries msg_id, group and command
+    // for every command; this one only frames the route's debug lines.
+    let span = tracing::debug_span!("callback", msg_id = %job.msg_id, group = %job.conversation_id);
     let _enter = span.enter();
     match state.ledger.accept(job).await {
         Ok(true) => {}
