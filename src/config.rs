@@ -33,6 +33,7 @@ pub const KEYS: &[&str] = &[
     "retry_base_ms",
     "retry_deadline_ms",
     "robot_code",
+    "admin_commands_per_minute",
 ];
 
 /// Why the configuration was refused. Each variant names the key; none carries a secret.
@@ -97,6 +98,8 @@ pub struct Settings {
     pub retry_deadline_ms: u64,
     /// robotCode for the group-message fallback when a reply session expired. Default: `app_key`.
     pub robot_code: String,
+    /// Admin commands one sender may run per minute in one group; 0 = unlimited. Default 10.
+    pub admin_commands_per_minute: u32,
 }
 
 /// One `host[:port]` entry of `reply_hosts`.
@@ -429,6 +432,7 @@ impl Settings {
             retry_max_attempts: src.integer("retry_max_attempts", 4, 1, 20)? as u32,
             retry_base_ms: src.integer("retry_base_ms", 200, 1, 60_000)?,
             retry_deadline_ms: src.integer("retry_deadline_ms", 30_000, 100, 3_600_000)?,
+            admin_commands_per_minute: src.integer("admin_commands_per_minute", 10, 0, 100_000)? as u32,
         })
     }
 

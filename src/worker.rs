@@ -32,7 +32,14 @@ pub struct WorkerContext {
     pub static_groups: BTreeMap<String, String>,
     pub robot_code: String,
     pub metrics: Arc<Metrics>,
+    /// Admin commands per sender per group per minute; 0 = unlimited.
+    pub admin_commands_per_minute: u32,
+    /// When each (group, sender) ran its recent admin commands.
+    recent: std::sync::Mutex<HashMap<(String, String), VecDeque<std::time::Instant>>>,
 }
+
+/// The window of the per-sender limit.
+const SENDER_WINDOW: Duration = Duration::from_secs(60);
 
 impl WorkerContext {
     pub fn new(
@@ -50,6 +57,8 @@ impl WorkerContext {
             static_groups: settings.groups.clone(),
             robot_code: settings.robot_code.clone(),
             metrics,
+            admin_commands_per_minute: settings.admin_commands_per_minute,
+            recent: std::sync::Mutex::default(),
         }
     }
 }
@@ -77,7 +86,12 @@ impl AnswerExt for Answer {
             command: command.to_owned(),
             outcome: Outcome::Failed,
             errcode: e.errcode(),
-            text: format!("DingTalk refused {what} ({}): {}.", e.short(), e.advice()),
+            text: match e {
+                ApiError::Code { .. } | ApiError::Status { .. } | ApiError::Credentials(_) => {
+                    format!("DingTalk refused {what} ({}): {}.", e.short(), e.advice())
+                }
+                _ => format!("{what} did not go through ({}): {}.", e.short(), e.advice()),
+            },
             detail: e.to_string(),
         }
     }
@@ -132,6 +146,41 @@ impl WorkerContext {
             .as_deref()
             .is_some_and(|s| !s.is_empty() && self.admins.contains(s));
         listed || (self.trust_is_admin && job.sender_is_admin)
+    }
+
+    /// Counts an admin command against its sender's limit in its group; `false` when the
+    /// sender is over it. Protects the app's DingTalk quota against a runaway script.
+    fn within_sender_limit(&self, job: &Accepted) -> bool {
+        let limit = self.admin_commands_per_minute as usize;
+        if limit == 0 {
+            return true;
+        }
+        let key = (
+            job.conversation_id.clone(),
+            job.sender_staff_id.clone().unwrap_or_default(),
+        );
+        let now = std::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget senders idle for a whole window so the map stays small.
+        if recent.len() > 10_000 {
+            recent.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < SENDER_WINDOW)
+            });
+        }
+        let times = recent.entry(key).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= SENDER_WINDOW)
+        {
+            times.pop_front();
+        }
+        if times.len() >= limit {
+            return false;
+        }
+        times.push_back(now);
+        true
     }
 
     /// The chatid of a group: a verified `/bind` wins over the configuration.
@@ -189,6 +238,17 @@ impl WorkerContext {
                     spec.name
                 ),
                 "sender is not an admin",
+            );
+        }
+        if spec.admin_only && !self.within_sender_limit(job) {
+            return Answer::new(
+                spec.name,
+                Outcome::Refused,
+                format!(
+                    "slow down: at most {} admin commands per minute per person in a group. Try again in a minute.",
+                    self.admin_commands_per_minute
+                ),
+                "per-sender limit",
             );
         }
         match command {

@@ -64,6 +64,10 @@ pub enum Fault {
     Hang,
     /// Send headers, then break the connection.
     Drop,
+    /// Answer 302 with this `Location` (clients must not follow it).
+    Redirect { location: String },
+    /// Answer 200 with a JSON body of this many bytes.
+    HugeBody { bytes: usize },
 }
 
 /// A group the simulator knows.
@@ -355,6 +359,19 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
         Some(Fault::Errcode { errcode }) => {
             record(shared, api, None, Value::Null, errcode);
             return Gate::Respond(error_answer(new_style, errcode, "injected fault"));
+        }
+        Some(Fault::Redirect { location }) => {
+            record(shared, api, None, Value::Null, 302);
+            return Gate::Respond(
+                HttpResponse::Found()
+                    .insert_header(("location", location))
+                    .finish(),
+            );
+        }
+        Some(Fault::HugeBody { bytes }) => {
+            record(shared, api, None, Value::Null, -4);
+            let body = format!("{{\"errcode\":0,\"pad\":\"{}\"}}", "x".repeat(bytes));
+            return Gate::Respond(HttpResponse::Ok().content_type("application/json").body(body));
         }
         Some(Fault::Drop) => {
             record(shared, api, None, Value::Null, -2);

@@ -86,6 +86,9 @@ pub fn settings_for(sim: &Simulator, db: PathBuf, extra: &[(&'static str, String
         ("DINGOPS_SHUTDOWN_GRACE_SECS", "10".into()),
         ("DINGOPS_UPSTREAM_TIMEOUT_MS", "2000".into()),
         ("DINGOPS_RETRY_BASE_MS", "20".into()),
+        // Tests that send many admin commands are not about the per-sender limit;
+        // hostile.rs turns it on where it is.
+        ("DINGOPS_ADMIN_COMMANDS_PER_MINUTE", "0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -7,6 +7,7 @@ mod commands;
 mod dedupe;
 mod faults;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod ops;
