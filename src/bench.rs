@@ -804,3 +804,209 @@ fn print_report(opts: &BenchOptions, r: &Report, out: &mut dyn Write) -> std::io
     }
     Ok(())
 }
+
+/// What `dingops soak` sends.
+#[derive(Debug, Clone)]
+pub struct SoakOptions {
+    pub callbacks: u64,
+    pub connections: usize,
+    pub groups: usize,
+}
+
+/// Soak: `callbacks` mixed requests (50 % valid and unique, 20 % redeliveries of those, 20 %
+/// forged, 10 % malformed) at high concurrency against a dingops child and the simulator,
+/// then checks that every accepted unique msgId has exactly one finished ledger row, that
+/// DingTalk got one call per `/lock-dm` and one reply per command, and how RSS behaved.
+/// Returns whether every check held.
+pub async fn soak(opts: &SoakOptions, out: &mut dyn Write) -> anyhow::Result<bool> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("dingops-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = soak_in(opts, out, &exe, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<bool> {
+    use crate::ledger::Ledger as _;
+    let sim = Simulator::start(
+        SimConfig {
+            rate_limit_per_sec: 0,
+            ..SimConfig::default()
+        },
+        TcpListener::bind("127.0.0.1:0")?,
+    )?;
+    let soak_groups = groups("Soak", opts.groups);
+    for (cid, chat) in &soak_groups {
+        sim.add_group(cid, chat, cid);
+    }
+    let db = dir.join("soak.db");
+    let dingops = start_dingops(
+        exe,
+        &sim,
+        &db,
+        &soak_groups,
+        &[("DINGOPS_API_CALLS_PER_SEC", "0"), ("RUST_LOG", "warn")],
+    )
+    .await?;
+    let chats: Arc<Vec<Chat>> = Arc::new(
+        soak_groups
+            .iter()
+            .map(|(cid, _)| {
+                let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
+                Chat {
+                    open_conversation_id: cid.clone(),
+                    title: cid.clone(),
+                    conversation_type: "2".into(),
+                    session_webhook: url,
+                    session_expires_ms: exp,
+                }
+            })
+            .collect(),
+    );
+    let verifier = Verifier::new(sim.config().app_secret.clone().into(), 3600);
+    let ts = now_ms().to_string();
+    let sign = verifier.sign(&ts);
+    let forged = Verifier::new("guess".to_owned().into(), 3600).sign(&ts);
+    let run = crate::sim::chat::new_msg_id();
+    let admin = Member::new("admin01", "Soak Admin", false);
+    // The k-th valid command: the same body every time it is sent.
+    let valid = {
+        let (chats, admin, run) = (chats.clone(), admin.clone(), run.clone());
+        move |k: u64| {
+            let chat = &chats[(k as usize) % chats.len()];
+            let text = if k.is_multiple_of(4) { "/lock-dm" } else { "/help" };
+            text_message(&format!("{run}-{k}"), chat, &admin, text).to_string()
+        }
+    };
+    let make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> = {
+        let (ts, sign, valid) = (ts.clone(), sign.clone(), valid.clone());
+        Arc::new(move |n: u64| {
+            let (decade, slot) = (n / 10, n % 10);
+            match slot {
+                0..=4 => http_request(&ts, &sign, &valid(decade * 5 + slot)),
+                5 | 6 => http_request(&ts, &sign, &valid(decade * 5 + slot - 5)),
+                7 | 8 => http_request(&ts, &forged, &valid(decade * 5)),
+                _ => http_request(&ts, &sign, "{\"msgId\": \"broken"),
+            }
+        })
+    };
+    writeln!(
+        out,
+        "dingops soak: {} callbacks over {} connections (50 % valid, 20 % redelivered, 20 % forged, 10 % malformed)",
+        opts.callbacks, opts.connections
+    )?;
+    // RSS sampled once a second from start to end.
+    let pid = dingops.child.id();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(kib) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find(|l| l.starts_with("VmRSS:"))
+                            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                    })
+                {
+                    samples.push(kib);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            samples
+        })
+    };
+    let sent = drive(
+        dingops.addr,
+        opts.connections,
+        Duration::from_secs(600),
+        None,
+        Some(opts.callbacks),
+        make,
+    )
+    .await;
+    let valid_sent = (0..opts.callbacks).filter(|n| n % 10 <= 4).count() as u64;
+    let locks = (0..opts.callbacks)
+        .filter(|n| n % 10 <= 4)
+        .filter(|n| ((n / 10) * 5 + n % 10).is_multiple_of(4))
+        .count();
+    writeln!(
+        out,
+        "  sent in {:.1} s ({:.0}/s): {:?}, transport errors {}",
+        sent.elapsed.as_secs_f64(),
+        opts.callbacks as f64 / sent.elapsed.as_secs_f64(),
+        sent.statuses,
+        sent.errors
+    )?;
+    let replies = sim
+        .wait_for_replies(valid_sent as usize, Duration::from_secs(600))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sampling.store(false, Ordering::Relaxed);
+    let rss = sampler.await.unwrap_or_default();
+    let ledger = crate::ledger::SqliteLedger::open(&db)?;
+    let rows = ledger.history(None, None, usize::MAX)?;
+    let done = rows.iter().filter(|r| r.status == "done").count();
+    let switch_calls = sim.calls(Some(api::FRIEND_SWITCH)).len();
+    let mut ok = true;
+    let mut check = |name: String, holds: bool| -> std::io::Result<()> {
+        ok &= holds;
+        writeln!(out, "  {} {name}", if holds { "✔" } else { "✘" })
+    };
+    let expect = |status: u16, share: u64| sent.count(status) == share;
+    let tenth = |slots: &[u64]| (0..opts.callbacks).filter(|n| slots.contains(&(n % 10))).count() as u64;
+    check(
+        format!(
+            "every valid and redelivered callback answered 200 ({})",
+            sent.count(200)
+        ),
+        expect(200, tenth(&[0, 1, 2, 3, 4, 5, 6])),
+    )?;
+    check(
+        format!("every forged one 401 ({})", sent.count(401)),
+        expect(401, tenth(&[7, 8])),
+    )?;
+    check(
+        format!("every malformed one 400 ({})", sent.count(400)),
+        expect(400, tenth(&[9])),
+    )?;
+    check(
+        format!(
+            "one ledger row per unique msgId: {} rows for {valid_sent} unique",
+            rows.len()
+        ),
+        rows.len() as u64 == valid_sent,
+    )?;
+    check(
+        format!("every row finished: {done} done"),
+        done as u64 == valid_sent,
+    )?;
+    check(
+        format!("one friendswitch call per /lock-dm: {switch_calls} calls for {locks}"),
+        switch_calls == locks,
+    )?;
+    check(
+        format!("one reply per command: {} replies", replies.len()),
+        replies.len() as u64 == valid_sent && sim.reply_count() as u64 == valid_sent,
+    )?;
+    let max = rss.iter().copied().max().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    let tail = &rss[rss.len().saturating_sub(3)..];
+    let plateau = tail.iter().all(|s| *s <= max)
+        && tail.iter().max().copied().unwrap_or(0) - tail.iter().min().copied().unwrap_or(0) <= max / 10;
+    check(
+        format!(
+            "RSS settles: samples (MiB) {}",
+            rss.iter()
+                .map(|k| format!("{:.0}", *k as f64 / 1024.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        plateau && last > 0,
+    )?;
+    sim.stop().await;
+    Ok(ok)
+}

@@ -107,6 +107,18 @@ enum Cmd {
         #[arg(long, default_value = "info")]
         rust_log: String,
     },
+    /// Soak test: many mixed callbacks, then checks that nothing was lost or doubled.
+    Soak {
+        /// Callbacks to send.
+        #[arg(long, default_value_t = 100_000)]
+        callbacks: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Bound groups.
+        #[arg(long, default_value_t = 200)]
+        groups: usize,
+    },
     /// The benchmark's baseline server (used by `bench`).
     #[command(hide = true)]
     BenchBaseline {
@@ -252,6 +264,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout();
             dingops::bench::run(&opts, &mut out).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Soak {
+            callbacks,
+            connections,
+            groups,
+        } => {
+            let opts = dingops::bench::SoakOptions {
+                callbacks,
+                connections,
+                groups,
+            };
+            let mut out = std::io::stdout();
+            let ok = dingops::bench::soak(&opts, &mut out).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::BenchBaseline { listen } => {
             let listener =
