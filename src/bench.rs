@@ -333,6 +333,18 @@ async fn start_dingops(
     Ok(server)
 }
 
+/// A group chat with a fresh one-hour reply session in the simulator.
+fn group_chat(sim: &Simulator, cid: &str) -> Chat {
+    let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
+    Chat {
+        open_conversation_id: cid.to_owned(),
+        title: cid.to_owned(),
+        conversation_type: "2".into(),
+        session_webhook: url,
+        session_expires_ms: exp,
+    }
+}
+
 fn groups(prefix: &str, n: usize) -> Vec<(String, String)> {
     (0..n)
         .map(|i| (format!("cid{prefix}{i:05}=="), format!("chat{prefix}{i:05}")))
@@ -385,21 +397,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     let ts = now_ms().to_string();
     let (sign, forged_sign) = (verifier.sign(&ts), forger.sign(&ts));
     // One long-lived session per group: the reply path of the load phases.
-    let chats: Arc<Vec<Chat>> = Arc::new(
-        load_groups
-            .iter()
-            .map(|(cid, _)| {
-                let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
-                Chat {
-                    open_conversation_id: cid.clone(),
-                    title: cid.clone(),
-                    conversation_type: "2".into(),
-                    session_webhook: url,
-                    session_expires_ms: exp,
-                }
-            })
-            .collect(),
-    );
+    let chats: Arc<Vec<Chat>> = Arc::new(load_groups.iter().map(|(cid, _)| group_chat(&sim, cid)).collect());
     let admin = Member::new("admin01", "Bench Admin", false);
     let run_id = now_ms();
     let make = {
@@ -639,14 +637,7 @@ async fn drain(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<(usize, Durat
         .iter()
         .enumerate()
         .map(|(i, (cid, _))| {
-            let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
-            let chat = Chat {
-                open_conversation_id: cid.clone(),
-                title: cid.clone(),
-                conversation_type: "2".into(),
-                session_webhook: url,
-                session_expires_ms: exp,
-            };
+            let chat = group_chat(&sim, cid);
             let body = text_message(&format!("drain-{}-{i}", now_ms()), &chat, &admin, "/lock-dm");
             http_request(&ts, &sign, &body.to_string())
         })
@@ -849,21 +840,7 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
         &[("DINGOPS_API_CALLS_PER_SEC", "0"), ("RUST_LOG", "warn")],
     )
     .await?;
-    let chats: Arc<Vec<Chat>> = Arc::new(
-        soak_groups
-            .iter()
-            .map(|(cid, _)| {
-                let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
-                Chat {
-                    open_conversation_id: cid.clone(),
-                    title: cid.clone(),
-                    conversation_type: "2".into(),
-                    session_webhook: url,
-                    session_expires_ms: exp,
-                }
-            })
-            .collect(),
-    );
+    let chats: Arc<Vec<Chat>> = Arc::new(soak_groups.iter().map(|(cid, _)| group_chat(&sim, cid)).collect());
     let verifier = Verifier::new(sim.config().app_secret.clone().into(), 3600);
     let ts = now_ms().to_string();
     let sign = verifier.sign(&ts);

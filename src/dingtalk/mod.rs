@@ -347,13 +347,7 @@ impl DingTalk {
             let resp = self.http.get(url).send().await.map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v).map_err(credentials_error)?;
-            let token = v
-                .get("access_token")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::Decode("gettoken answer without access_token".into()))?;
-            let ttl = v.get("expires_in").and_then(Value::as_i64).unwrap_or(0);
-            Ok((SecretString::from(token.to_owned()), ttl))
+            token_from(&v, "access_token", "expires_in")
         })
         .await
     }
@@ -368,13 +362,7 @@ impl DingTalk {
             if !(200..300).contains(&status) {
                 return Err(credentials_error(status_error(status, &v)));
             }
-            let token = v
-                .get("accessToken")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| ApiError::Decode("accessToken answer without accessToken".into()))?;
-            let ttl = v.get("expireIn").and_then(Value::as_i64).unwrap_or(0);
-            Ok((SecretString::from(token.to_owned()), ttl))
+            token_from(&v, "accessToken", "expireIn")
         })
         .await
     }
@@ -498,6 +486,17 @@ impl DingTalk {
         })
         .await
     }
+}
+
+/// The token and its lifetime (0 when absent) from a token answer.
+fn token_from(v: &Value, token_field: &str, ttl_field: &str) -> Result<(SecretString, i64), ApiError> {
+    let token = v
+        .get(token_field)
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Decode(format!("token answer without {token_field}")))?;
+    let ttl = v.get(ttl_field).and_then(Value::as_i64).unwrap_or(0);
+    Ok((SecretString::from(token.to_owned()), ttl))
 }
 
 /// A refused token request means the credentials are wrong: not worth a retry.

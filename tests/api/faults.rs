@@ -214,14 +214,7 @@ async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply
         &format!("http://127.0.0.1:{port}"),
         sim.config().app_secret.clone().into(),
     );
-    let (url, exp) = sim.open_session(GROUP, Duration::from_secs(600));
-    let chat = Chat {
-        open_conversation_id: GROUP.into(),
-        title: "t".into(),
-        conversation_type: "2".into(),
-        session_webhook: url,
-        session_expires_ms: exp,
-    };
+    let chat = session_chat(&sim, GROUP);
     let body = dingops::sim::chat::text_message(
         "msg-killed-1",
         &chat,
@@ -272,14 +265,7 @@ async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_re
         &format!("http://127.0.0.1:{port}"),
         sim.config().app_secret.clone().into(),
     );
-    let (url, exp) = sim.open_session(GROUP, Duration::from_secs(600));
-    let chat = Chat {
-        open_conversation_id: GROUP.into(),
-        title: "t".into(),
-        conversation_type: "2".into(),
-        session_webhook: url,
-        session_expires_ms: exp,
-    };
+    let chat = session_chat(&sim, GROUP);
     let body = dingops::sim::chat::text_message(
         "msg-killed-2",
         &chat,

@@ -281,3 +281,15 @@ pub async fn wait_for_calls(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A group chat in `cid` with a fresh ten-minute reply session.
+pub fn session_chat(sim: &Simulator, cid: &str) -> Chat {
+    let (url, exp) = sim.open_session(cid, Duration::from_secs(600));
+    Chat {
+        open_conversation_id: cid.into(),
+        title: "t".into(),
+        conversation_type: "2".into(),
+        session_webhook: url,
+        session_expires_ms: exp,
+    }
+}

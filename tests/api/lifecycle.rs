@@ -82,14 +82,7 @@ async fn sigterm_stops_the_server_after_the_in_flight_command_finishes() {
 
     // DingTalk is slow: the command is still running when SIGTERM arrives.
     sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 800 });
-    let (url, exp) = sim.open_session(GROUP, Duration::from_secs(600));
-    let chat = dingops::sim::chat::Chat {
-        open_conversation_id: GROUP.into(),
-        title: "t".into(),
-        conversation_type: "2".into(),
-        session_webhook: url,
-        session_expires_ms: exp,
-    };
+    let chat = session_chat(&sim, GROUP);
     let sender = CallbackSender::new(&base, SecretString::from(sim.config().app_secret.clone()));
     let body = text_message(&new_msg_id(), &chat, &admin(), "/lock-dm");
     assert_eq!(sender.send(&body).await.unwrap().0, 200);

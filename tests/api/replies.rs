@@ -1,7 +1,6 @@
 //! Replies go only to allow-listed, unexpired sessionWebhooks.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use dingops::sim::chat::Chat;
 use dingops::sim::{SimConfig, Simulator, api};
@@ -13,14 +12,7 @@ async fn a_session_webhook_outside_reply_hosts_is_never_called() {
     let app = spawn_app().await;
     // A second server on loopback that is not on reply_hosts.
     let rogue = Simulator::start(SimConfig::default(), TcpListener::bind("127.0.0.1:0").unwrap()).unwrap();
-    let (url, exp) = rogue.open_session(GROUP, Duration::from_secs(600));
-    let chat = Chat {
-        open_conversation_id: GROUP.into(),
-        title: "t".into(),
-        conversation_type: "2".into(),
-        session_webhook: url,
-        session_expires_ms: exp,
-    };
+    let chat = session_chat(&rogue, GROUP);
     let (status, msg_id) = app.say(&chat, &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
     let row = app.finished_row(&msg_id).await;
