@@ -80,7 +80,7 @@ pub struct Settings {
     pub groups: BTreeMap<String, String>,
     /// Commands executed at once (DingTalk calls plus reply). Default 8.
     pub command_concurrency: usize,
-    /// Accepted commands waiting for a worker before callbacks get 503. Default 4096.
+    /// Accepted commands held in memory for the workers; a larger backlog waits in the ledger. Default 256.
     pub queue_capacity: usize,
     /// Total time one outbound HTTP call may take, in milliseconds. Default 5000.
     pub upstream_timeout_ms: u64,
@@ -424,7 +424,7 @@ impl Settings {
             signature_window_secs: src.integer("signature_window_secs", 3600, 1, 86_400)?,
             groups: src.groups()?,
             command_concurrency: src.integer("command_concurrency", 8, 1, 1024)? as usize,
-            queue_capacity: src.integer("queue_capacity", 4096, 1, 1_000_000)? as usize,
+            queue_capacity: src.integer("queue_capacity", 256, 1, 1_000_000)? as usize,
             upstream_timeout_ms: src.integer("upstream_timeout_ms", 5000, 100, 600_000)?,
             upstream_connect_timeout_ms: src.integer("upstream_connect_timeout_ms", 2000, 100, 600_000)?,
             shutdown_grace_secs: src.integer("shutdown_grace_secs", 30, 0, 3600)?,
