@@ -370,10 +370,18 @@ pub struct Report {
 
 /// Runs the benchmark, printing progress and the table to `out`.
 pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<Report> {
+    in_scratch_dir("bench", async |exe, dir| run_in(opts, out, exe, dir).await).await
+}
+
+/// Runs `f` with this executable's path and a scratch directory removed afterwards.
+async fn in_scratch_dir<T>(
+    name: &str,
+    f: impl AsyncFnOnce(&Path, &Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("dingops-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("dingops-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(opts, out, &exe, &dir).await;
+    let result = f(&exe, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -810,12 +818,7 @@ pub struct SoakOptions {
 /// DingTalk got one call per `/lock-dm` and one reply per command, and how RSS behaved.
 /// Returns whether every check held.
 pub async fn soak(opts: &SoakOptions, out: &mut dyn Write) -> anyhow::Result<bool> {
-    let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("dingops-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = soak_in(opts, out, &exe, &dir).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    in_scratch_dir("soak", async |exe, dir| soak_in(opts, out, exe, dir).await).await
 }
 
 async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<bool> {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dingops::sim::chat::{Chat, Member};
-use dingops::sim::{Fault, RecordedReply, api};
+use dingops::sim::chat::{Chat, new_msg_id, text_message};
+use dingops::sim::{Fault, RecordedReply, Simulator, api};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -199,55 +199,49 @@ async fn a_burst_of_200_locks_across_200_groups_never_trips_the_rate_limit() {
     assert!(peak <= 20, "{peak} calls in one second");
 }
 
-#[tokio::test]
-async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply() {
-    let sim = new_sim(Default::default());
+/// Runs the real binary, makes `hang_api` hang, sends `/lock-dm`, waits until the hang is
+/// reached and kills the process with SIGKILL; then restarts it on the same ledger and
+/// returns the replies the simulator received within a few seconds.
+async fn kill_during_hang_then_restart(sim: &Simulator, hang_api: &str) -> Vec<RecordedReply> {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l.db");
     let port = free_port();
-    let mut first = spawn_binary(&sim, port, &db, &[]);
+    let mut first = spawn_binary(sim, port, &db, &[]);
     wait_healthy(port).await;
-
-    // The lock reaches DingTalk; the reply hangs; the process is killed.
-    sim.inject(api::SEND_BY_SESSION, Fault::Hang);
+    sim.inject(hang_api, Fault::Hang);
     let sender = dingops::sim::chat::CallbackSender::new(
         &format!("http://127.0.0.1:{port}"),
         sim.config().app_secret.clone().into(),
     );
-    let chat = session_chat(&sim, GROUP);
-    let body = dingops::sim::chat::text_message(
-        "msg-killed-1",
-        &chat,
-        &Member::new("admin01", "Ada", false),
-        "/lock-dm",
-    );
+    let body = text_message(&new_msg_id(), &session_chat(sim, GROUP), &admin(), "/lock-dm");
     assert_eq!(sender.send(&body).await.unwrap().0, 200);
-    wait_for_calls(&sim, "the hung reply", |c| {
-        c.iter().any(|c| c.api == api::SEND_BY_SESSION && c.answer == -3)
+    wait_for_calls(sim, "the hang", |c| {
+        c.iter().any(|c| c.api == hang_api && c.answer == -3)
     })
     .await;
     first.kill().unwrap();
     first.wait().unwrap();
-    assert_eq!(sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
     assert!(sim.replies().is_empty());
 
-    let mut second = spawn_binary(&sim, port, &db, &[]);
+    let mut second = spawn_binary(sim, port, &db, &[]);
     wait_healthy(port).await;
-    let replies = sim.wait_for_replies(1, Duration::from_secs(10)).await;
+    sim.wait_for_replies(1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     second.kill().unwrap();
     second.wait().unwrap();
+    sim.replies()
+}
 
+#[tokio::test]
+async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply() {
+    let sim = new_sim(Default::default());
+    let replies = kill_during_hang_then_restart(&sim, api::SEND_BY_SESSION).await;
     assert_eq!(replies.len(), 1);
     assert!(replies[0].content.starts_with("✅"), "{}", replies[0].content);
-    assert_eq!(sim.replies().len(), 1);
+    let calls = sim.calls(Some(api::FRIEND_SWITCH));
+    assert_eq!(calls.len(), 1, "DingTalk was called again");
     assert_eq!(
-        sim.calls(Some(api::FRIEND_SWITCH)).len(),
-        1,
-        "DingTalk was called again"
-    );
-    assert_eq!(
-        sim.calls(Some(api::FRIEND_SWITCH))[0].body,
+        calls[0].body,
         json!({"chatid": GROUP_CHATID, "is_prohibit": true})
     );
 }
@@ -255,34 +249,7 @@ async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply
 #[tokio::test]
 async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_restart() {
     let sim = new_sim(Default::default());
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("l.db");
-    let port = free_port();
-    let mut first = spawn_binary(&sim, port, &db, &[]);
-    wait_healthy(port).await;
-    sim.inject(api::FRIEND_SWITCH, Fault::Hang);
-    let app_sender = dingops::sim::chat::CallbackSender::new(
-        &format!("http://127.0.0.1:{port}"),
-        sim.config().app_secret.clone().into(),
-    );
-    let chat = session_chat(&sim, GROUP);
-    let body = dingops::sim::chat::text_message(
-        "msg-killed-2",
-        &chat,
-        &Member::new("admin01", "Ada", false),
-        "/lock-dm",
-    );
-    assert_eq!(app_sender.send(&body).await.unwrap().0, 200);
-    wait_for_calls(&sim, "the hung call", |c| c.iter().any(|c| c.answer == -3)).await;
-    first.kill().unwrap();
-    first.wait().unwrap();
-
-    let mut second = spawn_binary(&sim, port, &db, &[]);
-    wait_healthy(port).await;
-    let replies = sim.wait_for_replies(1, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    let replies = kill_during_hang_then_restart(&sim, api::FRIEND_SWITCH).await;
     assert_eq!(replies.len(), 1);
     assert!(replies[0].content.starts_with("✅"), "{}", replies[0].content);
     // The hung call never answered; exactly one answered call did the change.
