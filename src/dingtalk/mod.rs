@@ -107,29 +107,38 @@ impl ClientOptions {
     }
 }
 
-/// Spaces calls to one API evenly. It keeps 10% headroom below the configured rate so that
-/// network jitter cannot push DingTalk's per-second count over the limit.
+/// A sliding-window limit per API: at most `calls_per_sec − 1` calls in any 1.05 s. A call
+/// under the limit goes at once (no added latency at low rates); beyond it, each call waits
+/// for the slot the oldest call in the window frees. The one-call and 50 ms margins keep
+/// network jitter from pushing DingTalk's own count (20 per second) over its limit.
 struct Limiter {
-    interval: Duration,
-    next: std::sync::Mutex<Instant>,
+    max: usize,
+    window: Duration,
+    /// Send times of the last `max` calls, reserved slots in the future included.
+    recent: std::sync::Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl Limiter {
     fn new(calls_per_sec: u32) -> Option<Self> {
         (calls_per_sec > 0).then(|| Self {
-            interval: Duration::from_micros(1_100_000 / u64::from(calls_per_sec)),
-            next: std::sync::Mutex::new(Instant::now()),
+            max: calls_per_sec.saturating_sub(1).max(1) as usize,
+            window: Duration::from_millis(1050),
+            recent: std::sync::Mutex::default(),
         })
     }
 
     async fn acquire(&self) {
         let slot = {
-            let mut next = match self.next.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = match recent.len().checked_sub(self.max).map(|i| recent[i]) {
+                Some(oldest) => now.max(oldest + self.window),
+                None => now,
             };
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
+            recent.push_back(slot);
+            if recent.len() > self.max {
+                recent.pop_front();
+            }
             slot
         };
         tokio::time::sleep_until(slot).await;
