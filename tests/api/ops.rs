@@ -379,3 +379,19 @@ fn the_example_configuration_loads_and_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn the_dockerfile_copies_every_directory_the_manifest_builds_from() {
+    // No Docker engine runs in CI, so this guards the one mistake cargo would report inside
+    // `docker build`: a target the manifest declares but the image lacks.
+    let dockerfile = include_str!("../../deploy/Dockerfile");
+    let manifest = include_str!("../../Cargo.toml");
+    assert!(dockerfile.contains("COPY Cargo.toml Cargo.lock ./"));
+    assert!(dockerfile.contains("COPY src ./src"));
+    if manifest.contains("[[bench]]") {
+        assert!(
+            dockerfile.contains("COPY benches ./benches"),
+            "Cargo.toml declares benches"
+        );
+    }
+}
