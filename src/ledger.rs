@@ -708,11 +708,6 @@ impl LedgerHandle {
             .await
             .map_err(|e| LedgerError::Join(e.to_string()))?
     }
-
-    /// The ledger for synchronous callers (CLI tools).
-    pub fn blocking(&self) -> &dyn Ledger {
-        self.0.as_ref()
-    }
 }
 
 #[cfg(test)]
