@@ -312,12 +312,8 @@ async fn start_dingops(
     let child = Command::new(exe)
         .arg("serve")
         .env_clear()
-        .env("DINGOPS_APP_KEY", &sim.config().app_key)
-        .env("DINGOPS_APP_SECRET", &sim.config().app_secret)
+        .envs(sim.dingops_env())
         .env("DINGOPS_LISTEN", addr.to_string())
-        .env("DINGOPS_OAPI_BASE", sim.url())
-        .env("DINGOPS_API_BASE", sim.url())
-        .env("DINGOPS_REPLY_HOSTS", sim.host_port())
         .env("DINGOPS_ADMINS", "admin01")
         .env("DINGOPS_DATABASE", db)
         .env("DINGOPS_GROUPS", bindings)
@@ -672,18 +668,8 @@ async fn drain(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<(usize, Durat
     );
     let replies = sim.wait_for_replies(n, Duration::from_secs(600)).await;
     let took = start.elapsed();
-    let calls = sim.calls(Some(api::FRIEND_SWITCH));
     let limited = sim.calls(None).iter().filter(|c| c.answer == 90018).count() as u64;
-    let peak = calls
-        .iter()
-        .map(|c| {
-            calls
-                .iter()
-                .filter(|d| d.at_ms >= c.at_ms && d.at_ms < c.at_ms + 1000)
-                .count()
-        })
-        .max()
-        .unwrap_or(0);
+    let peak = sim.peak_calls_per_second(api::FRIEND_SWITCH);
     sim.stop().await;
     Ok((replies.len(), took, limited, peak))
 }

@@ -188,21 +188,18 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
 
     let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
     std::fs::create_dir_all(&dir)?;
-    let env: HashMap<String, String> = [
-        ("DINGOPS_APP_KEY", sim_config.app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim_config.app_secret.clone()),
-        ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
-        ("DINGOPS_OAPI_BASE", sim.url().to_owned()),
-        ("DINGOPS_API_BASE", sim.url().to_owned()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().to_owned()),
-        ("DINGOPS_ADMINS", "manager01".into()),
-        ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
-        ("DINGOPS_DATABASE", dir.join("demo.db").display().to_string()),
-        ("DINGOPS_SHUTDOWN_GRACE_SECS", "5".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env: HashMap<String, String> = sim
+        .dingops_env()
+        .into_iter()
+        .chain([
+            ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
+            ("DINGOPS_ADMINS", "manager01".into()),
+            ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
+            ("DINGOPS_DATABASE", dir.join("demo.db").display().to_string()),
+            ("DINGOPS_SHUTDOWN_GRACE_SECS", "5".into()),
+        ])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     let settings = Settings::from_sources(None, &env)?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let app = Application::build_with_listener(

@@ -211,6 +211,24 @@ impl Simulator {
         self.shared.base_url.trim_start_matches("http://")
     }
 
+    /// The environment that points a dingops at this simulator: its app credentials, both
+    /// API bases, and its address as the one reply host.
+    pub fn dingops_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DINGOPS_APP_KEY", self.shared.config.app_key.clone()),
+            ("DINGOPS_APP_SECRET", self.shared.config.app_secret.clone()),
+            ("DINGOPS_OAPI_BASE", self.url().to_owned()),
+            ("DINGOPS_API_BASE", self.url().to_owned()),
+            ("DINGOPS_REPLY_HOSTS", self.host_port().to_owned()),
+        ]
+    }
+
+    /// The most calls of `api` it received within any one second.
+    pub fn peak_calls_per_second(&self, api: &str) -> usize {
+        let times: Vec<u64> = self.calls(Some(api)).iter().map(|c| c.at_ms).collect();
+        peak_in_window(times, 1000)
+    }
+
     /// The app credentials it accepts.
     pub fn config(&self) -> &SimConfig {
         &self.shared.config
@@ -304,6 +322,30 @@ impl Simulator {
     /// Stops the server.
     pub async fn stop(&self) {
         self.handle.stop(false).await;
+    }
+}
+
+/// The most of `times` (ms) that fall within any `window_ms`-long span.
+fn peak_in_window(mut times: Vec<u64>, window_ms: u64) -> usize {
+    times.sort_unstable();
+    let mut start = 0;
+    let mut peak = 0;
+    for (end, t) in times.iter().enumerate() {
+        while times[start] + window_ms <= *t {
+            start += 1;
+        }
+        peak = peak.max(end + 1 - start);
+    }
+    peak
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_peak_counts_calls_within_any_one_second_span() {
+        assert_eq!(super::peak_in_window(vec![], 1000), 0);
+        assert_eq!(super::peak_in_window(vec![0, 999, 1000, 1500, 1999], 1000), 3);
+        assert_eq!(super::peak_in_window(vec![3000, 0, 1000, 2000], 1000), 1);
     }
 }
 

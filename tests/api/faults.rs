@@ -181,16 +181,7 @@ async fn a_burst_of_200_locks_across_200_groups_never_trips_the_rate_limit() {
 
     let first = calls.first().unwrap().at_ms;
     let last = calls.last().unwrap().at_ms;
-    let peak = calls
-        .iter()
-        .map(|c| {
-            calls
-                .iter()
-                .filter(|d| d.at_ms >= c.at_ms && d.at_ms < c.at_ms + 1000)
-                .count()
-        })
-        .max()
-        .unwrap();
+    let peak = app.sim.peak_calls_per_second(api::FRIEND_SWITCH);
     eprintln!(
         "burst: 200 friendswitch calls in {} ms, {:.1} calls/s on average, at most {peak} in any second",
         last - first,

@@ -68,31 +68,27 @@ pub fn new_sim(config: SimConfig) -> Arc<Simulator> {
 /// The settings a test app runs with: the simulator as DingTalk, `admin01` as admin, GROUP
 /// and STALE bound in the configuration, then `extra` on top.
 pub fn settings_for(sim: &Simulator, db: PathBuf, extra: &[(&'static str, String)]) -> Settings {
-    let cfg = sim.config();
-    let mut env: HashMap<String, String> = [
-        ("DINGOPS_APP_KEY", cfg.app_key.clone()),
-        ("DINGOPS_APP_SECRET", cfg.app_secret.clone()),
-        ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
-        ("DINGOPS_OAPI_BASE", sim.url().into()),
-        ("DINGOPS_API_BASE", sim.url().into()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
-        ("DINGOPS_ADMINS", "admin01".into()),
-        ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
-        ("DINGOPS_DATABASE", db.display().to_string()),
-        (
-            "DINGOPS_GROUPS",
-            format!("{GROUP}={GROUP_CHATID},{STALE}={STALE_CHATID}"),
-        ),
-        ("DINGOPS_SHUTDOWN_GRACE_SECS", "10".into()),
-        ("DINGOPS_UPSTREAM_TIMEOUT_MS", "2000".into()),
-        ("DINGOPS_RETRY_BASE_MS", "20".into()),
-        // Tests that send many admin commands are not about the per-sender limit;
-        // hostile.rs turns it on where it is.
-        ("DINGOPS_ADMIN_COMMANDS_PER_MINUTE", "0".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let mut env: HashMap<String, String> = sim
+        .dingops_env()
+        .into_iter()
+        .chain([
+            ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
+            ("DINGOPS_ADMINS", "admin01".into()),
+            ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
+            ("DINGOPS_DATABASE", db.display().to_string()),
+            (
+                "DINGOPS_GROUPS",
+                format!("{GROUP}={GROUP_CHATID},{STALE}={STALE_CHATID}"),
+            ),
+            ("DINGOPS_SHUTDOWN_GRACE_SECS", "10".into()),
+            ("DINGOPS_UPSTREAM_TIMEOUT_MS", "2000".into()),
+            ("DINGOPS_RETRY_BASE_MS", "20".into()),
+            // Tests that send many admin commands are not about the per-sender limit;
+            // hostile.rs turns it on where it is.
+            ("DINGOPS_ADMIN_COMMANDS_PER_MINUTE", "0".into()),
+        ])
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     for (k, v) in extra {
         env.insert((*k).to_owned(), v.clone());
     }
@@ -222,24 +218,29 @@ pub fn spawn_binary(
     db: &std::path::Path,
     extra: &[(&str, String)],
 ) -> std::process::Child {
-    let mut env: Vec<(&str, String)> = vec![
-        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
-        ("DINGOPS_LISTEN", format!("127.0.0.1:{port}")),
-        ("DINGOPS_OAPI_BASE", sim.url().into()),
-        ("DINGOPS_API_BASE", sim.url().into()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
-        ("DINGOPS_ADMINS", "admin01".into()),
-        ("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")),
-        ("DINGOPS_DATABASE", db.display().to_string()),
-    ];
-    env.extend(extra.iter().cloned());
+    spawn_binary_logging_to(sim, port, db, extra, std::process::Stdio::null())
+}
+
+/// [`spawn_binary`] with its log output (stderr) going to `stderr`; `extra` wins over the
+/// defaults.
+pub fn spawn_binary_logging_to(
+    sim: &Simulator,
+    port: u16,
+    db: &std::path::Path,
+    extra: &[(&str, String)],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
         .arg("serve")
         .env_clear()
-        .envs(env)
+        .envs(sim.dingops_env())
+        .env("DINGOPS_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DINGOPS_ADMINS", "admin01")
+        .env("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}"))
+        .env("DINGOPS_DATABASE", db)
+        .envs(extra.iter().cloned())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }

@@ -1,6 +1,6 @@
 //! Operating dingops: probes, metrics, logs without secrets, and the operators' CLI tools.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use dingops::config::{KEYS, Settings};
@@ -101,31 +101,18 @@ async fn logs_at_trace_level_never_contain_the_secret_tokens_or_session_webhooks
     let log_path = dir.path().join("stderr.log");
     let port = free_port();
     let mut env: Vec<(&str, String)> = vec![
-        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
-        ("DINGOPS_LISTEN", format!("127.0.0.1:{port}")),
-        ("DINGOPS_OAPI_BASE", sim.url().into()),
-        ("DINGOPS_API_BASE", sim.url().into()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().into()),
-        ("DINGOPS_ADMINS", "admin01".into()),
         (
             "DINGOPS_GROUPS",
             format!("{GROUP}={GROUP_CHATID},{STALE}={STALE_CHATID}"),
         ),
-        ("DINGOPS_DATABASE", dir.path().join("l.db").display().to_string()),
         ("DINGOPS_UPSTREAM_TIMEOUT_MS", "500".into()),
         ("RUST_LOG", "trace".into()),
     ];
+    let db = dir.path().join("l.db");
     for format in ["json", "pretty"] {
         env.push(("DINGOPS_LOG_FORMAT", format.into()));
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap();
+        let log_file = std::fs::File::create(&log_path).unwrap();
+        let mut child = spawn_binary_logging_to(&sim, port, &db, &env, log_file.into());
         wait_healthy(port).await;
         let sender = dingops::sim::chat::CallbackSender::new(
             &format!("http://127.0.0.1:{port}"),
@@ -203,15 +190,13 @@ async fn logs_at_trace_level_never_contain_the_secret_tokens_or_session_webhooks
 }
 
 fn check_env(sim: &dingops::sim::Simulator, dir: &std::path::Path) -> Vec<(&'static str, String)> {
-    vec![
-        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
-        ("DINGOPS_OAPI_BASE", sim.url().into()),
-        ("DINGOPS_API_BASE", sim.url().into()),
+    let mut env = sim.dingops_env();
+    env.extend([
         ("DINGOPS_ADMINS", "admin01".into()),
         ("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")),
         ("DINGOPS_DATABASE", dir.join("l.db").display().to_string()),
-    ]
+    ]);
+    env
 }
 
 async fn run_bin(args: &[&str], env: Vec<(&'static str, String)>) -> (bool, String) {
