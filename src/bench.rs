@@ -341,10 +341,27 @@ fn group_chat(sim: &Simulator, cid: &str) -> Chat {
     }
 }
 
-fn groups(prefix: &str, n: usize) -> Vec<(String, String)> {
-    (0..n)
+/// A simulator on loopback that knows `n` groups named after `prefix` and limits each API
+/// to `rate_limit_per_sec` (0 = no limit); returns it with the groups' (cid, chatid) pairs.
+fn sim_with_groups(
+    prefix: &str,
+    n: usize,
+    rate_limit_per_sec: u32,
+) -> anyhow::Result<(Simulator, Vec<(String, String)>)> {
+    let sim = Simulator::start(
+        SimConfig {
+            rate_limit_per_sec,
+            ..SimConfig::default()
+        },
+        TcpListener::bind("127.0.0.1:0")?,
+    )?;
+    let groups: Vec<(String, String)> = (0..n)
         .map(|i| (format!("cid{prefix}{i:05}=="), format!("chat{prefix}{i:05}")))
-        .collect()
+        .collect();
+    for (cid, chat) in &groups {
+        sim.add_group(cid, chat, cid);
+    }
+    Ok((sim, groups))
 }
 
 /// The figures of one run.
@@ -384,17 +401,7 @@ async fn in_scratch_dir<T>(
 
 async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    let sim = Simulator::start(
-        SimConfig {
-            rate_limit_per_sec: 0,
-            ..SimConfig::default()
-        },
-        TcpListener::bind("127.0.0.1:0")?,
-    )?;
-    let load_groups = groups("Load", opts.groups);
-    for (cid, chat) in &load_groups {
-        sim.add_group(cid, chat, cid);
-    }
+    let (sim, load_groups) = sim_with_groups("Load", opts.groups, 0)?;
     let secret = sim.config().app_secret.clone();
     let verifier = Verifier::new(secret.clone().into(), 3600);
     let forger = Verifier::new("not the secret".to_owned().into(), 3600);
@@ -627,11 +634,7 @@ async fn end_to_end(
 /// with dingops's default pacing. Returns (replies, duration, 90018 answers, peak calls in
 /// any second).
 async fn drain(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<(usize, Duration, u64, usize)> {
-    let sim = Simulator::start(SimConfig::default(), TcpListener::bind("127.0.0.1:0")?)?;
-    let drain_groups = groups("Drain", n);
-    for (cid, chat) in &drain_groups {
-        sim.add_group(cid, chat, cid);
-    }
+    let (sim, drain_groups) = sim_with_groups("Drain", n, SimConfig::default().rate_limit_per_sec)?;
     let dingops = start_dingops(exe, &sim, &dir.join("drain.db"), &drain_groups, &[]).await?;
     let verifier = Verifier::new(sim.config().app_secret.clone().into(), 3600);
     let ts = now_ms().to_string();
@@ -809,17 +812,7 @@ pub async fn soak(opts: &SoakOptions, out: &mut dyn Write) -> anyhow::Result<boo
 
 async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<bool> {
     use crate::ledger::Ledger as _;
-    let sim = Simulator::start(
-        SimConfig {
-            rate_limit_per_sec: 0,
-            ..SimConfig::default()
-        },
-        TcpListener::bind("127.0.0.1:0")?,
-    )?;
-    let soak_groups = groups("Soak", opts.groups);
-    for (cid, chat) in &soak_groups {
-        sim.add_group(cid, chat, cid);
-    }
+    let (sim, soak_groups) = sim_with_groups("Soak", opts.groups, 0)?;
     let db = dir.join("soak.db");
     let dingops = start_dingops(
         exe,

@@ -384,6 +384,26 @@ impl DingTalk {
         )
     }
 
+    /// One new-style POST (`x-acs-dingtalk-access-token` header, optional JSON body); the
+    /// answer's JSON when the status is 2xx, the `{code, message}` error otherwise.
+    async fn modern_post(
+        &self,
+        path: &str,
+        token: &Option<SecretString>,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let mut req = self.modern_request(Method::POST, path, token)?;
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let (status, v) = read_body(resp).await?;
+        if !(200..300).contains(&status) {
+            return Err(status_error(status, &v));
+        }
+        Ok(v)
+    }
+
     fn modern_request(
         &self,
         method: Method,
@@ -422,25 +442,36 @@ impl DingTalk {
         if !crate::config::is_valid_chatid(chatid) {
             return Err(ApiError::Decode("not a chatid".into()));
         }
-        let path = format!("/v1.0/im/chat/{chatid}/convertToOpenConversationId");
-        self.call(Api::ConvertChatId, Some(TokenKind::Modern), |tok| {
-            let path = path.clone();
-            async move {
-                let resp = self
-                    .modern_request(Method::POST, &path, &tok)?
-                    .send()
-                    .await
-                    .map_err(transport)?;
-                let (status, v) = read_body(resp).await?;
-                if !(200..300).contains(&status) {
-                    return Err(status_error(status, &v));
-                }
-                v.get("openConversationId")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .ok_or_else(|| ApiError::Decode("answer without openConversationId".into()))
-            }
+        let path = &format!("/v1.0/im/chat/{chatid}/convertToOpenConversationId");
+        self.call(Api::ConvertChatId, Some(TokenKind::Modern), |tok| async move {
+            let v = self.modern_post(path, &tok, None).await?;
+            v.get("openConversationId")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::Decode("answer without openConversationId".into()))
+        })
+        .await
+    }
+
+    /// The robot group-message API (`sampleText`): the fallback when a reply session has
+    /// expired. It cannot @-mention.
+    pub async fn send_group_message(
+        &self,
+        robot_code: &str,
+        open_conversation_id: &str,
+        text: &str,
+    ) -> Result<(), ApiError> {
+        let body = &json!({
+            "msgParam": json!({"content": text}).to_string(),
+            "msgKey": "sampleText",
+            "openConversationId": open_conversation_id,
+            "robotCode": robot_code,
+        });
+        self.call(Api::GroupMessage, Some(TokenKind::Modern), |tok| async move {
+            self.modern_post("/v1.0/robot/groupMessages/send", &tok, Some(body))
+                .await
+                .map(|_| ())
         })
         .await
     }
@@ -457,41 +488,6 @@ impl DingTalk {
                 .map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)
-        })
-        .await
-    }
-}
-
-impl DingTalk {
-    /// The robot group-message API (`sampleText`): the fallback when a reply session has
-    /// expired. It cannot @-mention.
-    pub async fn send_group_message(
-        &self,
-        robot_code: &str,
-        open_conversation_id: &str,
-        text: &str,
-    ) -> Result<(), ApiError> {
-        let body = json!({
-            "msgParam": json!({"content": text}).to_string(),
-            "msgKey": "sampleText",
-            "openConversationId": open_conversation_id,
-            "robotCode": robot_code,
-        });
-        self.call(Api::GroupMessage, Some(TokenKind::Modern), |tok| {
-            let body = body.clone();
-            async move {
-                let resp = self
-                    .modern_request(Method::POST, "/v1.0/robot/groupMessages/send", &tok)?
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(transport)?;
-                let (status, v) = read_body(resp).await?;
-                if !(200..300).contains(&status) {
-                    return Err(status_error(status, &v));
-                }
-                Ok(())
-            }
         })
         .await
     }
