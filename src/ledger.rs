@@ -171,14 +171,6 @@ pub trait Ledger: Send + Sync + 'static {
     /// Records the answer and how the reply went (status `done`) and drops the stored reply URL.
     fn finish(&self, msg_id: &str, answer: &Answer, reply: &str, finished_ms: u64)
     -> Result<(), LedgerError>;
-    /// Commands accepted or answered but not finished, oldest first.
-    fn unfinished(&self) -> Result<Vec<Pending>, LedgerError> {
-        Ok(self
-            .open_after(0, usize::MAX)?
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect())
-    }
     /// Up to `limit` open commands after the position `cursor`, in the order they were
     /// accepted, each with its position (the worker's cursor; 0 is the start).
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError>;
@@ -714,6 +706,15 @@ impl LedgerHandle {
 mod tests {
     use super::*;
 
+    /// Every open command, oldest first.
+    fn unfinished(l: &SqliteLedger) -> Vec<Pending> {
+        l.open_after(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     fn accepted(id: &str) -> Accepted {
         Accepted {
             msg_id: id.into(),
@@ -743,7 +744,7 @@ mod tests {
         let l = SqliteLedger::open(&path).unwrap();
         assert!(!l.accept(&accepted("m1")).unwrap());
         assert_eq!(
-            l.unfinished().unwrap(),
+            unfinished(&l),
             vec![Pending {
                 accepted: accepted("m1"),
                 answer: None
@@ -764,9 +765,9 @@ mod tests {
             detail: "help".into(),
         };
         l.record_answer("m1", &answer).unwrap();
-        assert_eq!(l.unfinished().unwrap()[0].answer, Some(answer.clone()));
+        assert_eq!(unfinished(&l)[0].answer, Some(answer.clone()));
         l.finish("m1", &answer, "session", 2).unwrap();
-        assert!(l.unfinished().unwrap().is_empty());
+        assert!(unfinished(&l).is_empty());
         let webhook: Option<String> = l
             .with(|c| {
                 c.query_row("SELECT session_webhook FROM commands", [], |r| r.get(0))

@@ -40,12 +40,7 @@ fn verify(state: &AppState, headers: &HeaderMap) -> Result<(), SignatureError> {
 /// Reads and drops a body of a declared length up to the limit; leaves anything else unread
 /// (actix then closes the connection).
 async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
-    let declared = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_none_or(|n| n > MAX_BODY_BYTES) {
+    if declared_length(req).is_none_or(|n| n > MAX_BODY_BYTES as u64) {
         return;
     }
     let mut seen = 0;
@@ -57,12 +52,16 @@ async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
     }
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HttpResponse> {
-    let declared = req
-        .headers()
+/// The `Content-Length` the client declared, if any and readable.
+fn declared_length(req: &HttpRequest) -> Option<u64> {
+    req.headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse().ok())
+}
+
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HttpResponse> {
+    let declared = declared_length(req);
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"));
     }
