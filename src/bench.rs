@@ -284,16 +284,19 @@ async fn wait_up(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_baseline(exe: &Path) -> anyhow::Result<ChildServer> {
-    let addr = free_addr()?;
-    let child = Command::new(exe)
-        .args(["bench-baseline", "--listen", &addr.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+/// Runs `command` silenced as a server on `addr` and waits until it accepts connections.
+async fn spawn_server(mut command: Command, addr: SocketAddr) -> anyhow::Result<ChildServer> {
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     let server = ChildServer { child, addr };
     wait_up(addr).await?;
     Ok(server)
+}
+
+async fn start_baseline(exe: &Path) -> anyhow::Result<ChildServer> {
+    let addr = free_addr()?;
+    let mut command = Command::new(exe);
+    command.args(["bench-baseline", "--listen", &addr.to_string()]);
+    spawn_server(command, addr).await
 }
 
 async fn start_dingops(
@@ -309,7 +312,8 @@ async fn start_dingops(
         .map(|(cid, chat)| format!("{cid}={chat}"))
         .collect::<Vec<_>>()
         .join(",");
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("serve")
         .env_clear()
         .envs(sim.dingops_env())
@@ -320,13 +324,8 @@ async fn start_dingops(
         // The load sends many admin commands from one sender; the per-sender limit would turn
         // most of them into cheap refusals, so it is off here.
         .env("DINGOPS_ADMIN_COMMANDS_PER_MINUTE", "0")
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = ChildServer { child, addr };
-    wait_up(addr).await?;
-    Ok(server)
+        .envs(extra.iter().copied());
+    spawn_server(command, addr).await
 }
 
 /// A group chat with a fresh one-hour reply session in the simulator.
