@@ -6,10 +6,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dingops::callback::payload::Callback;
-use dingops::callback::signature::Verifier;
 use dingops::clock::now_ms;
 use dingops::command::Command;
+use dingops::ingress::payload::Callback;
+use dingops::ingress::signature::Verifier;
 use dingops::sim::chat::{Chat, Member, text_message};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::SecretString;

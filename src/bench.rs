@@ -17,8 +17,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::callback::signature::Verifier;
 use crate::clock::now_ms;
+use crate::ingress::signature::Verifier;
 use crate::sim::chat::{Chat, Member, text_message};
 use crate::sim::{SimConfig, Simulator, api};
 

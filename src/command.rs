@@ -1,7 +1,7 @@
-//! The chat commands (DESIGN §3). One table, [`COMMANDS`], feeds both the parser and
-//! `/help`, so the two cannot drift.
+//! The chat commands. One table, [`COMMANDS`], feeds both the parser and `/help`, so the
+//! two cannot drift.
 
-use crate::config::is_valid_chatid;
+use crate::domain::ChatId;
 
 /// What a command is, independent of its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub enum Command {
     LockDm,
     UnlockDm,
     DmStatus,
-    Bind { chatid: String },
+    Bind { chatid: ChatId },
     Help,
 }
 
@@ -141,10 +141,9 @@ impl Command {
         match spec.kind {
             CommandKind::Bind => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),
-                [chatid] if is_valid_chatid(chatid) => Ok(Command::Bind {
-                    chatid: (*chatid).to_owned(),
-                }),
-                [chatid] => Err(ParseError::InvalidChatId(truncate(chatid, 64).to_owned())),
+                [chatid] => ChatId::parse(chatid)
+                    .map(|chatid| Command::Bind { chatid })
+                    .map_err(|_| ParseError::InvalidChatId(truncate(chatid, 64).to_owned())),
                 _ => Err(ParseError::InvalidChatId(
                     truncate(&args.join(" "), 64).to_owned(),
                 )),
@@ -248,7 +247,7 @@ mod tests {
         assert_eq!(
             Command::parse("/bind chatdafe234"),
             Ok(Command::Bind {
-                chatid: "chatdafe234".into()
+                chatid: ChatId::parse("chatdafe234").unwrap()
             })
         );
         assert!(matches!(

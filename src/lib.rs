@@ -4,12 +4,13 @@
 //! The binary (`main.rs`) is a thin CLI over these modules.
 
 pub mod bench;
-pub mod callback;
 pub mod clock;
 pub mod command;
 pub mod config;
 pub mod demo;
 pub mod dingtalk;
+pub mod domain;
+pub mod ingress;
 pub mod ledger;
 pub mod ops;
 pub mod server;

@@ -166,7 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve => {
             dingops::telemetry::init(log_format, "info");
             let settings = Settings::load(cli.config.as_deref())?;
-            tracing::info!(listen = %settings.listen, database = %settings.database.display(), "starting dingops");
+            tracing::info!(listen = %settings.server.listen, database = %settings.ledger.database.display(), "starting dingops");
             let app = Application::build(settings, RunOptions::default()).await?;
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
@@ -225,7 +225,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session_webhook,
         } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let client = CallbackSender::new(&url, settings.app_secret.expose_secret().to_owned().into());
+            let client = CallbackSender::new(
+                &url,
+                settings.dingtalk.app_secret.expose_secret().to_owned().into(),
+            );
             let chat = Chat {
                 open_conversation_id: group,
                 title: "dingops smoke test".into(),
@@ -309,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
         } => {
             let database = match Settings::load(cli.config.as_deref()) {
-                Ok(s) => s.database,
+                Ok(s) => s.ledger.database,
                 // Reading the audit needs only the database path.
                 Err(_) => std::env::var_os("DINGOPS_DATABASE")
                     .map(PathBuf::from)

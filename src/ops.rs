@@ -8,8 +8,10 @@ use serde_json::json;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
+use crate::domain::who;
 use crate::ledger::{AuditRow, SqliteLedger};
 use crate::telemetry::Metrics;
+use crate::worker::reply::advice;
 
 /// One line of the `check` list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,27 +45,27 @@ impl CheckItem {
 pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     let mut items = vec![CheckItem::pass(format!(
         "configuration is valid (app_key {}, listen {})",
-        settings.app_key, settings.listen
+        settings.dingtalk.app_key, settings.server.listen
     ))];
-    let path = settings.database.clone();
+    let path = settings.ledger.database.clone();
     match tokio::task::spawn_blocking(move || SqliteLedger::open(&path)).await {
         Ok(Ok(_)) => items.push(CheckItem::pass(format!(
             "ledger {} opens",
-            settings.database.display()
+            settings.ledger.database.display()
         ))),
         Ok(Err(e)) => items.push(CheckItem::fail(
-            format!("ledger {} does not open: {e}", settings.database.display()),
+            format!("ledger {} does not open: {e}", settings.ledger.database.display()),
             "check the `database` path, its directory and permissions",
         )),
         Err(e) => items.push(CheckItem::fail(format!("ledger check failed: {e}"), "retry")),
     }
-    if settings.admins.is_empty() && !settings.trust_is_admin {
+    if settings.worker.admins.is_empty() && !settings.worker.trust_is_admin {
         items.push(CheckItem::fail(
             "nobody may run admin commands",
             "list staffIds in `admins` or turn `trust_is_admin` on",
         ));
     }
-    let client = match DingTalk::new(settings, Arc::new(Metrics::new())) {
+    let client = match DingTalk::new(&settings.dingtalk, Arc::new(Metrics::new())) {
         Ok(c) => c,
         Err(e) => {
             items.push(CheckItem::fail(
@@ -76,23 +78,23 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     let (legacy, modern) = client.check_tokens().await;
     for (name, result) in [
         (
-            format!("legacy access token from {}gettoken", settings.oapi_base),
+            format!("legacy access token from {}gettoken", settings.dingtalk.oapi_base),
             legacy,
         ),
         (
             format!(
                 "new access token from {}v1.0/oauth2/accessToken",
-                settings.api_base
+                settings.dingtalk.api_base
             ),
             modern,
         ),
     ] {
         items.push(match result {
             Ok(()) => CheckItem::pass(name),
-            Err(e) => CheckItem::fail(format!("{name}: {e}"), e.advice()),
+            Err(e) => CheckItem::fail(format!("{name}: {e}"), advice(&e)),
         });
     }
-    for (cid, chatid) in &settings.groups {
+    for (cid, chatid) in &settings.worker.groups {
         let what = format!("binding {cid} → {chatid}");
         items.push(match client.open_conversation_id(chatid).await {
             Ok(found) if &found == cid => CheckItem::pass(what),
@@ -100,7 +102,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
                 format!("{what}: DingTalk says {chatid} is group {found}"),
                 "correct the pair in [groups], or bind the group with /bind in its chat",
             ),
-            Err(e) => CheckItem::fail(format!("{what}: {e}"), e.advice()),
+            Err(e) => CheckItem::fail(format!("{what}: {e}"), advice(&e)),
         });
     }
     items
@@ -168,7 +170,7 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
     ];
     let mut lines: Vec<[String; 7]> = vec![header.map(str::to_owned)];
     for r in rows.iter().rev() {
-        let sender = crate::worker::who(
+        let sender = who(
             r.sender_staff_id.as_deref().unwrap_or(""),
             r.sender_nick.as_deref(),
         );

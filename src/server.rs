@@ -1,4 +1,5 @@
-//! The HTTP application: routes, shared state, start-up (resumption) and shutdown.
+//! The application: wires the ledger, the DingTalk client, the worker pool and the HTTP
+//! server (the callback ingress and the probes) together; start-up (resumption) and shutdown.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -8,20 +9,19 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::json;
 
-use crate::callback::route::callback;
-use crate::callback::signature::Verifier;
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
+use crate::ingress::Pipeline;
+use crate::ingress::http::{HttpIngress, callback};
+use crate::ingress::signature::Verifier;
 use crate::ledger::{LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
-use crate::worker::{Intake, WorkerContext, WorkerPool};
+use crate::worker::{WorkerContext, WorkerPool};
 
-/// State shared by the HTTP handlers.
-pub struct AppState {
-    pub verifier: Verifier,
-    pub metrics: Arc<Metrics>,
-    pub ledger: LedgerHandle,
-    pub intake: Intake,
+/// What the probe and metrics routes read.
+struct Probes {
+    ledger: LedgerHandle,
+    metrics: Arc<Metrics>,
 }
 
 /// Why the application could not start.
@@ -68,8 +68,8 @@ impl Default for RunOptions {
 impl Application {
     /// Binds `settings.listen` and builds the application.
     pub async fn build(settings: Settings, options: RunOptions) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(settings.listen).map_err(|source| StartError::Listen {
-            addr: settings.listen.to_string(),
+        let listener = TcpListener::bind(settings.server.listen).map_err(|source| StartError::Listen {
+            addr: settings.server.listen.to_string(),
             source,
         })?;
         Self::build_with_listener(settings, listener, options).await
@@ -81,38 +81,46 @@ impl Application {
         listener: TcpListener,
         options: RunOptions,
     ) -> Result<Self, StartError> {
-        let path = settings.database.clone();
+        let path = settings.ledger.database.clone();
         let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
             .await
             .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
         let ledger = LedgerHandle::new(ledger);
         let metrics = Arc::new(Metrics::new());
-        let dingtalk = Arc::new(DingTalk::new(&settings, metrics.clone())?);
+        let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone())?);
         let ctx = Arc::new(WorkerContext::new(
-            &settings,
+            &settings.worker,
             ledger.clone(),
             dingtalk,
             metrics.clone(),
         ));
         // The pool starts by resuming whatever a stop or crash left open in the ledger.
-        let (intake, pool) = WorkerPool::start(ctx, settings.queue_capacity, settings.command_concurrency);
+        let (intake, pool) = WorkerPool::start(
+            ctx,
+            settings.worker.queue_capacity,
+            settings.worker.command_concurrency,
+        );
 
-        let state = web::Data::new(AppState {
-            verifier: Verifier::new(settings.app_secret.clone(), settings.signature_window_secs),
-            metrics,
-            ledger,
-            intake,
+        let ingress = web::Data::new(HttpIngress {
+            verifier: Verifier::new(
+                settings.dingtalk.app_secret.clone(),
+                settings.server.signature_window_secs,
+            ),
+            pipeline: Pipeline::new(ledger.clone(), intake),
+            metrics: metrics.clone(),
         });
+        let probes = web::Data::new(Probes { ledger, metrics });
         let port = listener
             .local_addr()
             .map_err(|source| StartError::Listen {
-                addr: settings.listen.to_string(),
+                addr: settings.server.listen.to_string(),
                 source,
             })?
             .port();
         let mut server = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .app_data(ingress.clone())
+                .app_data(probes.clone())
                 .route("/callback", web::post().to(callback))
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
@@ -120,14 +128,14 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .workers(options.http_workers.max(1))
-        .shutdown_timeout(settings.shutdown_grace_secs);
+        .shutdown_timeout(settings.server.shutdown_grace_secs);
         if !options.handle_signals {
             server = server.disable_signals();
         }
         let server = server
             .listen(listener)
             .map_err(|source| StartError::Listen {
-                addr: settings.listen.to_string(),
+                addr: settings.server.listen.to_string(),
                 source,
             })?
             .run();
@@ -135,7 +143,7 @@ impl Application {
             port,
             server,
             pool,
-            grace: Duration::from_secs(settings.shutdown_grace_secs),
+            grace: Duration::from_secs(settings.server.shutdown_grace_secs),
         })
     }
 
@@ -164,7 +172,7 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when the ledger answers a write transaction at its configured path.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+async fn readyz(state: web::Data<Probes>) -> HttpResponse {
     match state.ledger.call(|l| l.ping()).await {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Err(e) => {
@@ -175,7 +183,7 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics_text(state: web::Data<AppState>) -> HttpResponse {
+async fn metrics_text(state: web::Data<Probes>) -> HttpResponse {
     match state.ledger.call(|l| l.open_count()).await {
         Ok(n) => state
             .metrics

@@ -2,8 +2,8 @@
 //! Input: `timestamp \n sign \n body`.
 #![no_main]
 
-use dingops::callback::payload::Callback;
-use dingops::callback::signature::Verifier;
+use dingops::ingress::payload::Callback;
+use dingops::ingress::signature::Verifier;
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;
 

@@ -44,7 +44,7 @@ pub enum ErrorClass {
 }
 
 impl ApiError {
-    /// Classifies the failure (protocol brief §4.4 and §6).
+    /// Classifies the failure (see docs/dingtalk.md#error-codes).
     pub fn class(&self) -> ErrorClass {
         match self {
             ApiError::Code { errcode, .. } => match errcode {
@@ -90,41 +90,6 @@ impl ApiError {
             ApiError::Credentials(code) => format!("credentials-{code}"),
         }
     }
-
-    /// What an admin should do about it, for the ❌ reply.
-    pub fn advice(&self) -> String {
-        match self {
-            ApiError::Code { errcode: 34001, .. } => {
-                "the bound chatid is invalid; rebind this group with /bind <chatid>".into()
-            }
-            ApiError::Code { errcode: 40036, .. } => {
-                "DingTalk says a parameter was empty (40036); rebind this group with /bind <chatid>".into()
-            }
-            ApiError::Code { errcode: 60011, .. } => {
-                "the app lacks permission qyapi_chat_manage; add it in the DingTalk developer console".into()
-            }
-            ApiError::Code { errcode: 400001, .. } | ApiError::Code { errcode: -1, .. } => {
-                "DingTalk had a system error; try again in a minute".into()
-            }
-            ApiError::Status { code, .. } if code == "invalideChatId" || code == "invalidChatId" => {
-                "DingTalk does not know that chatid; check it and try again".into()
-            }
-            ApiError::Status { code, .. } if code.starts_with("permession") || code.starts_with("Forbidden") => {
-                "the app lacks permission qyapi_chat_read, or the group owner is outside the app's visibility; check the developer console".into()
-            }
-            ApiError::Credentials(_) => {
-                "DingTalk refused the app's credentials; check app_key and app_secret".into()
-            }
-            e => match e.class() {
-                ErrorClass::RateLimited => "DingTalk is rate-limiting this app; try again in a minute".into(),
-                ErrorClass::Transient => "DingTalk could not be reached; try again in a minute".into(),
-                ErrorClass::TokenRejected => {
-                    "DingTalk refused the app's access token; check app_key and app_secret".into()
-                }
-                ErrorClass::Permanent => "see the dingops log for details".into(),
-            },
-        }
-    }
 }
 
 #[cfg(test)]
@@ -164,12 +129,5 @@ mod tests {
         );
         assert_eq!(status(502, "").class(), ErrorClass::Transient);
         assert_eq!(status(400, "invalideChatId").class(), ErrorClass::Permanent);
-    }
-
-    #[test]
-    fn advice_names_the_fix_for_documented_codes() {
-        assert!(code(60011).advice().contains("qyapi_chat_manage"));
-        assert!(code(34001).advice().contains("/bind"));
-        assert!(code(400001).advice().contains("try again"));
     }
 }

@@ -21,7 +21,8 @@ use url::Url;
 pub use error::{ApiError, ErrorClass};
 use token::TokenCache;
 
-use crate::config::Settings;
+use crate::config::DingTalkSettings;
+use crate::domain::ChatId;
 use crate::telemetry::Metrics;
 
 /// Largest answer body read from DingTalk; anything bigger is an error.
@@ -95,7 +96,7 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    pub fn from_settings(s: &Settings) -> Self {
+    pub fn from_settings(s: &DingTalkSettings) -> Self {
         Self {
             timeout: s.upstream_timeout(),
             connect_timeout: s.upstream_connect_timeout(),
@@ -152,6 +153,7 @@ pub struct DingTalk {
     api_base: String,
     app_key: String,
     app_secret: SecretString,
+    robot_code: String,
     legacy: TokenCache,
     modern: TokenCache,
     limiters: HashMap<Api, Limiter>,
@@ -245,7 +247,7 @@ fn join(base: &str, path: &str) -> Result<Url, ApiError> {
 
 impl DingTalk {
     /// A client for the app in `settings`.
-    pub fn new(settings: &Settings, metrics: std::sync::Arc<Metrics>) -> Result<Self, ApiError> {
+    pub fn new(settings: &DingTalkSettings, metrics: std::sync::Arc<Metrics>) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = reqwest::Client::builder()
             .timeout(options.timeout)
@@ -264,6 +266,7 @@ impl DingTalk {
             api_base: settings.api_base.to_string(),
             app_key: settings.app_key.clone(),
             app_secret: settings.app_secret.clone(),
+            robot_code: settings.robot_code.clone(),
             legacy: TokenCache::default(),
             modern: TokenCache::default(),
             limiters,
@@ -421,14 +424,14 @@ impl DingTalk {
     /// `friendswitch/update`: forbids (`prohibit = true`) or allows private chat between the
     /// members of the group `chatid`.
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
-    pub async fn set_friend_switch(&self, chatid: &str, prohibit: bool) -> Result<(), ApiError> {
+    pub async fn set_friend_switch(&self, chatid: &ChatId, prohibit: bool) -> Result<(), ApiError> {
         self.call(Api::FriendSwitch, Some(TokenKind::Legacy), |tok| async move {
             let mut url = join(&self.oapi_base, "/topapi/chat/member/friendswitch/update")?;
             if let Some(t) = &tok {
                 url.query_pairs_mut()
                     .append_pair("access_token", t.expose_secret());
             }
-            let body = json!({"chatid": chatid, "is_prohibit": prohibit});
+            let body = json!({"chatid": chatid.as_str(), "is_prohibit": prohibit});
             let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)
@@ -438,10 +441,8 @@ impl DingTalk {
 
     /// `convertToOpenConversationId`: the openConversationId of the group `chatid`.
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
-    pub async fn open_conversation_id(&self, chatid: &str) -> Result<String, ApiError> {
-        if !crate::config::is_valid_chatid(chatid) {
-            return Err(ApiError::Decode("not a chatid".into()));
-        }
+    pub async fn open_conversation_id(&self, chatid: &ChatId) -> Result<String, ApiError> {
+        // A ChatId holds only URL-safe characters, so it can stand in the path as it is.
         let path = &format!("/v1.0/im/chat/{chatid}/convertToOpenConversationId");
         self.call(Api::ConvertChatId, Some(TokenKind::Modern), |tok| async move {
             let v = self.modern_post(path, &tok, None).await?;
@@ -456,17 +457,12 @@ impl DingTalk {
 
     /// The robot group-message API (`sampleText`): the fallback when a reply session has
     /// expired. It cannot @-mention.
-    pub async fn send_group_message(
-        &self,
-        robot_code: &str,
-        open_conversation_id: &str,
-        text: &str,
-    ) -> Result<(), ApiError> {
+    pub async fn send_group_message(&self, open_conversation_id: &str, text: &str) -> Result<(), ApiError> {
         let body = &json!({
             "msgParam": json!({"content": text}).to_string(),
             "msgKey": "sampleText",
             "openConversationId": open_conversation_id,
-            "robotCode": robot_code,
+            "robotCode": self.robot_code,
         });
         self.call(Api::GroupMessage, Some(TokenKind::Modern), |tok| async move {
             self.modern_post("/v1.0/robot/groupMessages/send", &tok, Some(body))

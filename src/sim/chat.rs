@@ -5,8 +5,8 @@
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::callback::signature::Verifier;
 use crate::clock::now_ms;
+use crate::ingress::signature::Verifier;
 
 /// Someone typing in a chat.
 #[derive(Debug, Clone)]

@@ -288,19 +288,19 @@ async fn a_backlog_larger_than_memory_waits_in_the_ledger_and_each_group_runs_in
     );
 }
 
-fn stale_command(id: &str, received_ms: u64, expires_ms: u64, webhook: String) -> dingops::ledger::Accepted {
-    dingops::ledger::Accepted {
+fn stale_command(id: &str, received_ms: u64, expires_ms: u64, webhook: String) -> dingops::domain::Accepted {
+    dingops::domain::Accepted {
         msg_id: id.into(),
         received_ms,
         conversation_id: GROUP.into(),
-        conversation_type: "2".into(),
+        conversation_type: dingops::domain::ConversationType::Group,
         conversation_title: None,
         sender_staff_id: Some("admin01".into()),
         sender_nick: Some("Ada".into()),
         sender_is_admin: false,
         msgtype: "text".into(),
         text: Some("/lock-dm".into()),
-        session_webhook: dingops::callback::payload::SessionWebhook::new(webhook),
+        session_webhook: dingops::domain::SessionWebhook::new(webhook),
         session_expires_ms: Some(expires_ms),
     }
 }

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dingops::config::{KEYS, Settings};
+use dingops::config::Settings;
 use dingops::sim::{Fault, api};
 use serde_json::Value;
 
@@ -352,10 +352,10 @@ async fn audit_lists_who_ran_what_where_and_the_result() {
 fn the_example_configuration_loads_and_documents_every_key() {
     let text = include_str!("../../deploy/dingops.example.toml");
     let s = Settings::from_sources(Some(text), &Default::default()).unwrap();
-    assert_eq!(s.admins, vec!["manager01"]);
-    assert_eq!(s.groups.len(), 1);
+    assert_eq!(s.worker.admins, vec!["manager01"]);
+    assert_eq!(s.worker.groups.len(), 1);
     let readme = include_str!("../../README.md");
-    for key in KEYS {
+    for key in Settings::known_keys() {
         let documented = text.contains(&format!("\n{key} =")) || text.contains(&format!("\n[{key}]"));
         assert!(documented, "deploy/dingops.example.toml lacks `{key}`");
         assert!(

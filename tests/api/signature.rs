@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use dingops::callback::signature::Verifier;
 use dingops::clock::now_ms;
+use dingops::ingress::signature::Verifier;
 use dingops::sim::chat::{new_msg_id, text_message};
 use secrecy::SecretString;
 use serde_json::Value;

@@ -1,19 +1,50 @@
-//! `POST /callback`: verify the headers → bounded body → parse → ledger → queue → ack.
+//! The HTTP ingress, `POST /callback`: verify the headers → bounded body → parse → the
+//! pipeline → an HTTP acknowledgement.
+
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt as _;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::payload::Callback;
-use super::signature::SignatureError;
+use super::signature::{SignatureError, Verifier};
+use super::{Acknowledge, Admission, Inbound, Pipeline};
 use crate::clock::now_ms;
-use crate::ledger::Accepted;
-use crate::server::AppState;
+use crate::telemetry::Metrics;
 
-/// Largest callback body accepted (DESIGN §5).
+/// Largest callback body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What the callback route needs.
+pub struct HttpIngress {
+    pub verifier: Verifier,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The HTTP acknowledgement: 200 `{"msgtype":"empty"}` for a new or duplicate message, 503
+/// when the ledger could not record it; with the metric labels (outcome, reason).
+struct HttpAck;
+
+impl Acknowledge for HttpAck {
+    type Output = (HttpResponse, &'static str, &'static str);
+
+    fn acknowledge(self, admission: Admission) -> Self::Output {
+        match admission {
+            Admission::New => (ack(), "accepted", "-"),
+            Admission::Duplicate => (ack(), "duplicate", "-"),
+            Admission::Unavailable => (
+                error(StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable, retry later"),
+                "unavailable",
+                "ledger",
+            ),
+        }
+    }
+}
 
 fn error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": message }))
@@ -31,7 +62,7 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a st
     first.to_str().map(Some).map_err(|_| SignatureError::Malformed)
 }
 
-fn verify(state: &AppState, headers: &HeaderMap) -> Result<(), SignatureError> {
+fn verify(state: &HttpIngress, headers: &HeaderMap) -> Result<(), SignatureError> {
     let timestamp = single_header(headers, "timestamp")?;
     let sign = single_header(headers, "sign")?;
     state.verifier.verify(timestamp, sign)
@@ -77,7 +108,11 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::
 }
 
 /// The DingTalk robot callback (HTTP mode).
-pub async fn callback(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<HttpIngress>,
+) -> HttpResponse {
     let started = std::time::Instant::now();
     let (response, outcome, reason) = handle(&req, payload, &state).await;
     state.metrics.callback(outcome, reason);
@@ -90,7 +125,7 @@ pub async fn callback(req: HttpRequest, payload: web::Payload, state: web::Data<
 async fn handle(
     req: &HttpRequest,
     payload: web::Payload,
-    state: &AppState,
+    state: &HttpIngress,
 ) -> (HttpResponse, &'static str, &'static str) {
     // The signature is checked before a byte of the body is read.
     if let Err(e) = verify(state, req.headers()) {
@@ -136,42 +171,18 @@ async fn handle(
             );
         }
     };
-    let job = Accepted {
-        text: cb.text(),
-        msg_id: cb.msg_id,
-        received_ms: now_ms(),
-        conversation_id: cb.conversation_id,
-        conversation_type: cb.conversation_type,
-        conversation_title: cb.conversation_title,
-        sender_staff_id: cb.sender_staff_id,
-        sender_nick: cb.sender_nick,
-        sender_is_admin: cb.is_admin.unwrap_or(false),
-        msgtype: cb.msgtype,
-        session_webhook: cb.session_webhook,
-        session_expires_ms: cb.session_webhook_expired_time,
-    };
+    let message = cb.into_accepted(now_ms());
     // Debug level: the worker's info-level `process` span carries msg_id, group and command
-    // for every command; this one only frames the route's debug lines.
-    let span = tracing::debug_span!("callback", msg_id = %job.msg_id, group = %job.conversation_id);
-    let _enter = span.enter();
-    match state.ledger.accept(job).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::debug!("duplicate callback ignored");
-            return (ack(), "duplicate", "-");
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "ledger unavailable; callback refused");
-            return (
-                error(StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable, retry later"),
-                "unavailable",
-                "ledger",
-            );
-        }
-    }
-    state.intake.wake();
-    tracing::debug!("callback accepted");
-    (ack(), "accepted", "-")
+    // for every command; this one only frames the pipeline's debug lines.
+    let span = tracing::debug_span!("callback", msg_id = %message.msg_id, group = %message.conversation_id);
+    state
+        .pipeline
+        .accept(Inbound {
+            message,
+            ack: HttpAck,
+        })
+        .instrument(span)
+        .await
 }
 
 fn ack() -> HttpResponse {

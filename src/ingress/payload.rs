@@ -1,31 +1,10 @@
-//! The robot callback body (protocol brief §1.4), parsed leniently: unknown fields are
-//! ignored, numbers that the docs call strings are accepted either way.
+//! The robot message body, parsed leniently: unknown fields are ignored, numbers that the
+//! docs call strings are accepted either way. HTTP callbacks and Stream-mode frames carry the
+//! same JSON (see docs/dingtalk.md#robot-message-payload).
 
 use serde::{Deserialize, Deserializer};
 
-/// The `sessionWebhook` URL. It is a bearer credential for replying into the chat, so its
-/// `Debug` output is redacted and it is only exposed where a reply is sent.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct SessionWebhook(String);
-
-impl SessionWebhook {
-    /// Wraps a URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
-    /// The URL itself; call only to send a reply or to persist it for resumption.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SessionWebhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionWebhook([REDACTED])")
-    }
-}
+use crate::domain::{Accepted, ConversationType, SessionWebhook};
 
 /// One robot callback as DingTalk sends it.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,10 +63,10 @@ impl Callback {
             PayloadError::Json(e.to_string())
         })?;
         for (name, value) in [
-            ("msgId", &cb.msg_id),
-            ("conversationId", &cb.conversation_id),
-            ("msgtype", &cb.msgtype),
-            ("sessionWebhook", &cb.session_webhook.0),
+            ("msgId", cb.msg_id.as_str()),
+            ("conversationId", cb.conversation_id.as_str()),
+            ("msgtype", cb.msgtype.as_str()),
+            ("sessionWebhook", cb.session_webhook.expose()),
         ] {
             if value.trim().is_empty() {
                 return Err(PayloadError::Empty(name));
@@ -114,9 +93,27 @@ impl Callback {
         Some(raw.trim().to_owned())
     }
 
-    /// Whether this came from a 1:1 chat with the robot.
-    pub fn is_one_to_one(&self) -> bool {
-        self.conversation_type == "1"
+    /// Where the message was typed.
+    pub fn conversation_type(&self) -> ConversationType {
+        ConversationType::from_wire(&self.conversation_type)
+    }
+
+    /// The message as the pipeline takes it, received at `received_ms`.
+    pub fn into_accepted(self, received_ms: u64) -> Accepted {
+        Accepted {
+            text: self.text(),
+            conversation_type: self.conversation_type(),
+            msg_id: self.msg_id,
+            received_ms,
+            conversation_id: self.conversation_id,
+            conversation_title: self.conversation_title,
+            sender_staff_id: self.sender_staff_id,
+            sender_nick: self.sender_nick,
+            sender_is_admin: self.is_admin.unwrap_or(false),
+            msgtype: self.msgtype,
+            session_webhook: self.session_webhook,
+            session_expires_ms: self.session_webhook_expired_time,
+        }
     }
 }
 
@@ -183,7 +180,7 @@ mod tests {
         assert_eq!(cb.is_admin, Some(true));
         assert_eq!(cb.session_webhook_expired_time, Some(1_613_635_652_738));
         assert_eq!(cb.text().as_deref(), Some("你好"));
-        assert!(!cb.is_one_to_one());
+        assert_eq!(cb.conversation_type(), ConversationType::Group);
     }
 
     #[test]

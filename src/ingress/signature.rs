@@ -1,7 +1,7 @@
 //! Verification of DingTalk's robot callback signature.
 //!
 //! DingTalk signs `"{timestamp}\n{app_secret}"` with HMAC-SHA256 keyed by the app secret and
-//! sends the standard Base64 of the MAC in the `sign` header (protocol brief §1.3). The
+//! sends the standard Base64 of the MAC in the `sign` header (docs/dingtalk.md#callback-signature). The
 //! signature does not cover the body, so callers must also dedupe by `msgId`.
 //!
 //! This module knows nothing about HTTP: it takes the two header values as strings.

@@ -1,194 +1,17 @@
-//! The ledger (DESIGN §8): one table of commands keyed by `msgId` for dedupe, audit, state
-//! and resumption; one table of bindings; one of the last DM state per group.
-//!
-//! The trait is synchronous and small so that another store (PostgreSQL) can back several
-//! replicas later; async callers go through [`LedgerHandle`], which runs calls on the
-//! blocking pool.
+//! The SQLite ledger (WAL journal): the default store.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::callback::payload::SessionWebhook;
+use super::{AuditRow, Ledger, LedgerError};
+use crate::domain::{
+    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, SessionWebhook,
+};
 
-/// A ledger failure. The text names the operation, never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("ledger {op}: {source}")]
-    Sqlite {
-        op: &'static str,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("ledger file {0} is gone")]
-    Missing(String),
-    #[error("ledger commit failed: {0}")]
-    Commit(String),
-    #[error("ledger writer thread is gone")]
-    WriterGone,
-    #[error("ledger lock poisoned")]
-    Poisoned,
-    #[error("ledger task failed: {0}")]
-    Join(String),
-}
-
-fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
+pub(super) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
     move |source| LedgerError::Sqlite { op, source }
-}
-
-/// A command accepted from a callback, everything needed to run it (again, after a restart).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub msg_id: String,
-    pub received_ms: u64,
-    pub conversation_id: String,
-    pub conversation_type: String,
-    pub conversation_title: Option<String>,
-    pub sender_staff_id: Option<String>,
-    pub sender_nick: Option<String>,
-    pub sender_is_admin: bool,
-    pub msgtype: String,
-    /// Trimmed text, `None` for non-text messages.
-    pub text: Option<String>,
-    pub session_webhook: SessionWebhook,
-    pub session_expires_ms: Option<u64>,
-}
-
-/// How a command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The change was made.
-    Ok,
-    /// Information was given (help, status, hints).
-    Info,
-    /// Refused without calling DingTalk's group APIs (not allowed, not bound, wrong group).
-    Refused,
-    /// DingTalk answered with an error, or could not be reached.
-    Failed,
-}
-
-impl Outcome {
-    /// The status mark a chat reply starts with.
-    pub fn mark(self) -> &'static str {
-        match self {
-            Outcome::Ok => "✅",
-            Outcome::Info => "ℹ️",
-            Outcome::Refused => "⛔",
-            Outcome::Failed => "❌",
-        }
-    }
-
-    /// The inverse of [`Outcome::as_str`]; unknown text reads as `Failed`.
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "ok" => Outcome::Ok,
-            "info" => Outcome::Info,
-            "refused" => Outcome::Refused,
-            _ => Outcome::Failed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Info => "info",
-            Outcome::Refused => "refused",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-/// What dingops decided for a command, recorded before the reply is sent so that a restart
-/// resends the reply without repeating the DingTalk call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    /// The command's name (`/lock-dm`), or `-` when the text was not a command.
-    pub command: String,
-    pub outcome: Outcome,
-    pub errcode: Option<i64>,
-    /// The reply text after the mark and the mention.
-    pub text: String,
-    /// A short, secret-free note for the audit log.
-    pub detail: String,
-}
-
-/// A command that was accepted but not finished, with its answer once it has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub accepted: Accepted,
-    pub answer: Option<Answer>,
-}
-
-/// A stored binding openConversationId → chatid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Binding {
-    pub conversation_id: String,
-    pub chat_id: String,
-    pub bound_by: String,
-    pub bound_ms: u64,
-}
-
-/// The private-chat state dingops last set in a group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DmState {
-    pub prohibited: bool,
-    pub set_by: String,
-    pub set_by_nick: Option<String>,
-    pub set_ms: u64,
-}
-
-/// One audit row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRow {
-    pub msg_id: String,
-    pub received_ms: u64,
-    pub conversation_id: String,
-    pub sender_staff_id: Option<String>,
-    pub sender_nick: Option<String>,
-    pub text: Option<String>,
-    pub command: Option<String>,
-    pub status: String,
-    pub result: Option<String>,
-    pub errcode: Option<i64>,
-    pub detail: Option<String>,
-    pub reply: Option<String>,
-    pub finished_ms: Option<u64>,
-}
-
-/// The store behind dedupe, audit, bindings and state.
-pub trait Ledger: Send + Sync + 'static {
-    /// Records an accepted command unless its `msg_id` is known; `true` when it was new.
-    fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError>;
-    /// [`Ledger::accept`] without blocking the caller: `done` gets the result. The hot path
-    /// (every callback) uses this so that no thread waits for the commit. The default runs
-    /// `accept` inline, which suits stores whose calls are quick.
-    fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
-        done(self.accept(&cmd));
-    }
-    /// Records the answer to a command (status `answered`).
-    fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError>;
-    /// Records the answer and how the reply went (status `done`) and drops the stored reply URL.
-    fn finish(&self, msg_id: &str, answer: &Answer, reply: &str, finished_ms: u64)
-    -> Result<(), LedgerError>;
-    /// Up to `limit` open commands after the position `cursor`, in the order they were
-    /// accepted, each with its position (the worker's cursor; 0 is the start).
-    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError>;
-    /// How many commands are open (accepted or answered, not finished).
-    fn open_count(&self) -> Result<u64, LedgerError>;
-    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
-    fn bind(&self, binding: &Binding) -> Result<(), LedgerError>;
-    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
-    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError>;
-    /// Audit rows, newest first, optionally for one group and since a time.
-    fn history(
-        &self,
-        conversation_id: Option<&str>,
-        since_ms: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRow>, LedgerError>;
-    /// Proves the store answers.
-    fn ping(&self) -> Result<(), LedgerError>;
 }
 
 /// The SQLite ledger (WAL journal).
@@ -253,48 +76,6 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
     }
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS commands (
-    msg_id              TEXT PRIMARY KEY,
-    received_ms         INTEGER NOT NULL,
-    conversation_id     TEXT NOT NULL,
-    conversation_type   TEXT NOT NULL,
-    conversation_title  TEXT,
-    sender_staff_id     TEXT,
-    sender_nick         TEXT,
-    sender_is_admin     INTEGER NOT NULL,
-    msgtype             TEXT NOT NULL,
-    text                TEXT,
-    session_webhook     TEXT,
-    session_expires_ms  INTEGER,
-    status              TEXT NOT NULL,
-    command             TEXT,
-    result              TEXT,
-    errcode             INTEGER,
-    detail              TEXT,
-    answer_text         TEXT,
-    reply               TEXT,
-    finished_ms         INTEGER
-);
-CREATE INDEX IF NOT EXISTS commands_open ON commands(received_ms) WHERE status != 'done';
--- A per-group index cost a third of ingest throughput (one more b-tree page dirtied per
--- callback); `audit --group` scans instead.
-DROP INDEX IF EXISTS commands_group;
-CREATE TABLE IF NOT EXISTS bindings (
-    conversation_id TEXT PRIMARY KEY,
-    chat_id         TEXT NOT NULL,
-    bound_by        TEXT NOT NULL,
-    bound_ms        INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dm_state (
-    conversation_id TEXT PRIMARY KEY,
-    prohibited      INTEGER NOT NULL,
-    set_by          TEXT NOT NULL,
-    set_by_nick     TEXT,
-    set_ms          INTEGER NOT NULL
-);
-";
-
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -313,7 +94,7 @@ impl SqliteLedger {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )
         .map_err(sql("configure"))?;
-        conn.execute_batch(SCHEMA).map_err(sql("migrate"))?;
+        super::migrations::migrate(&conn)?;
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
             .map_err(sql("configure"))?;
         let checkpointer = Connection::open(path).map_err(sql("open"))?;
@@ -388,12 +169,18 @@ impl SqliteLedger {
     }
 }
 
+/// A stored chatid; only valid ones are ever written, so a bad one means the file was edited.
+fn chat_id_from(s: String) -> rusqlite::Result<ChatId> {
+    ChatId::parse(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))
+}
+
 fn accepted_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Accepted> {
     Ok(Accepted {
         msg_id: row.get(0)?,
         received_ms: to_u64(row.get(1)?),
         conversation_id: row.get(2)?,
-        conversation_type: row.get(3)?,
+        conversation_type: ConversationType::from_wire(&row.get::<_, String>(3)?),
         conversation_title: row.get(4)?,
         sender_staff_id: row.get(5)?,
         sender_nick: row.get(6)?,
@@ -431,7 +218,7 @@ impl Ledger for SqliteLedger {
                         c.msg_id,
                         to_i64(c.received_ms),
                         c.conversation_id,
-                        c.conversation_type,
+                        c.conversation_type.as_wire(),
                         c.conversation_title,
                         c.sender_staff_id,
                         c.sender_nick,
@@ -469,8 +256,14 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn finish(&self, msg_id: &str, a: &Answer, reply: &str, finished_ms: u64) -> Result<(), LedgerError> {
-        let (msg_id, a, reply) = (msg_id.to_owned(), a.clone(), reply.to_owned());
+    fn finish(
+        &self,
+        msg_id: &str,
+        a: &Answer,
+        delivery: &Delivery,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let (msg_id, a, reply) = (msg_id.to_owned(), a.clone(), delivery.as_ledger_text());
         self.write(move |conn| {
             conn.prepare_cached(
                 "UPDATE commands SET status = 'done', command = ?2, result = ?3, errcode = ?4,
@@ -545,7 +338,7 @@ impl Ledger for SqliteLedger {
                 |r| {
                     Ok(Binding {
                         conversation_id: r.get(0)?,
-                        chat_id: r.get(1)?,
+                        chat_id: chat_id_from(r.get(1)?)?,
                         bound_by: r.get(2)?,
                         bound_ms: to_u64(r.get(3)?),
                     })
@@ -563,7 +356,12 @@ impl Ledger for SqliteLedger {
                 "INSERT INTO bindings (conversation_id, chat_id, bound_by, bound_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(conversation_id) DO UPDATE SET chat_id = excluded.chat_id,
                  bound_by = excluded.bound_by, bound_ms = excluded.bound_ms",
-                params![b.conversation_id, b.chat_id, b.bound_by, to_i64(b.bound_ms)],
+                params![
+                    b.conversation_id,
+                    b.chat_id.as_str(),
+                    b.bound_by,
+                    to_i64(b.bound_ms)
+                ],
             )
             .map_err(sql("bind"))?;
             Ok(())
@@ -667,41 +465,6 @@ impl Ledger for SqliteLedger {
     }
 }
 
-/// A cloneable async front of a [`Ledger`]: each call runs on tokio's blocking pool.
-#[derive(Clone)]
-pub struct LedgerHandle(Arc<dyn Ledger>);
-
-impl LedgerHandle {
-    pub fn new(ledger: impl Ledger) -> Self {
-        Self(Arc::new(ledger))
-    }
-
-    /// Records an accepted command unless its msgId is known, without occupying a thread
-    /// while the commit is pending.
-    pub async fn accept(&self, cmd: Accepted) -> Result<bool, LedgerError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.0.accept_then(
-            cmd,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.await.map_err(|_| LedgerError::WriterGone)?
-    }
-
-    /// Runs `f` against the ledger off the async threads.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, LedgerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
-    {
-        let ledger = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || f(ledger.as_ref()))
-            .await
-            .map_err(|e| LedgerError::Join(e.to_string()))?
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -720,7 +483,7 @@ mod tests {
             msg_id: id.into(),
             received_ms: 1,
             conversation_id: "cid1==".into(),
-            conversation_type: "2".into(),
+            conversation_type: ConversationType::Group,
             conversation_title: Some("t".into()),
             sender_staff_id: Some("u1".into()),
             sender_nick: Some("n".into()),
@@ -766,7 +529,7 @@ mod tests {
         };
         l.record_answer("m1", &answer).unwrap();
         assert_eq!(unfinished(&l)[0].answer, Some(answer.clone()));
-        l.finish("m1", &answer, "session", 2).unwrap();
+        l.finish("m1", &answer, &Delivery::Session, 2).unwrap();
         assert!(unfinished(&l).is_empty());
         let webhook: Option<String> = l
             .with(|c| {
@@ -803,12 +566,12 @@ mod tests {
         for chat in ["chatA", "chatB"] {
             l.bind(&Binding {
                 conversation_id: "cid".into(),
-                chat_id: chat.into(),
+                chat_id: ChatId::parse(chat).unwrap(),
                 bound_by: "u".into(),
                 bound_ms: 1,
             })
             .unwrap();
         }
-        assert_eq!(l.binding("cid").unwrap().unwrap().chat_id, "chatB");
+        assert_eq!(l.binding("cid").unwrap().unwrap().chat_id.as_str(), "chatB");
     }
 }

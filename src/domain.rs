@@ -1,0 +1,391 @@
+//! The words of the pipeline, shared by every layer above: what an ingress accepted, what
+//! dingops answered, how the reply went, and the validated values they carry.
+//!
+//! Nothing here does I/O or knows about HTTP, SQLite or DingTalk's client; the ledger, the
+//! worker and the ingresses all build on these types (see docs/architecture.md).
+
+use url::{Host, Url};
+
+/// The `sessionWebhook` URL of a robot message. It is a bearer credential for replying into
+/// the chat, so its `Debug` output is redacted and it is only exposed where a reply is sent
+/// or the ledger persists it for resumption.
+#[derive(Clone, serde::Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SessionWebhook(String);
+
+impl SessionWebhook {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL itself; call only to send a reply or to persist it for resumption.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionWebhook([REDACTED])")
+    }
+}
+
+/// A legacy DingTalk group id (`chat…`), the id `friendswitch/update` takes. Validated on
+/// construction (1–128 ASCII letters, digits, `-`, `_`), so it is safe in a URL path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChatId(String);
+
+/// Why a text is not a [`ChatId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a chatid: 1 to 128 ASCII letters, digits, '-' or '_'")]
+pub struct InvalidChatId;
+
+impl ChatId {
+    /// Checks and wraps `s`.
+    pub fn parse(s: &str) -> Result<Self, InvalidChatId> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidChatId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ChatId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a robot message was typed. DingTalk sends `"1"` for a 1:1 chat with the robot and
+/// `"2"` for a group; anything else is treated as a group, as DingTalk documents no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationType {
+    OneToOne,
+    Group,
+}
+
+impl ConversationType {
+    /// Reads DingTalk's `conversationType` value.
+    pub fn from_wire(s: &str) -> Self {
+        if s.trim() == "1" {
+            Self::OneToOne
+        } else {
+            Self::Group
+        }
+    }
+
+    /// DingTalk's value, as the ledger stores it.
+    pub fn as_wire(self) -> &'static str {
+        match self {
+            Self::OneToOne => "1",
+            Self::Group => "2",
+        }
+    }
+}
+
+/// A robot message an ingress verified and parsed: everything needed to run the command
+/// (again, after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub msg_id: String,
+    pub received_ms: u64,
+    /// The chat's openConversationId (`cid…`).
+    pub conversation_id: String,
+    pub conversation_type: ConversationType,
+    pub conversation_title: Option<String>,
+    pub sender_staff_id: Option<String>,
+    pub sender_nick: Option<String>,
+    pub sender_is_admin: bool,
+    pub msgtype: String,
+    /// Trimmed text, `None` for non-text messages.
+    pub text: Option<String>,
+    pub session_webhook: SessionWebhook,
+    pub session_expires_ms: Option<u64>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The change was made.
+    Ok,
+    /// Information was given (help, status, hints).
+    Info,
+    /// Refused without calling DingTalk's group APIs (not allowed, not bound, wrong group).
+    Refused,
+    /// DingTalk answered with an error, or could not be reached.
+    Failed,
+}
+
+impl Outcome {
+    /// The status mark a chat reply starts with.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Outcome::Ok => "✅",
+            Outcome::Info => "ℹ️",
+            Outcome::Refused => "⛔",
+            Outcome::Failed => "❌",
+        }
+    }
+
+    /// The inverse of [`Outcome::as_str`]; unknown text reads as `Failed`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "ok" => Outcome::Ok,
+            "info" => Outcome::Info,
+            "refused" => Outcome::Refused,
+            _ => Outcome::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Info => "info",
+            Outcome::Refused => "refused",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What dingops decided for a command, recorded before the reply is sent so that a restart
+/// resends the reply without repeating the DingTalk call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The command's name (`/lock-dm`), or `-` when the text was not a command.
+    pub command: String,
+    pub outcome: Outcome,
+    pub errcode: Option<i64>,
+    /// The reply text after the mark and the mention.
+    pub text: String,
+    /// A short, secret-free note for the audit log.
+    pub detail: String,
+}
+
+impl Answer {
+    /// An answer without a DingTalk errcode.
+    pub fn new(command: &str, outcome: Outcome, text: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            command: command.to_owned(),
+            outcome,
+            errcode: None,
+            text: text.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A command that was accepted but not finished, with its answer once it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub accepted: Accepted,
+    pub answer: Option<Answer>,
+}
+
+/// How a reply reached the chat, or why it did not. The ledger's `reply` column holds
+/// [`Delivery::as_ledger_text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Posted to the message's sessionWebhook.
+    Session,
+    /// Posted with the robot group-message API after the session had expired.
+    GroupMessage,
+    /// Not sent: the sessionWebhook is not on `reply_hosts`.
+    HostNotAllowed,
+    /// Not sent: the session expired and no fallback exists (1:1 chats), or the command was
+    /// never run because its session expired while dingops was down.
+    Expired,
+    /// Not sent: DingTalk refused or could not be reached; the short error code.
+    Failed(String),
+}
+
+impl Delivery {
+    /// The stable text recorded in the ledger and used as a metric label.
+    pub fn as_ledger_text(&self) -> String {
+        match self {
+            Delivery::Session => "session".into(),
+            Delivery::GroupMessage => "group-message".into(),
+            Delivery::HostNotAllowed => "none-host-not-allowed".into(),
+            Delivery::Expired => "none-expired".into(),
+            Delivery::Failed(code) => format!("none-failed-{code}"),
+        }
+    }
+}
+
+/// A stored binding openConversationId → chatid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub conversation_id: String,
+    pub chat_id: ChatId,
+    pub bound_by: String,
+    pub bound_ms: u64,
+}
+
+/// The private-chat state dingops last set in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmState {
+    pub prohibited: bool,
+    pub set_by: String,
+    pub set_by_nick: Option<String>,
+    pub set_ms: u64,
+}
+
+/// A person as shown in replies and the audit: `Nick (staffId)`, or whichever is known.
+pub fn who(staff: &str, nick: Option<&str>) -> String {
+    match nick.filter(|n| !n.is_empty() && *n != staff) {
+        Some(n) if staff.is_empty() => n.to_owned(),
+        Some(n) => format!("{n} ({staff})"),
+        None if staff.is_empty() => "-".to_owned(),
+        None => staff.to_owned(),
+    }
+}
+
+/// One `host[:port]` entry of the `reply_hosts` allow-list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyHost {
+    host: String,
+    port: Option<u16>,
+}
+
+impl ReplyHost {
+    /// Parses `host[:port]`; the error says what is wrong with the entry.
+    pub fn parse(entry: &str) -> Result<Self, String> {
+        let entry = entry.trim();
+        if entry.is_empty() || entry.contains(['/', '@', '?', '#', ' ']) {
+            return Err(format!("`{entry}` is not host[:port]"));
+        }
+        let url =
+            Url::parse(&format!("http://{entry}/")).map_err(|_| format!("`{entry}` is not host[:port]"))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("`{entry}` has no host"))?
+            .to_ascii_lowercase();
+        // `Url` drops an explicit :80 for http; recover it from the text.
+        let port = url.port().or_else(|| entry.ends_with(":80").then_some(80));
+        Ok(Self { host, port })
+    }
+}
+
+/// The hosts a sessionWebhook may point at. The URL arrives in the message body, which the
+/// signature does not cover, so it is never trusted on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyHosts(Vec<ReplyHost>);
+
+impl ReplyHosts {
+    pub fn new(hosts: Vec<ReplyHost>) -> Self {
+        Self(hosts)
+    }
+
+    /// Whether `url` may be called: https (http only for loopback hosts), no user info,
+    /// host and port on the list.
+    pub fn allows(&self, url: &Url) -> bool {
+        let loopback = match url.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => return false,
+        };
+        let scheme_ok = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+        if !scheme_ok || !url.username().is_empty() || url.password().is_some() {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let Some(port) = url.port_or_known_default() else {
+            return false;
+        };
+        self.0.iter().any(|entry| {
+            entry.host.eq_ignore_ascii_case(host)
+                && match entry.port {
+                    Some(p) => p == port,
+                    None => url.port().is_none(),
+                }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(url: &str, hosts: &[&str]) -> bool {
+        let hosts = ReplyHosts::new(hosts.iter().map(|h| ReplyHost::parse(h).unwrap()).collect());
+        hosts.allows(&Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn reply_urls_need_https_an_allowed_host_and_port() {
+        assert!(allowed(
+            "https://oapi.dingtalk.com/robot/sendBySession?session=x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "http://oapi.dingtalk.com/robot/sendBySession",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed("https://evil.example/robot", &["oapi.dingtalk.com"]));
+        assert!(!allowed(
+            "https://oapi.dingtalk.com:8443/x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "https://user:pw@oapi.dingtalk.com/x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(!allowed(
+            "https://oapi.dingtalk.com.evil.example/x",
+            &["oapi.dingtalk.com"]
+        ));
+        assert!(allowed("http://127.0.0.1:9000/x", &["127.0.0.1:9000"]));
+        assert!(!allowed("http://127.0.0.1:9001/x", &["127.0.0.1:9000"]));
+        assert!(!allowed("http://10.0.0.1:9000/x", &["10.0.0.1:9000"]));
+        assert!(!allowed("ftp://oapi.dingtalk.com/x", &["oapi.dingtalk.com"]));
+    }
+
+    #[test]
+    fn a_chatid_is_letters_digits_dash_and_underscore_up_to_128_bytes() {
+        assert!(ChatId::parse("chat0a1B-_").is_ok());
+        assert!(ChatId::parse(&"c".repeat(128)).is_ok());
+        for bad in ["", "chat/../x", "chat x", "chat?x=1", "chät", &"c".repeat(129)] {
+            assert_eq!(ChatId::parse(bad), Err(InvalidChatId), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conversation_type_one_is_a_one_to_one_chat_and_anything_else_a_group() {
+        assert_eq!(ConversationType::from_wire("1"), ConversationType::OneToOne);
+        assert_eq!(ConversationType::from_wire("2"), ConversationType::Group);
+        assert_eq!(ConversationType::from_wire("3"), ConversationType::Group);
+        assert_eq!(ConversationType::OneToOne.as_wire(), "1");
+    }
+
+    #[test]
+    fn delivery_texts_are_the_ledgers_stable_values() {
+        assert_eq!(Delivery::Session.as_ledger_text(), "session");
+        assert_eq!(Delivery::GroupMessage.as_ledger_text(), "group-message");
+        assert_eq!(Delivery::HostNotAllowed.as_ledger_text(), "none-host-not-allowed");
+        assert_eq!(Delivery::Expired.as_ledger_text(), "none-expired");
+        assert_eq!(
+            Delivery::Failed("60011".into()).as_ledger_text(),
+            "none-failed-60011"
+        );
+    }
+
+    #[test]
+    fn a_person_is_shown_once_when_nick_equals_staff_id() {
+        assert_eq!(who("u1", Some("Ada")), "Ada (u1)");
+        assert_eq!(who("u1", Some("u1")), "u1");
+        assert_eq!(who("", Some("Ada")), "Ada");
+        assert_eq!(who("", None), "-");
+    }
+}

@@ -1,0 +1,184 @@
+//! An in-memory ledger: the same contract as the SQLite store without durability. Unit tests
+//! of the worker's decisions run against it; nothing in the service uses it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{AuditRow, Ledger, LedgerError};
+use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending};
+
+/// One command as the memory ledger keeps it.
+#[derive(Debug, Clone)]
+struct Row {
+    accepted: Accepted,
+    answer: Option<Answer>,
+    delivery: Option<String>,
+    finished_ms: Option<u64>,
+}
+
+impl Row {
+    fn status(&self) -> &'static str {
+        match (&self.finished_ms, &self.answer) {
+            (Some(_), _) => "done",
+            (None, Some(_)) => "answered",
+            (None, None) => "accepted",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Commands by position (1, 2, …), the order they were accepted in.
+    commands: BTreeMap<i64, Row>,
+    positions: HashMap<String, i64>,
+    bindings: HashMap<String, Binding>,
+    dm: HashMap<String, DmState>,
+}
+
+/// A [`Ledger`] held in memory.
+#[derive(Debug, Default)]
+pub struct MemoryLedger(Mutex<State>);
+
+impl MemoryLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, LedgerError> {
+        self.0.lock().map_err(|_| LedgerError::Poisoned)
+    }
+
+    fn update(&self, msg_id: &str, f: impl FnOnce(&mut Row)) -> Result<(), LedgerError> {
+        let mut s = self.state()?;
+        if let Some(pos) = s.positions.get(msg_id).copied()
+            && let Some(row) = s.commands.get_mut(&pos)
+        {
+            f(row);
+        }
+        Ok(())
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
+        let mut s = self.state()?;
+        if s.positions.contains_key(&cmd.msg_id) {
+            return Ok(false);
+        }
+        let pos = s.commands.keys().next_back().map_or(1, |p| p + 1);
+        s.positions.insert(cmd.msg_id.clone(), pos);
+        s.commands.insert(
+            pos,
+            Row {
+                accepted: cmd.clone(),
+                answer: None,
+                delivery: None,
+                finished_ms: None,
+            },
+        );
+        Ok(true)
+    }
+
+    fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError> {
+        self.update(msg_id, |row| row.answer = Some(answer.clone()))
+    }
+
+    fn finish(
+        &self,
+        msg_id: &str,
+        answer: &Answer,
+        delivery: &Delivery,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.update(msg_id, |row| {
+            row.answer = Some(answer.clone());
+            row.delivery = Some(delivery.as_ledger_text());
+            row.finished_ms = Some(finished_ms);
+        })
+    }
+
+    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
+        let s = self.state()?;
+        Ok(s.commands
+            .range(cursor.saturating_add(1)..)
+            .filter(|(_, row)| row.finished_ms.is_none())
+            .take(limit)
+            .map(|(pos, row)| {
+                let pending = Pending {
+                    accepted: row.accepted.clone(),
+                    answer: row.answer.clone(),
+                };
+                (*pos, pending)
+            })
+            .collect())
+    }
+
+    fn open_count(&self) -> Result<u64, LedgerError> {
+        let s = self.state()?;
+        Ok(s.commands.values().filter(|r| r.finished_ms.is_none()).count() as u64)
+    }
+
+    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError> {
+        Ok(self.state()?.bindings.get(conversation_id).cloned())
+    }
+
+    fn bind(&self, binding: &Binding) -> Result<(), LedgerError> {
+        self.state()?
+            .bindings
+            .insert(binding.conversation_id.clone(), binding.clone());
+        Ok(())
+    }
+
+    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
+        Ok(self.state()?.dm.get(conversation_id).cloned())
+    }
+
+    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
+        self.state()?.dm.insert(conversation_id.to_owned(), state.clone());
+        Ok(())
+    }
+
+    fn history(
+        &self,
+        conversation_id: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, LedgerError> {
+        let s = self.state()?;
+        let mut rows: Vec<AuditRow> = s
+            .commands
+            .values()
+            .filter(|r| conversation_id.is_none_or(|c| r.accepted.conversation_id == c))
+            .filter(|r| r.accepted.received_ms >= since_ms.unwrap_or(0))
+            .map(|r| {
+                let a = &r.accepted;
+                AuditRow {
+                    msg_id: a.msg_id.clone(),
+                    received_ms: a.received_ms,
+                    conversation_id: a.conversation_id.clone(),
+                    sender_staff_id: a.sender_staff_id.clone(),
+                    sender_nick: a.sender_nick.clone(),
+                    text: a.text.clone(),
+                    command: r.answer.as_ref().map(|x| x.command.clone()),
+                    status: r.status().to_owned(),
+                    result: r.answer.as_ref().map(|x| x.outcome.as_str().to_owned()),
+                    errcode: r.answer.as_ref().and_then(|x| x.errcode),
+                    detail: r.answer.as_ref().map(|x| x.detail.clone()),
+                    reply: r.delivery.clone(),
+                    finished_ms: r.finished_ms,
+                }
+            })
+            .collect();
+        rows.sort_by(|x, y| {
+            y.received_ms
+                .cmp(&x.received_ms)
+                .then_with(|| x.msg_id.cmp(&y.msg_id))
+        });
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.state().map(|_| ())
+    }
+}

@@ -1,0 +1,138 @@
+//! The ledger: one table of commands keyed by `msgId` serves dedupe, audit, state and
+//! resumption; a table of bindings; one of the last DM state per group.
+//!
+//! The trait is synchronous and small so that another store (PostgreSQL) can back several
+//! replicas later; async callers go through [`LedgerHandle`], which runs calls on the
+//! blocking pool. It depends only on [`crate::domain`].
+
+mod memory;
+mod migrations;
+mod sqlite;
+
+use std::sync::Arc;
+
+use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending};
+
+pub use memory::MemoryLedger;
+pub use sqlite::SqliteLedger;
+
+/// A ledger failure. The text names the operation, never a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {op}: {source}")]
+    Sqlite {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("ledger file {0} is gone")]
+    Missing(String),
+    #[error("ledger commit failed: {0}")]
+    Commit(String),
+    #[error("ledger writer thread is gone")]
+    WriterGone,
+    #[error("ledger lock poisoned")]
+    Poisoned,
+    #[error("ledger task failed: {0}")]
+    Join(String),
+    #[error("ledger schema: {0}")]
+    Schema(String),
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub msg_id: String,
+    pub received_ms: u64,
+    pub conversation_id: String,
+    pub sender_staff_id: Option<String>,
+    pub sender_nick: Option<String>,
+    pub text: Option<String>,
+    pub command: Option<String>,
+    pub status: String,
+    pub result: Option<String>,
+    pub errcode: Option<i64>,
+    pub detail: Option<String>,
+    pub reply: Option<String>,
+    pub finished_ms: Option<u64>,
+}
+
+/// The store behind dedupe, audit, bindings and state.
+pub trait Ledger: Send + Sync + 'static {
+    /// Records an accepted command unless its `msg_id` is known; `true` when it was new.
+    fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError>;
+    /// [`Ledger::accept`] without blocking the caller: `done` gets the result. The hot path
+    /// (every callback) uses this so that no thread waits for the commit. The default runs
+    /// `accept` inline, which suits stores whose calls are quick.
+    fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
+        done(self.accept(&cmd));
+    }
+    /// Records the answer to a command (status `answered`).
+    fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError>;
+    /// Records the answer and how the reply went (status `done`) and drops the stored reply URL.
+    fn finish(
+        &self,
+        msg_id: &str,
+        answer: &Answer,
+        delivery: &Delivery,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError>;
+    /// Up to `limit` open commands after the position `cursor`, in the order they were
+    /// accepted, each with its position (the worker's cursor; 0 is the start).
+    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError>;
+    /// How many commands are open (accepted or answered, not finished).
+    fn open_count(&self) -> Result<u64, LedgerError>;
+    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
+    fn bind(&self, binding: &Binding) -> Result<(), LedgerError>;
+    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
+    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError>;
+    /// Audit rows, newest first, optionally for one group and since a time.
+    fn history(
+        &self,
+        conversation_id: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, LedgerError>;
+    /// Proves the store answers.
+    fn ping(&self) -> Result<(), LedgerError>;
+}
+
+/// A cloneable async front of a [`Ledger`]: each call runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct LedgerHandle(Arc<dyn Ledger>);
+
+impl LedgerHandle {
+    pub fn new(ledger: impl Ledger) -> Self {
+        Self(Arc::new(ledger))
+    }
+
+    /// A handle on a ledger the caller keeps a reference to as well.
+    pub fn shared(ledger: Arc<dyn Ledger>) -> Self {
+        Self(ledger)
+    }
+
+    /// Records an accepted command unless its msgId is known, without occupying a thread
+    /// while the commit is pending.
+    pub async fn accept(&self, cmd: Accepted) -> Result<bool, LedgerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.accept_then(
+            cmd,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.await.map_err(|_| LedgerError::WriterGone)?
+    }
+
+    /// Runs `f` against the ledger off the async threads.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Ledger) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let ledger = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || f(ledger.as_ref()))
+            .await
+            .map_err(|e| LedgerError::Join(e.to_string()))?
+    }
+}

@@ -1,0 +1,312 @@
+//! The command worker. Each command goes authorize → execute → reply → record:
+//! [`policy`] decides who may run what, [`commands`] carries each command out, [`reply`]
+//! delivers the answer, and the ledger records it; [`pool`] schedules commands with bounded
+//! concurrency and per-group order. Nothing here knows which ingress a message came by.
+
+mod commands;
+pub mod policy;
+pub mod pool;
+pub mod reply;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::clock::now_ms;
+use crate::command::{Command, ParseError, help_text};
+use crate::config::WorkerSettings;
+use crate::dingtalk::DingTalk;
+use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending, ReplyHosts};
+use crate::ledger::LedgerHandle;
+use crate::telemetry::Metrics;
+
+pub use policy::Policy;
+pub use pool::{Intake, WorkerPool};
+
+/// What the worker needs to decide and act.
+pub struct WorkerContext {
+    ledger: LedgerHandle,
+    dingtalk: Arc<DingTalk>,
+    policy: Policy,
+    reply_hosts: ReplyHosts,
+    static_groups: BTreeMap<String, ChatId>,
+    metrics: Arc<Metrics>,
+}
+
+impl WorkerContext {
+    pub fn new(
+        settings: &WorkerSettings,
+        ledger: LedgerHandle,
+        dingtalk: Arc<DingTalk>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            ledger,
+            dingtalk,
+            policy: Policy::new(
+                &settings.admins,
+                settings.trust_is_admin,
+                settings.admin_commands_per_minute,
+            ),
+            reply_hosts: settings.reply_hosts.clone(),
+            static_groups: settings.groups.clone(),
+            metrics,
+        }
+    }
+
+    /// Decides and carries out one command; never calls DingTalk for a refused one.
+    pub async fn answer(&self, job: &Accepted) -> Answer {
+        let Some(text) = job.text.as_deref() else {
+            return Answer::new(
+                "-",
+                Outcome::Info,
+                "I only understand text commands. Type /help to see them.",
+                format!("msgtype {}", job.msgtype),
+            );
+        };
+        let command = match Command::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let name = match &e {
+                    ParseError::MissingArgument(s) | ParseError::UnexpectedArgument(s) => s.name,
+                    _ => "-",
+                };
+                return Answer::new(name, Outcome::Info, e.to_string(), "not a valid command");
+            }
+        };
+        let spec = command.spec();
+        if job.conversation_type == ConversationType::OneToOne {
+            let mut text = String::from(
+                "dingops commands work in group chats: add me to a group, @-mention me there and type the command.",
+            );
+            if command == Command::Help {
+                text = format!("{text}\n{}", help_text());
+            }
+            return Answer::new(spec.name, Outcome::Info, text, "1:1 chat");
+        }
+        if let Some(refusal) = self.policy.authorize(job, spec) {
+            return refusal;
+        }
+        self.execute(job, command).await
+    }
+
+    /// Runs one command to the end and records it. A command answered before a restart only
+    /// gets its reply sent: DingTalk is not called twice.
+    #[tracing::instrument(
+        skip_all,
+        fields(msg_id = %job.accepted.msg_id, group = %job.accepted.conversation_id, command = tracing::field::Empty)
+    )]
+    pub async fn process(&self, job: Pending) {
+        let Pending { accepted, answer } = job;
+        let answer = match answer {
+            Some(a) => a,
+            None => {
+                let a = self.answer(&accepted).await;
+                // Only an answer that changed or asked DingTalk is recorded before the reply:
+                // after a crash it must not be repeated. Information and refusals are simply
+                // answered again, which saves a ledger write on most commands.
+                if matches!(a.outcome, Outcome::Ok | Outcome::Failed) {
+                    let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
+                    if let Err(e) = self.ledger.call(move |l| l.record_answer(&msg_id, &record)).await {
+                        tracing::error!(error = %e, "could not record the answer of a command");
+                    }
+                }
+                a
+            }
+        };
+        tracing::Span::current().record("command", answer.command.as_str());
+        let errcode = answer.errcode.map_or_else(|| "-".to_owned(), |c| c.to_string());
+        tracing::info!(outcome = answer.outcome.as_str(), errcode = %errcode, "command answered");
+        self.metrics
+            .commands
+            .with_label_values(&[answer.command.as_str(), answer.outcome.as_str()])
+            .inc();
+        let delivery = self.deliver(&accepted, &answer).await;
+        self.metrics
+            .replies
+            .with_label_values(&[delivery.as_ledger_text().as_str()])
+            .inc();
+        self.metrics
+            .command_seconds
+            .observe(now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
+        let msg_id = accepted.msg_id.clone();
+        if let Err(e) = self
+            .ledger
+            .call(move |l| l.finish(&msg_id, &answer, &delivery, now_ms()))
+            .await
+        {
+            tracing::error!(error = %e, "could not record the end of a command");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::{Binding, DmState, SessionWebhook};
+    use crate::ledger::{Ledger as _, MemoryLedger};
+
+    /// A worker over an in-memory ledger whose DingTalk is a closed loopback port: any call
+    /// to it fails, so a decision that needs none is visible as a non-`Failed` answer.
+    fn worker(ledger: MemoryLedger, extra: &[(&str, &str)]) -> WorkerContext {
+        let env: HashMap<String, String> = [
+            ("DINGOPS_APP_KEY", "k"),
+            ("DINGOPS_APP_SECRET", "s"),
+            ("DINGOPS_OAPI_BASE", "http://127.0.0.1:9"),
+            ("DINGOPS_API_BASE", "http://127.0.0.1:9"),
+            ("DINGOPS_REPLY_HOSTS", "127.0.0.1:9"),
+            ("DINGOPS_ADMINS", "boss"),
+            ("DINGOPS_TRUST_IS_ADMIN", "false"),
+            ("DINGOPS_RETRY_MAX_ATTEMPTS", "1"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let settings = Settings::from_sources(None, &env).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone()).unwrap());
+        WorkerContext::new(&settings.worker, LedgerHandle::new(ledger), dingtalk, metrics)
+    }
+
+    fn typed(staff: &str, text: &str) -> Accepted {
+        Accepted {
+            msg_id: "m1".into(),
+            received_ms: 1,
+            conversation_id: "cidG==".into(),
+            conversation_type: ConversationType::Group,
+            conversation_title: None,
+            sender_staff_id: Some(staff.into()),
+            sender_nick: Some("Ada".into()),
+            sender_is_admin: false,
+            msgtype: "text".into(),
+            text: Some(text.into()),
+            session_webhook: SessionWebhook::new("http://127.0.0.1:9/robot/sendBySession?session=x"),
+            session_expires_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_running_an_admin_command_is_refused() {
+        let a = worker(MemoryLedger::new(), &[])
+            .answer(&typed("member", "/lock-dm"))
+            .await;
+        assert_eq!(a.outcome, Outcome::Refused);
+        assert_eq!(a.detail, "sender is not an admin");
+    }
+
+    #[tokio::test]
+    async fn an_admin_in_an_unbound_group_is_told_how_to_bind() {
+        let a = worker(MemoryLedger::new(), &[])
+            .answer(&typed("boss", "/lock-dm"))
+            .await;
+        assert_eq!(a.outcome, Outcome::Refused);
+        assert_eq!(a.detail, "group not bound");
+        assert!(a.text.contains("/bind <chatid>"), "{}", a.text);
+    }
+
+    #[tokio::test]
+    async fn dm_status_reads_the_binding_and_the_last_state_from_the_ledger() {
+        let ledger = MemoryLedger::new();
+        ledger
+            .bind(&Binding {
+                conversation_id: "cidG==".into(),
+                chat_id: ChatId::parse("chatg1").unwrap(),
+                bound_by: "Ada (boss)".into(),
+                bound_ms: 0,
+            })
+            .unwrap();
+        ledger
+            .set_dm_state(
+                "cidG==",
+                &DmState {
+                    prohibited: true,
+                    set_by: "boss".into(),
+                    set_by_nick: Some("Ada".into()),
+                    set_ms: 0,
+                },
+            )
+            .unwrap();
+        let a = worker(ledger, &[]).answer(&typed("member", "/dm-status")).await;
+        assert_eq!(a.outcome, Outcome::Info);
+        assert_eq!(
+            a.text,
+            "This group is bound to chatid chatg1 (bound by Ada (boss) at 1970-01-01 00:00:00 UTC).\n\
+             Private chat: forbidden, set by Ada (boss) at 1970-01-01 00:00:00 UTC through dingops \
+             (the group owner may have changed it in DingTalk since)."
+        );
+    }
+
+    #[tokio::test]
+    async fn a_static_binding_from_the_configuration_counts_as_bound() {
+        let w = worker(MemoryLedger::new(), &[("DINGOPS_GROUPS", "cidG===chatcfg1")]);
+        let a = w.answer(&typed("member", "/dm-status")).await;
+        assert!(
+            a.text
+                .starts_with("This group is bound to chatid chatcfg1 (from the dingops configuration)."),
+            "{}",
+            a.text
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bound_admin_command_reaches_dingtalk_and_its_failure_is_a_failed_answer() {
+        let w = worker(MemoryLedger::new(), &[("DINGOPS_GROUPS", "cidG===chatcfg1")]);
+        let a = w.answer(&typed("boss", "/lock-dm")).await;
+        assert_eq!(a.outcome, Outcome::Failed);
+        assert!(
+            a.text.starts_with("/lock-dm did not go through (connect)"),
+            "{}",
+            a.text
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_in_a_one_to_one_chat_is_explained_not_run() {
+        let mut job = typed("boss", "/lock-dm");
+        job.conversation_type = ConversationType::OneToOne;
+        let a = worker(MemoryLedger::new(), &[]).answer(&job).await;
+        assert_eq!(a.outcome, Outcome::Info);
+        assert_eq!(a.detail, "1:1 chat");
+    }
+
+    #[tokio::test]
+    async fn plain_text_gets_a_hint_and_a_picture_a_text_only_note() {
+        let w = worker(MemoryLedger::new(), &[]);
+        let a = w.answer(&typed("member", "hello")).await;
+        assert_eq!(
+            (a.outcome, a.detail.as_str()),
+            (Outcome::Info, "not a valid command")
+        );
+        let mut picture = typed("member", "");
+        picture.text = None;
+        picture.msgtype = "picture".into();
+        let a = w.answer(&picture).await;
+        assert_eq!(a.detail, "msgtype picture");
+    }
+
+    #[tokio::test]
+    async fn process_records_the_answer_and_the_delivery_in_the_ledger() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let job = typed("member", "/help");
+        ledger.accept(&job).unwrap();
+        // The test keeps a handle on the ledger the worker writes to.
+        let w = WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            ..worker(MemoryLedger::new(), &[])
+        };
+        w.process(Pending {
+            accepted: job,
+            answer: None,
+        })
+        .await;
+        let row = &ledger.history(None, None, 10).unwrap()[0];
+        assert_eq!(row.status, "done");
+        assert_eq!(row.result.as_deref(), Some("info"));
+        // The sessionWebhook's port is closed, so the reply failed and says so.
+        assert_eq!(row.reply.as_deref(), Some("none-failed-connect"));
+        assert_eq!(ledger.open_count().unwrap(), 0);
+    }
+}
