@@ -29,8 +29,7 @@ async fn lock_dm_forbids_private_chat_for_the_bound_chatid_and_replies_done() {
         json!({"chatid": GROUP_CHATID, "is_prohibit": true})
     );
     assert_eq!(calls[0].access_token.as_ref(), app.sim.legacy_tokens().first());
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
-    assert!(reply.content.contains("forbidden"), "{}", reply.content);
+    assert_reply(&reply, "✅", "forbidden");
     assert_mentions(&reply, &admin());
     assert_eq!(reply.open_conversation_id, GROUP);
     assert!(app.sim.group(GROUP).unwrap().dm_prohibited);
@@ -49,7 +48,7 @@ async fn unlock_dm_allows_private_chat_again_and_names_who_locked_it_before() {
         calls[1].body,
         json!({"chatid": GROUP_CHATID, "is_prohibit": false})
     );
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+    assert_reply(&reply, "✅", "");
     assert!(
         reply.content.contains("last locked it: Ada (admin01)"),
         "{}",
@@ -65,7 +64,7 @@ async fn locking_an_already_locked_group_still_calls_dingtalk() {
     app.ask(&chat, &admin(), "/lock-dm").await;
     let reply = app.ask(&chat, &admin(), "/禁止私聊").await;
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 2);
-    assert!(reply.content.contains("last locked it"), "{}", reply.content);
+    assert_reply(&reply, "", "last locked it");
 }
 
 #[tokio::test]
@@ -73,9 +72,8 @@ async fn dm_status_shows_the_binding_and_the_last_state_to_anyone() {
     let app = spawn_app().await;
     let chat = app.chat(GROUP);
     let before = app.ask(&chat, &member(), "/dm-status").await;
-    assert!(before.content.starts_with("ℹ️"), "{}", before.content);
-    assert!(before.content.contains(GROUP_CHATID), "{}", before.content);
-    assert!(before.content.contains("has not changed"), "{}", before.content);
+    assert_reply(&before, "ℹ️", GROUP_CHATID);
+    assert_reply(&before, "", "has not changed");
 
     app.ask(&chat, &admin(), "/lock-dm").await;
     let after = app.ask(&chat, &member(), "/dm-status").await;
@@ -94,7 +92,7 @@ async fn bind_verifies_the_chatid_with_dingtalk_and_then_lock_dm_uses_it() {
     // OTHER is not bound in the configuration.
     let chat = app.chat(OTHER);
     let reply = app.ask(&chat, &admin(), &format!("/bind {OTHER_CHATID}")).await;
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+    assert_reply(&reply, "✅", "");
 
     let converts = app.sim.calls(Some(api::CONVERT));
     assert_eq!(converts.len(), 1);
@@ -115,19 +113,17 @@ async fn bind_with_another_groups_chatid_is_refused_and_stores_nothing() {
     let app = spawn_app().await;
     let chat = app.chat(OTHER);
     let reply = app.ask(&chat, &admin(), &format!("/绑定 {GROUP_CHATID}")).await;
-    assert!(reply.content.starts_with("⛔"), "{}", reply.content);
-    assert!(reply.content.contains("another group"), "{}", reply.content);
+    assert_reply(&reply, "⛔", "another group");
     assert!(app.ledger().binding(OTHER).unwrap().is_none());
     let status = app.ask(&chat, &admin(), "/dm-status").await;
-    assert!(status.content.contains("not bound"), "{}", status.content);
+    assert_reply(&status, "", "not bound");
 }
 
 #[tokio::test]
 async fn bind_with_a_chatid_dingtalk_does_not_know_fails_with_the_reason() {
     let app = spawn_app().await;
     let reply = app.ask(&app.chat(OTHER), &admin(), "/bind chatnosuchgroup").await;
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
-    assert!(reply.content.contains("invalideChatId"), "{}", reply.content);
+    assert_reply(&reply, "❌", "invalideChatId");
     assert!(app.ledger().binding(OTHER).unwrap().is_none());
 }
 
@@ -137,8 +133,7 @@ async fn a_member_who_is_not_an_admin_is_refused_and_dingtalk_is_not_called() {
     let chat = app.chat(GROUP);
     for text in ["/lock-dm", "/unlock-dm", &format!("/bind {GROUP_CHATID}")] {
         let reply = app.ask(&chat, &member(), text).await;
-        assert!(reply.content.starts_with("⛔"), "{}", reply.content);
-        assert!(reply.content.contains("admins only"), "{}", reply.content);
+        assert_reply(&reply, "⛔", "admins only");
         assert_mentions(&reply, &member());
     }
     let api_calls: Vec<_> = app
@@ -156,7 +151,7 @@ async fn is_admin_from_the_payload_counts_only_when_trust_is_admin_is_on() {
     let payload_admin = Member::new("owner77", "Olga", true);
     let app = spawn_app().await;
     let reply = app.ask(&app.chat(GROUP), &payload_admin, "/lock-dm").await;
-    assert!(reply.content.starts_with("⛔"), "{}", reply.content);
+    assert_reply(&reply, "⛔", "");
 
     let trusting = spawn_app_with(Options {
         env: vec![("DINGOPS_TRUST_IS_ADMIN", "true".into())],
@@ -166,15 +161,14 @@ async fn is_admin_from_the_payload_counts_only_when_trust_is_admin_is_on() {
     let reply = trusting
         .ask(&trusting.chat(GROUP), &payload_admin, "/lock-dm")
         .await;
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+    assert_reply(&reply, "✅", "");
 }
 
 #[tokio::test]
 async fn lock_dm_in_an_unbound_group_is_refused_with_how_to_bind() {
     let app = spawn_app().await;
     let reply = app.ask(&app.chat(UNBOUND), &admin(), "/lock-dm").await;
-    assert!(reply.content.starts_with("⛔"), "{}", reply.content);
-    assert!(reply.content.contains("/bind <chatid>"), "{}", reply.content);
+    assert_reply(&reply, "⛔", "/bind <chatid>");
     assert!(app.sim.calls(Some(api::FRIEND_SWITCH)).is_empty());
     assert!(app.sim.calls(Some(api::GET_TOKEN)).is_empty());
 }
@@ -185,8 +179,7 @@ async fn commands_in_a_one_to_one_chat_explain_that_they_work_in_groups() {
     let mut chat: Chat = app.chat("cidPrivateChat==");
     chat.conversation_type = "1".into();
     let reply = app.ask(&chat, &admin(), "/lock-dm").await;
-    assert!(reply.content.starts_with("ℹ️"), "{}", reply.content);
-    assert!(reply.content.contains("group chats"), "{}", reply.content);
+    assert_reply(&reply, "ℹ️", "group chats");
     let api_calls: Vec<_> = app
         .sim
         .calls(None)
@@ -200,7 +193,7 @@ async fn commands_in_a_one_to_one_chat_explain_that_they_work_in_groups() {
 async fn help_lists_every_command_in_english_and_chinese() {
     let app = spawn_app().await;
     let reply = app.ask(&app.chat(GROUP), &member(), "/帮助").await;
-    assert!(reply.content.starts_with("ℹ️"), "{}", reply.content);
+    assert_reply(&reply, "ℹ️", "");
     for spec in dingops::command::COMMANDS {
         assert!(reply.content.contains(spec.name), "{}", reply.content);
         assert!(reply.content.contains(spec.alias), "{}", reply.content);
@@ -212,10 +205,10 @@ async fn unknown_commands_and_plain_text_get_a_hint_pointing_to_help() {
     let app = spawn_app().await;
     let chat = app.chat(GROUP);
     let unknown = app.ask(&chat, &admin(), "/reboot-everything").await;
-    assert!(unknown.content.starts_with("ℹ️"), "{}", unknown.content);
+    assert_reply(&unknown, "ℹ️", "");
     assert!(unknown.content.contains("/reboot-everything") && unknown.content.contains("/help"));
     let plain = app.ask(&chat, &admin(), "hello robot").await;
-    assert!(plain.content.contains("/help"), "{}", plain.content);
+    assert_reply(&plain, "", "/help");
 }
 
 #[tokio::test]
@@ -227,7 +220,7 @@ async fn a_picture_message_gets_a_hint_and_no_api_call() {
     body["content"] = json!({"downloadCode": "abc"});
     assert_eq!(app.post_signed(&body).await.0, 200);
     let reply = app.replies(1).await.pop().unwrap();
-    assert!(reply.content.contains("text commands"), "{}", reply.content);
+    assert_reply(&reply, "", "text commands");
 }
 
 #[tokio::test]
@@ -236,9 +229,8 @@ async fn a_missing_permission_60011_fails_with_the_permission_to_add() {
     app.sim
         .inject(api::FRIEND_SWITCH, Fault::Errcode { errcode: 60011 });
     let reply = app.ask(&app.chat(GROUP), &admin(), "/lock-dm").await;
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
-    assert!(reply.content.contains("60011"), "{}", reply.content);
-    assert!(reply.content.contains("qyapi_chat_manage"), "{}", reply.content);
+    assert_reply(&reply, "❌", "60011");
+    assert_reply(&reply, "", "qyapi_chat_manage");
     // A permanent error is not retried.
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
     assert!(!app.sim.group(GROUP).unwrap().dm_prohibited);
@@ -250,7 +242,7 @@ async fn an_invalid_bound_chatid_34001_fails_and_says_to_rebind() {
     let (status, msg_id) = app.say(&app.chat(STALE), &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
     let reply = app.replies(1).await.pop().unwrap();
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
+    assert_reply(&reply, "❌", "");
     assert!(
         reply.content.contains("34001") && reply.content.contains("/bind"),
         "{}",

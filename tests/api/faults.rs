@@ -27,7 +27,7 @@ async fn lock_with_faults(app: &TestApp, faults: &[Fault]) -> RecordedReply {
 }
 
 fn assert_done(reply: &RecordedReply) {
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+    assert_reply(reply, "✅", "");
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn a_token_rejected_twice_fails_instead_of_looping() {
     let app = spawn_app().await;
     let e = Fault::Errcode { errcode: 42001 };
     let reply = lock_with_faults(&app, &[e.clone(), e]).await;
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
+    assert_reply(&reply, "❌", "");
     assert_eq!(switch_answers(&app), vec![42001, 42001]);
     assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 2);
 }
@@ -104,7 +104,7 @@ async fn transient_failures_that_never_end_give_one_failure_reply_after_the_atte
     let app = spawn_app().await;
     let e = Fault::Errcode { errcode: 400001 };
     let reply = lock_with_faults(&app, &[e.clone(), e.clone(), e.clone(), e]).await;
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
+    assert_reply(&reply, "❌", "");
     assert!(
         reply.content.contains("400001") && reply.content.contains("try again"),
         "{}",
@@ -228,7 +228,7 @@ async fn a_command_killed_after_the_dingtalk_call_is_resumed_with_only_its_reply
     let sim = new_sim(Default::default());
     let replies = kill_during_hang_then_restart(&sim, api::SEND_BY_SESSION).await;
     assert_eq!(replies.len(), 1);
-    assert!(replies[0].content.starts_with("✅"), "{}", replies[0].content);
+    assert_reply(&replies[0], "✅", "");
     let calls = sim.calls(Some(api::FRIEND_SWITCH));
     assert_eq!(calls.len(), 1, "DingTalk was called again");
     assert_eq!(
@@ -242,7 +242,7 @@ async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_re
     let sim = new_sim(Default::default());
     let replies = kill_during_hang_then_restart(&sim, api::FRIEND_SWITCH).await;
     assert_eq!(replies.len(), 1);
-    assert!(replies[0].content.starts_with("✅"), "{}", replies[0].content);
+    assert_reply(&replies[0], "✅", "");
     // The hung call never answered; exactly one answered call did the change.
     let answers: Vec<i64> = sim
         .calls(Some(api::FRIEND_SWITCH))

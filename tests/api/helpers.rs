@@ -130,16 +130,9 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
 }
 
 impl TestApp {
-    /// A chat in `cid` with a fresh 90-minute session.
+    /// A group chat in `cid` with a fresh reply session.
     pub fn chat(&self, cid: &str) -> Chat {
-        let (url, exp) = self.sim.open_session(cid, Duration::from_secs(90 * 60));
-        Chat {
-            open_conversation_id: cid.into(),
-            title: format!("title of {cid}"),
-            conversation_type: "2".into(),
-            session_webhook: url,
-            session_expires_ms: exp,
-        }
+        session_chat(&self.sim, cid)
     }
 
     /// `who` types `text` in `chat`; returns the HTTP status and the msgId.
@@ -285,12 +278,27 @@ pub async fn wait_for_calls(
 
 /// A group chat in `cid` with a fresh ten-minute reply session.
 pub fn session_chat(sim: &Simulator, cid: &str) -> Chat {
-    let (url, exp) = sim.open_session(cid, Duration::from_secs(600));
+    let (url, _) = sim.open_session(cid, Duration::from_secs(600));
+    chat_with_webhook(cid, url)
+}
+
+/// A group chat in `cid` whose messages carry `session_webhook`, valid for ten minutes.
+pub fn chat_with_webhook(cid: &str, session_webhook: impl Into<String>) -> Chat {
     Chat {
         open_conversation_id: cid.into(),
-        title: "t".into(),
+        title: format!("title of {cid}"),
         conversation_type: "2".into(),
-        session_webhook: url,
-        session_expires_ms: exp,
+        session_webhook: session_webhook.into(),
+        session_expires_ms: dingops::clock::now_ms() + 600_000,
     }
+}
+
+/// Asserts that `reply` starts with the status `mark` and contains `text`.
+#[track_caller]
+pub fn assert_reply(reply: &RecordedReply, mark: &str, text: &str) {
+    assert!(
+        reply.content.starts_with(mark) && reply.content.contains(text),
+        "expected a reply starting with {mark} and containing {text:?}, got {:?}",
+        reply.content
+    );
 }

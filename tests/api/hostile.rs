@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use dingops::sim::chat::{Chat, new_msg_id, text_message};
+use dingops::sim::chat::{new_msg_id, text_message};
 use dingops::sim::{Fault, SimConfig, Simulator, api};
 use serde_json::{Value, json};
 
@@ -145,7 +145,7 @@ async fn rich_text_and_empty_text_get_a_hint_and_no_api_call() {
         "{}",
         replies[0].content
     );
-    assert!(replies[1].content.contains("/help"), "{}", replies[1].content);
+    assert_reply(&replies[1], "", "/help");
     assert!(app.sim.calls(Some(api::FRIEND_SWITCH)).is_empty());
 }
 
@@ -162,13 +162,7 @@ async fn session_webhooks_with_other_schemes_hosts_user_info_or_ip_literals_are_
         "https://oapi.dingtalk.com@evil.example/robot/sendBySession?session=x".to_owned(),
         "javascript:alert(1)".to_owned(),
     ] {
-        let chat = Chat {
-            open_conversation_id: GROUP.into(),
-            title: "t".into(),
-            conversation_type: "2".into(),
-            session_webhook: url.clone(),
-            session_expires_ms: dingops::clock::now_ms() + 600_000,
-        };
+        let chat = chat_with_webhook(GROUP, url.clone());
         let (status, msg_id) = app.say(&chat, &member(), "/help").await;
         assert_eq!(status, 200);
         let row = app.finished_row(&msg_id).await;
@@ -200,8 +194,7 @@ async fn an_oversized_answer_from_dingtalk_is_an_error_not_a_memory_spike() {
         app.sim.inject(api::FRIEND_SWITCH, huge.clone());
     }
     let reply = app.ask(&app.chat(GROUP), &admin(), "/lock-dm").await;
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
-    assert!(reply.content.contains("decode"), "{}", reply.content);
+    assert_reply(&reply, "❌", "decode");
     // A malformed answer is not retried.
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
 }
@@ -219,8 +212,7 @@ async fn an_admin_running_more_than_ten_commands_a_minute_is_told_to_slow_down()
         assert!(app.ask(&chat, &admin(), text).await.content.starts_with("✅"));
     }
     let eleventh = app.ask(&chat, &admin(), "/lock-dm").await;
-    assert!(eleventh.content.starts_with("⛔"), "{}", eleventh.content);
-    assert!(eleventh.content.contains("slow down"), "{}", eleventh.content);
+    assert_reply(&eleventh, "⛔", "slow down");
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 10);
     // Information is not limited, and another group is counted on its own.
     assert!(
@@ -230,7 +222,7 @@ async fn an_admin_running_more_than_ten_commands_a_minute_is_told_to_slow_down()
             .starts_with("ℹ️")
     );
     let other = app.ask(&app.chat(STALE), &admin(), "/lock-dm").await;
-    assert!(other.content.starts_with("❌"), "{}", other.content);
+    assert_reply(&other, "❌", "");
 }
 
 #[tokio::test]
@@ -243,9 +235,9 @@ async fn extra_mentions_and_unicode_around_a_command_still_parse() {
             "@张三 @李四\u{2005}/lock-dm\u{3000}@王五 ",
         )
         .await;
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+    assert_reply(&reply, "✅", "");
     let weird: Value = json!("\u{0}\u{1b}[31m/lock-dm\u{202e}");
     let reply = app.ask(&app.chat(GROUP), &admin(), weird.as_str().unwrap()).await;
-    assert!(reply.content.starts_with("ℹ️"), "{}", reply.content);
+    assert_reply(&reply, "ℹ️", "");
     assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
 }

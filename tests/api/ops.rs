@@ -122,15 +122,8 @@ async fn logs_at_trace_level_never_contain_the_secret_tokens_or_session_webhooks
         // Each step waits for its reply (or, when none can come, a moment) before the next.
         let mut say = async |cid: &str, text: &str, replies: bool| {
             let before = sim.replies().len();
-            let (url, exp) = sim.open_session(cid, Duration::from_secs(600));
-            webhooks.push(url.clone());
-            let chat = dingops::sim::chat::Chat {
-                open_conversation_id: cid.into(),
-                title: "t".into(),
-                conversation_type: "2".into(),
-                session_webhook: url,
-                session_expires_ms: exp,
-            };
+            let chat = session_chat(&sim, cid);
+            webhooks.push(chat.session_webhook.clone());
             let body =
                 dingops::sim::chat::text_message(&dingops::sim::chat::new_msg_id(), &chat, &admin(), text);
             sender.send(&body).await.unwrap();
@@ -291,7 +284,7 @@ async fn send_delivers_a_signed_callback_and_prints_the_status() {
     assert!(ok, "{out}");
     assert!(out.starts_with("HTTP 200"), "{out}");
     let reply = app.replies(1).await.pop().unwrap();
-    assert!(reply.content.starts_with("✅ @admin01"), "{}", reply.content);
+    assert_reply(&reply, "✅ @admin01", "");
     assert!(app.sim.group(GROUP).unwrap().dm_prohibited);
 }
 

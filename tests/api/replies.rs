@@ -2,7 +2,6 @@
 
 use std::net::TcpListener;
 
-use dingops::sim::chat::Chat;
 use dingops::sim::{SimConfig, Simulator, api};
 
 use crate::helpers::*;
@@ -33,13 +32,7 @@ async fn non_https_and_foreign_webhooks_are_refused() {
         "file:///etc/passwd",
         "not a url",
     ] {
-        let chat = Chat {
-            open_conversation_id: GROUP.into(),
-            title: "t".into(),
-            conversation_type: "2".into(),
-            session_webhook: url.into(),
-            session_expires_ms: dingops::clock::now_ms() + 600_000,
-        };
+        let chat = chat_with_webhook(GROUP, url);
         let (status, msg_id) = app.say(&chat, &member(), "/help").await;
         assert_eq!(status, 200);
         assert_eq!(

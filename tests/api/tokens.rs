@@ -40,7 +40,7 @@ async fn a_revoked_token_is_fetched_again_once_and_the_call_retried() {
     app.ask(&chat, &admin(), "/lock-dm").await;
     app.sim.revoke_tokens();
     let reply = app.ask(&chat, &admin(), "/unlock-dm").await;
-    assert!(reply.content.starts_with("✅"), "{}", reply.content);
+    assert_reply(&reply, "✅", "");
     assert_eq!(app.sim.calls(Some(api::GET_TOKEN)).len(), 2);
     let answers: Vec<i64> = app
         .sim
@@ -59,7 +59,7 @@ async fn wrong_credentials_fail_the_command_with_a_clear_reason_and_no_retry_sto
     })
     .await;
     let reply = app.ask(&app.chat(GROUP), &admin(), "/lock-dm").await;
-    assert!(reply.content.starts_with("❌"), "{}", reply.content);
+    assert_reply(&reply, "❌", "");
     assert!(
         reply.content.contains("app_key and app_secret"),
         "{}",
