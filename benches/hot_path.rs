@@ -10,7 +10,7 @@ use dingops::callback::payload::Callback;
 use dingops::callback::signature::Verifier;
 use dingops::clock::now_ms;
 use dingops::command::Command;
-use dingops::sim::chat::{Chat, Member, text_message};
+use dingtalk_sim::chat::{Chat, Member, text_message};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::SecretString;
 use sha2::Sha256;

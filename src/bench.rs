@@ -19,8 +19,8 @@ use tokio::net::TcpStream;
 
 use crate::callback::signature::Verifier;
 use crate::clock::now_ms;
-use crate::sim::chat::{Chat, Member, text_message};
-use crate::sim::{SimConfig, Simulator, api};
+use dingtalk_sim::chat::{Chat, Member, text_message};
+use dingtalk_sim::{SimConfig, Simulator, api};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -316,7 +316,7 @@ async fn start_dingops(
     command
         .arg("serve")
         .env_clear()
-        .envs(sim.dingops_env())
+        .envs(crate::demo::sim_env(sim))
         .env("DINGOPS_LISTEN", addr.to_string())
         .env("DINGOPS_ADMINS", "admin01")
         .env("DINGOPS_DATABASE", db)
@@ -420,7 +420,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
                 // DingTalk's msgIds are opaque random strings; random keys cost the ledger's
                 // unique index more than sequential ones would, so the bench uses them too.
                 let body = text_message(
-                    &format!("{prefix}{}", crate::sim::chat::new_msg_id()),
+                    &format!("{prefix}{}", dingtalk_sim::chat::new_msg_id()),
                     chat,
                     &admin,
                     text,
@@ -826,7 +826,7 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     let ts = now_ms().to_string();
     let sign = verifier.sign(&ts);
     let forged = Verifier::new("guess".to_owned().into(), 3600).sign(&ts);
-    let run = crate::sim::chat::new_msg_id();
+    let run = dingtalk_sim::chat::new_msg_id();
     let admin = Member::new("admin01", "Soak Admin", false);
     // The k-th valid command: the same body every time it is sent.
     let valid = {

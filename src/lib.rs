@@ -13,6 +13,9 @@ pub mod dingtalk;
 pub mod ledger;
 pub mod ops;
 pub mod server;
-pub mod sim;
 pub mod telemetry;
 pub mod worker;
+
+/// The DingTalk simulator, re-exported under its former path so code written against
+/// `dingops::sim` keeps building; new code can name the `dingtalk_sim` crate directly.
+pub use dingtalk_sim as sim;

@@ -12,9 +12,8 @@ use secrecy::ExposeSecret as _;
 use dingops::config::Settings;
 use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingops::server::{Application, RunOptions};
-use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
-use dingops::sim::{SimConfig, Simulator};
 use dingops::telemetry::LogFormat;
+use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 
 /// dingops: DingTalk group policy, one chat command away.
 #[derive(Parser)]
@@ -42,24 +41,8 @@ enum Cmd {
     Serve,
     /// Play a scripted group conversation against the built-in simulator; no account needed.
     Demo,
-    /// Run the DingTalk simulator alone.
-    Sim {
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: String,
-        /// AppKey the simulator accepts.
-        #[arg(long, default_value = "dingdemo-app-key")]
-        app_key: String,
-        /// AppSecret the simulator accepts.
-        #[arg(long, default_value = "demo-app-secret-not-for-production")]
-        app_secret: String,
-        /// A group as openConversationId=chatid (repeatable).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-        /// Calls per second per API before it answers 90018 (0 = no limit).
-        #[arg(long, default_value_t = 20)]
-        rate_limit: u32,
-    },
+    /// Run the DingTalk simulator alone (the same as the `dingtalk-sim` binary).
+    Sim(dingtalk_sim::cli::SimArgs),
     /// Send a correctly signed callback to a running dingops (smoke test).
     Send {
         /// Base URL of the running dingops, e.g. http://127.0.0.1:8080
@@ -178,42 +161,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Sim {
-            listen,
-            app_key,
-            app_secret,
-            groups,
-            rate_limit,
-        } => {
+        Cmd::Sim(args) => {
             dingops::telemetry::init(log_format, "info");
-            let listener =
-                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-            let sim = Simulator::start(
-                SimConfig {
-                    app_key,
-                    app_secret,
-                    rate_limit_per_sec: rate_limit,
-                    ..SimConfig::default()
-                },
-                listener,
-            )?;
-            for g in &groups {
-                let (cid, chatid) = g
-                    .rsplit_once('=')
-                    .with_context(|| format!("--group {g}: expected openConversationId=chatid"))?;
-                sim.add_group(cid, chatid, cid);
-            }
-            println!("DingTalk simulator on {}", sim.url());
-            println!(
-                "  point dingops at it: DINGOPS_OAPI_BASE={0} DINGOPS_API_BASE={0} DINGOPS_REPLY_HOSTS={1}",
-                sim.url(),
-                sim.host_port()
-            );
-            println!(
-                "  control: GET/POST /_sim/groups, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
-            );
-            tokio::signal::ctrl_c().await?;
-            sim.stop().await;
+            dingtalk_sim::cli::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Send {

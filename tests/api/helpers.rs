@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use dingops::config::Settings;
+use dingops::demo::sim_env;
 use dingops::ledger::{AuditRow, Ledger, SqliteLedger};
 use dingops::server::{Application, RunOptions};
-use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
-use dingops::sim::{RecordedReply, SimConfig, Simulator};
+use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use dingtalk_sim::{RecordedCall, RecordedReply, SimConfig, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -24,6 +25,18 @@ pub const STALE: &str = "cidGroupStaleeeeeee==";
 pub const STALE_CHATID: &str = "chatgonegone";
 /// A group nobody bound.
 pub const UNBOUND: &str = "cidGroupUnboundddd==";
+
+/// `sim.dingops_env()`: the `DINGOPS_*` environment that points a dingops at the simulator
+/// ([`dingops::demo::sim_env`]), as a method for the tests that call it that way.
+pub trait DingopsEnv {
+    fn dingops_env(&self) -> Vec<(&'static str, String)>;
+}
+
+impl DingopsEnv for Simulator {
+    fn dingops_env(&self) -> Vec<(&'static str, String)> {
+        sim_env(self)
+    }
+}
 
 pub fn admin() -> Member {
     Member::new("admin01", "Ada", false)
@@ -68,8 +81,7 @@ pub fn new_sim(config: SimConfig) -> Arc<Simulator> {
 /// The settings a test app runs with: the simulator as DingTalk, `admin01` as admin, GROUP
 /// and STALE bound in the configuration, then `extra` on top.
 pub fn settings_for(sim: &Simulator, db: PathBuf, extra: &[(&'static str, String)]) -> Settings {
-    let mut env: HashMap<String, String> = sim
-        .dingops_env()
+    let mut env: HashMap<String, String> = sim_env(sim)
         .into_iter()
         .chain([
             ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
@@ -233,7 +245,7 @@ pub fn spawn_binary_logging_to(
     std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
         .arg("serve")
         .env_clear()
-        .envs(sim.dingops_env())
+        .envs(sim_env(sim))
         .env("DINGOPS_LISTEN", format!("127.0.0.1:{port}"))
         .env("DINGOPS_ADMINS", "admin01")
         .env("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}"))
@@ -267,11 +279,7 @@ pub async fn wait_healthy(port: u16) {
 }
 
 /// Waits until `pred` holds for the simulator's recorded calls.
-pub async fn wait_for_calls(
-    sim: &Simulator,
-    what: &str,
-    pred: impl Fn(&[dingops::sim::RecordedCall]) -> bool,
-) {
+pub async fn wait_for_calls(sim: &Simulator, what: &str, pred: impl Fn(&[RecordedCall]) -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
     while !pred(&sim.calls(None)) {
         assert!(
