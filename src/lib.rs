@@ -3,7 +3,6 @@
 //!
 //! The binary (`main.rs`) is a thin CLI over these modules.
 
-pub mod bench;
 pub mod callback;
 pub mod clock;
 pub mod command;

@@ -1,7 +1,6 @@
 //! The dingops command line: a thin layer over the library.
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,45 +68,6 @@ enum Cmd {
     },
     /// Validate the configuration and try the real credentials and bindings.
     Check,
-    /// Load benchmark against a same-run baseline, all on loopback (see README, Performance).
-    Bench {
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Seconds per throughput phase.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Bound groups the load is spread over.
-        #[arg(long, default_value_t = 100)]
-        groups: usize,
-        /// Callbacks per second of the paced latency phase.
-        #[arg(long, default_value_t = 500)]
-        rate: u32,
-        /// Groups of the drain phase at 20 calls/s (0 skips it).
-        #[arg(long, default_value_t = 1000)]
-        drain_groups: usize,
-        /// RUST_LOG of the dingops under test (its logs go to /dev/null).
-        #[arg(long, default_value = "info")]
-        rust_log: String,
-    },
-    /// Soak test: many mixed callbacks, then checks that nothing was lost or doubled.
-    Soak {
-        /// Callbacks to send.
-        #[arg(long, default_value_t = 100_000)]
-        callbacks: u64,
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Bound groups.
-        #[arg(long, default_value_t = 200)]
-        groups: usize,
-    },
-    /// The benchmark's baseline server (used by `bench`).
-    #[command(hide = true)]
-    BenchBaseline {
-        #[arg(long)]
-        listen: String,
-    },
     /// Show the ledger's history: who ran what, where, when, with what result.
     Audit {
         /// Only this group (openConversationId).
@@ -194,46 +154,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
-        }
-        Cmd::Bench {
-            connections,
-            seconds,
-            groups,
-            rate,
-            drain_groups,
-            rust_log,
-        } => {
-            let opts = dingops::bench::BenchOptions {
-                connections,
-                duration: std::time::Duration::from_secs(seconds),
-                groups,
-                rate,
-                drain_groups,
-                rust_log,
-            };
-            let mut out = std::io::stdout();
-            dingops::bench::run(&opts, &mut out).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Soak {
-            callbacks,
-            connections,
-            groups,
-        } => {
-            let opts = dingops::bench::SoakOptions {
-                callbacks,
-                connections,
-                groups,
-            };
-            let mut out = std::io::stdout();
-            let ok = dingops::bench::soak(&opts, &mut out).await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-        Cmd::BenchBaseline { listen } => {
-            let listener =
-                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-            dingops::bench::serve_baseline(listener, 2).await?;
-            Ok(ExitCode::SUCCESS)
         }
         Cmd::Check => {
             dingops::telemetry::init(log_format, "error");
