@@ -7,6 +7,7 @@ pub mod callback;
 pub mod clock;
 pub mod command;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dingtalk;
 pub mod ledger;
@@ -17,4 +18,5 @@ pub mod worker;
 
 /// The DingTalk simulator, re-exported under its former path so code written against
 /// `dingops::sim` keeps building; new code can name the `dingtalk_sim` crate directly.
+#[cfg(feature = "demo")]
 pub use dingtalk_sim as sim;

@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret as _;
+use secrecy::SecretString;
+use serde_json::{Value, json};
 
+use dingops::callback::signature::Verifier;
 use dingops::config::Settings;
 use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingops::server::{Application, RunOptions};
 use dingops::telemetry::LogFormat;
-use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 
 /// dingops: DingTalk group policy, one chat command away.
 #[derive(Parser)]
@@ -39,8 +40,10 @@ enum Cmd {
     /// Run the service (the default).
     Serve,
     /// Play a scripted group conversation against the built-in simulator; no account needed.
+    #[cfg(feature = "demo")]
     Demo,
     /// Run the DingTalk simulator alone (the same as the `dingtalk-sim` binary).
+    #[cfg(feature = "demo")]
     Sim(dingtalk_sim::cli::SimArgs),
     /// Send a correctly signed callback to a running dingops (smoke test).
     Send {
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Cmd::Demo => {
             dingops::telemetry::init(log_format, "error");
             let mut out = std::io::stdout();
@@ -121,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        #[cfg(feature = "demo")]
         Cmd::Sim(args) => {
             dingops::telemetry::init(log_format, "info");
             dingtalk_sim::cli::serve(args).await?;
@@ -135,17 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session_webhook,
         } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let client = CallbackSender::new(&url, settings.app_secret.expose_secret().to_owned().into());
-            let chat = Chat {
-                open_conversation_id: group,
-                title: "dingops smoke test".into(),
-                conversation_type: "2".into(),
-                session_webhook,
-                session_expires_ms: dingops::clock::now_ms() + 90 * 60 * 1000,
-            };
-            let body = text_message(&new_msg_id(), &chat, &Member::new(&sender, &sender, admin), &text);
-            let (status, answer) = client
-                .send(&body)
+            let body = smoke_callback(&group, &sender, admin, &text, &session_webhook);
+            let (status, answer) = post_signed(&url, &settings.app_secret, &body)
                 .await
                 .with_context(|| format!("cannot reach {url}"))?;
             println!("HTTP {status} {answer}");
@@ -210,4 +206,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The callback DingTalk would send when `sender` @-mentions the robot in `group` and types
+/// `text`, with a fresh msgId and a reply session valid for 90 minutes. `send` builds it
+/// here rather than with the simulator's builder so that builds without the simulator (the
+/// `demo` feature) keep this smoke test.
+fn smoke_callback(group: &str, sender: &str, admin: bool, text: &str, session_webhook: &str) -> Value {
+    use rand::RngExt as _;
+    let now = dingops::clock::now_ms();
+    let msg_id = format!("smoke{:032x}", rand::rng().random::<u128>());
+    json!({
+        "msgId": msg_id,
+        "msgtype": "text",
+        "createAt": now,
+        "conversationId": group,
+        "conversationType": "2",
+        "conversationTitle": "dingops smoke test",
+        "senderStaffId": sender,
+        "senderNick": sender,
+        "isAdmin": admin,
+        "isInAtList": true,
+        // DingTalk strips the robot's @name and leaves a leading space.
+        "text": {"content": format!(" {text}")},
+        "sessionWebhook": session_webhook,
+        "sessionWebhookExpiredTime": now + 90 * 60 * 1000,
+    })
+}
+
+/// Posts `body` to the dingops at `base_url` with `timestamp` and `sign` headers for now,
+/// signed with `secret`; returns the HTTP status and the answer.
+async fn post_signed(base_url: &str, secret: &SecretString, body: &Value) -> reqwest::Result<(u16, String)> {
+    let timestamp = dingops::clock::now_ms().to_string();
+    let sign = Verifier::new(secret.clone(), 0).sign(&timestamp);
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?
+        .post(format!("{}/callback", base_url.trim_end_matches('/')))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("timestamp", timestamp)
+        .header("sign", sign)
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
 }
