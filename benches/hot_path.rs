@@ -10,7 +10,7 @@ use dingops::clock::now_ms;
 use dingops::command::Command;
 use dingops::ingress::payload::Callback;
 use dingops::ingress::signature::Verifier;
-use dingops::sim::chat::{Chat, Member, text_message};
+use dingtalk_sim::chat::{Chat, Member, text_message};
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::SecretString;
 use sha2::Sha256;

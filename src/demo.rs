@@ -1,5 +1,6 @@
-//! `dingops demo`: the built-in simulator and the real server on loopback, a scripted group
-//! conversation, printed as a chat transcript. Success only when every step behaved.
+//! `dingops demo`: the DingTalk simulator (the `dingtalk-sim` crate) and the real server on
+//! loopback, a scripted group conversation, printed as a chat transcript. Success only when
+//! every step behaved. Also how dingops is pointed at a simulator ([`sim_env`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,10 +10,11 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::Value;
 
+use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use dingtalk_sim::{RecordedCall, SimConfig, Simulator, api};
+
 use crate::config::Settings;
 use crate::server::{Application, RunOptions};
-use crate::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
-use crate::sim::{SimConfig, Simulator, api};
 
 const GROUP_CID: &str = "cidDemoGroupQ2hhdE9wcw==";
 const GROUP_CHATID: &str = "chatdemo0a1b2c3d";
@@ -156,7 +158,7 @@ fn clock() -> String {
     t.get(11..19).unwrap_or(&t).to_owned()
 }
 
-fn describe_call(call: &crate::sim::RecordedCall) -> String {
+fn describe_call(call: &RecordedCall) -> String {
     let what = match call.api.as_str() {
         api::FRIEND_SWITCH => format!(
             "friendswitch/update chatid={} is_prohibit={}",
@@ -179,6 +181,34 @@ fn describe_call(call: &crate::sim::RecordedCall) -> String {
     format!("{what} → {answer}")
 }
 
+/// The `DINGOPS_*` environment that points a dingops at `sim`: the app credentials it
+/// accepts, its address as both API bases, and its `host:port` as the one reply host.
+pub fn sim_env(sim: &Simulator) -> Vec<(&'static str, String)> {
+    vec![
+        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
+        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
+        ("DINGOPS_OAPI_BASE", sim.url().to_owned()),
+        ("DINGOPS_API_BASE", sim.url().to_owned()),
+        ("DINGOPS_REPLY_HOSTS", sim.host_port().to_owned()),
+    ]
+}
+
+/// Settings of a dingops whose DingTalk is `sim`: its credentials, its URL as both API bases
+/// and its address as the one reply host; everything else at its default.
+pub fn sim_settings(sim: &Simulator) -> Settings {
+    let config = sim.config();
+    let mut s = Settings::with_credentials(&config.app_key, &config.app_secret)
+        .unwrap_or_else(|e| unreachable!("the simulator's credentials are valid settings: {e}"));
+    if let Ok(url) = url::Url::parse(sim.url()) {
+        s.dingtalk.oapi_base = url.clone();
+        s.dingtalk.api_base = url;
+    }
+    if let Ok(host) = crate::domain::ReplyHost::parse(sim.host_port()) {
+        s.worker.reply_hosts = crate::domain::ReplyHosts::new(vec![host]);
+    }
+    s
+}
+
 /// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
 pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
     let sim_config = SimConfig::default();
@@ -188,19 +218,11 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
 
     let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
     std::fs::create_dir_all(&dir)?;
-    let env: HashMap<String, String> = sim
-        .dingops_env()
-        .into_iter()
-        .chain([
-            ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
-            ("DINGOPS_ADMINS", "manager01".into()),
-            ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
-            ("DINGOPS_DATABASE", dir.join("demo.db").display().to_string()),
-            ("DINGOPS_SHUTDOWN_GRACE_SECS", "5".into()),
-        ])
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    let settings = Settings::from_sources(None, &env)?;
+    let mut settings = sim_settings(&sim);
+    settings.worker.admins = vec!["manager01".into()];
+    settings.worker.trust_is_admin = false;
+    settings.ledger.database = dir.join("demo.db");
+    settings.server.shutdown_grace_secs = 5;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let app = Application::build_with_listener(
         settings,

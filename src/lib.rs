@@ -3,10 +3,10 @@
 //!
 //! The binary (`main.rs`) is a thin CLI over these modules.
 
-pub mod bench;
 pub mod clock;
 pub mod command;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dingtalk;
 pub mod domain;
@@ -14,6 +14,5 @@ pub mod ingress;
 pub mod ledger;
 pub mod ops;
 pub mod server;
-pub mod sim;
 pub mod telemetry;
 pub mod worker;

@@ -1,19 +1,18 @@
 //! The dingops command line: a thin layer over the library.
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use secrecy::ExposeSecret as _;
+use secrecy::SecretString;
+use serde_json::{Value, json};
 
 use dingops::config::Settings;
+use dingops::ingress::signature::Verifier;
 use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingops::server::{Application, RunOptions};
-use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
-use dingops::sim::{SimConfig, Simulator};
 use dingops::telemetry::LogFormat;
 
 /// dingops: DingTalk group policy, one chat command away.
@@ -41,25 +40,11 @@ enum Cmd {
     /// Run the service (the default).
     Serve,
     /// Play a scripted group conversation against the built-in simulator; no account needed.
+    #[cfg(feature = "demo")]
     Demo,
-    /// Run the DingTalk simulator alone.
-    Sim {
-        /// Listen address.
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: String,
-        /// AppKey the simulator accepts.
-        #[arg(long, default_value = "dingdemo-app-key")]
-        app_key: String,
-        /// AppSecret the simulator accepts.
-        #[arg(long, default_value = "demo-app-secret-not-for-production")]
-        app_secret: String,
-        /// A group as openConversationId=chatid (repeatable).
-        #[arg(long = "group")]
-        groups: Vec<String>,
-        /// Calls per second per API before it answers 90018 (0 = no limit).
-        #[arg(long, default_value_t = 20)]
-        rate_limit: u32,
-    },
+    /// Run the DingTalk simulator alone (the same as the `dingtalk-sim` binary).
+    #[cfg(feature = "demo")]
+    Sim(dingtalk_sim::cli::SimArgs),
     /// Send a correctly signed callback to a running dingops (smoke test).
     Send {
         /// Base URL of the running dingops, e.g. http://127.0.0.1:8080
@@ -86,45 +71,6 @@ enum Cmd {
     },
     /// Validate the configuration and try the real credentials and bindings.
     Check,
-    /// Load benchmark against a same-run baseline, all on loopback (see README, Performance).
-    Bench {
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Seconds per throughput phase.
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        /// Bound groups the load is spread over.
-        #[arg(long, default_value_t = 100)]
-        groups: usize,
-        /// Callbacks per second of the paced latency phase.
-        #[arg(long, default_value_t = 500)]
-        rate: u32,
-        /// Groups of the drain phase at 20 calls/s (0 skips it).
-        #[arg(long, default_value_t = 1000)]
-        drain_groups: usize,
-        /// RUST_LOG of the dingops under test (its logs go to /dev/null).
-        #[arg(long, default_value = "info")]
-        rust_log: String,
-    },
-    /// Soak test: many mixed callbacks, then checks that nothing was lost or doubled.
-    Soak {
-        /// Callbacks to send.
-        #[arg(long, default_value_t = 100_000)]
-        callbacks: u64,
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        /// Bound groups.
-        #[arg(long, default_value_t = 200)]
-        groups: usize,
-    },
-    /// The benchmark's baseline server (used by `bench`).
-    #[command(hide = true)]
-    BenchBaseline {
-        #[arg(long)]
-        listen: String,
-    },
     /// Show the ledger's history: who ran what, where, when, with what result.
     Audit {
         /// Only this group (openConversationId).
@@ -171,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "demo")]
         Cmd::Demo => {
             dingops::telemetry::init(log_format, "error");
             let mut out = std::io::stdout();
@@ -178,42 +125,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Sim {
-            listen,
-            app_key,
-            app_secret,
-            groups,
-            rate_limit,
-        } => {
+        #[cfg(feature = "demo")]
+        Cmd::Sim(args) => {
             dingops::telemetry::init(log_format, "info");
-            let listener =
-                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-            let sim = Simulator::start(
-                SimConfig {
-                    app_key,
-                    app_secret,
-                    rate_limit_per_sec: rate_limit,
-                    ..SimConfig::default()
-                },
-                listener,
-            )?;
-            for g in &groups {
-                let (cid, chatid) = g
-                    .rsplit_once('=')
-                    .with_context(|| format!("--group {g}: expected openConversationId=chatid"))?;
-                sim.add_group(cid, chatid, cid);
-            }
-            println!("DingTalk simulator on {}", sim.url());
-            println!(
-                "  point dingops at it: DINGOPS_OAPI_BASE={0} DINGOPS_API_BASE={0} DINGOPS_REPLY_HOSTS={1}",
-                sim.url(),
-                sim.host_port()
-            );
-            println!(
-                "  control: GET/POST /_sim/groups, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
-            );
-            tokio::signal::ctrl_c().await?;
-            sim.stop().await;
+            dingtalk_sim::cli::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Send {
@@ -225,20 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             session_webhook,
         } => {
             let settings = Settings::load(cli.config.as_deref())?;
-            let client = CallbackSender::new(
-                &url,
-                settings.dingtalk.app_secret.expose_secret().to_owned().into(),
-            );
-            let chat = Chat {
-                open_conversation_id: group,
-                title: "dingops smoke test".into(),
-                conversation_type: "2".into(),
-                session_webhook,
-                session_expires_ms: dingops::clock::now_ms() + 90 * 60 * 1000,
-            };
-            let body = text_message(&new_msg_id(), &chat, &Member::new(&sender, &sender, admin), &text);
-            let (status, answer) = client
-                .send(&body)
+            let body = smoke_callback(&group, &sender, admin, &text, &session_webhook);
+            let (status, answer) = post_signed(&url, &settings.dingtalk.app_secret, &body)
                 .await
                 .with_context(|| format!("cannot reach {url}"))?;
             println!("HTTP {status} {answer}");
@@ -247,46 +150,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
-        }
-        Cmd::Bench {
-            connections,
-            seconds,
-            groups,
-            rate,
-            drain_groups,
-            rust_log,
-        } => {
-            let opts = dingops::bench::BenchOptions {
-                connections,
-                duration: std::time::Duration::from_secs(seconds),
-                groups,
-                rate,
-                drain_groups,
-                rust_log,
-            };
-            let mut out = std::io::stdout();
-            dingops::bench::run(&opts, &mut out).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Soak {
-            callbacks,
-            connections,
-            groups,
-        } => {
-            let opts = dingops::bench::SoakOptions {
-                callbacks,
-                connections,
-                groups,
-            };
-            let mut out = std::io::stdout();
-            let ok = dingops::bench::soak(&opts, &mut out).await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-        }
-        Cmd::BenchBaseline { listen } => {
-            let listener =
-                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
-            dingops::bench::serve_baseline(listener, 2).await?;
-            Ok(ExitCode::SUCCESS)
         }
         Cmd::Check => {
             dingops::telemetry::init(log_format, "error");
@@ -343,4 +206,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The callback DingTalk would send when `sender` @-mentions the robot in `group` and types
+/// `text`, with a fresh msgId and a reply session valid for 90 minutes. `send` builds it
+/// here rather than with the simulator's builder so that builds without the simulator (the
+/// `demo` feature) keep this smoke test.
+fn smoke_callback(group: &str, sender: &str, admin: bool, text: &str, session_webhook: &str) -> Value {
+    use rand::RngExt as _;
+    let now = dingops::clock::now_ms();
+    let msg_id = format!("smoke{:032x}", rand::rng().random::<u128>());
+    json!({
+        "msgId": msg_id,
+        "msgtype": "text",
+        "createAt": now,
+        "conversationId": group,
+        "conversationType": "2",
+        "conversationTitle": "dingops smoke test",
+        "senderStaffId": sender,
+        "senderNick": sender,
+        "isAdmin": admin,
+        "isInAtList": true,
+        // DingTalk strips the robot's @name and leaves a leading space.
+        "text": {"content": format!(" {text}")},
+        "sessionWebhook": session_webhook,
+        "sessionWebhookExpiredTime": now + 90 * 60 * 1000,
+    })
+}
+
+/// Posts `body` to the dingops at `base_url` with `timestamp` and `sign` headers for now,
+/// signed with `secret`; returns the HTTP status and the answer.
+async fn post_signed(base_url: &str, secret: &SecretString, body: &Value) -> reqwest::Result<(u16, String)> {
+    let timestamp = dingops::clock::now_ms().to_string();
+    let sign = Verifier::new(secret.clone(), 0).sign(&timestamp);
+    let response = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?
+        .post(format!("{}/callback", base_url.trim_end_matches('/')))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("timestamp", timestamp)
+        .header("sign", sign)
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
 }

@@ -2,13 +2,13 @@
 //! the reply posted in the chat.
 
 use dingops::ledger::Ledger as _;
-use dingops::sim::chat::{Chat, Member, new_msg_id, text_message};
-use dingops::sim::{Fault, api};
+use dingtalk_sim::chat::{Chat, Member, new_msg_id, text_message};
+use dingtalk_sim::{Fault, api};
 use serde_json::json;
 
 use crate::helpers::*;
 
-fn assert_mentions(reply: &dingops::sim::RecordedReply, who: &Member) {
+fn assert_mentions(reply: &dingtalk_sim::RecordedReply, who: &Member) {
     assert_eq!(reply.at_user_ids, vec![who.staff_id.clone()]);
     assert!(
         reply.content.contains(&format!("@{}", who.staff_id)),
@@ -154,7 +154,7 @@ async fn is_admin_from_the_payload_counts_only_when_trust_is_admin_is_on() {
     assert_reply(&reply, "⛔", "");
 
     let trusting = spawn_app_with(Options {
-        env: vec![("DINGOPS_TRUST_IS_ADMIN", "true".into())],
+        settings: Some(Box::new(|s| s.worker.trust_is_admin = true)),
         ..Options::default()
     })
     .await;

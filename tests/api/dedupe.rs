@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dingops::sim::api;
-use dingops::sim::chat::{new_msg_id, text_message};
+use dingtalk_sim::api;
+use dingtalk_sim::chat::{new_msg_id, text_message};
 
 use crate::helpers::*;
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dingops::sim::chat::{Chat, new_msg_id, text_message};
-use dingops::sim::{Fault, RecordedReply, Simulator, api};
+use dingtalk_sim::chat::{Chat, new_msg_id, text_message};
+use dingtalk_sim::{Fault, RecordedReply, Simulator, api};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -64,7 +64,7 @@ async fn a_dropped_connection_is_retried() {
 #[tokio::test]
 async fn a_hang_longer_than_the_timeout_is_abandoned_and_retried() {
     let app = spawn_app_with(Options {
-        env: vec![("DINGOPS_UPSTREAM_TIMEOUT_MS", "300".into())],
+        settings: Some(Box::new(|s| s.dingtalk.upstream_timeout_ms = 300)),
         ..Options::default()
     })
     .await;
@@ -116,7 +116,7 @@ async fn transient_failures_that_never_end_give_one_failure_reply_after_the_atte
 #[tokio::test]
 async fn a_hanging_dingtalk_does_not_hold_up_the_callback_route_or_other_commands() {
     let app = spawn_app_with(Options {
-        env: vec![("DINGOPS_UPSTREAM_TIMEOUT_MS", "3000".into())],
+        settings: Some(Box::new(|s| s.dingtalk.upstream_timeout_ms = 3000)),
         ..Options::default()
     })
     .await;
@@ -142,15 +142,12 @@ async fn a_burst_of_200_locks_across_200_groups_never_trips_the_rate_limit() {
     for (cid, chat) in &groups {
         sim.add_group(cid, chat, cid);
     }
-    let bindings = groups
-        .iter()
-        .map(|(c, h)| format!("{c}={h}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let pairs: Vec<(&str, &str)> = groups.iter().map(|(c, h)| (c.as_str(), h.as_str())).collect();
+    let bound = bindings(&pairs);
     let app = Arc::new(
         spawn_app_with(Options {
             sim: Some(sim),
-            env: vec![("DINGOPS_GROUPS", bindings)],
+            settings: Some(Box::new(move |s| s.worker.groups = bound)),
             ..Options::default()
         })
         .await,
@@ -200,7 +197,7 @@ async fn kill_during_hang_then_restart(sim: &Simulator, hang_api: &str) -> Vec<R
     let mut first = spawn_binary(sim, port, &db, &[]);
     wait_healthy(port).await;
     sim.inject(hang_api, Fault::Hang);
-    let sender = dingops::sim::chat::CallbackSender::new(
+    let sender = dingtalk_sim::chat::CallbackSender::new(
         &format!("http://127.0.0.1:{port}"),
         sim.config().app_secret.clone().into(),
     );
@@ -256,10 +253,10 @@ async fn a_command_killed_before_the_dingtalk_call_completed_is_run_after_the_re
 #[tokio::test]
 async fn a_backlog_larger_than_memory_waits_in_the_ledger_and_each_group_runs_in_order() {
     let app = spawn_app_with(Options {
-        env: vec![
-            ("DINGOPS_QUEUE_CAPACITY", "2".into()),
-            ("DINGOPS_COMMAND_CONCURRENCY", "2".into()),
-        ],
+        settings: Some(Box::new(|s| {
+            s.worker.queue_capacity = 2;
+            s.worker.command_concurrency = 2;
+        })),
         ..Options::default()
     })
     .await;

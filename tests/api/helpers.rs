@@ -1,6 +1,6 @@
 //! Spawning dingops against the simulator, and talking to it like DingTalk does.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use dingops::config::Settings;
+pub use dingops::demo::{sim_env, sim_settings};
+use dingops::domain::ChatId;
 use dingops::ledger::{AuditRow, Ledger, SqliteLedger};
 use dingops::server::{Application, RunOptions};
-use dingops::sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
-use dingops::sim::{RecordedReply, SimConfig, Simulator};
+use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use dingtalk_sim::{RecordedCall, RecordedReply, SimConfig, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -39,10 +41,14 @@ pub fn init_logs() {
     }
 }
 
+/// A change to the test settings.
+pub type Tweak = Box<dyn FnOnce(&mut Settings)>;
+
 /// How to spawn.
 #[derive(Default)]
 pub struct Options {
-    pub env: Vec<(&'static str, String)>,
+    /// Changes to the test settings.
+    pub settings: Option<Tweak>,
     pub sim: Option<Arc<Simulator>>,
     pub dir: Option<Arc<tempfile::TempDir>>,
     pub sim_config: SimConfig,
@@ -66,33 +72,29 @@ pub fn new_sim(config: SimConfig) -> Arc<Simulator> {
 }
 
 /// The settings a test app runs with: the simulator as DingTalk, `admin01` as admin, GROUP
-/// and STALE bound in the configuration, then `extra` on top.
-pub fn settings_for(sim: &Simulator, db: PathBuf, extra: &[(&'static str, String)]) -> Settings {
-    let mut env: HashMap<String, String> = sim
-        .dingops_env()
-        .into_iter()
-        .chain([
-            ("DINGOPS_LISTEN", "127.0.0.1:0".into()),
-            ("DINGOPS_ADMINS", "admin01".into()),
-            ("DINGOPS_TRUST_IS_ADMIN", "false".into()),
-            ("DINGOPS_DATABASE", db.display().to_string()),
-            (
-                "DINGOPS_GROUPS",
-                format!("{GROUP}={GROUP_CHATID},{STALE}={STALE_CHATID}"),
-            ),
-            ("DINGOPS_SHUTDOWN_GRACE_SECS", "10".into()),
-            ("DINGOPS_UPSTREAM_TIMEOUT_MS", "2000".into()),
-            ("DINGOPS_RETRY_BASE_MS", "20".into()),
-            // Tests that send many admin commands are not about the per-sender limit;
-            // hostile.rs turns it on where it is.
-            ("DINGOPS_ADMIN_COMMANDS_PER_MINUTE", "0".into()),
-        ])
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    for (k, v) in extra {
-        env.insert((*k).to_owned(), v.clone());
-    }
-    Settings::from_sources(None, &env).expect("test settings are valid")
+/// and STALE bound in the configuration, short timeouts.
+pub fn settings_for(sim: &Simulator, db: PathBuf) -> Settings {
+    let mut s = sim_settings(sim);
+    s.server.listen = "127.0.0.1:0".parse().unwrap();
+    s.server.shutdown_grace_secs = 10;
+    s.worker.admins = vec!["admin01".into()];
+    s.worker.trust_is_admin = false;
+    s.worker.groups = bindings(&[(GROUP, GROUP_CHATID), (STALE, STALE_CHATID)]);
+    // Tests that send many admin commands are not about the per-sender limit; hostile.rs
+    // turns it on where it is.
+    s.worker.admin_commands_per_minute = 0;
+    s.ledger.database = db;
+    s.dingtalk.upstream_timeout_ms = 2000;
+    s.dingtalk.retry_base_ms = 20;
+    s
+}
+
+/// Static bindings openConversationId → chatid.
+pub fn bindings(pairs: &[(&str, &str)]) -> BTreeMap<String, ChatId> {
+    pairs
+        .iter()
+        .map(|(cid, chat)| ((*cid).to_owned(), ChatId::parse(chat).unwrap()))
+        .collect()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -103,7 +105,10 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     init_logs();
     let sim = opts.sim.unwrap_or_else(|| new_sim(opts.sim_config.clone()));
     let dir = opts.dir.unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
-    let settings = settings_for(&sim, dir.path().join("ledger.db"), &opts.env);
+    let mut settings = settings_for(&sim, dir.path().join("ledger.db"));
+    if let Some(tweak) = opts.settings {
+        tweak(&mut settings);
+    }
     let secret = sim.config().app_secret.clone();
     let app = Application::build_with_listener(
         settings,
@@ -226,7 +231,7 @@ pub fn spawn_binary_logging_to(
     std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
         .arg("serve")
         .env_clear()
-        .envs(sim.dingops_env())
+        .envs(sim_env(sim))
         .env("DINGOPS_LISTEN", format!("127.0.0.1:{port}"))
         .env("DINGOPS_ADMINS", "admin01")
         .env("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}"))
@@ -260,11 +265,7 @@ pub async fn wait_healthy(port: u16) {
 }
 
 /// Waits until `pred` holds for the simulator's recorded calls.
-pub async fn wait_for_calls(
-    sim: &Simulator,
-    what: &str,
-    pred: impl Fn(&[dingops::sim::RecordedCall]) -> bool,
-) {
+pub async fn wait_for_calls(sim: &Simulator, what: &str, pred: impl Fn(&[RecordedCall]) -> bool) {
     let end = Instant::now() + Duration::from_secs(10);
     while !pred(&sim.calls(None)) {
         assert!(

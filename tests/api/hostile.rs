@@ -4,8 +4,8 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use dingops::sim::chat::{new_msg_id, text_message};
-use dingops::sim::{Fault, SimConfig, Simulator, api};
+use dingtalk_sim::chat::{new_msg_id, text_message};
+use dingtalk_sim::{Fault, SimConfig, Simulator, api};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -202,7 +202,7 @@ async fn an_oversized_answer_from_dingtalk_is_an_error_not_a_memory_spike() {
 #[tokio::test]
 async fn an_admin_running_more_than_ten_commands_a_minute_is_told_to_slow_down() {
     let app = spawn_app_with(Options {
-        env: vec![("DINGOPS_ADMIN_COMMANDS_PER_MINUTE", "10".into())],
+        settings: Some(Box::new(|s| s.worker.admin_commands_per_minute = 10)),
         ..Options::default()
     })
     .await;

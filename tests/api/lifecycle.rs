@@ -3,8 +3,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dingops::sim::chat::{CallbackSender, new_msg_id, text_message};
-use dingops::sim::{Fault, api};
+use dingtalk_sim::chat::{CallbackSender, new_msg_id, text_message};
+use dingtalk_sim::{Fault, api};
 use secrecy::SecretString;
 
 use crate::helpers::*;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dingops::sim::chat::{new_msg_id, text_message};
+use dingtalk_sim::chat::{new_msg_id, text_message};
 use serde_json::Value;
 
 use crate::helpers::*;

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dingops::config::Settings;
-use dingops::sim::{Fault, api};
+use dingtalk_sim::{Fault, api};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -39,8 +39,8 @@ fn metric(text: &str, line_start: &str) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_accepted_duplicate_and_rejected_callbacks_and_what_followed() {
     let app = spawn_app().await;
-    let body = dingops::sim::chat::text_message(
-        &dingops::sim::chat::new_msg_id(),
+    let body = dingtalk_sim::chat::text_message(
+        &dingtalk_sim::chat::new_msg_id(),
         &app.chat(GROUP),
         &admin(),
         "/lock-dm",
@@ -114,7 +114,7 @@ async fn logs_at_trace_level_never_contain_the_secret_tokens_or_session_webhooks
         let log_file = std::fs::File::create(&log_path).unwrap();
         let mut child = spawn_binary_logging_to(&sim, port, &db, &env, log_file.into());
         wait_healthy(port).await;
-        let sender = dingops::sim::chat::CallbackSender::new(
+        let sender = dingtalk_sim::chat::CallbackSender::new(
             &format!("http://127.0.0.1:{port}"),
             sim.config().app_secret.clone().into(),
         );
@@ -125,7 +125,7 @@ async fn logs_at_trace_level_never_contain_the_secret_tokens_or_session_webhooks
             let chat = session_chat(&sim, cid);
             webhooks.push(chat.session_webhook.clone());
             let body =
-                dingops::sim::chat::text_message(&dingops::sim::chat::new_msg_id(), &chat, &admin(), text);
+                dingtalk_sim::chat::text_message(&dingtalk_sim::chat::new_msg_id(), &chat, &admin(), text);
             sender.send(&body).await.unwrap();
             if replies {
                 let got = sim.wait_for_replies(before + 1, Duration::from_secs(10)).await;
@@ -182,8 +182,8 @@ async fn logs_at_trace_level_never_contain_the_secret_tokens_or_session_webhooks
     }
 }
 
-fn check_env(sim: &dingops::sim::Simulator, dir: &std::path::Path) -> Vec<(&'static str, String)> {
-    let mut env = sim.dingops_env();
+fn check_env(sim: &dingtalk_sim::Simulator, dir: &std::path::Path) -> Vec<(&'static str, String)> {
+    let mut env = sim_env(sim);
     env.extend([
         ("DINGOPS_ADMINS", "admin01".into()),
         ("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")),

@@ -2,7 +2,7 @@
 
 use std::net::TcpListener;
 
-use dingops::sim::{SimConfig, Simulator, api};
+use dingtalk_sim::{SimConfig, Simulator, api};
 
 use crate::helpers::*;
 
@@ -116,7 +116,7 @@ async fn a_reply_dingtalk_refuses_is_recorded_with_its_errcode_and_not_retried()
     let app = spawn_app().await;
     app.sim.inject(
         api::SEND_BY_SESSION,
-        dingops::sim::Fault::Errcode { errcode: 310000 },
+        dingtalk_sim::Fault::Errcode { errcode: 310000 },
     );
     let (_, msg_id) = app.say(&app.chat(GROUP), &member(), "/help").await;
     assert_eq!(

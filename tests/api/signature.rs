@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dingops::clock::now_ms;
 use dingops::ingress::signature::Verifier;
-use dingops::sim::chat::{new_msg_id, text_message};
+use dingtalk_sim::chat::{new_msg_id, text_message};
 use secrecy::SecretString;
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use dingops::sim::api;
+use dingtalk_sim::api;
 
 use crate::helpers::*;
 
@@ -54,7 +54,7 @@ async fn a_revoked_token_is_fetched_again_once_and_the_call_retried() {
 #[tokio::test]
 async fn wrong_credentials_fail_the_command_with_a_clear_reason_and_no_retry_storm() {
     let app = spawn_app_with(Options {
-        env: vec![("DINGOPS_APP_KEY", "not-the-app".into())],
+        settings: Some(Box::new(|s| s.dingtalk.app_key = "not-the-app".into())),
         ..Options::default()
     })
     .await;
@@ -73,7 +73,7 @@ async fn wrong_credentials_fail_the_command_with_a_clear_reason_and_no_retry_sto
 async fn a_token_is_refreshed_before_it_expires() {
     // Tokens of 2 s are refreshed at half their life, so a command 1.5 s later fetches anew.
     let app = spawn_app_with(Options {
-        sim_config: dingops::sim::SimConfig {
+        sim_config: dingtalk_sim::SimConfig {
             token_ttl_secs: 2,
             ..Default::default()
         },

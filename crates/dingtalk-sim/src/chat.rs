@@ -1,12 +1,12 @@
 //! The other half of the simulator: plays DingTalk's side of the robot callback, building
-//! payloads shaped like the official samples and signing them. Used by `demo`, `send`,
-//! the tests and the benchmarks.
+//! payloads shaped like the official samples and signing them with [`crate::sign`]. Used by
+//! dingops' demo, tests and benchmarks.
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::clock::now_ms;
-use crate::ingress::signature::Verifier;
+use crate::sign::Signer;
 
 /// Someone typing in a chat.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub fn text_message(msg_id: &str, chat: &Chat, sender: &Member, text: &str) -> V
 pub struct CallbackSender {
     http: reqwest::Client,
     url: String,
-    verifier: Verifier,
+    signer: Signer,
 }
 
 impl CallbackSender {
@@ -88,15 +88,13 @@ impl CallbackSender {
                 .build()
                 .unwrap_or_default(),
             url: format!("{}/callback", base_url.trim_end_matches('/')),
-            verifier: Verifier::new(secret, 3600),
+            signer: Signer::new(secret),
         }
     }
 
     /// Current `timestamp` and `sign` headers.
     pub fn signed_headers(&self) -> (String, String) {
-        let ts = now_ms().to_string();
-        let sign = self.verifier.sign(&ts);
-        (ts, sign)
+        self.signer.headers_now()
     }
 
     /// Posts `body` signed now; returns the status and the response body.

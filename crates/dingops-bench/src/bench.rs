@@ -1,8 +1,9 @@
-//! `dingops bench`: the load benchmark. It runs dingops (the real binary, `serve`) and a
-//! baseline server (a minimal actix-web handler that answers 200 `{"msgtype":"empty"}`
-//! without verification or ledger) as child processes on loopback, drives both with the same
-//! keep-alive HTTP/1.1 client and the same requests, and prints dingops/baseline ratios.
-//! The simulator plays DingTalk in this process. Nothing leaves the machine.
+//! `dingops-bench bench`: the load benchmark. It runs dingops (the real binary, `serve`) and
+//! a baseline server (a minimal actix-web handler that answers 200 `{"msgtype":"empty"}`
+//! without verification or ledger; this executable's `baseline` subcommand) as child
+//! processes on loopback, drives both with the same keep-alive HTTP/1.1 client and the same
+//! requests, and prints dingops/baseline ratios. The simulator plays DingTalk in this
+//! process. Nothing leaves the machine. `dingops-bench soak` is the soak test.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,10 +18,11 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::clock::now_ms;
-use crate::ingress::signature::Verifier;
-use crate::sim::chat::{Chat, Member, text_message};
-use crate::sim::{SimConfig, Simulator, api};
+use dingops::clock::now_ms;
+use dingops::demo::sim_env;
+use dingtalk_sim::chat::{Chat, Member, text_message};
+use dingtalk_sim::sign::sign as signature;
+use dingtalk_sim::{SimConfig, Simulator, api};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -292,10 +294,11 @@ async fn spawn_server(mut command: Command, addr: SocketAddr) -> anyhow::Result<
     Ok(server)
 }
 
-async fn start_baseline(exe: &Path) -> anyhow::Result<ChildServer> {
+/// The baseline: this executable's `baseline` subcommand.
+async fn start_baseline() -> anyhow::Result<ChildServer> {
     let addr = free_addr()?;
-    let mut command = Command::new(exe);
-    command.args(["bench-baseline", "--listen", &addr.to_string()]);
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["baseline", "--listen", &addr.to_string()]);
     spawn_server(command, addr).await
 }
 
@@ -316,7 +319,7 @@ async fn start_dingops(
     command
         .arg("serve")
         .env_clear()
-        .envs(sim.dingops_env())
+        .envs(sim_env(sim))
         .env("DINGOPS_LISTEN", addr.to_string())
         .env("DINGOPS_ADMINS", "admin01")
         .env("DINGOPS_DATABASE", db)
@@ -380,20 +383,16 @@ pub struct Report {
     pub drain: Option<(usize, Duration, u64, usize)>,
 }
 
-/// Runs the benchmark, printing progress and the table to `out`.
-pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> anyhow::Result<Report> {
-    in_scratch_dir("bench", async |exe, dir| run_in(opts, out, exe, dir).await).await
+/// Runs the benchmark of the dingops binary `exe`, printing progress and the table to `out`.
+pub async fn run(opts: &BenchOptions, exe: &Path, out: &mut dyn Write) -> anyhow::Result<Report> {
+    in_scratch_dir("bench", async |dir| run_in(opts, out, exe, dir).await).await
 }
 
-/// Runs `f` with this executable's path and a scratch directory removed afterwards.
-async fn in_scratch_dir<T>(
-    name: &str,
-    f: impl AsyncFnOnce(&Path, &Path) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let exe = std::env::current_exe()?;
+/// Runs `f` with a scratch directory removed afterwards.
+async fn in_scratch_dir<T>(name: &str, f: impl AsyncFnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let dir = std::env::temp_dir().join(format!("dingops-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = f(&exe, &dir).await;
+    let result = f(&dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -402,10 +401,8 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     let mut report = Report::default();
     let (sim, load_groups) = sim_with_groups("Load", opts.groups, 0)?;
     let secret = sim.config().app_secret.clone();
-    let verifier = Verifier::new(secret.clone().into(), 3600);
-    let forger = Verifier::new("not the secret".to_owned().into(), 3600);
     let ts = now_ms().to_string();
-    let (sign, forged_sign) = (verifier.sign(&ts), forger.sign(&ts));
+    let (sign, forged_sign) = (signature(&secret, &ts), signature("not the secret", &ts));
     // One long-lived session per group: the reply path of the load phases.
     let chats: Arc<Vec<Chat>> = Arc::new(load_groups.iter().map(|(cid, _)| group_chat(&sim, cid)).collect());
     let admin = Member::new("admin01", "Bench Admin", false);
@@ -420,7 +417,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
                 // DingTalk's msgIds are opaque random strings; random keys cost the ledger's
                 // unique index more than sequential ones would, so the bench uses them too.
                 let body = text_message(
-                    &format!("{prefix}{}", crate::sim::chat::new_msg_id()),
+                    &format!("{prefix}{}", dingtalk_sim::chat::new_msg_id()),
                     chat,
                     &admin,
                     text,
@@ -440,7 +437,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
 
     // Baseline: saturated and paced.
     {
-        let baseline = start_baseline(exe).await?;
+        let baseline = start_baseline().await?;
         writeln!(out, "  baseline (minimal actix-web handler) …")?;
         report.baseline = Some(
             drive(
@@ -635,9 +632,8 @@ async fn end_to_end(
 async fn drain(exe: &Path, dir: &Path, n: usize) -> anyhow::Result<(usize, Duration, u64, usize)> {
     let (sim, drain_groups) = sim_with_groups("Drain", n, SimConfig::default().rate_limit_per_sec)?;
     let dingops = start_dingops(exe, &sim, &dir.join("drain.db"), &drain_groups, &[]).await?;
-    let verifier = Verifier::new(sim.config().app_secret.clone().into(), 3600);
     let ts = now_ms().to_string();
-    let sign = verifier.sign(&ts);
+    let sign = signature(&sim.config().app_secret, &ts);
     let admin = Member::new("admin01", "Bench Admin", false);
     let requests: Vec<Vec<u8>> = drain_groups
         .iter()
@@ -792,7 +788,7 @@ fn print_report(opts: &BenchOptions, r: &Report, out: &mut dyn Write) -> std::io
     Ok(())
 }
 
-/// What `dingops soak` sends.
+/// What `dingops-bench soak` sends.
 #[derive(Debug, Clone)]
 pub struct SoakOptions {
     pub callbacks: u64,
@@ -805,12 +801,12 @@ pub struct SoakOptions {
 /// then checks that every accepted unique msgId has exactly one finished ledger row, that
 /// DingTalk got one call per `/lock-dm` and one reply per command, and how RSS behaved.
 /// Returns whether every check held.
-pub async fn soak(opts: &SoakOptions, out: &mut dyn Write) -> anyhow::Result<bool> {
-    in_scratch_dir("soak", async |exe, dir| soak_in(opts, out, exe, dir).await).await
+pub async fn soak(opts: &SoakOptions, exe: &Path, out: &mut dyn Write) -> anyhow::Result<bool> {
+    in_scratch_dir("soak", async |dir| soak_in(opts, out, exe, dir).await).await
 }
 
 async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<bool> {
-    use crate::ledger::Ledger as _;
+    use dingops::ledger::Ledger as _;
     let (sim, soak_groups) = sim_with_groups("Soak", opts.groups, 0)?;
     let db = dir.join("soak.db");
     let dingops = start_dingops(
@@ -822,11 +818,10 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     )
     .await?;
     let chats: Arc<Vec<Chat>> = Arc::new(soak_groups.iter().map(|(cid, _)| group_chat(&sim, cid)).collect());
-    let verifier = Verifier::new(sim.config().app_secret.clone().into(), 3600);
     let ts = now_ms().to_string();
-    let sign = verifier.sign(&ts);
-    let forged = Verifier::new("guess".to_owned().into(), 3600).sign(&ts);
-    let run = crate::sim::chat::new_msg_id();
+    let sign = signature(&sim.config().app_secret, &ts);
+    let forged = signature("guess", &ts);
+    let run = dingtalk_sim::chat::new_msg_id();
     let admin = Member::new("admin01", "Soak Admin", false);
     // The k-th valid command: the same body every time it is sent.
     let valid = {
@@ -905,7 +900,7 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     tokio::time::sleep(Duration::from_secs(2)).await;
     sampling.store(false, Ordering::Relaxed);
     let rss = sampler.await.unwrap_or_default();
-    let ledger = crate::ledger::SqliteLedger::open(&db)?;
+    let ledger = dingops::ledger::SqliteLedger::open(&db)?;
     let rows = ledger.history(None, None, usize::MAX)?;
     let done = rows.iter().filter(|r| r.status == "done").count();
     let switch_calls = sim.calls(Some(api::FRIEND_SWITCH)).len();

@@ -1,9 +1,16 @@
-//! The DingTalk simulator (DESIGN §7): a real, stateful HTTP server speaking the parts of
-//! DingTalk's API that dingops uses, with DingTalk's error shapes and injectable faults.
-//! `demo`, the integration tests and the benchmarks run against it; `dingops sim` serves it
-//! alone.
+//! A DingTalk simulator: a real, stateful HTTP server speaking the parts of DingTalk's API
+//! that dingops uses (tokens, the private-chat switch, chatid conversion, replies), with
+//! DingTalk's error shapes, token expiry, its per-API rate limit and injectable faults, plus
+//! [`chat`], which plays DingTalk's side of the robot callback and signs it with [`sign`].
+//!
+//! dingops' demo, integration tests and benchmarks run against it; the `dingtalk-sim` binary
+//! (and `dingops sim`) serves it alone. It does not depend on dingops, so dingops' signature
+//! verifier is checked against an independent signer.
 
 pub mod chat;
+pub mod cli;
+pub mod clock;
+pub mod sign;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
@@ -211,25 +218,13 @@ impl Simulator {
         self.shared.base_url.trim_start_matches("http://")
     }
 
-    /// The environment that points a dingops at this simulator: its app credentials, both
-    /// API bases, and its address as the one reply host.
-    pub fn dingops_env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("DINGOPS_APP_KEY", self.shared.config.app_key.clone()),
-            ("DINGOPS_APP_SECRET", self.shared.config.app_secret.clone()),
-            ("DINGOPS_OAPI_BASE", self.url().to_owned()),
-            ("DINGOPS_API_BASE", self.url().to_owned()),
-            ("DINGOPS_REPLY_HOSTS", self.host_port().to_owned()),
-        ]
-    }
-
     /// The most calls of `api` it received within any one second.
     pub fn peak_calls_per_second(&self, api: &str) -> usize {
         let times: Vec<u64> = self.calls(Some(api)).iter().map(|c| c.at_ms).collect();
         peak_in_window(times, 1000)
     }
 
-    /// The app credentials it accepts.
+    /// Its configuration, including the app credentials it accepts.
     pub fn config(&self) -> &SimConfig {
         &self.shared.config
     }

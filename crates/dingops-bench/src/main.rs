@@ -1,0 +1,156 @@
+//! `dingops-bench`: the load benchmark and the soak test of the dingops binary, with the
+//! DingTalk simulator on loopback (see the README, "Performance" and "Soak").
+
+mod bench;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Load benchmark and soak test of dingops, all on loopback.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The dingops binary under test [default: `dingops` next to this executable].
+    #[arg(long, global = true, value_name = "PATH")]
+    dingops: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load benchmark against a same-run baseline (see README, Performance).
+    Bench {
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Seconds per throughput phase.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Bound groups the load is spread over.
+        #[arg(long, default_value_t = 100)]
+        groups: usize,
+        /// Callbacks per second of the paced latency phase.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        /// Groups of the drain phase at 20 calls/s (0 skips it).
+        #[arg(long, default_value_t = 1000)]
+        drain_groups: usize,
+        /// RUST_LOG of the dingops under test (its logs go to /dev/null).
+        #[arg(long, default_value = "info")]
+        rust_log: String,
+    },
+    /// Soak test: many mixed callbacks, then checks that nothing was lost or doubled.
+    Soak {
+        /// Callbacks to send.
+        #[arg(long, default_value_t = 100_000)]
+        callbacks: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Bound groups.
+        #[arg(long, default_value_t = 200)]
+        groups: usize,
+    },
+    /// The benchmark's baseline server alone (`bench` runs it as a child process).
+    Baseline {
+        /// Listen address.
+        #[arg(long)]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dingops-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dingops-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Bench {
+            connections,
+            seconds,
+            groups,
+            rate,
+            drain_groups,
+            rust_log,
+        } => {
+            let exe = dingops_binary(cli.dingops)?;
+            let opts = bench::BenchOptions {
+                connections,
+                duration: Duration::from_secs(seconds),
+                groups,
+                rate,
+                drain_groups,
+                rust_log,
+            };
+            let mut out = std::io::stdout();
+            bench::run(&opts, &exe, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Soak {
+            callbacks,
+            connections,
+            groups,
+        } => {
+            let exe = dingops_binary(cli.dingops)?;
+            let opts = bench::SoakOptions {
+                callbacks,
+                connections,
+                groups,
+            };
+            let mut out = std::io::stdout();
+            let ok = bench::soak(&opts, &exe, &mut out).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Baseline { listen } => {
+            let listener =
+                TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
+            bench::serve_baseline(listener, 2).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The dingops binary to measure: `--dingops`, else `dingops` in this executable's directory
+/// (cargo puts both in `target/<profile>/`).
+fn dingops_binary(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        anyhow::ensure!(path.is_file(), "--dingops {}: no such file", path.display());
+        return Ok(path);
+    }
+    let me = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = me.parent().unwrap_or(Path::new("."));
+    let path = dir.join(format!("dingops{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        // `cargo run -p dingops-bench` builds this executable but not the dingops binary.
+        let build = if dir.ends_with("debug") {
+            "cargo build -p dingops"
+        } else {
+            "cargo build --release -p dingops"
+        };
+        anyhow::bail!(
+            "no dingops binary at {}: build it first with `{build}`, or pass --dingops PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}

@@ -1,0 +1,67 @@
+//! Serving the simulator alone: the `dingtalk-sim` binary and `dingops sim` share these
+//! flags and this loop.
+
+use std::net::TcpListener;
+
+use anyhow::Context as _;
+
+use crate::{SimConfig, Simulator};
+
+/// Flags of a simulator served alone.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    /// AppKey the simulator accepts.
+    #[arg(long, default_value = "dingdemo-app-key")]
+    pub app_key: String,
+    /// AppSecret the simulator accepts.
+    #[arg(long, default_value = "demo-app-secret-not-for-production")]
+    pub app_secret: String,
+    /// A group as openConversationId=chatid (repeatable).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// Calls per second per API before it answers 90018 (0 = no limit).
+    #[arg(long, default_value_t = 20)]
+    pub rate_limit: u32,
+}
+
+/// Starts the simulator, prints where it is and how to use it, and serves until Ctrl-C.
+pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
+    let SimArgs {
+        listen,
+        app_key,
+        app_secret,
+        groups,
+        rate_limit,
+    } = args;
+    let listener = TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let sim = Simulator::start(
+        SimConfig {
+            app_key,
+            app_secret,
+            rate_limit_per_sec: rate_limit,
+            ..SimConfig::default()
+        },
+        listener,
+    )?;
+    for g in &groups {
+        let (cid, chatid) = g
+            .rsplit_once('=')
+            .with_context(|| format!("--group {g}: expected openConversationId=chatid"))?;
+        sim.add_group(cid, chatid, cid);
+    }
+    println!("DingTalk simulator on {}", sim.url());
+    println!(
+        "  point dingops at it: DINGOPS_OAPI_BASE={0} DINGOPS_API_BASE={0} DINGOPS_REPLY_HOSTS={1}",
+        sim.url(),
+        sim.host_port()
+    );
+    println!(
+        "  control: GET/POST /_sim/groups, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
+    );
+    tokio::signal::ctrl_c().await?;
+    sim.stop().await;
+    Ok(())
+}
