@@ -7,8 +7,7 @@
 
 use rusqlite::Connection;
 
-use super::LedgerError;
-use super::sqlite::sql;
+use super::{LedgerError, sql};
 
 /// The steps, in order; step `i` brings a database from version `i` to `i + 1`.
 ///

@@ -39,6 +39,11 @@ pub enum LedgerError {
     Schema(String),
 }
 
+/// Maps a SQLite error of operation `op`.
+fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
+    move |source| LedgerError::Sqlite { op, source }
+}
+
 /// One audit row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {

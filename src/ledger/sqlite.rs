@@ -5,14 +5,10 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Ledger, LedgerError};
+use super::{AuditRow, Ledger, LedgerError, sql};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, SessionWebhook,
 };
-
-pub(super) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> LedgerError {
-    move |source| LedgerError::Sqlite { op, source }
-}
 
 /// The SQLite ledger (WAL journal).
 ///
