@@ -947,7 +947,10 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     )?;
     let max = rss.iter().copied().max().unwrap_or(0);
     let last = rss.last().copied().unwrap_or(0);
-    let tail = &rss[rss.len().saturating_sub(3)..];
+    // The last three samples must be flat. The first sample is taken before the load starts,
+    // so it is never part of that tail: a short run has only two or three samples.
+    let under_load = rss.get(1..).unwrap_or_default();
+    let tail = &under_load[under_load.len().saturating_sub(3)..];
     let plateau = tail.iter().all(|s| *s <= max)
         && tail.iter().max().copied().unwrap_or(0) - tail.iter().min().copied().unwrap_or(0) <= max / 10;
     check(
