@@ -336,22 +336,6 @@ impl Settings {
         })
     }
 
-    /// The defaults with the given credentials: what a file holding only `app_key` and
-    /// `app_secret` gives. Embedders (tests, the demo) start here and set typed fields.
-    pub fn with_credentials(app_key: &str, app_secret: &str) -> Result<Self, ConfigError> {
-        Self::read(&Sources {
-            file: toml::Table::from_iter([
-                ("app_key".to_owned(), toml::Value::String(app_key.to_owned())),
-                (
-                    "app_secret".to_owned(),
-                    toml::Value::String(app_secret.to_owned()),
-                ),
-            ]),
-            env: HashMap::new(),
-            read: RefCell::default(),
-        })
-    }
-
     /// Every key the file and the environment may set, in the order they are read: taken
     /// from the reading code itself, so the list cannot drift from it.
     pub fn known_keys() -> Vec<&'static str> {

@@ -193,20 +193,12 @@ pub fn sim_env(sim: &Simulator) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Settings of a dingops whose DingTalk is `sim`: its credentials, its URL as both API bases
-/// and its address as the one reply host; everything else at its default.
-pub fn sim_settings(sim: &Simulator) -> Settings {
-    let config = sim.config();
-    let mut s = Settings::with_credentials(&config.app_key, &config.app_secret)
-        .unwrap_or_else(|e| unreachable!("the simulator's credentials are valid settings: {e}"));
-    if let Ok(url) = url::Url::parse(sim.url()) {
-        s.dingtalk.oapi_base = url.clone();
-        s.dingtalk.api_base = url;
-    }
-    if let Ok(host) = crate::domain::ReplyHost::parse(sim.host_port()) {
-        s.worker.reply_hosts = crate::domain::ReplyHosts::new(vec![host]);
-    }
-    s
+/// Settings of a dingops whose DingTalk is `sim`: [`sim_env`] read as configuration, so
+/// the in-process app and a spawned binary are pointed at the simulator the same way;
+/// everything else at its default.
+pub fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigError> {
+    let env = sim_env(sim).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Settings::from_sources(None, &env)
 }
 
 /// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
@@ -218,7 +210,7 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
 
     let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
     std::fs::create_dir_all(&dir)?;
-    let mut settings = sim_settings(&sim);
+    let mut settings = sim_settings(&sim)?;
     settings.worker.admins = vec!["manager01".into()];
     settings.worker.trust_is_admin = false;
     settings.ledger.database = dir.join("demo.db");

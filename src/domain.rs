@@ -4,6 +4,8 @@
 //! Nothing here does I/O or knows about HTTP, SQLite or DingTalk's client; the ledger, the
 //! worker and the ingresses all build on these types (see docs/architecture.md).
 
+use std::borrow::Cow;
+
 use url::{Host, Url};
 
 /// The `sessionWebhook` URL of a robot message. It is a bearer credential for replying into
@@ -209,14 +211,15 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    /// The stable text recorded in the ledger and used as a metric label.
-    pub fn as_ledger_text(&self) -> String {
+    /// The stable text recorded in the ledger and used as a metric label; borrowed for all
+    /// but a failure, so the common case allocates nothing.
+    pub fn as_ledger_text(&self) -> Cow<'static, str> {
         match self {
             Delivery::Session => "session".into(),
             Delivery::GroupMessage => "group-message".into(),
             Delivery::HostNotAllowed => "none-host-not-allowed".into(),
             Delivery::Expired => "none-expired".into(),
-            Delivery::Failed(code) => format!("none-failed-{code}"),
+            Delivery::Failed(code) => format!("none-failed-{code}").into(),
         }
     }
 }

@@ -92,16 +92,18 @@ impl ApiError {
     }
 }
 
+/// A legacy-style failure with `errcode` and no message, for tests of code that reads it.
+#[cfg(test)]
+pub(crate) fn code(errcode: i64) -> ApiError {
+    ApiError::Code {
+        errcode,
+        errmsg: String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn code(errcode: i64) -> ApiError {
-        ApiError::Code {
-            errcode,
-            errmsg: String::new(),
-        }
-    }
 
     #[test]
     fn documented_codes_fall_into_the_right_class() {

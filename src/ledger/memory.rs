@@ -92,7 +92,7 @@ impl Ledger for MemoryLedger {
     ) -> Result<(), LedgerError> {
         self.update(msg_id, |row| {
             row.answer = Some(answer.clone());
-            row.delivery = Some(delivery.as_ledger_text());
+            row.delivery = Some(delivery.as_ledger_text().into_owned());
             row.finished_ms = Some(finished_ms);
         })
     }

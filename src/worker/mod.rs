@@ -123,7 +123,7 @@ impl WorkerContext {
         let delivery = self.deliver(&accepted, &answer).await;
         self.metrics
             .replies
-            .with_label_values(&[delivery.as_ledger_text().as_str()])
+            .with_label_values(&[delivery.as_ledger_text().as_ref()])
             .inc();
         self.metrics
             .command_seconds

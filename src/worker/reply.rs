@@ -146,13 +146,7 @@ impl WorkerContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn code(errcode: i64) -> ApiError {
-        ApiError::Code {
-            errcode,
-            errmsg: String::new(),
-        }
-    }
+    use crate::dingtalk::error::code;
 
     #[test]
     fn advice_names_the_fix_for_documented_codes() {

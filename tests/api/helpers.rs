@@ -74,7 +74,7 @@ pub fn new_sim(config: SimConfig) -> Arc<Simulator> {
 /// The settings a test app runs with: the simulator as DingTalk, `admin01` as admin, GROUP
 /// and STALE bound in the configuration, short timeouts.
 pub fn settings_for(sim: &Simulator, db: PathBuf) -> Settings {
-    let mut s = sim_settings(sim);
+    let mut s = sim_settings(sim).expect("the simulator's settings are valid");
     s.server.listen = "127.0.0.1:0".parse().unwrap();
     s.server.shutdown_grace_secs = 10;
     s.worker.admins = vec!["admin01".into()];
