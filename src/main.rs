@@ -194,7 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = if json {
                 rows.iter()
                     .rev()
-                    .map(|row| format!("{}\n", dingops::ops::audit_json(row)))
+                    .map(|row| format!("{}\n", dingops::ops::audit_json_line(row)))
                     .collect()
             } else {
                 dingops::ops::audit_table(&rows)

@@ -1,5 +1,6 @@
 //! Operators' tools behind `dingops check` and `dingops audit`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,7 +63,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     if settings.worker.admins.is_empty() && !settings.worker.trust_is_admin {
         items.push(CheckItem::fail(
             "nobody may run admin commands",
-            "list staffIds in `admins` or turn `trust_is_admin` on",
+            "list the staffIds of the admins in `admins`",
         ));
     }
     let client = match DingTalk::new(&settings.dingtalk, Arc::new(Metrics::new())) {
@@ -113,9 +114,10 @@ pub fn render_check(items: &[CheckItem]) -> String {
     let mut out = String::new();
     for item in items {
         let mark = if item.ok { "✅" } else { "❌" };
-        out.push_str(&format!("{mark} {}\n", item.what));
+        // Error messages in `what` can quote DingTalk's errmsg.
+        out.push_str(&format!("{mark} {}\n", printable(&item.what)));
         if let Some(fix) = &item.fix {
-            out.push_str(&format!("   fix: {fix}\n"));
+            out.push_str(&format!("   fix: {}\n", printable(fix)));
         }
     }
     let failed = items.iter().filter(|i| !i.ok).count();
@@ -135,6 +137,48 @@ pub fn parse_since(text: &str) -> Result<u64, String> {
     humantime::parse_rfc3339_weak(text)
         .map_err(|_| format!("`{text}` is neither a duration (2h, 30m) nor a time (2026-11-26T08:00:00Z)"))
         .map(|t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64)
+}
+
+/// `text` with every character that could steer a terminal or reorder what it shows
+/// (C0/C1 controls, DEL, bidirectional overrides) written as a `\u{..}` escape. Nicks,
+/// titles and error messages come from DingTalk users; printed raw, an `ESC[2J` in a nick
+/// would clear the operator's screen and could fake the rows below it.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(steers_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if steers_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn steers_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// One audit row as one line of JSON. JSON escapes C0 controls itself; DEL, C1 controls
+/// and bidirectional overrides are escaped too (`\u009b` is still the same string to a
+/// JSON reader, but no longer a terminal command).
+pub fn audit_json_line(row: &AuditRow) -> String {
+    let line = audit_json(row).to_string();
+    if !line.chars().any(steers_terminal) {
+        return line;
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if steers_terminal(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One audit row as a JSON object.
@@ -174,16 +218,15 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
             r.sender_staff_id.as_deref().unwrap_or(""),
             r.sender_nick.as_deref(),
         );
+        let command = r.command.as_deref().or(r.text.as_deref()).unwrap_or_default();
         lines.push([
             format_ms(r.received_ms).trim_end_matches(" UTC").to_owned(),
-            r.conversation_id.clone(),
-            sender,
-            r.command
-                .clone()
-                .unwrap_or_else(|| r.text.clone().unwrap_or_default()),
-            r.result.clone().unwrap_or_else(|| r.status.clone()),
+            printable(&r.conversation_id).into_owned(),
+            printable(&sender).into_owned(),
+            printable(command).into_owned(),
+            printable(r.result.as_deref().unwrap_or(&r.status)).into_owned(),
             r.errcode.map_or("-".into(), |c| c.to_string()),
-            r.reply.clone().unwrap_or_else(|| "-".into()),
+            printable(r.reply.as_deref().unwrap_or("-")).into_owned(),
         ]);
     }
     let widths: Vec<usize> = (0..7)
@@ -200,4 +243,41 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_terminal_controls_and_bidi_overrides_but_keeps_other_text() {
+        assert!(matches!(printable("张三 (admin01)"), Cow::Borrowed(_)));
+        assert_eq!(printable("\u{1b}[2J\u{1b}[Hroot"), "\\u{1b}[2J\\u{1b}[Hroot");
+        assert_eq!(printable("a\u{9b}2Jb\u{7f}"), "a\\u{9b}2Jb\\u{7f}");
+        assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
+        assert_eq!(printable("line\nbreak\r"), "line\\u{a}break\\u{d}");
+    }
+
+    #[test]
+    fn an_audit_json_line_has_no_raw_control_characters_and_still_parses() {
+        let row = AuditRow {
+            msg_id: "m".into(),
+            received_ms: 0,
+            conversation_id: "cid==".into(),
+            sender_staff_id: Some("s".into()),
+            sender_nick: Some("\u{1b}[2J\u{9b}H\u{202e}root".into()),
+            text: Some("/help".into()),
+            command: Some("/help".into()),
+            status: "done".into(),
+            result: Some("info".into()),
+            errcode: None,
+            detail: None,
+            reply: None,
+            finished_ms: None,
+        };
+        let line = audit_json_line(&row);
+        assert!(!line.chars().any(steers_terminal), "{line}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["sender_nick"], "\u{1b}[2J\u{9b}H\u{202e}root");
+    }
 }

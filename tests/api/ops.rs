@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dingops::config::Settings;
+use dingtalk_sim::chat::Member;
 use dingtalk_sim::{Fault, api};
 use serde_json::Value;
 
@@ -372,4 +373,36 @@ fn the_dockerfile_copies_every_directory_the_manifest_builds_from() {
             "Cargo.toml declares benches"
         );
     }
+}
+
+#[tokio::test]
+async fn audit_prints_terminal_escapes_from_a_nick_as_text_not_as_commands() {
+    let app = spawn_app().await;
+    let forger = Member::new(
+        "member07",
+        "\u{1b}[2J\u{1b}[H\u{9b}0mroot (admin1)\u{202e}",
+        false,
+    );
+    app.ask(&app.chat(GROUP), &forger, "/lock-dm").await;
+    let db = app.dir.path().join("ledger.db").display().to_string();
+    let env = || vec![("DINGOPS_DATABASE", db.clone())];
+
+    let (ok, table) = run_bin(&["audit"], env()).await;
+    assert!(ok, "{table}");
+    let raw = |c: char| (c.is_control() && c != '\n') || c == '\u{202e}';
+    assert!(!table.chars().any(raw), "raw control characters in {table:?}");
+    assert!(
+        table.contains("\\u{1b}[2J\\u{1b}[H\\u{9b}0mroot (admin1)\\u{202e} (member07)"),
+        "{table}"
+    );
+
+    let (ok, json) = run_bin(&["audit", "--json"], env()).await;
+    assert!(ok, "{json}");
+    assert!(!json.chars().any(raw), "raw control characters in {json:?}");
+    let row: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(
+        row["sender_nick"],
+        forger.nick.as_str(),
+        "the JSON still carries the real nick"
+    );
 }
