@@ -85,7 +85,8 @@ pub struct DingTalkSettings {
 pub struct WorkerSettings {
     /// `admins`: staffIds allowed to run admin commands. Default empty.
     pub admins: Vec<String>,
-    /// `trust_is_admin`: treat the payload's `isAdmin: true` as admin. Default `true`.
+    /// `trust_is_admin`: treat the payload's `isAdmin: true` as admin. Default `false`:
+    /// the signature does not cover the body, so a replayed header pair could carry it.
     pub trust_is_admin: bool,
     /// `reply_hosts`: hosts a sessionWebhook may point at. Default `oapi.dingtalk.com`.
     pub reply_hosts: ReplyHosts,
@@ -421,9 +422,16 @@ impl WorkerSettings {
             .map(|e| ReplyHost::parse(e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|reason| Sources::invalid("reply_hosts", reason))?;
+        if reply_hosts.is_empty() {
+            // With no host allowed every reply would be dropped without a word in the chat.
+            return Err(Sources::invalid(
+                "reply_hosts",
+                "must name at least one host (DingTalk's is oapi.dingtalk.com)",
+            ));
+        }
         Ok(Self {
             admins: src.list("admins")?.unwrap_or_default(),
-            trust_is_admin: src.bool("trust_is_admin", true)?,
+            trust_is_admin: src.bool("trust_is_admin", false)?,
             reply_hosts: ReplyHosts::new(reply_hosts),
             groups: src.groups()?,
             command_concurrency: src.integer("command_concurrency", 8, 1, 1024)? as usize,
@@ -465,7 +473,14 @@ mod tests {
         assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.dingtalk.oapi_base.as_str(), "https://oapi.dingtalk.com/");
         assert_eq!(s.dingtalk.api_base.as_str(), "https://api.dingtalk.com/");
-        assert!(s.worker.trust_is_admin);
+        assert!(
+            !s.worker.trust_is_admin,
+            "the payload's isAdmin is not trusted by default"
+        );
+        assert_eq!(
+            s.worker.reply_hosts,
+            ReplyHosts::new(vec![ReplyHost::parse("oapi.dingtalk.com").unwrap()])
+        );
         assert_eq!(s.server.signature_window_secs, 3600);
         assert_eq!(s.ledger.database, PathBuf::from("dingops.db"));
         assert!(s.worker.admins.is_empty() && s.worker.groups.is_empty());

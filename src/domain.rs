@@ -278,6 +278,9 @@ impl ReplyHost {
     }
 }
 
+/// The path of every sessionWebhook DingTalk hands out.
+pub const SESSION_PATH: &str = "/robot/sendBySession";
+
 /// The hosts a sessionWebhook may point at. The URL arrives in the message body, which the
 /// signature does not cover, so it is never trusted on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,8 +292,12 @@ impl ReplyHosts {
     }
 
     /// Whether `url` may be called: https (http only for loopback hosts), no user info,
-    /// host and port on the list.
+    /// host and port on the list, and DingTalk's reply path `/robot/sendBySession` (a body
+    /// that names an allowed host cannot point dingops at another endpoint on it).
     pub fn allows(&self, url: &Url) -> bool {
+        if url.path() != SESSION_PATH || url.fragment().is_some() {
+            return false;
+        }
         let loopback = match url.host() {
             Some(Host::Ipv4(ip)) => ip.is_loopback(),
             Some(Host::Ipv6(ip)) => ip.is_loopback(),
@@ -328,31 +335,54 @@ mod tests {
 
     #[test]
     fn reply_urls_need_https_an_allowed_host_and_port() {
+        let ok = "/robot/sendBySession?session=x";
         assert!(allowed(
-            "https://oapi.dingtalk.com/robot/sendBySession?session=x",
+            &format!("https://oapi.dingtalk.com{ok}"),
             &["oapi.dingtalk.com"]
+        ));
+        for bad in [
+            "http://oapi.dingtalk.com",
+            "https://evil.example",
+            "https://oapi.dingtalk.com:8443",
+            "https://user:pw@oapi.dingtalk.com",
+            "https://oapi.dingtalk.com.evil.example",
+            "ftp://oapi.dingtalk.com",
+        ] {
+            assert!(!allowed(&format!("{bad}{ok}"), &["oapi.dingtalk.com"]), "{bad}");
+        }
+        assert!(allowed(
+            &format!("http://127.0.0.1:9000{ok}"),
+            &["127.0.0.1:9000"]
         ));
         assert!(!allowed(
-            "http://oapi.dingtalk.com/robot/sendBySession",
-            &["oapi.dingtalk.com"]
+            &format!("http://127.0.0.1:9001{ok}"),
+            &["127.0.0.1:9000"]
         ));
-        assert!(!allowed("https://evil.example/robot", &["oapi.dingtalk.com"]));
+        assert!(!allowed(&format!("http://10.0.0.1:9000{ok}"), &["10.0.0.1:9000"]));
+    }
+
+    #[test]
+    fn reply_urls_must_use_dingtalks_session_path() {
+        for path in [
+            "/",
+            "/robot/send",
+            "/robot/sendBySession/extra",
+            "/robot/%73endBySession",
+            "/ROBOT/sendBySession",
+            "/topapi/chat/member/friendswitch/update",
+        ] {
+            let url = format!("https://oapi.dingtalk.com{path}?session=x");
+            assert!(!allowed(&url, &["oapi.dingtalk.com"]), "{url}");
+        }
         assert!(!allowed(
-            "https://oapi.dingtalk.com:8443/x",
+            "https://oapi.dingtalk.com/robot/sendBySession?session=x#frag",
             &["oapi.dingtalk.com"]
         ));
-        assert!(!allowed(
-            "https://user:pw@oapi.dingtalk.com/x",
+        // `..` segments are resolved by the URL parser before the check.
+        assert!(allowed(
+            "https://oapi.dingtalk.com/robot/x/../sendBySession?session=x",
             &["oapi.dingtalk.com"]
         ));
-        assert!(!allowed(
-            "https://oapi.dingtalk.com.evil.example/x",
-            &["oapi.dingtalk.com"]
-        ));
-        assert!(allowed("http://127.0.0.1:9000/x", &["127.0.0.1:9000"]));
-        assert!(!allowed("http://127.0.0.1:9001/x", &["127.0.0.1:9000"]));
-        assert!(!allowed("http://10.0.0.1:9000/x", &["10.0.0.1:9000"]));
-        assert!(!allowed("ftp://oapi.dingtalk.com/x", &["oapi.dingtalk.com"]));
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl WorkerContext {
             let url = match Url::parse(job.session_webhook.expose()) {
                 Ok(u) if self.reply_hosts.allows(&u) => u,
                 _ => {
-                    tracing::warn!("reply not sent: the sessionWebhook is not on reply_hosts");
+                    tracing::warn!(
+                        "reply not sent: the sessionWebhook is not https://<reply_hosts entry>/robot/sendBySession"
+                    );
                     return Delivery::HostNotAllowed;
                 }
             };
