@@ -225,7 +225,7 @@ mod tests {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .get(|| std::future::pending::<Result<(SecretString, i64), ApiError>>())
+                    .get(std::future::pending::<Result<(SecretString, i64), ApiError>>)
                     .await
             })
         };
