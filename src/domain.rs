@@ -208,6 +208,9 @@ pub enum Delivery {
     Expired,
     /// Not sent: DingTalk refused or could not be reached; the short error code.
     Failed(String),
+    /// Not sent, and the command not run: a newer command of its group had already finished
+    /// (found when resuming after a stop or crash), so running it now would undo that one.
+    Superseded,
 }
 
 impl Delivery {
@@ -219,6 +222,7 @@ impl Delivery {
             Delivery::GroupMessage => "group-message".into(),
             Delivery::HostNotAllowed => "none-host-not-allowed".into(),
             Delivery::Expired => "none-expired".into(),
+            Delivery::Superseded => "none-superseded".into(),
             Delivery::Failed(code) => format!("none-failed-{code}").into(),
         }
     }
@@ -408,6 +412,7 @@ mod tests {
         assert_eq!(Delivery::GroupMessage.as_ledger_text(), "group-message");
         assert_eq!(Delivery::HostNotAllowed.as_ledger_text(), "none-host-not-allowed");
         assert_eq!(Delivery::Expired.as_ledger_text(), "none-expired");
+        assert_eq!(Delivery::Superseded.as_ledger_text(), "none-superseded");
         assert_eq!(
             Delivery::Failed("60011".into()).as_ledger_text(),
             "none-failed-60011"

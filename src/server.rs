@@ -173,6 +173,11 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when the ledger answers a write transaction at its configured path.
 async fn readyz(state: web::Data<Probes>) -> HttpResponse {
+    // A command whose ledger write keeps failing holds its group until the write lands.
+    if state.metrics.ledger_writes_retrying.get() > 0 {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "not ready", "error": "ledger writes are being retried" }));
+    }
     match state.ledger.call(|l| l.ping()).await {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ready" })),
         Err(e) => {

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -63,6 +63,12 @@ pub struct Metrics {
     pub dingtalk_seconds: HistogramVec,
     /// `dingops_open_commands`: accepted and not finished (the backlog plus those running).
     pub open_commands: IntGauge,
+    /// `dingops_ledger_write_retries_total`: failed ledger writes of a running command that
+    /// were tried again (each retry counts once).
+    pub ledger_write_retries: IntCounter,
+    /// `dingops_ledger_writes_retrying`: commands waiting for a ledger write to land; while it
+    /// is above 0, `/readyz` answers 503.
+    pub ledger_writes_retrying: IntGauge,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -120,6 +126,22 @@ impl Metrics {
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         );
+        let ledger_write_retries = register(
+            &registry,
+            IntCounter::new(
+                "dingops_ledger_write_retries_total",
+                "Ledger writes of running commands that failed and were tried again.",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        let ledger_writes_retrying = register(
+            &registry,
+            IntGauge::new(
+                "dingops_ledger_writes_retrying",
+                "Commands waiting for a failed ledger write to land (not ready while above 0).",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
         Self {
             callbacks: counter(
                 &registry,
@@ -163,6 +185,8 @@ impl Metrics {
             ),
             dingtalk_seconds,
             open_commands,
+            ledger_write_retries,
+            ledger_writes_retrying,
             registry,
         }
     }

@@ -282,19 +282,45 @@ impl DingTalk {
         }
     }
 
-    /// Runs one API call with pacing, retries and (for `token`) the token's invalidation.
+    /// The deadline of a call starting now.
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.options.deadline).unwrap_or(now)
+    }
+
+    /// Runs one API call with pacing, retries and (for `token`) the token's invalidation,
+    /// within the configured deadline.
     async fn call<T, F, Fut>(&self, api: Api, token: Option<TokenKind>, op: F) -> Result<T, ApiError>
     where
         F: Fn(Option<SecretString>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        let deadline = Instant::now() + self.options.deadline;
+        self.call_until(api, token, self.deadline(), op).await
+    }
+
+    /// [`DingTalk::call`] with a given deadline; waiting for a token counts against it.
+    async fn call_until<T, F, Fut>(
+        &self,
+        api: Api,
+        token: Option<TokenKind>,
+        deadline: Instant,
+        op: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(Option<SecretString>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
         let mut attempt: u32 = 0;
         let mut token_refreshed = false;
         loop {
             let tok = match token {
-                // Boxed: fetching a token is itself a `call`.
-                Some(kind) => Some(Box::pin(self.token(kind)).await?),
+                // Boxed: fetching a token is itself a `call`. Waiting for another caller's
+                // fetch counts against this call's deadline.
+                Some(kind) => Some(
+                    tokio::time::timeout_at(deadline, Box::pin(self.token(kind, deadline)))
+                        .await
+                        .map_err(|_| ApiError::Timeout)??,
+                ),
                 None => None,
             };
             if let Some(l) = self.limiters.get(&api) {
@@ -316,7 +342,7 @@ impl DingTalk {
                 }
                 Err(e) => e,
             };
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             tracing::warn!(api = api.name(), attempt, elapsed_ms, error = %err.short(), "DingTalk call failed");
             let wait = match err.class() {
                 ErrorClass::TokenRejected if !token_refreshed => {
@@ -326,32 +352,40 @@ impl DingTalk {
                     token_refreshed = true;
                     Duration::ZERO
                 }
-                ErrorClass::RateLimited => Duration::from_secs(1) * 2u32.saturating_pow(attempt.min(5) - 1),
+                ErrorClass::RateLimited => {
+                    Duration::from_secs(1).saturating_mul(2u32.saturating_pow(attempt.clamp(1, 5) - 1))
+                }
                 ErrorClass::Transient if api.may_retry(&err) => {
-                    let base = self.options.base_backoff * 2u32.saturating_pow(attempt.min(10) - 1);
-                    let jitter = rand::rng().random_range(0..=base.as_millis() as u64 / 2 + 1);
-                    base + Duration::from_millis(jitter)
+                    let base = self
+                        .options
+                        .base_backoff
+                        .saturating_mul(2u32.saturating_pow(attempt.clamp(1, 10) - 1));
+                    let half_ms = u64::try_from(base.as_millis() / 2).unwrap_or(u64::MAX - 1);
+                    let jitter = rand::rng().random_range(0..=half_ms.saturating_add(1));
+                    base.saturating_add(Duration::from_millis(jitter))
                 }
                 _ => return Err(err),
             };
-            if attempt >= self.options.max_attempts || Instant::now() + wait > deadline {
+            let late = Instant::now().checked_add(wait).is_none_or(|at| at > deadline);
+            if attempt >= self.options.max_attempts || late {
                 return Err(err);
             }
             tokio::time::sleep(wait).await;
         }
     }
 
-    /// A valid token of `kind`, from the cache or fetched once for all waiting callers.
-    async fn token(&self, kind: TokenKind) -> Result<SecretString, ApiError> {
+    /// A valid token of `kind`, from the cache or fetched once for all waiting callers; a
+    /// fetch this caller starts gives up at `deadline`.
+    async fn token(&self, kind: TokenKind, deadline: Instant) -> Result<SecretString, ApiError> {
         match kind {
-            TokenKind::Legacy => self.legacy.get(|| self.fetch_legacy_token()).await,
-            TokenKind::Modern => self.modern.get(|| self.fetch_modern_token()).await,
+            TokenKind::Legacy => self.legacy.get(|| self.fetch_legacy_token(deadline)).await,
+            TokenKind::Modern => self.modern.get(|| self.fetch_modern_token(deadline)).await,
         }
     }
 
-    async fn fetch_legacy_token(&self) -> Result<(SecretString, i64), ApiError> {
+    async fn fetch_legacy_token(&self, deadline: Instant) -> Result<(SecretString, i64), ApiError> {
         self.metrics.token_fetches.with_label_values(&["legacy"]).inc();
-        self.call(Api::GetToken, None, |_| async {
+        self.call_until(Api::GetToken, None, deadline, |_| async {
             let mut url = join(&self.oapi_base, "/gettoken")?;
             url.query_pairs_mut()
                 .append_pair("appkey", &self.app_key)
@@ -364,9 +398,9 @@ impl DingTalk {
         .await
     }
 
-    async fn fetch_modern_token(&self) -> Result<(SecretString, i64), ApiError> {
+    async fn fetch_modern_token(&self, deadline: Instant) -> Result<(SecretString, i64), ApiError> {
         self.metrics.token_fetches.with_label_values(&["modern"]).inc();
-        self.call(Api::AccessToken, None, |_| async {
+        self.call_until(Api::AccessToken, None, deadline, |_| async {
             let url = join(&self.api_base, "/v1.0/oauth2/accessToken")?;
             let body = json!({"appKey": self.app_key, "appSecret": self.app_secret.expose_secret()});
             let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
@@ -382,8 +416,8 @@ impl DingTalk {
     /// Fetches both tokens now (for `dingops check`).
     pub async fn check_tokens(&self) -> (Result<(), ApiError>, Result<(), ApiError>) {
         (
-            self.token(TokenKind::Legacy).await.map(|_| ()),
-            self.token(TokenKind::Modern).await.map(|_| ()),
+            self.token(TokenKind::Legacy, self.deadline()).await.map(|_| ()),
+            self.token(TokenKind::Modern, self.deadline()).await.map(|_| ()),
         )
     }
 

@@ -113,6 +113,50 @@ impl Ledger for MemoryLedger {
             .collect())
     }
 
+    fn open_in_conversation_after(
+        &self,
+        conversation_id: &str,
+        after: i64,
+        through: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Pending)>, LedgerError> {
+        let s = self.state()?;
+        if through <= after {
+            return Ok(Vec::new());
+        }
+        Ok(s.commands
+            .range(after.saturating_add(1)..=through)
+            .filter(|(_, row)| row.finished_ms.is_none() && row.accepted.conversation_id == conversation_id)
+            .take(limit)
+            .map(|(pos, row)| {
+                let pending = Pending {
+                    accepted: row.accepted.clone(),
+                    answer: row.answer.clone(),
+                };
+                (*pos, pending)
+            })
+            .collect())
+    }
+
+    fn newest_done_by_group(&self) -> Result<HashMap<String, i64>, LedgerError> {
+        let s = self.state()?;
+        let Some(oldest_open) = s
+            .commands
+            .iter()
+            .find(|(_, r)| r.finished_ms.is_none())
+            .map(|(p, _)| *p)
+        else {
+            return Ok(HashMap::new());
+        };
+        let mut newest = HashMap::new();
+        for (pos, row) in s.commands.range(oldest_open..) {
+            if row.finished_ms.is_some() {
+                newest.insert(row.accepted.conversation_id.clone(), *pos);
+            }
+        }
+        Ok(newest)
+    }
+
     fn open_count(&self) -> Result<u64, LedgerError> {
         let s = self.state()?;
         Ok(s.commands.values().filter(|r| r.finished_ms.is_none()).count() as u64)

@@ -9,6 +9,7 @@ mod memory;
 mod migrations;
 mod sqlite;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending};
@@ -85,6 +86,20 @@ pub trait Ledger: Send + Sync + 'static {
     /// Up to `limit` open commands after the position `cursor`, in the order they were
     /// accepted, each with its position (the worker's cursor; 0 is the start).
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError>;
+    /// Up to `limit` open commands of one group with positions in `after+1 ..= through`, in
+    /// the order they were accepted: the worker reads a group's backlog from its own place
+    /// when the shared cursor had to skip it.
+    fn open_in_conversation_after(
+        &self,
+        conversation_id: &str,
+        after: i64,
+        through: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Pending)>, LedgerError>;
+    /// For each group, the position of its newest finished command, counting only commands
+    /// accepted after the oldest open one (empty when nothing is open). An open, unanswered
+    /// command older than its group's entry must not run: a newer command already finished.
+    fn newest_done_by_group(&self) -> Result<HashMap<String, i64>, LedgerError>;
     /// How many commands are open (accepted or answered, not finished).
     fn open_count(&self) -> Result<u64, LedgerError>;
     fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;

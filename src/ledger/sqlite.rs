@@ -1,5 +1,6 @@
 //! The SQLite ledger (WAL journal): the default store.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -171,6 +172,29 @@ fn chat_id_from(s: String) -> rusqlite::Result<ChatId> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))
 }
 
+/// The columns [`pending_from_row`] reads, in its order.
+const PENDING_COLUMNS: &str = "msg_id, received_ms, conversation_id, conversation_type,
+     conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
+     text, session_webhook, session_expires_ms,
+     status, command, result, errcode, detail, answer_text, rowid";
+
+/// An open command and its position, from a row of [`PENDING_COLUMNS`].
+fn pending_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Pending)> {
+    let accepted = accepted_from_row(row)?;
+    let answer = if row.get::<_, String>(12)? == "answered" {
+        Some(Answer {
+            command: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
+            outcome: Outcome::parse(&row.get::<_, Option<String>>(14)?.unwrap_or_default()),
+            errcode: row.get(15)?,
+            detail: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
+            text: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+    Ok((row.get::<_, i64>(18)?, Pending { accepted, answer }))
+}
+
 fn accepted_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Accepted> {
     Ok(Accepted {
         msg_id: row.get(0)?,
@@ -295,34 +319,62 @@ impl Ledger for SqliteLedger {
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
-                .prepare_cached(
-                    "SELECT msg_id, received_ms, conversation_id, conversation_type,
-                     conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
-                     text, session_webhook, session_expires_ms,
-                     status, command, result, errcode, detail, answer_text, rowid
-                     FROM commands WHERE rowid > ?1 AND status != 'done' ORDER BY rowid LIMIT ?2",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM commands
+                     WHERE rowid > ?1 AND status != 'done' ORDER BY rowid LIMIT ?2"
+                ))
                 .map_err(sql("open_after"))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = st
-                .query_map(params![cursor, limit], |row| {
-                    let accepted = accepted_from_row(row)?;
-                    let answer = if row.get::<_, String>(12)? == "answered" {
-                        Some(Answer {
-                            command: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
-                            outcome: Outcome::parse(&row.get::<_, Option<String>>(14)?.unwrap_or_default()),
-                            errcode: row.get(15)?,
-                            detail: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
-                            text: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
-                        })
-                    } else {
-                        None
-                    };
-                    Ok((row.get::<_, i64>(18)?, Pending { accepted, answer }))
-                })
+            st.query_map(params![cursor, limit], pending_from_row)
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(sql("open_after"))?;
-            Ok(rows)
+                .map_err(sql("open_after"))
+        })
+    }
+
+    fn open_in_conversation_after(
+        &self,
+        conversation_id: &str,
+        after: i64,
+        through: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Pending)>, LedgerError> {
+        self.with(|conn| {
+            // A range of rowids, filtered: no per-group index, which would slow every insert.
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM commands
+                     WHERE rowid > ?1 AND rowid <= ?2 AND conversation_id = ?3 AND status != 'done'
+                     ORDER BY rowid LIMIT ?4"
+                ))
+                .map_err(sql("open_in_conversation_after"))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            st.query_map(params![after, through, conversation_id, limit], pending_from_row)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("open_in_conversation_after"))
+        })
+    }
+
+    fn newest_done_by_group(&self) -> Result<HashMap<String, i64>, LedgerError> {
+        self.with(|conn| {
+            let oldest_open: Option<i64> = conn
+                .query_row(
+                    "SELECT min(rowid) FROM commands WHERE status != 'done'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql("newest_done_by_group"))?;
+            let Some(oldest_open) = oldest_open else {
+                return Ok(HashMap::new());
+            };
+            let mut st = conn
+                .prepare(
+                    "SELECT conversation_id, max(rowid) FROM commands
+                     WHERE rowid > ?1 AND status = 'done' GROUP BY conversation_id",
+                )
+                .map_err(sql("newest_done_by_group"))?;
+            st.query_map(params![oldest_open], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect::<Result<HashMap<_, _>, _>>())
+                .map_err(sql("newest_done_by_group"))
         })
     }
 
@@ -553,6 +605,48 @@ mod tests {
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].1.accepted.msg_id, "m2");
         assert_eq!(l.open_count().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_groups_open_commands_are_read_from_its_own_position_up_to_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        for (id, cid) in [("a1", "A"), ("b1", "B"), ("a2", "A"), ("a3", "A"), ("a4", "A")] {
+            let mut c = accepted(id);
+            c.conversation_id = cid.into();
+            l.accept(&c).unwrap();
+        }
+        let ids = |rows: Vec<(i64, Pending)>| -> Vec<String> {
+            rows.into_iter().map(|(_, p)| p.accepted.msg_id).collect()
+        };
+        assert_eq!(
+            ids(l.open_in_conversation_after("A", 1, 4, 10).unwrap()),
+            ["a2", "a3"]
+        );
+        assert_eq!(
+            ids(l.open_in_conversation_after("A", 0, 5, 2).unwrap()),
+            ["a1", "a2"]
+        );
+        assert!(l.open_in_conversation_after("B", 2, 5, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_newest_finished_command_of_each_group_after_the_oldest_open_one_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        assert!(l.newest_done_by_group().unwrap().is_empty());
+        let done = Answer::new("/help", Outcome::Info, "", "");
+        for (id, cid) in [("a0", "A"), ("a1", "A"), ("b1", "B"), ("a2", "A"), ("c1", "C")] {
+            let mut c = accepted(id);
+            c.conversation_id = cid.into();
+            l.accept(&c).unwrap();
+        }
+        for id in ["a0", "a2", "c1"] {
+            l.finish(id, &done, &Delivery::Session, 2).unwrap();
+        }
+        // a1 is the oldest open command; a0 finished before it and does not count.
+        let newest = l.newest_done_by_group().unwrap();
+        assert_eq!(newest, HashMap::from([("A".to_owned(), 4), ("C".to_owned(), 5)]));
     }
 
     #[test]

@@ -60,10 +60,9 @@ impl WorkerContext {
             set_ms: now_ms(),
         };
         let cid = job.conversation_id.clone();
-        if let Err(e) = self.ledger.call(move |l| l.set_dm_state(&cid, &state)).await {
-            // DingTalk made the change; only our record of it is missing.
-            tracing::error!(error = %e, "could not record the new DM state");
-        }
+        // DingTalk made the change: record it before anything else of this group happens.
+        self.write_until_landed("record the new DM state", move |l| l.set_dm_state(&cid, &state))
+            .await;
         let mut text = if prohibit {
             "Private chat is now forbidden in this group: members can no longer add each other as friends or chat privately.".to_owned()
         } else {

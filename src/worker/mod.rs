@@ -9,14 +9,18 @@ pub mod pool;
 pub mod reply;
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
 
 use crate::clock::now_ms;
 use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
 use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending, ReplyHosts};
-use crate::ledger::LedgerHandle;
+use crate::ledger::{Ledger, LedgerError, LedgerHandle};
 use crate::telemetry::Metrics;
 
 pub use policy::Policy;
@@ -30,6 +34,64 @@ pub struct WorkerContext {
     reply_hosts: ReplyHosts,
     static_groups: BTreeMap<String, ChatId>,
     metrics: Arc<Metrics>,
+    /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
+    /// panic there.
+    #[cfg(test)]
+    before_answer: Option<fn(&Accepted)>,
+}
+
+/// First wait before a failed ledger write of a running command is tried again; it doubles
+/// up to [`LEDGER_RETRY_MAX`].
+const LEDGER_RETRY_FIRST: Duration = Duration::from_millis(50);
+const LEDGER_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Keeps `dingops_ledger_writes_retrying` raised while a command waits for its write,
+/// however that wait ends (the write lands, or shutdown drops the command).
+struct Retrying<'a>(&'a Metrics);
+
+impl<'a> Retrying<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.ledger_writes_retrying.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.ledger_writes_retrying.dec();
+    }
+}
+
+/// The ❌ answer of a command that panicked; the panic itself went to the log.
+fn panicked(command: &str) -> Answer {
+    Answer::new(
+        command,
+        Outcome::Failed,
+        "dingops hit an internal error running this command; the operators have been told in the log. Try again later.",
+        "internal error: the command panicked",
+    )
+}
+
+/// The command name in `job`'s text, or `-`.
+fn command_name(job: &Accepted) -> &'static str {
+    job.text
+        .as_deref()
+        .and_then(|t| Command::parse(t).ok())
+        .map_or("-", |c| c.spec().name)
+}
+
+/// Whether running `job` may call one of DingTalk's group APIs (and so wait for a token and
+/// for DingTalk). Only those take one of the `command_concurrency` running slots: a /help or
+/// a refusal must never queue behind commands stuck on DingTalk.
+pub(crate) fn calls_group_api(job: &Pending) -> bool {
+    job.answer.is_none()
+        && job.accepted.conversation_type == ConversationType::Group
+        && job
+            .accepted
+            .text
+            .as_deref()
+            .and_then(|t| Command::parse(t).ok())
+            .is_some_and(|c| matches!(c, Command::LockDm | Command::UnlockDm | Command::Bind { .. }))
 }
 
 impl WorkerContext {
@@ -50,11 +112,77 @@ impl WorkerContext {
             reply_hosts: settings.reply_hosts.clone(),
             static_groups: settings.groups.clone(),
             metrics,
+            #[cfg(test)]
+            before_answer: None,
         }
+    }
+
+    /// Runs a ledger write of a running command until it lands: a command whose DingTalk
+    /// call happened must have it on record before its reply goes out, and its group's next
+    /// command waits until it has. Each retry is counted; while one is pending `/readyz`
+    /// says not ready.
+    async fn write_until_landed<F>(&self, what: &'static str, write: F)
+    where
+        F: Fn(&dyn Ledger) -> Result<(), LedgerError> + Send + Sync + 'static,
+    {
+        let write = Arc::new(write);
+        let mut wait = LEDGER_RETRY_FIRST;
+        let mut retrying: Option<Retrying<'_>> = None;
+        let mut retries: u64 = 0;
+        loop {
+            let attempt = Arc::clone(&write);
+            match self.ledger.call(move |l| attempt(l)).await {
+                Ok(()) => {
+                    if retrying.is_some() {
+                        tracing::info!(retries, what, "ledger write landed after retries");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if retrying.is_none() {
+                        retrying = Some(Retrying::start(&self.metrics));
+                        tracing::error!(error = %e, what, "ledger write failed; retrying until it lands");
+                    } else {
+                        tracing::warn!(error = %e, what, retries, "ledger write failed again");
+                    }
+                }
+            }
+            retries = retries.saturating_add(1);
+            self.metrics.ledger_write_retries.inc();
+            tokio::time::sleep(wait).await;
+            wait = wait.saturating_mul(2).min(LEDGER_RETRY_MAX);
+        }
+    }
+
+    /// [`WorkerContext::answer`], with a panic turned into a ❌ answer.
+    async fn answer_or_panic(&self, job: &Accepted) -> Answer {
+        match AssertUnwindSafe(self.answer(job)).catch_unwind().await {
+            Ok(a) => a,
+            Err(_) => {
+                tracing::error!("a command panicked; it is recorded as failed");
+                panicked(command_name(job))
+            }
+        }
+    }
+
+    /// Records a command that panicked outside its answer (delivering or recording): it is
+    /// finished as failed, so its group goes on.
+    pub(crate) async fn fail_after_panic(&self, job: &Accepted) {
+        tracing::error!(msg_id = %job.msg_id, "a command panicked; it is recorded as failed");
+        let (msg_id, answer) = (job.msg_id.clone(), panicked(command_name(job)));
+        let delivery = crate::domain::Delivery::Failed("panic".into());
+        self.write_until_landed("finish a command that panicked", move |l| {
+            l.finish(&msg_id, &answer, &delivery, now_ms())
+        })
+        .await;
     }
 
     /// Decides and carries out one command; never calls DingTalk for a refused one.
     pub async fn answer(&self, job: &Accepted) -> Answer {
+        #[cfg(test)]
+        if let Some(hook) = self.before_answer {
+            hook(job);
+        }
         let Some(text) = job.text.as_deref() else {
             return Answer::new(
                 "-",
@@ -100,15 +228,16 @@ impl WorkerContext {
         let answer = match answer {
             Some(a) => a,
             None => {
-                let a = self.answer(&accepted).await;
+                let a = self.answer_or_panic(&accepted).await;
                 // Only an answer that changed or asked DingTalk is recorded before the reply:
                 // after a crash it must not be repeated. Information and refusals are simply
                 // answered again, which saves a ledger write on most commands.
                 if matches!(a.outcome, Outcome::Ok | Outcome::Failed) {
                     let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
-                    if let Err(e) = self.ledger.call(move |l| l.record_answer(&msg_id, &record)).await {
-                        tracing::error!(error = %e, "could not record the answer of a command");
-                    }
+                    self.write_until_landed("record the answer of a command", move |l| {
+                        l.record_answer(&msg_id, &record)
+                    })
+                    .await;
                 }
                 a
             }
@@ -129,13 +258,10 @@ impl WorkerContext {
             .command_seconds
             .observe(now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
         let msg_id = accepted.msg_id.clone();
-        if let Err(e) = self
-            .ledger
-            .call(move |l| l.finish(&msg_id, &answer, &delivery, now_ms()))
-            .await
-        {
-            tracing::error!(error = %e, "could not record the end of a command");
-        }
+        self.write_until_landed("record the end of a command", move |l| {
+            l.finish(&msg_id, &answer, &delivery, now_ms())
+        })
+        .await;
     }
 }
 
@@ -146,7 +272,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::domain::{Binding, DmState, SessionWebhook};
-    use crate::ledger::{Ledger as _, MemoryLedger};
+    use crate::ledger::MemoryLedger;
 
     /// A worker over an in-memory ledger whose DingTalk is a closed loopback port: any call
     /// to it fails, so a decision that needs none is visible as a non-`Failed` answer.
@@ -308,5 +434,63 @@ mod tests {
         // The sessionWebhook's port is closed, so the reply failed and says so.
         assert_eq!(row.reply.as_deref(), Some("none-failed-connect"));
         assert_eq!(ledger.open_count().unwrap(), 0);
+    }
+
+    /// Panics for the text `boom`: a stand-in for any bug in a command.
+    fn boom(job: &Accepted) {
+        if job.text.as_deref() == Some("boom") {
+            panic!("a command bug (test)");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_command_is_recorded_failed_and_its_group_goes_on() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let mut first = typed("member", "boom");
+        first.msg_id = "m-boom".into();
+        let mut second = typed("member", "/help");
+        second.msg_id = "m-help".into();
+        ledger.accept(&first).unwrap();
+        ledger.accept(&second).unwrap();
+        let w = WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            before_answer: Some(boom),
+            ..worker(MemoryLedger::new(), &[])
+        };
+        // One running slot and one group: a leaked slot or a stuck group would stall /help.
+        let (intake, pool) = WorkerPool::start(Arc::new(w), 4, 1);
+        intake.wake();
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ledger.open_count().unwrap() > 0 {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the group stalled after a panic"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.shutdown(Duration::from_secs(5)).await;
+        let rows = ledger.history(None, None, 10).unwrap();
+        let row = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().clone();
+        let boomed = row("m-boom");
+        assert_eq!(boomed.status, "done");
+        assert_eq!(boomed.result.as_deref(), Some("failed"));
+        assert_eq!(
+            boomed.detail.as_deref(),
+            Some("internal error: the command panicked")
+        );
+        let help = row("m-help");
+        assert_eq!(
+            (help.status.as_str(), help.result.as_deref()),
+            ("done", Some("info"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_gives_a_failed_answer_with_the_command_name() {
+        let mut w = worker(MemoryLedger::new(), &[]);
+        w.before_answer = Some(|_| panic!("a command bug (test)"));
+        let a = w.answer_or_panic(&typed("member", "/dm-status")).await;
+        assert_eq!((a.command.as_str(), a.outcome), ("/dm-status", Outcome::Failed));
+        assert!(a.text.contains("internal error"), "{}", a.text);
     }
 }

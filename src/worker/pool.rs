@@ -1,15 +1,18 @@
 //! The worker pool: reads open commands from the ledger in acceptance order, holds a
-//! bounded number in memory, runs a bounded number at once, one group's commands one after
-//! another.
+//! bounded number in memory (and a few per group, so one group's backlog cannot crowd out
+//! the others), runs the commands of one group one after another, and bounds how many call
+//! DingTalk at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::WorkerContext;
+use super::{WorkerContext, calls_group_api, command_name};
 use crate::clock::now_ms;
 use crate::domain::{Answer, Delivery, Outcome, Pending};
 
@@ -36,9 +39,37 @@ pub struct WorkerPool {
 /// Commands loaded from the ledger per read.
 const LOAD_BATCH: usize = 256;
 
+/// Most commands of one group held in memory. The rest of a group's backlog stays in the
+/// ledger: the shared cursor skips it and the group reads it from its own position later, so
+/// a command of another group is loaded (and started) while a long backlog drains.
+const PER_GROUP: usize = 8;
+
 /// A loaded command and its place in memory (released when it finishes).
 type Held = (Pending, OwnedSemaphorePermit);
-type GroupQueues = Arc<std::sync::Mutex<HashMap<String, VecDeque<Held>>>>;
+
+/// One group's commands in memory.
+#[derive(Default)]
+struct Group {
+    queue: VecDeque<Held>,
+    /// Loaded and not finished: those queued and the one running.
+    held: usize,
+    /// A runner task works through `queue`.
+    runner: bool,
+    /// Position of this group's newest loaded command.
+    loaded_upto: i64,
+    /// The shared cursor skipped some of this group's open commands; they are read from
+    /// `loaded_upto` on, and the cursor skips the group until it has caught up.
+    behind: bool,
+}
+
+#[derive(Clone, Default)]
+struct Groups(Arc<Mutex<HashMap<String, Group>>>);
+
+impl Groups {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl WorkerPool {
     /// Starts the pool. It reads open commands from the ledger in the order they were
@@ -68,6 +99,22 @@ impl WorkerPool {
     }
 }
 
+/// The loader: everything the pool task owns.
+struct Pump {
+    ctx: Arc<WorkerContext>,
+    groups: Groups,
+    held: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    tasks: JoinSet<()>,
+    /// Position of the last command the shared cursor looked at.
+    cursor: i64,
+    per_group: usize,
+    started_ms: u64,
+    /// Each group's newest finished command at start (see [`Pump::admit`]).
+    newest_done: HashMap<String, i64>,
+}
+
 async fn pump(
     ctx: Arc<WorkerContext>,
     wake: Arc<Notify>,
@@ -75,126 +122,244 @@ async fn pump(
     capacity: usize,
     concurrency: usize,
 ) {
-    let held = Arc::new(Semaphore::new(capacity.max(1)));
-    let running = Arc::new(Semaphore::new(concurrency.max(1)));
-    let groups: GroupQueues = Arc::default();
-    let mut tasks = JoinSet::new();
-    let mut cursor: i64 = 0;
-    let started_ms = now_ms();
-    loop {
-        while tasks.try_join_next().is_some() {}
-        let room = held.available_permits().min(LOAD_BATCH);
-        let rows = if room == 0 {
-            Vec::new()
-        } else {
-            match ctx.ledger.call(move |l| l.open_after(cursor, room)).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read open commands from the ledger");
-                    Vec::new()
-                }
-            }
-        };
-        let loaded = rows.len();
-        for (rowid, job) in rows {
-            cursor = rowid;
-            let Ok(permit) = held.clone().try_acquire_owned() else {
-                break;
-            };
-            if let Some(job) = not_stale(&ctx, job, started_ms).await {
-                enqueue(&ctx, &groups, &running, &mut tasks, job, permit);
-            }
+    let newest_done = match ctx.ledger.call(|l| l.newest_done_by_group()).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read which groups finished newer commands; resuming without that check");
+            HashMap::new()
         }
-        if loaded == room && room > 0 {
+    };
+    let capacity = capacity.max(1);
+    let mut p = Pump {
+        ctx,
+        groups: Groups::default(),
+        held: Arc::new(Semaphore::new(capacity)),
+        running: Arc::new(Semaphore::new(concurrency.max(1))),
+        wake,
+        tasks: JoinSet::new(),
+        cursor: 0,
+        per_group: PER_GROUP.min(capacity),
+        started_ms: now_ms(),
+        newest_done,
+    };
+    loop {
+        while p.tasks.try_join_next().is_some() {}
+        p.refill().await;
+        if p.scan().await {
             continue;
         }
         tokio::select! {
-            () = wake.notified() => {}
+            // A new command, or a finished one (room in memory again).
+            () = p.wake.notified() => {}
             () = stop.notified() => break,
-            // Room in memory again (the backlog may be waiting in the ledger).
-            Ok(p) = held.acquire(), if room == 0 => drop(p),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    while tasks.join_next().await.is_some() {}
+    while p.tasks.join_next().await.is_some() {}
 }
 
-/// A command from before this start (a stop or crash interrupted it) that was never answered
-/// and whose reply session has expired is not run: it is stale, and whoever typed it was not
-/// told anything. It is recorded as such. Commands of this run always run; an expired session
-/// then falls back to a group message.
-async fn not_stale(ctx: &WorkerContext, job: Pending, started_ms: u64) -> Option<Pending> {
-    let a = &job.accepted;
-    let stale = job.answer.is_none()
-        && a.received_ms < started_ms
-        && a.session_expires_ms.is_some_and(|exp| exp <= now_ms());
-    if !stale {
-        return Some(job);
-    }
-    tracing::warn!(msg_id = %a.msg_id, "not run: its reply session expired before dingops restarted");
-    let answer = Answer::new(
-        "-",
-        Outcome::Failed,
-        "",
-        "not run: its reply session expired before dingops restarted",
-    );
-    let id = job.accepted.msg_id;
-    if let Err(e) = ctx
-        .ledger
-        .call(move |l| l.finish(&id, &answer, &Delivery::Expired, now_ms()))
-        .await
-    {
-        tracing::error!(error = %e, "could not record an expired command");
-    }
-    None
-}
-
-/// Queues a command behind earlier ones of its group, or starts a runner for the group.
-fn enqueue(
-    ctx: &Arc<WorkerContext>,
-    groups: &GroupQueues,
-    running: &Arc<Semaphore>,
-    tasks: &mut JoinSet<()>,
-    job: Pending,
-    permit: OwnedSemaphorePermit,
-) {
-    let cid = job.accepted.conversation_id.clone();
-    {
-        let mut map = groups.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(queue) = map.get_mut(&cid) {
-            queue.push_back((job, permit));
-            return;
+impl Pump {
+    /// Reads open commands after the shared cursor and loads those whose group has room;
+    /// `true` when the read was full (more may be waiting).
+    async fn scan(&mut self) -> bool {
+        let room = self.held.available_permits().min(LOAD_BATCH);
+        if room == 0 {
+            return false;
         }
-        map.insert(cid.clone(), VecDeque::new());
+        let cursor = self.cursor;
+        let rows = match self.ctx.ledger.call(move |l| l.open_after(cursor, room)).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read open commands from the ledger");
+                return false;
+            }
+        };
+        let full = rows.len() == room;
+        for (rowid, job) in rows {
+            let load = {
+                let mut map = self.groups.lock();
+                let g = map.entry(job.accepted.conversation_id.clone()).or_default();
+                if !g.behind && g.held >= self.per_group {
+                    g.behind = true;
+                }
+                !g.behind
+            };
+            if load {
+                let Ok(permit) = self.held.clone().try_acquire_owned() else {
+                    // Memory is full: this row is read again once a command finishes.
+                    return false;
+                };
+                self.load(rowid, job, permit).await;
+            }
+            self.cursor = rowid;
+        }
+        full
     }
-    tasks.spawn(run_group(
-        ctx.clone(),
-        groups.clone(),
-        running.clone(),
-        cid,
-        (job, permit),
-    ));
+
+    /// Reads more of the backlog of groups the cursor skipped, once they have room for half
+    /// their share (one read per several commands, not one per command).
+    async fn refill(&mut self) {
+        let wanting: Vec<(String, i64, usize)> = self
+            .groups
+            .lock()
+            .iter()
+            .filter(|(_, g)| g.behind && g.held * 2 <= self.per_group)
+            .map(|(cid, g)| (cid.clone(), g.loaded_upto, self.per_group - g.held))
+            .collect();
+        for (cid, after, want) in wanting {
+            let want = want.min(self.held.available_permits());
+            if want == 0 {
+                return;
+            }
+            let (key, through) = (cid.clone(), self.cursor);
+            let rows = match self
+                .ctx
+                .ledger
+                .call(move |l| l.open_in_conversation_after(&key, after, through, want))
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a group's open commands from the ledger");
+                    return;
+                }
+            };
+            let caught_up = rows.len() < want;
+            for (rowid, job) in rows {
+                let Ok(permit) = self.held.clone().try_acquire_owned() else {
+                    return;
+                };
+                self.load(rowid, job, permit).await;
+            }
+            if caught_up {
+                let mut map = self.groups.lock();
+                if let Some(g) = map.get_mut(&cid) {
+                    g.behind = false;
+                    if g.held == 0 && !g.runner {
+                        map.remove(&cid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Admits a command read from the ledger and queues it behind earlier ones of its group,
+    /// starting a runner for the group when it has none.
+    async fn load(&mut self, rowid: i64, job: Pending, permit: OwnedSemaphorePermit) {
+        let cid = job.accepted.conversation_id.clone();
+        let admitted = self.admit(rowid, job).await;
+        let mut map = self.groups.lock();
+        let g = map.entry(cid.clone()).or_default();
+        g.loaded_upto = g.loaded_upto.max(rowid);
+        let Some(job) = admitted else {
+            if g.held == 0 && !g.runner && !g.behind {
+                map.remove(&cid);
+            }
+            return;
+        };
+        g.held += 1;
+        g.queue.push_back((job, permit));
+        if !g.runner {
+            g.runner = true;
+            self.tasks.spawn(run_group(
+                self.ctx.clone(),
+                self.groups.clone(),
+                self.running.clone(),
+                self.wake.clone(),
+                cid,
+            ));
+        }
+    }
+
+    /// Whether a command read from the ledger runs. Not when it is from before this start,
+    /// was never answered and:
+    /// - its reply session has expired: it is stale, and whoever typed it was not told
+    ///   anything. Commands of this run always run; an expired session then falls back to a
+    ///   group message;
+    /// - a newer command of its group already finished (a write of this command was lost
+    ///   before a crash): running it now would undo the newer one, so it is superseded.
+    ///
+    /// Either is recorded as such.
+    async fn admit(&self, rowid: i64, job: Pending) -> Option<Pending> {
+        let a = &job.accepted;
+        if job.answer.is_some() || a.received_ms >= self.started_ms {
+            return Some(job);
+        }
+        let (detail, delivery) = if a.session_expires_ms.is_some_and(|exp| exp <= now_ms()) {
+            (
+                "not run: its reply session expired before dingops restarted",
+                Delivery::Expired,
+            )
+        } else if self
+            .newest_done
+            .get(&a.conversation_id)
+            .is_some_and(|&p| p > rowid)
+        {
+            (
+                "superseded: a newer command of this group finished first",
+                Delivery::Superseded,
+            )
+        } else {
+            return Some(job);
+        };
+        tracing::warn!(msg_id = %a.msg_id, "{detail}");
+        let answer = Answer::new(command_name(a), Outcome::Failed, "", detail);
+        let id = job.accepted.msg_id;
+        if let Err(e) = self
+            .ctx
+            .ledger
+            .call(move |l| l.finish(&id, &answer, &delivery, now_ms()))
+            .await
+        {
+            tracing::error!(error = %e, "could not record a command that is not run");
+        }
+        None
+    }
 }
 
-/// Runs one group's commands in order until its queue is empty.
+/// Runs one group's commands in order until its queue is empty. A command that may call a
+/// DingTalk group API first takes a running slot; the others run at once. A command that
+/// panics is recorded as failed and the group goes on.
 async fn run_group(
     ctx: Arc<WorkerContext>,
-    groups: GroupQueues,
+    groups: Groups,
     running: Arc<Semaphore>,
+    wake: Arc<Notify>,
     cid: String,
-    first: Held,
 ) {
-    let mut next = Some(first);
-    while let Some((job, held)) = next {
-        if let Ok(slot) = running.acquire().await {
-            ctx.process(job).await;
-            drop(slot);
+    loop {
+        let next = {
+            let mut map = groups.lock();
+            let Some(g) = map.get_mut(&cid) else {
+                return;
+            };
+            match g.queue.pop_front() {
+                Some(h) => h,
+                None => {
+                    g.runner = false;
+                    if g.held == 0 && !g.behind {
+                        map.remove(&cid);
+                    }
+                    return;
+                }
+            }
+        };
+        let (job, permit) = next;
+        let slot = if calls_group_api(&job) {
+            running.clone().acquire_owned().await.ok()
+        } else {
+            None
+        };
+        let accepted = job.accepted.clone();
+        if AssertUnwindSafe(ctx.process(job)).catch_unwind().await.is_err() {
+            ctx.fail_after_panic(&accepted).await;
         }
-        drop(held);
-        let mut map = groups.lock().unwrap_or_else(|p| p.into_inner());
-        next = map.get_mut(&cid).and_then(VecDeque::pop_front);
-        if next.is_none() {
-            map.remove(&cid);
+        drop(slot);
+        drop(permit);
+        if let Some(g) = groups.lock().get_mut(&cid) {
+            g.held = g.held.saturating_sub(1);
         }
+        // Room in memory again: the loader may read more.
+        wake.notify_one();
     }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit_input;
+mod audit_worker;
 mod commands;
 mod dedupe;
 mod faults;

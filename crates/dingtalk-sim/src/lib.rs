@@ -75,6 +75,9 @@ pub enum Fault {
     Redirect { location: String },
     /// Answer 200 with a JSON body of this many bytes.
     HugeBody { bytes: usize },
+    /// Token APIs only: issue the token as usual but state this lifetime (`expires_in`,
+    /// `expireIn`) in the answer, e.g. an absurd `i64::MAX`. Other APIs ignore it.
+    TokenTtl { expires_in: i64 },
 }
 
 /// A group the simulator knows.
@@ -375,11 +378,14 @@ fn open_session(shared: &Shared, cid: &str, ttl: Duration) -> (String, u64) {
 /// What the simulator does before serving a call: faults, then the rate limit.
 enum Gate {
     Proceed,
+    /// Proceed, and a token answer states this lifetime instead of the real one.
+    StateTtl(i64),
     Respond(HttpResponse),
 }
 
 async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
     let fault = shared.state().faults.get_mut(api).and_then(VecDeque::pop_front);
+    let mut proceed = Gate::Proceed;
     match fault {
         Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(Fault::Hang) => {
@@ -417,6 +423,7 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
             });
             return Gate::Respond(HttpResponse::Ok().streaming(broken));
         }
+        Some(Fault::TokenTtl { expires_in }) => proceed = Gate::StateTtl(expires_in),
         None => {}
     }
     let limit = shared.config.rate_limit_per_sec as usize;
@@ -437,7 +444,7 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
         }
         window.push_back(now);
     }
-    Gate::Proceed
+    proceed
 }
 
 fn error_answer(new_style: bool, errcode: i64, message: &str) -> HttpResponse {
@@ -497,9 +504,11 @@ struct GetTokenQuery {
 }
 
 async fn gettoken(shared: web::Data<Shared>, q: web::Query<GetTokenQuery>) -> HttpResponse {
-    if let Gate::Respond(r) = gate(&shared, api::GET_TOKEN, false).await {
-        return r;
-    }
+    let stated_ttl = match gate(&shared, api::GET_TOKEN, false).await {
+        Gate::Respond(r) => return r,
+        Gate::StateTtl(t) => Some(t),
+        Gate::Proceed => None,
+    };
     let ok = q.appkey.as_deref() == Some(shared.config.app_key.as_str())
         && q.appsecret.as_deref() == Some(shared.config.app_secret.as_str());
     if !ok {
@@ -514,13 +523,17 @@ async fn gettoken(shared: web::Data<Shared>, q: web::Query<GetTokenQuery>) -> Ht
         t
     };
     record(&shared, api::GET_TOKEN, None, Value::Null, 0);
-    HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": ttl}))
+    let expires_in = stated_ttl.unwrap_or(i64::try_from(ttl).unwrap_or(i64::MAX));
+    HttpResponse::Ok()
+        .json(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in}))
 }
 
 async fn access_token(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
-    if let Gate::Respond(r) = gate(&shared, api::ACCESS_TOKEN, true).await {
-        return r;
-    }
+    let stated_ttl = match gate(&shared, api::ACCESS_TOKEN, true).await {
+        Gate::Respond(r) => return r,
+        Gate::StateTtl(t) => Some(t),
+        Gate::Proceed => None,
+    };
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let ok = v.get("appKey").and_then(Value::as_str) == Some(shared.config.app_key.as_str())
         && v.get("appSecret").and_then(Value::as_str) == Some(shared.config.app_secret.as_str());
@@ -537,7 +550,8 @@ async fn access_token(shared: web::Data<Shared>, body: web::Bytes) -> HttpRespon
         t
     };
     record(&shared, api::ACCESS_TOKEN, None, Value::Null, 0);
-    HttpResponse::Ok().json(json!({"accessToken": token, "expireIn": ttl}))
+    let expire_in = stated_ttl.unwrap_or(i64::try_from(ttl).unwrap_or(i64::MAX));
+    HttpResponse::Ok().json(json!({"accessToken": token, "expireIn": expire_in}))
 }
 
 #[derive(Deserialize)]
