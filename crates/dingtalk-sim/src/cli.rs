@@ -25,6 +25,12 @@ pub struct SimArgs {
     /// Calls per second per API before it answers 90018 (0 = no limit).
     #[arg(long, default_value_t = 20)]
     pub rate_limit: u32,
+    /// Listen address of the Stream gateway (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub stream_listen: String,
+    /// Milliseconds the Stream gateway waits for an ACK before pushing a frame again.
+    #[arg(long, default_value_t = 5000)]
+    pub stream_repush_ms: u64,
 }
 
 /// Starts the simulator, prints where it is and how to use it, and serves until Ctrl-C.
@@ -35,6 +41,8 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
         app_secret,
         groups,
         rate_limit,
+        stream_listen,
+        stream_repush_ms,
     } = args;
     let listener = TcpListener::bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
     let sim = Simulator::start(
@@ -42,10 +50,13 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
             app_key,
             app_secret,
             rate_limit_per_sec: rate_limit,
+            stream_listen: stream_listen.clone(),
+            stream_repush_after_ms: stream_repush_ms,
             ..SimConfig::default()
         },
         listener,
-    )?;
+    )
+    .with_context(|| format!("cannot start the simulator (Stream gateway on {stream_listen})"))?;
     for g in &groups {
         let (cid, chatid) = g
             .rsplit_once('=')
@@ -57,6 +68,11 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
         "  point dingops at it: DINGOPS_OAPI_BASE={0} DINGOPS_API_BASE={0} DINGOPS_REPLY_HOSTS={1}",
         sim.url(),
         sim.host_port()
+    );
+    println!(
+        "  Stream gateway on {} (POST {}/v1.0/gateway/connections/open hands out its endpoint)",
+        sim.stream().endpoint(),
+        sim.url()
     );
     println!(
         "  control: GET/POST /_sim/groups, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"

@@ -1,7 +1,8 @@
 //! A DingTalk simulator: a real, stateful HTTP server speaking the parts of DingTalk's API
 //! that dingops uses (tokens, the private-chat switch, chatid conversion, replies), with
 //! DingTalk's error shapes, token expiry, its per-API rate limit and injectable faults, plus
-//! [`chat`], which plays DingTalk's side of the robot callback and signs it with [`sign`].
+//! [`chat`], which plays DingTalk's side of the robot callback and signs it with [`sign`],
+//! and [`stream`], DingTalk's Stream mode: `connections/open` and a WebSocket gateway.
 //!
 //! dingops' demo, integration tests and benchmarks run against it; the `dingtalk-sim` binary
 //! (and `dingops sim`) serves it alone. It does not depend on dingops, so dingops' signature
@@ -11,6 +12,7 @@ pub mod chat;
 pub mod cli;
 pub mod clock;
 pub mod sign;
+pub mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpListener;
@@ -33,6 +35,7 @@ pub mod api {
     pub const CONVERT: &str = "convert_to_open_conversation_id";
     pub const SEND_BY_SESSION: &str = "send_by_session";
     pub const GROUP_MESSAGE: &str = "robot_group_messages_send";
+    pub const STREAM_OPEN: &str = "gateway_connections_open";
 }
 
 /// How the simulator behaves.
@@ -44,6 +47,14 @@ pub struct SimConfig {
     pub token_ttl_secs: u64,
     /// Calls per second per API before it answers 90018; 0 turns the limit off.
     pub rate_limit_per_sec: u32,
+    /// Where the Stream gateway listens (port 0: any free port).
+    pub stream_listen: String,
+    /// How long the Stream gateway waits for an ACK before it pushes a frame again.
+    pub stream_repush_after_ms: u64,
+    /// How long a connection stays open after the gateway sent it `disconnect`.
+    pub stream_disconnect_grace_ms: u64,
+    /// Lifetime of a `connections/open` ticket.
+    pub stream_ticket_ttl_secs: u64,
 }
 
 impl Default for SimConfig {
@@ -53,6 +64,10 @@ impl Default for SimConfig {
             app_secret: "demo-app-secret-not-for-production".into(),
             token_ttl_secs: 7200,
             rate_limit_per_sec: 20,
+            stream_listen: "127.0.0.1:0".into(),
+            stream_repush_after_ms: 5000,
+            stream_disconnect_grace_ms: 10_000,
+            stream_ticket_ttl_secs: 90,
         }
     }
 }
@@ -144,6 +159,7 @@ struct Shared {
     config: SimConfig,
     state: Mutex<State>,
     base_url: String,
+    stream: Arc<stream::Gateway>,
 }
 
 impl Shared {
@@ -161,7 +177,7 @@ pub struct Simulator {
     handle: ServerHandle,
 }
 
-fn random_hex(len: usize) -> String {
+pub(crate) fn random_hex(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
         .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
@@ -169,13 +185,23 @@ fn random_hex(len: usize) -> String {
 }
 
 impl Simulator {
-    /// Starts the simulator on `listener` (spawned on the current tokio runtime).
+    /// Starts the simulator on `listener`, and its Stream gateway on
+    /// `config.stream_listen` (both spawned on the current tokio runtime).
     pub fn start(config: SimConfig, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let stream = stream::Gateway::start(
+            TcpListener::bind(&config.stream_listen)?,
+            stream::Timing {
+                repush_after: Duration::from_millis(config.stream_repush_after_ms),
+                disconnect_grace: Duration::from_millis(config.stream_disconnect_grace_ms),
+                ticket_ttl: Duration::from_secs(config.stream_ticket_ttl_secs),
+            },
+        )?;
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State::default()),
             base_url: format!("http://{addr}"),
+            stream,
         });
         let data = web::Data::from(shared.clone());
         let server = HttpServer::new(move || {
@@ -194,6 +220,7 @@ impl Simulator {
                 )
                 .route("/robot/sendBySession", web::post().to(send_by_session))
                 .route("/v1.0/robot/groupMessages/send", web::post().to(group_message))
+                .route("/v1.0/gateway/connections/open", web::post().to(stream_open))
                 .route("/_sim/groups", web::get().to(control_groups))
                 .route("/_sim/groups", web::post().to(control_add_group))
                 .route("/_sim/sessions", web::post().to(control_open_session))
@@ -214,6 +241,11 @@ impl Simulator {
     /// The base URL (`http://127.0.0.1:port`), both `oapi_base` and `api_base`.
     pub fn url(&self) -> &str {
         &self.shared.base_url
+    }
+
+    /// The Stream gateway: push frames, play its faults, read what clients answered.
+    pub fn stream(&self) -> &stream::Gateway {
+        &self.shared.stream
     }
 
     /// `host:port`, for `reply_hosts`.
@@ -317,9 +349,17 @@ impl Simulator {
         s.modern_tokens.clear();
     }
 
-    /// Stops the server.
+    /// Stops the server and the Stream gateway (its connections are cut).
     pub async fn stop(&self) {
+        self.shared.stream.stop();
         self.handle.stop(false).await;
+    }
+}
+
+impl Drop for Simulator {
+    /// The gateway's tasks hold it alive; a simulator that goes away takes them along.
+    fn drop(&mut self) {
+        self.shared.stream.stop();
     }
 }
 
@@ -826,4 +866,60 @@ async fn control_revoke(shared: web::Data<Shared>) -> HttpResponse {
     s.legacy_tokens.clear();
     s.modern_tokens.clear();
     HttpResponse::Ok().json(json!({"ok": true}))
+}
+
+/// `POST /v1.0/gateway/connections/open`: registers a Stream connection and answers the
+/// gateway's endpoint with a single-use ticket.
+async fn stream_open(shared: web::Data<Shared>, body: web::Bytes) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::STREAM_OPEN, true).await {
+        return r;
+    }
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // The secret is checked, not kept.
+    let mut recorded = v.clone();
+    if let Some(secret) = recorded.get_mut("clientSecret") {
+        *secret = json!("<redacted>");
+    }
+    if let Some(status) = shared.stream.take_refusal() {
+        record(&shared, api::STREAM_OPEN, None, recorded, i64::from(status));
+        let (code, message) = match status {
+            401 => ("Unauthorized", "injected refusal: 无效的clientId或者clientSecret"),
+            403 => ("Forbidden.AccessDenied", "injected refusal: 没有调用该接口的权限"),
+            _ => ("ServiceUnavailable", "injected refusal: 系统繁忙"),
+        };
+        let status = actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+        return HttpResponse::build(status)
+            .json(json!({"code": code, "message": message, "requestid": random_hex(16)}));
+    }
+    if !v.is_object() {
+        record(&shared, api::STREAM_OPEN, None, recorded, 400);
+        return HttpResponse::BadRequest().json(
+            json!({"code": "InvalidParameter", "message": "请求体不是JSON对象", "requestid": random_hex(16)}),
+        );
+    }
+    let ok = v.get("clientId").and_then(Value::as_str) == Some(shared.config.app_key.as_str())
+        && v.get("clientSecret").and_then(Value::as_str) == Some(shared.config.app_secret.as_str());
+    if !ok {
+        record(&shared, api::STREAM_OPEN, None, recorded, 401);
+        return HttpResponse::Unauthorized().json(json!({
+            "code": "Unauthorized",
+            "message": "无效的clientId或者clientSecret",
+            "requestid": random_hex(16)
+        }));
+    }
+    match shared.stream.open(&v) {
+        Ok(ticket) => {
+            record(&shared, api::STREAM_OPEN, None, recorded, 0);
+            HttpResponse::Ok().json(json!({"endpoint": shared.stream.endpoint(), "ticket": ticket}))
+        }
+        Err(why) => {
+            record(&shared, api::STREAM_OPEN, None, recorded, 400);
+            HttpResponse::BadRequest().json(json!({
+                "code": "InvalidParameter.subscriptions",
+                "message": why,
+                "requestid": random_hex(16)
+            }))
+        }
+    }
 }
