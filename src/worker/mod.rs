@@ -436,9 +436,9 @@ mod tests {
         assert_eq!(ledger.open_count().unwrap(), 0);
     }
 
-    /// Panics for the text `boom`: a stand-in for any bug in a command.
+    /// Panics for the message `m-boom`: a stand-in for any bug in a command.
     fn boom(job: &Accepted) {
-        if job.text.as_deref() == Some("boom") {
+        if job.msg_id == "m-boom" {
             panic!("a command bug (test)");
         }
     }
@@ -446,10 +446,11 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_command_is_recorded_failed_and_its_group_goes_on() {
         let ledger = Arc::new(MemoryLedger::new());
-        let mut first = typed("member", "boom");
+        // Both take a running slot (they may call a group API), and there is only one.
+        let mut first = typed("boss", "/lock-dm");
         first.msg_id = "m-boom".into();
-        let mut second = typed("member", "/help");
-        second.msg_id = "m-help".into();
+        let mut second = typed("boss", "/unlock-dm");
+        second.msg_id = "m-next".into();
         ledger.accept(&first).unwrap();
         ledger.accept(&second).unwrap();
         let w = WorkerContext {
@@ -457,7 +458,7 @@ mod tests {
             before_answer: Some(boom),
             ..worker(MemoryLedger::new(), &[])
         };
-        // One running slot and one group: a leaked slot or a stuck group would stall /help.
+        // One running slot and one group: a leaked slot or a stuck group would stall the second.
         let (intake, pool) = WorkerPool::start(Arc::new(w), 4, 1);
         intake.wake();
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -478,10 +479,10 @@ mod tests {
             boomed.detail.as_deref(),
             Some("internal error: the command panicked")
         );
-        let help = row("m-help");
+        let next = row("m-next");
         assert_eq!(
-            (help.status.as_str(), help.result.as_deref()),
-            ("done", Some("info"))
+            (next.status.as_str(), next.command.as_deref()),
+            ("done", Some("/unlock-dm"))
         );
     }
 
