@@ -3,6 +3,7 @@
 // Test helpers panic on purpose when the system under test misbehaves.
 #![allow(clippy::unwrap_used)]
 
+mod audit_server;
 mod commands;
 mod dedupe;
 mod faults;
