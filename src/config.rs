@@ -50,6 +50,12 @@ pub struct ServerSettings {
     pub signature_window_secs: u64,
     /// `shutdown_grace_secs`: how long a stop waits for in-flight commands, in seconds. Default 30.
     pub shutdown_grace_secs: u64,
+    /// `request_timeout_ms`: time a client has to send a request's head, and again its body,
+    /// before the connection is closed (408), in ms. Default 10000.
+    pub request_timeout_ms: u64,
+    /// `max_connections`: open HTTP connections in total (all workers together); more wait
+    /// in the listen backlog. Lowered at start to fit the process's file limit. Default 10000.
+    pub max_connections: usize,
 }
 
 /// The DingTalk app and how dingops calls its APIs.
@@ -107,6 +113,9 @@ pub struct WorkerSettings {
 pub struct LedgerSettings {
     /// `database`: SQLite file of the ledger and bindings. Default `dingops.db`.
     pub database: PathBuf,
+    /// `retention_days`: finished commands older than this are deleted from the ledger in
+    /// the background. Default 180.
+    pub retention_days: u64,
 }
 
 fn env_name(key: &str) -> String {
@@ -374,7 +383,14 @@ impl ServerSettings {
             listen,
             signature_window_secs: src.integer("signature_window_secs", 3600, 1, 86_400)?,
             shutdown_grace_secs: src.integer("shutdown_grace_secs", 30, 0, 3600)?,
+            request_timeout_ms: src.integer("request_timeout_ms", 10_000, 100, 600_000)?,
+            max_connections: src.integer("max_connections", 10_000, 1, 1_000_000)? as usize,
         })
+    }
+
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 
@@ -449,6 +465,7 @@ impl LedgerSettings {
         }
         Ok(Self {
             database: PathBuf::from(database.trim()),
+            retention_days: src.integer("retention_days", 180, 1, 36_500)?,
         })
     }
 }
@@ -483,6 +500,9 @@ mod tests {
         );
         assert_eq!(s.server.signature_window_secs, 3600);
         assert_eq!(s.ledger.database, PathBuf::from("dingops.db"));
+        assert_eq!(s.ledger.retention_days, 180);
+        assert_eq!(s.server.request_timeout_ms, 10_000);
+        assert_eq!(s.server.max_connections, 10_000);
         assert!(s.worker.admins.is_empty() && s.worker.groups.is_empty());
     }
 
@@ -569,6 +589,6 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
-        assert_eq!(keys.len(), 22);
+        assert_eq!(keys.len(), 25);
     }
 }

@@ -1,12 +1,20 @@
 //! The application: wires the ledger, the DingTalk client, the worker pool and the HTTP
 //! server (the callback ingress and the probes) together; start-up (resumption) and shutdown.
 
+use std::cell::RefCell;
+use std::future::Future as _;
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{Payload, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpMessage as _, HttpResponse, HttpServer, web};
 use serde_json::json;
 
 use crate::config::Settings;
@@ -35,6 +43,16 @@ pub enum StartError {
     },
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(
+        "the ledger {database} is in use by another dingops serve ({holder}); one ledger serves one process"
+    )]
+    LedgerInUse { database: String, holder: String },
+    #[error("cannot lock the ledger {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot build the DingTalk client: {0}")]
     Client(#[from] crate::dingtalk::ApiError),
 }
@@ -45,6 +63,12 @@ pub struct Application {
     server: Server,
     pool: WorkerPool,
     grace: Duration,
+    /// When a signal asked to stop: the grace period counts from there.
+    stopping: Arc<OnceLock<Instant>>,
+    /// The signal listener and the ledger pruner; stopped with the application.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Held until the application is dropped: one `serve` per ledger.
+    _lock: std::fs::File,
 }
 
 /// Options that only embedders (tests, `demo`) change.
@@ -81,6 +105,7 @@ impl Application {
         listener: TcpListener,
         options: RunOptions,
     ) -> Result<Self, StartError> {
+        let lock = lock_ledger(&settings.ledger.database)?;
         let path = settings.ledger.database.clone();
         let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
             .await
@@ -109,6 +134,10 @@ impl Application {
             pipeline: Pipeline::new(ledger.clone(), intake),
             metrics: metrics.clone(),
         });
+        let pruner = tokio::spawn(prune_loop(
+            ledger.clone(),
+            Duration::from_secs(settings.ledger.retention_days.saturating_mul(86_400)),
+        ));
         let probes = web::Data::new(Probes { ledger, metrics });
         let port = listener
             .local_addr()
@@ -117,21 +146,41 @@ impl Application {
                 source,
             })?
             .port();
-        let mut server = HttpServer::new(move || {
+        let workers = options.http_workers.max(1);
+        let request_timeout = settings.server.request_timeout();
+        let per_worker = connections_per_worker(
+            settings.server.max_connections,
+            settings.worker.command_concurrency,
+            workers,
+        );
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(ingress.clone())
                 .app_data(probes.clone())
+                .wrap(from_fn(move |req: ServiceRequest, next: Next<_>| {
+                    bound_request(request_timeout, req, next)
+                }))
                 .route("/callback", web::post().to(callback))
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics_text))
                 .default_service(web::to(not_found))
         })
-        .workers(options.http_workers.max(1))
-        .shutdown_timeout(settings.server.shutdown_grace_secs);
-        if !options.handle_signals {
-            server = server.disable_signals();
-        }
+        .workers(workers)
+        .max_connections(per_worker)
+        // The head of a request; its body is bounded by `bound_request`.
+        .client_request_timeout(request_timeout)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        // Every request ends within request_timeout_ms, so a stop never waits longer for one,
+        // nor longer than the grace period.
+        .shutdown_timeout(
+            settings
+                .server
+                .shutdown_grace_secs
+                .min(settings.server.request_timeout_ms.div_ceil(1000)),
+        )
+        // Signals are handled below, so that the grace period counts from the signal.
+        .disable_signals();
         let server = server
             .listen(listener)
             .map_err(|source| StartError::Listen {
@@ -139,11 +188,19 @@ impl Application {
                 source,
             })?
             .run();
+        let stopping = Arc::new(OnceLock::new());
+        let mut tasks = vec![pruner];
+        if options.handle_signals {
+            tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
+        }
         Ok(Self {
             port,
             server,
             pool,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            stopping,
+            tasks,
+            _lock: lock,
         })
     }
 
@@ -160,10 +217,277 @@ impl Application {
     /// Serves until stopped, then lets in-flight commands finish (bounded by the grace period).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        tracing::info!("HTTP server stopped; finishing in-flight commands");
-        self.pool.shutdown(self.grace).await;
+        // Commands kept running while HTTP stopped: the pool gets what is left of the grace.
+        let left = self
+            .stopping
+            .get()
+            .map_or(self.grace, |since| self.grace.saturating_sub(since.elapsed()));
+        tracing::info!(
+            grace_left_ms = left.as_millis() as u64,
+            "HTTP server stopped; finishing in-flight commands"
+        );
+        self.pool.shutdown(left).await;
+        for task in &self.tasks {
+            task.abort();
+        }
         tracing::info!("stopped");
         result
+    }
+}
+
+/// SIGTERM stops gracefully (requests in progress finish, then commands in flight, within
+/// the grace period); SIGINT stops HTTP at once and still lets commands in flight finish.
+async fn stop_on_signal(handle: ServerHandle, stopping: Arc<OnceLock<Instant>>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for signals");
+            return;
+        }
+    };
+    let graceful = tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => false,
+    };
+    let _ = stopping.set(Instant::now());
+    tracing::info!(graceful, "stop signal received");
+    handle.stop(graceful).await;
+}
+
+/// The ledger lock file: `<database>.lock`, holding the pid and start time of its holder.
+fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
+/// Takes the ledger's lock for this process: two `serve` on one ledger would both run every
+/// open command. The lock is an exclusive `flock` on `<database>.lock`, released when the
+/// file is closed (the application is dropped, or the process dies). CLI tools such as
+/// `dingops audit` open the ledger without it.
+fn lock_ledger(database: &Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = lock_path(database);
+    let failed = |source| StartError::Lock {
+        path: path.display().to_string(),
+        source,
+    };
+    // Not truncated on open: the holder's pid is in it.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = (&file).take(256).read_to_string(&mut text);
+            // The file is only ours to write, but its text reaches a terminal: printable only.
+            let holder: String = text
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(120)
+                .collect();
+            return Err(StartError::LedgerInUse {
+                database: database.display().to_string(),
+                holder: if holder.is_empty() {
+                    "holder unknown".into()
+                } else {
+                    holder
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+    }
+    if file
+        .metadata()
+        .map(|m| m.permissions().mode() & 0o077 != 0)
+        .unwrap_or(false)
+    {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(failed)?;
+    }
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "pid {} since {since}", std::process::id()))
+        .map_err(failed)?;
+    Ok(file)
+}
+
+/// Files the process keeps beside its HTTP connections: the ledger's (three connections with
+/// their WAL and shared memory), the runtime's, logs, and outbound connections to DingTalk.
+const FILE_RESERVE: u64 = 64;
+
+/// The per-worker connection limit (actix counts per worker) for `max_connections` in
+/// total, lowered so that the connections fit in the process's open-file limit: past it,
+/// `accept` fails (EMFILE) and new connections, valid callbacks included, wait in the
+/// backlog while actix retries; below it, the excess waits in the backlog and the ledger and
+/// DingTalk calls keep the files they need.
+fn connections_per_worker(max_connections: usize, command_concurrency: usize, workers: usize) -> usize {
+    let mut total = max_connections as u64;
+    if let Some(limit) = open_file_limit() {
+        let fit = limit.saturating_sub(FILE_RESERVE + command_concurrency as u64);
+        if fit < total {
+            tracing::info!(
+                max_connections,
+                open_file_limit = limit,
+                lowered_to = fit,
+                "max_connections lowered to fit the open-file limit"
+            );
+            total = fit;
+        }
+    }
+    usize::try_from(total / workers as u64)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE), where the system tells it without unsafe
+/// code (Linux: `/proc/self/limits`).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Bounds every request's body: it must arrive within `request_timeout_ms` of the head
+/// (actix bounds the head itself), else reading it fails with an I/O error of kind `TimedOut`
+/// and the handler answers (the callback route: 408). Whatever the answer, a connection whose request
+/// body was not read to its end is closed after the response rather than drained: actix would
+/// otherwise keep reading a chunked body that never ends.
+async fn bound_request<B: MessageBody + Unpin + 'static>(
+    timeout: Duration,
+    mut req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<HoldPayload<B>>, actix_web::Error> {
+    let payload = match req.take_payload() {
+        Payload::None => None,
+        payload => {
+            let shared = Rc::new(RefCell::new(payload));
+            req.set_payload(Payload::Stream {
+                payload: Box::pin(SharedPayload {
+                    payload: shared.clone(),
+                    deadline: tokio::time::Instant::now() + timeout,
+                    timer: None,
+                }),
+            });
+            Some(shared)
+        }
+    };
+    let response = next.call(req).await?;
+    Ok(response.map_body(|_, body| HoldPayload {
+        body,
+        _payload: payload,
+    }))
+}
+
+/// The request payload as the handler reads it, failing at the deadline, while
+/// [`bound_request`] keeps the payload too.
+struct SharedPayload {
+    payload: Rc<RefCell<Payload>>,
+    deadline: tokio::time::Instant,
+    /// Armed the first time the body is not there yet: most bodies come with their head.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl futures_util::Stream for SharedPayload {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = futures_util::Stream::poll_next(Pin::new(&mut *this.payload.borrow_mut()), cx);
+        if polled.is_ready() {
+            return polled;
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                crate::telemetry::http_client_error("timeout");
+                Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request body not received within request_timeout_ms",
+                    ),
+                ))))
+            }
+        }
+    }
+}
+
+/// A response body that keeps the request's payload alive until the response is sent, so that
+/// actix closes a connection whose request body is unfinished instead of draining it.
+pub struct HoldPayload<B> {
+    body: B,
+    _payload: Option<Rc<RefCell<Payload>>>,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for HoldPayload<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// How often finished commands past `retention_days` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Commands looked at per pruning step (one short write).
+const PRUNE_BATCH: usize = 500;
+/// Pause between steps, so that pruning a large backlog leaves the writer to callbacks.
+const PRUNE_PAUSE: Duration = Duration::from_millis(10);
+
+/// Deletes finished commands older than `retention` from the ledger: at start, then hourly.
+async fn prune_loop(ledger: LedgerHandle, retention: Duration) {
+    loop {
+        let cutoff =
+            crate::clock::now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        let (mut after, mut deleted) = (0, 0);
+        loop {
+            match ledger
+                .call(move |l| l.prune_finished(cutoff, after, PRUNE_BATCH))
+                .await
+            {
+                Ok(step) => {
+                    deleted += step.deleted;
+                    match step.next {
+                        Some(next) => after = next,
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ledger pruning failed; retrying later");
+                    break;
+                }
+            }
+            tokio::time::sleep(PRUNE_PAUSE).await;
+        }
+        if deleted > 0 {
+            tracing::info!(deleted, "pruned finished commands past retention_days");
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
     }
 }
 
@@ -171,7 +495,8 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when the ledger answers a write transaction at its configured path.
+/// Ready when the ledger takes a durable write at its configured path: one row, committed
+/// like a callback's, so `/readyz` and `/callback` fail together.
 async fn readyz(state: web::Data<Probes>) -> HttpResponse {
     // A command whose ledger write keeps failing holds its group until the write lands.
     if state.metrics.ledger_writes_retrying.get() > 0 {

@@ -25,21 +25,96 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber: level from `RUST_LOG` (else `default_level`), to stderr.
+///
+/// actix-http reports each malformed request or broken client connection as an ERROR line of
+/// its connection dispatcher, so garbage sent to the port would become a flood of ERROR lines.
+/// Those events never reach the output as they are: [`ClientErrors`] counts them in
+/// `dingops_http_client_errors_total` and logs them again at debug level.
 pub fn init(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
+    let output = match format {
+        LogFormat::Json => output
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .boxed(),
+        LogFormat::Pretty => output.boxed(),
     };
+    let output = output
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(|m| !is_client_noise(m)));
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(ClientErrors.with_filter(tracing_subscriber::filter::filter_fn(is_client_noise)))
+        .try_init();
+}
+
+/// The actix-http modules that log a client's malformed request or broken connection.
+const CLIENT_NOISE_TARGETS: &[&str] = &["actix_http::h1::dispatcher", "actix_http::h1::decoder"];
+
+/// An actix-http warning or error about one client connection.
+fn is_client_noise(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::WARN && CLIENT_NOISE_TARGETS.contains(&meta.target())
+}
+
+/// `dingops_http_client_errors_total{kind}`. Process-wide, because the log events it counts
+/// are: every application's registry exports the same counter.
+static HTTP_CLIENT_ERRORS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "dingops_http_client_errors_total",
+            "HTTP connections closed because of the client, by kind: parse (malformed HTTP), \
+             io (broken connection), timeout (request head or body not sent within \
+             request_timeout_ms), other.",
+        ),
+        &["kind"],
+    )
+    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+});
+
+/// Counts a connection closed because of the client (`parse`, `io`, `timeout`, `other`).
+pub fn http_client_error(kind: &str) {
+    HTTP_CLIENT_ERRORS.with_label_values(&[kind]).inc();
+}
+
+/// Counts actix-http's client-error events and logs them again at debug level.
+struct ClientErrors;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClientErrors {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut message = MessageText::default();
+        event.record(&mut message);
+        let text = message.0;
+        let kind = if text.contains("parse error") || text.contains("too large") {
+            "parse"
+        } else if text.contains("I/O error") || text.contains("write zero") {
+            "io"
+        } else {
+            "other"
+        };
+        http_client_error(kind);
+        tracing::debug!(target: "dingops::http", kind, error = %text, "client connection closed");
+    }
+}
+
+/// The `message` field of an event.
+#[derive(Default)]
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
 }
 
 /// Every metric dingops exports.
@@ -101,6 +176,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        register(&registry, HTTP_CLIENT_ERRORS.clone());
         let histogram = |name: &str, help: &str, buckets: &[f64]| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
                 .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));

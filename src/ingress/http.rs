@@ -83,6 +83,12 @@ async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
     }
 }
 
+/// Whether a body read failed because the body did not arrive within `request_timeout_ms`
+/// (the server's request bound reports it as an I/O error of kind `TimedOut`).
+fn body_timed_out(e: &actix_web::error::PayloadError) -> bool {
+    matches!(e, actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
 /// The `Content-Length` the client declared, if any and readable.
 fn declared_length(req: &HttpRequest) -> Option<u64> {
     req.headers()
@@ -98,7 +104,16 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::
     }
     let mut body = web::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "could not read the body"))?;
+        let chunk = chunk.map_err(|e| {
+            if body_timed_out(&e) {
+                error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body not received within request_timeout_ms",
+                )
+            } else {
+                error(StatusCode::BAD_REQUEST, "could not read the body")
+            }
+        })?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"));
         }
@@ -151,12 +166,17 @@ async fn handle(
     let body = match read_body(req, payload).await {
         Ok(b) => b,
         Err(resp) => {
-            tracing::info!(status = resp.status().as_u16(), "callback rejected: body");
-            let reason = if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "bad_request"
+            let reason = match resp.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                StatusCode::REQUEST_TIMEOUT => "timeout",
+                _ => "bad_request",
             };
+            // A stalled body is a client's doing, and cheap to repeat: counted, not logged.
+            if reason == "timeout" {
+                tracing::debug!("callback rejected: body not received in time");
+            } else {
+                tracing::info!(status = resp.status().as_u16(), "callback rejected: body");
+            }
             return (resp, "rejected", reason);
         }
     };

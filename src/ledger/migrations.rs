@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS dm_state (
     set_by_nick     TEXT,
     set_ms          INTEGER NOT NULL
 );",
+    // 2: one row that `/readyz` rewrites: a probe that proves the ledger takes a durable
+    // write without reading the commands table.
+    "CREATE TABLE IF NOT EXISTS health (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    probed_ms INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO health (id, probed_ms) VALUES (1, 0);",
 ];
 
 /// The version a database has after all steps.

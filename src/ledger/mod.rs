@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending};
 
 pub use memory::MemoryLedger;
-pub use sqlite::SqliteLedger;
+pub use sqlite::{OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
 
 /// A ledger failure. The text names the operation, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +115,24 @@ pub trait Ledger: Send + Sync + 'static {
     ) -> Result<Vec<AuditRow>, LedgerError>;
     /// Proves the store answers.
     fn ping(&self) -> Result<(), LedgerError>;
+    /// One step of pruning: deletes the commands among the next `limit` after position
+    /// `after` (in acceptance order) that are finished and were received and finished before
+    /// `before_ms`. Open commands are never deleted. Each step is one short write, so a large
+    /// ledger is pruned without holding the writer long. The default prunes nothing.
+    fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError> {
+        let _ = (before_ms, after, limit);
+        Ok(PruneStep::default())
+    }
+}
+
+/// What one [`Ledger::prune_finished`] step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStep {
+    /// Rows deleted.
+    pub deleted: usize,
+    /// Where the next step starts; `None` once the step reached commands received after the
+    /// cutoff, or the end.
+    pub next: Option<i64>,
 }
 
 /// A cloneable async front of a [`Ledger`]: each call runs on tokio's blocking pool.

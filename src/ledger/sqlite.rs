@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Ledger, LedgerError, sql};
+use super::{AuditRow, Ledger, LedgerError, PruneStep, sql};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, SessionWebhook,
 };
@@ -20,7 +20,6 @@ use crate::domain::{
 pub struct SqliteLedger {
     reader: Mutex<Connection>,
     writer: std::sync::mpsc::Sender<WriteJob>,
-    path: std::path::PathBuf,
     // Dropping it stops the checkpoint thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -45,7 +44,70 @@ type Finisher = Box<dyn FnOnce(Option<&str>) + Send>;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 1024;
 
-fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+/// `/readyz`'s probe: a real write of one row, found by its primary key.
+pub const READY_PROBE_SQL: &str = "UPDATE health SET probed_ms = ?1 WHERE id = 1";
+
+/// `dingops_open_commands`: counted on the partial index of open commands, so its cost grows
+/// with the backlog, not with the ledger.
+pub const OPEN_COUNT_SQL: &str = "SELECT count(*) FROM commands WHERE status != 'done'";
+
+/// The file a ledger was opened on: the writer commits only while its path still names it.
+/// An open connection keeps writing to a file that was deleted or replaced, and nothing
+/// written there would survive a restart.
+struct LedgerFile {
+    path: std::path::PathBuf,
+    id: (u64, u64),
+}
+
+impl LedgerFile {
+    fn identify(path: &Path) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path)?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// `Err` with the reason when the path no longer names the opened file.
+    fn check(&self) -> Result<(), String> {
+        match Self::identify(&self.path) {
+            Ok(id) if id == self.id => Ok(()),
+            Ok(_) => Err(format!("ledger file {} was replaced", self.path.display())),
+            Err(e) => Err(format!("ledger file {} is gone: {e}", self.path.display())),
+        }
+    }
+}
+
+/// The ledger's files (database, WAL, shared memory) hold sessionWebhook URLs: they are for
+/// the owner only, whatever the umask. A new database is created 0600 before SQLite opens it,
+/// and SQLite gives the WAL and shared-memory files the database's mode; files an older
+/// dingops created with wider modes are narrowed.
+fn restrict_permissions(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    // Any other failure to create it is left to SQLite to report.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    for file in [path.to_owned(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(file = %file.display(), error = %e, "cannot make the ledger file private");
+        }
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`dingops.db` → `dingops.db-wal`).
+pub(crate) fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+fn writer_loop(conn: Connection, file: LedgerFile, jobs: std::sync::mpsc::Receiver<WriteJob>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -59,12 +121,16 @@ fn writer_loop(conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
             .into_iter()
             .map(|job| job(began.as_ref().ok().map(|_| &conn)))
             .collect();
-        let failure = match began.and_then(|_| conn.execute_batch("COMMIT")) {
+        let committed = began
+            .map_err(|e| e.to_string())
+            .and_then(|()| file.check())
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+        let failure = match committed {
             Ok(()) => None,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
                 tracing::error!(error = %e, "ledger commit failed");
-                Some(e.to_string())
+                Some(e)
             }
         };
         for finish in finishers {
@@ -84,6 +150,7 @@ fn to_u64(v: i64) -> u64 {
 impl SqliteLedger {
     /// Opens (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        restrict_permissions(path);
         let conn = Connection::open(path).map_err(sql("open"))?;
         // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
         // the last transactions.
@@ -94,6 +161,13 @@ impl SqliteLedger {
         super::migrations::migrate(&conn)?;
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")
             .map_err(sql("configure"))?;
+        // The WAL and shared-memory files exist now; narrow them if they were left wider.
+        restrict_permissions(path);
+        let file = LedgerFile {
+            path: path.to_owned(),
+            id: LedgerFile::identify(path)
+                .map_err(|e| LedgerError::Missing(format!("{}: {e}", path.display())))?,
+        };
         let checkpointer = Connection::open(path).map_err(sql("open"))?;
         checkpointer
             .execute_batch("PRAGMA busy_timeout = 5000;")
@@ -110,12 +184,11 @@ impl SqliteLedger {
         let (writer, jobs) = std::sync::mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(conn, jobs))
+            .spawn(move || writer_loop(conn, file, jobs))
             .map_err(|e| LedgerError::Join(e.to_string()))?;
         Ok(Self {
             reader: Mutex::new(reader),
             writer,
-            path: path.to_owned(),
             _checkpointer: stop_checkpoints,
         })
     }
@@ -308,11 +381,9 @@ impl Ledger for SqliteLedger {
 
     fn open_count(&self) -> Result<u64, LedgerError> {
         self.with(|conn| {
-            conn.query_row("SELECT count(*) FROM commands WHERE status != 'done'", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(to_u64)
-            .map_err(sql("open_count"))
+            conn.query_row(OPEN_COUNT_SQL, [], |r| r.get::<_, i64>(0))
+                .map(to_u64)
+                .map_err(sql("open_count"))
         })
     }
 
@@ -500,15 +571,50 @@ impl Ledger for SqliteLedger {
     }
 
     fn ping(&self) -> Result<(), LedgerError> {
-        // An open connection keeps working on a file that was deleted or unmounted under
-        // it, so check that the path still holds the database too.
-        if !self.path.is_file() {
-            return Err(LedgerError::Missing(self.path.display().to_string()));
-        }
-        // Through the writer: proves it is alive and can begin a transaction.
-        self.write(|conn| {
-            conn.query_row("SELECT count(*) FROM commands", [], |_| Ok(()))
-                .map_err(sql("ping"))
+        // A real write through the writer, committed like a callback's: it fails when the disk
+        // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks
+        // get 503. It touches one row, whatever the size of the ledger.
+        let now = to_i64(crate::clock::now_ms());
+        self.write(move |conn| {
+            conn.prepare_cached(READY_PROBE_SQL)
+                .and_then(|mut st| st.execute(params![now]))
+                .map_err(sql("ping"))?;
+            Ok(())
+        })
+    }
+
+    fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError> {
+        let before = to_i64(before_ms);
+        let limit = to_i64(limit.max(1) as u64);
+        self.write(move |conn| {
+            // The window of the next `limit` commands, by position (the primary key).
+            let (count, last, recent): (i64, Option<i64>, Option<i64>) = conn
+                .prepare_cached(
+                    "SELECT count(*), max(rowid), max(received_ms >= ?3) FROM
+                     (SELECT rowid, received_ms FROM commands WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![after, limit, before], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                })
+                .map_err(sql("prune"))?;
+            let Some(last) = last else {
+                return Ok(PruneStep::default());
+            };
+            let deleted = conn
+                .prepare_cached(
+                    "DELETE FROM commands WHERE rowid > ?1 AND rowid <= ?2 AND status = 'done'
+                     AND received_ms < ?3 AND coalesce(finished_ms, 0) < ?3",
+                )
+                .and_then(|mut st| st.execute(params![after, last, before]))
+                .map_err(sql("prune"))?;
+            // Commands are accepted in time order, so the first recent one ends the pruning.
+            let done = recent == Some(1) || count < limit;
+            Ok(PruneStep {
+                deleted,
+                next: (!done).then_some(last),
+            })
         })
     }
 }

@@ -228,8 +228,43 @@ pub fn spawn_binary_logging_to(
     extra: &[(&str, String)],
     stderr: std::process::Stdio,
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
-        .arg("serve")
+    serve_command(
+        std::process::Command::new(env!("CARGO_BIN_EXE_dingops")),
+        sim,
+        port,
+        db,
+        extra,
+        stderr,
+    )
+}
+
+/// [`spawn_binary_logging_to`] through `sh -c '<prelude>; exec dingops serve'`, for limits
+/// and a umask that must apply to the binary alone (`ulimit -n 256`, `umask 022`). The
+/// child's pid is the binary's (sh execs it).
+pub fn spawn_binary_under_shell(
+    prelude: &str,
+    sim: &Simulator,
+    port: u16,
+    db: &std::path::Path,
+    extra: &[(&str, String)],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(format!("{prelude}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_dingops"));
+    serve_command(cmd, sim, port, db, extra, stderr)
+}
+
+fn serve_command(
+    mut cmd: std::process::Command,
+    sim: &Simulator,
+    port: u16,
+    db: &std::path::Path,
+    extra: &[(&str, String)],
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    cmd.arg("serve")
         .env_clear()
         .envs(sim_env(sim))
         .env("DINGOPS_LISTEN", format!("127.0.0.1:{port}"))

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod audit_input;
+mod audit_server;
 mod audit_worker;
 mod commands;
 mod dedupe;
