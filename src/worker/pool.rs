@@ -99,12 +99,39 @@ impl WorkerPool {
     }
 }
 
+/// Running slots: `command_concurrency` for commands that may call a DingTalk group API
+/// (they can wait long on a token or on DingTalk), as many again for all others, so a /help
+/// or a refusal never queues behind commands stuck on DingTalk and both kinds stay bounded.
+#[derive(Clone)]
+struct Slots {
+    group_api: Arc<Semaphore>,
+    other: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            group_api: Arc::new(Semaphore::new(concurrency.max(1))),
+            other: Arc::new(Semaphore::new(concurrency.max(1))),
+        }
+    }
+
+    async fn take(&self, job: &Pending) -> Option<OwnedSemaphorePermit> {
+        let kind = if calls_group_api(job) {
+            &self.group_api
+        } else {
+            &self.other
+        };
+        kind.clone().acquire_owned().await.ok()
+    }
+}
+
 /// The loader: everything the pool task owns.
 struct Pump {
     ctx: Arc<WorkerContext>,
     groups: Groups,
     held: Arc<Semaphore>,
-    running: Arc<Semaphore>,
+    slots: Slots,
     wake: Arc<Notify>,
     tasks: JoinSet<()>,
     /// Position of the last command the shared cursor looked at.
@@ -134,7 +161,7 @@ async fn pump(
         ctx,
         groups: Groups::default(),
         held: Arc::new(Semaphore::new(capacity)),
-        running: Arc::new(Semaphore::new(concurrency.max(1))),
+        slots: Slots::new(concurrency),
         wake,
         tasks: JoinSet::new(),
         cursor: 0,
@@ -149,9 +176,11 @@ async fn pump(
             continue;
         }
         tokio::select! {
-            // A new command, or a finished one (room in memory again).
+            // A new command, or a group behind on its backlog has room for more.
             () = p.wake.notified() => {}
             () = stop.notified() => break,
+            // Memory was full and a command finished: the backlog may be waiting in the ledger.
+            Ok(permit) = p.held.acquire(), if p.held.available_permits() == 0 => drop(permit),
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -264,8 +293,9 @@ impl Pump {
             self.tasks.spawn(run_group(
                 self.ctx.clone(),
                 self.groups.clone(),
-                self.running.clone(),
+                self.slots.clone(),
                 self.wake.clone(),
+                self.per_group,
                 cid,
             ));
         }
@@ -317,14 +347,14 @@ impl Pump {
     }
 }
 
-/// Runs one group's commands in order until its queue is empty. A command that may call a
-/// DingTalk group API first takes a running slot; the others run at once. A command that
-/// panics is recorded as failed and the group goes on.
+/// Runs one group's commands in order until its queue is empty, each in a running slot of
+/// its kind (see [`Slots`]). A command that panics is recorded as failed and the group goes on.
 async fn run_group(
     ctx: Arc<WorkerContext>,
     groups: Groups,
-    running: Arc<Semaphore>,
+    slots: Slots,
     wake: Arc<Notify>,
+    per_group: usize,
     cid: String,
 ) {
     loop {
@@ -345,21 +375,21 @@ async fn run_group(
             }
         };
         let (job, permit) = next;
-        let slot = if calls_group_api(&job) {
-            running.clone().acquire_owned().await.ok()
-        } else {
-            None
-        };
+        let slot = slots.take(&job).await;
         let accepted = job.accepted.clone();
         if AssertUnwindSafe(ctx.process(job)).catch_unwind().await.is_err() {
             ctx.fail_after_panic(&accepted).await;
         }
         drop(slot);
         drop(permit);
-        if let Some(g) = groups.lock().get_mut(&cid) {
+        // A group whose backlog waits in the ledger needs the loader once it has room for
+        // half its share; other finishes need no read (a full memory is watched by the pump).
+        let refill = groups.lock().get_mut(&cid).is_some_and(|g| {
             g.held = g.held.saturating_sub(1);
+            g.behind && g.held * 2 <= per_group
+        });
+        if refill {
+            wake.notify_one();
         }
-        // Room in memory again: the loader may read more.
-        wake.notify_one();
     }
 }
