@@ -1,5 +1,5 @@
-//! The application: wires the ledger, the DingTalk client, the worker pool and the HTTP
-//! server (the callback ingress and the probes) together; start-up (resumption) and shutdown.
+//! The application: wires the ledger, the DingTalk client, the worker pool, the HTTP
+//! server (the callback ingress and the probes) and, in Stream mode, the Stream ingress together; start-up (resumption) and shutdown.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use crate::dingtalk::DingTalk;
 use crate::ingress::Pipeline;
 use crate::ingress::http::{HttpIngress, callback};
 use crate::ingress::signature::Verifier;
+use crate::ingress::stream::{StreamIngress, StreamStatus};
 use crate::ledger::{LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
 use crate::worker::{WorkerContext, WorkerPool};
@@ -22,6 +23,8 @@ use crate::worker::{WorkerContext, WorkerPool};
 struct Probes {
     ledger: LedgerHandle,
     metrics: Arc<Metrics>,
+    /// Set in `stream` and `both` mode: ready needs a live Stream connection.
+    stream: Option<StreamStatus>,
 }
 
 /// Why the application could not start.
@@ -45,6 +48,8 @@ pub struct Application {
     server: Server,
     pool: WorkerPool,
     grace: Duration,
+    /// The Stream ingress, in `stream` and `both` mode.
+    stream: Option<StreamIngress>,
 }
 
 /// Options that only embedders (tests, `demo`) change.
@@ -101,15 +106,30 @@ impl Application {
             settings.worker.command_concurrency,
         );
 
+        let pipeline = Pipeline::new(ledger.clone(), intake);
+        let stream = if settings.stream.mode.stream() {
+            Some(StreamIngress::start(
+                &settings,
+                pipeline.clone(),
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
+        let serve_callback = settings.stream.mode.http();
         let ingress = web::Data::new(HttpIngress {
             verifier: Verifier::new(
                 settings.dingtalk.app_secret.clone(),
                 settings.server.signature_window_secs,
             ),
-            pipeline: Pipeline::new(ledger.clone(), intake),
+            pipeline,
             metrics: metrics.clone(),
         });
-        let probes = web::Data::new(Probes { ledger, metrics });
+        let probes = web::Data::new(Probes {
+            ledger,
+            metrics,
+            stream: stream.as_ref().map(StreamIngress::status),
+        });
         let port = listener
             .local_addr()
             .map_err(|source| StartError::Listen {
@@ -118,11 +138,14 @@ impl Application {
             })?
             .port();
         let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(ingress.clone())
-                .app_data(probes.clone())
-                .route("/callback", web::post().to(callback))
-                .route("/healthz", web::get().to(healthz))
+            let app = App::new().app_data(ingress.clone()).app_data(probes.clone());
+            // In `stream` mode `/callback` is not served: it answers 404 like any unknown path.
+            let app = if serve_callback {
+                app.route("/callback", web::post().to(callback))
+            } else {
+                app
+            };
+            app.route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics_text))
                 .default_service(web::to(not_found))
@@ -144,6 +167,7 @@ impl Application {
             server,
             pool,
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
+            stream,
         })
     }
 
@@ -160,6 +184,10 @@ impl Application {
     /// Serves until stopped, then lets in-flight commands finish (bounded by the grace period).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
+        if let Some(stream) = self.stream {
+            tracing::info!("HTTP server stopped; closing Stream connections");
+            stream.shutdown(self.grace).await;
+        }
         tracing::info!("HTTP server stopped; finishing in-flight commands");
         self.pool.shutdown(self.grace).await;
         tracing::info!("stopped");
@@ -171,8 +199,15 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when the ledger answers a write transaction at its configured path.
+/// Ready when the ledger answers a write transaction at its configured path and, in `stream`
+/// and `both` mode, at least one Stream connection is live.
 async fn readyz(state: web::Data<Probes>) -> HttpResponse {
+    if let Some(stream) = &state.stream
+        && stream.live() == 0
+    {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "not ready", "error": "no Stream connection is live" }));
+    }
     // A command whose ledger write keeps failing holds its group until the write lands.
     if state.metrics.ledger_writes_retrying.get() > 0 {
         return HttpResponse::ServiceUnavailable()
