@@ -15,4 +15,5 @@ mod limits;
 mod ops;
 mod replies;
 mod signature;
+mod stream;
 mod tokens;
