@@ -26,7 +26,15 @@ pub enum LogFormat {
 
 /// Installs the global subscriber: level from `RUST_LOG` (else `default_level`), to stderr.
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The WebSocket library logs whole handshake requests and frames at trace level: the
+    // Stream ticket and robot messages' sessionWebhook. It never logs below info here,
+    // whatever RUST_LOG asks.
+    for cap in ["tungstenite=info", "tokio_tungstenite=info"] {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

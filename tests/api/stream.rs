@@ -536,3 +536,45 @@ async fn check_in_stream_mode_opens_a_stream_connection_and_names_a_refusal() {
     assert!(text.contains("`app_secret`"), "{text}");
     assert!(!text.contains("not-the-secret"), "{text}");
 }
+
+#[tokio::test]
+async fn stream_logs_at_trace_level_never_contain_the_secret_the_ticket_or_the_session_webhook() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_binary_logging_to(
+        &sim,
+        port,
+        &dir.path().join("l.db"),
+        &[("DINGOPS_MODE", "stream".into()), ("RUST_LOG", "trace".into())],
+        std::process::Stdio::piped(),
+    );
+    // Drain the log as it comes, so a full pipe cannot stall the binary.
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let live = sim.stream().wait_for_connections(1, PATIENCE).await;
+    assert_eq!(live.len(), 1);
+    let chat = session_chat(&sim, GROUP);
+    let body = text_message(&new_msg_id(), &chat, &admin(), "/lock-dm");
+    let message_id = sim.stream().push_callback(&body);
+    assert_eq!(ack_of(&sim, &message_id).await.code, 200);
+    sim.wait_for_replies(1, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = reader.join().unwrap();
+
+    assert!(logs.contains("Stream connection live"), "{logs}");
+    let session = chat.session_webhook.split("session=").nth(1).unwrap();
+    for (what, secret) in [
+        ("secret", sim.config().app_secret.as_str()),
+        ("ticket", live[0].ticket.as_str()),
+        ("session", session),
+    ] {
+        assert!(!logs.contains(secret), "the {what} was logged");
+    }
+}
