@@ -148,6 +148,24 @@ async fn a_system_ping_is_answered_with_its_data() {
 }
 
 #[tokio::test]
+async fn a_websocket_ping_from_the_gateway_is_answered_with_a_pong() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let connection = connection_ids(&app).remove(0);
+
+    assert!(app.sim.stream().ws_ping(&connection, b"are-you-there"));
+
+    let gateway = app.sim.stream();
+    let answered = eventually(PATIENCE, || {
+        gateway
+            .ws_pongs()
+            .iter()
+            .any(|p| p.connection == connection && p.payload == b"are-you-there")
+    })
+    .await;
+    assert!(answered, "{:?}", gateway.ws_pongs());
+}
+
+#[tokio::test]
 async fn after_a_disconnect_the_replacement_opens_first_and_a_message_in_the_window_is_answered_once() {
     let app = spawn_stream_app(stream_sim(2000), Mode::Stream, 1, |_| {}).await;
     let gateway = app.sim.stream();
