@@ -38,6 +38,7 @@ pub struct Settings {
     pub dingtalk: DingTalkSettings,
     pub worker: WorkerSettings,
     pub ledger: LedgerSettings,
+    pub stream: StreamSettings,
 }
 
 /// The HTTP server and its callback route.
@@ -84,6 +85,85 @@ pub struct DingTalkSettings {
     pub retry_base_ms: u64,
     /// `retry_deadline_ms`: total time one DingTalk call may take with its retries, in ms. Default 30000.
     pub retry_deadline_ms: u64,
+    /// `proxy`: an `http://host:port` proxy that carries every outbound connection (API
+    /// calls, replies and Stream-mode WebSockets) through HTTP CONNECT. Default none.
+    pub proxy: Option<ProxyAddr>,
+}
+
+/// The address of an HTTP CONNECT proxy (`proxy`): host and port, no credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ProxyAddr {
+    /// `http://host:port` (port 80 when left out); anything else is refused with the reason.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = Url::parse(text.trim()).map_err(|e| format!("not a URL: {e}"))?;
+        if url.scheme() != "http" {
+            return Err("expected http://host:port (an HTTP CONNECT proxy)".into());
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("proxy credentials are not supported".into());
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+            return Err("expected http://host:port without a path or query".into());
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("the proxy URL has no host")?;
+        Ok(Self {
+            host: host.to_owned(),
+            port: url.port_or_known_default().unwrap_or(80),
+        })
+    }
+
+    /// `http://host:port`, as reqwest takes it.
+    pub fn url(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+
+    /// `host:port`, as a TCP connect takes it (IPv6 hosts keep their brackets).
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Which ingresses run (`mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `POST /callback` only: DingTalk's HTTP mode.
+    Http,
+    /// Stream mode only: dingops dials DingTalk; `/callback` answers 404.
+    Stream,
+    /// Both, sharing one ledger (a message that comes both ways runs once).
+    Both,
+}
+
+impl Mode {
+    /// Whether `POST /callback` is served.
+    pub fn http(self) -> bool {
+        matches!(self, Mode::Http | Mode::Both)
+    }
+
+    /// Whether Stream-mode connections are held.
+    pub fn stream(self) -> bool {
+        matches!(self, Mode::Stream | Mode::Both)
+    }
+}
+
+/// Stream mode: the WebSocket ingress (see docs/dingtalk.md#stream-mode).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `mode`: `http`, `stream` or `both`. Default `http`.
+    pub mode: Mode,
+    /// `stream_connections`: Stream connections held at once. Default 1.
+    pub connections: usize,
+    /// `stream_keepalive_secs`: idle time before a WebSocket ping, and the time the ping
+    /// then has to be answered before the connection counts as dead, in seconds. Default 30.
+    pub keepalive_secs: u64,
 }
 
 /// Who may run what, where replies may go, and how commands are scheduled.
@@ -368,6 +448,7 @@ impl Settings {
             dingtalk: DingTalkSettings::read(src)?,
             worker: WorkerSettings::read(src)?,
             ledger: LedgerSettings::read(src)?,
+            stream: StreamSettings::read(src)?,
         })
     }
 }
@@ -415,6 +496,12 @@ impl DingTalkSettings {
             retry_max_attempts: src.integer("retry_max_attempts", 4, 1, 20)? as u32,
             retry_base_ms: src.integer("retry_base_ms", 200, 1, 60_000)?,
             retry_deadline_ms: src.integer("retry_deadline_ms", 30_000, 100, 3_600_000)?,
+            proxy: src
+                .string("proxy")?
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| ProxyAddr::parse(&p))
+                .transpose()
+                .map_err(|reason| Sources::invalid("proxy", reason))?,
         })
     }
 
@@ -467,6 +554,31 @@ impl LedgerSettings {
             database: PathBuf::from(database.trim()),
             retention_days: src.integer("retention_days", 180, 1, 36_500)?,
         })
+    }
+}
+
+impl StreamSettings {
+    fn read(src: &Sources) -> Result<Self, ConfigError> {
+        let mode = match src
+            .string("mode")?
+            .map(|m| m.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("http") => Mode::Http,
+            Some("stream") => Mode::Stream,
+            Some("both") => Mode::Both,
+            Some(_) => return Err(Sources::invalid("mode", "expected http, stream or both")),
+        };
+        Ok(Self {
+            mode,
+            connections: src.integer("stream_connections", 1, 1, 16)? as usize,
+            keepalive_secs: src.integer("stream_keepalive_secs", 30, 1, 3600)?,
+        })
+    }
+
+    /// `stream_keepalive_secs` as a duration.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_secs)
     }
 }
 
@@ -589,6 +701,47 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
-        assert_eq!(keys.len(), 25);
+        assert_eq!(keys.len(), 29);
+    }
+
+    #[test]
+    fn stream_mode_is_off_unless_asked_for() {
+        let s = Settings::from_sources(Some(MINIMAL), &env(&[])).unwrap();
+        assert_eq!(s.stream.mode, Mode::Http);
+        assert_eq!((s.stream.connections, s.stream.keepalive_secs), (1, 30));
+        assert_eq!(s.dingtalk.proxy, None);
+        let s = Settings::from_sources(
+            Some("app_key=\"k\"\napp_secret=\"s\"\nmode=\"both\"\nstream_connections=3\n"),
+            &env(&[("DINGOPS_MODE", "Stream"), ("DINGOPS_STREAM_KEEPALIVE_SECS", "2")]),
+        )
+        .unwrap();
+        assert_eq!(s.stream.mode, Mode::Stream);
+        assert_eq!((s.stream.connections, s.stream.keepalive_secs), (3, 2));
+        let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MODE", "websocket")])).unwrap_err();
+        assert!(err.to_string().contains("`mode`"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_is_an_http_host_and_port_without_credentials() {
+        let s = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_PROXY", "http://10.0.0.1:3128")]))
+            .unwrap();
+        let proxy = s.dingtalk.proxy.unwrap();
+        assert_eq!((proxy.host.as_str(), proxy.port), ("10.0.0.1", 3128));
+        assert_eq!(ProxyAddr::parse("http://proxy.corp").unwrap().port, 80);
+        assert_eq!(
+            ProxyAddr::parse("http://[::1]:8080").unwrap().authority(),
+            "[::1]:8080"
+        );
+        for bad in [
+            "https://p:1",
+            "http://u:pw@p:1",
+            "http://p:1/path",
+            "socks5://p:1",
+            "p:1",
+        ] {
+            let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_PROXY", bad)])).unwrap_err();
+            assert!(err.to_string().contains("`proxy`"), "{bad}: {err}");
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
     }
 }

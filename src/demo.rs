@@ -1,6 +1,7 @@
 //! `dingops demo`: the DingTalk simulator (the `dingtalk-sim` crate) and the real server on
-//! loopback, a scripted group conversation, printed as a chat transcript. Success only when
-//! every step behaved. Also how dingops is pointed at a simulator ([`sim_env`]).
+//! loopback, a scripted group conversation, printed as a chat transcript, over HTTP callbacks
+//! or over Stream mode (`--mode stream`). Success only when every step behaved. Also how
+//! dingops is pointed at a simulator ([`sim_env`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -11,15 +12,25 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
+use dingtalk_sim::stream::BOT_TOPIC;
 use dingtalk_sim::{RecordedCall, SimConfig, Simulator, api};
 
-use crate::config::Settings;
+use crate::config::{Mode, Settings};
 use crate::server::{Application, RunOptions};
 
 const GROUP_CID: &str = "cidDemoGroupQ2hhdE9wcw==";
 const GROUP_CHATID: &str = "chatdemo0a1b2c3d";
 const OTHER_CID: &str = "cidOtherGroupT3RoZXI=";
 const OTHER_CHATID: &str = "chatother9f8e7d6c";
+
+/// How the demo's messages reach dingops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// Signed `POST /callback` requests (HTTP mode).
+    Http,
+    /// Frames pushed over the simulator's Stream gateway (Stream mode).
+    Stream,
+}
 
 /// What a step must produce.
 enum Expect {
@@ -202,7 +213,7 @@ pub fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigEr
 }
 
 /// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
-pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
+pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bool> {
     let sim_config = SimConfig::default();
     let sim = Simulator::start(sim_config.clone(), TcpListener::bind("127.0.0.1:0")?)?;
     sim.add_group(GROUP_CID, GROUP_CHATID, "dingops demo group");
@@ -215,6 +226,9 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
     settings.worker.trust_is_admin = false;
     settings.ledger.database = dir.join("demo.db");
     settings.server.shutdown_grace_secs = 5;
+    if transport == Transport::Stream {
+        settings.stream.mode = Mode::Stream;
+    }
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let app = Application::build_with_listener(
         settings,
@@ -229,7 +243,18 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
     let handle = app.handle();
     let running = tokio::spawn(app.run_until_stopped());
 
-    let result = play(out, &sim, &bot_url, &sim_config).await;
+    let result = if transport == Transport::Stream
+        && sim
+            .stream()
+            .wait_for_connections(1, Duration::from_secs(10))
+            .await
+            .is_empty()
+    {
+        writeln!(out, "dingops did not open a Stream connection to the simulator")?;
+        Ok(false)
+    } else {
+        play(out, &sim, &bot_url, &sim_config, transport).await
+    };
 
     handle.stop(true).await;
     let _ = running.await;
@@ -238,7 +263,28 @@ pub async fn run(out: &mut dyn Write) -> anyhow::Result<bool> {
     result
 }
 
-async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConfig) -> anyhow::Result<bool> {
+/// Pushes `data` as a robot frame and waits for dingops' ACK; its code, 0 when none came.
+async fn push_and_wait(sim: &Simulator, data: String) -> u16 {
+    let gateway = sim.stream();
+    let message_id = gateway.push_frame("CALLBACK", BOT_TOPIC, data);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        if let Some(ack) = gateway.acks().iter().find(|a| a.message_id == message_id) {
+            return u16::try_from(ack.code).unwrap_or(0);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    0
+}
+
+async fn play(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    bot_url: &str,
+    cfg: &SimConfig,
+    transport: Transport,
+) -> anyhow::Result<bool> {
+    let stream = transport == Transport::Stream;
     let people: HashMap<&str, (Member, &str)> = [
         (
             "alice",
@@ -271,7 +317,15 @@ async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConf
         "dingops demo: the real dingops server and a simulated DingTalk, both on loopback"
     )?;
     writeln!(out, "  DingTalk simulator  {}", sim.url())?;
-    writeln!(out, "  dingops             {bot_url}  (POST /callback)")?;
+    if stream {
+        writeln!(
+            out,
+            "  dingops             {bot_url}  (Stream mode: connected to {})",
+            sim.stream().endpoint()
+        )?;
+    } else {
+        writeln!(out, "  dingops             {bot_url}  (POST /callback)")?;
+    }
     writeln!(
         out,
         "  group \"{}\"  openConversationId {GROUP_CID}  chatid {GROUP_CHATID}",
@@ -294,18 +348,33 @@ async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConf
         let calls_before = sim.calls(None).len();
         let label = if step.redeliver {
             format!("(DingTalk redelivers {}'s last message)", member.nick)
+        } else if step.forged && stream {
+            format!(
+                "{} ({}, pushes a frame whose payload is cut off)",
+                member.nick, member.staff_id
+            )
         } else {
             format!("{} ({}, {role})", member.nick, member.staff_id)
         };
         writeln!(out, "[{}] {label}: @dingops {}", clock(), step.text)?;
-        let (status, _) = if step.forged {
-            let (ts, sign) = forger.signed_headers();
-            forger
-                .send_raw(body.to_string().into_bytes(), Some(&ts), Some(&sign))
-                .await?
-        } else {
-            sender.send(&body).await?
+        // HTTP: the response status; Stream: the ACK's code.
+        let status = match (stream, step.forged) {
+            (true, true) => {
+                let text = body.to_string();
+                let half = text.chars().count() / 2;
+                push_and_wait(sim, text.chars().take(half).collect()).await
+            }
+            (true, false) => push_and_wait(sim, body.to_string()).await,
+            (false, true) => {
+                let (ts, sign) = forger.signed_headers();
+                forger
+                    .send_raw(body.to_string().into_bytes(), Some(&ts), Some(&sign))
+                    .await?
+                    .0
+            }
+            (false, false) => sender.send(&body).await?.0,
         };
+        let answered = if stream { "ACK code" } else { "HTTP" };
         last_body = Some(body);
 
         let mut problems = Vec::new();
@@ -332,7 +401,7 @@ async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConf
         match step.expect {
             Expect::Reply { mark, contains } => {
                 if status != 200 {
-                    problems.push(format!("HTTP {status}, expected 200"));
+                    problems.push(format!("{answered} {status}, expected 200"));
                 }
                 match new_replies {
                     [r] => {
@@ -352,9 +421,11 @@ async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConf
                 }
             }
             Expect::Rejected { status: want } => {
-                writeln!(out, "           ↳ dingops answered HTTP {status}")?;
+                // Stream frames carry no signature: the broken payload is refused with 400.
+                let want = if stream { 400 } else { want };
+                writeln!(out, "           ↳ dingops answered {answered} {status}")?;
                 if status != want {
-                    problems.push(format!("HTTP {status}, expected {want}"));
+                    problems.push(format!("{answered} {status}, expected {want}"));
                 }
                 if !new_replies.is_empty() || !calls.is_empty() {
                     problems.push("nothing should have been sent to DingTalk".into());
@@ -363,10 +434,10 @@ async fn play(out: &mut dyn Write, sim: &Simulator, bot_url: &str, cfg: &SimConf
             Expect::Duplicate => {
                 writeln!(
                     out,
-                    "           ↳ dingops answered HTTP {status} and ignored the duplicate msgId"
+                    "           ↳ dingops answered {answered} {status} and ignored the duplicate msgId"
                 )?;
                 if status != 200 {
-                    problems.push(format!("HTTP {status}, expected 200"));
+                    problems.push(format!("{answered} {status}, expected 200"));
                 }
                 if !new_replies.is_empty() || !calls.is_empty() {
                     problems.push("a redelivered message must not run again".into());

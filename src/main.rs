@@ -41,7 +41,11 @@ enum Cmd {
     Serve,
     /// Play a scripted group conversation against the built-in simulator; no account needed.
     #[cfg(feature = "demo")]
-    Demo,
+    Demo {
+        /// How the messages reach dingops: HTTP callbacks or Stream mode.
+        #[arg(long, value_enum, default_value = "http")]
+        mode: dingops::demo::Transport,
+    },
     /// Run the DingTalk simulator alone (the same as the `dingtalk-sim` binary).
     #[cfg(feature = "demo")]
     Sim(dingtalk_sim::cli::SimArgs),
@@ -118,10 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "demo")]
-        Cmd::Demo => {
+        Cmd::Demo { mode } => {
             dingops::telemetry::init(log_format, "error");
             let mut out = std::io::stdout();
-            let ok = dingops::demo::run(&mut out).await?;
+            let ok = dingops::demo::run(&mut out, mode).await?;
             out.flush()?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -95,6 +95,9 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             Err(e) => CheckItem::fail(format!("{name}: {e}"), advice(&e)),
         });
     }
+    if settings.stream.mode.stream() {
+        items.push(check_stream(settings).await);
+    }
     for (cid, chatid) in &settings.worker.groups {
         let what = format!("binding {cid} → {chatid}");
         items.push(match client.open_conversation_id(chatid).await {
@@ -107,6 +110,36 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         });
     }
     items
+}
+
+/// Opens one Stream connection with the real credentials and closes it again.
+async fn check_stream(settings: &Settings) -> CheckItem {
+    use crate::ingress::stream::dial::{DialError, Dialer};
+    let what = format!(
+        "Stream connection through {}v1.0/gateway/connections/open",
+        settings.dingtalk.api_base
+    );
+    let dialer = match Dialer::new(&settings.dingtalk) {
+        Ok(d) => d,
+        Err(e) => return CheckItem::fail(format!("{what}: {e}"), "check api_base and proxy"),
+    };
+    match dialer.dial().await {
+        Ok((mut socket, endpoint)) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None)).await;
+            CheckItem::pass(format!(
+                "{what}: connected to {}",
+                endpoint.host_str().unwrap_or_default()
+            ))
+        }
+        Err(e @ DialError::Refused { .. }) => CheckItem::fail(
+            format!("{what}: {e}"),
+            "copy the AppKey and AppSecret of the app into `app_key` and `app_secret`, and set the robot's message receiving mode to Stream mode",
+        ),
+        Err(e) => CheckItem::fail(
+            format!("{what}: {e}"),
+            "allow outbound HTTPS to api.dingtalk.com:443 and wss-open-connection.dingtalk.com:443, or set `proxy`",
+        ),
+    }
 }
 
 /// The checklist as printed by `dingops check`.

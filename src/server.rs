@@ -1,5 +1,5 @@
-//! The application: wires the ledger, the DingTalk client, the worker pool and the HTTP
-//! server (the callback ingress and the probes) together; start-up (resumption) and shutdown.
+//! The application: wires the ledger, the DingTalk client, the worker pool, the HTTP
+//! server (the callback ingress and the probes) and, in Stream mode, the Stream ingress together; start-up (resumption) and shutdown.
 
 use std::cell::RefCell;
 use std::future::Future as _;
@@ -22,6 +22,7 @@ use crate::dingtalk::DingTalk;
 use crate::ingress::Pipeline;
 use crate::ingress::http::{HttpIngress, callback};
 use crate::ingress::signature::Verifier;
+use crate::ingress::stream::{StreamIngress, StreamStatus};
 use crate::ledger::{LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
 use crate::worker::{WorkerContext, WorkerPool};
@@ -30,6 +31,8 @@ use crate::worker::{WorkerContext, WorkerPool};
 struct Probes {
     ledger: LedgerHandle,
     metrics: Arc<Metrics>,
+    /// Set in `stream` and `both` mode: ready needs a live Stream connection.
+    stream: Option<StreamStatus>,
 }
 
 /// Why the application could not start.
@@ -69,6 +72,8 @@ pub struct Application {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Held until the application is dropped: one `serve` per ledger.
     _lock: std::fs::File,
+    /// The Stream ingress, in `stream` and `both` mode.
+    stream: Option<StreamIngress>,
 }
 
 /// Options that only embedders (tests, `demo`) change.
@@ -126,19 +131,34 @@ impl Application {
             settings.worker.command_concurrency,
         );
 
+        let pipeline = Pipeline::new(ledger.clone(), intake);
+        let stream = if settings.stream.mode.stream() {
+            Some(StreamIngress::start(
+                &settings,
+                pipeline.clone(),
+                metrics.clone(),
+            )?)
+        } else {
+            None
+        };
+        let serve_callback = settings.stream.mode.http();
         let ingress = web::Data::new(HttpIngress {
             verifier: Verifier::new(
                 settings.dingtalk.app_secret.clone(),
                 settings.server.signature_window_secs,
             ),
-            pipeline: Pipeline::new(ledger.clone(), intake),
+            pipeline,
             metrics: metrics.clone(),
         });
         let pruner = tokio::spawn(prune_loop(
             ledger.clone(),
             Duration::from_secs(settings.ledger.retention_days.saturating_mul(86_400)),
         ));
-        let probes = web::Data::new(Probes { ledger, metrics });
+        let probes = web::Data::new(Probes {
+            ledger,
+            metrics,
+            stream: stream.as_ref().map(StreamIngress::status),
+        });
         let port = listener
             .local_addr()
             .map_err(|source| StartError::Listen {
@@ -154,14 +174,19 @@ impl Application {
             workers,
         );
         let server = HttpServer::new(move || {
-            App::new()
+            let app = App::new()
                 .app_data(ingress.clone())
                 .app_data(probes.clone())
                 .wrap(from_fn(move |req: ServiceRequest, next: Next<_>| {
                     bound_request(request_timeout, req, next)
-                }))
-                .route("/callback", web::post().to(callback))
-                .route("/healthz", web::get().to(healthz))
+                }));
+            // In `stream` mode `/callback` is not served: it answers 404 like any unknown path.
+            let app = if serve_callback {
+                app.route("/callback", web::post().to(callback))
+            } else {
+                app
+            };
+            app.route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics_text))
                 .default_service(web::to(not_found))
@@ -201,6 +226,7 @@ impl Application {
             stopping,
             tasks,
             _lock: lock,
+            stream,
         })
     }
 
@@ -217,16 +243,24 @@ impl Application {
     /// Serves until stopped, then lets in-flight commands finish (bounded by the grace period).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
-        // Commands kept running while HTTP stopped: the pool gets what is left of the grace.
-        let left = self
-            .stopping
-            .get()
-            .map_or(self.grace, |since| self.grace.saturating_sub(since.elapsed()));
+        // What is left of the grace period (it counts from the signal) goes to closing the
+        // Stream connections, then to the commands still running.
+        let (grace, stopping) = (self.grace, self.stopping.clone());
+        let left = move || {
+            stopping
+                .get()
+                .map_or(grace, |since| grace.saturating_sub(since.elapsed()))
+        };
+        if let Some(stream) = self.stream {
+            tracing::info!("HTTP server stopped; closing Stream connections");
+            stream.shutdown(left()).await;
+        }
+        let grace_left = left();
         tracing::info!(
-            grace_left_ms = left.as_millis() as u64,
+            grace_left_ms = grace_left.as_millis() as u64,
             "HTTP server stopped; finishing in-flight commands"
         );
-        self.pool.shutdown(left).await;
+        self.pool.shutdown(grace_left).await;
         for task in &self.tasks {
             task.abort();
         }
@@ -495,9 +529,17 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when the ledger takes a durable write at its configured path: one row, committed
-/// like a callback's, so `/readyz` and `/callback` fail together.
+/// Ready when, in `stream` and `both` mode, at least one Stream connection is live, no
+/// command waits for a ledger write to land, and the ledger takes a durable write at its
+/// configured path: one row, committed like a callback's, so `/readyz` and `/callback` fail
+/// together.
 async fn readyz(state: web::Data<Probes>) -> HttpResponse {
+    if let Some(stream) = &state.stream
+        && stream.live() == 0
+    {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({ "status": "not ready", "error": "no Stream connection is live" }));
+    }
     // A command whose ledger write keeps failing holds its group until the write lands.
     if state.metrics.ledger_writes_retrying.get() > 0 {
         return HttpResponse::ServiceUnavailable()

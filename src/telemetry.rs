@@ -36,7 +36,15 @@ pub fn init(format: LogFormat, default_level: &str) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The WebSocket library logs whole handshake requests and frames at trace level: the
+    // Stream ticket and robot messages' sessionWebhook. It never logs below info here,
+    // whatever RUST_LOG asks.
+    for cap in ["tungstenite=info", "tokio_tungstenite=info"] {
+        if let Ok(directive) = cap.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     use std::io::IsTerminal as _;
     let output = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
@@ -149,6 +157,68 @@ pub struct Metrics {
     /// `dingops_ledger_writes_retrying`: commands waiting for a ledger write to land; while it
     /// is above 0, `/readyz` answers 503.
     pub ledger_writes_retrying: IntGauge,
+    /// Stream mode (see [`StreamMetrics`]).
+    pub stream: StreamMetrics,
+}
+
+/// The metrics of the Stream ingress.
+pub struct StreamMetrics {
+    /// `dingops_stream_connections`: Stream connections live now.
+    pub connections: IntGauge,
+    /// `dingops_stream_reconnects_total{reason}`: why a connection was replaced or a new
+    /// one tried (disconnect, closed, dropped, keepalive, open_refused, open_failed,
+    /// connect_failed).
+    pub reconnects: IntCounterVec,
+    /// `dingops_stream_frames_total{type, topic}`: frames received; unknown topics count as
+    /// `other`.
+    pub frames: IntCounterVec,
+    /// `dingops_stream_acks_total{code}`: ACKs sent, by code.
+    pub acks: IntCounterVec,
+    /// `dingops_stream_ack_seconds`: from reading a robot frame to queueing its ACK.
+    pub ack_seconds: Histogram,
+}
+
+impl StreamMetrics {
+    fn new(registry: &Registry) -> Self {
+        let connections = register(
+            registry,
+            IntGauge::new("dingops_stream_connections", "Stream connections live now.")
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        let ack_seconds = register(
+            registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "dingops_stream_ack_seconds",
+                    "Time from reading a robot frame to queueing its ACK.",
+                )
+                .buckets(FAST_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
+        Self {
+            connections,
+            reconnects: counter(
+                registry,
+                "dingops_stream_reconnects_total",
+                "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed).",
+                &["reason"],
+            ),
+            frames: counter(
+                registry,
+                "dingops_stream_frames_total",
+                "Stream frames received, by type and topic (unknown topics as other).",
+                &["type", "topic"],
+            ),
+            acks: counter(
+                registry,
+                "dingops_stream_acks_total",
+                "Stream ACKs sent, by code.",
+                &["code"],
+            ),
+            ack_seconds,
+        }
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -268,6 +338,7 @@ impl Metrics {
             open_commands,
             ledger_write_retries,
             ledger_writes_retrying,
+            stream: StreamMetrics::new(&registry),
             registry,
         }
     }

@@ -240,6 +240,24 @@ fn status_error(status: u16, v: &Value) -> ApiError {
     }
 }
 
+/// The HTTP client of every DingTalk call: the configured timeouts, no redirects, our user
+/// agent, and the `proxy` when one is set. The Stream ingress opens its connections with one
+/// too.
+pub fn http_client(settings: &DingTalkSettings) -> Result<reqwest::Client, ApiError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.upstream_timeout())
+        .connect_timeout(settings.upstream_connect_timeout())
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("dingops/", env!("CARGO_PKG_VERSION")));
+    if let Some(proxy) = &settings.proxy {
+        let proxy = reqwest::Proxy::all(proxy.url()).map_err(|e| ApiError::Transport(e.to_string()))?;
+        builder = builder.proxy(proxy);
+    }
+    builder
+        .build()
+        .map_err(|e| ApiError::Transport(e.without_url().to_string()))
+}
+
 fn join(base: &str, path: &str) -> Result<Url, ApiError> {
     Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
         .map_err(|e| ApiError::Decode(format!("bad URL for {path}: {e}")))
@@ -249,13 +267,7 @@ impl DingTalk {
     /// A client for the app in `settings`.
     pub fn new(settings: &DingTalkSettings, metrics: std::sync::Arc<Metrics>) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
-        let http = reqwest::Client::builder()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dingops/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ApiError::Transport(e.without_url().to_string()))?;
+        let http = http_client(settings)?;
         let limiters = Api::ALL
             .into_iter()
             .filter_map(|api| Limiter::new(options.calls_per_sec).map(|l| (api, l)))

@@ -7,6 +7,7 @@
 pub mod http;
 pub mod payload;
 pub mod signature;
+pub mod stream;
 
 use crate::domain::Accepted;
 use crate::ledger::LedgerHandle;

@@ -338,3 +338,84 @@ pub fn assert_reply(reply: &RecordedReply, mark: &str, text: &str) {
         reply.content
     );
 }
+
+/// A simulator for Stream tests: unacknowledged frames come again after a second, and a
+/// `disconnect` is followed by the close after `disconnect_grace_ms`.
+pub fn stream_sim(disconnect_grace_ms: u64) -> Arc<Simulator> {
+    new_sim(SimConfig {
+        stream_repush_after_ms: 1000,
+        stream_disconnect_grace_ms: disconnect_grace_ms,
+        ..SimConfig::default()
+    })
+}
+
+/// A test app in `mode` on `sim`, with `tweak` applied, once `connections` Stream connections
+/// are live.
+pub async fn spawn_stream_app(
+    sim: Arc<Simulator>,
+    mode: dingops::config::Mode,
+    connections: usize,
+    tweak: impl FnOnce(&mut Settings) + 'static,
+) -> TestApp {
+    let app = spawn_app_with(Options {
+        sim: Some(sim),
+        settings: Some(Box::new(move |s: &mut Settings| {
+            s.stream.mode = mode;
+            s.stream.connections = connections;
+            tweak(s);
+        })),
+        ..Options::default()
+    })
+    .await;
+    let live = app
+        .sim
+        .stream()
+        .wait_for_connections(connections, Duration::from_secs(10))
+        .await;
+    assert_eq!(live.len(), connections, "dingops did not connect");
+    app
+}
+
+/// Pushes `payload` as a robot frame; returns its ACK once it came.
+pub async fn push_and_ack(sim: &Simulator, payload: &Value) -> dingtalk_sim::stream::RecordedAck {
+    let message_id = sim.stream().push_callback(payload);
+    ack_of(sim, &message_id).await
+}
+
+/// The first ACK of the frame `message_id`, waiting for it.
+pub async fn ack_of(sim: &Simulator, message_id: &str) -> dingtalk_sim::stream::RecordedAck {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(ack) = sim
+            .stream()
+            .acks()
+            .into_iter()
+            .find(|a| a.message_id == message_id)
+        {
+            return ack;
+        }
+        assert!(Instant::now() < end, "no ACK of {message_id}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The status of `GET /readyz` on `address`.
+pub async fn readyz(address: &str) -> u16 {
+    reqwest::get(format!("{address}/readyz"))
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until `check` holds, for at most `timeout`; `false` when it never did.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while !check() {
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}

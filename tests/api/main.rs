@@ -16,4 +16,5 @@ mod limits;
 mod ops;
 mod replies;
 mod signature;
+mod stream;
 mod tokens;

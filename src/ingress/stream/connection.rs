@@ -1,0 +1,332 @@
+//! One live Stream connection: a read loop that never waits on the pipeline (each robot
+//! message is handed to its own task, at most [`IN_FLIGHT`] at once), a writer task that owns
+//! the socket's sending half, and the keepalive watchdog.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tracing::Instrument as _;
+
+use super::dial::Socket;
+use super::frame::{self, Route};
+use crate::clock::now_ms;
+use crate::ingress::payload::Callback;
+use crate::ingress::{Acknowledge, Admission, Inbound, Pipeline};
+use crate::telemetry::Metrics;
+
+/// Robot messages of one connection between reading and acknowledging, at most; beyond it
+/// the read loop waits (the ledger is the bottleneck then, and DingTalk re-pushes anyway).
+const IN_FLIGHT: u32 = 64;
+/// Frames waiting for the writer.
+const OUTBOX: usize = 256;
+/// Longest one write may take before the connection counts as broken.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a `disconnect`, how long the old connection is read before dingops closes it
+/// itself (DingTalk closes it after about 10 s).
+const DISCONNECT_LINGER: Duration = Duration::from_secs(30);
+/// On shutdown, how long in-flight messages may take to be acknowledged.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the other side's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// What every connection shares.
+pub struct Shared {
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+    pub keepalive: Duration,
+    /// Connections live now (read by `/readyz`).
+    pub live: Arc<AtomicUsize>,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// DingTalk closed it (after a `disconnect`, or on its own).
+    Closed,
+    /// The socket broke (read error, reset, write failure).
+    Dropped(String),
+    /// Neither a pong nor a frame came within the keepalive after our ping.
+    Keepalive,
+    /// DingTalk announced a disconnect and did not close in time: dingops closed it.
+    LingerOver,
+    /// dingops is stopping.
+    Shutdown,
+}
+
+impl End {
+    /// The `reason` label of `dingops_stream_reconnects_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Dropped(_) => "dropped",
+            End::Keepalive => "keepalive",
+            End::LingerOver => "disconnect",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Counts a connection as live while it exists.
+struct LiveGuard(Arc<Shared>);
+
+impl LiveGuard {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.live.fetch_add(1, Ordering::SeqCst);
+        shared.metrics.stream.connections.inc();
+        Self(shared)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.stream.connections.dec();
+    }
+}
+
+/// The Stream acknowledgement: an ACK frame with code 200 for a new or duplicate message,
+/// none when the ledger refused it (DingTalk then pushes it again).
+struct StreamAck {
+    message_id: String,
+}
+
+impl Acknowledge for StreamAck {
+    type Output = Option<String>;
+
+    fn acknowledge(self, admission: Admission) -> Option<String> {
+        match admission {
+            Admission::New | Admission::Duplicate => Some(frame::ack_empty(&self.message_id, 200)),
+            Admission::Unavailable => None,
+        }
+    }
+}
+
+/// Serves one connection until it ends. `disconnecting` fires when DingTalk announces the
+/// connection's end, so the caller can open the replacement while this one is still read.
+pub async fn run(
+    shared: Arc<Shared>,
+    socket: Socket,
+    label: String,
+    disconnecting: oneshot::Sender<()>,
+    mut stop: watch::Receiver<bool>,
+) -> End {
+    let _live = LiveGuard::new(shared.clone());
+    let (sink, mut stream) = socket.split();
+    let (outbox, queued) = mpsc::channel(OUTBOX);
+    let writer = tokio::spawn(write_loop(sink, queued));
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT as usize));
+    let keepalive = shared.keepalive;
+    let mut last_seen = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let mut disconnecting = Some(disconnecting);
+    let mut linger_until: Option<Instant> = None;
+
+    let end = loop {
+        let watchdog = ping_sent.unwrap_or(last_seen) + keepalive;
+        let deadline = linger_until.map_or(watchdog, |l| l.min(watchdog));
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopping| *stopping) => break End::Shutdown,
+            next = tokio::time::timeout_at(deadline, stream.next()) => next,
+        };
+        let now = Instant::now();
+        let message = match next {
+            Err(_) if linger_until.is_some_and(|l| now >= l) => break End::LingerOver,
+            Err(_) if ping_sent.is_some() => break End::Keepalive,
+            Err(_) => {
+                ping_sent = Some(now);
+                tracing::debug!(connection = %label, "idle; keepalive ping");
+                if outbox.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break End::Dropped("the writer stopped".into());
+                }
+                continue;
+            }
+            Ok(None) => break End::Closed,
+            Ok(Some(Err(e))) => break End::Dropped(e.to_string()),
+            Ok(Some(Ok(message))) => message,
+        };
+        last_seen = now;
+        ping_sent = None;
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => {
+                shared
+                    .metrics
+                    .stream
+                    .frames
+                    .with_label_values(&["binary", "-"])
+                    .inc();
+                continue;
+            }
+            // tungstenite answers pings and close frames itself; any of them shows the
+            // connection is alive.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => continue,
+        };
+        let inbound = frame::read(text.as_str());
+        shared
+            .metrics
+            .stream
+            .frames
+            .with_label_values(&[inbound.kind, inbound.topic])
+            .inc();
+        let reply = match inbound.route {
+            Route::Robot { message_id, data } => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break End::Dropped("closed semaphore".into());
+                };
+                tokio::spawn(handle_robot(
+                    shared.clone(),
+                    outbox.clone(),
+                    message_id,
+                    data,
+                    permit,
+                ));
+                continue;
+            }
+            Route::Ping { message_id, data } => Some((frame::ack(&message_id, 200, &data), 200)),
+            Route::Disconnect { message_id, reason } => {
+                tracing::info!(connection = %label, %reason, "DingTalk announced a disconnect; opening the replacement first");
+                if let Some(tx) = disconnecting.take() {
+                    let _ = tx.send(());
+                }
+                linger_until = Some(now + DISCONNECT_LINGER);
+                Some((frame::ack_empty(&message_id, 200), 200))
+            }
+            Route::Malformed { message_id } => {
+                tracing::info!(connection = %label, "robot frame rejected: its data is not a string");
+                Some((frame::ack_empty(&message_id, 400), 400))
+            }
+            Route::Unknown { message_id } => {
+                tracing::debug!(connection = %label, kind = inbound.kind, "frame of a topic dingops does not take");
+                Some((frame::ack_empty(&message_id, 404), 404))
+            }
+            Route::OtherSystem => None,
+            Route::Invalid => {
+                tracing::debug!(connection = %label, "a text frame that is not a Stream frame was ignored");
+                None
+            }
+        };
+        if let Some((ack, code)) = reply {
+            shared
+                .metrics
+                .stream
+                .acks
+                .with_label_values(&[code_label(code)])
+                .inc();
+            if outbox.send(Message::text(ack)).await.is_err() {
+                break End::Dropped("the writer stopped".into());
+            }
+        }
+    };
+
+    match &end {
+        End::Shutdown => {
+            // Messages already read are acknowledged before the close frame; frames not read
+            // stay unacknowledged and DingTalk pushes them to another connection.
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(IN_FLIGHT)).await;
+            close(outbox, writer, &mut stream, "dingops is stopping").await;
+        }
+        End::Keepalive => close(outbox, writer, &mut stream, "no answer to keepalive").await,
+        End::LingerOver => close(outbox, writer, &mut stream, "replaced after disconnect").await,
+        // Acknowledgements still in flight go out while the socket takes them; the writer
+        // ends with the last of them.
+        End::Closed | End::Dropped(_) => drop(outbox),
+    }
+    end
+}
+
+/// Sends a close frame after whatever is queued, then reads (and drops) until the other side
+/// closes too, for at most [`CLOSE_WAIT`].
+async fn close<S>(
+    outbox: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<()>,
+    stream: &mut S,
+    reason: &'static str,
+) where
+    S: futures_util::Stream + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.into(),
+    };
+    let _ = outbox.send(Message::Close(Some(frame))).await;
+    drop(outbox);
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, writer).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async { while stream.next().await.is_some() {} }).await;
+}
+
+/// Parses a robot message, puts it through the pipeline and queues its ACK.
+async fn handle_robot(
+    shared: Arc<Shared>,
+    outbox: mpsc::Sender<Message>,
+    message_id: String,
+    data: String,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let started = std::time::Instant::now();
+    let (ack, code) = match Callback::parse(data.as_bytes()) {
+        Err(e) => {
+            tracing::info!(error = %e, "robot frame rejected: payload");
+            (Some(frame::ack_empty(&message_id, 400)), 400)
+        }
+        Ok(callback) => {
+            let message = callback.into_accepted(now_ms());
+            let span =
+                tracing::debug_span!("stream", msg_id = %message.msg_id, group = %message.conversation_id);
+            let ack = shared
+                .pipeline
+                .accept(Inbound {
+                    message,
+                    ack: StreamAck { message_id },
+                })
+                .instrument(span)
+                .await;
+            (ack, 200)
+        }
+    };
+    let Some(ack) = ack else {
+        // The ledger refused it: no ACK, so DingTalk pushes it again.
+        return;
+    };
+    shared
+        .metrics
+        .stream
+        .acks
+        .with_label_values(&[code_label(code)])
+        .inc();
+    shared
+        .metrics
+        .stream
+        .ack_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let _ = outbox.send(Message::text(ack)).await;
+}
+
+fn code_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        _ => "other",
+    }
+}
+
+/// Owns the sending half: writes what is queued, each write bounded, until a close frame, a
+/// failure, or the last sender is gone.
+async fn write_loop(mut sink: SplitSink<Socket, Message>, mut queued: mpsc::Receiver<Message>) {
+    while let Some(message) = queued.recv().await {
+        let closing = matches!(message, Message::Close(_));
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
+            Ok(Ok(())) if !closing => {}
+            _ => break,
+        }
+    }
+}

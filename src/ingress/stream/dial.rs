@@ -1,0 +1,378 @@
+//! Opening one Stream connection: `connections/open` for a fresh single-use ticket, then
+//! TCP (through the proxy's CONNECT when `proxy` is set), TLS for `wss://`, and the WebSocket
+//! handshake on `{endpoint}?ticket=…`. Every step is bounded in time and size, and neither the
+//! secret nor the ticket reaches an error or a log line (see docs/dingtalk.md#stream-mode).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use url::Url;
+
+use super::frame::BOT_TOPIC;
+use crate::config::{DingTalkSettings, ProxyAddr};
+use crate::dingtalk::ApiError;
+
+/// Largest WebSocket message (and frame) read; DingTalk's robot frames are a few KiB.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest `connections/open` answer read.
+const MAX_OPEN_ANSWER_BYTES: usize = 64 * 1024;
+/// Largest answer head of a proxy's CONNECT.
+const MAX_PROXY_HEAD_BYTES: usize = 8 * 1024;
+/// Time for the proxy exchange, TLS and the WebSocket handshake together.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A byte stream a WebSocket runs on: plain TCP or TLS, maybe through a proxy tunnel.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open Stream connection.
+pub type Socket = WebSocketStream<Box<dyn Io>>;
+
+/// Why a connection could not be opened. No variant carries the secret or the ticket.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// `connections/open` answered 401 or 403: the credentials (or the app's mode) are wrong.
+    #[error(
+        "connections/open refused with HTTP {status} ({code}): check `app_key` and `app_secret`, and that the app's robot receives messages in Stream mode"
+    )]
+    Refused { status: u16, code: String },
+    /// Any other failure of `connections/open`.
+    #[error("connections/open failed: {0}")]
+    Open(String),
+    /// TCP, the proxy, TLS or the WebSocket handshake failed.
+    #[error("connecting to {host} failed: {reason}")]
+    Connect { host: String, reason: String },
+}
+
+impl DialError {
+    /// The `reason` label of `dingops_stream_reconnects_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DialError::Refused { .. } => "open_refused",
+            DialError::Open(_) => "open_failed",
+            DialError::Connect { .. } => "connect_failed",
+        }
+    }
+}
+
+/// A WebSocket endpoint and its single-use ticket, as `connections/open` answered.
+pub struct Ticket {
+    pub endpoint: Url,
+    ticket: SecretString,
+}
+
+/// Opens Stream connections for one app.
+pub struct Dialer {
+    http: reqwest::Client,
+    open_url: Url,
+    app_key: String,
+    app_secret: SecretString,
+    proxy: Option<ProxyAddr>,
+    connect_timeout: Duration,
+}
+
+impl Dialer {
+    pub fn new(settings: &DingTalkSettings) -> Result<Self, ApiError> {
+        let base = settings.api_base.as_str().trim_end_matches('/');
+        let open_url = Url::parse(&format!("{base}/v1.0/gateway/connections/open"))
+            .map_err(|e| ApiError::Decode(format!("bad api_base: {e}")))?;
+        Ok(Self {
+            http: crate::dingtalk::http_client(settings)?,
+            open_url,
+            app_key: settings.app_key.clone(),
+            app_secret: settings.app_secret.clone(),
+            proxy: settings.proxy.clone(),
+            connect_timeout: settings.upstream_connect_timeout(),
+        })
+    }
+
+    /// A fresh ticket, then a connection with it.
+    pub async fn dial(&self) -> Result<(Socket, Url), DialError> {
+        let ticket = self.open().await?;
+        let socket = self.connect(&ticket).await?;
+        Ok((socket, ticket.endpoint))
+    }
+
+    /// `POST /v1.0/gateway/connections/open`: a ticket for one connection.
+    pub async fn open(&self) -> Result<Ticket, DialError> {
+        let mut body = json!({
+            "clientId": self.app_key,
+            "clientSecret": self.app_secret.expose_secret(),
+            "subscriptions": [{"type": "CALLBACK", "topic": BOT_TOPIC}],
+            "ua": concat!("dingops/", env!("CARGO_PKG_VERSION")),
+        });
+        if let Some(ip) = self.local_ip().await {
+            body["localIp"] = json!(ip.to_string());
+        }
+        let response = self
+            .http
+            .post(self.open_url.clone())
+            // Without it DingTalk answers in XML.
+            .header(reqwest::header::ACCEPT, "application/json")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| DialError::Open(e.without_url().to_string()))?;
+        let status = response.status().as_u16();
+        let answer = read_limited(response).await?;
+        if status == 401 || status == 403 {
+            return Err(DialError::Refused {
+                status,
+                code: code_of(&answer),
+            });
+        }
+        if !(200..300).contains(&status) {
+            return Err(DialError::Open(format!("HTTP {status} ({})", code_of(&answer))));
+        }
+        let text = |name: &str| {
+            answer
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let (Some(endpoint), Some(ticket)) = (text("endpoint"), text("ticket")) else {
+            return Err(DialError::Open("the answer has no endpoint or no ticket".into()));
+        };
+        let endpoint = Url::parse(&endpoint)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some())
+            .ok_or_else(|| DialError::Open("the endpoint is not a ws:// or wss:// URL".into()))?;
+        Ok(Ticket {
+            endpoint,
+            ticket: SecretString::from(ticket),
+        })
+    }
+
+    /// The WebSocket on `ticket.endpoint`.
+    pub async fn connect(&self, ticket: &Ticket) -> Result<Socket, DialError> {
+        let endpoint = &ticket.endpoint;
+        let host = endpoint.host_str().unwrap_or_default().to_owned();
+        let fail = |reason: String| DialError::Connect {
+            host: host.clone(),
+            reason,
+        };
+        let tls = endpoint.scheme() == "wss";
+        let port = endpoint
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let target = format!("{host}:{port}");
+        let hop = self
+            .proxy
+            .as_ref()
+            .map_or_else(|| target.clone(), ProxyAddr::authority);
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&hop))
+            .await
+            .map_err(|_| {
+                fail(format!(
+                    "no TCP connection to {hop} within {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|e| fail(format!("TCP connection to {hop}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let mut url = endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair("ticket", ticket.ticket.expose_secret());
+        let handshake = async {
+            let tcp = match &self.proxy {
+                Some(_) => tunnel(tcp, &target).await?,
+                None => tcp,
+            };
+            let io: Box<dyn Io> = if tls {
+                Box::new(tls_wrap(tcp, &host).await?)
+            } else {
+                Box::new(tcp)
+            };
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_MESSAGE_BYTES))
+                .max_frame_size(Some(MAX_MESSAGE_BYTES));
+            // tungstenite's errors name the status, never the request URL (which holds the ticket).
+            tokio_tungstenite::client_async_with_config(url.as_str(), io, Some(config))
+                .await
+                .map(|(ws, _)| ws)
+                .map_err(|e| format!("WebSocket handshake: {e}"))
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| fail(format!("no WebSocket within {HANDSHAKE_TIMEOUT:?}")))?
+            .map_err(fail)
+    }
+
+    /// The address this host would use towards DingTalk (or the proxy), for `localIp`. No
+    /// packet is sent: a UDP socket is only pointed there.
+    async fn local_ip(&self) -> Option<IpAddr> {
+        let (host, port) = match &self.proxy {
+            Some(p) => (p.host.trim_matches(['[', ']']).to_owned(), p.port),
+            None => (
+                self.open_url.host_str()?.trim_matches(['[', ']']).to_owned(),
+                self.open_url.port_or_known_default()?,
+            ),
+        };
+        let peer: SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()?
+            .next()?;
+        let any: SocketAddr = if peer.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(any).await.ok()?;
+        socket.connect(peer).await.ok()?;
+        Some(socket.local_addr().ok()?.ip())
+    }
+}
+
+/// `code` of a DingTalk error answer, for a log line (at most 100 characters).
+fn code_of(answer: &Value) -> String {
+    answer
+        .get("code")
+        .and_then(Value::as_str)
+        .map(|c| c.chars().take(100).collect())
+        .unwrap_or_else(|| "no code".into())
+}
+
+/// The answer as JSON (`Null` when it is not JSON), read up to the limit.
+async fn read_limited(mut response: reqwest::Response) -> Result<Value, DialError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| DialError::Open(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_OPEN_ANSWER_BYTES {
+            return Err(DialError::Open(format!(
+                "answer larger than {MAX_OPEN_ANSWER_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Asks the proxy on `tcp` for a tunnel to `target` (`host:port`) with HTTP CONNECT.
+async fn tunnel(mut tcp: TcpStream, target: &str) -> Result<TcpStream, String> {
+    let request = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: dingops/{}\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("proxy: {e}"))?;
+    // Byte by byte, so that nothing after the answer's head is taken from the tunnel.
+    let mut head = Vec::with_capacity(128);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_PROXY_HEAD_BYTES {
+            return Err("proxy: answer head too long".into());
+        }
+        let byte = tcp
+            .read_u8()
+            .await
+            .map_err(|e| format!("proxy closed the connection: {e}"))?;
+        head.push(byte);
+    }
+    let status_line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let status = std::str::from_utf8(status_line)
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(s) if (200..300).contains(&s) => Ok(tcp),
+        Some(s) => Err(format!("proxy refused the tunnel with HTTP {s}")),
+        None => Err("proxy: not an HTTP answer".into()),
+    }
+}
+
+/// The TLS client configuration: rustls with the ring provider and the webpki roots, as
+/// reqwest's `rustls-tls` uses for the API calls.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+                .map_err(|e| format!("TLS setup: {e}"))
+        })
+        .clone()
+}
+
+async fn tls_wrap(tcp: TcpStream, host: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| format!("TLS: bad server name: {e}"))?;
+    tokio_rustls::TlsConnector::from(tls_config()?)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A proxy stand-in that answers `answer` to whatever it is sent first, then echoes.
+    async fn fake_proxy(answer: &'static str) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(answer.as_bytes()).await.unwrap();
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            let _ = s.write_all(&buf[..n]).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_open_after_a_2xx_answer_and_nothing_of_it_is_lost() {
+        let addr = fake_proxy("HTTP/1.1 200 Connection established\r\n\r\n").await;
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let mut tcp = tunnel(tcp, "example.com:443").await.unwrap();
+        tcp.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_refused_tunnel_names_the_status() {
+        let addr = fake_proxy("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let err = tunnel(tcp, "example.com:443").await.unwrap_err();
+        assert_eq!(err, "proxy refused the tunnel with HTTP 403");
+    }
+
+    #[test]
+    fn the_tls_configuration_builds() {
+        assert!(tls_config().is_ok());
+    }
+
+    #[test]
+    fn a_refusal_names_the_keys_and_never_a_value() {
+        let e = DialError::Refused {
+            status: 401,
+            code: "Unauthorized".into(),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("`app_key`") && text.contains("`app_secret`"),
+            "{text}"
+        );
+        assert_eq!(e.reason(), "open_refused");
+    }
+}

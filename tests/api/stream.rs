@@ -1,0 +1,598 @@
+//! Stream mode against the simulator's gateway: ACKs, dedupe across ingresses, the gateway's
+//! faults (disconnect, dropped TCP, zombie, refused opens), several connections, a crash,
+//! SIGTERM, and a CONNECT proxy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dingops::config::Mode;
+use dingtalk_sim::chat::{new_msg_id, text_message};
+use dingtalk_sim::stream::{BOT_TOPIC, StreamFault};
+use dingtalk_sim::{Fault, api};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::*;
+
+/// Long enough for anything on loopback; a test normally finishes far sooner.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn lock_message(app: &TestApp) -> Value {
+    text_message(&new_msg_id(), &app.chat(GROUP), &admin(), "/lock-dm")
+}
+
+fn switch_answers(app: &TestApp) -> Vec<i64> {
+    app.sim
+        .calls(Some(api::FRIEND_SWITCH))
+        .iter()
+        .map(|c| c.answer)
+        .collect()
+}
+
+fn connection_ids(app: &TestApp) -> Vec<String> {
+    app.sim.stream().connections().into_iter().map(|c| c.id).collect()
+}
+
+#[tokio::test]
+async fn a_robot_frame_is_acknowledged_before_the_dingtalk_call_finishes() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    app.sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 1500 });
+
+    let ack = push_and_ack(&app.sim, &lock_message(&app)).await;
+
+    assert_eq!(ack.code, 200);
+    assert_eq!(ack.data, json!("{\"response\":null}"));
+    assert_eq!(ack.headers["contentType"], json!("application/json"));
+    assert!(app.sim.replies().is_empty(), "the ACK waited for the command");
+    assert!(!app.sim.group(GROUP).unwrap().dm_prohibited);
+    let reply = app.replies(1).await.pop().unwrap();
+    assert_reply(&reply, "✅", "forbidden");
+    assert_eq!(switch_answers(&app), vec![0]);
+}
+
+#[tokio::test]
+async fn a_frame_repeated_with_the_same_msg_id_is_acknowledged_and_not_run_again() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let body = lock_message(&app);
+
+    let first = push_and_ack(&app.sim, &body).await;
+    app.replies(1).await;
+    let second = push_and_ack(&app.sim, &body).await;
+
+    assert_eq!((first.code, second.code), (200, 200));
+    assert_ne!(first.message_id, second.message_id);
+    app.replies(1).await;
+    assert_eq!(switch_answers(&app), vec![0]);
+    assert_eq!(app.ledger_rows(), 1);
+}
+
+#[tokio::test]
+async fn in_both_mode_a_message_arriving_over_http_and_stream_runs_once() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Both, 1, |_| {}).await;
+    let body = lock_message(&app);
+
+    let (status, _) = app.post_signed(&body).await;
+    let ack = push_and_ack(&app.sim, &body).await;
+
+    assert_eq!((status, ack.code), (200, 200));
+    app.replies(1).await;
+    assert_eq!(switch_answers(&app), vec![0]);
+    assert_eq!(app.ledger_rows(), 1);
+}
+
+#[tokio::test]
+async fn in_stream_mode_the_callback_route_answers_404_and_the_probes_still_serve() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let (status, _) = app.post_signed(&lock_message(&app)).await;
+    assert_eq!(status, 404);
+    assert_eq!(readyz(&app.address).await, 200);
+    let metrics = reqwest::get(format!("{}/metrics", app.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("dingops_stream_connections 1"), "{metrics}");
+    assert_eq!(app.ledger_rows(), 0);
+}
+
+#[tokio::test]
+async fn a_robot_frame_with_malformed_data_gets_ack_400_and_nothing_is_recorded() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    let mut no_msg_id = lock_message(&app);
+    no_msg_id.as_object_mut().unwrap().remove("msgId");
+
+    for data in [
+        "not json".to_owned(),
+        "{\"msgId\": ".to_owned(),
+        no_msg_id.to_string(),
+    ] {
+        let message_id = gateway.push_frame("CALLBACK", BOT_TOPIC, data.clone());
+        assert_eq!(ack_of(&app.sim, &message_id).await.code, 400, "{data}");
+    }
+    assert_eq!(app.ledger_rows(), 0);
+    assert!(app.sim.replies().is_empty());
+}
+
+#[tokio::test]
+async fn a_frame_of_an_unknown_topic_gets_ack_404() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    for (kind, topic) in [
+        ("CALLBACK", "/v1.0/card/instances/callback"),
+        ("EVENT", "chat_update_title"),
+    ] {
+        let message_id = gateway.push_frame(kind, topic, "{}".into());
+        assert_eq!(ack_of(&app.sim, &message_id).await.code, 404, "{kind} {topic}");
+    }
+    assert_eq!(app.ledger_rows(), 0);
+}
+
+#[tokio::test]
+async fn a_system_ping_is_answered_with_its_data() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let connection = connection_ids(&app).remove(0);
+
+    let ping = app
+        .sim
+        .stream()
+        .ping(&connection)
+        .expect("the connection is live");
+    let ack = ack_of(&app.sim, &ping.message_id).await;
+
+    assert_eq!(ack.code, 200);
+    assert_eq!(ack.connection, connection);
+    assert_eq!(ack.data, Value::String(ping.data));
+}
+
+#[tokio::test]
+async fn a_websocket_ping_from_the_gateway_is_answered_with_a_pong() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let connection = connection_ids(&app).remove(0);
+
+    assert!(app.sim.stream().ws_ping(&connection, b"are-you-there"));
+
+    let gateway = app.sim.stream();
+    let answered = eventually(PATIENCE, || {
+        gateway
+            .ws_pongs()
+            .iter()
+            .any(|p| p.connection == connection && p.payload == b"are-you-there")
+    })
+    .await;
+    assert!(answered, "{:?}", gateway.ws_pongs());
+}
+
+#[tokio::test]
+async fn after_a_disconnect_the_replacement_opens_first_and_a_message_in_the_window_is_answered_once() {
+    let app = spawn_stream_app(stream_sim(2000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    let old = connection_ids(&app).remove(0);
+
+    assert!(gateway.fault(&old, StreamFault::Disconnect));
+    let body = lock_message(&app);
+    let message_id = gateway.push_callback(&body);
+
+    // The replacement is live while the old connection still is.
+    let both = gateway.wait_for_connections(2, PATIENCE).await;
+    assert_eq!(both.len(), 2, "no replacement while the old one was open");
+    assert!(both.iter().any(|c| c.id == old));
+    assert_eq!(ack_of(&app.sim, &message_id).await.code, 200);
+    app.replies(1).await;
+    // DingTalk closed the old one; dingops did not cut it short.
+    assert!(eventually(PATIENCE, || gateway.closed().iter().any(|c| c.id == old)).await);
+    let closed = gateway.closed();
+    let reason = &closed.iter().find(|c| c.id == old).unwrap().reason;
+    assert_eq!(reason, "closed by the gateway after disconnect");
+    assert_eq!(gateway.connections().len(), 1);
+    assert_eq!(switch_answers(&app), vec![0]);
+    assert_eq!(readyz(&app.address).await, 200);
+}
+
+#[tokio::test]
+async fn a_dropped_tcp_connection_is_reconnected_and_messages_flow_again() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    let old = connection_ids(&app).remove(0);
+
+    assert!(gateway.fault(&old, StreamFault::Drop));
+
+    let replaced = eventually(PATIENCE, || gateway.connections().iter().any(|c| c.id != old)).await;
+    assert!(replaced, "no new connection after the drop");
+    assert_eq!(gateway.connections_opened(), 2);
+    let ack = push_and_ack(&app.sim, &lock_message(&app)).await;
+    assert_eq!(ack.code, 200);
+    app.replies(1).await;
+}
+
+#[tokio::test]
+async fn a_zombie_connection_is_found_by_the_keepalive_and_replaced() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |s| {
+        s.stream.keepalive_secs = 2;
+    })
+    .await;
+    let gateway = app.sim.stream();
+    let old = connection_ids(&app).remove(0);
+
+    assert!(gateway.fault(&old, StreamFault::Zombie));
+    // Swallowed by the zombie, then pushed again once a live connection takes it.
+    let message_id = gateway.push_callback(&lock_message(&app));
+
+    let replaced = eventually(PATIENCE, || {
+        gateway.connections().iter().any(|c| c.id != old && !c.zombie)
+    })
+    .await;
+    assert!(replaced, "the zombie was not replaced");
+    let ack = ack_of(&app.sim, &message_id).await;
+    assert_eq!(ack.code, 200);
+    assert_ne!(ack.connection, old);
+    app.replies(1).await;
+    assert_eq!(switch_answers(&app), vec![0]);
+}
+
+#[tokio::test]
+async fn opens_refused_twice_are_retried_on_backoff_until_a_connection_opens() {
+    let sim = stream_sim(1000);
+    sim.stream().refuse_opens(2, 503);
+
+    let app = spawn_stream_app(sim, Mode::Stream, 1, |_| {}).await;
+
+    let answers: Vec<i64> = app
+        .sim
+        .calls(Some(api::STREAM_OPEN))
+        .iter()
+        .map(|c| c.answer)
+        .collect();
+    assert_eq!(answers, vec![503, 503, 0]);
+    assert_eq!(readyz(&app.address).await, 200);
+    let ack = push_and_ack(&app.sim, &lock_message(&app)).await;
+    assert_eq!(ack.code, 200);
+}
+
+#[tokio::test]
+async fn every_open_sends_the_credentials_once_and_a_fresh_ticket_is_used_per_connection() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    let first = gateway.connections().remove(0);
+    assert!(gateway.fault(&first.id, StreamFault::Drop));
+    assert!(
+        eventually(PATIENCE, || gateway
+            .connections()
+            .iter()
+            .any(|c| c.id != first.id))
+        .await
+    );
+
+    let opens = app.sim.calls(Some(api::STREAM_OPEN));
+    assert_eq!(opens.len(), 2);
+    let body = &opens[0].body;
+    assert_eq!(body["clientId"], json!(app.sim.config().app_key));
+    assert_eq!(
+        body["clientSecret"],
+        json!("<redacted>"),
+        "the simulator hides what it checked"
+    );
+    assert_eq!(
+        body["subscriptions"],
+        json!([{"type": "CALLBACK", "topic": BOT_TOPIC}])
+    );
+    assert!(body["ua"].as_str().unwrap().starts_with("dingops/"));
+    let second = gateway.connections().remove(0);
+    assert_ne!(first.ticket, second.ticket);
+}
+
+#[tokio::test]
+async fn a_wrong_secret_keeps_dingops_not_ready_and_the_log_names_the_keys_to_check() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let wrong = "wr0ng-s3cret-value";
+    let mut child = spawn_binary_logging_to(
+        &sim,
+        port,
+        &dir.path().join("l.db"),
+        &[
+            ("DINGOPS_MODE", "stream".into()),
+            ("DINGOPS_APP_SECRET", wrong.into()),
+        ],
+        std::process::Stdio::piped(),
+    );
+    wait_healthy(port).await;
+    wait_for_calls(&sim, "a refused open", |c| {
+        c.iter().any(|c| c.api == api::STREAM_OPEN && c.answer == 401)
+    })
+    .await;
+
+    assert_eq!(readyz(&format!("http://127.0.0.1:{port}")).await, 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    child.wait().unwrap();
+    assert!(
+        stderr.contains("`app_key`") && stderr.contains("`app_secret`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("HTTP 401"), "{stderr}");
+    assert!(!stderr.contains(wrong), "the secret was logged: {stderr}");
+    assert!(sim.stream().connections().is_empty());
+}
+
+#[tokio::test]
+async fn two_connections_share_twenty_messages_and_each_is_answered_once() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 2, |_| {}).await;
+    let chat = app.chat(OTHER);
+    let mut message_ids = Vec::new();
+    for _ in 0..20 {
+        let body = text_message(&new_msg_id(), &chat, &member(), "/help");
+        message_ids.push(app.sim.stream().push_callback(&body));
+    }
+
+    let replies = app.replies(20).await;
+    assert!(replies.iter().all(|r| r.content.starts_with("ℹ️")));
+    for id in &message_ids {
+        assert_eq!(ack_of(&app.sim, id).await.code, 200);
+    }
+    let acks = app.sim.stream().acks();
+    let used: std::collections::BTreeSet<&str> = acks.iter().map(|a| a.connection.as_str()).collect();
+    assert_eq!(used.len(), 2, "both connections took messages");
+    assert_eq!(app.ledger_rows(), 20);
+}
+
+#[tokio::test]
+async fn a_binary_killed_mid_command_in_stream_mode_runs_it_after_the_restart() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("l.db");
+    let port = free_port();
+    let stream_mode = [("DINGOPS_MODE", "stream".to_owned())];
+    let mut first = spawn_binary(&sim, port, &db, &stream_mode);
+    assert_eq!(sim.stream().wait_for_connections(1, PATIENCE).await.len(), 1);
+    sim.inject(api::FRIEND_SWITCH, Fault::Hang);
+    let body = text_message(&new_msg_id(), &session_chat(&sim, GROUP), &admin(), "/lock-dm");
+    let message_id = sim.stream().push_callback(&body);
+    assert_eq!(ack_of(&sim, &message_id).await.code, 200);
+    wait_for_calls(&sim, "the hang", |c| {
+        c.iter().any(|c| c.api == api::FRIEND_SWITCH && c.answer == -3)
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(sim.replies().is_empty());
+
+    let mut second = spawn_binary(&sim, port, &db, &stream_mode);
+    let replies = sim.wait_for_replies(1, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+
+    assert_eq!(replies.len(), 1);
+    assert_eq!(sim.replies().len(), 1);
+    assert_reply(&replies[0], "✅", "");
+    let answers: Vec<i64> = sim
+        .calls(Some(api::FRIEND_SWITCH))
+        .iter()
+        .map(|c| c.answer)
+        .collect();
+    assert_eq!(answers, vec![-3, 0]);
+}
+
+#[tokio::test]
+async fn sigterm_closes_the_stream_connections_with_a_close_frame() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_binary(
+        &sim,
+        port,
+        &dir.path().join("l.db"),
+        &[
+            ("DINGOPS_MODE", "stream".into()),
+            ("DINGOPS_STREAM_CONNECTIONS", "2".into()),
+        ],
+    );
+    let live = sim.stream().wait_for_connections(2, PATIENCE).await;
+    assert_eq!(live.len(), 2);
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert!(status.success(), "{status:?}");
+    let closes = sim.stream().close_frames();
+    for connection in &live {
+        let close = closes.iter().find(|c| c.connection == connection.id);
+        assert_eq!(close.and_then(|c| c.code), Some(1000), "{closes:?}");
+    }
+    assert!(sim.stream().connections().is_empty());
+}
+
+/// A small HTTP proxy: CONNECT tunnels, and plain requests in absolute form forwarded to
+/// their host; records `host:port` of each connection it carried.
+async fn start_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(carry(client, log.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let Ok(b) = client.read_u8().await else {
+            return;
+        };
+        head.push(b);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut words = text.split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let authority = if method == "CONNECT" {
+        target.to_owned()
+    } else {
+        target
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+    seen.lock().unwrap().push(format!("{method} {authority}"));
+    let Ok(mut upstream) = TcpStream::connect(&authority).await else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+        return;
+    };
+    if method == "CONNECT" {
+        let _ = client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await;
+    } else {
+        // Forwarded as it came; the simulator reads absolute-form targets.
+        let _ = upstream.write_all(&head).await;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+#[tokio::test]
+async fn through_a_connect_proxy_the_stream_and_the_api_calls_work_and_the_proxy_carried_them() {
+    let (proxy, seen) = start_proxy().await;
+    let sim = stream_sim(1000);
+    let gateway_addr = sim.stream().addr().to_string();
+    let app = spawn_stream_app(sim, Mode::Stream, 1, move |s| {
+        s.dingtalk.proxy = Some(dingops::config::ProxyAddr::parse(&format!("http://{proxy}")).unwrap());
+    })
+    .await;
+
+    let ack = push_and_ack(&app.sim, &lock_message(&app)).await;
+    assert_eq!(ack.code, 200);
+    assert_reply(&app.replies(1).await[0], "✅", "forbidden");
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&format!("CONNECT {gateway_addr}")),
+        "the WebSocket did not go through the proxy: {seen:?}"
+    );
+    let sim_host = app.sim.host_port().to_owned();
+    assert!(
+        seen.iter().any(|s| s.ends_with(&sim_host)),
+        "the API calls did not go through the proxy: {seen:?}"
+    );
+}
+
+#[test]
+fn dingops_demo_in_stream_mode_exits_zero_and_prints_the_conversation() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+        .args(["demo", "--mode", "stream"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Stream mode: connected to ws://"), "{stdout}");
+    assert!(stdout.contains("Summary: 11 of 11 steps behaved."), "{stdout}");
+    assert!(stdout.contains("dingops answered ACK code 400"), "{stdout}");
+    assert!(!stdout.contains("✘"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_in_stream_mode_opens_a_stream_connection_and_names_a_refusal() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let check = |secret: String| {
+        let mut env = sim_env(&sim);
+        env.retain(|(k, _)| *k != "DINGOPS_APP_SECRET");
+        env.extend([
+            ("DINGOPS_APP_SECRET", secret),
+            ("DINGOPS_MODE", "stream".into()),
+            ("DINGOPS_ADMINS", "admin01".into()),
+            ("DINGOPS_DATABASE", dir.path().join("l.db").display().to_string()),
+        ]);
+        // The simulator runs on this test's runtime: wait for the binary off it.
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+                .arg("check")
+                .env_clear()
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+    };
+
+    let good = check(sim.config().app_secret.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{text}");
+    assert!(text.contains("✅ Stream connection"), "{text}");
+    assert!(
+        eventually(PATIENCE, || sim.stream().closed().len() == 1).await,
+        "check left its connection open"
+    );
+
+    let bad = check("not-the-secret".into()).await.unwrap();
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert!(!bad.status.success(), "{text}");
+    assert!(text.contains("❌ Stream connection"), "{text}");
+    assert!(text.contains("`app_secret`"), "{text}");
+    assert!(!text.contains("not-the-secret"), "{text}");
+}
+
+#[tokio::test]
+async fn stream_logs_at_trace_level_never_contain_the_secret_the_ticket_or_the_session_webhook() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_binary_logging_to(
+        &sim,
+        port,
+        &dir.path().join("l.db"),
+        &[("DINGOPS_MODE", "stream".into()), ("RUST_LOG", "trace".into())],
+        std::process::Stdio::piped(),
+    );
+    // Drain the log as it comes, so a full pipe cannot stall the binary.
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let live = sim.stream().wait_for_connections(1, PATIENCE).await;
+    assert_eq!(live.len(), 1);
+    let chat = session_chat(&sim, GROUP);
+    let body = text_message(&new_msg_id(), &chat, &admin(), "/lock-dm");
+    let message_id = sim.stream().push_callback(&body);
+    assert_eq!(ack_of(&sim, &message_id).await.code, 200);
+    sim.wait_for_replies(1, PATIENCE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let logs = reader.join().unwrap();
+
+    assert!(logs.contains("Stream connection live"), "{logs}");
+    let session = chat.session_webhook.split("session=").nth(1).unwrap();
+    for (what, secret) in [
+        ("secret", sim.config().app_secret.as_str()),
+        ("ticket", live[0].ticket.as_str()),
+        ("session", session),
+    ] {
+        assert!(!logs.contains(secret), "the {what} was logged");
+    }
+}
