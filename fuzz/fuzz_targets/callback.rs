@@ -2,6 +2,7 @@
 //! Input: `timestamp \n sign \n body`.
 #![no_main]
 
+use dingops::domain::{ReplyHost, ReplyHosts};
 use dingops::ingress::payload::Callback;
 use dingops::ingress::signature::Verifier;
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
     // A correctly signed request reaches the parser; fuzz it on every input.
     if let Ok(cb) = Callback::parse(body) {
         let _ = cb.text();
-        let _ = cb.is_one_to_one();
+        let _ = cb.conversation_type();
+        // Then what the worker does with it: the reply URL goes through the allow-list.
+        let accepted = cb.into_accepted(1_700_000_000_000);
+        let hosts = ReplyHosts::new(ReplyHost::parse("oapi.dingtalk.com").into_iter().collect());
+        if let Ok(url) = url::Url::parse(accepted.session_webhook.expose()) {
+            let _ = hosts.allows(&url);
+        }
     }
 });
