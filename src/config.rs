@@ -178,7 +178,8 @@ pub struct WorkerSettings {
     pub reply_hosts: ReplyHosts,
     /// `groups`: static bindings openConversationId → chatid. Default empty.
     pub groups: BTreeMap<String, ChatId>,
-    /// `command_concurrency`: commands that call a DingTalk group API at once. Default 8.
+    /// `command_concurrency`: commands that call a DingTalk group API at once, and, separately,
+    /// other commands at once. Default 8.
     pub command_concurrency: usize,
     /// `queue_capacity`: accepted commands held in memory for the workers; a larger backlog
     /// waits in the ledger. Default 256.
