@@ -100,7 +100,7 @@ impl PhaseStats {
     }
 }
 
-fn quantile_ms(sorted_us: &[u32], q: f64) -> f64 {
+pub(crate) fn quantile_ms(sorted_us: &[u32], q: f64) -> f64 {
     if sorted_us.is_empty() {
         return f64::NAN;
     }
@@ -164,7 +164,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// A `POST /callback` request with the given headers and body.
-pub fn http_request(timestamp: &str, sign: &str, body: &str) -> Vec<u8> {
+pub(crate) fn http_request(timestamp: &str, sign: &str, body: &str) -> Vec<u8> {
     format!(
         "POST /callback HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=utf-8\r\n\
          timestamp: {timestamp}\r\nsign: {sign}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -176,7 +176,7 @@ pub fn http_request(timestamp: &str, sign: &str, body: &str) -> Vec<u8> {
 /// Drives `addr` with `connections` keep-alive connections. Each sends `make(n)` for a
 /// global sequence number n; with `rate` set, sends are paced to that many per second in
 /// total, otherwise as fast as answers come back. Stops at `duration` or after `limit`.
-async fn drive(
+pub(crate) async fn drive(
     addr: SocketAddr,
     connections: usize,
     duration: Duration,
@@ -247,9 +247,9 @@ async fn drive(
 }
 
 /// A child server process, killed on drop.
-struct ChildServer {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct ChildServer {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Drop for ChildServer {
@@ -261,16 +261,26 @@ impl Drop for ChildServer {
 
 impl ChildServer {
     /// Peak resident set size (VmHWM) in KiB, from /proc.
-    fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+    pub(crate) fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "VmHWM:")
     }
+
+    /// Current resident set size (VmRSS) in KiB, from /proc.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+}
+
+/// A `… kB` field of `/proc/<pid>/status`.
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn free_addr() -> std::io::Result<SocketAddr> {
@@ -302,7 +312,7 @@ async fn start_baseline() -> anyhow::Result<ChildServer> {
     spawn_server(command, addr).await
 }
 
-async fn start_dingops(
+pub(crate) async fn start_dingops(
     exe: &Path,
     sim: &Simulator,
     db: &Path,
@@ -332,7 +342,7 @@ async fn start_dingops(
 }
 
 /// A group chat with a fresh one-hour reply session in the simulator.
-fn group_chat(sim: &Simulator, cid: &str) -> Chat {
+pub(crate) fn group_chat(sim: &Simulator, cid: &str) -> Chat {
     let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
     Chat {
         open_conversation_id: cid.to_owned(),
@@ -350,13 +360,23 @@ fn sim_with_groups(
     n: usize,
     rate_limit_per_sec: u32,
 ) -> anyhow::Result<(Simulator, Vec<(String, String)>)> {
-    let sim = Simulator::start(
+    sim_with_config(
+        prefix,
+        n,
         SimConfig {
             rate_limit_per_sec,
             ..SimConfig::default()
         },
-        TcpListener::bind("127.0.0.1:0")?,
-    )?;
+    )
+}
+
+/// [`sim_with_groups`] with any configuration.
+pub(crate) fn sim_with_config(
+    prefix: &str,
+    n: usize,
+    config: SimConfig,
+) -> anyhow::Result<(Simulator, Vec<(String, String)>)> {
+    let sim = Simulator::start(config, TcpListener::bind("127.0.0.1:0")?)?;
     let groups: Vec<(String, String)> = (0..n)
         .map(|i| (format!("cid{prefix}{i:05}=="), format!("chat{prefix}{i:05}")))
         .collect();
@@ -389,7 +409,10 @@ pub async fn run(opts: &BenchOptions, exe: &Path, out: &mut dyn Write) -> anyhow
 }
 
 /// Runs `f` with a scratch directory removed afterwards.
-async fn in_scratch_dir<T>(name: &str, f: impl AsyncFnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+pub(crate) async fn in_scratch_dir<T>(
+    name: &str,
+    f: impl AsyncFnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let dir = std::env::temp_dir().join(format!("dingops-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = f(&dir).await;

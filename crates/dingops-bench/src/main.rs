@@ -2,6 +2,7 @@
 //! DingTalk simulator on loopback (see the README, "Performance" and "Soak").
 
 mod bench;
+mod stream;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,41 @@ enum Cmd {
         /// Bound groups.
         #[arg(long, default_value_t = 200)]
         groups: usize,
+    },
+    /// Stream mode against the HTTP ingress of the same binary in `mode=both` (see README,
+    /// Performance): frame-to-ACK latency, ingest, reconnect gaps, RSS after many messages.
+    Stream {
+        /// Seconds of each latency phase (Stream, then HTTP at the same rate).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Messages per second of the latency phases.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Unacknowledged Stream frames on one connection (per connection in the RSS phase),
+        /// and HTTP connections, of the bursts.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Ingest rounds, each an HTTP burst then a Stream burst.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of each burst of an ingest round.
+        #[arg(long, default_value_t = 3)]
+        round_seconds: u64,
+        /// Repetitions of each reconnect measurement.
+        #[arg(long, default_value_t = 5)]
+        reconnects: usize,
+        /// Messages of the RSS phase.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Stream connections of the RSS phase.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Bound groups the messages are spread over.
+        #[arg(long, default_value_t = 100)]
+        groups: usize,
+        /// RUST_LOG of the dingops under test (its logs go to /dev/null).
+        #[arg(long, default_value = "info")]
+        rust_log: String,
     },
     /// The benchmark's baseline server alone (`bench` runs it as a child process).
     Baseline {
@@ -120,6 +156,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout();
             let ok = bench::soak(&opts, &exe, &mut out).await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Cmd::Stream {
+            seconds,
+            rate,
+            in_flight,
+            rounds,
+            round_seconds,
+            reconnects,
+            messages,
+            connections,
+            groups,
+            rust_log,
+        } => {
+            let exe = dingops_binary(cli.dingops)?;
+            let opts = stream::StreamOptions {
+                seconds: Duration::from_secs(seconds),
+                rate,
+                in_flight,
+                rounds,
+                round_seconds: Duration::from_secs(round_seconds),
+                reconnects,
+                messages,
+                connections,
+                groups,
+                rust_log,
+            };
+            let mut out = std::io::stdout();
+            let report = stream::run(&opts, &exe, &mut out).await?;
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Baseline { listen } => {
             let listener =

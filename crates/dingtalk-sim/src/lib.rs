@@ -305,6 +305,19 @@ impl Simulator {
         self.shared.state().replies.clone()
     }
 
+    /// The replies received since the last call, removed from the records (and from
+    /// [`Self::reply_count`]): a long run (a benchmark) keeps the simulator's memory flat by
+    /// taking them as they come.
+    pub fn take_replies(&self) -> Vec<RecordedReply> {
+        std::mem::take(&mut self.shared.state().replies)
+    }
+
+    /// The calls received since the last call, removed from the records (see
+    /// [`Self::take_replies`]).
+    pub fn take_calls(&self) -> Vec<RecordedCall> {
+        std::mem::take(&mut self.shared.state().calls)
+    }
+
     /// Waits until at least `n` replies arrived or `timeout` passed; returns them all.
     pub async fn wait_for_replies(&self, n: usize, timeout: Duration) -> Vec<RecordedReply> {
         let end = Instant::now() + timeout;

@@ -13,7 +13,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -87,6 +87,10 @@ pub struct RecordedAck {
     /// Type and topic of the frame the gateway sent with this `messageId`, if it sent one.
     pub frame_type: Option<String>,
     pub topic: Option<String>,
+    /// Microseconds from the gateway starting to write the latest push of this frame to this
+    /// ACK arriving (monotonic clock); `None` for a frame that was not pushed by
+    /// [`Gateway::push_frame`] or whose earlier ACK already took the measurement.
+    pub after_push_us: Option<u64>,
 }
 
 /// A frame pushed to a connection.
@@ -169,6 +173,11 @@ pub(crate) struct Timing {
 
 enum Command {
     Send(String),
+    /// A tracked frame: the write's start is noted for [`RecordedAck::after_push_us`].
+    Push {
+        message_id: String,
+        frame: String,
+    },
     Disconnect(String),
     WsPing(Vec<u8>),
     Drop,
@@ -216,6 +225,12 @@ struct State {
     closes: Vec<ReceivedClose>,
     refused_handshakes: Vec<String>,
     tasks: Vec<AbortHandle>,
+    /// When the latest push of each tracked frame started to be written, until its ACK.
+    written: HashMap<String, Instant>,
+    /// ACKs received in all, also those taken by [`Gateway::take_acks`].
+    ack_total: u64,
+    /// Tells [`Gateway::ack_counter`]'s receivers about `ack_total`, once one asked.
+    ack_count: Option<watch::Sender<u64>>,
 }
 
 /// The Stream gateway of a running simulator (see [`crate::Simulator::stream`]).
@@ -440,14 +455,36 @@ impl Gateway {
         self.state().closed.clone()
     }
 
-    /// Every ACK received.
+    /// Every ACK received (but those [`Self::take_acks`] took).
     pub fn acks(&self) -> Vec<RecordedAck> {
         self.state().acks.clone()
     }
 
-    /// Every push of a tracked frame, re-pushes included.
+    /// Every push of a tracked frame, re-pushes included (but those [`Self::take_pushes`]
+    /// took).
     pub fn pushes(&self) -> Vec<RecordedPush> {
         self.state().pushes.clone()
+    }
+
+    /// The ACKs received since the last call, removed from the records: a long run (a
+    /// benchmark) keeps the gateway's memory flat by taking them as they come.
+    pub fn take_acks(&self) -> Vec<RecordedAck> {
+        std::mem::take(&mut self.state().acks)
+    }
+
+    /// The pushes since the last call, removed from the records (see [`Self::take_acks`]).
+    pub fn take_pushes(&self) -> Vec<RecordedPush> {
+        std::mem::take(&mut self.state().pushes)
+    }
+
+    /// How many ACKs were received in all (taken ones included), updated as each arrives:
+    /// `changed().await` on it waits for the next ACK without polling.
+    pub fn ack_counter(&self) -> watch::Receiver<u64> {
+        let mut s = self.state();
+        let total = s.ack_total;
+        s.ack_count
+            .get_or_insert_with(|| watch::channel(total).0)
+            .subscribe()
     }
 
     /// `messageId`s of the tracked frames no client has acknowledged yet.
@@ -528,14 +565,23 @@ impl Gateway {
     }
 
     fn on_message(&self, connection: &str, msg: Message) {
+        let now = Instant::now();
         let at_ms = now_ms();
         let mut s = self.state();
         match msg {
             Message::Text(t) => {
                 let text = t.as_str().to_owned();
-                if let Some(ack) = parse_ack(connection, at_ms, &text, &s.sent) {
+                if let Some(mut ack) = parse_ack(connection, at_ms, &text, &s.sent) {
                     s.pending.retain(|p| p.message_id != ack.message_id);
+                    ack.after_push_us = s
+                        .written
+                        .remove(&ack.message_id)
+                        .map(|t| u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX));
                     s.acks.push(ack);
+                    s.ack_total += 1;
+                    if let Some(count) = &s.ack_count {
+                        count.send_replace(s.ack_total);
+                    }
                 } else {
                     s.received.push(ReceivedFrame {
                         connection: connection.to_owned(),
@@ -633,7 +679,12 @@ fn dispatch(s: &mut State, idx: usize, repush_after: Duration) {
         "data": p.data,
     })
     .to_string();
-    let sent = tx.send(Command::Send(frame)).is_ok();
+    let sent = tx
+        .send(Command::Push {
+            message_id: p.message_id.clone(),
+            frame,
+        })
+        .is_ok();
     let push = RecordedPush {
         message_id: p.message_id.clone(),
         frame_type: p.frame_type.clone(),
@@ -761,6 +812,12 @@ async fn run(
                         break End::Closed(format!("write error: {e}"));
                     }
                 }
+                Some(Command::Push { message_id, frame }) => {
+                    gw.state().written.insert(message_id, Instant::now());
+                    if let Err(e) = ws.send(Message::text(frame)).await {
+                        break End::Closed(format!("write error: {e}"));
+                    }
+                }
                 Some(Command::Disconnect(text)) => {
                     if let Err(e) = ws.send(Message::text(text)).await {
                         break End::Closed(format!("write error: {e}"));
@@ -880,6 +937,7 @@ fn parse_ack(
         message_id,
         frame_type,
         topic,
+        after_push_us: None,
     })
 }
 

@@ -586,3 +586,47 @@ async fn a_raw_frame_is_sent_as_it_is_and_not_tracked() {
     assert!(sim.stream().acks().is_empty());
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn an_ack_records_the_time_since_its_push_and_taken_records_are_gone() {
+    let sim = sim();
+    let (mut ws, _) = connected(&sim).await;
+    let chat = chat(&sim);
+    let mut counter = sim.stream().ack_counter();
+    assert_eq!(*counter.borrow_and_update(), 0);
+    let first = sim.stream().push(&chat, &admin(), "/help");
+    next_frame(&mut ws, PATIENCE).await.expect("the first frame");
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    ws.send(ack(&first.message_id, "{}")).await.expect("send ACK");
+    tokio::time::timeout(PATIENCE, counter.changed())
+        .await
+        .expect("the counter moves on the ACK")
+        .expect("the gateway is alive");
+    assert_eq!(*counter.borrow_and_update(), 1);
+    // Measured on the monotonic clock from the write: at least the 30 ms the client waited
+    // after reading the frame, at most the whole time since it was written.
+    let acks = sim.stream().take_acks();
+    assert_eq!(acks.len(), 1);
+    let us = acks[0].after_push_us.expect("a pushed frame's ACK is timed");
+    assert!(us >= 30_000, "{us} µs");
+    assert!(u128::from(us) <= t0.elapsed().as_micros() + 100_000, "{us} µs");
+    assert!(sim.stream().acks().is_empty());
+    assert_eq!(sim.stream().take_pushes().len(), 1);
+    assert!(sim.stream().pushes().is_empty());
+
+    // A second ACK of the same frame is recorded, untimed, and counted.
+    ws.send(ack(&first.message_id, "{}")).await.expect("send ACK");
+    let second = sim.stream().push(&chat, &admin(), "/help");
+    next_frame(&mut ws, PATIENCE).await.expect("the second frame");
+    ws.send(ack(&second.message_id, "{}")).await.expect("send ACK");
+    let acks = sim.stream().wait_for_acks(2, PATIENCE).await;
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0].after_push_us, None);
+    assert!(acks[1].after_push_us.is_some());
+    assert_eq!(*sim.stream().ack_counter().borrow(), 3);
+    let pushes = sim.stream().pushes();
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].message_id, second.message_id);
+    sim.stop().await;
+}
