@@ -39,6 +39,28 @@ struct State {
 #[derive(Debug, Default)]
 pub struct MemoryLedger(Mutex<State>);
 
+/// The open commands at positions in `range` that `wanted` keeps, in acceptance order, at
+/// most `limit`, each with its position.
+fn open_rows(
+    s: &State,
+    range: impl std::ops::RangeBounds<i64>,
+    wanted: impl Fn(&Row) -> bool,
+    limit: usize,
+) -> Vec<(i64, Pending)> {
+    s.commands
+        .range(range)
+        .filter(|(_, row)| row.finished_ms.is_none() && wanted(row))
+        .take(limit)
+        .map(|(pos, row)| {
+            let pending = Pending {
+                accepted: row.accepted.clone(),
+                answer: row.answer.clone(),
+            };
+            (*pos, pending)
+        })
+        .collect()
+}
+
 impl MemoryLedger {
     pub fn new() -> Self {
         Self::default()
@@ -99,18 +121,7 @@ impl Ledger for MemoryLedger {
 
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
         let s = self.state()?;
-        Ok(s.commands
-            .range(cursor.saturating_add(1)..)
-            .filter(|(_, row)| row.finished_ms.is_none())
-            .take(limit)
-            .map(|(pos, row)| {
-                let pending = Pending {
-                    accepted: row.accepted.clone(),
-                    answer: row.answer.clone(),
-                };
-                (*pos, pending)
-            })
-            .collect())
+        Ok(open_rows(&s, cursor.saturating_add(1).., |_| true, limit))
     }
 
     fn open_in_conversation_after(
@@ -124,18 +135,12 @@ impl Ledger for MemoryLedger {
         if through <= after {
             return Ok(Vec::new());
         }
-        Ok(s.commands
-            .range(after.saturating_add(1)..=through)
-            .filter(|(_, row)| row.finished_ms.is_none() && row.accepted.conversation_id == conversation_id)
-            .take(limit)
-            .map(|(pos, row)| {
-                let pending = Pending {
-                    accepted: row.accepted.clone(),
-                    answer: row.answer.clone(),
-                };
-                (*pos, pending)
-            })
-            .collect())
+        Ok(open_rows(
+            &s,
+            after.saturating_add(1)..=through,
+            |row| row.accepted.conversation_id == conversation_id,
+            limit,
+        ))
     }
 
     fn newest_done_by_group(&self) -> Result<HashMap<String, i64>, LedgerError> {
