@@ -10,8 +10,123 @@ pub enum CommandKind {
     UnlockDm,
     DmStatus,
     Bind,
+    MuteAll,
+    UnmuteAll,
+    AtAll,
+    JoinApproval,
+    Searchable,
+    History,
+    Manage,
+    GroupStatus,
     Help,
 }
+
+/// A group switch that DingTalk's `im/group/update` sets in `managementOptions` and
+/// `chat/get` reads back (see docs/dingtalk.md). Each is 0 or 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupSwitch {
+    Mute,
+    AtAll,
+    JoinApproval,
+    Searchable,
+    History,
+    Manage,
+}
+
+impl GroupSwitch {
+    /// Every switch, in the order `/group-status` shows them.
+    pub const ALL: [GroupSwitch; 6] = [
+        GroupSwitch::Mute,
+        GroupSwitch::AtAll,
+        GroupSwitch::JoinApproval,
+        GroupSwitch::Searchable,
+        GroupSwitch::History,
+        GroupSwitch::Manage,
+    ];
+
+    /// DingTalk's field name in `managementOptions` and `chat_info`.
+    pub fn field(self) -> &'static str {
+        match self {
+            GroupSwitch::Mute => "chatBannedType",
+            GroupSwitch::AtAll => "mentionAllAuthority",
+            GroupSwitch::JoinApproval => "validationType",
+            GroupSwitch::Searchable => "searchable",
+            GroupSwitch::History => "showHistoryType",
+            GroupSwitch::Manage => "managementType",
+        }
+    }
+
+    /// The switch whose DingTalk field is `field`.
+    pub fn from_field(field: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.field() == field)
+    }
+
+    /// The setting in plain words, for `/group-status`.
+    pub fn label(self) -> &'static str {
+        match self {
+            GroupSwitch::Mute => "Whole-group mute",
+            GroupSwitch::AtAll => "Who may @all",
+            GroupSwitch::JoinApproval => "Join approval",
+            GroupSwitch::Searchable => "Searchable",
+            GroupSwitch::History => "New members see history",
+            GroupSwitch::Manage => "Who may manage the group",
+        }
+    }
+
+    /// The meaning of `value` (0 or 1) in plain words.
+    pub fn describe(self, value: u8) -> &'static str {
+        match (self, value) {
+            (GroupSwitch::Mute, 1) => "on: only the owner and admins can speak",
+            (GroupSwitch::Mute, _) => "off: everyone can speak",
+            (GroupSwitch::AtAll, 1) => "only the owner",
+            (GroupSwitch::AtAll, _) => "everyone",
+            (GroupSwitch::JoinApproval, 1) => "on: joining needs approval",
+            (GroupSwitch::JoinApproval, _) => "off: anyone invited joins at once",
+            (GroupSwitch::Searchable, 1) => "on: the group can be found by search",
+            (GroupSwitch::Searchable, _) => "off: the group cannot be found by search",
+            (GroupSwitch::History, 1) => "on: new members see the last 100 messages",
+            (GroupSwitch::History, _) => "off: new members see no earlier messages",
+            (GroupSwitch::Manage, 1) => "only the owner",
+            (GroupSwitch::Manage, _) => "everyone",
+        }
+    }
+}
+
+/// One accepted argument word of a switch command and the value it sets.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Choice {
+    /// English word (case-insensitive).
+    pub en: &'static str,
+    /// Chinese word.
+    pub zh: &'static str,
+    pub value: u8,
+}
+
+const OWNER_EVERYONE: &[Choice] = &[
+    Choice {
+        en: "owner",
+        zh: "群主",
+        value: 1,
+    },
+    Choice {
+        en: "everyone",
+        zh: "所有人",
+        value: 0,
+    },
+];
+
+const ON_OFF: &[Choice] = &[
+    Choice {
+        en: "on",
+        zh: "开",
+        value: 1,
+    },
+    Choice {
+        en: "off",
+        zh: "关",
+        value: 0,
+    },
+];
 
 /// One row of the command table.
 #[derive(Debug, PartialEq, Eq)]
@@ -23,6 +138,10 @@ pub struct CommandSpec {
     pub alias: &'static str,
     /// Argument placeholder shown in help, empty when none.
     pub args: &'static str,
+    /// The group switch it sets: with `choices`, or the fixed value when `choices` is empty.
+    pub switch: Option<(GroupSwitch, u8)>,
+    /// The argument words a switch command accepts; empty for a fixed value.
+    pub choices: &'static [Choice],
     /// Only admins may run it.
     pub admin_only: bool,
     /// One line for `/help`.
@@ -36,6 +155,8 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/lock-dm",
         alias: "/禁止私聊",
         args: "",
+        switch: None,
+        choices: &[],
         admin_only: true,
         summary: "forbid members of this group to add each other as friends or chat privately",
     },
@@ -44,6 +165,8 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/unlock-dm",
         alias: "/允许私聊",
         args: "",
+        switch: None,
+        choices: &[],
         admin_only: true,
         summary: "allow members of this group to add each other and chat privately again",
     },
@@ -52,6 +175,8 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/dm-status",
         alias: "/私聊状态",
         args: "",
+        switch: None,
+        choices: &[],
         admin_only: false,
         summary: "show this group's binding and the private-chat setting dingops last made",
     },
@@ -60,14 +185,98 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/bind",
         alias: "/绑定",
         args: "<chatid>",
+        switch: None,
+        choices: &[],
         admin_only: true,
         summary: "link this group to its DingTalk chatid (verified with DingTalk before it is stored)",
+    },
+    CommandSpec {
+        kind: CommandKind::MuteAll,
+        name: "/mute-all",
+        alias: "/全员禁言",
+        args: "",
+        switch: Some((GroupSwitch::Mute, 1)),
+        choices: &[],
+        admin_only: true,
+        summary: "mute the whole group: only the owner and admins can speak",
+    },
+    CommandSpec {
+        kind: CommandKind::UnmuteAll,
+        name: "/unmute-all",
+        alias: "/解除全员禁言",
+        args: "",
+        switch: Some((GroupSwitch::Mute, 0)),
+        choices: &[],
+        admin_only: true,
+        summary: "lift the whole-group mute",
+    },
+    CommandSpec {
+        kind: CommandKind::AtAll,
+        name: "/atall",
+        alias: "/艾特全员",
+        args: "owner|everyone",
+        switch: Some((GroupSwitch::AtAll, 0)),
+        choices: OWNER_EVERYONE,
+        admin_only: true,
+        summary: "who may @all: only the owner (群主) or everyone (所有人)",
+    },
+    CommandSpec {
+        kind: CommandKind::JoinApproval,
+        name: "/join-approval",
+        alias: "/入群验证",
+        args: "on|off",
+        switch: Some((GroupSwitch::JoinApproval, 0)),
+        choices: ON_OFF,
+        admin_only: true,
+        summary: "whether joining the group needs approval (开/关)",
+    },
+    CommandSpec {
+        kind: CommandKind::Searchable,
+        name: "/searchable",
+        alias: "/群可搜索",
+        args: "on|off",
+        switch: Some((GroupSwitch::Searchable, 0)),
+        choices: ON_OFF,
+        admin_only: true,
+        summary: "whether the group can be found by search (开/关)",
+    },
+    CommandSpec {
+        kind: CommandKind::History,
+        name: "/history",
+        alias: "/新人看历史",
+        args: "on|off",
+        switch: Some((GroupSwitch::History, 0)),
+        choices: ON_OFF,
+        admin_only: true,
+        summary: "whether new members see the last 100 messages (开/关)",
+    },
+    CommandSpec {
+        kind: CommandKind::Manage,
+        name: "/manage",
+        alias: "/群管理",
+        args: "owner|everyone",
+        switch: Some((GroupSwitch::Manage, 0)),
+        choices: OWNER_EVERYONE,
+        admin_only: true,
+        summary: "who may manage the group: only the owner (群主) or everyone (所有人)",
+    },
+    CommandSpec {
+        kind: CommandKind::GroupStatus,
+        name: "/group-status",
+        alias: "/群状态",
+        args: "",
+        switch: None,
+        choices: &[],
+        admin_only: false,
+        summary: "this group's settings as DingTalk has them now, and pending reverts",
     },
     CommandSpec {
         kind: CommandKind::Help,
         name: "/help",
         alias: "/帮助",
         args: "",
+        switch: None,
+        choices: &[],
         admin_only: false,
         summary: "this list",
     },
@@ -79,7 +288,15 @@ pub enum Command {
     LockDm,
     UnlockDm,
     DmStatus,
-    Bind { chatid: ChatId },
+    Bind {
+        chatid: ChatId,
+    },
+    /// Sets a group switch to `value` (0 or 1).
+    Switch {
+        switch: GroupSwitch,
+        value: u8,
+    },
+    GroupStatus,
     Help,
 }
 
@@ -94,6 +311,8 @@ pub enum ParseError {
     MissingArgument(&'static CommandSpec),
     #[error("{} takes no arguments; type just {}", .0.name, .0.name)]
     UnexpectedArgument(&'static CommandSpec),
+    #[error("`{got}` is not a choice of {}: use {}", .spec.name, usage_of_choices(.spec))]
+    BadChoice { spec: &'static CommandSpec, got: String },
     #[error("`{0}` is not a chatid: a chatid looks like `chat` followed by letters and digits")]
     InvalidChatId(String),
 }
@@ -148,6 +367,30 @@ impl Command {
                     truncate(&args.join(" "), 64).to_owned(),
                 )),
             },
+            _ if !spec.choices.is_empty() => match args.as_slice() {
+                [] => Err(ParseError::MissingArgument(spec)),
+                [word] => {
+                    let choice = spec
+                        .choices
+                        .iter()
+                        .find(|c| c.en.eq_ignore_ascii_case(word) || c.zh == *word)
+                        .ok_or_else(|| ParseError::BadChoice {
+                            spec,
+                            got: truncate(word, 64).to_owned(),
+                        })?;
+                    let (switch, _) = spec
+                        .switch
+                        .unwrap_or_else(|| unreachable!("a row with choices names its switch"));
+                    Ok(Command::Switch {
+                        switch,
+                        value: choice.value,
+                    })
+                }
+                _ => Err(ParseError::BadChoice {
+                    spec,
+                    got: truncate(&args.join(" "), 64).to_owned(),
+                }),
+            },
             kind if !args.is_empty() => {
                 let _ = kind;
                 Err(ParseError::UnexpectedArgument(spec))
@@ -155,7 +398,12 @@ impl Command {
             CommandKind::LockDm => Ok(Command::LockDm),
             CommandKind::UnlockDm => Ok(Command::UnlockDm),
             CommandKind::DmStatus => Ok(Command::DmStatus),
+            CommandKind::GroupStatus => Ok(Command::GroupStatus),
             CommandKind::Help => Ok(Command::Help),
+            _ => match spec.switch {
+                Some((switch, value)) => Ok(Command::Switch { switch, value }),
+                None => unreachable!("every other row is a fixed switch"),
+            },
         }
     }
 
@@ -171,19 +419,50 @@ impl Command {
             Command::UnlockDm => CommandKind::UnlockDm,
             Command::DmStatus => CommandKind::DmStatus,
             Command::Bind { .. } => CommandKind::Bind,
+            Command::Switch { switch, value } => match switch {
+                GroupSwitch::Mute if *value == 1 => CommandKind::MuteAll,
+                GroupSwitch::Mute => CommandKind::UnmuteAll,
+                GroupSwitch::AtAll => CommandKind::AtAll,
+                GroupSwitch::JoinApproval => CommandKind::JoinApproval,
+                GroupSwitch::Searchable => CommandKind::Searchable,
+                GroupSwitch::History => CommandKind::History,
+                GroupSwitch::Manage => CommandKind::Manage,
+            },
+            Command::GroupStatus => CommandKind::GroupStatus,
             Command::Help => CommandKind::Help,
         }
     }
+}
+
+/// How to call a switch command with each of its choices, in English and Chinese.
+fn usage_of_choices(spec: &CommandSpec) -> String {
+    let en: Vec<String> = spec
+        .choices
+        .iter()
+        .map(|c| format!("{} {}", spec.name, c.en))
+        .collect();
+    let zh: Vec<String> = spec
+        .choices
+        .iter()
+        .map(|c| format!("{} {}", spec.alias, c.zh))
+        .collect();
+    format!("{} ({})", en.join(" or "), zh.join(" / "))
 }
 
 /// The `/help` text, generated from [`COMMANDS`].
 pub fn help_text() -> String {
     let mut out = String::from("dingops commands (@-mention me first):");
     for c in COMMANDS {
+        let alias_args: Vec<&str> = c.choices.iter().map(|ch| ch.zh).collect();
+        let alias_args = if alias_args.is_empty() {
+            c.args.to_owned()
+        } else {
+            alias_args.join("|")
+        };
         let usage = if c.args.is_empty() {
             format!("{} ({})", c.name, c.alias)
         } else {
-            format!("{} {} ({} {})", c.name, c.args, c.alias, c.args)
+            format!("{} {} ({} {alias_args})", c.name, c.args, c.alias)
         };
         let who = if c.admin_only { " [admins]" } else { "" };
         out.push_str(&format!("\n{usage}{who}: {}", c.summary));
@@ -213,6 +492,9 @@ mod tests {
             for word in [spec.name, spec.alias] {
                 let text = if spec.args.is_empty() {
                     word.to_owned()
+                } else if let Some(choice) = spec.choices.first() {
+                    let arg = if word == spec.alias { choice.zh } else { choice.en };
+                    format!("{word} {arg}")
                 } else {
                     format!("{word} chat123abc")
                 };
@@ -278,6 +560,50 @@ mod tests {
     fn arguments_to_commands_without_arguments_are_refused() {
         assert!(matches!(
             Command::parse("/lock-dm now"),
+            Err(ParseError::UnexpectedArgument(_))
+        ));
+    }
+
+    #[test]
+    fn switch_commands_set_their_field_to_the_value_of_the_choice() {
+        let cases = [
+            ("/mute-all", GroupSwitch::Mute, 1),
+            ("/解除全员禁言", GroupSwitch::Mute, 0),
+            ("/atall owner", GroupSwitch::AtAll, 1),
+            ("/艾特全员 所有人", GroupSwitch::AtAll, 0),
+            ("/join-approval ON", GroupSwitch::JoinApproval, 1),
+            ("/群可搜索 关", GroupSwitch::Searchable, 0),
+            ("/history on", GroupSwitch::History, 1),
+            ("/群管理 群主", GroupSwitch::Manage, 1),
+            ("/manage everyone", GroupSwitch::Manage, 0),
+        ];
+        for (text, switch, value) in cases {
+            assert_eq!(
+                Command::parse(text),
+                Ok(Command::Switch { switch, value }),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            GroupSwitch::from_field("searchable"),
+            Some(GroupSwitch::Searchable)
+        );
+    }
+
+    #[test]
+    fn a_bad_choice_names_the_accepted_ones() {
+        let e = Command::parse("/searchable maybe").unwrap_err();
+        assert!(matches!(e, ParseError::BadChoice { .. }));
+        assert_eq!(
+            e.to_string(),
+            "`maybe` is not a choice of /searchable: use /searchable on or /searchable off (/群可搜索 开 / /群可搜索 关)"
+        );
+        assert!(matches!(
+            Command::parse("/atall"),
+            Err(ParseError::MissingArgument(_))
+        ));
+        assert!(matches!(
+            Command::parse("/mute-all now"),
             Err(ParseError::UnexpectedArgument(_))
         ));
     }

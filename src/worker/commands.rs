@@ -3,9 +3,9 @@
 //! decided here, before any DingTalk group API is called.
 
 use super::WorkerContext;
-use super::reply::{failed, ledger_failed};
+use super::reply::{failed, failed_reading, ledger_failed};
 use crate::clock::{format_ms, now_ms};
-use crate::command::{Command, help_text};
+use crate::command::{Command, GroupSwitch, help_text};
 use crate::domain::{Accepted, Answer, Binding, ChatId, DmState, Outcome, who};
 use crate::ledger::LedgerError;
 
@@ -19,6 +19,8 @@ impl WorkerContext {
             Command::UnlockDm => self.set_dm(job, name, false).await,
             Command::DmStatus => self.dm_status(job, name).await,
             Command::Bind { chatid } => self.bind(job, name, &chatid).await,
+            Command::Switch { switch, value } => self.set_switch(job, name, switch, value).await,
+            Command::GroupStatus => self.group_status(job, name).await,
         }
     }
 
@@ -82,6 +84,69 @@ impl WorkerContext {
             text,
             format!("chatid {chatid} is_prohibit={prohibit}"),
         )
+    }
+
+    async fn set_switch(&self, job: &Accepted, name: &str, switch: GroupSwitch, value: u8) -> Answer {
+        let chatid = match self.chatid_of(&job.conversation_id).await {
+            Ok(Some((chatid, _))) => chatid,
+            Ok(None) => return not_bound(name),
+            Err(e) => return ledger_failed(name, &e),
+        };
+        if let Err(e) = self.dingtalk.update_group(&chatid, switch.field(), value).await {
+            return failed(name, name, &e);
+        }
+        Answer::new(
+            name,
+            Outcome::Ok,
+            format!("{} is now {}.", switch.label(), switch.describe(value)),
+            format!("chatid {chatid} {}={value}", switch.field()),
+        )
+    }
+
+    /// The group's settings as DingTalk has them now (`chat/get`), and the DM switch from
+    /// the ledger, which DingTalk cannot be asked for.
+    async fn group_status(&self, job: &Accepted, name: &str) -> Answer {
+        let chatid = match self.chatid_of(&job.conversation_id).await {
+            Ok(Some((chatid, _))) => chatid,
+            Ok(None) => return not_bound(name),
+            Err(e) => return ledger_failed(name, &e),
+        };
+        let info = match self.dingtalk.chat_get(&chatid).await {
+            Ok(info) => info,
+            Err(e) => return failed_reading(name, &format!("reading group {chatid}"), &e),
+        };
+        let cid = job.conversation_id.clone();
+        let dm = match self.ledger.call(move |l| l.dm_state(&cid)).await {
+            Ok(s) => s,
+            Err(e) => return ledger_failed(name, &e),
+        };
+        let status = match info.status {
+            1 => "normal",
+            2 => "disbanded",
+            _ => "unknown",
+        };
+        let mut lines = vec![format!(
+            "Group \"{}\" (chatid {chatid}), owner {}, status {status}. Live from DingTalk:",
+            info.name, info.owner
+        )];
+        for switch in GroupSwitch::ALL {
+            let value = match info.options.get(switch.field()).copied() {
+                Some(v @ (0 | 1)) => switch.describe(v as u8).to_owned(),
+                Some(v) => format!("unknown value {v}"),
+                None => "not reported by DingTalk".to_owned(),
+            };
+            lines.push(format!("- {}: {value}", switch.label()));
+        }
+        lines.push(match dm {
+            Some(s) => format!(
+                "- Private chat: {}, set by {} at {} through dingops (DingTalk has no API to read it back).",
+                if s.prohibited { "forbidden" } else { "allowed" },
+                who(&s.set_by, s.set_by_nick.as_deref()),
+                format_ms(s.set_ms)
+            ),
+            None => "- Private chat: dingops has not changed it (DingTalk has no API to read it).".to_owned(),
+        });
+        Answer::new(name, Outcome::Info, lines.join("\n"), "status")
     }
 
     async fn dm_status(&self, job: &Accepted, name: &str) -> Answer {

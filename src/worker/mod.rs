@@ -91,7 +91,16 @@ pub(crate) fn calls_group_api(job: &Pending) -> bool {
             .text
             .as_deref()
             .and_then(|t| Command::parse(t).ok())
-            .is_some_and(|c| matches!(c, Command::LockDm | Command::UnlockDm | Command::Bind { .. }))
+            .is_some_and(|c| {
+                matches!(
+                    c,
+                    Command::LockDm
+                        | Command::UnlockDm
+                        | Command::Bind { .. }
+                        | Command::Switch { .. }
+                        | Command::GroupStatus
+                )
+            })
 }
 
 impl WorkerContext {
@@ -193,6 +202,10 @@ impl WorkerContext {
         };
         let command = match Command::parse(text) {
             Ok(c) => c,
+            Err(e @ ParseError::BadChoice { spec, .. }) => {
+                // A wrong argument to a switch is refused (⛔) with the accepted values.
+                return Answer::new(spec.name, Outcome::Refused, e.to_string(), "bad argument");
+            }
             Err(e) => {
                 let name = match &e {
                     ParseError::MissingArgument(s) | ParseError::UnexpectedArgument(s) => s.name,

@@ -1,0 +1,172 @@
+//! Group governance: the switch commands reach `im/group/update` with the exact field and
+//! value, `/group-status` reads the group live with `chat/get`, and refusals call nothing.
+
+use dingops::command::{COMMANDS, CommandKind};
+use dingtalk_sim::{Fault, api};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Every switch command and alias with an argument, and the field and value it must set.
+fn switch_cases() -> Vec<(String, &'static str, u8)> {
+    let mut cases = Vec::new();
+    for spec in COMMANDS {
+        let Some((switch, fixed)) = spec.switch else {
+            continue;
+        };
+        if spec.choices.is_empty() {
+            cases.push((spec.name.to_owned(), switch.field(), fixed));
+            cases.push((spec.alias.to_owned(), switch.field(), fixed));
+        }
+        for c in spec.choices {
+            cases.push((format!("{} {}", spec.name, c.en), switch.field(), c.value));
+            cases.push((format!("{} {}", spec.alias, c.zh), switch.field(), c.value));
+        }
+    }
+    cases
+}
+
+#[tokio::test]
+async fn every_switch_command_and_alias_sends_its_field_and_value_for_the_bound_chatid() {
+    let app = spawn_app().await;
+    let chat = app.chat(GROUP);
+    let cases = switch_cases();
+    assert_eq!(cases.len(), 2 * (2 + 5 * 2), "every row has a name and an alias");
+    for (i, (text, field, value)) in cases.iter().enumerate() {
+        let reply = app.ask(&chat, &admin(), text).await;
+        assert_reply(&reply, "✅", "is now");
+        let calls = app.sim.calls(Some(api::GROUP_UPDATE));
+        assert_eq!(calls.len(), i + 1, "{text}");
+        let call = &calls[i];
+        assert_eq!(
+            call.body,
+            json!({"chatid": GROUP_CHATID, "managementOptions": {*field: value}}),
+            "{text}"
+        );
+        let token = call.access_token.as_deref().expect("token header");
+        assert!(app.sim.issued_tokens().iter().any(|t| t == token), "{text}");
+        assert_eq!(call.answer, 0);
+        assert_eq!(
+            app.sim.group(GROUP).unwrap().options[*field],
+            i64::from(*value),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_member_an_unbound_group_and_a_bad_argument_are_refused_without_calling_dingtalk() {
+    let app = spawn_app().await;
+    let refused = [
+        (GROUP, member(), "/mute-all", "admins only"),
+        (GROUP, member(), "/群管理 群主", "admins only"),
+        (UNBOUND, admin(), "/searchable on", "not bound"),
+        (UNBOUND, member(), "/group-status", "not bound"),
+        (
+            GROUP,
+            admin(),
+            "/searchable maybe",
+            "/searchable on or /searchable off",
+        ),
+        (
+            GROUP,
+            admin(),
+            "/艾特全员 谁",
+            "/艾特全员 群主 / /艾特全员 所有人",
+        ),
+    ];
+    for (cid, who, text, says) in refused {
+        let reply = app.ask(&app.chat(cid), &who, text).await;
+        assert_reply(&reply, "⛔", says);
+    }
+    assert!(app.sim.calls(Some(api::GROUP_UPDATE)).is_empty());
+    assert!(app.sim.calls(Some(api::CHAT_GET)).is_empty());
+}
+
+#[tokio::test]
+async fn group_status_shows_live_values_changed_behind_dingops_back_and_the_dm_switch() {
+    let app = spawn_app().await;
+    let chat = app.chat(GROUP);
+    app.ask(&chat, &admin(), "/lock-dm").await;
+    app.ask(&chat, &admin(), "/mute-all").await;
+    // The owner changes two switches in the DingTalk client.
+    assert!(app.sim.set_option(GROUP, "chatBannedType", 0));
+    assert!(app.sim.set_option(GROUP, "searchable", 1));
+
+    let reply = app.ask(&chat, &member(), "/群状态").await;
+    assert_reply(&reply, "ℹ️", "Group \"Group A\"");
+    for line in [
+        "Whole-group mute: off",
+        "Searchable: on",
+        "Who may @all: everyone",
+        "Join approval: off",
+        "New members see history: off",
+        "Who may manage the group: everyone",
+        "Private chat: forbidden, set by Ada (admin01)",
+    ] {
+        assert!(reply.content.contains(line), "{line} in {}", reply.content);
+    }
+    let reads = app.sim.calls(Some(api::CHAT_GET));
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].body, json!(GROUP_CHATID));
+    assert_eq!(reads[0].access_token.as_ref(), app.sim.legacy_tokens().first());
+}
+
+#[tokio::test]
+async fn group_status_is_not_counted_against_the_per_sender_limit() {
+    let app = spawn_app_with(Options {
+        settings: Some(Box::new(|s| s.worker.admin_commands_per_minute = 1)),
+        ..Options::default()
+    })
+    .await;
+    let chat = app.chat(GROUP);
+    app.ask(&chat, &admin(), "/mute-all").await;
+    for _ in 0..3 {
+        let reply = app.ask(&chat, &admin(), "/group-status").await;
+        assert_reply(&reply, "ℹ️", "Whole-group mute: on");
+    }
+    let reply = app.ask(&chat, &admin(), "/unmute-all").await;
+    assert_reply(&reply, "⛔", "slow down");
+}
+
+#[tokio::test]
+async fn dingtalk_refusing_an_update_is_a_failure_with_advice() {
+    let app = spawn_app().await;
+    let chat = app.chat(GROUP);
+    app.sim.inject(
+        api::GROUP_UPDATE,
+        Fault::Status {
+            status: 400,
+            code: "permession.checkFailed".into(),
+            message: "群主不在应用可见性内".into(),
+        },
+    );
+    let reply = app.ask(&chat, &admin(), "/mute-all").await;
+    assert_reply(&reply, "❌", "permession.checkFailed");
+    assert_reply(&reply, "", "visibility");
+
+    app.sim
+        .inject(api::GROUP_UPDATE, Fault::Errcode { errcode: 60011 });
+    let reply = app.ask(&chat, &admin(), "/history on").await;
+    assert_reply(&reply, "❌", "qyapi_chat_manage");
+
+    app.sim.inject(api::CHAT_GET, Fault::Errcode { errcode: 60011 });
+    let reply = app.ask(&chat, &member(), "/group-status").await;
+    assert_reply(&reply, "❌", "qyapi_chat_read");
+
+    // A chatid DingTalk does not know: a parameter error.
+    let reply = app.ask(&app.chat(STALE), &admin(), "/searchable on").await;
+    assert_reply(&reply, "❌", "parameter.invalid");
+    assert_reply(&reply, "", "/bind");
+    assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 0);
+}
+
+#[test]
+fn help_lists_the_switch_commands_with_their_chinese_choices() {
+    let help = dingops::command::help_text();
+    for kind in [CommandKind::AtAll, CommandKind::GroupStatus] {
+        let spec = dingops::command::CommandSpec::of(kind);
+        assert!(help.contains(spec.name) && help.contains(spec.alias), "{help}");
+    }
+    assert!(help.contains("/艾特全员 群主|所有人"), "{help}");
+}
