@@ -285,16 +285,24 @@ pub const COMMANDS: &[CommandSpec] = &[
 /// A parsed command with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    LockDm,
-    UnlockDm,
+    /// Forbids private chat; with `revert_after` (minutes), allows it again then.
+    LockDm {
+        revert_after: Option<u32>,
+    },
+    /// Allows private chat; with `revert_after` (minutes), forbids it again then.
+    UnlockDm {
+        revert_after: Option<u32>,
+    },
     DmStatus,
     Bind {
         chatid: ChatId,
     },
-    /// Sets a group switch to `value` (0 or 1).
+    /// Sets a group switch to `value` (0 or 1); with `revert_after` (minutes), sets it back
+    /// then.
     Switch {
         switch: GroupSwitch,
         value: u8,
+        revert_after: Option<u32>,
     },
     GroupStatus,
     Help,
@@ -313,6 +321,11 @@ pub enum ParseError {
     UnexpectedArgument(&'static CommandSpec),
     #[error("`{got}` is not a choice of {}: use {}", .spec.name, usage_of_choices(.spec))]
     BadChoice { spec: &'static CommandSpec, got: String },
+    #[error(
+        "`{got}` is not a duration for {}: use e.g. {} 30m, 2h, 1h30m or 1d (from 1 minute to 30 days)",
+        .spec.name, .spec.name
+    )]
+    BadDuration { spec: &'static CommandSpec, got: String },
     #[error("`{0}` is not a chatid: a chatid looks like `chat` followed by letters and digits")]
     InvalidChatId(String),
 }
@@ -323,6 +336,11 @@ impl CommandSpec {
         COMMANDS
             .iter()
             .find(|c| c.name.eq_ignore_ascii_case(word) || c.alias == word)
+    }
+
+    /// Whether the command takes an optional duration after which it reverts.
+    pub fn timed(&self) -> bool {
+        self.switch.is_some() || matches!(self.kind, CommandKind::LockDm | CommandKind::UnlockDm)
     }
 
     /// The row of a kind.
@@ -356,7 +374,16 @@ impl Command {
         }
         let spec = CommandSpec::lookup(&first)
             .ok_or_else(|| ParseError::Unknown(truncate(&first, 64).to_owned()))?;
-        let args: Vec<&str> = words.collect();
+        let mut args: Vec<&str> = words.collect();
+        // A timed command's optional last word is its duration.
+        let mut revert_after = None;
+        if spec.timed() && args.len() > spec.choices.len().min(1) {
+            let word = args.pop().unwrap_or_default();
+            revert_after = Some(parse_minutes(word).ok_or_else(|| ParseError::BadDuration {
+                spec,
+                got: truncate(word, 64).to_owned(),
+            })?);
+        }
         match spec.kind {
             CommandKind::Bind => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),
@@ -384,6 +411,7 @@ impl Command {
                     Ok(Command::Switch {
                         switch,
                         value: choice.value,
+                        revert_after,
                     })
                 }
                 _ => Err(ParseError::BadChoice {
@@ -391,19 +419,30 @@ impl Command {
                     got: truncate(&args.join(" "), 64).to_owned(),
                 }),
             },
-            kind if !args.is_empty() => {
-                let _ = kind;
-                Err(ParseError::UnexpectedArgument(spec))
-            }
-            CommandKind::LockDm => Ok(Command::LockDm),
-            CommandKind::UnlockDm => Ok(Command::UnlockDm),
+            _ if !args.is_empty() => Err(ParseError::UnexpectedArgument(spec)),
+            CommandKind::LockDm => Ok(Command::LockDm { revert_after }),
+            CommandKind::UnlockDm => Ok(Command::UnlockDm { revert_after }),
             CommandKind::DmStatus => Ok(Command::DmStatus),
             CommandKind::GroupStatus => Ok(Command::GroupStatus),
             CommandKind::Help => Ok(Command::Help),
             _ => match spec.switch {
-                Some((switch, value)) => Ok(Command::Switch { switch, value }),
+                Some((switch, value)) => Ok(Command::Switch {
+                    switch,
+                    value,
+                    revert_after,
+                }),
                 None => unreachable!("every other row is a fixed switch"),
             },
+        }
+    }
+
+    /// Minutes after which this command reverts, when it was given a duration.
+    pub fn revert_after(&self) -> Option<u32> {
+        match self {
+            Command::LockDm { revert_after }
+            | Command::UnlockDm { revert_after }
+            | Command::Switch { revert_after, .. } => *revert_after,
+            _ => None,
         }
     }
 
@@ -415,11 +454,11 @@ impl Command {
     /// The kind of this command.
     pub fn kind(&self) -> CommandKind {
         match self {
-            Command::LockDm => CommandKind::LockDm,
-            Command::UnlockDm => CommandKind::UnlockDm,
+            Command::LockDm { .. } => CommandKind::LockDm,
+            Command::UnlockDm { .. } => CommandKind::UnlockDm,
             Command::DmStatus => CommandKind::DmStatus,
             Command::Bind { .. } => CommandKind::Bind,
-            Command::Switch { switch, value } => match switch {
+            Command::Switch { switch, value, .. } => match switch {
                 GroupSwitch::Mute if *value == 1 => CommandKind::MuteAll,
                 GroupSwitch::Mute => CommandKind::UnmuteAll,
                 GroupSwitch::AtAll => CommandKind::AtAll,
@@ -432,6 +471,44 @@ impl Command {
             Command::Help => CommandKind::Help,
         }
     }
+}
+
+/// Longest duration of a timed command: 30 days, in minutes.
+pub const MAX_REVERT_MINUTES: u32 = 30 * 24 * 60;
+
+/// A duration such as `30m`, `2h`, `1h30m` or `1d` in minutes: units `d`, `h`, `m`, each at
+/// most once and in that order; 1 minute to 30 days. `None` for anything else.
+pub fn parse_minutes(word: &str) -> Option<u32> {
+    let mut total: u64 = 0;
+    let mut number: Option<u64> = None;
+    let mut last_rank = u8::MAX;
+    for c in word.chars() {
+        if let Some(d) = c.to_digit(10) {
+            let n = number.unwrap_or(0).checked_mul(10)?.checked_add(u64::from(d))?;
+            if n > u64::from(MAX_REVERT_MINUTES) {
+                return None;
+            }
+            number = Some(n);
+            continue;
+        }
+        let (rank, minutes) = match c.to_ascii_lowercase() {
+            'd' => (3, 24 * 60),
+            'h' => (2, 60),
+            'm' => (1, 1),
+            _ => return None,
+        };
+        if rank >= last_rank {
+            return None;
+        }
+        last_rank = rank;
+        total = total.checked_add(number.take()?.checked_mul(minutes)?)?;
+    }
+    if number.is_some() {
+        return None;
+    }
+    u32::try_from(total)
+        .ok()
+        .filter(|m| (1..=MAX_REVERT_MINUTES).contains(m))
 }
 
 /// How to call a switch command with each of its choices, in English and Chinese.
@@ -463,6 +540,11 @@ pub fn help_text() -> String {
             format!("{} ({})", c.name, c.alias)
         } else {
             format!("{} {} ({} {alias_args})", c.name, c.args, c.alias)
+        };
+        let usage = if c.timed() {
+            format!("{usage} [30m|2h|1d]")
+        } else {
+            usage
         };
         let who = if c.admin_only { " [admins]" } else { "" };
         out.push_str(&format!("\n{usage}{who}: {}", c.summary));
@@ -514,13 +596,22 @@ mod tests {
 
     #[test]
     fn leading_space_and_mentions_are_ignored() {
-        assert_eq!(Command::parse("  @dingops /lock-dm "), Ok(Command::LockDm));
-        assert_eq!(Command::parse("/unlock-dm @someone"), Ok(Command::UnlockDm));
+        assert_eq!(
+            Command::parse("  @dingops /lock-dm "),
+            Ok(Command::LockDm { revert_after: None })
+        );
+        assert_eq!(
+            Command::parse("/unlock-dm @someone"),
+            Ok(Command::UnlockDm { revert_after: None })
+        );
     }
 
     #[test]
     fn names_are_case_insensitive_and_a_full_width_slash_works() {
-        assert_eq!(Command::parse("/LOCK-DM"), Ok(Command::LockDm));
+        assert_eq!(
+            Command::parse("/LOCK-DM"),
+            Ok(Command::LockDm { revert_after: None })
+        );
         assert_eq!(Command::parse("／帮助"), Ok(Command::Help));
     }
 
@@ -559,7 +650,75 @@ mod tests {
     #[test]
     fn arguments_to_commands_without_arguments_are_refused() {
         assert!(matches!(
-            Command::parse("/lock-dm now"),
+            Command::parse("/dm-status now"),
+            Err(ParseError::UnexpectedArgument(_))
+        ));
+    }
+
+    #[test]
+    fn durations_take_minutes_hours_and_days_from_a_minute_to_thirty_days() {
+        for (word, minutes) in [
+            ("1m", 1),
+            ("30m", 30),
+            ("2h", 120),
+            ("1h30m", 90),
+            ("1d", 1440),
+            ("1d2h", 1560),
+            ("30d", 43_200),
+            ("2H", 120),
+        ] {
+            assert_eq!(parse_minutes(word), Some(minutes), "{word}");
+        }
+        for word in [
+            "",
+            "0m",
+            "31d",
+            "30d1m",
+            "90",
+            "m",
+            "1x",
+            "30m1h",
+            "1h1h",
+            "-1h",
+            "99999999999d",
+        ] {
+            assert_eq!(parse_minutes(word), None, "{word}");
+        }
+    }
+
+    #[test]
+    fn every_timed_command_takes_an_optional_duration_last() {
+        assert_eq!(
+            Command::parse("/mute-all 30m"),
+            Ok(Command::Switch {
+                switch: GroupSwitch::Mute,
+                value: 1,
+                revert_after: Some(30)
+            })
+        );
+        assert_eq!(
+            Command::parse("/入群验证 关 1d"),
+            Ok(Command::Switch {
+                switch: GroupSwitch::JoinApproval,
+                value: 0,
+                revert_after: Some(1440)
+            })
+        );
+        assert_eq!(
+            Command::parse("/unlock-dm 1h"),
+            Ok(Command::UnlockDm {
+                revert_after: Some(60)
+            })
+        );
+        let e = Command::parse("/lock-dm soon").unwrap_err();
+        assert!(matches!(e, ParseError::BadDuration { .. }));
+        assert!(e.to_string().contains("30m, 2h, 1h30m or 1d"), "{e}");
+        assert!(matches!(
+            Command::parse("/history on 45d"),
+            Err(ParseError::BadDuration { .. })
+        ));
+        assert!(matches!(
+            Command::parse("/group-status 1h"),
             Err(ParseError::UnexpectedArgument(_))
         ));
     }
@@ -580,7 +739,11 @@ mod tests {
         for (text, switch, value) in cases {
             assert_eq!(
                 Command::parse(text),
-                Ok(Command::Switch { switch, value }),
+                Ok(Command::Switch {
+                    switch,
+                    value,
+                    revert_after: None
+                }),
                 "{text}"
             );
         }
@@ -604,6 +767,10 @@ mod tests {
         ));
         assert!(matches!(
             Command::parse("/mute-all now"),
+            Err(ParseError::BadDuration { .. })
+        ));
+        assert!(matches!(
+            Command::parse("/mute-all 1h 2h"),
             Err(ParseError::UnexpectedArgument(_))
         ));
     }

@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{AuditRow, Ledger, LedgerError, PruneStep, sql};
 use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, SessionWebhook,
+    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, RevertJob,
+    SessionWebhook,
 };
 
 /// The SQLite ledger (WAL journal).
@@ -237,6 +238,32 @@ impl SqliteLedger {
             job(None)(Some("the ledger writer thread is gone"));
         }
     }
+}
+
+const JOB_COLUMNS: &str = "id, conversation_id, chat_id, setting, value, due_ms, scheduled_by, \
+                           scheduled_command, scheduled_ms";
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevertJob> {
+    Ok(RevertJob {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        chat_id: chat_id_from(row.get(2)?)?,
+        setting: row.get(3)?,
+        value: u8::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+        due_ms: to_u64(row.get(5)?),
+        scheduled_by: row.get(6)?,
+        scheduled_command: row.get(7)?,
+        scheduled_ms: to_u64(row.get(8)?),
+    })
+}
+
+/// The pending revert of one setting of a group, if any.
+fn pending_revert(conn: &Connection, cid: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
+    conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')"
+    ))
+    .and_then(|mut st| st.query_row(params![cid, setting], job_from_row).optional())
+    .map_err(sql("pending revert"))
 }
 
 /// A stored chatid; only valid ones are ever written, so a bad one means the file was edited.
@@ -567,6 +594,125 @@ impl Ledger for SqliteLedger {
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("history"))?;
             Ok(rows)
+        })
+    }
+
+    fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {
+        let job = job.clone();
+        self.write(move |conn| {
+            let replaced = pending_revert(conn, &job.conversation_id, &job.setting)?;
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'replaced', finished_ms = ?3
+                 WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    job.conversation_id,
+                    job.setting,
+                    to_i64(job.scheduled_ms)
+                ])
+            })
+            .map_err(sql("replace revert"))?;
+            conn.prepare_cached(
+                "INSERT INTO jobs (conversation_id, chat_id, setting, value, due_ms, scheduled_by,
+                 scheduled_command, scheduled_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    job.conversation_id,
+                    job.chat_id.as_str(),
+                    job.setting,
+                    i64::from(job.value),
+                    to_i64(job.due_ms),
+                    job.scheduled_by,
+                    job.scheduled_command,
+                    to_i64(job.scheduled_ms),
+                ])
+            })
+            .map_err(sql("schedule revert"))?;
+            Ok(replaced)
+        })
+    }
+
+    fn cancel_revert(&self, cid: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
+        let (cid, setting) = (cid.to_owned(), setting.to_owned());
+        self.write(move |conn| {
+            let replaced = pending_revert(conn, &cid, &setting)?;
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'replaced', finished_ms = ?3
+                 WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut st| st.execute(params![cid, setting, to_i64(crate::clock::now_ms())]))
+            .map_err(sql("cancel revert"))?;
+            Ok(replaced)
+        })
+    }
+
+    fn pending_reverts(&self, cid: Option<&str>) -> Result<Vec<RevertJob>, LedgerError> {
+        self.with(|conn| {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'running') AND (?1 IS NULL OR conversation_id = ?1)
+                     ORDER BY due_ms, id"
+                ))
+                .map_err(sql("pending reverts"))?;
+            st.query_map(params![cid], job_from_row)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("pending reverts"))
+        })
+    }
+
+    fn claim_revert(&self, id: i64) -> Result<bool, LedgerError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'running' WHERE id = ?1 AND state IN ('pending', 'running')",
+                )
+                .and_then(|mut st| st.execute(params![id]))
+                .map_err(sql("claim revert"))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
+        let (state, result) = (state.to_owned(), result.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE id = ?1 AND state = 'running'",
+            )
+            .and_then(|mut st| st.execute(params![id, state, result, to_i64(finished_ms)]))
+            .map_err(sql("finish revert"))?;
+            Ok(())
+        })
+    }
+
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        let r = row.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id, conversation_type,
+                 sender_staff_id, sender_nick, sender_is_admin, msgtype, text, status, command, result,
+                 errcode, detail, reply, finished_ms)
+                 VALUES (?1, ?2, ?3, '2', ?4, ?5, 0, 'timer', ?6, 'done', ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.msg_id,
+                    to_i64(r.received_ms),
+                    r.conversation_id,
+                    r.sender_staff_id,
+                    r.sender_nick,
+                    r.text,
+                    r.command,
+                    r.result,
+                    r.errcode,
+                    r.detail,
+                    r.reply,
+                    r.finished_ms.map(to_i64),
+                ])
+            })
+            .map_err(sql("record own action"))?;
+            Ok(())
         })
     }
 

@@ -2,6 +2,7 @@
 //! value, `/group-status` reads the group live with `chat/get`, and refusals call nothing.
 
 use dingops::command::{COMMANDS, CommandKind};
+use dingops::ledger::Ledger as _;
 use dingtalk_sim::{Fault, api};
 use serde_json::json;
 
@@ -169,4 +170,178 @@ fn help_lists_the_switch_commands_with_their_chinese_choices() {
         assert!(help.contains(spec.name) && help.contains(spec.alias), "{help}");
     }
     assert!(help.contains("/艾特全员 群主|所有人"), "{help}");
+}
+
+/// Options where one minute of a timed revert lasts `minute_ms` (the test clock seam).
+fn fast_reverts(minute_ms: u64) -> Options {
+    Options {
+        settings: Some(Box::new(move |s| {
+            s.worker.revert_minute = std::time::Duration::from_millis(minute_ms)
+        })),
+        ..Options::default()
+    }
+}
+
+/// Waits up to `secs` for a group message containing `text`.
+async fn group_message(app: &TestApp, text: &str, secs: u64) -> Option<dingtalk_sim::RecordedReply> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let found = app
+            .sim
+            .replies()
+            .into_iter()
+            .find(|r| r.via == "group-message" && r.content.contains(text));
+        if found.is_some() || std::time::Instant::now() >= end {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_timed_switch_reverts_on_time_and_posts_its_result_in_the_group() {
+    let app = spawn_app_with(fast_reverts(1000)).await;
+    let chat = app.chat(GROUP);
+    let reply = app.ask(&chat, &admin(), "/mute-all 2m").await;
+    assert_reply(&reply, "✅", "It reverts at");
+    assert_reply(&reply, "", "(Asia/Shanghai)");
+    let set = app.sim.calls(Some(api::GROUP_UPDATE));
+    assert_eq!(set.len(), 1);
+    assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 1);
+
+    let message = group_message(&app, "Timed revert", 20)
+        .await
+        .expect("the revert's group message");
+    assert!(message.content.starts_with("✅"), "{}", message.content);
+    assert!(message.content.contains("Ada (admin01)"), "{}", message.content);
+    assert_eq!(message.open_conversation_id, GROUP);
+    assert_eq!(message.body["msgKey"], "sampleText");
+    assert_eq!(message.body["robotCode"], app.sim.config().app_key.as_str());
+
+    let calls = app.sim.calls(Some(api::GROUP_UPDATE));
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].body,
+        json!({"chatid": GROUP_CHATID, "managementOptions": {"chatBannedType": 0}})
+    );
+    // Not before it was due (two shortened minutes after the command).
+    assert!(calls[1].at_ms >= set[0].at_ms + 1900, "{calls:?}");
+    assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 0);
+
+    let timer_row = app
+        .ledger()
+        .history(Some(GROUP), None, 100)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.sender_nick.as_deref() == Some("dingops (timer)"))
+        .expect("an audit row by the timer");
+    assert_eq!(timer_row.result.as_deref(), Some("ok"));
+    let command = timer_row.command.unwrap();
+    assert!(
+        command.contains("/mute-all 2m") && command.contains("Ada (admin01)"),
+        "{command}"
+    );
+    assert_eq!(timer_row.reply.as_deref(), Some("group-message"));
+}
+
+#[tokio::test]
+async fn a_newer_command_on_the_same_setting_replaces_the_pending_revert_which_never_runs() {
+    let app = spawn_app_with(fast_reverts(1000)).await;
+    let chat = app.chat(GROUP);
+    app.ask(&chat, &admin(), "/searchable on 3m").await;
+    let reply = app.ask(&chat, &admin(), "/群可搜索 开 1d").await;
+    assert_reply(&reply, "✅", "This replaces the revert that was due at");
+    let reply = app.ask(&chat, &admin(), "/searchable on").await;
+    assert_reply(&reply, "✅", "This replaces the revert");
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(app.sim.calls(Some(api::GROUP_UPDATE)).len(), 3);
+    assert!(app.sim.replies().iter().all(|r| r.via != "group-message"));
+    assert_eq!(app.sim.group(GROUP).unwrap().options["searchable"], 1);
+    let status = app.ask(&chat, &member(), "/group-status").await;
+    assert_reply(&status, "ℹ️", "No timed reverts are pending.");
+}
+
+#[tokio::test]
+async fn group_status_lists_pending_reverts_in_local_time_and_bad_durations_are_refused() {
+    let app = spawn_app().await;
+    let chat = app.chat(GROUP);
+    let reply = app.ask(&chat, &admin(), "/lock-dm 30m").await;
+    assert_reply(&reply, "✅", "It reverts at");
+    let status = app.ask(&chat, &member(), "/group-status").await;
+    assert_reply(&status, "ℹ️", "Pending revert: Private chat back to allowed at");
+    assert_reply(
+        &status,
+        "",
+        "CST (Asia/Shanghai), scheduled by Ada (admin01) with `/lock-dm 30m`",
+    );
+
+    for text in ["/mute-all 45d", "/lock-dm soon", "/atall owner 0m"] {
+        let reply = app.ask(&chat, &admin(), text).await;
+        assert_reply(&reply, "⛔", "30m, 2h, 1h30m or 1d");
+    }
+    assert!(app.sim.calls(Some(api::GROUP_UPDATE)).is_empty());
+    assert_eq!(app.sim.calls(Some(api::FRIEND_SWITCH)).len(), 1);
+}
+
+#[tokio::test]
+async fn a_revert_that_fell_due_while_dingops_was_stopped_runs_at_start() {
+    let app = spawn_app_with(fast_reverts(2000)).await;
+    let chat = app.chat(GROUP);
+    app.ask(&chat, &admin(), "/unlock-dm 2m").await;
+    app.ask(&chat, &admin(), "/history on 1h").await;
+    let (sim, dir) = app.stop().await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        sim.calls(Some(api::FRIEND_SWITCH)).len(),
+        1,
+        "nothing runs while stopped"
+    );
+
+    let app = spawn_app_with(Options {
+        sim: Some(sim),
+        dir: Some(dir),
+        ..fast_reverts(2000)
+    })
+    .await;
+    let message = group_message(&app, "Timed revert", 20)
+        .await
+        .expect("the revert ran at start");
+    assert!(
+        message.content.contains("Private chat back to forbidden"),
+        "{}",
+        message.content
+    );
+    let calls = app.sim.calls(Some(api::FRIEND_SWITCH));
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[1].body,
+        json!({"chatid": GROUP_CHATID, "is_prohibit": true})
+    );
+    assert!(app.sim.group(GROUP).unwrap().dm_prohibited);
+    // The other revert, not due yet, survived the restart.
+    let status = app.ask(&app.chat(GROUP), &member(), "/group-status").await;
+    assert_reply(
+        &status,
+        "ℹ️",
+        "Pending revert: New members see history back to off",
+    );
+    assert_reply(&status, "", "Private chat: forbidden, set by dingops (timer)");
+}
+
+#[tokio::test]
+async fn a_revert_dingtalk_refuses_posts_a_failure_with_advice() {
+    let app = spawn_app_with(fast_reverts(500)).await;
+    let chat = app.chat(GROUP);
+    app.ask(&chat, &admin(), "/manage owner 1m").await;
+    app.sim
+        .inject(api::GROUP_UPDATE, Fault::Errcode { errcode: 60011 });
+    let message = group_message(&app, "Timed revert failed", 20)
+        .await
+        .expect("the failed revert is told");
+    assert!(message.content.starts_with("❌"), "{}", message.content);
+    assert!(
+        message.content.contains("qyapi_chat_manage"),
+        "{}",
+        message.content
+    );
 }
