@@ -901,6 +901,61 @@ mod tests {
         assert_eq!(newest, HashMap::from([("A".to_owned(), 4), ("C".to_owned(), 5)]));
     }
 
+    fn revert(setting: &str, due_ms: u64) -> RevertJob {
+        RevertJob {
+            id: 0,
+            conversation_id: "cid".into(),
+            chat_id: ChatId::parse("chatA").unwrap(),
+            setting: setting.into(),
+            value: 0,
+            due_ms,
+            scheduled_by: "Ada (u1)".into(),
+            scheduled_command: "/mute-all 30m".into(),
+            scheduled_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_new_revert_replaces_the_pending_one_of_its_setting_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        assert_eq!(l.schedule_revert(&revert("chatBannedType", 10)).unwrap(), None);
+        l.schedule_revert(&revert("searchable", 30)).unwrap();
+        let replaced = l.schedule_revert(&revert("chatBannedType", 20)).unwrap().unwrap();
+        assert_eq!(replaced.due_ms, 10);
+        let pending = l.pending_reverts(Some("cid")).unwrap();
+        assert_eq!(
+            pending
+                .iter()
+                .map(|j| (j.setting.as_str(), j.due_ms))
+                .collect::<Vec<_>>(),
+            [("chatBannedType", 20), ("searchable", 30)]
+        );
+        // The replaced job can no longer be claimed; a cancelled one neither.
+        assert!(!l.claim_revert(replaced.id).unwrap());
+        let cancelled = l.cancel_revert("cid", "searchable").unwrap().unwrap();
+        assert!(!l.claim_revert(cancelled.id).unwrap());
+    }
+
+    #[test]
+    fn a_revert_interrupted_while_running_is_pending_again_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let id = {
+            let l = SqliteLedger::open(&path).unwrap();
+            l.schedule_revert(&revert("dm", 5)).unwrap();
+            let id = l.pending_reverts(None).unwrap()[0].id;
+            assert!(l.claim_revert(id).unwrap());
+            id
+        };
+        let l = SqliteLedger::open(&path).unwrap();
+        assert_eq!(l.pending_reverts(None).unwrap()[0].id, id);
+        assert!(l.claim_revert(id).unwrap());
+        l.finish_revert(id, "done", "ok", 9).unwrap();
+        assert!(l.pending_reverts(None).unwrap().is_empty());
+        assert!(!l.claim_revert(id).unwrap());
+    }
+
     #[test]
     fn rebinding_replaces_the_chatid() {
         let dir = tempfile::tempdir().unwrap();
