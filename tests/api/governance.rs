@@ -228,10 +228,13 @@ async fn a_timed_switch_reverts_on_time_and_posts_its_result_in_the_group() {
     assert!(calls[1].at_ms >= set[0].at_ms + 1900, "{calls:?}");
     assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 0);
 
-    let timer_row = app
-        .ledger()
-        .history(Some(GROUP), None, 100)
-        .unwrap()
+    let rows = app.ledger().history(Some(GROUP), None, 100).unwrap();
+    let audit = dingops::ops::audit_table(&rows);
+    assert!(
+        audit.contains("dingops (timer)") && audit.contains("revert of /mute-all 2m by Ada (admin01)"),
+        "{audit}"
+    );
+    let timer_row = rows
         .into_iter()
         .find(|r| r.sender_nick.as_deref() == Some("dingops (timer)"))
         .expect("an audit row by the timer");
