@@ -187,6 +187,13 @@ pub struct WorkerSettings {
     /// `admin_commands_per_minute`: admin commands one sender may run per minute in one
     /// group; 0 = unlimited. Default 10.
     pub admin_commands_per_minute: u32,
+    /// `timezone`: the IANA time zone replies state revert times in. Default
+    /// `Asia/Shanghai`.
+    pub timezone: jiff::tz::TimeZone,
+    /// How long one minute of a timed revert lasts. Not a configuration key: always 60 s
+    /// from the configuration; the demo and the tests shorten it so that a `/mute-all 1m`
+    /// reverts within seconds.
+    pub revert_minute: Duration,
 }
 
 /// Where the ledger lives.
@@ -541,6 +548,16 @@ impl WorkerSettings {
             command_concurrency: src.integer("command_concurrency", 8, 1, 1024)? as usize,
             queue_capacity: src.integer("queue_capacity", 256, 1, 1_000_000)? as usize,
             admin_commands_per_minute: src.integer("admin_commands_per_minute", 10, 0, 100_000)? as u32,
+            timezone: {
+                let name = src.string("timezone")?.unwrap_or_else(|| "Asia/Shanghai".into());
+                jiff::tz::TimeZone::get(name.trim()).map_err(|_| {
+                    Sources::invalid(
+                        "timezone",
+                        "must be an IANA time zone name such as Asia/Shanghai or UTC",
+                    )
+                })?
+            },
+            revert_minute: Duration::from_secs(60),
         })
     }
 }
@@ -699,10 +716,23 @@ mod tests {
             "groups",
             "database",
             "robot_code",
+            "timezone",
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
-        assert_eq!(keys.len(), 29);
+        assert_eq!(keys.len(), 30);
+    }
+
+    #[test]
+    fn the_timezone_defaults_to_shanghai_and_refuses_unknown_names() {
+        let s = Settings::from_sources(Some(MINIMAL), &env(&[])).unwrap();
+        assert_eq!(s.worker.timezone.iana_name(), Some("Asia/Shanghai"));
+        let s =
+            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_TIMEZONE", "Europe/Berlin")])).unwrap();
+        assert_eq!(s.worker.timezone.iana_name(), Some("Europe/Berlin"));
+        let e =
+            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_TIMEZONE", "Mars/Olympus")])).unwrap_err();
+        assert!(e.to_string().contains("timezone"), "{e}");
     }
 
     #[test]

@@ -43,7 +43,14 @@ enum Expect {
     Rejected { status: u16 },
     /// HTTP 200 and no reply: a redelivery.
     Duplicate,
+    /// Nothing is sent: the demo waits for a timed revert to post its result in the group
+    /// (through the group-message API), containing `contains`.
+    Revert { contains: &'static str },
 }
+
+/// How long one minute of a timed revert lasts in the demo, so that `/mute-all 1m` reverts
+/// while the transcript is being written. The transcript says so.
+const DEMO_REVERT_MINUTE: Duration = Duration::from_secs(2);
 
 struct Step {
     who: &'static str,
@@ -161,6 +168,41 @@ fn script() -> Vec<Step> {
             },
             Some(false),
         ),
+        step(
+            "alice",
+            "/mute-all 1m",
+            Expect::Reply {
+                mark: "✅",
+                contains: "It reverts at",
+            },
+            Some(false),
+        ),
+        step(
+            "bob",
+            "/group-status",
+            Expect::Reply {
+                mark: "ℹ️",
+                contains: "Pending revert: Whole-group mute back to off",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "(no message: the demo waits for the timed revert)",
+            Expect::Revert {
+                contains: "Timed revert: Whole-group mute back to off",
+            },
+            Some(false),
+        ),
+        step(
+            "bob",
+            "/群状态",
+            Expect::Reply {
+                mark: "ℹ️",
+                contains: "Whole-group mute: off",
+            },
+            Some(false),
+        ),
     ]
 }
 
@@ -180,6 +222,15 @@ fn describe_call(call: &RecordedCall) -> String {
             "convertToOpenConversationId chatId={}",
             call.body.as_str().unwrap_or("?")
         ),
+        api::GROUP_UPDATE => format!(
+            "im/group/update chatid={} managementOptions={}",
+            call.body.get("chatid").and_then(Value::as_str).unwrap_or("?"),
+            call.body
+                .get("managementOptions")
+                .map_or("?".into(), Value::to_string)
+        ),
+        api::CHAT_GET => format!("chat/get chatid={}", call.body.as_str().unwrap_or("?")),
+        api::GROUP_MESSAGE => "robot/groupMessages/send".into(),
         api::GET_TOKEN => "gettoken".into(),
         api::ACCESS_TOKEN => "oauth2/accessToken".into(),
         other => other.into(),
@@ -226,6 +277,7 @@ pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bo
     settings.worker.trust_is_admin = false;
     settings.ledger.database = dir.join("demo.db");
     settings.server.shutdown_grace_secs = 5;
+    settings.worker.revert_minute = DEMO_REVERT_MINUTE;
     if transport == Transport::Stream {
         settings.stream.mode = Mode::Stream;
     }
@@ -332,6 +384,11 @@ async fn play(
         chat.title
     )?;
     writeln!(out, "  private chat in the group right now: allowed")?;
+    writeln!(
+        out,
+        "  timed reverts are shortened for the demo: one minute lasts {} s (60 s in a real run)",
+        DEMO_REVERT_MINUTE.as_secs()
+    )?;
     writeln!(out)?;
 
     let steps = script();
@@ -356,6 +413,36 @@ async fn play(
         } else {
             format!("{} ({}, {role})", member.nick, member.staff_id)
         };
+        if let Expect::Revert { contains } = step.expect {
+            writeln!(out, "[{}] {}", clock(), step.text)?;
+            let end = std::time::Instant::now() + Duration::from_secs(20);
+            let message = loop {
+                let found = sim
+                    .replies()
+                    .into_iter()
+                    .skip(replies_before)
+                    .find(|r| r.via == "group-message");
+                if found.is_some() || std::time::Instant::now() >= end {
+                    break found;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let calls: Vec<_> = sim.calls(None).into_iter().skip(calls_before).collect();
+            for call in &calls {
+                writeln!(out, "           ↳ DingTalk API: {}", describe_call(call))?;
+            }
+            match message {
+                Some(m) if m.content.contains(contains) => {
+                    writeln!(out, "[{}] dingops (timer, group message): {}", clock(), m.content)?;
+                    passed += 1;
+                    writeln!(out, "           ✔ as expected")?;
+                }
+                Some(m) => writeln!(out, "           ✘ the revert said {:?}", m.content)?,
+                None => writeln!(out, "           ✘ no timed revert within 20 s")?,
+            }
+            writeln!(out)?;
+            continue;
+        }
         writeln!(out, "[{}] {label}: @dingops {}", clock(), step.text)?;
         // HTTP: the response status; Stream: the ACK's code.
         let status = match (stream, step.forged) {
@@ -431,6 +518,7 @@ async fn play(
                     problems.push("nothing should have been sent to DingTalk".into());
                 }
             }
+            Expect::Revert { .. } => {}
             Expect::Duplicate => {
                 writeln!(
                     out,

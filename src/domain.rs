@@ -246,6 +246,29 @@ pub struct DmState {
     pub set_ms: u64,
 }
 
+/// The setting key of the private-chat switch in a [`RevertJob`]; the group switches use
+/// DingTalk's `managementOptions` field names.
+pub const DM_SETTING: &str = "dm";
+
+/// A timed revert: at `due_ms`, set `setting` of the group back to `value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevertJob {
+    /// The ledger's id; 0 before it is stored.
+    pub id: i64,
+    pub conversation_id: String,
+    pub chat_id: ChatId,
+    /// [`DM_SETTING`] or a `managementOptions` field.
+    pub setting: String,
+    /// The value the revert sets (0/1; for the DM switch 1 = private chat forbidden).
+    pub value: u8,
+    pub due_ms: u64,
+    /// Who ran the command that scheduled it, as [`who`] shows people.
+    pub scheduled_by: String,
+    /// The command that scheduled it, as typed (e.g. `/mute-all 30m`).
+    pub scheduled_command: String,
+    pub scheduled_ms: u64,
+}
+
 /// A person as shown in replies and the audit: `Nick (staffId)`, or whichever is known.
 pub fn who(staff: &str, nick: Option<&str>) -> String {
     match nick.filter(|n| !n.is_empty() && *n != staff) {

@@ -124,6 +124,8 @@ impl Application {
             dingtalk,
             metrics.clone(),
         ));
+        // One scheduler runs the timed reverts, those that fell due while stopped first.
+        let timer = tokio::spawn(crate::worker::timer::run(ctx.clone()));
         // The pool starts by resuming whatever a stop or crash left open in the ledger.
         let (intake, pool) = WorkerPool::start(
             ctx,
@@ -214,7 +216,7 @@ impl Application {
             })?
             .run();
         let stopping = Arc::new(OnceLock::new());
-        let mut tasks = vec![pruner];
+        let mut tasks = vec![pruner, timer];
         if options.handle_signals {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
         }

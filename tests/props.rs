@@ -72,7 +72,9 @@ proptest! {
     #[test]
     fn the_command_parser_never_panics_and_bounds_what_it_echoes(text in any::<String>()) {
         match Command::parse(&text) {
-            Err(ParseError::Unknown(name)) | Err(ParseError::InvalidChatId(name)) => prop_assert!(name.len() <= 64),
+            Err(ParseError::Unknown(name))
+            | Err(ParseError::InvalidChatId(name))
+            | Err(ParseError::BadChoice { got: name, .. }) => prop_assert!(name.len() <= 64),
             _ => {}
         }
     }
@@ -94,6 +96,10 @@ proptest! {
         if spec.kind == CommandKind::Bind {
             text.push(' ');
             text.push_str(&chatid);
+        }
+        if let Some(choice) = spec.choices.first() {
+            text.push(' ');
+            text.push_str(if alias { choice.zh } else { choice.en });
         }
         text.push_str(&trail);
         let cmd = Command::parse(&text);

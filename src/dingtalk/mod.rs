@@ -37,16 +37,20 @@ pub enum Api {
     ConvertChatId,
     SendBySession,
     GroupMessage,
+    GroupUpdate,
+    ChatGet,
 }
 
 impl Api {
-    pub const ALL: [Api; 6] = [
+    pub const ALL: [Api; 8] = [
         Api::GetToken,
         Api::AccessToken,
         Api::FriendSwitch,
         Api::ConvertChatId,
         Api::SendBySession,
         Api::GroupMessage,
+        Api::GroupUpdate,
+        Api::ChatGet,
     ];
 
     /// A stable name for logs and metrics.
@@ -58,6 +62,8 @@ impl Api {
             Api::ConvertChatId => "convert_to_open_conversation_id",
             Api::SendBySession => "send_by_session",
             Api::GroupMessage => "robot_group_messages_send",
+            Api::GroupUpdate => "im_group_update",
+            Api::ChatGet => "chat_get",
         }
     }
 
@@ -145,6 +151,29 @@ impl Limiter {
         tokio::time::sleep_until(slot).await;
     }
 }
+
+/// A group as `chat/get` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub name: String,
+    /// The owner's userId.
+    pub owner: String,
+    /// 1 normal, 2 disbanded.
+    pub status: i64,
+    /// The switches DingTalk answered, by field name (`chatBannedType`, …); a field it left
+    /// out is absent.
+    pub options: std::collections::BTreeMap<String, i64>,
+}
+
+/// The fields of `chat_info` that hold the group switches.
+const SWITCH_FIELDS: [&str; 6] = [
+    "chatBannedType",
+    "mentionAllAuthority",
+    "validationType",
+    "searchable",
+    "showHistoryType",
+    "managementType",
+];
 
 /// The DingTalk client of one app.
 pub struct DingTalk {
@@ -481,6 +510,57 @@ impl DingTalk {
             let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)
+        })
+        .await
+    }
+
+    /// `im/group/update`: sets one `managementOptions` switch (`field` = 0 or 1) of the
+    /// group `chatid`. Success is HTTP 2xx with `"success": true`.
+    #[tracing::instrument(skip(self), fields(chatid = %chatid))]
+    pub async fn update_group(&self, chatid: &ChatId, field: &str, value: u8) -> Result<(), ApiError> {
+        let body = &json!({"chatid": chatid.as_str(), "managementOptions": {field: value}});
+        self.call(Api::GroupUpdate, Some(TokenKind::Modern), |tok| async move {
+            let v = self
+                .modern_post("/v1.0/im/group/update", &tok, Some(body))
+                .await?;
+            if v.get("success").and_then(Value::as_bool) == Some(true) {
+                Ok(())
+            } else {
+                Err(ApiError::Decode(
+                    "group/update answered without success: true".into(),
+                ))
+            }
+        })
+        .await
+    }
+
+    /// `chat/get`: the group `chatid` as DingTalk has it now.
+    #[tracing::instrument(skip(self), fields(chatid = %chatid))]
+    pub async fn chat_get(&self, chatid: &ChatId) -> Result<GroupInfo, ApiError> {
+        self.call(Api::ChatGet, Some(TokenKind::Legacy), |tok| async move {
+            let mut url = join(&self.oapi_base, "/chat/get")?;
+            if let Some(t) = &tok {
+                url.query_pairs_mut()
+                    .append_pair("access_token", t.expose_secret());
+            }
+            url.query_pairs_mut().append_pair("chatid", chatid.as_str());
+            let resp = self.http.get(url).send().await.map_err(transport)?;
+            let (status, v) = read_body(resp).await?;
+            legacy_outcome(status, &v)?;
+            let info = v
+                .get("chat_info")
+                .filter(|i| i.is_object())
+                .ok_or_else(|| ApiError::Decode("chat/get answered without chat_info".into()))?;
+            let text = |k: &str| info.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            Ok(GroupInfo {
+                name: text("name"),
+                owner: text("owner"),
+                status: info.get("status").and_then(Value::as_i64).unwrap_or(0),
+                options: SWITCH_FIELDS
+                    .iter()
+                    .filter_map(|f| info.get(*f).and_then(Value::as_i64).map(|v| ((*f).to_owned(), v)))
+                    .collect(),
+            })
         })
         .await
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{AuditRow, Ledger, LedgerError};
-use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending};
+use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending, RevertJob};
 
 /// One command as the memory ledger keeps it.
 #[derive(Debug, Clone)]
@@ -33,6 +33,11 @@ struct State {
     positions: HashMap<String, i64>,
     bindings: HashMap<String, Binding>,
     dm: HashMap<String, DmState>,
+    /// Pending reverts; run or replaced ones are dropped.
+    reverts: Vec<RevertJob>,
+    next_revert: i64,
+    /// Audit rows of dingops' own actions.
+    own: Vec<AuditRow>,
 }
 
 /// A [`Ledger`] held in memory.
@@ -225,6 +230,57 @@ impl Ledger for MemoryLedger {
         });
         rows.truncate(limit);
         Ok(rows)
+    }
+
+    fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {
+        let replaced = self.cancel_revert(&job.conversation_id, &job.setting)?;
+        let mut s = self.state()?;
+        s.next_revert += 1;
+        let mut job = job.clone();
+        job.id = s.next_revert;
+        s.reverts.push(job);
+        Ok(replaced)
+    }
+
+    fn cancel_revert(&self, conversation_id: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
+        let mut s = self.state()?;
+        let i = s
+            .reverts
+            .iter()
+            .position(|j| j.conversation_id == conversation_id && j.setting == setting);
+        Ok(i.map(|i| s.reverts.remove(i)))
+    }
+
+    fn pending_reverts(&self, conversation_id: Option<&str>) -> Result<Vec<RevertJob>, LedgerError> {
+        let mut jobs: Vec<RevertJob> = self
+            .state()?
+            .reverts
+            .iter()
+            .filter(|j| conversation_id.is_none_or(|c| j.conversation_id == c))
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|j| (j.due_ms, j.id));
+        Ok(jobs)
+    }
+
+    fn claim_revert(&self, id: i64) -> Result<bool, LedgerError> {
+        Ok(self.state()?.reverts.iter().any(|j| j.id == id))
+    }
+
+    fn finish_revert(
+        &self,
+        id: i64,
+        _state: &str,
+        _result: &str,
+        _finished_ms: u64,
+    ) -> Result<(), LedgerError> {
+        self.state()?.reverts.retain(|j| j.id != id);
+        Ok(())
+    }
+
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        self.state()?.own.push(row.clone());
+        Ok(())
     }
 
     fn ping(&self) -> Result<(), LedgerError> {

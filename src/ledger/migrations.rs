@@ -61,6 +61,25 @@ CREATE TABLE IF NOT EXISTS dm_state (
     probed_ms INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO health (id, probed_ms) VALUES (1, 0);",
+    // 3: timed reverts. `state` is pending, done, failed or replaced; at most one pending
+    // job per setting of a group.
+    "CREATE TABLE IF NOT EXISTS jobs (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id   TEXT NOT NULL,
+    chat_id           TEXT NOT NULL,
+    setting           TEXT NOT NULL,
+    value             INTEGER NOT NULL,
+    due_ms            INTEGER NOT NULL,
+    scheduled_by      TEXT NOT NULL,
+    scheduled_command TEXT NOT NULL,
+    scheduled_ms      INTEGER NOT NULL,
+    state             TEXT NOT NULL,
+    result            TEXT,
+    finished_ms       INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(due_ms) WHERE state IN ('pending', 'running');
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_pending ON jobs(conversation_id, setting)
+    WHERE state = 'pending';",
 ];
 
 /// The version a database has after all steps.

@@ -12,7 +12,7 @@ mod sqlite;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending};
+use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending, RevertJob};
 
 pub use memory::MemoryLedger;
 pub use sqlite::{OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
@@ -113,6 +113,22 @@ pub trait Ledger: Send + Sync + 'static {
         since_ms: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditRow>, LedgerError>;
+    /// Stores a pending revert. A pending revert of the same setting of the same group is
+    /// marked `replaced` in the same write (it will never run) and returned.
+    fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError>;
+    /// Marks the pending revert of `setting` in a group `replaced` (a newer command without
+    /// a duration stands for good) and returns it.
+    fn cancel_revert(&self, conversation_id: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError>;
+    /// Pending reverts, soonest first: all, or one group's.
+    fn pending_reverts(&self, conversation_id: Option<&str>) -> Result<Vec<RevertJob>, LedgerError>;
+    /// Marks a pending revert as running, just before it runs; `false` when it is no longer
+    /// pending (replaced meanwhile), so it must not run. Pending includes running: a revert
+    /// whose run a crash interrupted runs again (setting a value twice is harmless).
+    fn claim_revert(&self, id: i64) -> Result<bool, LedgerError>;
+    /// Records how a running revert ended: `state` `done` or `failed`, with `result`.
+    fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError>;
+    /// Records something dingops did on its own (a timed revert) as a finished audit row.
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError>;
     /// Proves the store answers.
     fn ping(&self) -> Result<(), LedgerError>;
     /// One step of pruning: deletes the commands among the next `limit` after position

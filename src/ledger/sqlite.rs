@@ -8,7 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{AuditRow, Ledger, LedgerError, PruneStep, sql};
 use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, SessionWebhook,
+    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, RevertJob,
+    SessionWebhook,
 };
 
 /// The SQLite ledger (WAL journal).
@@ -237,6 +238,32 @@ impl SqliteLedger {
             job(None)(Some("the ledger writer thread is gone"));
         }
     }
+}
+
+const JOB_COLUMNS: &str = "id, conversation_id, chat_id, setting, value, due_ms, scheduled_by, \
+                           scheduled_command, scheduled_ms";
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevertJob> {
+    Ok(RevertJob {
+        id: row.get(0)?,
+        conversation_id: row.get(1)?,
+        chat_id: chat_id_from(row.get(2)?)?,
+        setting: row.get(3)?,
+        value: u8::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
+        due_ms: to_u64(row.get(5)?),
+        scheduled_by: row.get(6)?,
+        scheduled_command: row.get(7)?,
+        scheduled_ms: to_u64(row.get(8)?),
+    })
+}
+
+/// The pending revert of one setting of a group, if any.
+fn pending_revert(conn: &Connection, cid: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
+    conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')"
+    ))
+    .and_then(|mut st| st.query_row(params![cid, setting], job_from_row).optional())
+    .map_err(sql("pending revert"))
 }
 
 /// A stored chatid; only valid ones are ever written, so a bad one means the file was edited.
@@ -570,6 +597,125 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {
+        let job = job.clone();
+        self.write(move |conn| {
+            let replaced = pending_revert(conn, &job.conversation_id, &job.setting)?;
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'replaced', finished_ms = ?3
+                 WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    job.conversation_id,
+                    job.setting,
+                    to_i64(job.scheduled_ms)
+                ])
+            })
+            .map_err(sql("replace revert"))?;
+            conn.prepare_cached(
+                "INSERT INTO jobs (conversation_id, chat_id, setting, value, due_ms, scheduled_by,
+                 scheduled_command, scheduled_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    job.conversation_id,
+                    job.chat_id.as_str(),
+                    job.setting,
+                    i64::from(job.value),
+                    to_i64(job.due_ms),
+                    job.scheduled_by,
+                    job.scheduled_command,
+                    to_i64(job.scheduled_ms),
+                ])
+            })
+            .map_err(sql("schedule revert"))?;
+            Ok(replaced)
+        })
+    }
+
+    fn cancel_revert(&self, cid: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
+        let (cid, setting) = (cid.to_owned(), setting.to_owned());
+        self.write(move |conn| {
+            let replaced = pending_revert(conn, &cid, &setting)?;
+            conn.prepare_cached(
+                "UPDATE jobs SET state = 'replaced', finished_ms = ?3
+                 WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')",
+            )
+            .and_then(|mut st| st.execute(params![cid, setting, to_i64(crate::clock::now_ms())]))
+            .map_err(sql("cancel revert"))?;
+            Ok(replaced)
+        })
+    }
+
+    fn pending_reverts(&self, cid: Option<&str>) -> Result<Vec<RevertJob>, LedgerError> {
+        self.with(|conn| {
+            let mut st = conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'running') AND (?1 IS NULL OR conversation_id = ?1)
+                     ORDER BY due_ms, id"
+                ))
+                .map_err(sql("pending reverts"))?;
+            st.query_map(params![cid], job_from_row)
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("pending reverts"))
+        })
+    }
+
+    fn claim_revert(&self, id: i64) -> Result<bool, LedgerError> {
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'running' WHERE id = ?1 AND state IN ('pending', 'running')",
+                )
+                .and_then(|mut st| st.execute(params![id]))
+                .map_err(sql("claim revert"))?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
+        let (state, result) = (state.to_owned(), result.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE id = ?1 AND state = 'running'",
+            )
+            .and_then(|mut st| st.execute(params![id, state, result, to_i64(finished_ms)]))
+            .map_err(sql("finish revert"))?;
+            Ok(())
+        })
+    }
+
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        let r = row.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id, conversation_type,
+                 sender_staff_id, sender_nick, sender_is_admin, msgtype, text, status, command, result,
+                 errcode, detail, reply, finished_ms)
+                 VALUES (?1, ?2, ?3, '2', ?4, ?5, 0, 'timer', ?6, 'done', ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.msg_id,
+                    to_i64(r.received_ms),
+                    r.conversation_id,
+                    r.sender_staff_id,
+                    r.sender_nick,
+                    r.text,
+                    r.command,
+                    r.result,
+                    r.errcode,
+                    r.detail,
+                    r.reply,
+                    r.finished_ms.map(to_i64),
+                ])
+            })
+            .map_err(sql("record own action"))?;
+            Ok(())
+        })
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         // A real write through the writer, committed like a callback's: it fails when the disk
         // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks
@@ -753,6 +899,61 @@ mod tests {
         // a1 is the oldest open command; a0 finished before it and does not count.
         let newest = l.newest_done_by_group().unwrap();
         assert_eq!(newest, HashMap::from([("A".to_owned(), 4), ("C".to_owned(), 5)]));
+    }
+
+    fn revert(setting: &str, due_ms: u64) -> RevertJob {
+        RevertJob {
+            id: 0,
+            conversation_id: "cid".into(),
+            chat_id: ChatId::parse("chatA").unwrap(),
+            setting: setting.into(),
+            value: 0,
+            due_ms,
+            scheduled_by: "Ada (u1)".into(),
+            scheduled_command: "/mute-all 30m".into(),
+            scheduled_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_new_revert_replaces_the_pending_one_of_its_setting_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        assert_eq!(l.schedule_revert(&revert("chatBannedType", 10)).unwrap(), None);
+        l.schedule_revert(&revert("searchable", 30)).unwrap();
+        let replaced = l.schedule_revert(&revert("chatBannedType", 20)).unwrap().unwrap();
+        assert_eq!(replaced.due_ms, 10);
+        let pending = l.pending_reverts(Some("cid")).unwrap();
+        assert_eq!(
+            pending
+                .iter()
+                .map(|j| (j.setting.as_str(), j.due_ms))
+                .collect::<Vec<_>>(),
+            [("chatBannedType", 20), ("searchable", 30)]
+        );
+        // The replaced job can no longer be claimed; a cancelled one neither.
+        assert!(!l.claim_revert(replaced.id).unwrap());
+        let cancelled = l.cancel_revert("cid", "searchable").unwrap().unwrap();
+        assert!(!l.claim_revert(cancelled.id).unwrap());
+    }
+
+    #[test]
+    fn a_revert_interrupted_while_running_is_pending_again_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let id = {
+            let l = SqliteLedger::open(&path).unwrap();
+            l.schedule_revert(&revert("dm", 5)).unwrap();
+            let id = l.pending_reverts(None).unwrap()[0].id;
+            assert!(l.claim_revert(id).unwrap());
+            id
+        };
+        let l = SqliteLedger::open(&path).unwrap();
+        assert_eq!(l.pending_reverts(None).unwrap()[0].id, id);
+        assert!(l.claim_revert(id).unwrap());
+        l.finish_revert(id, "done", "ok", 9).unwrap();
+        assert!(l.pending_reverts(None).unwrap().is_empty());
+        assert!(!l.claim_revert(id).unwrap());
     }
 
     #[test]

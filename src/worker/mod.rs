@@ -7,6 +7,7 @@ mod commands;
 pub mod policy;
 pub mod pool;
 pub mod reply;
+pub mod timer;
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
@@ -34,6 +35,10 @@ pub struct WorkerContext {
     reply_hosts: ReplyHosts,
     static_groups: BTreeMap<String, ChatId>,
     metrics: Arc<Metrics>,
+    /// The zone replies state revert times in.
+    timezone: jiff::tz::TimeZone,
+    /// How long one minute of a timed revert lasts (shortened only by the demo and tests).
+    revert_minute: Duration,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -91,7 +96,16 @@ pub(crate) fn calls_group_api(job: &Pending) -> bool {
             .text
             .as_deref()
             .and_then(|t| Command::parse(t).ok())
-            .is_some_and(|c| matches!(c, Command::LockDm | Command::UnlockDm | Command::Bind { .. }))
+            .is_some_and(|c| {
+                matches!(
+                    c,
+                    Command::LockDm { .. }
+                        | Command::UnlockDm { .. }
+                        | Command::Bind { .. }
+                        | Command::Switch { .. }
+                        | Command::GroupStatus
+                )
+            })
 }
 
 impl WorkerContext {
@@ -112,6 +126,8 @@ impl WorkerContext {
             reply_hosts: settings.reply_hosts.clone(),
             static_groups: settings.groups.clone(),
             metrics,
+            timezone: settings.timezone.clone(),
+            revert_minute: settings.revert_minute,
             #[cfg(test)]
             before_answer: None,
         }
@@ -154,6 +170,19 @@ impl WorkerContext {
         }
     }
 
+    /// `ms` as a local time in the configured `timezone`, e.g. `2026-11-27 15:30 CST
+    /// (Asia/Shanghai)`.
+    pub(crate) fn local_time(&self, ms: u64) -> String {
+        let Ok(t) = jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)) else {
+            return crate::clock::format_ms(ms);
+        };
+        let zoned = t.to_zoned_datetime(self.timezone.clone());
+        match self.timezone.iana_name() {
+            Some(name) => format!("{} ({name})", zoned.strftime("%Y-%m-%d %H:%M:%S %Z")),
+            None => zoned.strftime("%Y-%m-%d %H:%M:%S %Z").to_string(),
+        }
+    }
+
     /// [`WorkerContext::answer`], with a panic turned into a ❌ answer.
     async fn answer_or_panic(&self, job: &Accepted) -> Answer {
         match AssertUnwindSafe(self.answer(job)).catch_unwind().await {
@@ -193,6 +222,10 @@ impl WorkerContext {
         };
         let command = match Command::parse(text) {
             Ok(c) => c,
+            Err(e @ (ParseError::BadChoice { spec, .. } | ParseError::BadDuration { spec, .. })) => {
+                // A wrong argument to a switch is refused (⛔) with the accepted values.
+                return Answer::new(spec.name, Outcome::Refused, e.to_string(), "bad argument");
+            }
             Err(e) => {
                 let name = match &e {
                     ParseError::MissingArgument(s) | ParseError::UnexpectedArgument(s) => s.name,

@@ -43,6 +43,20 @@ pub fn failed(command: &str, what: &str, e: &ApiError) -> Answer {
     }
 }
 
+/// [`failed`] for a read of a group: a missing permission is `qyapi_chat_read` there.
+pub fn failed_reading(command: &str, what: &str, e: &ApiError) -> Answer {
+    let permission = e.errcode() == Some(60011)
+        || matches!(e, ApiError::Status { code, .. } if code.contains("PermissionDenied"));
+    let mut answer = failed(command, what, e);
+    if permission {
+        answer.text = format!(
+            "DingTalk refused {what} ({}): the app lacks permission qyapi_chat_read; add it in the DingTalk developer console.",
+            e.short()
+        );
+    }
+    answer
+}
+
 /// The ❌ answer when the ledger failed mid-command; the details go to the log only.
 pub fn ledger_failed(command: &str, e: &LedgerError) -> Answer {
     tracing::error!(error = %e, "ledger failed while running a command");
@@ -72,7 +86,16 @@ pub fn advice(e: &ApiError) -> String {
         ApiError::Status { code, .. } if code == "invalideChatId" || code == "invalidChatId" => {
             "DingTalk does not know that chatid; check it and try again".into()
         }
-        ApiError::Status { code, .. } if code.starts_with("permession") || code.starts_with("Forbidden") => {
+        ApiError::Status { message, .. } if message.contains("群主不在应用可见性内") => {
+            "the group owner is outside the app's visibility scope (群主不在应用可见性内); add the owner to the app's visible range in the DingTalk developer console".into()
+        }
+        ApiError::Status { code, .. } if code == "parameter.invalid" || code.starts_with("invalidParameter") => {
+            "DingTalk says a parameter is invalid; check that the bound chatid is right (rebind with /bind <chatid>)".into()
+        }
+        ApiError::Status { code, .. } if code.contains("PermissionDenied") || code.starts_with("permession") => {
+            "the app lacks permission qyapi_chat_manage (to change groups) or qyapi_chat_read (to read them); add it in the DingTalk developer console".into()
+        }
+        ApiError::Status { code, .. } if code.starts_with("Forbidden") => {
             "the app lacks permission qyapi_chat_read, or the group owner is outside the app's visibility; check the developer console".into()
         }
         ApiError::Credentials(_) => "DingTalk refused the app's credentials; check app_key and app_secret".into(),
@@ -155,6 +178,14 @@ mod tests {
         assert!(advice(&code(60011)).contains("qyapi_chat_manage"));
         assert!(advice(&code(34001)).contains("/bind"));
         assert!(advice(&code(400001)).contains("try again"));
+        let status = |code: &str, message: &str| ApiError::Status {
+            status: 400,
+            code: code.into(),
+            message: message.into(),
+        };
+        assert!(advice(&status("permession.checkFailed", "群主不在应用可见性内")).contains("visibility"));
+        assert!(advice(&status("permession.checkFailed", "")).contains("qyapi_chat_manage"));
+        assert!(advice(&status("parameter.invalid", "")).contains("/bind"));
     }
 
     #[test]

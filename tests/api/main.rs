@@ -9,6 +9,7 @@ mod audit_worker;
 mod commands;
 mod dedupe;
 mod faults;
+mod governance;
 mod helpers;
 mod hostile;
 mod lifecycle;

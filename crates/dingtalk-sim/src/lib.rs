@@ -36,7 +36,20 @@ pub mod api {
     pub const SEND_BY_SESSION: &str = "send_by_session";
     pub const GROUP_MESSAGE: &str = "robot_group_messages_send";
     pub const STREAM_OPEN: &str = "gateway_connections_open";
+    pub const GROUP_UPDATE: &str = "im_group_update";
+    pub const CHAT_GET: &str = "chat_get";
 }
+
+/// The six group switches `im/group/update` takes in `managementOptions` and `chat/get`
+/// answers in `chat_info`, in that order.
+pub const MANAGEMENT_FIELDS: [&str; 6] = [
+    "chatBannedType",
+    "mentionAllAuthority",
+    "validationType",
+    "searchable",
+    "showHistoryType",
+    "managementType",
+];
 
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
@@ -84,6 +97,13 @@ pub enum Fault {
     Delay { ms: u64 },
     /// Never answer (the client's timeout must fire).
     Hang,
+    /// New-style APIs: answer this HTTP status with `{code, message}`, e.g. 400
+    /// `permession.checkFailed` "群主不在应用可见性内".
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// Send headers, then break the connection.
     Drop,
     /// Answer 302 with this `Location` (clients must not follow it).
@@ -103,6 +123,19 @@ pub struct SimGroup {
     pub title: String,
     /// Current private-chat switch: `true` when members may not add each other.
     pub dm_prohibited: bool,
+    /// The six switches of [`MANAGEMENT_FIELDS`] by name, 0 or 1 (all 0 for a new group).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, i64>,
+    /// The owner's userId.
+    #[serde(default)]
+    pub owner: String,
+    /// 1 normal, 2 disbanded.
+    #[serde(default = "normal_status")]
+    pub status: i64,
+}
+
+fn normal_status() -> i64 {
+    1
 }
 
 /// A recorded API call.
@@ -218,6 +251,8 @@ impl Simulator {
                     "/v1.0/im/chat/{chat_id}/convertToOpenConversationId",
                     web::post().to(convert),
                 )
+                .route("/v1.0/im/group/update", web::post().to(group_update))
+                .route("/chat/get", web::get().to(chat_get))
                 .route("/robot/sendBySession", web::post().to(send_by_session))
                 .route("/v1.0/robot/groupMessages/send", web::post().to(group_message))
                 .route("/v1.0/gateway/connections/open", web::post().to(stream_open))
@@ -277,6 +312,24 @@ impl Simulator {
             .iter()
             .find(|g| g.open_conversation_id == open_conversation_id)
             .cloned()
+    }
+
+    /// Changes one switch of a group as its owner would in the DingTalk client, behind
+    /// dingops' back; `false` when the group or the field is unknown.
+    pub fn set_option(&self, open_conversation_id: &str, field: &str, value: i64) -> bool {
+        let mut s = self.shared.state();
+        match s
+            .groups
+            .iter_mut()
+            .find(|g| g.open_conversation_id == open_conversation_id)
+            .and_then(|g| g.options.get_mut(field))
+        {
+            Some(v) => {
+                *v = value;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Opens a reply session for a group; returns the sessionWebhook and its expiry (ms).
@@ -409,6 +462,9 @@ fn add_group(shared: &Shared, cid: &str, chatid: &str, title: &str) {
         chatid: chatid.to_owned(),
         title: title.to_owned(),
         dm_prohibited: false,
+        options: MANAGEMENT_FIELDS.iter().map(|f| ((*f).to_owned(), 0)).collect(),
+        owner: "owner001".to_owned(),
+        status: 1,
     });
 }
 
@@ -451,6 +507,19 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
             let status = actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
             return Gate::Respond(HttpResponse::build(status).finish());
+        }
+        Some(Fault::Status {
+            status,
+            code,
+            message,
+        }) => {
+            record(shared, api, None, Value::Null, i64::from(status));
+            let status = actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+            return Gate::Respond(
+                HttpResponse::build(status)
+                    .json(json!({"code": code, "message": message, "requestid": random_hex(16)})),
+            );
         }
         Some(Fault::Errcode { errcode }) => {
             record(shared, api, None, Value::Null, errcode);
@@ -819,6 +888,114 @@ async fn group_message(shared: web::Data<Shared>, req: HttpRequest, body: web::B
     drop(s);
     record(&shared, api::GROUP_MESSAGE, token, v, 0);
     HttpResponse::Ok().json(json!({"processQueryKey": random_hex(24)}))
+}
+
+/// `POST /v1.0/im/group/update`: stores the `managementOptions` switches of the group
+/// `chatid`. Answers `{"success": true}`, or DingTalk's `{code, message}` shapes: 401 for a
+/// bad token, 400 `parameter.invalid` for a missing or unknown chatid or a value other than
+/// 0/1, 400 `permession.checkFailed` for a disbanded group.
+async fn group_update(shared: web::Data<Shared>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::GROUP_UPDATE, true).await {
+        return r;
+    }
+    let token = header_token(&req);
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let answer = |status: u16, code: &str, message: &str| {
+        record(
+            &shared,
+            api::GROUP_UPDATE,
+            token.clone(),
+            v.clone(),
+            i64::from(status),
+        );
+        let status =
+            actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+        HttpResponse::build(status)
+            .json(json!({"code": code, "message": message, "requestid": random_hex(16)}))
+    };
+    let mut s = shared.state();
+    if check_token(&s.modern_tokens, token.as_deref()).is_err() {
+        drop(s);
+        return answer(
+            401,
+            "InvalidAuthentication",
+            "access_token过期或者不存在，需要重新获取",
+        );
+    }
+    let chatid = v.get("chatid").and_then(Value::as_str).unwrap_or("");
+    let options = v.get("managementOptions").and_then(Value::as_object);
+    let valid = options.is_some_and(|o| {
+        o.iter()
+            .all(|(k, val)| MANAGEMENT_FIELDS.contains(&k.as_str()) && matches!(val.as_i64(), Some(0 | 1)))
+    });
+    let Some(group) = s
+        .groups
+        .iter_mut()
+        .find(|g| g.chatid == chatid && !chatid.is_empty())
+    else {
+        drop(s);
+        return answer(400, "parameter.invalid", "chatid不合法");
+    };
+    if !valid {
+        drop(s);
+        return answer(400, "parameter.invalid", "managementOptions参数不合法");
+    }
+    if group.status != 1 {
+        drop(s);
+        return answer(400, "permession.checkFailed", "群已解散");
+    }
+    for (k, val) in options.into_iter().flatten() {
+        group.options.insert(k.clone(), val.as_i64().unwrap_or(0));
+    }
+    drop(s);
+    record(&shared, api::GROUP_UPDATE, token, v, 0);
+    HttpResponse::Ok().json(json!({"success": true}))
+}
+
+#[derive(Deserialize)]
+struct ChatGetQuery {
+    access_token: Option<String>,
+    chatid: Option<String>,
+}
+
+/// `GET /chat/get?access_token=…&chatid=…`: the group's `chat_info` (the six switches,
+/// name, owner, status, …), or a legacy errcode (40014 bad token, 49000 unknown chatid).
+async fn chat_get(shared: web::Data<Shared>, q: web::Query<ChatGetQuery>) -> HttpResponse {
+    if let Gate::Respond(r) = gate(&shared, api::CHAT_GET, false).await {
+        return r;
+    }
+    let token = q.access_token.clone();
+    let chatid = q.chatid.clone().unwrap_or_default();
+    let s = shared.state();
+    if let Err(code) = check_token(&s.legacy_tokens, token.as_deref()) {
+        drop(s);
+        record(&shared, api::CHAT_GET, token, json!(chatid), code);
+        return error_answer(false, code, "不合法的access_token");
+    }
+    let group = s
+        .groups
+        .iter()
+        .find(|g| g.chatid == chatid && !chatid.is_empty())
+        .cloned();
+    drop(s);
+    let Some(g) = group else {
+        record(&shared, api::CHAT_GET, token, json!(chatid), 49000);
+        return error_answer(false, 49000, "缺少参数chatid或chatid不合法");
+    };
+    let mut info = json!({
+        "chatid": g.chatid,
+        "name": g.title,
+        "owner": g.owner,
+        "useridlist": [g.owner],
+        "conversationTag": 2,
+        "status": g.status,
+        "icon": "",
+    });
+    for (k, val) in &g.options {
+        info[k.as_str()] = json!(val);
+    }
+    record(&shared, api::CHAT_GET, token, json!(chatid), 0);
+    HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "chat_info": info}))
 }
 
 async fn control_groups(shared: web::Data<Shared>) -> HttpResponse {
