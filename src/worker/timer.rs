@@ -4,8 +4,11 @@
 //! API (the command's sessionWebhook has expired by then) and into the audit as an action of
 //! `dingops (timer)`.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt as _;
 
 use super::WorkerContext;
 use super::commands::{setting_label, setting_value};
@@ -45,7 +48,15 @@ impl WorkerContext {
             let id = job.id;
             match self.ledger.call(move |l| l.claim_revert(id)).await {
                 Ok(true) => {
-                    self.revert(job).await;
+                    // A bug in one revert must not end the scheduler: that revert is
+                    // recorded failed and the others still run.
+                    if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
+                        tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
+                        self.write_until_landed("finish a timed revert that panicked", move |l| {
+                            l.finish_revert(id, "failed", "failed", now_ms())
+                        })
+                        .await;
+                    }
                     ran += 1;
                 }
                 // Replaced by a newer command since it was read: it must not run.
