@@ -125,6 +125,8 @@ impl WorkerContext {
             Ok(p) => p,
             Err(e) => return ledger_failed(name, &e),
         };
+        // Held until the pending revert of this setting is replaced (see lock_setting).
+        let _setting = self.lock_setting(&job.conversation_id, DM_SETTING).await;
         if let Err(e) = self.dingtalk.set_friend_switch(&chatid, prohibit).await {
             return failed(name, name, &e);
         }
@@ -176,6 +178,8 @@ impl WorkerContext {
             Ok(None) => return not_bound(name),
             Err(e) => return ledger_failed(name, &e),
         };
+        // Held until the pending revert of this setting is replaced (see lock_setting).
+        let _setting = self.lock_setting(&job.conversation_id, switch.field()).await;
         if let Err(e) = self.dingtalk.update_group(&chatid, switch.field(), value).await {
             return failed(name, name, &e);
         }

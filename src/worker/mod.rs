@@ -39,11 +39,23 @@ pub struct WorkerContext {
     timezone: jiff::tz::TimeZone,
     /// How long one minute of a timed revert lasts (shortened only by the demo and tests).
     revert_minute: Duration,
+    /// One lock per setting of a group, held by a switch command from its DingTalk call
+    /// until its revert is replaced, and by the scheduler from claiming a revert until it
+    /// ran: a revert and a newer command on the same setting never overlap, so the newer
+    /// command's value is the one that stays (one `serve` per ledger makes this enough).
+    setting_locks: SettingLocks,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
     before_answer: Option<fn(&Accepted)>,
 }
+
+/// A group's openConversationId and a setting's name.
+type SettingKey = (String, String);
+
+/// The per-setting locks of [`WorkerContext::lock_setting`].
+#[derive(Default)]
+struct SettingLocks(std::sync::Mutex<std::collections::HashMap<SettingKey, Arc<tokio::sync::Mutex<()>>>>);
 
 /// First wait before a failed ledger write of a running command is tried again; it doubles
 /// up to [`LEDGER_RETRY_MAX`].
@@ -128,9 +140,28 @@ impl WorkerContext {
             metrics,
             timezone: settings.timezone.clone(),
             revert_minute: settings.revert_minute,
+            setting_locks: SettingLocks::default(),
             #[cfg(test)]
             before_answer: None,
         }
+    }
+
+    /// Waits for, and holds, the lock of `setting` in the group `conversation_id`.
+    pub(crate) async fn lock_setting(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.setting_locks.0.lock().unwrap_or_else(|p| p.into_inner());
+            // Drop the locks nobody holds or waits for, so the map stays as small as the
+            // settings in use.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry((conversation_id.to_owned(), setting.to_owned()))
+                .or_default()
+                .clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Runs a ledger write of a running command until it lands: a command whose DingTalk

@@ -46,6 +46,9 @@ impl WorkerContext {
         let mut ran = 0;
         for job in due {
             let id = job.id;
+            // A newer command on this setting that is under way finishes first; if it
+            // replaced this revert, the claim below fails and the revert does not run.
+            let _setting = self.lock_setting(&job.conversation_id, &job.setting).await;
             match self.ledger.call(move |l| l.claim_revert(id)).await {
                 Ok(true) => {
                     // A bug in one revert must not end the scheduler: that revert is

@@ -348,3 +348,34 @@ async fn a_revert_dingtalk_refuses_posts_a_failure_with_advice() {
         message.content
     );
 }
+
+/// The revert of `/mute-all 1m` is slow to reach DingTalk; meanwhile an admin mutes the
+/// group again, for good. The newer command must be the one that stays: it waits for the
+/// revert in flight instead of racing it.
+#[tokio::test]
+async fn a_newer_command_during_a_revert_in_flight_is_the_value_that_stays() {
+    let app = spawn_app_with(fast_reverts(1000)).await;
+    let chat = app.chat(GROUP);
+    let reply = app.ask(&chat, &admin(), "/mute-all 1m").await;
+    assert_reply(&reply, "✅", "It reverts at");
+    // The revert falls due after 1 s and is picked up within the scheduler's 1 s tick; its
+    // DingTalk call then takes 4 s, so 2.5 s from now it is in flight.
+    app.sim.inject(api::GROUP_UPDATE, Fault::Delay { ms: 4000 });
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (status, _) = app.say(&chat, &admin(), "/mute-all").await;
+    assert_eq!(status, 200);
+    // The command's reply and the revert's group message.
+    let replies = app
+        .sim
+        .wait_for_replies(3, std::time::Duration::from_secs(15))
+        .await;
+    assert_eq!(replies.len(), 3, "{replies:#?}");
+    let values: Vec<serde_json::Value> = app
+        .sim
+        .calls(Some(api::GROUP_UPDATE))
+        .iter()
+        .map(|c| c.body["managementOptions"]["chatBannedType"].clone())
+        .collect();
+    assert_eq!(values, [1, 0, 1], "mute, the revert, then the newer mute");
+    assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 1);
+}
