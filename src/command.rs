@@ -144,6 +144,9 @@ pub struct CommandSpec {
     pub choices: &'static [Choice],
     /// Only admins may run it.
     pub admin_only: bool,
+    /// Running it may call a DingTalk group API (and so wait for a token and for DingTalk):
+    /// the worker gives such commands their own running slots.
+    pub calls_group_api: bool,
     /// One line for `/help`.
     pub summary: &'static str,
 }
@@ -158,6 +161,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: None,
         choices: &[],
         admin_only: true,
+        calls_group_api: true,
         summary: "forbid members of this group to add each other as friends or chat privately",
     },
     CommandSpec {
@@ -168,6 +172,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: None,
         choices: &[],
         admin_only: true,
+        calls_group_api: true,
         summary: "allow members of this group to add each other and chat privately again",
     },
     CommandSpec {
@@ -178,6 +183,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: None,
         choices: &[],
         admin_only: false,
+        calls_group_api: false,
         summary: "show this group's binding and the private-chat setting dingops last made",
     },
     CommandSpec {
@@ -188,6 +194,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: None,
         choices: &[],
         admin_only: true,
+        calls_group_api: true,
         summary: "link this group to its DingTalk chatid (verified with DingTalk before it is stored)",
     },
     CommandSpec {
@@ -198,6 +205,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::Mute, 1)),
         choices: &[],
         admin_only: true,
+        calls_group_api: true,
         summary: "mute the whole group: only the owner and admins can speak",
     },
     CommandSpec {
@@ -208,6 +216,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::Mute, 0)),
         choices: &[],
         admin_only: true,
+        calls_group_api: true,
         summary: "lift the whole-group mute",
     },
     CommandSpec {
@@ -218,6 +227,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::AtAll, 0)),
         choices: OWNER_EVERYONE,
         admin_only: true,
+        calls_group_api: true,
         summary: "who may @all: only the owner (群主) or everyone (所有人)",
     },
     CommandSpec {
@@ -228,6 +238,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::JoinApproval, 0)),
         choices: ON_OFF,
         admin_only: true,
+        calls_group_api: true,
         summary: "whether joining the group needs approval (开/关)",
     },
     CommandSpec {
@@ -238,6 +249,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::Searchable, 0)),
         choices: ON_OFF,
         admin_only: true,
+        calls_group_api: true,
         summary: "whether the group can be found by search (开/关)",
     },
     CommandSpec {
@@ -248,6 +260,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::History, 0)),
         choices: ON_OFF,
         admin_only: true,
+        calls_group_api: true,
         summary: "whether new members see the last 100 messages (开/关)",
     },
     CommandSpec {
@@ -258,6 +271,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: Some((GroupSwitch::Manage, 0)),
         choices: OWNER_EVERYONE,
         admin_only: true,
+        calls_group_api: true,
         summary: "who may manage the group: only the owner (群主) or everyone (所有人)",
     },
     CommandSpec {
@@ -268,6 +282,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: None,
         choices: &[],
         admin_only: false,
+        calls_group_api: true,
         summary: "this group's settings as DingTalk has them now, and pending reverts",
     },
     CommandSpec {
@@ -278,6 +293,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         switch: None,
         choices: &[],
         admin_only: false,
+        calls_group_api: false,
         summary: "this list",
     },
 ];

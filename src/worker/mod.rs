@@ -108,16 +108,7 @@ pub(crate) fn calls_group_api(job: &Pending) -> bool {
             .text
             .as_deref()
             .and_then(|t| Command::parse(t).ok())
-            .is_some_and(|c| {
-                matches!(
-                    c,
-                    Command::LockDm { .. }
-                        | Command::UnlockDm { .. }
-                        | Command::Bind { .. }
-                        | Command::Switch { .. }
-                        | Command::GroupStatus
-                )
-            })
+            .is_some_and(|c| c.spec().calls_group_api)
 }
 
 impl WorkerContext {
