@@ -237,6 +237,22 @@ pub struct Binding {
     pub bound_ms: u64,
 }
 
+/// A department of the organisation as discovery found it, with its department group if it
+/// has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Department {
+    pub dept_id: i64,
+    /// `None` for the root department (1).
+    pub parent_id: Option<i64>,
+    pub name: String,
+    /// Names from the root down, joined with " / ".
+    pub path: String,
+    /// The department group's chatid (`dept_group_chat_id`), when the department has a group.
+    pub chat_id: Option<ChatId>,
+    /// That group's openConversationId, when it was converted.
+    pub open_conversation_id: Option<String>,
+}
+
 /// The private-chat state dingops last set in a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmState {

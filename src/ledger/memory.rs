@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{AuditRow, Ledger, LedgerError};
-use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending, RevertJob};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 /// One command as the memory ledger keeps it.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ struct State {
     positions: HashMap<String, i64>,
     bindings: HashMap<String, Binding>,
     dm: HashMap<String, DmState>,
+    departments: Vec<Department>,
     /// Pending reverts; run or replaced ones are dropped.
     reverts: Vec<RevertJob>,
     next_revert: i64,
@@ -180,6 +181,23 @@ impl Ledger for MemoryLedger {
         self.state()?
             .bindings
             .insert(binding.conversation_id.clone(), binding.clone());
+        Ok(())
+    }
+
+    fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
+        let mut all: Vec<Binding> = self.state()?.bindings.values().cloned().collect();
+        all.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        Ok(all)
+    }
+
+    fn departments(&self) -> Result<Vec<Department>, LedgerError> {
+        Ok(self.state()?.departments.clone())
+    }
+
+    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError> {
+        let mut sorted = departments.to_vec();
+        sorted.sort_by_key(|d| d.dept_id);
+        self.state()?.departments = sorted;
         Ok(())
     }
 

@@ -80,6 +80,14 @@ INSERT OR IGNORE INTO health (id, probed_ms) VALUES (1, 0);",
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs(due_ms) WHERE state IN ('pending', 'running');
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_pending ON jobs(conversation_id, setting)
     WHERE state = 'pending';",
+    "CREATE TABLE IF NOT EXISTS departments (
+    dept_id              INTEGER PRIMARY KEY,
+    parent_id            INTEGER,
+    name                 TEXT NOT NULL,
+    path                 TEXT NOT NULL,
+    chat_id              TEXT,
+    open_conversation_id TEXT
+);",
 ];
 
 /// The version a database has after all steps.

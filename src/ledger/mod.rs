@@ -12,7 +12,7 @@ mod sqlite;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::domain::{Accepted, Answer, Binding, Delivery, DmState, Pending, RevertJob};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 pub use memory::MemoryLedger;
 pub use sqlite::{OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
@@ -104,6 +104,12 @@ pub trait Ledger: Send + Sync + 'static {
     fn open_count(&self) -> Result<u64, LedgerError>;
     fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError>;
     fn bind(&self, binding: &Binding) -> Result<(), LedgerError>;
+    /// Every stored binding, ordered by openConversationId.
+    fn bindings(&self) -> Result<Vec<Binding>, LedgerError>;
+    /// The departments the last discovery stored, ordered by `dept_id`.
+    fn departments(&self) -> Result<Vec<Department>, LedgerError>;
+    /// Replaces the stored departments with `departments` in one write.
+    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError>;
     fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
     fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError>;
     /// Audit rows, newest first, optionally for one group and since a time.

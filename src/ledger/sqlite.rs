@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{AuditRow, Ledger, LedgerError, PruneStep, sql};
 use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, DmState, Outcome, Pending, RevertJob,
-    SessionWebhook,
+    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
+    RevertJob, SessionWebhook,
 };
 
 /// The SQLite ledger (WAL journal).
@@ -514,6 +514,77 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT conversation_id, chat_id, bound_by, bound_ms FROM bindings ORDER BY conversation_id",
+                )
+                .map_err(sql("bindings"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Binding {
+                        conversation_id: r.get(0)?,
+                        chat_id: chat_id_from(r.get(1)?)?,
+                        bound_by: r.get(2)?,
+                        bound_ms: to_u64(r.get(3)?),
+                    })
+                })
+                .map_err(sql("bindings"))?;
+            rows.collect::<Result<_, _>>().map_err(sql("bindings"))
+        })
+    }
+
+    fn departments(&self) -> Result<Vec<Department>, LedgerError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT dept_id, parent_id, name, path, chat_id, open_conversation_id
+                     FROM departments ORDER BY dept_id",
+                )
+                .map_err(sql("departments"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Department {
+                        dept_id: r.get(0)?,
+                        parent_id: r.get(1)?,
+                        name: r.get(2)?,
+                        path: r.get(3)?,
+                        chat_id: r.get::<_, Option<String>>(4)?.map(chat_id_from).transpose()?,
+                        open_conversation_id: r.get(5)?,
+                    })
+                })
+                .map_err(sql("departments"))?;
+            rows.collect::<Result<_, _>>().map_err(sql("departments"))
+        })
+    }
+
+    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError> {
+        let departments = departments.to_vec();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM departments", [])
+                .map_err(sql("replace_departments"))?;
+            let mut stmt = conn
+                .prepare_cached(
+                    "INSERT INTO departments (dept_id, parent_id, name, path, chat_id, open_conversation_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql("replace_departments"))?;
+            for d in &departments {
+                stmt.execute(params![
+                    d.dept_id,
+                    d.parent_id,
+                    d.name,
+                    d.path,
+                    d.chat_id.as_ref().map(|c| c.as_str()),
+                    d.open_conversation_id
+                ])
+                .map_err(sql("replace_departments"))?;
+            }
+            Ok(())
+        })
+    }
+
     fn dm_state(&self, cid: &str) -> Result<Option<DmState>, LedgerError> {
         self.with(|conn| {
             conn.query_row(
@@ -899,6 +970,65 @@ mod tests {
         // a1 is the oldest open command; a0 finished before it and does not count.
         let newest = l.newest_done_by_group().unwrap();
         assert_eq!(newest, HashMap::from([("A".to_owned(), 4), ("C".to_owned(), 5)]));
+    }
+
+    fn department(dept_id: i64, parent_id: Option<i64>, chat: Option<&str>) -> Department {
+        Department {
+            dept_id,
+            parent_id,
+            name: format!("d{dept_id}"),
+            path: format!("Root / d{dept_id}"),
+            chat_id: chat.map(|c| ChatId::parse(c).unwrap()),
+            open_conversation_id: chat.map(|c| format!("cid{c}=")),
+        }
+    }
+
+    #[test]
+    fn discovered_departments_are_replaced_as_a_whole_and_read_back_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        assert!(l.departments().unwrap().is_empty());
+        l.replace_departments(&[
+            department(7, Some(1), None),
+            department(1, None, Some("chatRoot")),
+        ])
+        .unwrap();
+        let first = l.departments().unwrap();
+        assert_eq!(
+            first,
+            vec![
+                department(1, None, Some("chatRoot")),
+                department(7, Some(1), None)
+            ]
+        );
+        l.replace_departments(&[department(9, Some(1), Some("chat9"))])
+            .unwrap();
+        assert_eq!(
+            l.departments().unwrap(),
+            vec![department(9, Some(1), Some("chat9"))]
+        );
+    }
+
+    #[test]
+    fn every_binding_is_listed_in_conversation_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = SqliteLedger::open(&dir.path().join("l.db")).unwrap();
+        for (cid, chat) in [("cidB=", "chatB"), ("cidA=", "chatA")] {
+            l.bind(&Binding {
+                conversation_id: cid.into(),
+                chat_id: ChatId::parse(chat).unwrap(),
+                bound_by: "Ada (u1)".into(),
+                bound_ms: 1,
+            })
+            .unwrap();
+        }
+        let all: Vec<String> = l
+            .bindings()
+            .unwrap()
+            .into_iter()
+            .map(|b| b.conversation_id)
+            .collect();
+        assert_eq!(all, ["cidA=", "cidB="]);
     }
 
     fn revert(setting: &str, due_ms: u64) -> RevertJob {
