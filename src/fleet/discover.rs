@@ -208,12 +208,15 @@ impl Progress for Lines {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
             *last = Some(Instant::now());
-            eprintln!("discover: {done} departments read, {pending} more to read");
+            eprintln!(
+                "discover: {done} of {} departments known so far read",
+                done + pending
+            );
         }
     }
 
     fn finish(&self, done: usize) {
-        eprintln!("discover: {done} departments read");
+        eprintln!("discover: done, {done} departments read");
     }
 }
 

@@ -82,6 +82,17 @@ async fn dingops(args: &[&str], env: Vec<(&'static str, String)>) -> Run {
     }
 }
 
+/// A row as compared: id, parent, path, chatid, openConversationId, group name, state.
+type RowView<'a> = (
+    i64,
+    Option<i64>,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a BindState,
+);
+
 fn chat(c: &str) -> ChatId {
     ChatId::parse(c).unwrap()
 }
@@ -95,15 +106,7 @@ async fn discovery_finds_groups_at_every_depth_lists_departments_without_and_cos
     let settings = settings_for(&sim, dir.path().join("ledger.db"));
     let report = discover::run(&settings, false, &NoProgress).await.unwrap();
 
-    let rows: Vec<(
-        i64,
-        Option<i64>,
-        &str,
-        Option<&str>,
-        Option<&str>,
-        Option<&str>,
-        &BindState,
-    )> = report
+    let rows: Vec<RowView> = report
         .rows
         .iter()
         .map(|r| {
@@ -253,7 +256,7 @@ async fn discover_json_is_one_document_with_a_row_per_department_and_a_summary()
     );
     // Progress goes to stderr (plain lines: it is not a terminal), never into the JSON.
     assert!(
-        run.stderr.contains("discover: 6 departments read"),
+        run.stderr.contains("discover: done, 6 departments read"),
         "{}",
         run.stderr
     );
