@@ -456,8 +456,11 @@ async fn an_invalid_chatid_from_dingtalk_is_an_error_for_its_department_not_a_pa
     assert!(ledger.bindings().unwrap().is_empty());
 }
 
+/// At DingTalk's default limit, with the client's default pace. A rate-limit answer (a
+/// loaded machine can bunch calls that were sent far enough apart) is retried, so the
+/// assertions are about the outcome: every department read successfully exactly once.
 #[tokio::test]
-async fn a_200_department_walk_at_dingtalks_default_limit_gets_no_rate_limit_rejection() {
+async fn a_200_department_tree_is_walked_completely_at_dingtalks_default_limit() {
     let sim = new_sim(SimConfig::default());
     // Root, 20 departments under it, 179 under those: 200 in all, every tenth with a group.
     for id in 2..=200_i64 {
@@ -474,15 +477,28 @@ async fn a_200_department_walk_at_dingtalks_default_limit_gets_no_rate_limit_rej
     let settings = settings_for(&sim, dir.path().join("ledger.db"));
     let started = Instant::now();
     let report = discover::run(&settings, true, &NoProgress).await.unwrap();
-    eprintln!("discovered 200 departments in {:?}", started.elapsed());
+    let rejected = sim.calls(None).iter().filter(|c| c.answer == 90018).count();
+    eprintln!(
+        "discovered 200 departments in {:?} ({rejected} rate-limit answers)",
+        started.elapsed()
+    );
     let s = report.summary();
     assert_eq!((s.departments, s.with_group, s.newly_bound), (200, 20, 20));
-    let rejected: Vec<_> = sim
-        .calls(None)
-        .into_iter()
-        .filter(|c| c.answer == 90018)
-        .collect();
-    assert!(rejected.is_empty(), "{rejected:#?}");
-    assert_eq!(sim.calls(Some(api::DEPARTMENT_GET)).len(), 200);
-    assert_eq!(sim.calls(Some(api::DEPARTMENT_LISTSUBID)).len(), 200);
+    for (api, n) in [
+        (api::DEPARTMENT_GET, 200),
+        (api::DEPARTMENT_LISTSUBID, 200),
+        (api::CONVERT, 20),
+        (api::CHAT_GET, 20),
+    ] {
+        let ok = sim.calls(Some(api)).into_iter().filter(|c| c.answer == 0);
+        let ok: Vec<Value> = ok.map(|c| c.body).collect();
+        assert_eq!(ok.len(), n, "{api}");
+        if n == 200 {
+            let ids: BTreeSet<i64> = ok.iter().map(|b| b["dept_id"].as_i64().unwrap()).collect();
+            assert_eq!(ids, (1..=200).collect(), "{api}");
+        }
+    }
+    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    assert_eq!(ledger.departments().unwrap().len(), 200);
+    assert_eq!(ledger.bindings().unwrap().len(), 20);
 }
