@@ -75,6 +75,17 @@ enum Cmd {
     },
     /// Validate the configuration and try the real credentials and bindings.
     Check,
+    /// Find every department group of the organisation and whether it is bound; with
+    /// --apply, store the department tree and bind the groups not bound yet.
+    Discover {
+        /// Store the tree and bind the unbound department groups (a group bound to another
+        /// chatid is left as it is and reported).
+        #[arg(long)]
+        apply: bool,
+        /// One JSON document (departments and summary) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the ledger's history: who ran what, where, when, with what result.
     Audit {
         /// Only this group (openConversationId).
@@ -171,6 +182,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Discover { apply, json } => {
+            dingops::telemetry::init(log_format, "error");
+            let settings = Settings::load(cli.config.as_deref())?;
+            let progress = dingops::fleet::discover::stderr_progress();
+            let report = dingops::fleet::discover::run(&settings, apply, progress.as_ref()).await?;
+            let text = if json { report.json_text() } else { report.table() };
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
         }
         Cmd::Audit {
             group,

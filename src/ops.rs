@@ -191,7 +191,8 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-fn steers_terminal(c: char) -> bool {
+/// Whether `c` could steer a terminal or reorder what it shows (see [`printable`]).
+pub fn steers_terminal(c: char) -> bool {
     c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 

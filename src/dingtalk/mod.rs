@@ -39,10 +39,12 @@ pub enum Api {
     GroupMessage,
     GroupUpdate,
     ChatGet,
+    DepartmentListSubId,
+    DepartmentGet,
 }
 
 impl Api {
-    pub const ALL: [Api; 8] = [
+    pub const ALL: [Api; 10] = [
         Api::GetToken,
         Api::AccessToken,
         Api::FriendSwitch,
@@ -51,6 +53,8 @@ impl Api {
         Api::GroupMessage,
         Api::GroupUpdate,
         Api::ChatGet,
+        Api::DepartmentListSubId,
+        Api::DepartmentGet,
     ];
 
     /// A stable name for logs and metrics.
@@ -64,6 +68,8 @@ impl Api {
             Api::GroupMessage => "robot_group_messages_send",
             Api::GroupUpdate => "im_group_update",
             Api::ChatGet => "chat_get",
+            Api::DepartmentListSubId => "department_listsubid",
+            Api::DepartmentGet => "department_get",
         }
     }
 
@@ -163,6 +169,14 @@ pub struct GroupInfo {
     /// The switches DingTalk answered, by field name (`chatBannedType`, …); a field it left
     /// out is absent.
     pub options: std::collections::BTreeMap<String, i64>,
+}
+
+/// A department as `department/get` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepartmentInfo {
+    pub name: String,
+    /// The chatid of its department group; `None` when it has none.
+    pub group: Option<ChatId>,
 }
 
 /// The fields of `chat_info` that hold the group switches.
@@ -565,6 +579,81 @@ impl DingTalk {
         .await
     }
 
+    /// One legacy POST with `{"dept_id": N}` to a department API; the checked answer.
+    async fn department_post(&self, api: Api, path: &str, dept_id: i64) -> Result<Value, ApiError> {
+        let body = &json!({ "dept_id": dept_id });
+        self.call(api, Some(TokenKind::Legacy), |tok| async move {
+            let mut url = join(&self.oapi_base, path)?;
+            if let Some(t) = &tok {
+                url.query_pairs_mut()
+                    .append_pair("access_token", t.expose_secret());
+            }
+            let resp = self.http.post(url).json(body).send().await.map_err(transport)?;
+            let (status, v) = read_body(resp).await?;
+            legacy_outcome(status, &v)?;
+            Ok(v)
+        })
+        .await
+    }
+
+    /// `topapi/v2/department/listsubid`: the ids of the direct sub-departments of `dept_id`.
+    #[tracing::instrument(skip(self))]
+    pub async fn sub_departments(&self, dept_id: i64) -> Result<Vec<i64>, ApiError> {
+        let v = self
+            .department_post(
+                Api::DepartmentListSubId,
+                "/topapi/v2/department/listsubid",
+                dept_id,
+            )
+            .await?;
+        let list = v
+            .pointer("/result/dept_id_list")
+            .and_then(Value::as_array)
+            .ok_or_else(|| ApiError::Decode("listsubid answered without result.dept_id_list".into()))?;
+        list.iter()
+            .map(|id| {
+                id.as_i64().ok_or_else(|| {
+                    ApiError::Decode(format!(
+                        "listsubid answered a dept_id that is not an integer: {id}"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// `topapi/v2/department/get`: the name of `dept_id` and the chatid of its department
+    /// group. A `dept_group_chat_id` that is not a chatid is an error, not a group.
+    #[tracing::instrument(skip(self))]
+    pub async fn department(&self, dept_id: i64) -> Result<DepartmentInfo, ApiError> {
+        let v = self
+            .department_post(Api::DepartmentGet, "/topapi/v2/department/get", dept_id)
+            .await?;
+        let result = v
+            .get("result")
+            .filter(|r| r.is_object())
+            .ok_or_else(|| ApiError::Decode("department/get answered without result".into()))?;
+        let name = result
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::Decode("department/get answered without a name".into()))?
+            .to_owned();
+        let group = match result.get("dept_group_chat_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(ChatId::parse(s).map_err(|e| {
+                // Quoted with escapes: DingTalk's text is not ours to print raw.
+                ApiError::Decode(format!("dept_group_chat_id {:?} is {e}", truncate(s, 140)))
+            })?),
+            Some(other) => {
+                return Err(ApiError::Decode(format!(
+                    "dept_group_chat_id is not a string: {}",
+                    truncate(&other.to_string(), 140)
+                )));
+            }
+        };
+        Ok(DepartmentInfo { name, group })
+    }
+
     /// `convertToOpenConversationId`: the openConversationId of the group `chatid`.
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
     pub async fn open_conversation_id(&self, chatid: &ChatId) -> Result<String, ApiError> {
@@ -613,6 +702,15 @@ impl DingTalk {
         })
         .await
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The token and its lifetime (0 when absent) from a token answer.

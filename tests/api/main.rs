@@ -8,6 +8,7 @@ mod audit_server;
 mod audit_worker;
 mod commands;
 mod dedupe;
+mod discover;
 mod faults;
 mod governance;
 mod helpers;

@@ -22,6 +22,10 @@ pub struct SimArgs {
     /// A group as openConversationId=chatid (repeatable).
     #[arg(long = "group")]
     pub groups: Vec<String>,
+    /// Start with only the root department, instead of a small demo organisation of six
+    /// departments and four department groups (for `dingops discover`).
+    #[arg(long)]
+    pub no_demo_departments: bool,
     /// Calls per second per API before it answers 90018 (0 = no limit).
     #[arg(long, default_value_t = 20)]
     pub rate_limit: u32,
@@ -40,6 +44,7 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
         app_key,
         app_secret,
         groups,
+        no_demo_departments,
         rate_limit,
         stream_listen,
         stream_repush_ms,
@@ -63,6 +68,10 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--group {g}: expected openConversationId=chatid"))?;
         sim.add_group(cid, chatid, cid);
     }
+    if !no_demo_departments {
+        sim.seed_demo_departments()
+            .context("cannot seed the demo departments")?;
+    }
     println!("DingTalk simulator on {}", sim.url());
     println!(
         "  point dingops at it: DINGOPS_OAPI_BASE={0} DINGOPS_API_BASE={0} DINGOPS_REPLY_HOSTS={1}",
@@ -74,8 +83,15 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
         sim.stream().endpoint(),
         sim.url()
     );
+    if !no_demo_departments {
+        println!(
+            "  departments: a demo organisation of {} departments with {} department groups (try `dingops discover`)",
+            sim.departments().len(),
+            crate::DEMO_GROUPS.len()
+        );
+    }
     println!(
-        "  control: GET/POST /_sim/groups, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
+        "  control: GET/POST /_sim/groups, GET/POST /_sim/departments, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
     );
     tokio::signal::ctrl_c().await?;
     sim.stop().await;

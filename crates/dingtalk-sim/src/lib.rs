@@ -38,6 +38,8 @@ pub mod api {
     pub const STREAM_OPEN: &str = "gateway_connections_open";
     pub const GROUP_UPDATE: &str = "im_group_update";
     pub const CHAT_GET: &str = "chat_get";
+    pub const DEPARTMENT_LISTSUBID: &str = "department_listsubid";
+    pub const DEPARTMENT_GET: &str = "department_get";
 }
 
 /// The six group switches `im/group/update` takes in `managementOptions` and `chat/get`
@@ -138,6 +140,36 @@ fn normal_status() -> i64 {
     1
 }
 
+/// The root department's id: the whole organisation.
+pub const ROOT_DEPT: i64 = 1;
+
+/// A department of the simulated organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimDepartment {
+    pub dept_id: i64,
+    /// `None` for the root department ([`ROOT_DEPT`]).
+    pub parent_id: Option<i64>,
+    pub name: String,
+    /// The openConversationId of its department group (a group made with
+    /// [`Simulator::add_group`]); `department/get` answers that group's chatid.
+    pub group: Option<String>,
+}
+
+/// Why a department could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DepartmentError {
+    #[error("department ids are positive, not {0}")]
+    BadId(i64),
+    #[error("the root department {ROOT_DEPT} has no parent, and every other department has one")]
+    BadParent,
+    #[error("parent department {0} does not exist")]
+    UnknownParent(i64),
+    #[error("department {0} cannot be its own ancestor")]
+    Cycle(i64),
+    #[error("no group {0}: add it with add_group first")]
+    UnknownGroup(String),
+}
+
 /// A recorded API call.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordedCall {
@@ -186,6 +218,8 @@ struct State {
     replies: Vec<RecordedReply>,
     faults: HashMap<String, VecDeque<Fault>>,
     window: HashMap<String, VecDeque<Instant>>,
+    /// In the order they were added, which is the order `listsubid` lists children in.
+    departments: Vec<SimDepartment>,
 }
 
 struct Shared {
@@ -232,7 +266,15 @@ impl Simulator {
         )?;
         let shared = Arc::new(Shared {
             config,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                departments: vec![SimDepartment {
+                    dept_id: ROOT_DEPT,
+                    parent_id: None,
+                    name: "Root".into(),
+                    group: None,
+                }],
+                ..State::default()
+            }),
             base_url: format!("http://{addr}"),
             stream,
         });
@@ -253,11 +295,18 @@ impl Simulator {
                 )
                 .route("/v1.0/im/group/update", web::post().to(group_update))
                 .route("/chat/get", web::get().to(chat_get))
+                .route(
+                    "/topapi/v2/department/listsubid",
+                    web::post().to(department_listsubid),
+                )
+                .route("/topapi/v2/department/get", web::post().to(department_get))
                 .route("/robot/sendBySession", web::post().to(send_by_session))
                 .route("/v1.0/robot/groupMessages/send", web::post().to(group_message))
                 .route("/v1.0/gateway/connections/open", web::post().to(stream_open))
                 .route("/_sim/groups", web::get().to(control_groups))
                 .route("/_sim/groups", web::post().to(control_add_group))
+                .route("/_sim/departments", web::get().to(control_departments))
+                .route("/_sim/departments", web::post().to(control_add_department))
                 .route("/_sim/sessions", web::post().to(control_open_session))
                 .route("/_sim/calls", web::get().to(control_calls))
                 .route("/_sim/replies", web::get().to(control_replies))
@@ -302,6 +351,57 @@ impl Simulator {
     /// Adds (or replaces) a group.
     pub fn add_group(&self, open_conversation_id: &str, chatid: &str, title: &str) {
         add_group(&self.shared, open_conversation_id, chatid, title);
+    }
+
+    /// Adds (or replaces) the department `dept_id` under `parent_id`, with `group` (the
+    /// openConversationId of a group made with [`Self::add_group`]) as its department
+    /// group. The organisation starts with the root department 1, named "Root" and without
+    /// a group; adding department 1 renames it or gives it a group. A replaced department
+    /// keeps its place among its siblings and its own sub-departments.
+    pub fn add_department(
+        &self,
+        dept_id: i64,
+        parent_id: Option<i64>,
+        name: &str,
+        group: Option<&str>,
+    ) -> Result<(), DepartmentError> {
+        add_department(
+            &self.shared,
+            SimDepartment {
+                dept_id,
+                parent_id,
+                name: name.to_owned(),
+                group: group.map(str::to_owned),
+            },
+        )
+    }
+
+    /// Seeds the small organisation `dingops sim` starts with, and its department groups:
+    ///
+    /// ```text
+    /// 1 Demo Corp            group "Demo Corp all hands"
+    /// ├── 2 Engineering      group "Engineering"
+    /// │   ├── 3 Backend      group "Backend team"
+    /// │   └── 4 Frontend     (no group)
+    /// └── 5 Sales            group "Sales"
+    ///     └── 6 Sales East   (no group)
+    /// ```
+    pub fn seed_demo_departments(&self) -> Result<(), DepartmentError> {
+        for (cid, chatid, title) in DEMO_GROUPS {
+            self.add_group(cid, chatid, title);
+        }
+        let [all, eng, backend, sales] = DEMO_GROUPS.map(|(cid, _, _)| Some(cid));
+        self.add_department(ROOT_DEPT, None, "Demo Corp", all)?;
+        self.add_department(2, Some(ROOT_DEPT), "Engineering", eng)?;
+        self.add_department(3, Some(2), "Backend", backend)?;
+        self.add_department(4, Some(2), "Frontend", None)?;
+        self.add_department(5, Some(ROOT_DEPT), "Sales", sales)?;
+        self.add_department(6, Some(5), "Sales East", None)
+    }
+
+    /// The departments, in the order they were added.
+    pub fn departments(&self) -> Vec<SimDepartment> {
+        self.shared.state().departments.clone()
     }
 
     /// A group's current state.
@@ -466,6 +566,55 @@ fn add_group(shared: &Shared, cid: &str, chatid: &str, title: &str) {
         owner: "owner001".to_owned(),
         status: 1,
     });
+}
+
+/// The department groups of [`Simulator::seed_demo_departments`]: openConversationId,
+/// chatid, title.
+pub const DEMO_GROUPS: [(&str, &str, &str); 4] = [
+    (
+        "cidDemoAllHands000000==",
+        "chatdemoallhands",
+        "Demo Corp all hands",
+    ),
+    ("cidDemoEngineering0000==", "chatdemoengineering", "Engineering"),
+    ("cidDemoBackend00000000==", "chatdemobackend", "Backend team"),
+    ("cidDemoSales0000000000==", "chatdemosales", "Sales"),
+];
+
+fn add_department(shared: &Shared, dept: SimDepartment) -> Result<(), DepartmentError> {
+    if dept.dept_id <= 0 {
+        return Err(DepartmentError::BadId(dept.dept_id));
+    }
+    let mut s = shared.state();
+    match dept.parent_id {
+        None if dept.dept_id == ROOT_DEPT => {}
+        Some(parent) if dept.dept_id != ROOT_DEPT => {
+            // Walk up from the parent: it must exist, and the new department must not be
+            // among its ancestors (a loop would hang a naive walk, but DingTalk has none).
+            let mut at = Some(parent);
+            while let Some(id) = at {
+                if id == dept.dept_id {
+                    return Err(DepartmentError::Cycle(id));
+                }
+                at = match s.departments.iter().find(|d| d.dept_id == id) {
+                    Some(d) => d.parent_id,
+                    None if id == parent => return Err(DepartmentError::UnknownParent(parent)),
+                    None => None,
+                };
+            }
+        }
+        _ => return Err(DepartmentError::BadParent),
+    }
+    if let Some(g) = &dept.group
+        && !s.groups.iter().any(|x| &x.open_conversation_id == g)
+    {
+        return Err(DepartmentError::UnknownGroup(g.clone()));
+    }
+    match s.departments.iter_mut().find(|d| d.dept_id == dept.dept_id) {
+        Some(old) => *old = dept,
+        None => s.departments.push(dept),
+    }
+    Ok(())
 }
 
 fn open_session(shared: &Shared, cid: &str, ttl: Duration) -> (String, u64) {
@@ -996,6 +1145,129 @@ async fn chat_get(shared: web::Data<Shared>, q: web::Query<ChatGetQuery>) -> Htt
     }
     record(&shared, api::CHAT_GET, token, json!(chatid), 0);
     HttpResponse::Ok().json(json!({"errcode": 0, "errmsg": "ok", "chat_info": info}))
+}
+
+/// Reads `{"dept_id": N}` from a department API's body; the errcode when it is missing.
+fn dept_id_of(body: &[u8]) -> Result<(Value, i64), (Value, i64, &'static str)> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => return Err((Value::Null, 43009, "post参数需要json类型")),
+    };
+    match v.get("dept_id").and_then(Value::as_i64) {
+        Some(id) => Ok((v, id)),
+        None => Err((v, 40035, "缺少参数 dept_id")),
+    }
+}
+
+/// The common start of both department APIs: the gate, the body, the legacy token and the
+/// department. `Err` is the answer to send.
+async fn department_call(
+    shared: &Shared,
+    api: &str,
+    token: Option<String>,
+    body: &[u8],
+) -> Result<(SimDepartment, Vec<i64>, Option<String>), HttpResponse> {
+    if let Gate::Respond(r) = gate(shared, api, false).await {
+        return Err(r);
+    }
+    let (v, dept_id) = match dept_id_of(body) {
+        Ok(found) => found,
+        Err((v, code, message)) => {
+            record(shared, api, token, v, code);
+            return Err(error_answer(false, code, message));
+        }
+    };
+    let s = shared.state();
+    if let Err(code) = check_token(&s.legacy_tokens, token.as_deref()) {
+        drop(s);
+        record(shared, api, token, v, code);
+        return Err(error_answer(false, code, "不合法的access_token"));
+    }
+    let Some(dept) = s.departments.iter().find(|d| d.dept_id == dept_id).cloned() else {
+        drop(s);
+        record(shared, api, token, v, 60003);
+        return Err(error_answer(false, 60003, "部门不存在"));
+    };
+    let children = s
+        .departments
+        .iter()
+        .filter(|d| d.parent_id == Some(dept_id))
+        .map(|d| d.dept_id)
+        .collect();
+    // A group removed since keeps its department, without a group.
+    let chatid = dept.group.as_ref().and_then(|cid| {
+        s.groups
+            .iter()
+            .find(|g| &g.open_conversation_id == cid)
+            .map(|g| g.chatid.clone())
+    });
+    drop(s);
+    record(shared, api, token, v, 0);
+    Ok((dept, children, chatid))
+}
+
+/// `POST /topapi/v2/department/listsubid?access_token=…` `{"dept_id": N}`: the ids of the
+/// department's direct sub-departments, or 60003 for an unknown department.
+async fn department_listsubid(
+    shared: web::Data<Shared>,
+    q: web::Query<TokenQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match department_call(&shared, api::DEPARTMENT_LISTSUBID, q.access_token.clone(), &body).await {
+        Ok((_, children, _)) => HttpResponse::Ok().json(json!({
+            "errcode": 0,
+            "errmsg": "ok",
+            "result": {"dept_id_list": children},
+            "request_id": random_hex(16),
+        })),
+        Err(answer) => answer,
+    }
+}
+
+/// `POST /topapi/v2/department/get?access_token=…` `{"dept_id": N}`: the department's
+/// name, parent and, when it has a department group, `dept_group_chat_id`; 60003 for an
+/// unknown department.
+async fn department_get(
+    shared: web::Data<Shared>,
+    q: web::Query<TokenQuery>,
+    body: web::Bytes,
+) -> HttpResponse {
+    match department_call(&shared, api::DEPARTMENT_GET, q.access_token.clone(), &body).await {
+        Ok((dept, _, chatid)) => {
+            let mut result = json!({
+                "dept_id": dept.dept_id,
+                "name": dept.name,
+                "create_dept_group": chatid.is_some(),
+                "group_contain_sub_dept": false,
+                "auto_add_user": true,
+                "order": dept.dept_id,
+            });
+            if let Some(parent) = dept.parent_id {
+                result["parent_id"] = json!(parent);
+            }
+            if let Some(chatid) = chatid {
+                result["dept_group_chat_id"] = json!(chatid);
+            }
+            HttpResponse::Ok().json(json!({
+                "errcode": 0,
+                "errmsg": "ok",
+                "result": result,
+                "request_id": random_hex(16),
+            }))
+        }
+        Err(answer) => answer,
+    }
+}
+
+async fn control_departments(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.state().departments)
+}
+
+async fn control_add_department(shared: web::Data<Shared>, d: web::Json<SimDepartment>) -> HttpResponse {
+    match add_department(&shared, d.into_inner()) {
+        Ok(()) => HttpResponse::Ok().json(json!({"ok": true})),
+        Err(e) => HttpResponse::BadRequest().json(json!({"ok": false, "error": e.to_string()})),
+    }
 }
 
 async fn control_groups(shared: web::Data<Shared>) -> HttpResponse {

@@ -1,0 +1,3 @@
+//! Governing the whole organisation rather than one group at a time.
+
+pub mod discover;
