@@ -10,7 +10,7 @@ use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
 use crate::domain::who;
-use crate::ledger::{AuditRow, SqliteLedger};
+use crate::ledger::{AuditRow, LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
@@ -49,11 +49,15 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         settings.dingtalk.app_key, settings.server.listen
     ))];
     let path = settings.ledger.database.clone();
+    let mut ledger = None;
     match tokio::task::spawn_blocking(move || SqliteLedger::open(&path)).await {
-        Ok(Ok(_)) => items.push(CheckItem::pass(format!(
-            "ledger {} opens",
-            settings.ledger.database.display()
-        ))),
+        Ok(Ok(opened)) => {
+            items.push(CheckItem::pass(format!(
+                "ledger {} opens",
+                settings.ledger.database.display()
+            )));
+            ledger = Some(LedgerHandle::new(opened));
+        }
         Ok(Err(e)) => items.push(CheckItem::fail(
             format!("ledger {} does not open: {e}", settings.ledger.database.display()),
             "check the `database` path, its directory and permissions",
@@ -66,7 +70,14 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             "list the staffIds of the admins in `admins`",
         ));
     }
-    let client = match DingTalk::new(&settings.dingtalk, Arc::new(Metrics::new())) {
+    // A running `serve` may share the app's rate budget through the ledger: check's calls
+    // draw on it too. Without a ledger they are paced here alone.
+    let metrics = Arc::new(Metrics::new());
+    let client = match ledger {
+        Some(ledger) => DingTalk::with_budget(&settings.dingtalk, metrics, ledger),
+        None => DingTalk::new(&settings.dingtalk, metrics),
+    };
+    let client = match client {
         Ok(c) => c,
         Err(e) => {
             items.push(CheckItem::fail(

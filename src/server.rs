@@ -117,7 +117,12 @@ impl Application {
             .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
         let ledger = LedgerHandle::new(ledger);
         let metrics = Arc::new(Metrics::new());
-        let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone())?);
+        // One DingTalk rate budget for every process on this ledger (CLI tools included).
+        let dingtalk = Arc::new(DingTalk::with_budget(
+            &settings.dingtalk,
+            metrics.clone(),
+            ledger.clone(),
+        )?);
         let ctx = Arc::new(WorkerContext::new(
             &settings.worker,
             ledger.clone(),

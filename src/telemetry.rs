@@ -157,6 +157,12 @@ pub struct Metrics {
     /// `dingops_ledger_writes_retrying`: commands waiting for a ledger write to land; while it
     /// is above 0, `/readyz` answers 503.
     pub ledger_writes_retrying: IntGauge,
+    /// `dingops_rate_budget_fallbacks_total{api}`: calls whose reservation in the shared
+    /// rate budget failed, paced in this process alone instead.
+    pub budget_fallbacks: IntCounterVec,
+    /// `dingops_rate_budget_wait_seconds{api}`: from asking the shared rate budget for a
+    /// slot to that slot (the reservation's ledger write plus the wait).
+    pub budget_wait_seconds: HistogramVec,
     /// Stream mode (see [`StreamMetrics`]).
     pub stream: StreamMetrics,
 }
@@ -242,6 +248,12 @@ const SLOW_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// A free slot costs one ledger write (well under a millisecond to a few); a busy budget
+/// makes calls wait up to seconds.
+const BUDGET_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -293,7 +305,26 @@ impl Metrics {
             )
             .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
         );
+        let budget_wait_seconds = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "dingops_rate_budget_wait_seconds",
+                    "Time from asking the shared DingTalk rate budget for a send slot to that slot.",
+                )
+                .buckets(BUDGET_BUCKETS.to_vec()),
+                &["api"],
+            )
+            .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+        );
         Self {
+            budget_fallbacks: counter(
+                &registry,
+                "dingops_rate_budget_fallbacks_total",
+                "DingTalk calls whose reservation in the shared rate budget failed, paced in this process alone.",
+                &["api"],
+            ),
+            budget_wait_seconds,
             callbacks: counter(
                 &registry,
                 "dingops_callbacks_total",

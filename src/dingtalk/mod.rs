@@ -23,6 +23,7 @@ use token::TokenCache;
 
 use crate::config::DingTalkSettings;
 use crate::domain::ChatId;
+use crate::ledger::LedgerHandle;
 use crate::telemetry::Metrics;
 
 /// Largest answer body read from DingTalk; anything bigger is an error.
@@ -120,14 +121,25 @@ impl ClientOptions {
     }
 }
 
+/// The window of the pacing rule.
+const WINDOW: Duration = Duration::from_millis(1050);
+
+/// How long a reservation in the shared budget may take before the call is paced in this
+/// process alone (the ledger waits as long for another process's write lock).
+const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A sliding-window limit per API: at most `calls_per_sec − 1` calls in any 1.05 s. A call
 /// under the limit goes at once (no added latency at low rates); beyond it, each call waits
 /// for the slot the oldest call in the window frees. The one-call and 50 ms margins keep
 /// network jitter from pushing DingTalk's own count (20 per second) over its limit.
+///
+/// With a shared budget ([`DingTalk::with_budget`]) the ledger decides the slots by the same
+/// rule and this limiter only remembers them, so that pacing falls back to it with this
+/// process's own recent calls counted when a reservation fails.
 struct Limiter {
     max: usize,
     window: Duration,
-    /// Send times of the last `max` calls, reserved slots in the future included.
+    /// Send times of the last `max` calls, ascending, reserved slots in the future included.
     recent: std::sync::Mutex<std::collections::VecDeque<Instant>>,
 }
 
@@ -135,27 +147,48 @@ impl Limiter {
     fn new(calls_per_sec: u32) -> Option<Self> {
         (calls_per_sec > 0).then(|| Self {
             max: calls_per_sec.saturating_sub(1).max(1) as usize,
-            window: Duration::from_millis(1050),
+            window: WINDOW,
             recent: std::sync::Mutex::default(),
         })
     }
 
+    /// Takes the next slot in this process and waits for it.
     async fn acquire(&self) {
-        let slot = {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let slot = match recent.len().checked_sub(self.max).map(|i| recent[i]) {
-                Some(oldest) => now.max(oldest + self.window),
-                None => now,
-            };
-            recent.push_back(slot);
-            if recent.len() > self.max {
-                recent.pop_front();
-            }
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        tokio::time::sleep_until(self.take(Instant::now())).await;
     }
+
+    /// Takes the next slot at `now`.
+    fn take(&self, now: Instant) -> Instant {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = match recent.len().checked_sub(self.max).map(|i| recent[i]) {
+            Some(oldest) => now.max(oldest + self.window),
+            None => now,
+        };
+        Self::remember(&mut recent, self.max, slot);
+        slot
+    }
+
+    /// Notes a slot granted elsewhere (the shared budget).
+    fn record(&self, slot: Instant) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        Self::remember(&mut recent, self.max, slot);
+    }
+
+    /// Inserts `slot` in order and keeps the latest `max`.
+    fn remember(recent: &mut std::collections::VecDeque<Instant>, max: usize, slot: Instant) {
+        let at = recent.partition_point(|t| *t <= slot);
+        recent.insert(at, slot);
+        while recent.len() > max {
+            recent.pop_front();
+        }
+    }
+}
+
+/// The `tokio` instant of a wall-clock time in ms since the epoch (now if it is past).
+fn instant_of_wall_ms(at_ms: u64) -> Instant {
+    let now = Instant::now();
+    let ahead = Duration::from_millis(at_ms.saturating_sub(crate::clock::now_ms()));
+    now.checked_add(ahead).unwrap_or(now)
 }
 
 /// A group as `chat/get` describes it.
@@ -200,6 +233,8 @@ pub struct DingTalk {
     legacy: TokenCache,
     modern: TokenCache,
     limiters: HashMap<Api, Limiter>,
+    /// The ledger whose rate budget every process on it shares; `None`: pace locally.
+    budget: Option<LedgerHandle>,
     options: ClientOptions,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -210,6 +245,7 @@ impl std::fmt::Debug for DingTalk {
             .field("oapi_base", &self.oapi_base)
             .field("api_base", &self.api_base)
             .field("app_key", &self.app_key)
+            .field("shared_budget", &self.budget.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -307,7 +343,9 @@ fn join(base: &str, path: &str) -> Result<Url, ApiError> {
 }
 
 impl DingTalk {
-    /// A client for the app in `settings`.
+    /// A client for the app in `settings` that paces its calls in this process alone: for
+    /// tools that run without a ledger. Beside other processes on a ledger, use
+    /// [`DingTalk::with_budget`].
     pub fn new(settings: &DingTalkSettings, metrics: std::sync::Arc<Metrics>) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = http_client(settings)?;
@@ -325,9 +363,26 @@ impl DingTalk {
             legacy: TokenCache::default(),
             modern: TokenCache::default(),
             limiters,
+            budget: None,
             options,
             metrics,
         })
+    }
+
+    /// A client whose per-API pacing is the rate budget kept in `ledger`, one budget for
+    /// every process and replica that shares it: each call first reserves its send slot
+    /// there (one ledger write), then waits for it. When a reservation fails, the call is
+    /// paced in this process alone (logged, counted in
+    /// `dingops_rate_budget_fallbacks_total`). `api_calls_per_sec = 0` still turns pacing
+    /// off, and then the ledger is not asked.
+    pub fn with_budget(
+        settings: &DingTalkSettings,
+        metrics: std::sync::Arc<Metrics>,
+        ledger: LedgerHandle,
+    ) -> Result<Self, ApiError> {
+        let mut client = Self::new(settings, metrics)?;
+        client.budget = Some(ledger);
+        Ok(client)
     }
 
     fn cache(&self, kind: TokenKind) -> &TokenCache {
@@ -378,9 +433,7 @@ impl DingTalk {
                 ),
                 None => None,
             };
-            if let Some(l) = self.limiters.get(&api) {
-                l.acquire().await;
-            }
+            self.pace(api, deadline).await?;
             let started = std::time::Instant::now();
             let result = op(tok.clone()).await;
             let took = started.elapsed();
@@ -427,6 +480,56 @@ impl DingTalk {
             }
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Waits for the next send slot of `api`: from the shared budget when there is one,
+    /// else (or when the reservation fails) from this process's limiter. A shared slot
+    /// beyond `deadline` fails the call with [`ApiError::Timeout`]: waiting for it would
+    /// outlast the call.
+    async fn pace(&self, api: Api, deadline: Instant) -> Result<(), ApiError> {
+        let Some(limiter) = self.limiters.get(&api) else {
+            return Ok(());
+        };
+        let Some(ledger) = &self.budget else {
+            limiter.acquire().await;
+            return Ok(());
+        };
+        let asked = Instant::now();
+        let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
+        let reservation =
+            ledger.call(move |l| l.reserve_call(api.name(), max, window_ms, crate::clock::now_ms()));
+        let give_up = deadline.min(asked + RESERVE_TIMEOUT);
+        let slot = match tokio::time::timeout_at(give_up, reservation).await {
+            Ok(Ok(at_ms)) => instant_of_wall_ms(at_ms),
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no answer in time".to_owned(),
+                };
+                tracing::warn!(api = api.name(), %error, "shared rate budget unavailable; pacing this call locally");
+                self.metrics
+                    .budget_fallbacks
+                    .with_label_values(&[api.name()])
+                    .inc();
+                limiter.acquire().await;
+                return Ok(());
+            }
+        };
+        limiter.record(slot);
+        if slot > deadline {
+            tracing::warn!(
+                api = api.name(),
+                wait_ms = slot.saturating_duration_since(asked).as_millis(),
+                "the shared rate budget's next slot is beyond this call's deadline"
+            );
+            return Err(ApiError::Timeout);
+        }
+        tokio::time::sleep_until(slot).await;
+        self.metrics
+            .budget_wait_seconds
+            .with_label_values(&[api.name()])
+            .observe(asked.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// A valid token of `kind`, from the cache or fetched once for all waiting callers; a
@@ -729,5 +832,32 @@ fn credentials_error(e: ApiError) -> ApiError {
     match e.class() {
         ErrorClass::Transient | ErrorClass::RateLimited => e,
         _ => ApiError::Credentials(e.short()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_limiter_counts_slots_the_shared_budget_granted_in_any_order() {
+        // 3 calls/s: at most 2 in any 1.05 s.
+        let limiter = Limiter::new(3).unwrap();
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // Granted by the ledger, and learnt out of order.
+        limiter.record(now + ms(500));
+        limiter.record(now - ms(1000));
+        // The window of the oldest of the last two frees a slot at -1000 + 1050.
+        assert_eq!(limiter.take(now), now + ms(50));
+        // Now 500 and 50 are the last two: the next waits for 50 + 1050.
+        assert_eq!(limiter.take(now), now + ms(1100));
+    }
+
+    #[test]
+    fn pacing_off_means_no_limiter_at_all() {
+        assert!(Limiter::new(0).is_none());
+        assert_eq!(Limiter::new(1).unwrap().max, 1);
+        assert_eq!(Limiter::new(20).unwrap().max, 19);
     }
 }

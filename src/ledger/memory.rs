@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{AuditRow, Ledger, LedgerError};
+use super::{AuditRow, Ledger, LedgerError, budget_args, budget_slot};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 /// One command as the memory ledger keeps it.
@@ -39,6 +39,9 @@ struct State {
     next_revert: i64,
     /// Audit rows of dingops' own actions.
     own: Vec<AuditRow>,
+    /// Reserved send slots per API, ascending; only those that can still share a window
+    /// with a new call are kept.
+    call_slots: HashMap<String, Vec<u64>>,
 }
 
 /// A [`Ledger`] held in memory.
@@ -303,5 +306,36 @@ impl Ledger for MemoryLedger {
 
     fn ping(&self) -> Result<(), LedgerError> {
         self.state().map(|_| ())
+    }
+
+    fn reserve_call(
+        &self,
+        api: &str,
+        max: u32,
+        window_ms: u64,
+        not_before_ms: u64,
+    ) -> Result<u64, LedgerError> {
+        budget_args(max, window_ms)?;
+        let mut s = self.state()?;
+        // Read under the lock: waiting for it is not free time.
+        let now = not_before_ms.max(crate::clock::now_ms());
+        let slots = s.call_slots.entry(api.to_owned()).or_default();
+        let horizon = now.saturating_sub(window_ms);
+        let stale = slots.partition_point(|&t| t <= horizon);
+        slots.drain(..stale);
+        let max = max as usize;
+        let max_th_latest = slots.len().checked_sub(max).map(|i| slots[i]);
+        let slot = budget_slot(now, max_th_latest, window_ms);
+        let at = slots.partition_point(|&t| t <= slot);
+        slots.insert(at, slot);
+        Ok(slot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_rate_budget_follows_the_sliding_window_rule() {
+        super::super::budget_tests::run_all(|| Box::new(super::MemoryLedger::new()));
     }
 }

@@ -88,6 +88,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_pending ON jobs(conversation_id, sett
     chat_id              TEXT,
     open_conversation_id TEXT
 );",
+    // 5: the shared DingTalk rate budget: the send slots reserved per API by every process
+    // on this ledger. Rows older than one window are deleted by the reservations themselves.
+    "CREATE TABLE IF NOT EXISTS call_slots (
+    api     TEXT NOT NULL,
+    slot_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_slots_by_api ON call_slots(api, slot_ms);",
 ];
 
 /// The version a database has after all steps.

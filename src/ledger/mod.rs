@@ -38,6 +38,9 @@ pub enum LedgerError {
     Join(String),
     #[error("ledger schema: {0}")]
     Schema(String),
+    /// The caller passed a value the operation cannot take; nothing was written.
+    #[error("ledger: {0}")]
+    Invalid(&'static str),
 }
 
 /// Maps a SQLite error of operation `op`.
@@ -137,6 +140,33 @@ pub trait Ledger: Send + Sync + 'static {
     fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError>;
     /// Proves the store answers.
     fn ping(&self) -> Result<(), LedgerError>;
+    /// Reserves the next send slot of `api` in the rate budget that every process sharing
+    /// this ledger draws on, and returns it: the wall-clock time (ms since the Unix epoch)
+    /// at which the caller may send one call. The caller sleeps until then.
+    ///
+    /// The rule is a sliding window over the recorded slots of `api`: no half-open
+    /// interval `[t, t + window_ms)` holds more than `max` of them. Let `now` be the later
+    /// of `not_before_ms` and the store's clock read once the reservation holds the
+    /// store's lock (time spent waiting for the lock must not count as free); then
+    ///
+    /// * the slots that still matter are those after `now − window_ms`; older ones may
+    ///   be deleted in the same write;
+    /// * if fewer than `max` of those exist, the slot is `now`;
+    /// * otherwise it is the later of `now` and (the `max`-th latest slot + `window_ms`).
+    ///
+    /// Read, compute and insert form one atomic step: two reservations, from this process
+    /// or any other sharing the store, never both see the state before the other's
+    /// insert (SQLite: inside one `BEGIN IMMEDIATE` write; PostgreSQL: under a row lock
+    /// per `api`). A reservation that fails records nothing. `max` and `window_ms` must
+    /// be at least 1 (else [`LedgerError::Invalid`], nothing written); every caller uses
+    /// the same values for the same `api`. [`budget_slot`] is the rule's arithmetic.
+    fn reserve_call(
+        &self,
+        api: &str,
+        max: u32,
+        window_ms: u64,
+        not_before_ms: u64,
+    ) -> Result<u64, LedgerError>;
     /// One step of pruning: deletes the commands among the next `limit` after position
     /// `after` (in acceptance order) that are finished and were received and finished before
     /// `before_ms`. Open commands are never deleted. Each step is one short write, so a large
@@ -145,6 +175,30 @@ pub trait Ledger: Send + Sync + 'static {
         let _ = (before_ms, after, limit);
         Ok(PruneStep::default())
     }
+}
+
+/// The slot [`Ledger::reserve_call`] grants at `now`, given the `max`-th latest of the
+/// slots after `now − window_ms` (`None` when there are fewer than `max` of them).
+pub fn budget_slot(now: u64, max_th_latest: Option<u64>, window_ms: u64) -> u64 {
+    match max_th_latest {
+        Some(s) => now.max(s.saturating_add(window_ms)),
+        None => now,
+    }
+}
+
+/// Checks the arguments of [`Ledger::reserve_call`].
+fn budget_args(max: u32, window_ms: u64) -> Result<(), LedgerError> {
+    if max == 0 {
+        return Err(LedgerError::Invalid(
+            "a rate budget needs at least one call per window",
+        ));
+    }
+    if window_ms == 0 {
+        return Err(LedgerError::Invalid(
+            "a rate budget needs a window of at least 1 ms",
+        ));
+    }
+    Ok(())
 }
 
 /// What one [`Ledger::prune_finished`] step did.
@@ -194,5 +248,116 @@ impl LedgerHandle {
         tokio::task::spawn_blocking(move || f(ledger.as_ref()))
             .await
             .map_err(|e| LedgerError::Join(e.to_string()))?
+    }
+}
+
+/// The rate-budget rule, checked the same way against every store.
+#[cfg(test)]
+pub(crate) mod budget_tests {
+    use super::{Ledger, LedgerError};
+
+    /// A time far enough ahead that the real clock never overtakes it during a test, so
+    /// the slots depend on the times the test passes alone.
+    fn base() -> u64 {
+        crate::clock::now_ms() + 86_400_000
+    }
+
+    /// Whether no half-open `[t, t + window)` holds more than `max` of `slots`.
+    fn within_rule(slots: &[u64], max: usize, window: u64) -> bool {
+        let mut sorted = slots.to_vec();
+        sorted.sort_unstable();
+        sorted
+            .iter()
+            .enumerate()
+            .all(|(i, &t)| sorted[i..].iter().take_while(|&&s| s < t + window).count() <= max)
+    }
+
+    pub(crate) fn a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window(l: &dyn Ledger) {
+        let b = base();
+        let got: Vec<u64> = (0..7)
+            .map(|_| l.reserve_call("friendswitch", 3, 1000, b).unwrap())
+            .collect();
+        let expected: Vec<u64> = [0, 0, 0, 1000, 1000, 1000, 2000].iter().map(|d| b + d).collect();
+        assert_eq!(got, expected);
+        // Another API has a budget of its own.
+        assert_eq!(l.reserve_call("chat_get", 3, 1000, b).unwrap(), b);
+        // Once the window has passed, a call goes at once again.
+        assert_eq!(
+            l.reserve_call("friendswitch", 3, 1000, b + 5000).unwrap(),
+            b + 5000
+        );
+    }
+
+    pub(crate) fn a_call_waits_only_for_the_slot_its_windows_oldest_call_frees(l: &dyn Ledger) {
+        let b = base();
+        for t in [0, 500, 999] {
+            assert_eq!(l.reserve_call("api", 3, 1000, b + t).unwrap(), b + t);
+        }
+        assert_eq!(l.reserve_call("api", 3, 1000, b + 999).unwrap(), b + 1000);
+        // [b+1, b+1001) now holds 500, 999, 1000: full, so the next waits for 500 + 1000.
+        assert_eq!(l.reserve_call("api", 3, 1000, b + 1000).unwrap(), b + 1500);
+    }
+
+    pub(crate) fn a_past_request_time_is_replaced_by_the_clock(l: &dyn Ledger) {
+        let before = crate::clock::now_ms();
+        let slot = l.reserve_call("api", 5, 1000, 0).unwrap();
+        let after = crate::clock::now_ms();
+        assert!((before..=after).contains(&slot), "{before} <= {slot} <= {after}");
+    }
+
+    pub(crate) fn bad_arguments_are_refused_and_record_nothing(l: &dyn Ledger) {
+        let b = base();
+        for (max, window) in [(0, 1000), (2, 0)] {
+            let err = l.reserve_call("api", max, window, b).unwrap_err();
+            assert!(matches!(err, LedgerError::Invalid(_)), "{err}");
+        }
+        // Nothing was recorded: a budget of one call still has its slot free.
+        assert_eq!(l.reserve_call("api", 1, 1000, b).unwrap(), b);
+        assert_eq!(l.reserve_call("api", 1, 1000, b).unwrap(), b + 1000);
+    }
+
+    pub(crate) fn random_requests_never_break_the_window_rule(l: &dyn Ledger) {
+        let b = base();
+        let (max, window) = (19, 1050);
+        // A fixed pseudo-random walk of request times, bursts and pauses mixed.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut t = b;
+        let mut slots = Vec::new();
+        for _ in 0..400 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t += match x % 10 {
+                0 => 700 + x % 900,
+                1..=3 => x % 60,
+                _ => 0,
+            };
+            let slot = l.reserve_call("api", max, window, t).unwrap();
+            assert!(slot >= t, "a slot before its request: {slot} < {t}");
+            slots.push(slot);
+        }
+        assert!(within_rule(&slots, max as usize, window));
+        // And the rule is tight: a burst is not paced slower than it allows.
+        let burst: Vec<u64> = (0..40)
+            .map(|_| l.reserve_call("tight", max, window, b).unwrap())
+            .collect();
+        assert_eq!(burst.iter().filter(|&&s| s == b).count(), 19);
+        assert_eq!(burst.iter().filter(|&&s| s == b + window).count(), 19);
+        assert_eq!(burst.iter().filter(|&&s| s == b + 2 * window).count(), 2);
+    }
+
+    /// Runs every check above on fresh ledgers made by `open`.
+    pub(crate) fn run_all(open: impl Fn() -> Box<dyn Ledger>) {
+        a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window(open().as_ref());
+        a_call_waits_only_for_the_slot_its_windows_oldest_call_frees(open().as_ref());
+        a_past_request_time_is_replaced_by_the_clock(open().as_ref());
+        bad_arguments_are_refused_and_record_nothing(open().as_ref());
+        random_requests_never_break_the_window_rule(open().as_ref());
+    }
+
+    #[test]
+    fn the_rule_checker_itself_catches_a_crowded_window() {
+        assert!(within_rule(&[0, 10, 1000], 2, 1000));
+        assert!(!within_rule(&[0, 10, 999], 2, 1000));
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Ledger, LedgerError, PruneStep, sql};
+use super::{AuditRow, Ledger, LedgerError, PruneStep, budget_args, budget_slot, sql};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
     RevertJob, SessionWebhook,
@@ -800,6 +800,41 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn reserve_call(
+        &self,
+        api: &str,
+        max: u32,
+        window_ms: u64,
+        not_before_ms: u64,
+    ) -> Result<u64, LedgerError> {
+        budget_args(max, window_ms)?;
+        let api = api.to_owned();
+        // Runs in the writer's `BEGIN IMMEDIATE` transaction: SQLite's write lock, which
+        // every other connection to the file (other processes included) waits for, is held
+        // from before the read until after the insert is committed.
+        self.write(move |conn| {
+            // Read under the lock: waiting for it is not free time.
+            let now = not_before_ms.max(crate::clock::now_ms());
+            conn.prepare_cached("DELETE FROM call_slots WHERE api = ?1 AND slot_ms <= ?2")
+                .and_then(|mut st| st.execute(params![api, to_i64(now.saturating_sub(window_ms))]))
+                .map_err(sql("reserve call"))?;
+            let max_th_latest: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT slot_ms FROM call_slots WHERE api = ?1 ORDER BY slot_ms DESC LIMIT 1 OFFSET ?2",
+                )
+                .and_then(|mut st| {
+                    st.query_row(params![api, i64::from(max) - 1], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql("reserve call"))?;
+            let slot = budget_slot(now, max_th_latest.map(to_u64), window_ms);
+            conn.prepare_cached("INSERT INTO call_slots (api, slot_ms) VALUES (?1, ?2)")
+                .and_then(|mut st| st.execute(params![api, to_i64(slot)]))
+                .map_err(sql("reserve call"))?;
+            Ok(slot)
+        })
+    }
+
     fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError> {
         let before = to_i64(before_ms);
         let limit = to_i64(limit.max(1) as u64);
@@ -1084,6 +1119,46 @@ mod tests {
         l.finish_revert(id, "done", "ok", 9).unwrap();
         assert!(l.pending_reverts(None).unwrap().is_empty());
         assert!(!l.claim_revert(id).unwrap());
+    }
+
+    #[test]
+    fn the_rate_budget_follows_the_sliding_window_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = std::sync::atomic::AtomicUsize::new(0);
+        super::super::budget_tests::run_all(|| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::new(SqliteLedger::open(&dir.path().join(format!("l{i}.db"))).unwrap())
+        });
+    }
+
+    #[test]
+    fn reservations_from_two_connections_to_one_file_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let a = std::sync::Arc::new(SqliteLedger::open(&path).unwrap());
+        let b = std::sync::Arc::new(SqliteLedger::open(&path).unwrap());
+        // Far ahead, so the slots depend only on the reservations.
+        let base = crate::clock::now_ms() + 86_400_000;
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|_| l.reserve_call("friendswitch_update", 19, 1050, base).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        // Calls per slot, by the slot's distance from `base`.
+        let mut per_slot = std::collections::BTreeMap::<u64, usize>::new();
+        for slot in threads.into_iter().flat_map(|t| t.join().unwrap()) {
+            *per_slot.entry(slot - base).or_default() += 1;
+        }
+        // 200 reservations at once, 19 per window: exactly the slots the rule allows, as if
+        // one process had made them all.
+        let mut expected: std::collections::BTreeMap<u64, usize> = (0..10).map(|w| (w * 1050, 19)).collect();
+        expected.insert(10 * 1050, 10);
+        assert_eq!(per_slot, expected);
     }
 
     #[test]

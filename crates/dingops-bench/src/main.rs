@@ -2,6 +2,7 @@
 //! DingTalk simulator on loopback (see the README, "Performance" and "Soak").
 
 mod bench;
+mod budget;
 mod stream;
 
 use std::net::TcpListener;
@@ -92,6 +93,16 @@ enum Cmd {
         /// RUST_LOG of the dingops under test (its logs go to /dev/null).
         #[arg(long, default_value = "info")]
         rust_log: String,
+    },
+    /// The cost of the shared DingTalk rate budget: time of `count` reservations in a
+    /// SQLite ledger (one write each), median of `runs`.
+    Budget {
+        /// Reservations per run.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Runs; the median is printed.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// The benchmark's baseline server alone (`bench` runs it as a child process).
     Baseline {
@@ -189,6 +200,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Budget { count, runs } => {
+            let mut out = std::io::stdout();
+            budget::run(&budget::BudgetOptions { count, runs }, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Baseline { listen } => {
             let listener =

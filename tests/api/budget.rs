@@ -1,0 +1,284 @@
+//! One DingTalk rate budget for every process on a ledger: the send slots are reserved in
+//! the ledger, so two processes together stay within what one may send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dingops::dingtalk::DingTalk;
+use dingops::domain::ChatId;
+use dingops::ledger::{Ledger as _, LedgerHandle, SqliteLedger};
+use dingops::telemetry::Metrics;
+use dingtalk_sim::chat::{new_msg_id, text_message};
+use dingtalk_sim::{RecordedCall, Simulator, api};
+
+use crate::helpers::*;
+
+/// The most of `calls` that arrived within any `window_ms` (half-open).
+fn peak(calls: &[RecordedCall], window_ms: u64) -> usize {
+    let mut times: Vec<u64> = calls.iter().map(|c| c.at_ms).collect();
+    times.sort_unstable();
+    let mut start = 0;
+    let mut most = 0;
+    for (end, t) in times.iter().enumerate() {
+        while times[start] + window_ms <= *t {
+            start += 1;
+        }
+        most = most.max(end + 1 - start);
+    }
+    most
+}
+
+/// `n` groups `cid{prefix}NNNN==` / `chat{prefix}NNNN` added to `sim`.
+fn add_groups(sim: &Simulator, prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let pair = (format!("cid{prefix}{i:04}=="), format!("chat{prefix}{i:04}"));
+            sim.add_group(&pair.0, &pair.1, &pair.0);
+            pair
+        })
+        .collect()
+}
+
+/// Asserts that DingTalk never refused a call for its rate and that no API got more than
+/// 19 calls within any second (DingTalk allows 20).
+#[track_caller]
+fn assert_within_budget(sim: &Simulator) {
+    let all = sim.calls(None);
+    let refused = all.iter().filter(|c| c.answer == 90018).count();
+    assert_eq!(refused, 0, "{refused} calls refused with 90018");
+    let apis: std::collections::BTreeSet<&str> = all.iter().map(|c| c.api.as_str()).collect();
+    for api in apis {
+        let calls: Vec<RecordedCall> = all.iter().filter(|c| c.api == api).cloned().collect();
+        let (per_second, per_window) = (peak(&calls, 1000), peak(&calls, 1050));
+        eprintln!(
+            "{api}: {} calls, at most {per_second} in any 1 s, {per_window} in any 1.05 s",
+            calls.len()
+        );
+        assert!(per_second <= 19, "{api}: {per_second} calls within one second");
+    }
+}
+
+fn client(sim: &Simulator, ledger: Option<LedgerHandle>, metrics: Arc<Metrics>) -> Arc<DingTalk> {
+    let settings = sim_settings(sim).unwrap();
+    assert_eq!(settings.dingtalk.api_calls_per_sec, 20);
+    Arc::new(match ledger {
+        Some(l) => DingTalk::with_budget(&settings.dingtalk, metrics, l).unwrap(),
+        None => DingTalk::new(&settings.dingtalk, metrics).unwrap(),
+    })
+}
+
+/// Locks DM in every group of `groups` through `client`, eight calls at a time (as many
+/// as `serve` runs group commands at once by default); every call succeeds.
+async fn lock_all(client: Arc<DingTalk>, groups: Vec<(String, String)>) {
+    use futures_util::StreamExt as _;
+    let results: Vec<_> = futures_util::stream::iter(groups)
+        .map(|(_, chat)| {
+            let client = client.clone();
+            async move {
+                client
+                    .set_friend_switch(&ChatId::parse(&chat).unwrap(), true)
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for r in results {
+        r.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_clients_on_two_connections_to_one_ledger_file_share_one_rate_budget() {
+    let sim = new_sim(Default::default());
+    let (first, second) = (add_groups(&sim, "first", 60), add_groups(&sim, "second", 60));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    // Two ledgers opened on the same file: two connections, as two processes have.
+    let a = client(
+        &sim,
+        Some(LedgerHandle::new(SqliteLedger::open(&db).unwrap())),
+        Arc::default(),
+    );
+    let b = client(
+        &sim,
+        Some(LedgerHandle::new(SqliteLedger::open(&db).unwrap())),
+        Arc::default(),
+    );
+
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(lock_all(a, first.clone())),
+        tokio::spawn(lock_all(b, second.clone()))
+    );
+    ra.unwrap();
+    rb.unwrap();
+
+    let switches = sim.calls(Some(api::FRIEND_SWITCH));
+    assert_eq!(switches.len(), 120, "one call per group, none repeated");
+    for (cid, _) in first.iter().chain(&second) {
+        assert!(sim.group(cid).unwrap().dm_prohibited, "{cid}");
+    }
+    // Both called at once: each alone kept within its own limit, so only the shared
+    // budget kept the pair within DingTalk's.
+    assert_within_budget(&sim);
+}
+
+#[tokio::test]
+async fn calls_go_on_paced_locally_when_the_ledger_cannot_take_a_reservation() {
+    let sim = new_sim(Default::default());
+    let groups = add_groups(&sim, "local", 40);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let ledger = LedgerHandle::new(SqliteLedger::open(&db).unwrap());
+    // The ledger refuses every write once its file is gone.
+    std::fs::remove_file(&db).unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let dingtalk = client(&sim, Some(ledger), metrics.clone());
+
+    lock_all(dingtalk, groups.clone()).await;
+
+    for (cid, _) in &groups {
+        assert!(sim.group(cid).unwrap().dm_prohibited, "{cid}");
+    }
+    let fallbacks = |api: &str| metrics.budget_fallbacks.with_label_values(&[api]).get();
+    let switches = sim.calls(Some(api::FRIEND_SWITCH));
+    // One fallback per attempt (a call DingTalk refused for its rate is tried again).
+    assert_eq!(fallbacks("friendswitch_update"), switches.len() as u64);
+    assert!(switches.len() >= 40);
+    assert_eq!(fallbacks("gettoken"), 1);
+    // Paced all the same: at 19 per 1.05 s the 40th call goes 2.1 s after the first
+    // (unpaced, all 40 take a few ms; the margin is for a first call that arrived late).
+    // How exactly local pacing keeps DingTalk's count is faults.rs' burst test.
+    let span = switches.last().unwrap().at_ms - switches.first().unwrap().at_ms;
+    assert!(span >= 1500, "40 calls in {span} ms: not paced");
+}
+
+#[tokio::test]
+async fn with_pacing_off_the_shared_budget_is_not_asked() {
+    let sim = new_sim(Default::default());
+    let groups = add_groups(&sim, "free", 5);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let ledger = LedgerHandle::new(SqliteLedger::open(&db).unwrap());
+    std::fs::remove_file(&db).unwrap();
+    let mut settings = sim_settings(&sim).unwrap();
+    settings.dingtalk.api_calls_per_sec = 0;
+    let metrics = Arc::new(Metrics::new());
+    let dingtalk = Arc::new(DingTalk::with_budget(&settings.dingtalk, metrics.clone(), ledger).unwrap());
+
+    lock_all(dingtalk, groups).await;
+
+    assert_eq!(sim.calls(Some(api::FRIEND_SWITCH)).len(), 5);
+    // A reservation against the missing file would have failed and been counted.
+    let asked: u64 = ["friendswitch_update", "gettoken"]
+        .iter()
+        .map(|api| metrics.budget_fallbacks.with_label_values(&[api]).get())
+        .sum();
+    assert_eq!(asked, 0);
+}
+
+#[tokio::test]
+async fn check_beside_a_busy_serve_on_the_same_ledger_keeps_dingtalk_within_one_budget() {
+    let sim = new_sim(Default::default());
+    // serve binds and locks these groups, one command each after the other per group …
+    let served = add_groups(&sim, "served", 40);
+    // … while `dingops check` verifies these static bindings, with the same DingTalk API
+    // (convertToOpenConversationId) as /bind.
+    let checked = add_groups(&sim, "checked", 40);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let port = free_port();
+    let mut serve = spawn_binary(&sim, port, &db, &[]);
+    wait_healthy(port).await;
+
+    let mut env = sim_env(&sim);
+    let groups: Vec<String> = checked
+        .iter()
+        .map(|(cid, chat)| format!("{cid}={chat}"))
+        .collect();
+    env.extend([
+        ("DINGOPS_ADMINS", "admin01".to_owned()),
+        ("DINGOPS_GROUPS", groups.join(",")),
+        ("DINGOPS_DATABASE", db.display().to_string()),
+    ]);
+    let check = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+            .arg("check")
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
+    });
+    let sender = dingtalk_sim::chat::CallbackSender::new(
+        &format!("http://127.0.0.1:{port}"),
+        sim.config().app_secret.clone().into(),
+    );
+    for (cid, chat) in &served {
+        let room = session_chat(&sim, cid);
+        for text in [format!("/bind {chat}"), "/lock-dm".to_owned()] {
+            let body = text_message(&new_msg_id(), &room, &admin(), &text);
+            assert_eq!(sender.send(&body).await.unwrap().0, 200);
+        }
+    }
+    let replies = sim.wait_for_replies(80, Duration::from_secs(60)).await;
+    let out = check.await.unwrap();
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("All checks passed."), "{text}");
+    assert_eq!(replies.len(), 80);
+    assert!(
+        replies.iter().all(|r| r.content.starts_with('✅')),
+        "{replies:#?}"
+    );
+    for (cid, _) in &served {
+        assert!(sim.group(cid).unwrap().dm_prohibited, "{cid}");
+    }
+    let converts = sim.calls(Some(api::CONVERT));
+    assert_eq!(
+        converts.len(),
+        80,
+        "one conversion per /bind and per checked binding"
+    );
+    let times = |chats: &[(String, String)]| -> Vec<u64> {
+        converts
+            .iter()
+            .filter(|c| chats.iter().any(|(_, chat)| c.body == chat.as_str()))
+            .map(|c| c.at_ms)
+            .collect()
+    };
+    let (by_serve, by_check) = (times(&served), times(&checked));
+    assert_eq!((by_serve.len(), by_check.len()), (40, 40));
+    // The two processes called the same API side by side.
+    let (first_check, last_check) = (by_check[0], by_check[by_check.len() - 1]);
+    assert!(
+        by_serve.iter().any(|t| (first_check..=last_check).contains(t)),
+        "serve and check did not call DingTalk at the same time"
+    );
+    assert_within_budget(&sim);
+}
+
+#[tokio::test]
+async fn a_call_whose_shared_slot_lies_beyond_its_deadline_fails_without_calling_dingtalk() {
+    let sim = new_sim(Default::default());
+    let groups = add_groups(&sim, "late", 1);
+    // Another process (say, one whose clock runs ten minutes ahead) holds the next
+    // window of friendswitch calls.
+    let ledger = dingops::ledger::MemoryLedger::new();
+    let ahead = dingops::clock::now_ms() + 600_000;
+    for _ in 0..19 {
+        ledger
+            .reserve_call("friendswitch_update", 19, 1050, ahead)
+            .unwrap();
+    }
+    let dingtalk = client(&sim, Some(LedgerHandle::new(ledger)), Arc::default());
+
+    let chat = ChatId::parse(&groups[0].1).unwrap();
+    let err = dingtalk.set_friend_switch(&chat, true).await.unwrap_err();
+
+    assert_eq!(err, dingops::dingtalk::ApiError::Timeout);
+    assert!(sim.calls(Some(api::FRIEND_SWITCH)).is_empty());
+    assert!(!sim.group(&groups[0].0).unwrap().dm_prohibited);
+}
