@@ -569,8 +569,9 @@ pub async fn run(
         .map_err(|e| LedgerError::Join(e.to_string()))?
         .map_err(|source| DiscoverError::LedgerOpen { path: shown, source })?;
     let ledger = LedgerHandle::new(ledger);
-    let client =
-        DingTalk::new(&settings.dingtalk, Arc::new(Metrics::new())).map_err(DiscoverError::Client)?;
+    // Paced by the budget every process on this ledger shares, a running `serve` included.
+    let client = DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger.clone())
+        .map_err(DiscoverError::Client)?;
     let found = walk(&client, progress).await?;
     let stored = ledger.call(|l| l.bindings()).await?;
     let mut rows = classify(found, &stored, &settings.worker.groups);
