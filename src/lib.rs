@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod dingtalk;
 pub mod domain;
+pub mod fleet;
 pub mod ingress;
 pub mod ledger;
 pub mod ops;
