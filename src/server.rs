@@ -141,7 +141,11 @@ impl Application {
                     settings.worker.groups.clone(),
                     settings.fleet.dm_reapply(),
                 );
-                let reconciler = Arc::new(crate::fleet::reconcile::Reconciler::new(fleet, every, metrics.clone()));
+                let reconciler = Arc::new(crate::fleet::reconcile::Reconciler::new(
+                    fleet,
+                    every,
+                    metrics.clone(),
+                ));
                 Some(tokio::spawn(reconciler.run()))
             }
             _ => None,

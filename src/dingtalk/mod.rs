@@ -525,7 +525,11 @@ impl DingTalk {
     /// `im/group/update` with several `managementOptions` switches (field → 0 or 1) in one
     /// call, as a policy changes a group. An empty map calls nothing.
     #[tracing::instrument(skip(self, fields), fields(chatid = %chatid, fields = fields.len()))]
-    pub async fn update_group_fields(&self, chatid: &ChatId, fields: &BTreeMap<&str, u8>) -> Result<(), ApiError> {
+    pub async fn update_group_fields(
+        &self,
+        chatid: &ChatId,
+        fields: &BTreeMap<&str, u8>,
+    ) -> Result<(), ApiError> {
         if fields.is_empty() {
             return Ok(());
         }

@@ -201,11 +201,7 @@ impl ApplyReport {
 }
 
 fn unresolved_line(u: &Unresolved) -> String {
-    printable(&format!(
-        "rule {} `{}`: {}",
-        u.rule, u.selector, u.reason
-    ))
-    .into_owned()
+    printable(&format!("rule {} `{}`: {}", u.rule, u.selector, u.reason)).into_owned()
 }
 
 /// The policy with everything it needs to plan and apply: the DingTalk client, the ledger
@@ -313,7 +309,8 @@ impl Fleet {
         } else {
             None
         };
-        let fresh_after = now_ms().saturating_sub(u64::try_from(self.dm_reapply.as_millis()).unwrap_or(u64::MAX));
+        let fresh_after =
+            now_ms().saturating_sub(u64::try_from(self.dm_reapply.as_millis()).unwrap_or(u64::MAX));
         for (setting, wanted) in &target.wanted {
             let now = match setting {
                 Setting::Dm => match &dm {
@@ -353,7 +350,11 @@ impl Fleet {
     /// all its changed switches, `friendswitch/update` for the private-chat switch), and its
     /// changes recorded at once. `origin` names the run in the audit (`apply`, `reconcile`);
     /// `each` sees every group as it finishes.
-    pub async fn apply(&self, origin: &str, each: impl FnMut(&GroupApplied)) -> Result<ApplyReport, LedgerError> {
+    pub async fn apply(
+        &self,
+        origin: &str,
+        each: impl FnMut(&GroupApplied),
+    ) -> Result<ApplyReport, LedgerError> {
         let resolution = self.resolve().await?;
         Ok(self.apply_resolved(resolution, origin, each).await)
     }
@@ -443,9 +444,7 @@ impl Fleet {
             rows.push(audit_row(&cid, &chatid, change, origin, outcome.as_ref().err()));
         }
         if let Err(e) = self.record(&cid, rows, dm_state).await {
-            failures.push(format!(
-                "changed in DingTalk but not recorded in the ledger: {e}"
-            ));
+            failures.push(format!("changed in DingTalk but not recorded in the ledger: {e}"));
         }
         result.applied = applied;
         result.failures = failures;
@@ -720,7 +719,11 @@ mod tests {
                     }],
                     None,
                 ),
-                group("cidC==", vec![], Some("cannot read the group: DingTalk errcode 49000: x")),
+                group(
+                    "cidC==",
+                    vec![],
+                    Some("cannot read the group: DingTalk errcode 49000: x"),
+                ),
             ],
             unresolved: vec![Unresolved {
                 rule: 2,
@@ -731,10 +734,16 @@ mod tests {
         let table = plan_table(&plan);
         assert!(table.contains("mute_all  false    →  true"), "{table}");
         assert!(table.contains("dm        unknown  →  locked"), "{table}");
-        assert!(table.contains("error: cannot read the group: DingTalk errcode 49000"), "{table}");
+        assert!(
+            table.contains("error: cannot read the group: DingTalk errcode 49000"),
+            "{table}"
+        );
         assert!(table.contains("rule 2"), "{table}");
         assert!(!table.contains('\u{1b}'), "{table}");
-        assert!(table.ends_with("2 changes in 2 groups; 0 groups as the policy wants; 2 errors.\n"), "{table}");
+        assert!(
+            table.ends_with("2 changes in 2 groups; 0 groups as the policy wants; 2 errors.\n"),
+            "{table}"
+        );
         let json = plan_json(&plan);
         assert_eq!(json["summary"]["changes"], 2);
         assert_eq!(json["groups"][0]["changes"][0]["field"], "chatBannedType");

@@ -99,11 +99,7 @@ impl Setting {
             Setting::Dm if value == 1 => "locked",
             Setting::Dm => "open",
             Setting::Switch(s) => match switch_key(s) {
-                Some(k) if !k.boolean() => k
-                    .choices
-                    .iter()
-                    .find(|c| c.value == value)
-                    .map_or("?", |c| c.en),
+                Some(k) if !k.boolean() => k.choices.iter().find(|c| c.value == value).map_or("?", |c| c.en),
                 _ if value == 1 => "true",
                 _ => "false",
             },
@@ -187,9 +183,8 @@ impl Selector {
                 )),
             };
         }
-        let ok = !text.is_empty()
-            && text.len() <= 256
-            && text.chars().all(|c| c.is_ascii_graphic() && c != '*');
+        let ok =
+            !text.is_empty() && text.len() <= 256 && text.chars().all(|c| c.is_ascii_graphic() && c != '*');
         if ok {
             Ok(Selector::Group(text.to_owned()))
         } else {
@@ -271,10 +266,7 @@ impl Policy {
         if text.len() as u64 > MAX_POLICY_BYTES {
             return Err(read_error(format!("larger than {MAX_POLICY_BYTES} bytes")));
         }
-        Self::parse(&text).map_err(|problem| PolicyError::Invalid {
-            path: shown,
-            problem,
-        })
+        Self::parse(&text).map_err(|problem| PolicyError::Invalid { path: shown, problem })
     }
 
     /// Validates a policy's text.
@@ -351,7 +343,10 @@ impl Policy {
             settings.insert(setting, value);
         }
         let Some(groups) = groups else {
-            return Err(problem("groups", "is missing: say which groups the rule is for".into()));
+            return Err(problem(
+                "groups",
+                "is missing: say which groups the rule is for".into(),
+            ));
         };
         if settings.is_empty() {
             return Err(problem(
@@ -426,10 +421,9 @@ impl Policy {
                                 }
                                 // Departments without a group are normal below a subtree root.
                                 Ok(None) if *subtree => {}
-                                Ok(None) => miss(format!(
-                                    "department {id} ({}) has no department group",
-                                    dept.path
-                                )),
+                                Ok(None) => {
+                                    miss(format!("department {id} ({}) has no department group", dept.path))
+                                }
                                 Err(reason) => miss(reason),
                             }
                         }
@@ -457,7 +451,10 @@ impl Policy {
 
 /// A department's group: its openConversationId and chatid (the binding's, else the one
 /// discovery stored); `None` without a group.
-fn department_group(dept: &Department, bound: &BTreeMap<String, ChatId>) -> Result<Option<(String, ChatId)>, String> {
+fn department_group(
+    dept: &Department,
+    bound: &BTreeMap<String, ChatId>,
+) -> Result<Option<(String, ChatId)>, String> {
     let Some(cid) = &dept.open_conversation_id else {
         return match &dept.chat_id {
             Some(chatid) => Err(format!(
@@ -612,8 +609,14 @@ mod tests {
                 "[[rule]]\ngroups=[\"cid*\"]\ndm=\"open\"\n",
                 "rule 1, `groups`: `cid*` is not a group selector",
             ),
-            ("[[rule]]\ngroups=[\"*\"]\ndm=true\n", "rule 1, `dm`: expected \"locked\" or \"open\""),
-            ("[[rule]]\ngroups=[\"*\"]\n", "rule 1, `groups`: the rule sets nothing"),
+            (
+                "[[rule]]\ngroups=[\"*\"]\ndm=true\n",
+                "rule 1, `dm`: expected \"locked\" or \"open\"",
+            ),
+            (
+                "[[rule]]\ngroups=[\"*\"]\n",
+                "rule 1, `groups`: the rule sets nothing",
+            ),
             ("", "no [[rule]]"),
             ("rules = 1\n", "unknown key `rules`"),
             ("rule = 1\n", "[[rule]]"),
