@@ -606,3 +606,14 @@ async fn serve_with_reconcile_every_fixes_drift_and_counts_it_by_setting() {
     );
     app.stop().await;
 }
+
+#[test]
+fn the_example_policy_is_valid() {
+    let policy = dingops::fleet::policy::Policy::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/policy.example.toml"
+    )))
+    .unwrap();
+    assert_eq!(policy.rules.len(), 2);
+    assert_eq!(policy.rules[0].settings.len(), 7);
+}
