@@ -52,6 +52,8 @@ pub struct PolicyReport {
     pub pacing_floor: Duration,
     pub calls: Vec<(&'static str, usize)>,
     pub rejected: usize,
+    /// When the rejections came, in seconds from the start of the run.
+    pub rejected_at: Vec<f64>,
     pub peak_rss_kib: Option<u64>,
     pub converged: bool,
     pub exit_code: Option<i32>,
@@ -128,7 +130,14 @@ async fn run_in(n: usize, exe: &Path, dir: &Path, out: &mut dyn Write) -> anyhow
     let calls = [api::CHAT_GET, api::GROUP_UPDATE, api::FRIEND_SWITCH]
         .map(|a| (a, sim.calls(Some(a)).len()))
         .to_vec();
-    let rejected = sim.calls(None).iter().filter(|c| c.answer == 90018).count();
+    let start_ms = dingops::clock::now_ms().saturating_sub(u64::try_from(wall.as_millis()).unwrap_or(0));
+    let rejected_at: Vec<f64> = sim
+        .calls(None)
+        .iter()
+        .filter(|c| c.answer == 90018)
+        .map(|c| c.at_ms.saturating_sub(start_ms) as f64 / 1000.0)
+        .collect();
+    let rejected = rejected_at.len();
     let report = PolicyReport {
         groups: n,
         wall,
@@ -136,6 +145,7 @@ async fn run_in(n: usize, exe: &Path, dir: &Path, out: &mut dyn Write) -> anyhow
         pacing_floor: Duration::from_secs_f64(n as f64 * 1.05 / QUOTA_PER_SEC),
         calls,
         rejected,
+        rejected_at,
         peak_rss_kib,
         converged,
         exit_code: status.and_then(|s| s.code()),
@@ -169,8 +179,12 @@ fn print_report(r: &PolicyReport, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     writeln!(
         out,
-        "| rate-limit rejections (90018) | {} (each retried after ≥ 1 s) |",
-        r.rejected
+        "| rate-limit rejections (90018) | {} (each retried after ≥ 1 s){} |",
+        r.rejected,
+        match (r.rejected_at.first(), r.rejected_at.last()) {
+            (Some(first), Some(last)) => format!(", from {first:.1} s to {last:.1} s"),
+            _ => String::new(),
+        }
     )?;
     match r.peak_rss_kib {
         Some(kib) => writeln!(out, "| peak RSS of apply | {:.1} MiB |", kib as f64 / 1024.0)?,
