@@ -23,7 +23,7 @@ pub enum CommandKind {
 
 /// A group switch that DingTalk's `im/group/update` sets in `managementOptions` and
 /// `chat/get` reads back (see docs/dingtalk.md). Each is 0 or 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GroupSwitch {
     Mute,
     AtAll,

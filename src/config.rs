@@ -39,6 +39,23 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub ledger: LedgerSettings,
     pub stream: StreamSettings,
+    pub fleet: FleetSettings,
+}
+
+/// Governing many groups at once: the policy file, `plan`/`apply`, and the reconcile loop
+/// of `serve` (see docs/architecture.md).
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// `policy`: path of the TOML policy file (desired settings for sets of bound groups).
+    /// Default none: `plan`, `apply` and reconciling need one.
+    pub policy: Option<PathBuf>,
+    /// `dm_reapply_hours`: the private-chat switch cannot be read back from DingTalk, so the
+    /// policy sets it again unless dingops set it to the wanted value within this many hours.
+    /// Default 24.
+    pub dm_reapply_hours: u64,
+    /// `reconcile_every`: how often `serve` plans and applies the policy (`30m`, `1h`, …);
+    /// `off` or unset: never. Default off.
+    pub reconcile_every: Option<Duration>,
 }
 
 /// The HTTP server and its callback route.
@@ -457,6 +474,7 @@ impl Settings {
             worker: WorkerSettings::read(src)?,
             ledger: LedgerSettings::read(src)?,
             stream: StreamSettings::read(src)?,
+            fleet: FleetSettings::read(src)?,
         })
     }
 }
@@ -572,6 +590,48 @@ impl LedgerSettings {
             database: PathBuf::from(database.trim()),
             retention_days: src.integer("retention_days", 180, 1, 36_500)?,
         })
+    }
+}
+
+impl FleetSettings {
+    fn read(src: &Sources) -> Result<Self, ConfigError> {
+        let policy = src
+            .string("policy")?
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        let dm_reapply_hours = src.integer("dm_reapply_hours", 24, 1, 87_600)?;
+        let reconcile_every = match src.string("reconcile_every")?.as_deref().map(str::trim) {
+            None | Some("" | "off") => None,
+            Some(text) => {
+                let every = humantime::parse_duration(text).map_err(|_| {
+                    Sources::invalid(
+                        "reconcile_every",
+                        format!("`{text}` is not a duration such as 30m or 1h (or off)"),
+                    )
+                })?;
+                if every < Duration::from_secs(1) {
+                    return Err(Sources::invalid("reconcile_every", "must be at least 1s"));
+                }
+                Some(every)
+            }
+        };
+        if reconcile_every.is_some() && policy.is_none() {
+            return Err(Sources::invalid(
+                "reconcile_every",
+                "needs a policy file: set `policy` too",
+            ));
+        }
+        Ok(Self {
+            policy,
+            dm_reapply_hours,
+            reconcile_every,
+        })
+    }
+
+    /// `dm_reapply_hours` as a duration.
+    pub fn dm_reapply(&self) -> Duration {
+        Duration::from_secs(self.dm_reapply_hours.saturating_mul(3600))
     }
 }
 
@@ -720,7 +780,7 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
-        assert_eq!(keys.len(), 30);
+        assert_eq!(keys.len(), 33);
     }
 
     #[test]
@@ -750,6 +810,43 @@ mod tests {
         assert_eq!((s.stream.connections, s.stream.keepalive_secs), (3, 2));
         let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MODE", "websocket")])).unwrap_err();
         assert!(err.to_string().contains("`mode`"), "{err}");
+    }
+
+    #[test]
+    fn reconciling_is_off_by_default_and_needs_a_policy_and_a_duration() {
+        let s = Settings::from_sources(Some(MINIMAL), &env(&[])).unwrap();
+        assert_eq!(s.fleet.policy, None);
+        assert_eq!(s.fleet.reconcile_every, None);
+        assert_eq!(s.fleet.dm_reapply_hours, 24);
+        let s = Settings::from_sources(
+            Some("app_key=\"k\"\napp_secret=\"s\"\npolicy=\"fleet.toml\"\nreconcile_every=\"90m\"\n"),
+            &env(&[("DINGOPS_DM_REAPPLY_HOURS", "6")]),
+        )
+        .unwrap();
+        assert_eq!(s.fleet.policy, Some(PathBuf::from("fleet.toml")));
+        assert_eq!(s.fleet.reconcile_every, Some(Duration::from_secs(90 * 60)));
+        assert_eq!(s.fleet.dm_reapply_hours, 6);
+        let off = Settings::from_sources(
+            Some("app_key=\"k\"\napp_secret=\"s\"\npolicy=\"p.toml\"\nreconcile_every=\"off\"\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(off.fleet.reconcile_every, None);
+        for (vars, key) in [
+            (vec![("DINGOPS_RECONCILE_EVERY", "1h")], "`reconcile_every`"),
+            (
+                vec![("DINGOPS_POLICY", "p.toml"), ("DINGOPS_RECONCILE_EVERY", "soon")],
+                "`reconcile_every`",
+            ),
+            (
+                vec![("DINGOPS_POLICY", "p.toml"), ("DINGOPS_RECONCILE_EVERY", "10ms")],
+                "`reconcile_every`",
+            ),
+            (vec![("DINGOPS_DM_REAPPLY_HOURS", "0")], "`dm_reapply_hours`"),
+        ] {
+            let err = Settings::from_sources(Some(MINIMAL), &env(&vars)).unwrap_err();
+            assert!(err.to_string().contains(key), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -295,6 +295,30 @@ pub fn who(staff: &str, nick: Option<&str>) -> String {
     }
 }
 
+/// `text` with every character that could steer a terminal or reorder what it shows
+/// (C0/C1 controls, DEL, bidirectional overrides) written as a `\u{..}` escape. Nicks,
+/// titles and error messages come from DingTalk users; printed raw, an `ESC[2J` in a nick
+/// would clear the operator's screen and could fake the rows below it.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(steers_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if steers_terminal(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether `c` could steer a terminal or reorder what it shows (see [`printable`]).
+pub fn steers_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// One `host[:port]` entry of the `reply_hosts` allow-list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyHost {

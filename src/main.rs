@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use dingops::config::Settings;
+use dingops::fleet::plan::{Fleet, GroupApplied};
 use dingops::ingress::signature::Verifier;
 use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingops::server::{Application, RunOptions};
@@ -86,6 +87,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the policy would change: live settings of every matched group against the
+    /// policy. Exit code 0: nothing to do; 2: changes pending; 1: an error.
+    Plan {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the changes the policy asks for (re-planned from the live state; safe to run
+    /// again after an interruption). Exit code 0: every group converged; 1: some failed.
+    Apply,
     /// Show the ledger's history: who ran what, where, when, with what result.
     Audit {
         /// Only this group (openConversationId).
@@ -194,6 +205,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
+        Cmd::Plan { json } => {
+            dingops::telemetry::init(log_format, "error");
+            let settings = Settings::load(cli.config.as_deref())?;
+            let fleet = Fleet::open(&settings).await?;
+            let plan = fleet.plan().await?;
+            let text = if json {
+                format!("{}\n", dingops::fleet::plan::plan_json(&plan))
+            } else {
+                dingops::fleet::plan::plan_table(&plan)
+            };
+            write_stdout(&text)?;
+            Ok(ExitCode::from(plan.exit_code()))
+        }
+        Cmd::Apply => {
+            dingops::telemetry::init(log_format, "error");
+            let settings = Settings::load(cli.config.as_deref())?;
+            let fleet = Fleet::open(&settings).await?;
+            let resolution = fleet.resolve().await?;
+            let progress = Progress::new(resolution.targets.len());
+            let report = fleet
+                .apply_resolved(resolution, "apply", |g| progress.group(g))
+                .await;
+            progress.finish();
+            write_stdout(&report.summary())?;
+            Ok(ExitCode::from(report.exit_code()))
+        }
         Cmd::Audit {
             group,
             since,
@@ -230,6 +267,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
                 _ => Ok(ExitCode::SUCCESS),
             }
+        }
+    }
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// `apply`'s progress: a bar on a terminal (failures printed above it), a plain line per
+/// group otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(groups: usize) -> Self {
+        use std::io::IsTerminal as _;
+        if !std::io::stdout().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new(groups as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} groups, {elapsed} ({eta} left) {msg}",
+        ) {
+            bar.set_style(style);
+        }
+        Self(Some(bar))
+    }
+
+    fn group(&self, g: &GroupApplied) {
+        match &self.0 {
+            Some(bar) => {
+                if g.failed() {
+                    bar.println(g.line());
+                }
+                bar.inc(1);
+            }
+            None => {
+                let _ = write_stdout(&format!("{}\n", g.line()));
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Operators' tools behind `dingops check` and `dingops audit`.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +8,7 @@ use serde_json::json;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
+pub use crate::domain::{printable, steers_terminal};
 use crate::domain::who;
 use crate::ledger::{AuditRow, LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
@@ -48,6 +48,19 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         "configuration is valid (app_key {}, listen {})",
         settings.dingtalk.app_key, settings.server.listen
     ))];
+    if let Some(path) = &settings.fleet.policy {
+        items.push(match crate::fleet::policy::Policy::load(path) {
+            Ok(policy) => CheckItem::pass(format!(
+                "policy {} is valid ({} rules)",
+                path.display(),
+                policy.rules.len()
+            )),
+            Err(e) => CheckItem::fail(
+                e.to_string(),
+                "correct the policy file; `serve` refuses to start with it",
+            ),
+        });
+    }
     let path = settings.ledger.database.clone();
     let mut ledger = None;
     match tokio::task::spawn_blocking(move || SqliteLedger::open(&path)).await {
@@ -183,30 +196,6 @@ pub fn parse_since(text: &str) -> Result<u64, String> {
         .map(|t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64)
 }
 
-/// `text` with every character that could steer a terminal or reorder what it shows
-/// (C0/C1 controls, DEL, bidirectional overrides) written as a `\u{..}` escape. Nicks,
-/// titles and error messages come from DingTalk users; printed raw, an `ESC[2J` in a nick
-/// would clear the operator's screen and could fake the rows below it.
-pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(steers_terminal) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if steers_terminal(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// Whether `c` could steer a terminal or reorder what it shows (see [`printable`]).
-pub fn steers_terminal(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
-
 /// One audit row as one line of JSON. JSON escapes C0 controls itself; DEL, C1 controls
 /// and bidirectional overrides are escaped too (`\u009b` is still the same string to a
 /// JSON reader, but no longer a terminal command).
@@ -293,6 +282,7 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     #[test]
     fn printable_escapes_terminal_controls_and_bidi_overrides_but_keeps_other_text() {

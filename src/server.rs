@@ -58,6 +58,8 @@ pub enum StartError {
     },
     #[error("cannot build the DingTalk client: {0}")]
     Client(#[from] crate::dingtalk::ApiError),
+    #[error(transparent)]
+    Policy(#[from] crate::fleet::policy::PolicyError),
 }
 
 /// A built, not yet running, dingops server.
@@ -110,6 +112,11 @@ impl Application {
         listener: TcpListener,
         options: RunOptions,
     ) -> Result<Self, StartError> {
+        // A bad policy is refused before anything starts.
+        let policy = match &settings.fleet.policy {
+            Some(path) => Some(Arc::new(crate::fleet::policy::Policy::load(path)?)),
+            None => None,
+        };
         let lock = lock_ledger(&settings.ledger.database)?;
         let path = settings.ledger.database.clone();
         let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
@@ -126,9 +133,28 @@ impl Application {
         let ctx = Arc::new(WorkerContext::new(
             &settings.worker,
             ledger.clone(),
-            dingtalk,
+            dingtalk.clone(),
             metrics.clone(),
         ));
+        // The policy is reconciled through the same client, so within the same pacing.
+        let reconcile = match (policy, settings.fleet.reconcile_every) {
+            (Some(policy), Some(every)) => {
+                let fleet = crate::fleet::plan::Fleet::new(
+                    policy,
+                    dingtalk,
+                    ledger.clone(),
+                    settings.worker.groups.clone(),
+                    settings.fleet.dm_reapply(),
+                );
+                let reconciler = Arc::new(crate::fleet::reconcile::Reconciler::new(
+                    fleet,
+                    every,
+                    metrics.clone(),
+                ));
+                Some(tokio::spawn(reconciler.run()))
+            }
+            _ => None,
+        };
         // One scheduler runs the timed reverts, those that fell due while stopped first.
         let timer = tokio::spawn(crate::worker::timer::run(ctx.clone()));
         // The pool starts by resuming whatever a stop or crash left open in the ledger.
@@ -222,6 +248,7 @@ impl Application {
             .run();
         let stopping = Arc::new(OnceLock::new());
         let mut tasks = vec![pruner, timer];
+        tasks.extend(reconcile);
         if options.handle_signals {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
         }

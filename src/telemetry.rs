@@ -165,6 +165,11 @@ pub struct Metrics {
     pub budget_wait_seconds: HistogramVec,
     /// Stream mode (see [`StreamMetrics`]).
     pub stream: StreamMetrics,
+    /// `dingops_policy_drift_total{setting}`: settings `serve`'s reconcile found different
+    /// from the policy in a group (by the policy's setting name).
+    pub policy_drift: IntCounterVec,
+    /// `dingops_policy_runs_total{result}`: reconcile runs by result (converged, failed).
+    pub policy_runs: IntCounterVec,
 }
 
 /// The metrics of the Stream ingress.
@@ -370,6 +375,18 @@ impl Metrics {
             ledger_write_retries,
             ledger_writes_retrying,
             stream: StreamMetrics::new(&registry),
+            policy_drift: counter(
+                &registry,
+                "dingops_policy_drift_total",
+                "Settings found different from the policy by serve's reconcile, by setting.",
+                &["setting"],
+            ),
+            policy_runs: counter(
+                &registry,
+                "dingops_policy_runs_total",
+                "Reconcile runs of serve by result (converged, failed).",
+                &["result"],
+            ),
             registry,
         }
     }

@@ -7,7 +7,7 @@
 pub mod error;
 pub mod token;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
@@ -201,7 +201,7 @@ pub struct GroupInfo {
     pub status: i64,
     /// The switches DingTalk answered, by field name (`chatBannedType`, …); a field it left
     /// out is absent.
-    pub options: std::collections::BTreeMap<String, i64>,
+    pub options: BTreeMap<String, i64>,
 }
 
 /// A department as `department/get` describes it.
@@ -635,7 +635,22 @@ impl DingTalk {
     /// group `chatid`. Success is HTTP 2xx with `"success": true`.
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
     pub async fn update_group(&self, chatid: &ChatId, field: &str, value: u8) -> Result<(), ApiError> {
-        let body = &json!({"chatid": chatid.as_str(), "managementOptions": {field: value}});
+        self.update_group_fields(chatid, &BTreeMap::from([(field, value)]))
+            .await
+    }
+
+    /// `im/group/update` with several `managementOptions` switches (field → 0 or 1) in one
+    /// call, as a policy changes a group. An empty map calls nothing.
+    #[tracing::instrument(skip(self, fields), fields(chatid = %chatid, fields = fields.len()))]
+    pub async fn update_group_fields(
+        &self,
+        chatid: &ChatId,
+        fields: &BTreeMap<&str, u8>,
+    ) -> Result<(), ApiError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let body = &json!({"chatid": chatid.as_str(), "managementOptions": fields});
         self.call(Api::GroupUpdate, Some(TokenKind::Modern), |tok| async move {
             let v = self
                 .modern_post("/v1.0/im/group/update", &tok, Some(body))

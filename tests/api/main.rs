@@ -17,6 +17,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod ops;
+mod policy;
 mod replies;
 mod signature;
 mod stream;

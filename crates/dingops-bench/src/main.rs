@@ -1,8 +1,10 @@
-//! `dingops-bench`: the load benchmark and the soak test of the dingops binary, with the
-//! DingTalk simulator on loopback (see the README, "Performance" and "Soak").
+//! `dingops-bench`: the load benchmark, the soak test and the policy benchmark of the
+//! dingops binary, with the DingTalk simulator on loopback (see the README, "Performance"
+//! and "Soak").
 
 mod bench;
 mod budget;
+mod policy;
 mod stream;
 
 use std::net::TcpListener;
@@ -103,6 +105,13 @@ enum Cmd {
         /// Runs; the median is printed.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// `dingops apply` of a policy to many simulated groups: wall time against DingTalk's
+    /// per-API quota, rate-limit rejections, peak RSS of the apply process.
+    Policy {
+        /// Simulated groups, all bound, each needing four switches and the DM switch changed.
+        #[arg(long, default_value_t = 1000)]
+        groups: usize,
     },
     /// The benchmark's baseline server alone (`bench` runs it as a child process).
     Baseline {
@@ -205,6 +214,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout();
             budget::run(&budget::BudgetOptions { count, runs }, &mut out).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy { groups } => {
+            let exe = dingops_binary(cli.dingops)?;
+            let mut out = std::io::stdout();
+            let report = policy::run(groups, &exe, &mut out).await?;
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Baseline { listen } => {
             let listener =
