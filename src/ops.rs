@@ -10,7 +10,7 @@ use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
 use crate::domain::who;
-use crate::ledger::{AuditRow, SqliteLedger};
+use crate::ledger::AuditRow;
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
@@ -48,15 +48,22 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         "configuration is valid (app_key {}, listen {})",
         settings.dingtalk.app_key, settings.server.listen
     ))];
-    let path = settings.ledger.database.clone();
-    match tokio::task::spawn_blocking(move || SqliteLedger::open(&path)).await {
-        Ok(Ok(_)) => items.push(CheckItem::pass(format!(
-            "ledger {} opens",
-            settings.ledger.database.display()
+    let database = settings.ledger.database.clone();
+    match tokio::task::spawn_blocking(move || crate::ledger::open(&database).and_then(|l| l.ping())).await {
+        Ok(Ok(())) => items.push(CheckItem::pass(format!(
+            "ledger {} opens and takes a write",
+            settings.ledger.database
         ))),
         Ok(Err(e)) => items.push(CheckItem::fail(
-            format!("ledger {} does not open: {e}", settings.ledger.database.display()),
-            "check the `database` path, its directory and permissions",
+            format!("ledger {} does not open: {e}", settings.ledger.database),
+            match settings.ledger.database {
+                crate::config::Database::Sqlite(_) => {
+                    "check the `database` path, its directory and permissions"
+                }
+                crate::config::Database::Postgres(_) => {
+                    "check the `database` URL: host, port, user, password, database name and sslmode"
+                }
+            },
         )),
         Err(e) => items.push(CheckItem::fail(format!("ledger check failed: {e}"), "retry")),
     }
