@@ -19,7 +19,7 @@ mod pool;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::Row;
 
@@ -97,11 +97,15 @@ impl RuntimeThread {
     }
 }
 
-/// What the writer task commits in groups.
+/// What the writer task commits in groups, with when it was queued.
 enum Ingest {
-    Accept(Accepted, Box<dyn FnOnce(Result<bool, LedgerError>) + Send>),
+    Accept(
+        Box<Accepted>,
+        Box<dyn FnOnce(Result<bool, LedgerError>) + Send>,
+        Instant,
+    ),
     /// `/readyz`'s probe, committed by the same connection and path as callbacks.
-    Ping(i64, Box<dyn FnOnce(Result<(), LedgerError>) + Send>),
+    Ping(i64, Box<dyn FnOnce(Result<(), LedgerError>) + Send>, Instant),
 }
 
 impl PostgresLedger {
@@ -145,8 +149,8 @@ impl PostgresLedger {
     fn ingest(&self, job: Ingest) {
         if let Err(tokio::sync::mpsc::error::SendError(job)) = self.writer.send(job) {
             match job {
-                Ingest::Accept(_, done) => done(Err(LedgerError::WriterGone)),
-                Ingest::Ping(_, done) => done(Err(LedgerError::WriterGone)),
+                Ingest::Accept(_, done, _) => done(Err(LedgerError::WriterGone)),
+                Ingest::Ping(_, done, _) => done(Err(LedgerError::WriterGone)),
             }
         }
     }
@@ -188,16 +192,27 @@ async fn writer_loop(pool: Arc<Pool>, mut jobs: tokio::sync::mpsc::UnboundedRece
         let mut pings = Vec::new();
         let mut probe_ms = 0;
         for job in batch.drain(..) {
+            // A job that waited out a whole write timeout behind stuck batches is refused
+            // now: its caller (a callback) must hear "retry later" in bounded time.
             match job {
-                Ingest::Accept(cmd, done) => {
-                    accepts.push(cmd);
+                Ingest::Accept(_, done, queued) if queued.elapsed() > WRITE_TIMEOUT => {
+                    done(Err(LedgerError::Timeout("waiting for the group commit")));
+                }
+                Ingest::Ping(_, done, queued) if queued.elapsed() > WRITE_TIMEOUT => {
+                    done(Err(LedgerError::Timeout("waiting for the group commit")));
+                }
+                Ingest::Accept(cmd, done, _) => {
+                    accepts.push(*cmd);
                     accepted_done.push(done);
                 }
-                Ingest::Ping(ms, done) => {
+                Ingest::Ping(ms, done, _) => {
                     probe_ms = probe_ms.max(ms);
                     pings.push(done);
                 }
             }
+        }
+        if accepts.is_empty() && pings.is_empty() {
+            continue;
         }
         let written = tokio::time::timeout(
             WRITE_TIMEOUT,
@@ -485,7 +500,7 @@ impl Ledger for PostgresLedger {
     }
 
     fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
-        self.ingest(Ingest::Accept(cmd, done));
+        self.ingest(Ingest::Accept(Box::new(cmd), done, Instant::now()));
     }
 
     fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
@@ -922,6 +937,7 @@ impl Ledger for PostgresLedger {
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
+            Instant::now(),
         ));
         rx.recv().map_err(|_| LedgerError::WriterGone)?
     }
