@@ -216,11 +216,179 @@ pub struct WorkerSettings {
 /// Where the ledger lives.
 #[derive(Debug, Clone)]
 pub struct LedgerSettings {
-    /// `database`: SQLite file of the ledger and bindings. Default `dingops.db`.
-    pub database: PathBuf,
+    /// `database`: the SQLite file of the ledger and bindings, or a `postgres://` URL.
+    /// Default `dingops.db`.
+    pub database: Database,
     /// `retention_days`: finished commands older than this are deleted from the ledger in
     /// the background. Default 180.
     pub retention_days: u64,
+}
+
+/// The store of the ledger: `database` names a SQLite file, or a PostgreSQL server by a
+/// `postgres://` (or `postgresql://`) URL. Printing it (`Display`, `Debug`) never shows a
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(PostgresUrl),
+}
+
+impl Database {
+    /// Reads a `database` value: a PostgreSQL URL by its scheme, else a file path. The
+    /// reason of a refusal never repeats the value (it may hold a password).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("must not be empty".into());
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return PostgresUrl::parse(text).map(Self::Postgres);
+        }
+        if lower.contains("://") {
+            return Err("is a URL of an unknown kind; use a file path or a postgres:// URL".into());
+        }
+        Ok(Self::Sqlite(PathBuf::from(text)))
+    }
+
+    /// The SQLite file, when the ledger is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(path) => Some(path),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+impl From<PathBuf> for Database {
+    fn from(path: PathBuf) -> Self {
+        Self::Sqlite(path)
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(url.redacted()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&url.redacted()).finish(),
+        }
+    }
+}
+
+/// A PostgreSQL connection URL, checked when read. The password (in the user part or a
+/// `password` parameter) is kept as a secret: [`PostgresUrl::redacted`] is what may be
+/// printed.
+#[derive(Clone)]
+pub struct PostgresUrl {
+    /// The URL without `sslmode`, which [`PostgresUrl::tls`] replaces.
+    url: SecretString,
+    redacted: String,
+    tls: bool,
+}
+
+impl PartialEq for PostgresUrl {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret as _;
+        self.url.expose_secret() == other.url.expose_secret() && self.tls == other.tls
+    }
+}
+
+impl Eq for PostgresUrl {}
+
+/// URL parameters whose value may be printed; any other's is shown as `***`.
+const PRINTABLE_PARAMS: &[&str] = &["host", "port", "dbname", "user", "sslmode", "application_name"];
+
+impl PostgresUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut url = Url::parse(text.trim()).map_err(|e| format!("is not a valid URL ({e})"))?;
+        let mut tls = false;
+        let mut kept = Vec::new();
+        for (key, value) in url.query_pairs() {
+            if key == "sslmode" {
+                tls = match value.as_ref() {
+                    "disable" => false,
+                    // rustls always verifies the server's certificate and name, so `require`
+                    // is as strict as `verify-full`.
+                    "require" | "verify-full" => true,
+                    _ => {
+                        return Err(
+                            "sslmode must be disable, require or verify-full (TLS certificates are \
+                             always verified against the webpki roots)"
+                                .into(),
+                        );
+                    }
+                };
+            } else {
+                kept.push((key.into_owned(), value.into_owned()));
+            }
+        }
+        let mut shown = url.clone();
+        if kept.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(&kept);
+        }
+        let config: tokio_postgres::Config = url
+            .as_str()
+            .parse()
+            .map_err(|e| format!("is not a valid PostgreSQL URL ({e})"))?;
+        if config.get_hosts().is_empty() {
+            return Err("names no PostgreSQL host".into());
+        }
+        if config.get_user().is_none() {
+            return Err("names no PostgreSQL user".into());
+        }
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let printable: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if PRINTABLE_PARAMS.contains(&k.as_ref()) {
+                    v.into_owned()
+                } else {
+                    "***".to_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        if !printable.is_empty() {
+            shown.query_pairs_mut().clear().extend_pairs(&printable);
+        }
+        Ok(Self {
+            url: SecretString::from(url.as_str().to_owned()),
+            redacted: shown.to_string(),
+            tls,
+        })
+    }
+
+    /// The URL with its password replaced by `***`: for logs and messages.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// Whether the connection must use TLS (`sslmode=require` or `verify-full`).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The client configuration (without TLS, which the caller sets from [`Self::tls`]).
+    pub fn config(&self) -> Result<tokio_postgres::Config, String> {
+        use secrecy::ExposeSecret as _;
+        self.url
+            .expose_secret()
+            .parse()
+            .map_err(|e| format!("{}: not a valid PostgreSQL URL ({e})", self.redacted))
+    }
 }
 
 fn env_name(key: &str) -> String {
@@ -583,11 +751,9 @@ impl WorkerSettings {
 impl LedgerSettings {
     fn read(src: &Sources) -> Result<Self, ConfigError> {
         let database = src.string("database")?.unwrap_or_else(|| "dingops.db".into());
-        if database.trim().is_empty() {
-            return Err(Sources::invalid("database", "must not be empty"));
-        }
+        let database = Database::parse(&database).map_err(|reason| Sources::invalid("database", reason))?;
         Ok(Self {
-            database: PathBuf::from(database.trim()),
+            database,
             retention_days: src.integer("retention_days", 180, 1, 36_500)?,
         })
     }
@@ -689,7 +855,7 @@ mod tests {
             ReplyHosts::new(vec![ReplyHost::parse("oapi.dingtalk.com").unwrap()])
         );
         assert_eq!(s.server.signature_window_secs, 3600);
-        assert_eq!(s.ledger.database, PathBuf::from("dingops.db"));
+        assert_eq!(s.ledger.database, Database::Sqlite(PathBuf::from("dingops.db")));
         assert_eq!(s.ledger.retention_days, 180);
         assert_eq!(s.server.request_timeout_ms, 10_000);
         assert_eq!(s.server.max_connections, 10_000);
@@ -781,6 +947,67 @@ mod tests {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
         assert_eq!(keys.len(), 33);
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgresql_and_never_shows_its_password() {
+        for url in [
+            "postgres://dingops:hunter2-pw@db.internal:5433/ops",
+            "postgresql://dingops:hunter2-pw@db.internal:5433/ops?sslmode=disable",
+        ] {
+            let s = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_DATABASE", url)])).unwrap();
+            let Database::Postgres(pg) = &s.ledger.database else {
+                panic!("{url} is not read as PostgreSQL");
+            };
+            assert!(!pg.tls());
+            assert_eq!(s.ledger.database.sqlite_path(), None);
+            let config = pg.config().unwrap();
+            assert_eq!(config.get_password(), Some(&b"hunter2-pw"[..]));
+            assert_eq!(config.get_ports(), [5433]);
+            assert_eq!(config.get_dbname(), Some("ops"));
+            for shown in [
+                s.ledger.database.to_string(),
+                format!("{:?}", s.ledger.database),
+                format!("{s:?}"),
+            ] {
+                assert!(!shown.contains("hunter2-pw"), "{shown}");
+            }
+            assert!(
+                s.ledger.database.to_string().starts_with(&format!(
+                    "{}://dingops:***@db.internal:5433/ops",
+                    &url[..url.find(':').unwrap()]
+                )),
+                "{}",
+                s.ledger.database
+            );
+        }
+        let with_param = Database::parse("postgres://u@h/db?password=hunter2-pw&sslmode=require").unwrap();
+        let Database::Postgres(pg) = &with_param else {
+            panic!("not PostgreSQL");
+        };
+        assert!(pg.tls(), "sslmode=require asks for TLS");
+        assert!(!with_param.to_string().contains("hunter2-pw"), "{with_param}");
+        assert_eq!(
+            Database::parse(" ledger.db ").unwrap(),
+            Database::Sqlite(PathBuf::from("ledger.db"))
+        );
+    }
+
+    #[test]
+    fn a_bad_database_value_is_refused_without_repeating_it() {
+        for bad in [
+            "postgres://u:hunter2-pw@h/db?sslmode=prefer",
+            "postgres://u:hunter2-pw@h:notaport/db",
+            "postgres://u:hunter2-pw@h/db?bogus_option=1",
+            "postgres://:hunter2-pw@/db",
+            "mysql://u:hunter2-pw@h/db",
+            "  ",
+        ] {
+            let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_DATABASE", bad)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("`database`"), "{bad}: {text}");
+            assert!(!text.contains("hunter2-pw"), "{bad}: {text}");
+        }
     }
 
     #[test]

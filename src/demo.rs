@@ -275,7 +275,7 @@ pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bo
     let mut settings = sim_settings(&sim)?;
     settings.worker.admins = vec!["manager01".into()];
     settings.worker.trust_is_admin = false;
-    settings.ledger.database = dir.join("demo.db");
+    settings.ledger.database = dir.join("demo.db").into();
     settings.server.shutdown_grace_secs = 5;
     settings.worker.revert_minute = DEMO_REVERT_MINUTE;
     if transport == Transport::Stream {

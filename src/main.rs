@@ -9,10 +9,9 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use dingops::config::Settings;
+use dingops::config::{Database, Settings};
 use dingops::fleet::plan::{Fleet, GroupApplied};
 use dingops::ingress::signature::Verifier;
-use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingops::server::{Application, RunOptions};
 use dingops::telemetry::LogFormat;
 
@@ -138,7 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Serve => {
             dingops::telemetry::init(log_format, "info");
             let settings = Settings::load(cli.config.as_deref())?;
-            tracing::info!(listen = %settings.server.listen, database = %settings.ledger.database.display(), "starting dingops");
+            tracing::info!(listen = %settings.server.listen, database = %settings.ledger.database, "starting dingops");
             let app = Application::build(settings, RunOptions::default()).await?;
             app.run_until_stopped().await?;
             Ok(ExitCode::SUCCESS)
@@ -239,20 +238,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let database = match Settings::load(cli.config.as_deref()) {
                 Ok(s) => s.ledger.database,
-                // Reading the audit needs only the database path.
-                Err(_) => std::env::var_os("DINGOPS_DATABASE")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("dingops.db")),
+                // Reading the audit needs only the database.
+                Err(_) => match std::env::var("DINGOPS_DATABASE") {
+                    Ok(text) => Database::parse(&text)
+                        .map_err(|reason| anyhow::anyhow!("DINGOPS_DATABASE {reason}"))?,
+                    Err(_) => Database::Sqlite(PathBuf::from("dingops.db")),
+                },
             };
-            if !database.is_file() {
-                anyhow::bail!("no ledger at {}", database.display());
+            if let Some(path) = database.sqlite_path()
+                && !path.is_file()
+            {
+                anyhow::bail!("no ledger at {}", path.display());
             }
             let since = since
                 .as_deref()
                 .map(dingops::ops::parse_since)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let ledger = SqliteLedger::open(&database)?;
+            let ledger = dingops::ledger::open(&database)?;
             let rows = ledger.history(group.as_deref(), since, limit)?;
             let text = if json {
                 rows.iter()

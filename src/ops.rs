@@ -8,9 +8,9 @@ use serde_json::json;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
-pub use crate::domain::{printable, steers_terminal};
 use crate::domain::who;
-use crate::ledger::{AuditRow, LedgerHandle, SqliteLedger};
+pub use crate::domain::{printable, steers_terminal};
+use crate::ledger::{AuditRow, LedgerHandle};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
@@ -61,19 +61,30 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             ),
         });
     }
-    let path = settings.ledger.database.clone();
+    let database = settings.ledger.database.clone();
     let mut ledger = None;
-    match tokio::task::spawn_blocking(move || SqliteLedger::open(&path)).await {
+    match tokio::task::spawn_blocking(move || {
+        crate::ledger::open(&database).and_then(|l| l.ping().map(|()| l))
+    })
+    .await
+    {
         Ok(Ok(opened)) => {
             items.push(CheckItem::pass(format!(
-                "ledger {} opens",
-                settings.ledger.database.display()
+                "ledger {} opens and takes a write",
+                settings.ledger.database
             )));
-            ledger = Some(LedgerHandle::new(opened));
+            ledger = Some(LedgerHandle::shared(opened));
         }
         Ok(Err(e)) => items.push(CheckItem::fail(
-            format!("ledger {} does not open: {e}", settings.ledger.database.display()),
-            "check the `database` path, its directory and permissions",
+            format!("ledger {} does not open: {e}", settings.ledger.database),
+            match settings.ledger.database {
+                crate::config::Database::Sqlite(_) => {
+                    "check the `database` path, its directory and permissions"
+                }
+                crate::config::Database::Postgres(_) => {
+                    "check the `database` URL: host, port, user, password, database name and sslmode"
+                }
+            },
         )),
         Err(e) => items.push(CheckItem::fail(format!("ledger check failed: {e}"), "retry")),
     }

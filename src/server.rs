@@ -23,7 +23,7 @@ use crate::ingress::Pipeline;
 use crate::ingress::http::{HttpIngress, callback};
 use crate::ingress::signature::Verifier;
 use crate::ingress::stream::{StreamIngress, StreamStatus};
-use crate::ledger::{LedgerHandle, SqliteLedger};
+use crate::ledger::LedgerHandle;
 use crate::telemetry::Metrics;
 use crate::worker::{WorkerContext, WorkerPool};
 
@@ -72,8 +72,8 @@ pub struct Application {
     stopping: Arc<OnceLock<Instant>>,
     /// The signal listener and the ledger pruner; stopped with the application.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Held until the application is dropped: one `serve` per ledger.
-    _lock: std::fs::File,
+    /// Held until the application is dropped: one `serve` per SQLite ledger.
+    _lock: Option<std::fs::File>,
     /// The Stream ingress, in `stream` and `both` mode.
     stream: Option<StreamIngress>,
 }
@@ -117,12 +117,16 @@ impl Application {
             Some(path) => Some(Arc::new(crate::fleet::policy::Policy::load(path)?)),
             None => None,
         };
-        let lock = lock_ledger(&settings.ledger.database)?;
-        let path = settings.ledger.database.clone();
-        let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
+        // One `serve` per SQLite file; a PostgreSQL ledger is shared by design.
+        let lock = match settings.ledger.database.sqlite_path() {
+            Some(path) => Some(lock_ledger(path)?),
+            None => None,
+        };
+        let database = settings.ledger.database.clone();
+        let ledger = tokio::task::spawn_blocking(move || crate::ledger::open(&database))
             .await
             .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
-        let ledger = LedgerHandle::new(ledger);
+        let ledger = LedgerHandle::shared(ledger);
         let metrics = Arc::new(Metrics::new());
         // One DingTalk rate budget for every process on this ledger (CLI tools included).
         let dingtalk = Arc::new(DingTalk::with_budget(

@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
 use crate::domain::{Binding, ChatId, Department};
-use crate::ledger::{LedgerError, LedgerHandle, SqliteLedger};
+use crate::ledger::{LedgerError, LedgerHandle};
 use crate::ops::{printable, steers_terminal};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
@@ -562,13 +562,13 @@ pub async fn run(
     apply_changes: bool,
     progress: &dyn Progress,
 ) -> Result<Report, DiscoverError> {
-    let path = settings.ledger.database.clone();
-    let shown = path.display().to_string();
-    let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
+    let database = settings.ledger.database.clone();
+    let shown = database.to_string();
+    let ledger = tokio::task::spawn_blocking(move || crate::ledger::open(&database))
         .await
         .map_err(|e| LedgerError::Join(e.to_string()))?
         .map_err(|source| DiscoverError::LedgerOpen { path: shown, source })?;
-    let ledger = LedgerHandle::new(ledger);
+    let ledger = LedgerHandle::shared(ledger);
     // Paced by the budget every process on this ledger shares, a running `serve` included.
     let client = DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger.clone())
         .map_err(DiscoverError::Client)?;

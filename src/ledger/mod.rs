@@ -1,13 +1,20 @@
 //! The ledger: one table of commands keyed by `msgId` serves dedupe, audit, state and
 //! resumption; a table of bindings; one of the last DM state per group.
 //!
-//! The trait is synchronous and small so that another store (PostgreSQL) can back several
-//! replicas later; async callers go through [`LedgerHandle`], which runs calls on the
-//! blocking pool. It depends only on [`crate::domain`].
+//! The trait is synchronous and small, with two stores behind it: SQLite (the default, one
+//! process) and PostgreSQL (a server that several replicas can share). Async callers go
+//! through [`LedgerHandle`], which runs calls on the blocking pool. It depends only on
+//! [`crate::domain`] and the `database` setting.
 
+#[cfg(test)]
+mod contract;
 mod memory;
 mod migrations;
+mod postgres;
 mod sqlite;
+#[cfg(any(test, feature = "demo"))]
+#[doc(hidden)]
+pub mod test_postgres;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +22,17 @@ use std::sync::Arc;
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 pub use memory::MemoryLedger;
+pub use postgres::PostgresLedger;
 pub use sqlite::{OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
+
+/// Opens the ledger `database` names: a SQLite file, or a PostgreSQL server (connected,
+/// schema brought up to date). Blocking: call it off the async threads.
+pub fn open(database: &crate::config::Database) -> Result<Arc<dyn Ledger>, LedgerError> {
+    Ok(match database {
+        crate::config::Database::Sqlite(path) => Arc::new(SqliteLedger::open(path)?),
+        crate::config::Database::Postgres(url) => Arc::new(PostgresLedger::open(url)?),
+    })
+}
 
 /// A ledger failure. The text names the operation, never a secret.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +43,14 @@ pub enum LedgerError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("ledger {op}: {source}")]
+    Postgres {
+        op: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("ledger {0}: timed out")]
+    Timeout(&'static str),
     #[error("ledger file {0} is gone")]
     Missing(String),
     #[error("ledger commit failed: {0}")]

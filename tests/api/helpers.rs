@@ -83,7 +83,7 @@ pub fn settings_for(sim: &Simulator, db: PathBuf) -> Settings {
     // Tests that send many admin commands are not about the per-sender limit; hostile.rs
     // turns it on where it is.
     s.worker.admin_commands_per_minute = 0;
-    s.ledger.database = db;
+    s.ledger.database = db.into();
     s.dingtalk.upstream_timeout_ms = 2000;
     s.dingtalk.retry_base_ms = 20;
     s

@@ -18,6 +18,7 @@ mod lifecycle;
 mod limits;
 mod ops;
 mod policy;
+mod postgres;
 mod replies;
 mod signature;
 mod stream;

@@ -39,6 +39,9 @@ pub struct BenchOptions {
     pub drain_groups: usize,
     /// `RUST_LOG` of the dingops under test.
     pub rust_log: String,
+    /// A PostgreSQL server (`postgres://` URL) for the ledger of the load phases instead of
+    /// SQLite files; each phase gets a schema of its own there, dropped afterwards.
+    pub database: Option<String>,
 }
 
 impl Default for BenchOptions {
@@ -50,6 +53,7 @@ impl Default for BenchOptions {
             rate: 500,
             drain_groups: 1000,
             rust_log: "info".into(),
+            database: None,
         }
     }
 }
@@ -341,6 +345,23 @@ pub(crate) async fn start_dingops(
     spawn_server(command, addr).await
 }
 
+/// The ledger of one load phase: the SQLite file `file` in `dir`, or a new schema on the
+/// PostgreSQL server of `--database` (kept until the returned guard is dropped).
+fn phase_database(
+    opts: &BenchOptions,
+    dir: &Path,
+    file: &str,
+) -> (Option<dingops::ledger::test_postgres::TestSchema>, String) {
+    match &opts.database {
+        Some(server) => {
+            let schema = dingops::ledger::test_postgres::TestSchema::on(server);
+            let url = schema.url().to_owned();
+            (Some(schema), url)
+        }
+        None => (None, dir.join(file).display().to_string()),
+    }
+}
+
 /// A group chat with a fresh one-hour reply session in the simulator.
 pub(crate) fn group_chat(sim: &Simulator, cid: &str) -> Chat {
     let (url, exp) = sim.open_session(cid, Duration::from_secs(3600));
@@ -457,6 +478,16 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
         opts.duration.as_secs(),
         opts.groups
     )?;
+    match &opts.database {
+        Some(url) => writeln!(
+            out,
+            "  ledger: PostgreSQL {}",
+            dingops::config::PostgresUrl::parse(url)
+                .map(|u| u.redacted().to_owned())
+                .map_err(|e| anyhow::anyhow!("--database {e}"))?
+        )?,
+        None => writeln!(out, "  ledger: SQLite files")?,
+    }
 
     // Baseline: saturated and paced.
     {
@@ -489,12 +520,16 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     // dingops with its defaults (DingTalk pacing on): a burst is acknowledged and its
     // backlog waits in the ledger, drained at DingTalk's rate.
     {
+        let (_schema, database) = phase_database(opts, dir, "burst.db");
         let dingops = start_dingops(
             exe,
             &sim,
             &dir.join("burst.db"),
             &load_groups,
-            &[("RUST_LOG", opts.rust_log.as_str())],
+            &[
+                ("RUST_LOG", opts.rust_log.as_str()),
+                ("DINGOPS_DATABASE", database.as_str()),
+            ],
         )
         .await?;
         writeln!(out, "  dingops: a burst of signed callbacks, default pacing …")?;
@@ -515,6 +550,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     // dingops with pacing off: accepted throughput while executing every command, paced ack
     // latency, forged rejection, end-to-end latency.
     {
+        let (_schema, database) = phase_database(opts, dir, "load.db");
         let dingops = start_dingops(
             exe,
             &sim,
@@ -523,6 +559,7 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
             &[
                 ("DINGOPS_API_CALLS_PER_SEC", "0"),
                 ("RUST_LOG", opts.rust_log.as_str()),
+                ("DINGOPS_DATABASE", database.as_str()),
             ],
         )
         .await?;

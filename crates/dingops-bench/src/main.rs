@@ -48,6 +48,10 @@ enum Cmd {
         /// RUST_LOG of the dingops under test (its logs go to /dev/null).
         #[arg(long, default_value = "info")]
         rust_log: String,
+        /// A PostgreSQL server (postgres://user:password@host:port/db) for the ledger of the
+        /// load phases instead of SQLite files; each phase uses a new schema, dropped after.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
     /// Soak test: many mixed callbacks, then checks that nothing was lost or doubled.
     Soak {
@@ -148,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rate,
             drain_groups,
             rust_log,
+            database,
         } => {
             let exe = dingops_binary(cli.dingops)?;
             let opts = bench::BenchOptions {
@@ -157,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate,
                 drain_groups,
                 rust_log,
+                database,
             };
             let mut out = std::io::stdout();
             bench::run(&opts, &exe, &mut out).await?;

@@ -1,0 +1,126 @@
+//! Test support: a schema of its own on the test PostgreSQL server for each test, so that
+//! tests run in parallel on one server and leave nothing behind.
+//!
+//! The server is named by `DINGOPS_TEST_DATABASE_URL` (`.ci/postgres start` prints it).
+//! Without it, a test that needs PostgreSQL fails with a message saying how to start one: it
+//! never passes silently.
+
+use crate::config::{Database, PostgresUrl};
+
+/// The variable naming the test server.
+pub const TEST_DATABASE_URL: &str = "DINGOPS_TEST_DATABASE_URL";
+
+/// The test server's URL, or a failed test that says how to get one.
+pub fn test_database_url() -> String {
+    match std::env::var(TEST_DATABASE_URL) {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!(
+            "{TEST_DATABASE_URL} is not set: this test needs a PostgreSQL server. Start one with \
+             `eval \"$(.ci/postgres start)\"` (stop it with `.ci/postgres stop --remove`), \
+             or run `.ci/run`, which does both"
+        ),
+    }
+}
+
+/// A new, empty schema on a PostgreSQL server, dropped with everything in it on drop.
+pub struct TestSchema {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl TestSchema {
+    /// A schema on the test server.
+    pub fn new() -> Self {
+        Self::on(&test_database_url())
+    }
+
+    /// A schema on the server at `server` (a `postgres://` URL without parameters).
+    pub fn on(server: &str) -> Self {
+        use rand::RngExt as _;
+        let name = format!("t_{:016x}", rand::rng().random::<u64>());
+        run_sql(server, &format!("CREATE SCHEMA {name}"));
+        let url = format!("{server}?options=--search_path%3D{name}");
+        Self {
+            server: server.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    /// The `database` setting of a ledger in this schema.
+    pub fn database(&self) -> Database {
+        Database::Postgres(self.postgres_url())
+    }
+
+    pub fn postgres_url(&self) -> PostgresUrl {
+        PostgresUrl::parse(&self.url).unwrap_or_else(|e| panic!("the test schema's URL {e}"))
+    }
+
+    /// The URL with the password: for a child process's environment.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The first column of each row `sql` returns, as text, in this schema.
+    pub fn column(&self, sql: &str) -> Vec<Option<String>> {
+        query_column(&self.url, sql)
+    }
+}
+
+impl Default for TestSchema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestSchema {
+    fn drop(&mut self) {
+        let (server, sql) = (
+            self.server.clone(),
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+        );
+        // Best effort: a server a test stopped for good takes its schemas with it.
+        let _ = std::thread::spawn(move || {
+            let _ = try_query_column(&server, &sql);
+        })
+        .join();
+    }
+}
+
+fn run_sql(url: &str, sql: &str) {
+    query_column(url, sql);
+}
+
+fn query_column(url: &str, sql: &str) -> Vec<Option<String>> {
+    let (url, owned) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || try_query_column(&url, &owned))
+        .join()
+        .unwrap_or_else(|_| panic!("the test query thread panicked"))
+        .unwrap_or_else(|e| panic!("test query {sql:?} on the test PostgreSQL server failed: {e}"))
+}
+
+/// Runs `sql` on a connection of its own, from a runtime of its own (callable anywhere but
+/// inside a runtime's async thread; the callers above give it a thread).
+fn try_query_column(url: &str, sql: &str) -> Result<Vec<Option<String>>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let config = PostgresUrl::parse(url)?.config()?;
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let messages = client.simple_query(sql).await.map_err(|e| e.to_string())?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+                _ => None,
+            })
+            .collect())
+    })
+}
