@@ -88,6 +88,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_pending ON jobs(conversation_id, sett
     chat_id              TEXT,
     open_conversation_id TEXT
 );",
+    // Named leases of replicas sharing this ledger: a group's commands run on the holder
+    // of `group:<openConversationId>` until `until_ms` (wall-clock ms); an expired lease may
+    // be taken by another holder.
+    "CREATE TABLE IF NOT EXISTS leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.
