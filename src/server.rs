@@ -68,12 +68,27 @@ pub struct Application {
     grace: Duration,
     /// When a signal asked to stop: the grace period counts from there.
     stopping: Arc<OnceLock<Instant>>,
-    /// The signal listener and the ledger pruner; stopped with the application.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Held until the application is dropped: one `serve` per ledger.
-    _lock: std::fs::File,
+    /// The signal listener, the ledger pruner and the timer; stopped with the application
+    /// (aborted if it is dropped without being stopped).
+    tasks: Tasks,
+    /// This replica's leases, given back when it stops.
+    leases: Arc<crate::worker::Leases>,
+    /// Held until the application is dropped: one `serve` per SQLite ledger file. `None`
+    /// when the caller gave the ledger ([`Application::build_with_ledger`]).
+    _lock: Option<std::fs::File>,
     /// The Stream ingress, in `stream` and `both` mode.
     stream: Option<StreamIngress>,
+}
+
+/// Background tasks, aborted when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Options that only embedders (tests, `demo`) change.
@@ -115,7 +130,28 @@ impl Application {
         let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
             .await
             .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
-        let ledger = LedgerHandle::new(ledger);
+        Self::build_on(settings, listener, options, LedgerHandle::new(ledger), Some(lock)).await
+    }
+
+    /// Builds the application on a ledger the caller opened, which other applications (the
+    /// replicas of a test) may share; `settings.ledger.database` is not used, and no ledger
+    /// lock is taken: sharing is what the leases are for.
+    pub async fn build_with_ledger(
+        settings: Settings,
+        listener: TcpListener,
+        options: RunOptions,
+        ledger: Arc<dyn crate::ledger::Ledger>,
+    ) -> Result<Self, StartError> {
+        Self::build_on(settings, listener, options, LedgerHandle::shared(ledger), None).await
+    }
+
+    async fn build_on(
+        settings: Settings,
+        listener: TcpListener,
+        options: RunOptions,
+        ledger: LedgerHandle,
+        lock: Option<std::fs::File>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone())?);
         let ctx = Arc::new(WorkerContext::new(
@@ -124,6 +160,12 @@ impl Application {
             dingtalk,
             metrics.clone(),
         ));
+        let leases = ctx.leases().clone();
+        tracing::info!(
+            replica = leases.holder(),
+            claim_lease_secs = settings.worker.claim_lease.as_secs(),
+            "replica started"
+        );
         // One scheduler runs the timed reverts, those that fell due while stopped first.
         let timer = tokio::spawn(crate::worker::timer::run(ctx.clone()));
         // The pool starts by resuming whatever a stop or crash left open in the ledger.
@@ -220,6 +262,7 @@ impl Application {
         if options.handle_signals {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
         }
+        let tasks = Tasks(tasks);
         Ok(Self {
             port,
             server,
@@ -227,6 +270,7 @@ impl Application {
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             stopping,
             tasks,
+            leases,
             _lock: lock,
             stream,
         })
@@ -263,9 +307,9 @@ impl Application {
             "HTTP server stopped; finishing in-flight commands"
         );
         self.pool.shutdown(grace_left).await;
-        for task in &self.tasks {
-            task.abort();
-        }
+        drop(self.tasks);
+        // The other replicas take this one's groups at once rather than after the lease.
+        self.leases.release_all().await;
         tracing::info!("stopped");
         result
     }
