@@ -15,6 +15,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod ops;
+mod replicas;
 mod replies;
 mod signature;
 mod stream;
