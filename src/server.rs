@@ -23,7 +23,7 @@ use crate::ingress::Pipeline;
 use crate::ingress::http::{HttpIngress, callback};
 use crate::ingress::signature::Verifier;
 use crate::ingress::stream::{StreamIngress, StreamStatus};
-use crate::ledger::{LedgerHandle, SqliteLedger};
+use crate::ledger::{Ledger as _, LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
 use crate::worker::{WorkerContext, WorkerPool};
 
@@ -127,9 +127,15 @@ impl Application {
     ) -> Result<Self, StartError> {
         let lock = lock_ledger(&settings.ledger.database)?;
         let path = settings.ledger.database.clone();
-        let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
-            .await
-            .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
+        let ledger = tokio::task::spawn_blocking(move || {
+            let ledger = SqliteLedger::open(&path)?;
+            // The lock file makes this the only `serve` on the file: leases found in it were
+            // left by one that died (kill -9), and its groups resume now, not after the lease.
+            ledger.clear_leases()?;
+            Ok::<_, crate::ledger::LedgerError>(ledger)
+        })
+        .await
+        .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
         Self::build_on(settings, listener, options, LedgerHandle::new(ledger), Some(lock)).await
     }
 

@@ -358,6 +358,11 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
+    fn clear_leases(&self) -> Result<(), LedgerError> {
+        self.state()?.leases.clear();
+        Ok(())
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         self.state().map(|_| ())
     }
