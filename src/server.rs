@@ -23,7 +23,7 @@ use crate::ingress::Pipeline;
 use crate::ingress::http::{HttpIngress, callback};
 use crate::ingress::signature::Verifier;
 use crate::ingress::stream::{StreamIngress, StreamStatus};
-use crate::ledger::{Ledger as _, LedgerHandle, SqliteLedger};
+use crate::ledger::{LedgerHandle, SqliteLedger};
 use crate::telemetry::Metrics;
 use crate::worker::{WorkerContext, WorkerPool};
 
@@ -127,15 +127,11 @@ impl Application {
     ) -> Result<Self, StartError> {
         let lock = lock_ledger(&settings.ledger.database)?;
         let path = settings.ledger.database.clone();
-        let ledger = tokio::task::spawn_blocking(move || {
-            let ledger = SqliteLedger::open(&path)?;
-            // The lock file makes this the only `serve` on the file: leases found in it were
-            // left by one that died (kill -9), and its groups resume now, not after the lease.
-            ledger.clear_leases()?;
-            Ok::<_, crate::ledger::LedgerError>(ledger)
-        })
-        .await
-        .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
+        let ledger = tokio::task::spawn_blocking(move || SqliteLedger::open(&path))
+            .await
+            .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
+        // The lock file makes this the only `serve` on the file: it runs every group without
+        // leases (and a restart after a kill resumes at once, with no lease to wait out).
         Self::build_on(settings, listener, options, LedgerHandle::new(ledger), Some(lock)).await
     }
 
@@ -151,6 +147,9 @@ impl Application {
         Self::build_on(settings, listener, options, LedgerHandle::shared(ledger), None).await
     }
 
+    /// Builds the application on `ledger`. Without `lock` (the SQLite lock file that makes
+    /// this process the ledger's only `serve`), other replicas may share the ledger, and
+    /// groups are run under leases.
     async fn build_on(
         settings: Settings,
         listener: TcpListener,
@@ -160,15 +159,16 @@ impl Application {
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone())?);
-        let ctx = Arc::new(WorkerContext::new(
-            &settings.worker,
-            ledger.clone(),
-            dingtalk,
-            metrics.clone(),
-        ));
+        let ctx = WorkerContext::new(&settings.worker, ledger.clone(), dingtalk, metrics.clone());
+        let ctx = Arc::new(if lock.is_some() {
+            ctx
+        } else {
+            ctx.shared_with_replicas(&settings.worker)
+        });
         let leases = ctx.leases().clone();
         tracing::info!(
             replica = leases.holder(),
+            shared_ledger = leases.is_shared(),
             claim_lease_secs = settings.worker.claim_lease.as_secs(),
             "replica started"
         );

@@ -358,11 +358,6 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
-    fn clear_leases(&self) -> Result<(), LedgerError> {
-        self.state()?.leases.clear();
-        Ok(())
-    }
-
     fn ping(&self) -> Result<(), LedgerError> {
         self.state().map(|_| ())
     }

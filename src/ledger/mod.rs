@@ -180,10 +180,6 @@ pub trait Ledger: Send + Sync + 'static {
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), LedgerError> {
         self.release_leases(&[name.to_owned()], holder)
     }
-    /// Drops every lease, whoever holds it, in one write. Only for a process that knows it is
-    /// the only `serve` on the ledger (SQLite, under its lock file): any lease it finds was
-    /// left by a process that died, and waiting for it to run out would only delay resuming.
-    fn clear_leases(&self) -> Result<(), LedgerError>;
     /// Proves the store answers.
     fn ping(&self) -> Result<(), LedgerError>;
     /// One step of pruning: deletes the commands among the next `limit` after position
@@ -302,11 +298,4 @@ pub(crate) fn check_lease_contract(l: &dyn Ledger) {
     l.release_lease("a", "r1").unwrap();
     assert!(l.try_lease("a", "r2", 1000, 12_000).unwrap());
     assert!(l.try_leases(&[], "r1", 1000, 12_000).unwrap().is_empty());
-    // Cleared: every lease is free, whoever held it and however long it had to go.
-    assert!(l.try_lease("c", "r1", 60_000, 12_000).unwrap());
-    l.clear_leases().unwrap();
-    assert_eq!(
-        l.try_leases(&names(&["a", "c"]), "r3", 1000, 12_001).unwrap(),
-        names(&["a", "c"])
-    );
 }

@@ -870,14 +870,6 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn clear_leases(&self) -> Result<(), LedgerError> {
-        self.write(|conn| {
-            conn.execute("DELETE FROM leases", [])
-                .map_err(sql("clear leases"))?;
-            Ok(())
-        })
-    }
-
     fn ping(&self) -> Result<(), LedgerError> {
         // A real write through the writer, committed like a callback's: it fails when the disk
         // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks

@@ -7,6 +7,10 @@
 //!
 //! [`Leases`] is this replica's book of the groups it holds. The pool takes, renews and
 //! releases them (all from its own task); the timer borrows a group for a revert.
+//!
+//! A `serve` alone on its ledger (SQLite, under its lock file) keeps the book [`Leases::solo`]:
+//! every group is its own without a word to the ledger, so a single replica pays nothing
+//! for the fleet.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -68,6 +72,8 @@ struct Book {
 
 /// The groups this replica holds, and its name.
 pub struct Leases {
+    /// Other replicas may share the ledger; `false`: this process is alone on it.
+    shared: bool,
     holder: String,
     ttl: Duration,
     ledger: LedgerHandle,
@@ -92,14 +98,30 @@ impl Drop for Borrowed {
 }
 
 impl Leases {
-    pub fn new(ledger: LedgerHandle, holder: String, ttl: Duration) -> Self {
+    /// The leases of a replica that shares `ledger` with others.
+    pub fn shared(ledger: LedgerHandle, holder: String, ttl: Duration) -> Self {
         Self {
+            shared: true,
             holder,
             ttl: ttl.max(Duration::from_secs(1)),
             ledger,
             book: Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The book of a process alone on its ledger: every group it asks for is its own,
+    /// nothing is written, nothing is ever lost.
+    pub fn solo(ledger: LedgerHandle, holder: String, ttl: Duration) -> Self {
+        Self {
+            shared: false,
+            ..Self::shared(ledger, holder, ttl)
+        }
+    }
+
+    /// Whether other replicas may share the ledger.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     fn book(&self) -> MutexGuard<'_, Book> {
@@ -155,8 +177,25 @@ impl Leases {
             return Vec::new();
         }
         let _w = self.writes.lock().await;
-        let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
         let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
+        if !self.shared {
+            // Alone: taken at once, and as if held all along (take number 0), since no other
+            // process can have run the group's commands meanwhile.
+            let mut book = self.book();
+            for cid in &cids {
+                book.groups
+                    .entry(cid.clone())
+                    .or_insert(Entry {
+                        seq: 0,
+                        until_ms: u64::MAX,
+                        timer_users: 0,
+                        idle: false,
+                    })
+                    .idle = false;
+            }
+            return cids;
+        }
+        let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
         let taken = match self
             .ledger
             .call(move |l| l.try_leases(&names, &holder, ttl, now))
@@ -202,10 +241,13 @@ impl Leases {
         let in_use: std::collections::HashSet<String> = cids.iter().filter(|c| used(c)).cloned().collect();
         let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
         let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
-        let renewed = self
-            .ledger
-            .call(move |l| l.renew_leases(&names, &holder, ttl, now))
-            .await;
+        let renewed = if self.shared {
+            self.ledger
+                .call(move |l| l.renew_leases(&names, &holder, ttl, now))
+                .await
+        } else {
+            Ok(names)
+        };
         let mut lost = Vec::new();
         let mut release = Vec::new();
         {
@@ -214,9 +256,14 @@ impl Leases {
                 Ok(renewed) => {
                     let renewed: std::collections::HashSet<&str> =
                         renewed.iter().filter_map(|n| n.strip_prefix("group:")).collect();
+                    let until = if self.shared {
+                        now.saturating_add(ttl)
+                    } else {
+                        u64::MAX
+                    };
                     book.groups.retain(|cid, e| {
                         if renewed.contains(cid.as_str()) {
-                            e.until_ms = now.saturating_add(ttl);
+                            e.until_ms = until;
                             true
                         } else {
                             lost.push(cid.clone());
@@ -257,7 +304,7 @@ impl Leases {
                 "group leases lost: another replica may run those groups now"
             );
         }
-        if !release.is_empty() {
+        if !release.is_empty() && self.shared {
             let holder = self.holder.clone();
             if let Err(e) = self
                 .ledger
@@ -308,6 +355,9 @@ impl Leases {
     /// Whether this replica runs the reverts of groups nobody holds: it holds (or now
     /// takes) the timer lease.
     pub async fn timer_turn(&self) -> bool {
+        if !self.shared {
+            return true;
+        }
         let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
         match self
             .ledger
@@ -332,6 +382,9 @@ impl Leases {
             .drain()
             .map(|(cid, _)| group_lease(&cid))
             .collect();
+        if !self.shared {
+            return;
+        }
         names.push(TIMER_LEASE.to_owned());
         let holder = self.holder.clone();
         if let Err(e) = self.ledger.call(move |l| l.release_leases(&names, &holder)).await {
@@ -346,7 +399,7 @@ mod tests {
     use crate::ledger::{Ledger, MemoryLedger};
 
     fn leases(ledger: &Arc<MemoryLedger>, holder: &str, ttl: Duration) -> Arc<Leases> {
-        Arc::new(Leases::new(
+        Arc::new(Leases::shared(
             LedgerHandle::shared(ledger.clone()),
             holder.into(),
             ttl,
@@ -397,6 +450,29 @@ mod tests {
         // Given back in the ledger too: another replica takes it at once.
         assert!(ledger.try_lease("group:idle", "b", 1000, now_ms()).unwrap());
         assert!(!ledger.try_lease("group:busy", "b", 1000, now_ms()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_replica_alone_on_its_ledger_holds_every_group_without_writing_a_lease() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let solo = Arc::new(Leases::solo(
+            LedgerHandle::shared(ledger.clone()),
+            "solo".into(),
+            Duration::from_secs(30),
+        ));
+        assert!(!solo.is_shared());
+        assert_eq!(solo.take(vec!["g".into()]).await, ["g"]);
+        // Held as if all along: what was read before the take is current.
+        assert_eq!(solo.taken_before("g", 0), Some(true));
+        assert!(solo.valid("g") && solo.timer_turn().await);
+        assert!(solo.renew(|_| true).await.is_empty());
+        // Nothing in the ledger: another holder is granted the same name.
+        assert!(ledger.try_lease("group:g", "other", 1000, now_ms()).unwrap());
+        assert!(ledger.try_lease(TIMER_LEASE, "other", 1000, now_ms()).unwrap());
+        // Unused groups leave the book after a heartbeat, as in a shared book.
+        solo.renew(|_| false).await;
+        solo.renew(|_| false).await;
+        assert_eq!(solo.held_count(), 0);
     }
 
     #[tokio::test]

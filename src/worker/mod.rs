@@ -137,7 +137,7 @@ impl WorkerContext {
             timezone: settings.timezone.clone(),
             revert_minute: settings.revert_minute,
             setting_locks: SettingLocks::default(),
-            leases: Arc::new(Leases::new(
+            leases: Arc::new(Leases::solo(
                 ledger.clone(),
                 lease::replica_id(),
                 settings.claim_lease,
@@ -145,6 +145,17 @@ impl WorkerContext {
             #[cfg(test)]
             before_answer: None,
         }
+    }
+
+    /// Shares the ledger with other replicas: groups are run under leases in the ledger.
+    /// Without this the context is alone on its ledger (see [`Leases::solo`]).
+    pub fn shared_with_replicas(mut self, settings: &WorkerSettings) -> Self {
+        self.leases = Arc::new(Leases::shared(
+            self.ledger.clone(),
+            self.leases.holder().to_owned(),
+            settings.claim_lease,
+        ));
+        self
     }
 
     /// This replica's leases (its name among the replicas is [`Leases::holder`]).

@@ -238,7 +238,7 @@ async fn pump(
         }
         // Commands of held groups may be accepted by other replicas, which do not wake this
         // one: read the ledger often then.
-        let idle_wait = if p.ctx.leases.held_count() > 0 {
+        let idle_wait = if p.ctx.leases.is_shared() && p.ctx.leases.held_count() > 0 {
             POLL
         } else {
             Duration::from_secs(1)
