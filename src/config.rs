@@ -207,6 +207,10 @@ pub struct WorkerSettings {
     /// `timezone`: the IANA time zone replies state revert times in. Default
     /// `Asia/Shanghai`.
     pub timezone: jiff::tz::TimeZone,
+    /// `claim_lease_secs`: how long a replica's claim on a group's commands lasts without
+    /// being renewed (it renews every third of it); a replica that dies has its groups
+    /// taken over by another after at most this long. Default 30.
+    pub claim_lease: Duration,
     /// How long one minute of a timed revert lasts. Not a configuration key: always 60 s
     /// from the configuration; the demo and the tests shorten it so that a `/mute-all 1m`
     /// reverts within seconds.
@@ -743,6 +747,7 @@ impl WorkerSettings {
                     )
                 })?
             },
+            claim_lease: Duration::from_secs(src.integer("claim_lease_secs", 30, 1, 3600)?),
             revert_minute: Duration::from_secs(60),
         })
     }
@@ -860,6 +865,22 @@ mod tests {
         assert_eq!(s.server.request_timeout_ms, 10_000);
         assert_eq!(s.server.max_connections, 10_000);
         assert!(s.worker.admins.is_empty() && s.worker.groups.is_empty());
+        assert_eq!(s.worker.claim_lease, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_claim_lease_is_whole_seconds_from_one_to_an_hour() {
+        let s = Settings::from_sources(
+            Some("app_key = \"k\"\napp_secret = \"s\"\nclaim_lease_secs = 2\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.claim_lease, Duration::from_secs(2));
+        for bad in ["0", "3601", "soon"] {
+            let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_CLAIM_LEASE_SECS", bad)]))
+                .unwrap_err();
+            assert!(err.to_string().contains("`claim_lease_secs`"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -946,7 +967,7 @@ mod tests {
         ] {
             assert!(keys.contains(&key), "{key} missing from {keys:?}");
         }
-        assert_eq!(keys.len(), 33);
+        assert_eq!(keys.len(), 34);
     }
 
     #[test]

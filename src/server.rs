@@ -70,12 +70,27 @@ pub struct Application {
     grace: Duration,
     /// When a signal asked to stop: the grace period counts from there.
     stopping: Arc<OnceLock<Instant>>,
-    /// The signal listener and the ledger pruner; stopped with the application.
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Held until the application is dropped: one `serve` per SQLite ledger.
+    /// The signal listener, the ledger pruner, the timer and the reconciler; stopped with the application
+    /// (aborted if it is dropped without being stopped).
+    tasks: Tasks,
+    /// This replica's leases, given back when it stops.
+    leases: Arc<crate::worker::Leases>,
+    /// Held until the application is dropped: one `serve` per SQLite ledger file. `None`
+    /// when the caller gave the ledger ([`Application::build_with_ledger`]).
     _lock: Option<std::fs::File>,
     /// The Stream ingress, in `stream` and `both` mode.
     stream: Option<StreamIngress>,
+}
+
+/// Background tasks, aborted when dropped.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Options that only embedders (tests, `demo`) change.
@@ -126,20 +141,81 @@ impl Application {
         let ledger = tokio::task::spawn_blocking(move || crate::ledger::open(&database))
             .await
             .map_err(|e| crate::ledger::LedgerError::Join(e.to_string()))??;
-        let ledger = LedgerHandle::shared(ledger);
+        // The lock file makes this the only `serve` on a SQLite file: it runs every group
+        // without leases (and a restart after a kill resumes at once, with no lease to wait
+        // out). A PostgreSQL ledger is shared by replicas, which divide the groups by leases.
+        Self::build_on(
+            settings,
+            listener,
+            options,
+            LedgerHandle::shared(ledger),
+            lock,
+            policy,
+        )
+        .await
+    }
+
+    /// Builds the application on a ledger the caller opened, which other applications (the
+    /// replicas of a test) may share; `settings.ledger.database` is not used, and no ledger
+    /// lock is taken: sharing is what the leases are for.
+    pub async fn build_with_ledger(
+        settings: Settings,
+        listener: TcpListener,
+        options: RunOptions,
+        ledger: Arc<dyn crate::ledger::Ledger>,
+    ) -> Result<Self, StartError> {
+        let policy = match &settings.fleet.policy {
+            Some(path) => Some(Arc::new(crate::fleet::policy::Policy::load(path)?)),
+            None => None,
+        };
+        Self::build_on(
+            settings,
+            listener,
+            options,
+            LedgerHandle::shared(ledger),
+            None,
+            policy,
+        )
+        .await
+    }
+
+    /// Builds the application on `ledger`. Without `lock` (the SQLite lock file that makes
+    /// this process the ledger's only `serve`), other replicas may share the ledger, and
+    /// groups are run under leases.
+    async fn build_on(
+        settings: Settings,
+        listener: TcpListener,
+        options: RunOptions,
+        ledger: LedgerHandle,
+        lock: Option<std::fs::File>,
+        policy: Option<Arc<crate::fleet::policy::Policy>>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        // One DingTalk rate budget for every process on this ledger (CLI tools included).
+        // One DingTalk rate budget for every process and replica on this ledger (CLI tools
+        // included).
         let dingtalk = Arc::new(DingTalk::with_budget(
             &settings.dingtalk,
             metrics.clone(),
             ledger.clone(),
         )?);
-        let ctx = Arc::new(WorkerContext::new(
+        let ctx = WorkerContext::new(
             &settings.worker,
             ledger.clone(),
             dingtalk.clone(),
             metrics.clone(),
-        ));
+        );
+        let ctx = Arc::new(if lock.is_some() {
+            ctx
+        } else {
+            ctx.shared_with_replicas(&settings.worker)
+        });
+        let leases = ctx.leases().clone();
+        tracing::info!(
+            replica = leases.holder(),
+            shared_ledger = leases.is_shared(),
+            claim_lease_secs = settings.worker.claim_lease.as_secs(),
+            "replica started"
+        );
         // The policy is reconciled through the same client, so within the same pacing.
         let reconcile = match (policy, settings.fleet.reconcile_every) {
             (Some(policy), Some(every)) => {
@@ -256,6 +332,7 @@ impl Application {
         if options.handle_signals {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
         }
+        let tasks = Tasks(tasks);
         Ok(Self {
             port,
             server,
@@ -263,6 +340,7 @@ impl Application {
             grace: Duration::from_secs(settings.server.shutdown_grace_secs),
             stopping,
             tasks,
+            leases,
             _lock: lock,
             stream,
         })
@@ -299,9 +377,9 @@ impl Application {
             "HTTP server stopped; finishing in-flight commands"
         );
         self.pool.shutdown(grace_left).await;
-        for task in &self.tasks {
-            task.abort();
-        }
+        drop(self.tasks);
+        // The other replicas take this one's groups at once rather than after the lease.
+        self.leases.release_all().await;
         tracing::info!("stopped");
         result
     }

@@ -92,7 +92,17 @@ contract!(
     the_audit_lists_newest_first_by_group_and_time_with_own_actions,
     pruning_deletes_old_finished_commands_in_steps_and_never_open_ones,
     the_probe_writes_and_succeeds_on_a_working_store,
+    leases_are_granted_renewed_expired_and_released_as_the_trait_says,
 );
+
+fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
+    super::check_lease_contract(store.open().as_ref());
+    // Leases are in the store: another handle on it (another replica) sees them.
+    let (a, b) = (store.open(), store.open());
+    assert!(a.try_lease("group:x", "r1", 5000, 1000).unwrap());
+    assert!(!b.try_lease("group:x", "r2", 5000, 2000).unwrap());
+    assert!(b.try_lease("group:x", "r2", 5000, 6000).unwrap());
+}
 
 /// Every open command, oldest first.
 fn unfinished(l: &dyn Ledger) -> Vec<Pending> {
@@ -576,4 +586,51 @@ fn reservations_from_two_replicas_share_one_budget_on_postgres() {
     let mut expected: std::collections::BTreeMap<u64, usize> = (0..10).map(|w| (w * 1050, 19)).collect();
     expected.insert(10 * 1050, 10);
     assert_eq!(per_slot, expected);
+}
+
+/// Two replicas ingesting at once while a third reads open commands after its cursor, as the
+/// worker does: every command is seen, none is passed over because a batch with lower
+/// positions committed after one with higher positions.
+#[test]
+fn a_reader_after_its_cursor_misses_no_command_while_two_replicas_ingest_on_postgres() {
+    let schema = TestSchema::new();
+    let writers: Vec<Arc<dyn Ledger>> = (0..2)
+        .map(|_| Arc::new(PostgresLedger::open(&schema.postgres_url()).unwrap()) as Arc<dyn Ledger>)
+        .collect();
+    let reader = PostgresLedger::open(&schema.postgres_url()).unwrap();
+    let per_writer = 1500;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = writers
+        .iter()
+        .enumerate()
+        .flat_map(|(w, l)| {
+            // Several threads per replica, so its batches hold several acceptances.
+            (0..4).map(move |t| (w, t, l.clone()))
+        })
+        .map(|(w, t, l)| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_writer / 4 {
+                    assert!(l.accept(&accepted(&format!("w{w}t{t}m{i}"))).unwrap());
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        })
+        .collect();
+    let mut cursor = 0;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let finished = done.load(std::sync::atomic::Ordering::SeqCst) == threads.len();
+        for (pos, p) in reader.open_after(cursor, 1000).unwrap() {
+            cursor = pos;
+            seen.insert(p.accepted.msg_id);
+        }
+        if finished && reader.open_after(cursor, 1).unwrap().is_empty() {
+            break;
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(seen.len(), 2 * per_writer, "the cursor passed over commands");
 }

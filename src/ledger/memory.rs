@@ -42,6 +42,8 @@ struct State {
     /// Reserved send slots per API, ascending; only those that can still share a window
     /// with a new call are kept.
     call_slots: HashMap<String, Vec<u64>>,
+    /// Leases by name: holder and the end of the lease (ms).
+    leases: HashMap<String, (String, u64)>,
 }
 
 /// A [`Ledger`] held in memory.
@@ -304,6 +306,61 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
+    fn try_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        let mut s = self.state()?;
+        let until = now_ms.saturating_add(ttl_ms);
+        let mut held = Vec::new();
+        for name in names {
+            let free = s
+                .leases
+                .get(name)
+                .is_none_or(|(h, end)| h == holder || *end <= now_ms);
+            if free {
+                s.leases.insert(name.clone(), (holder.to_owned(), until));
+                held.push(name.clone());
+            }
+        }
+        Ok(held)
+    }
+
+    fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        let mut s = self.state()?;
+        let until = now_ms.saturating_add(ttl_ms);
+        let mut renewed = Vec::new();
+        for name in names {
+            if let Some((h, end)) = s.leases.get_mut(name)
+                && h == holder
+                && *end > now_ms
+            {
+                *end = until;
+                renewed.push(name.clone());
+            }
+        }
+        Ok(renewed)
+    }
+
+    fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {
+        let mut s = self.state()?;
+        for name in names {
+            if s.leases.get(name).is_some_and(|(h, _)| h == holder) {
+                s.leases.remove(name);
+            }
+        }
+        Ok(())
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         self.state().map(|_| ())
     }
@@ -337,5 +394,10 @@ mod tests {
     #[test]
     fn the_rate_budget_follows_the_sliding_window_rule() {
         super::super::budget_tests::run_all(|| Box::new(super::MemoryLedger::new()));
+    }
+
+    #[test]
+    fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
+        super::super::check_lease_contract(&super::MemoryLedger::new());
     }
 }

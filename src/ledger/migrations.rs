@@ -95,6 +95,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_pending ON jobs(conversation_id, sett
     slot_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS call_slots_by_api ON call_slots(api, slot_ms);",
+    // 6: named leases of replicas sharing this ledger: a group's commands run on the holder
+    // of `group:<openConversationId>` until `until_ms` (wall-clock ms); an expired lease may
+    // be taken by another holder.
+    "CREATE TABLE IF NOT EXISTS leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.

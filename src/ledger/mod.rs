@@ -163,6 +163,51 @@ pub trait Ledger: Send + Sync + 'static {
     fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError>;
     /// Records something dingops did on its own (a timed revert) as a finished audit row.
     fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError>;
+    /// Takes or renews named leases for `holder` until `now_ms + ttl_ms`; returns the names
+    /// `holder` holds afterwards, in the order given.
+    ///
+    /// For each name, in one atomic step (a concurrent caller sees the lease either before or
+    /// after it): the lease is granted when no row exists, when `holder` already holds it
+    /// (then it is renewed), or when it has expired, i.e. its `until_ms <= now_ms`; a lease
+    /// of another holder with `until_ms > now_ms` is left as it is and the name is not
+    /// returned. All names are handled in one write (one transaction). `now_ms` is the
+    /// caller's wall clock in milliseconds since the Unix epoch: replicas compare their
+    /// clocks through it, so they must agree to well within a lease. Leases are how
+    /// replicas sharing one ledger divide the work (see docs/architecture.md): a group's
+    /// commands run only on the holder of `group:<openConversationId>`; `timer` names the
+    /// replica that runs reverts of groups nobody holds; other names are free for other
+    /// one-at-a-time duties (a reconciler).
+    fn try_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError>;
+    /// [`Ledger::try_leases`] of one name: `true` when `holder` holds it afterwards.
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<bool, LedgerError> {
+        Ok(!self
+            .try_leases(&[name.to_owned()], holder, ttl_ms, now_ms)?
+            .is_empty())
+    }
+    /// Extends to `now_ms + ttl_ms` those of `names` that `holder` holds and that have not
+    /// expired (`until_ms > now_ms`), in one write; returns them. Unlike
+    /// [`Ledger::try_leases`] it never takes a lease back: a holder whose lease expired may
+    /// have been replaced, and must treat the name as lost.
+    fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError>;
+    /// Gives up those of `names` that `holder` holds, in one write, so that another holder
+    /// may take them at once; a name held by another holder is left alone.
+    fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError>;
+    /// [`Ledger::release_leases`] of one name.
+    fn release_lease(&self, name: &str, holder: &str) -> Result<(), LedgerError> {
+        self.release_leases(&[name.to_owned()], holder)
+    }
     /// Proves the store answers.
     fn ping(&self) -> Result<(), LedgerError>;
     /// Reserves the next send slot of `api` in the rate budget that every process sharing
@@ -385,4 +430,62 @@ pub(crate) mod budget_tests {
         assert!(within_rule(&[0, 10, 1000], 2, 1000));
         assert!(!within_rule(&[0, 10, 999], 2, 1000));
     }
+}
+
+/// The lease contract every backend keeps (see [`Ledger::try_leases`]); each backend's tests
+/// run it.
+#[cfg(test)]
+pub(crate) fn check_lease_contract(l: &dyn Ledger) {
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    // A free lease is granted; a live one of another holder is not.
+    assert_eq!(
+        l.try_leases(&names(&["a", "b"]), "r1", 1000, 10_000).unwrap(),
+        names(&["a", "b"])
+    );
+    assert!(
+        l.try_leases(&names(&["a", "b"]), "r2", 1000, 10_500)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !l.try_lease("a", "r2", 1000, 10_999).unwrap(),
+        "live until 11 000"
+    );
+    // The holder renews: "a" now lasts until 11 900, "b" still ends at 11 000.
+    assert_eq!(
+        l.renew_leases(&names(&["a"]), "r1", 1000, 10_900).unwrap(),
+        names(&["a"])
+    );
+    // Another holder cannot renew what it does not hold.
+    assert!(
+        l.renew_leases(&names(&["a", "b"]), "r2", 1000, 10_900)
+            .unwrap()
+            .is_empty()
+    );
+    // At its end a lease is expired: another holder takes "b", not the renewed "a".
+    assert_eq!(
+        l.try_leases(&names(&["a", "b"]), "r2", 1000, 11_000).unwrap(),
+        names(&["b"])
+    );
+    // The former holder of "b" cannot renew it (it may have been replaced), nor take it.
+    assert!(
+        l.renew_leases(&names(&["b"]), "r1", 1000, 11_001)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!l.try_lease("b", "r1", 1000, 11_001).unwrap());
+    // An expired lease is not renewed even by its holder, and nobody else took it: the
+    // holder may take it again with try_leases.
+    assert!(
+        l.renew_leases(&names(&["a"]), "r1", 1000, 11_900)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(l.try_lease("a", "r1", 1000, 11_900).unwrap());
+    // Releasing a lease of another holder changes nothing; the holder's release frees it at once.
+    l.release_leases(&names(&["a", "b"]), "r2").unwrap();
+    assert!(!l.try_lease("a", "r2", 1000, 12_000).unwrap(), "r1 still holds a");
+    l.release_lease("a", "r1").unwrap();
+    assert!(l.try_lease("a", "r2", 1000, 12_000).unwrap());
+    assert!(l.try_leases(&[], "r1", 1000, 12_000).unwrap().is_empty());
 }

@@ -787,6 +787,89 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn try_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, holder) = (names.to_vec(), holder.to_owned());
+        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        self.write(move |conn| {
+            // The upsert's WHERE leaves a live lease of another holder untouched (no change).
+            let mut st = conn
+                .prepare_cached(
+                    "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                     WHERE leases.holder = excluded.holder OR leases.until_ms <= ?4",
+                )
+                .map_err(sql("try leases"))?;
+            let mut held = Vec::new();
+            for name in names {
+                if st
+                    .execute(params![name, holder, until, now])
+                    .map_err(sql("try leases"))?
+                    == 1
+                {
+                    held.push(name);
+                }
+            }
+            Ok(held)
+        })
+    }
+
+    fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, holder) = (names.to_vec(), holder.to_owned());
+        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached(
+                    "UPDATE leases SET until_ms = ?3 WHERE name = ?1 AND holder = ?2 AND until_ms > ?4",
+                )
+                .map_err(sql("renew leases"))?;
+            let mut renewed = Vec::new();
+            for name in names {
+                if st
+                    .execute(params![name, holder, until, now])
+                    .map_err(sql("renew leases"))?
+                    == 1
+                {
+                    renewed.push(name);
+                }
+            }
+            Ok(renewed)
+        })
+    }
+
+    fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let (names, holder) = (names.to_vec(), holder.to_owned());
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")
+                .map_err(sql("release leases"))?;
+            for name in names {
+                st.execute(params![name, holder]).map_err(sql("release leases"))?;
+            }
+            Ok(())
+        })
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         // A real write through the writer, committed like a callback's: it fails when the disk
         // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks
@@ -914,5 +997,20 @@ mod tests {
         let mut expected: std::collections::BTreeMap<u64, usize> = (0..10).map(|w| (w * 1050, 19)).collect();
         expected.insert(10 * 1050, 10);
         assert_eq!(per_slot, expected);
+    }
+
+    #[test]
+    fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        super::super::check_lease_contract(&SqliteLedger::open(&path).unwrap());
+        // Leases are in the database: another handle on it sees them.
+        let (a, b) = (
+            SqliteLedger::open(&path).unwrap(),
+            SqliteLedger::open(&path).unwrap(),
+        );
+        assert!(a.try_lease("group:x", "r1", 5000, 1000).unwrap());
+        assert!(!b.try_lease("group:x", "r2", 5000, 2000).unwrap());
+        assert!(b.try_lease("group:x", "r2", 5000, 6000).unwrap());
     }
 }

@@ -4,6 +4,7 @@
 //! concurrency and per-group order. Nothing here knows which ingress a message came by.
 
 mod commands;
+pub mod lease;
 pub mod policy;
 pub mod pool;
 pub mod reply;
@@ -24,6 +25,7 @@ use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending
 use crate::ledger::{Ledger, LedgerError, LedgerHandle};
 use crate::telemetry::Metrics;
 
+pub use lease::Leases;
 pub use policy::Policy;
 pub use pool::{Intake, WorkerPool};
 
@@ -42,8 +44,11 @@ pub struct WorkerContext {
     /// One lock per setting of a group, held by a switch command from its DingTalk call
     /// until its revert is replaced, and by the scheduler from claiming a revert until it
     /// ran: a revert and a newer command on the same setting never overlap, so the newer
-    /// command's value is the one that stays (one `serve` per ledger makes this enough).
+    /// command's value is the one that stays. Across replicas the group's lease does the
+    /// same: a group's commands and its reverts run on the replica that holds it.
     setting_locks: SettingLocks,
+    /// The groups this replica holds among the replicas sharing the ledger.
+    leases: Arc<Leases>,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -119,7 +124,7 @@ impl WorkerContext {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            ledger,
+            ledger: ledger.clone(),
             dingtalk,
             policy: Policy::new(
                 &settings.admins,
@@ -132,9 +137,30 @@ impl WorkerContext {
             timezone: settings.timezone.clone(),
             revert_minute: settings.revert_minute,
             setting_locks: SettingLocks::default(),
+            leases: Arc::new(Leases::solo(
+                ledger.clone(),
+                lease::replica_id(),
+                settings.claim_lease,
+            )),
             #[cfg(test)]
             before_answer: None,
         }
+    }
+
+    /// Shares the ledger with other replicas: groups are run under leases in the ledger.
+    /// Without this the context is alone on its ledger (see [`Leases::solo`]).
+    pub fn shared_with_replicas(mut self, settings: &WorkerSettings) -> Self {
+        self.leases = Arc::new(Leases::shared(
+            self.ledger.clone(),
+            self.leases.holder().to_owned(),
+            settings.claim_lease,
+        ));
+        self
+    }
+
+    /// This replica's leases (its name among the replicas is [`Leases::holder`]).
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.leases
     }
 
     /// Waits for, and holds, the lock of `setting` in the group `conversation_id`.

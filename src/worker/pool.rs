@@ -1,7 +1,8 @@
 //! The worker pool: reads open commands from the ledger in acceptance order, holds a
 //! bounded number in memory (and a few per group, so one group's backlog cannot crowd out
 //! the others), runs the commands of one group one after another, and bounds how many call
-//! DingTalk at once.
+//! DingTalk at once. With other replicas on the same ledger it runs only the groups whose
+//! lease it holds (see [`super::lease`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -30,10 +31,17 @@ impl Intake {
     }
 }
 
-/// Handle to the running pool.
+/// Handle to the running pool. Dropping it stops the pool at once (as a crash would):
+/// what is running is cut off and stays open in the ledger.
 pub struct WorkerPool {
     stop: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Commands loaded from the ledger per read.
@@ -44,8 +52,12 @@ const LOAD_BATCH: usize = 256;
 /// a command of another group is loaded (and started) while a long backlog drains.
 const PER_GROUP: usize = 8;
 
-/// A loaded command and its place in memory (released when it finishes).
-type Held = (Pending, OwnedSemaphorePermit);
+/// A loaded command, its position, and its place in memory (released when it finishes).
+type Held = (i64, Pending, OwnedSemaphorePermit);
+
+/// How often the ledger is read for new commands while this replica holds groups: other
+/// replicas accept commands of those groups without waking this one.
+const POLL: Duration = Duration::from_millis(250);
 
 /// One group's commands in memory.
 #[derive(Default)]
@@ -60,13 +72,57 @@ struct Group {
     /// The shared cursor skipped some of this group's open commands; they are read from
     /// `loaded_upto` on, and the cursor skips the group until it has caught up.
     behind: bool,
+    /// Its lease was lost: what is still queued is dropped and nothing more is loaded; the
+    /// entry goes once the running command (if any) has finished.
+    lost: bool,
+}
+
+/// What the loader and the runners share.
+#[derive(Default)]
+struct State {
+    /// The groups with commands in memory (this replica holds their leases).
+    map: HashMap<String, Group>,
+    /// Groups with open commands this replica did not load because another replica held
+    /// the group (or its lease was lost): the position of the oldest such command. Taking
+    /// the group later reads its commands from there.
+    skipped: HashMap<String, i64>,
+}
+
+impl State {
+    fn skip(&mut self, cid: &str, pos: i64) {
+        self.skipped
+            .entry(cid.to_owned())
+            .and_modify(|p| *p = (*p).min(pos))
+            .or_insert(pos);
+    }
+
+    /// Drops what is queued of a group whose lease is lost; its commands stay open in the
+    /// ledger for the group's next holder.
+    fn abandon(&mut self, cid: &str) {
+        let Some(g) = self.map.get_mut(cid) else {
+            return;
+        };
+        g.lost = true;
+        let mut oldest = g.behind.then_some(g.loaded_upto.saturating_add(1));
+        for (pos, _, _) in g.queue.drain(..) {
+            oldest = Some(oldest.map_or(pos, |o| o.min(pos)));
+            g.held = g.held.saturating_sub(1);
+        }
+        g.behind = false;
+        if g.held == 0 && !g.runner {
+            self.map.remove(cid);
+        }
+        if let Some(pos) = oldest {
+            self.skip(cid, pos);
+        }
+    }
 }
 
 #[derive(Clone, Default)]
-struct Groups(Arc<Mutex<HashMap<String, Group>>>);
+struct Groups(Arc<Mutex<State>>);
 
 impl Groups {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Group>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -86,15 +142,14 @@ impl WorkerPool {
     /// Stops taking new work and finishes what is loaded and running, waiting at most
     /// `grace`. Whatever is unfinished then stays open in the ledger and resumes at the next
     /// start.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         self.stop.notify_one();
-        let mut task = self.task;
-        if tokio::time::timeout(grace, &mut task).await.is_err() {
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "in-flight commands did not finish in time; they resume at the next start"
             );
-            task.abort();
+            self.task.abort();
         }
     }
 }
@@ -169,33 +224,101 @@ async fn pump(
         started_ms: now_ms(),
         newest_done,
     };
+    let heartbeat = p.ctx.leases.heartbeat();
+    let mut next_beat = tokio::time::Instant::now() + heartbeat;
     loop {
         while p.tasks.try_join_next().is_some() {}
+        if tokio::time::Instant::now() >= next_beat {
+            p.beat().await;
+            next_beat = tokio::time::Instant::now() + heartbeat;
+        }
         p.refill().await;
         if p.scan().await {
             continue;
         }
+        // Commands of held groups may be accepted by other replicas, which do not wake this
+        // one: read the ledger often then.
+        let idle_wait = if p.ctx.leases.is_shared() && p.ctx.leases.held_count() > 0 {
+            POLL
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             // A new command, or a group behind on its backlog has room for more.
             () = p.wake.notified() => {}
             () = stop.notified() => break,
             // Memory was full and a command finished: the backlog may be waiting in the ledger.
             Ok(permit) = p.held.acquire(), if p.held.available_permits() == 0 => drop(permit),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(idle_wait) => {}
+            () = tokio::time::sleep_until(next_beat) => {}
         }
     }
     while p.tasks.join_next().await.is_some() {}
 }
 
+/// What the loader does with one command it read.
+enum Step {
+    Load,
+    Skip,
+}
+
 impl Pump {
-    /// Reads open commands after the shared cursor and loads those whose group has room;
-    /// `true` when the read was full (more may be waiting).
+    /// Renews the leases of the groups held (giving back those long unused), drops what is
+    /// queued of groups whose lease was lost, and takes the groups other replicas held
+    /// whose commands this one skipped, once their lease is free (given back, or run out
+    /// because their holder died): their commands are read from the oldest skipped one.
+    async fn beat(&mut self) {
+        let groups = self.groups.clone();
+        let lost = self
+            .ctx
+            .leases
+            .renew(|cid| groups.lock().map.contains_key(cid))
+            .await;
+        if !lost.is_empty() {
+            let mut st = self.groups.lock();
+            for cid in &lost {
+                st.abandon(cid);
+            }
+        }
+        let wanted: Vec<String> = {
+            let st = self.groups.lock();
+            st.skipped
+                .keys()
+                .filter(|cid| !st.map.contains_key(*cid))
+                .cloned()
+                .collect()
+        };
+        let taken = self.ctx.leases.take(wanted).await;
+        if !taken.is_empty() {
+            tracing::info!(groups = taken.len(), "took over groups another replica held");
+            let mut st = self.groups.lock();
+            for cid in taken {
+                if let Some(from) = st.skipped.remove(&cid) {
+                    st.map.insert(
+                        cid,
+                        Group {
+                            behind: true,
+                            loaded_upto: from.saturating_sub(1),
+                            ..Group::default()
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reads open commands after the shared cursor and loads those whose group this replica
+    /// holds and has room; `true` when there may be more to do at once (the read was full,
+    /// or groups were taken whose commands are now to be read).
     async fn scan(&mut self) -> bool {
         let room = self.held.available_permits().min(LOAD_BATCH);
         if room == 0 {
             return false;
         }
         let cursor = self.cursor;
+        // Taken after this number, a group may have had commands finished by its former
+        // holder since the read: those are read again.
+        let seq = self.ctx.leases.seq();
         let rows = match self.ctx.ledger.call(move |l| l.open_after(cursor, room)).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -204,16 +327,27 @@ impl Pump {
             }
         };
         let full = rows.len() == room;
-        for (rowid, job) in rows {
-            let load = {
-                let mut map = self.groups.lock();
-                let g = map.entry(job.accepted.conversation_id.clone()).or_default();
-                if !g.behind && g.held >= self.per_group {
-                    g.behind = true;
+        // Groups met for the first time (not in memory, not held, not known to be another
+        // replica's): their leases are asked for in one write.
+        let wanted: Vec<String> = {
+            let st = self.groups.lock();
+            let mut wanted: Vec<String> = Vec::new();
+            for (_, job) in &rows {
+                let cid = &job.accepted.conversation_id;
+                if !st.map.contains_key(cid)
+                    && !st.skipped.contains_key(cid)
+                    && self.ctx.leases.taken_before(cid, u64::MAX).is_none()
+                    && !wanted.contains(cid)
+                {
+                    wanted.push(cid.clone());
                 }
-                !g.behind
-            };
-            if load {
+            }
+            wanted
+        };
+        let took = !self.ctx.leases.take(wanted).await.is_empty();
+        for (rowid, job) in rows {
+            let step = self.step(rowid, &job.accepted.conversation_id, seq);
+            if matches!(step, Step::Load) {
                 let Ok(permit) = self.held.clone().try_acquire_owned() else {
                     // Memory is full: this row is read again once a command finishes.
                     return false;
@@ -222,7 +356,46 @@ impl Pump {
             }
             self.cursor = rowid;
         }
-        full
+        full || took
+    }
+
+    /// Decides about the command at `rowid` of group `cid`, read after the take numbered
+    /// `seq`.
+    fn step(&self, rowid: i64, cid: &str, seq: u64) -> Step {
+        let mut st = self.groups.lock();
+        if let Some(g) = st.map.get_mut(cid) {
+            if g.lost {
+                st.skip(cid, rowid);
+                return Step::Skip;
+            }
+            if !g.behind && g.held >= self.per_group {
+                g.behind = true;
+            }
+            return if g.behind { Step::Skip } else { Step::Load };
+        }
+        match self.ctx.leases.taken_before(cid, seq) {
+            // Held all along since before the read, nothing of it skipped: the row is current.
+            Some(true) if !st.skipped.contains_key(cid) => Step::Load,
+            // Taken just now (or older commands of it were skipped): its open commands are
+            // read again from the oldest that may be waiting.
+            Some(_) => {
+                let from = st.skipped.remove(cid).map_or(rowid, |p| p.min(rowid));
+                st.map.insert(
+                    cid.to_owned(),
+                    Group {
+                        behind: true,
+                        loaded_upto: from.saturating_sub(1),
+                        ..Group::default()
+                    },
+                );
+                Step::Skip
+            }
+            // Another replica holds it and runs it.
+            None => {
+                st.skip(cid, rowid);
+                Step::Skip
+            }
+        }
     }
 
     /// Reads more of the backlog of groups the cursor skipped, once they have room for half
@@ -231,6 +404,7 @@ impl Pump {
         let wanting: Vec<(String, i64, usize)> = self
             .groups
             .lock()
+            .map
             .iter()
             .filter(|(_, g)| g.behind && g.held * 2 <= self.per_group)
             .map(|(cid, g)| (cid.clone(), g.loaded_upto, self.per_group - g.held))
@@ -261,11 +435,11 @@ impl Pump {
                 self.load(rowid, job, permit).await;
             }
             if caught_up {
-                let mut map = self.groups.lock();
-                if let Some(g) = map.get_mut(&cid) {
+                let mut st = self.groups.lock();
+                if let Some(g) = st.map.get_mut(&cid) {
                     g.behind = false;
                     if g.held == 0 && !g.runner {
-                        map.remove(&cid);
+                        st.map.remove(&cid);
                     }
                 }
             }
@@ -277,17 +451,17 @@ impl Pump {
     async fn load(&mut self, rowid: i64, job: Pending, permit: OwnedSemaphorePermit) {
         let cid = job.accepted.conversation_id.clone();
         let admitted = self.admit(rowid, job).await;
-        let mut map = self.groups.lock();
-        let g = map.entry(cid.clone()).or_default();
+        let mut st = self.groups.lock();
+        let g = st.map.entry(cid.clone()).or_default();
         g.loaded_upto = g.loaded_upto.max(rowid);
         let Some(job) = admitted else {
             if g.held == 0 && !g.runner && !g.behind {
-                map.remove(&cid);
+                st.map.remove(&cid);
             }
             return;
         };
         g.held += 1;
-        g.queue.push_back((job, permit));
+        g.queue.push_back((rowid, job, permit));
         if !g.runner {
             g.runner = true;
             self.tasks.spawn(run_group(
@@ -348,7 +522,9 @@ impl Pump {
 }
 
 /// Runs one group's commands in order until its queue is empty, each in a running slot of
-/// its kind (see [`Slots`]). A command that panics is recorded as failed and the group goes on.
+/// its kind (see [`Slots`]). A command that panics is recorded as failed and the group goes
+/// on. A command starts only while this replica's lease on the group has a good while to
+/// go; when it has not (renewals failed), the group's queue is dropped for its next holder.
 async fn run_group(
     ctx: Arc<WorkerContext>,
     groups: Groups,
@@ -358,9 +534,13 @@ async fn run_group(
     cid: String,
 ) {
     loop {
+        let valid = ctx.leases.valid(&cid);
         let next = {
-            let mut map = groups.lock();
-            let Some(g) = map.get_mut(&cid) else {
+            let mut st = groups.lock();
+            if !valid {
+                st.abandon(&cid);
+            }
+            let Some(g) = st.map.get_mut(&cid) else {
                 return;
             };
             match g.queue.pop_front() {
@@ -368,13 +548,13 @@ async fn run_group(
                 None => {
                     g.runner = false;
                     if g.held == 0 && !g.behind {
-                        map.remove(&cid);
+                        st.map.remove(&cid);
                     }
                     return;
                 }
             }
         };
-        let (job, permit) = next;
+        let (_, job, permit) = next;
         let slot = slots.take(&job).await;
         let accepted = job.accepted.clone();
         if AssertUnwindSafe(ctx.process(job)).catch_unwind().await.is_err() {
@@ -384,7 +564,7 @@ async fn run_group(
         drop(permit);
         // A group whose backlog waits in the ledger needs the loader once it has room for
         // half its share; other finishes need no read (a full memory is watched by the pump).
-        let refill = groups.lock().get_mut(&cid).is_some_and(|g| {
+        let refill = groups.lock().map.get_mut(&cid).is_some_and(|g| {
             g.held = g.held.saturating_sub(1);
             g.behind && g.held * 2 <= per_group
         });

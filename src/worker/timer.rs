@@ -3,6 +3,11 @@
 //! dingops was stopped. A revert's result goes to the group through the robot group-message
 //! API (the command's sessionWebhook has expired by then) and into the audit as an action of
 //! `dingops (timer)`.
+//!
+//! With replicas on one ledger, a revert runs on the replica that holds its group's lease
+//! (so it never overlaps a command of that group on another replica, and runs once); the
+//! reverts of groups no replica holds are run by the holder of the `timer` lease, which
+//! takes their groups' leases for the time of the revert.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -44,8 +49,28 @@ impl WorkerContext {
             }
         };
         let mut ran = 0;
+        // Asked once per round, and only when a due revert's group is not held here.
+        let mut timer_turn: Option<bool> = None;
         for job in due {
             let id = job.id;
+            let borrowed = match self.leases.borrow(&job.conversation_id, false).await {
+                Some(b) => Some(b),
+                None => {
+                    let turn = match timer_turn {
+                        Some(t) => t,
+                        None => *timer_turn.insert(self.leases.timer_turn().await),
+                    };
+                    if turn {
+                        self.leases.borrow(&job.conversation_id, true).await
+                    } else {
+                        None
+                    }
+                }
+            };
+            // Another replica holds the group: it runs the revert.
+            let Some(_borrowed) = borrowed else {
+                continue;
+            };
             // A newer command on this setting that is under way finishes first; if it
             // replaced this revert, the claim below fails and the revert does not run.
             let _setting = self.lock_setting(&job.conversation_id, &job.setting).await;

@@ -19,6 +19,7 @@ mod limits;
 mod ops;
 mod policy;
 mod postgres;
+mod replicas;
 mod replies;
 mod signature;
 mod stream;

@@ -91,6 +91,13 @@ CREATE TABLE departments (
     slot_ms BIGINT NOT NULL
 );
 CREATE INDEX call_slots_by_api ON call_slots (api, slot_ms);",
+    // Named leases of replicas sharing this database: a group's commands run on the holder
+    // of `group:<openConversationId>` until `until_ms` (wall-clock ms).
+    "CREATE TABLE leases (
+    name     TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.

@@ -296,11 +296,20 @@ pub const READY_PROBE_SQL: &str = "UPDATE health SET probed_ms = $1 WHERE id = 1
 
 /// The acceptances, as arrays unnested in their order: one prepared statement whatever the
 /// size of the batch, and positions handed out in that order.
-const INSERT_ACCEPTED_SQL: &str = "INSERT INTO commands (msg_id, received_ms, conversation_id,
+///
+/// Positions must also become visible in order, across replicas: a worker reads open
+/// commands after the last position it saw, so a batch that took lower positions but
+/// committed after a higher one would be passed over. The statement therefore takes a
+/// transaction-level advisory lock before its first row gets a position (the lock's row is
+/// joined to every inserted row) and holds it until its commit: ingest batches of all
+/// replicas take positions and commit one after another.
+const INSERT_ACCEPTED_SQL: &str = "WITH in_order AS (SELECT pg_advisory_xact_lock(7301446012553011))
+     INSERT INTO commands (msg_id, received_ms, conversation_id,
      conversation_type, conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
      text, session_webhook, session_expires_ms, status)
      SELECT m, r, c, ct, tt, s, n, a, mt, tx, w, e, 'accepted'
-     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+     FROM in_order CROSS JOIN
+          unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                  $8::bool[], $9::text[], $10::text[], $11::text[], $12::int8[])
           WITH ORDINALITY AS t(m, r, c, ct, tt, s, n, a, mt, tx, w, e, o)
      ORDER BY o
@@ -942,6 +951,79 @@ impl Ledger for PostgresLedger {
             .map_err(pg("reserve call"))?;
             tx.commit().await.map_err(pg("reserve call"))?;
             Ok((slot, c))
+        })
+    }
+
+    fn try_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
+        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        self.with("try leases", move |mut c| async move {
+            // One statement: the upsert's WHERE leaves a live lease of another holder as it is.
+            let rows = c
+                .query(
+                    "INSERT INTO leases (name, holder, until_ms)
+                     SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n)
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                     WHERE leases.holder = excluded.holder OR leases.until_ms <= $4
+                     RETURNING name",
+                    &[&names, &holder, &until, &now],
+                )
+                .await
+                .map_err(pg("try leases"))?;
+            let held: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            Ok((names.into_iter().filter(|n| held.contains(n)).collect(), c))
+        })
+    }
+
+    fn renew_leases(
+        &self,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
+        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        self.with("renew leases", move |mut c| async move {
+            let rows = c
+                .query(
+                    "UPDATE leases SET until_ms = $3
+                     WHERE name = ANY($1) AND holder = $2 AND until_ms > $4
+                     RETURNING name",
+                    &[&names, &holder, &until, &now],
+                )
+                .await
+                .map_err(pg("renew leases"))?;
+            let held: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            Ok((names.into_iter().filter(|n| held.contains(n)).collect(), c))
+        })
+    }
+
+    fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
+        self.with("release leases", move |mut c| async move {
+            c.execute(
+                "DELETE FROM leases WHERE name = ANY($1) AND holder = $2",
+                &[&names, &holder],
+            )
+            .await
+            .map_err(pg("release leases"))?;
+            Ok(((), c))
         })
     }
 
