@@ -10,6 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use dingops::config::{Database, Settings};
+use dingops::fleet::lease::{POLICY_LEASE_TTL, PolicyLease};
 use dingops::fleet::plan::{Fleet, GroupApplied};
 use dingops::ingress::signature::Verifier;
 use dingops::server::{Application, RunOptions};
@@ -221,12 +222,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dingops::telemetry::init(log_format, "error");
             let settings = Settings::load(cli.config.as_deref())?;
             let fleet = Fleet::open(&settings).await?;
+            // One policy run at a time on the ledger: not beside another apply, nor beside a
+            // reconcile run of a `serve` (any replica).
+            let holder = format!("apply-{}", dingops::worker::lease::replica_id());
+            let waited = PolicyLease::take_waiting(fleet.ledger(), &holder, APPLY_WAITS_FOR_LEASE, || {
+                eprintln!(
+                    "apply: another policy run (a `dingops apply`, or a reconcile run of `serve`) is under \
+                     way on this ledger; waiting for it to finish (a killed one holds it for at most {} s)",
+                    POLICY_LEASE_TTL.as_secs()
+                )
+            })
+            .await?;
+            let Some(lease) = waited else {
+                eprintln!(
+                    "error: another policy run still holds this ledger after {} s; try again later",
+                    APPLY_WAITS_FOR_LEASE.as_secs()
+                );
+                return Ok(ExitCode::FAILURE);
+            };
             let resolution = fleet.resolve().await?;
             let progress = Progress::new(resolution.targets.len());
             let report = fleet
                 .apply_resolved(resolution, "apply", |g| progress.group(g))
                 .await;
             progress.finish();
+            lease.release().await;
             write_stdout(&report.summary())?;
             Ok(ExitCode::from(report.exit_code()))
         }
@@ -275,6 +295,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
+/// How long `apply` waits for another policy run on the ledger to finish.
+const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn write_stdout(text: &str) -> std::io::Result<()> {
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),

@@ -230,6 +230,8 @@ impl Application {
                     fleet,
                     every,
                     metrics.clone(),
+                    leases.holder().to_owned(),
+                    leases.is_shared(),
                 ));
                 Some(tokio::spawn(reconciler.run()))
             }

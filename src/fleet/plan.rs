@@ -228,6 +228,11 @@ pub enum OpenError {
 }
 
 impl Fleet {
+    /// The ledger this fleet records its changes in.
+    pub fn ledger(&self) -> &LedgerHandle {
+        &self.ledger
+    }
+
     /// The fleet of a CLI run (`plan`, `apply`): the configured policy, a DingTalk client of
     /// its own, and the ledger opened without the serve lock, so it can run beside `serve`.
     pub async fn open(settings: &crate::config::Settings) -> Result<Self, OpenError> {

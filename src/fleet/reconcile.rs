@@ -5,9 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::lease::PolicyLease;
 use super::plan::{ApplyReport, Fleet, GroupApplied};
 use super::policy::Setting;
+use crate::clock::now_ms;
 use crate::telemetry::Metrics;
+
+/// The lease that says which replica reconciled within the current period: taken for
+/// `reconcile_every` at the start of a run and not given back, so the other replicas skip
+/// their ticks until the period is over (the holder takes it again at its next tick).
+pub const RECONCILE_LEASE: &str = "reconcile";
 
 /// Plans and applies the policy periodically, one run at a time.
 pub struct Reconciler {
@@ -15,6 +22,10 @@ pub struct Reconciler {
     every: Duration,
     metrics: Arc<Metrics>,
     running: AtomicBool,
+    /// This replica's name in the leases.
+    holder: String,
+    /// Other replicas share the ledger: one reconcile per period across them.
+    shared: bool,
 }
 
 /// The right to run one reconcile; released when dropped.
@@ -27,12 +38,14 @@ impl Drop for RunPermit<'_> {
 }
 
 impl Reconciler {
-    pub fn new(fleet: Fleet, every: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(fleet: Fleet, every: Duration, metrics: Arc<Metrics>, holder: String, shared: bool) -> Self {
         Self {
             fleet,
             every,
             metrics,
             running: AtomicBool::new(false),
+            holder,
+            shared,
         }
     }
 
@@ -46,9 +59,7 @@ impl Reconciler {
         }
     }
 
-    /// Whether this process may start a run now: not while one is under way. The one place
-    /// that decides, so that a lease shared by every process on the ledger can be taken
-    /// here later.
+    /// Whether this process may start a run now: not while one is under way here.
     pub fn may_run(&self) -> Option<RunPermit<'_>> {
         self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -56,11 +67,50 @@ impl Reconciler {
             .map(|_| RunPermit(&self.running))
     }
 
-    /// One plan-and-apply run; `None` when another run holds the permit or the ledger could
-    /// not be read.
+    /// Whether this replica reconciles in the current period: with replicas, the one that
+    /// holds (or now takes) the period's lease.
+    async fn my_period(&self) -> bool {
+        if !self.shared {
+            return true;
+        }
+        let (holder, ttl) = (self.holder.clone(), self.every.as_millis() as u64);
+        match self
+            .fleet
+            .ledger()
+            .call(move |l| l.try_lease(RECONCILE_LEASE, &holder, ttl, now_ms()))
+            .await
+        {
+            Ok(mine) => mine,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the reconcile lease; skipping this run");
+                false
+            }
+        }
+    }
+
+    /// One plan-and-apply run; `None` when another run holds the permit (here, in another
+    /// replica, or a `dingops apply`) or the ledger could not be read.
     pub async fn run_once(&self) -> Option<ApplyReport> {
         let _permit = self.may_run()?;
+        if !self.my_period().await {
+            tracing::debug!("another replica reconciles in this period");
+            return None;
+        }
+        let lease = match PolicyLease::take(self.fleet.ledger(), &self.holder).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                tracing::info!(
+                    "another policy run (an apply or a reconcile) is under way; skipping this one"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take the policy lease; skipping this run");
+                return None;
+            }
+        };
         let report = self.fleet.apply("reconcile", |g| self.observe(g)).await;
+        lease.release().await;
         match report {
             Ok(report) => {
                 let result = if report.exit_code() == 0 {

@@ -282,3 +282,95 @@ async fn a_call_whose_shared_slot_lies_beyond_its_deadline_fails_without_calling
     assert!(sim.calls(Some(api::FRIEND_SWITCH)).is_empty());
     assert!(!sim.group(&groups[0].0).unwrap().dm_prohibited);
 }
+
+#[tokio::test]
+async fn apply_beside_a_busy_serve_keeps_the_combined_calls_of_each_api_within_one_budget() {
+    let sim = new_sim(Default::default());
+    // serve binds and locks these groups on behalf of their admins …
+    let served = add_groups(&sim, "served", 40);
+    // … while `dingops apply` brings these to a policy: chat/get, group/update and the same
+    // friendswitch API that /lock-dm calls.
+    let governed = add_groups(&sim, "governed", 40);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\ngroups = [\"*\"]\ndm = \"locked\"\nmute_all = true\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut serve = spawn_binary(&sim, port, &db, &[]);
+    wait_healthy(port).await;
+
+    let mut env = sim_env(&sim);
+    let groups: Vec<String> = governed
+        .iter()
+        .map(|(cid, chat)| format!("{cid}={chat}"))
+        .collect();
+    env.extend([
+        ("DINGOPS_ADMINS", "admin01".to_owned()),
+        ("DINGOPS_GROUPS", groups.join(",")),
+        ("DINGOPS_DATABASE", db.display().to_string()),
+        ("DINGOPS_POLICY", policy.display().to_string()),
+    ]);
+    let apply = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+            .arg("apply")
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
+    });
+    let sender = dingtalk_sim::chat::CallbackSender::new(
+        &format!("http://127.0.0.1:{port}"),
+        sim.config().app_secret.clone().into(),
+    );
+    for (cid, chat) in &served {
+        let room = session_chat(&sim, cid);
+        for text in [format!("/bind {chat}"), "/lock-dm".to_owned()] {
+            let body = text_message(&new_msg_id(), &room, &admin(), &text);
+            assert_eq!(sender.send(&body).await.unwrap().0, 200);
+        }
+    }
+    let replies = sim.wait_for_replies(80, Duration::from_secs(60)).await;
+    let out = apply.await.unwrap();
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(replies.len(), 80);
+    assert!(
+        replies.iter().all(|r| r.content.starts_with('✅')),
+        "{replies:#?}"
+    );
+    for (cid, _) in served.iter().chain(&governed) {
+        assert!(sim.group(cid).unwrap().dm_prohibited, "{cid}");
+    }
+    // Both processes called friendswitch, and at the same time.
+    let switches = sim.calls(Some(api::FRIEND_SWITCH));
+    let times = |chats: &[(String, String)]| -> Vec<u64> {
+        switches
+            .iter()
+            .filter(|c| chats.iter().any(|(_, chat)| c.body["chatid"] == chat.as_str()))
+            .map(|c| c.at_ms)
+            .collect()
+    };
+    let (by_serve, by_apply) = (times(&served), times(&governed));
+    assert_eq!((by_serve.len(), by_apply.len()), (40, 40));
+    let (first, last) = (by_apply[0], by_apply[by_apply.len() - 1]);
+    assert!(
+        by_serve.iter().any(|t| (first..=last).contains(t)),
+        "serve and apply did not call friendswitch at the same time"
+    );
+    // Zero 90018 and at most 19 calls per API in any second of arrival at DingTalk. The
+    // 1.05 s figure is printed, not asserted: the client keeps 19 per 1.05 s at send time,
+    // and arrival jitter on a loaded machine moves calls across that window's edges (see
+    // the README, "Pacing").
+    assert_within_budget(&sim);
+}

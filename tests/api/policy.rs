@@ -633,3 +633,30 @@ fn the_example_policy_is_valid() {
     assert_eq!(policy.rules.len(), 2);
     assert_eq!(policy.rules[0].settings.len(), 7);
 }
+
+#[tokio::test]
+async fn two_replicas_reconciling_one_ledger_run_the_policy_once_per_period() {
+    let fleet = Fleet40::new(4, LOCKED_DOWN);
+    let mut settings = settings_for(&fleet.sim, fleet.db());
+    settings.fleet.policy = Some(fleet.dir.path().join("policy.toml"));
+    let every = Duration::from_secs(3600);
+    let reconciler = |name: &str| {
+        let settings = settings.clone();
+        let name = name.to_owned();
+        async move {
+            let f = Fleet::open(&settings).await.unwrap();
+            dingops::fleet::reconcile::Reconciler::new(f, every, Arc::default(), name, true)
+        }
+    };
+    let (a, b) = (reconciler("replica-a").await, reconciler("replica-b").await);
+    let (ra, rb) = tokio::join!(a.run_once(), b.run_once());
+    // Exactly one of the two ran; the other saw the period taken (or the run under way).
+    assert_eq!([ra.is_some(), rb.is_some()].iter().filter(|r| **r).count(), 1);
+    assert!(fleet.converged(4, &LOCKED_DOWN_FIELDS));
+    let updates = fleet.sim.calls(Some(api::GROUP_UPDATE)).len();
+    // Within the period neither runs again; the one that ran may go on (its next period).
+    let (winner, loser) = if ra.is_some() { (&a, &b) } else { (&b, &a) };
+    assert!(loser.run_once().await.is_none());
+    assert!(winner.run_once().await.is_some());
+    assert_eq!(fleet.sim.calls(Some(api::GROUP_UPDATE)).len(), updates);
+}
