@@ -321,6 +321,64 @@ impl LedgerHandle {
     }
 }
 
+/// The lease contract every backend keeps (see [`Ledger::try_leases`]); each backend's tests
+/// run it.
+#[cfg(test)]
+pub(crate) fn check_lease_contract(l: &dyn Ledger) {
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    // A free lease is granted; a live one of another holder is not.
+    assert_eq!(
+        l.try_leases(&names(&["a", "b"]), "r1", 1000, 10_000).unwrap(),
+        names(&["a", "b"])
+    );
+    assert!(
+        l.try_leases(&names(&["a", "b"]), "r2", 1000, 10_500)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !l.try_lease("a", "r2", 1000, 10_999).unwrap(),
+        "live until 11 000"
+    );
+    // The holder renews: "a" now lasts until 11 900, "b" still ends at 11 000.
+    assert_eq!(
+        l.renew_leases(&names(&["a"]), "r1", 1000, 10_900).unwrap(),
+        names(&["a"])
+    );
+    // Another holder cannot renew what it does not hold.
+    assert!(
+        l.renew_leases(&names(&["a", "b"]), "r2", 1000, 10_900)
+            .unwrap()
+            .is_empty()
+    );
+    // At its end a lease is expired: another holder takes "b", not the renewed "a".
+    assert_eq!(
+        l.try_leases(&names(&["a", "b"]), "r2", 1000, 11_000).unwrap(),
+        names(&["b"])
+    );
+    // The former holder of "b" cannot renew it (it may have been replaced), nor take it.
+    assert!(
+        l.renew_leases(&names(&["b"]), "r1", 1000, 11_001)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!l.try_lease("b", "r1", 1000, 11_001).unwrap());
+    // An expired lease is not renewed even by its holder, and nobody else took it: the
+    // holder may take it again with try_leases.
+    assert!(
+        l.renew_leases(&names(&["a"]), "r1", 1000, 11_900)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(l.try_lease("a", "r1", 1000, 11_900).unwrap());
+    // Releasing a lease of another holder changes nothing; the holder's release frees it at once.
+    l.release_leases(&names(&["a", "b"]), "r2").unwrap();
+    assert!(!l.try_lease("a", "r2", 1000, 12_000).unwrap(), "r1 still holds a");
+    l.release_lease("a", "r1").unwrap();
+    assert!(l.try_lease("a", "r2", 1000, 12_000).unwrap());
+    assert!(l.try_leases(&[], "r1", 1000, 12_000).unwrap().is_empty());
+}
+
 /// The rate-budget rule, checked the same way against every store.
 #[cfg(test)]
 pub(crate) mod budget_tests {
@@ -430,62 +488,4 @@ pub(crate) mod budget_tests {
         assert!(within_rule(&[0, 10, 1000], 2, 1000));
         assert!(!within_rule(&[0, 10, 999], 2, 1000));
     }
-}
-
-/// The lease contract every backend keeps (see [`Ledger::try_leases`]); each backend's tests
-/// run it.
-#[cfg(test)]
-pub(crate) fn check_lease_contract(l: &dyn Ledger) {
-    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
-    // A free lease is granted; a live one of another holder is not.
-    assert_eq!(
-        l.try_leases(&names(&["a", "b"]), "r1", 1000, 10_000).unwrap(),
-        names(&["a", "b"])
-    );
-    assert!(
-        l.try_leases(&names(&["a", "b"]), "r2", 1000, 10_500)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        !l.try_lease("a", "r2", 1000, 10_999).unwrap(),
-        "live until 11 000"
-    );
-    // The holder renews: "a" now lasts until 11 900, "b" still ends at 11 000.
-    assert_eq!(
-        l.renew_leases(&names(&["a"]), "r1", 1000, 10_900).unwrap(),
-        names(&["a"])
-    );
-    // Another holder cannot renew what it does not hold.
-    assert!(
-        l.renew_leases(&names(&["a", "b"]), "r2", 1000, 10_900)
-            .unwrap()
-            .is_empty()
-    );
-    // At its end a lease is expired: another holder takes "b", not the renewed "a".
-    assert_eq!(
-        l.try_leases(&names(&["a", "b"]), "r2", 1000, 11_000).unwrap(),
-        names(&["b"])
-    );
-    // The former holder of "b" cannot renew it (it may have been replaced), nor take it.
-    assert!(
-        l.renew_leases(&names(&["b"]), "r1", 1000, 11_001)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(!l.try_lease("b", "r1", 1000, 11_001).unwrap());
-    // An expired lease is not renewed even by its holder, and nobody else took it: the
-    // holder may take it again with try_leases.
-    assert!(
-        l.renew_leases(&names(&["a"]), "r1", 1000, 11_900)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(l.try_lease("a", "r1", 1000, 11_900).unwrap());
-    // Releasing a lease of another holder changes nothing; the holder's release frees it at once.
-    l.release_leases(&names(&["a", "b"]), "r2").unwrap();
-    assert!(!l.try_lease("a", "r2", 1000, 12_000).unwrap(), "r1 still holds a");
-    l.release_lease("a", "r1").unwrap();
-    assert!(l.try_lease("a", "r2", 1000, 12_000).unwrap());
-    assert!(l.try_leases(&[], "r1", 1000, 12_000).unwrap().is_empty());
 }
