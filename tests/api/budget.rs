@@ -9,24 +9,9 @@ use dingops::domain::ChatId;
 use dingops::ledger::{Ledger as _, LedgerHandle, SqliteLedger};
 use dingops::telemetry::Metrics;
 use dingtalk_sim::chat::{new_msg_id, text_message};
-use dingtalk_sim::{RecordedCall, Simulator, api};
+use dingtalk_sim::{Simulator, api};
 
 use crate::helpers::*;
-
-/// The most of `calls` that arrived within any `window_ms` (half-open).
-fn peak(calls: &[RecordedCall], window_ms: u64) -> usize {
-    let mut times: Vec<u64> = calls.iter().map(|c| c.at_ms).collect();
-    times.sort_unstable();
-    let mut start = 0;
-    let mut most = 0;
-    for (end, t) in times.iter().enumerate() {
-        while times[start] + window_ms <= *t {
-            start += 1;
-        }
-        most = most.max(end + 1 - start);
-    }
-    most
-}
 
 /// `n` groups `cid{prefix}NNNN==` / `chat{prefix}NNNN` added to `sim`.
 fn add_groups(sim: &Simulator, prefix: &str, n: usize) -> Vec<(String, String)> {
@@ -41,25 +26,6 @@ fn add_groups(sim: &Simulator, prefix: &str, n: usize) -> Vec<(String, String)> 
 
 /// The pace of the two-process tests (see there).
 const PACE: &str = "15";
-
-/// Asserts that DingTalk never refused a call for its rate and that no API got more than
-/// 19 calls within any second (DingTalk allows 20).
-#[track_caller]
-fn assert_within_budget(sim: &Simulator) {
-    let all = sim.calls(None);
-    let refused = all.iter().filter(|c| c.answer == 90018).count();
-    assert_eq!(refused, 0, "{refused} calls refused with 90018");
-    let apis: std::collections::BTreeSet<&str> = all.iter().map(|c| c.api.as_str()).collect();
-    for api in apis {
-        let calls: Vec<RecordedCall> = all.iter().filter(|c| c.api == api).cloned().collect();
-        let (per_second, per_window) = (peak(&calls, 1000), peak(&calls, 1050));
-        eprintln!(
-            "{api}: {} calls, at most {per_second} in any 1 s, {per_window} in any 1.05 s",
-            calls.len()
-        );
-        assert!(per_second <= 19, "{api}: {per_second} calls within one second");
-    }
-}
 
 fn client(sim: &Simulator, ledger: Option<LedgerHandle>, metrics: Arc<Metrics>) -> Arc<DingTalk> {
     let settings = sim_settings(sim).unwrap();

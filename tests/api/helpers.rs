@@ -419,3 +419,41 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     }
     true
 }
+
+/// The most of `calls` that arrived within any `window_ms` (half-open).
+pub fn peak(calls: &[RecordedCall], window_ms: u64) -> usize {
+    let mut times: Vec<u64> = calls.iter().map(|c| c.at_ms).collect();
+    times.sort_unstable();
+    let mut start = 0;
+    let mut most = 0;
+    for (end, t) in times.iter().enumerate() {
+        while times[start] + window_ms <= *t {
+            start += 1;
+        }
+        most = most.max(end + 1 - start);
+    }
+    most
+}
+
+/// Asserts that DingTalk never refused a call for its rate and that no API got more than
+/// 19 calls within any second (DingTalk allows 20); the most calls of one API within any
+/// 1.05 s (the window dingops paces by), for the caller to judge.
+#[track_caller]
+pub fn assert_within_budget(sim: &Simulator) -> usize {
+    let all = sim.calls(None);
+    let refused = all.iter().filter(|c| c.answer == 90018).count();
+    assert_eq!(refused, 0, "{refused} calls refused with 90018");
+    let apis: std::collections::BTreeSet<&str> = all.iter().map(|c| c.api.as_str()).collect();
+    let mut most_per_window = 0;
+    for api in apis {
+        let calls: Vec<RecordedCall> = all.iter().filter(|c| c.api == api).cloned().collect();
+        let (per_second, per_window) = (peak(&calls, 1000), peak(&calls, 1050));
+        eprintln!(
+            "{api}: {} calls, at most {per_second} in any 1 s, {per_window} in any 1.05 s",
+            calls.len()
+        );
+        assert!(per_second <= 19, "{api}: {per_second} calls within one second");
+        most_per_window = most_per_window.max(per_window);
+    }
+    most_per_window
+}

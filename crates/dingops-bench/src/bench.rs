@@ -42,6 +42,10 @@ pub struct BenchOptions {
     /// A PostgreSQL server (`postgres://` URL) for the ledger of the load phases instead of
     /// SQLite files; each phase gets a schema of its own there, dropped afterwards.
     pub database: Option<String>,
+    /// dingops processes on the one ledger of the burst (ingest) phase, each callback sent
+    /// to the next in turn; more than one needs `database` (a SQLite ledger has one
+    /// process).
+    pub replicas: usize,
 }
 
 impl Default for BenchOptions {
@@ -54,6 +58,7 @@ impl Default for BenchOptions {
             drain_groups: 1000,
             rust_log: "info".into(),
             database: None,
+            replicas: 1,
         }
     }
 }
@@ -188,18 +193,39 @@ pub(crate) async fn drive(
     limit: Option<u64>,
     make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
 ) -> PhaseStats {
+    drive_all(&[addr], connections, duration, rate, limit, make).await
+}
+
+/// [`drive`] over several servers: each of the `connections` load connections keeps a
+/// connection to every server in `addrs` and sends request n to `addrs[n % addrs.len()]`,
+/// so the callbacks go to the servers in turn.
+pub(crate) async fn drive_all(
+    addrs: &[SocketAddr],
+    connections: usize,
+    duration: Duration,
+    rate: Option<u32>,
+    limit: Option<u64>,
+    make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>,
+) -> PhaseStats {
+    let addrs: Arc<Vec<SocketAddr>> = Arc::new(addrs.to_vec());
     let seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let end = start + duration;
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (seq, make) = (seq.clone(), make.clone());
+        let (seq, make, addrs) = (seq.clone(), make.clone(), addrs.clone());
         tasks.push(tokio::spawn(async move {
             let mut stats = PhaseStats::default();
-            let Ok(mut conn) = Conn::open(addr).await else {
-                stats.errors += 1;
-                return stats;
-            };
+            let mut conns = Vec::with_capacity(addrs.len());
+            for addr in addrs.iter() {
+                match Conn::open(*addr).await {
+                    Ok(conn) => conns.push(conn),
+                    Err(_) => {
+                        stats.errors += 1;
+                        return stats;
+                    }
+                }
+            }
             let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / f64::from(r.max(1))));
             let mut next =
                 start + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
@@ -216,6 +242,8 @@ pub(crate) async fn drive(
                     break;
                 }
                 let request = make(n);
+                let to = usize::try_from(n).unwrap_or(0) % addrs.len();
+                let conn = &mut conns[to];
                 let t0 = Instant::now();
                 match conn.exchange(&request).await {
                     Ok(status) => {
@@ -225,8 +253,8 @@ pub(crate) async fn drive(
                     }
                     Err(_) => {
                         stats.errors += 1;
-                        match Conn::open(addr).await {
-                            Ok(c) => conn = c,
+                        match Conn::open(addrs[to]).await {
+                            Ok(c) => *conn = c,
                             Err(_) => break,
                         }
                     }
@@ -442,6 +470,12 @@ pub(crate) async fn in_scratch_dir<T>(
 }
 
 async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<Report> {
+    anyhow::ensure!(opts.replicas >= 1, "--replicas must be at least 1");
+    anyhow::ensure!(
+        opts.replicas == 1 || opts.database.is_some(),
+        "--replicas {} needs --database postgres://…: a SQLite ledger serves one process",
+        opts.replicas
+    );
     let mut report = Report::default();
     let (sim, load_groups) = sim_with_groups("Load", opts.groups, 0)?;
     let secret = sim.config().app_secret.clone();
@@ -521,30 +555,35 @@ async fn run_in(opts: &BenchOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     // backlog waits in the ledger, drained at DingTalk's rate.
     {
         let (_schema, database) = phase_database(opts, dir, "burst.db");
-        let dingops = start_dingops(
-            exe,
-            &sim,
-            &dir.join("burst.db"),
-            &load_groups,
-            &[
-                ("RUST_LOG", opts.rust_log.as_str()),
-                ("DINGOPS_DATABASE", database.as_str()),
-            ],
-        )
-        .await?;
-        writeln!(out, "  dingops: a burst of signed callbacks, default pacing …")?;
-        report.burst = Some(
-            drive(
-                dingops.addr,
-                opts.connections,
-                opts.duration,
-                None,
-                None,
-                make("u"),
-            )
-            .await,
-        );
-        report.burst_rss_kib = dingops.peak_rss_kib();
+        let mut fleet = Vec::with_capacity(opts.replicas);
+        for _ in 0..opts.replicas {
+            fleet.push(
+                start_dingops(
+                    exe,
+                    &sim,
+                    &dir.join("burst.db"),
+                    &load_groups,
+                    &[
+                        ("RUST_LOG", opts.rust_log.as_str()),
+                        ("DINGOPS_DATABASE", database.as_str()),
+                    ],
+                )
+                .await?,
+            );
+        }
+        if opts.replicas > 1 {
+            writeln!(
+                out,
+                "  dingops: a burst of signed callbacks, default pacing, {} replicas on one database in turn …",
+                opts.replicas
+            )?;
+        } else {
+            writeln!(out, "  dingops: a burst of signed callbacks, default pacing …")?;
+        }
+        let addrs: Vec<SocketAddr> = fleet.iter().map(|d| d.addr).collect();
+        report.burst = Some(drive_all(&addrs, opts.connections, opts.duration, None, None, make("u")).await);
+        // The largest of the replicas.
+        report.burst_rss_kib = fleet.iter().filter_map(ChildServer::peak_rss_kib).max();
     }
 
     // dingops with pacing off: accepted throughput while executing every command, paced ack
@@ -740,8 +779,13 @@ fn print_report(opts: &BenchOptions, r: &Report, out: &mut dyn Write) -> std::io
         let base = b.per_sec(200);
         writeln!(
             out,
-            "| accepted signed callbacks/s, burst with default pacing ({} conns, durable ledger) | {:.0} | {:.0} | {:.2} | ≥ 0.50 |",
+            "| accepted signed callbacks/s, burst with default pacing ({} conns, durable ledger{}) | {:.0} | {:.0} | {:.2} | ≥ 0.50 |",
             opts.connections,
+            if opts.replicas > 1 {
+                format!(", {} replicas", opts.replicas)
+            } else {
+                String::new()
+            },
             base,
             u.per_sec(200),
             u.per_sec(200) / base
@@ -1025,4 +1069,67 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     )?;
     sim.stop().await;
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback HTTP/1.1 server answering every request 200; counts the requests.
+    async fn counting_server() -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicU64::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // One whole request (head and Content-Length body) per answer.
+                        while let Some(end) = find(&buf, b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if buf.len() < end + 4 + length {
+                                break;
+                            }
+                            buf.drain(..end + 4 + length);
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    #[tokio::test]
+    async fn callbacks_driven_at_several_servers_go_to_each_in_turn() {
+        let servers = [
+            counting_server().await,
+            counting_server().await,
+            counting_server().await,
+        ];
+        let addrs: Vec<SocketAddr> = servers.iter().map(|(a, _)| *a).collect();
+        let make: Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> =
+            Arc::new(|n| http_request("1", "sign", &format!("{{\"n\":{n}}}")));
+        let stats = drive_all(&addrs, 4, Duration::from_secs(30), None, Some(300), make).await;
+        assert_eq!(stats.count(200), 300);
+        assert_eq!(stats.errors, 0);
+        let counts: Vec<u64> = servers.iter().map(|(_, c)| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(counts, [100, 100, 100]);
+    }
 }

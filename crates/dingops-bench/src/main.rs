@@ -52,6 +52,10 @@ enum Cmd {
         /// load phases instead of SQLite files; each phase uses a new schema, dropped after.
         #[arg(long, value_name = "URL")]
         database: Option<String>,
+        /// dingops processes sharing the ledger in the burst (ingest) phase, callbacks sent
+        /// to them in turn; more than one needs --database.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        replicas: u16,
     },
     /// Soak test: many mixed callbacks, then checks that nothing was lost or doubled.
     Soak {
@@ -153,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drain_groups,
             rust_log,
             database,
+            replicas,
         } => {
             let exe = dingops_binary(cli.dingops)?;
             let opts = bench::BenchOptions {
@@ -163,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drain_groups,
                 rust_log,
                 database,
+                replicas: usize::from(replicas),
             };
             let mut out = std::io::stdout();
             bench::run(&opts, &exe, &mut out).await?;
