@@ -361,6 +361,11 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
+    fn release_holder(&self, holder: &str) -> Result<(), LedgerError> {
+        self.state()?.leases.retain(|_, (h, _)| h != holder);
+        Ok(())
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         self.state().map(|_| ())
     }

@@ -204,6 +204,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// Gives up those of `names` that `holder` holds, in one write, so that another holder
     /// may take them at once; a name held by another holder is left alone.
     fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError>;
+    /// Gives up every lease `holder` holds, in one write (a replica that stops).
+    fn release_holder(&self, holder: &str) -> Result<(), LedgerError>;
     /// [`Ledger::release_leases`] of one name.
     fn release_lease(&self, name: &str, holder: &str) -> Result<(), LedgerError> {
         self.release_leases(&[name.to_owned()], holder)
@@ -377,6 +379,14 @@ pub(crate) fn check_lease_contract(l: &dyn Ledger) {
     l.release_lease("a", "r1").unwrap();
     assert!(l.try_lease("a", "r2", 1000, 12_000).unwrap());
     assert!(l.try_leases(&[], "r1", 1000, 12_000).unwrap().is_empty());
+    // A stopping replica gives up all its leases at once, and only its own.
+    assert!(l.try_lease("h1", "stopping", 60_000, 100_000).unwrap());
+    assert!(l.try_lease("h2", "stopping", 60_000, 100_000).unwrap());
+    assert!(l.try_lease("h3", "staying", 60_000, 100_000).unwrap());
+    l.release_holder("stopping").unwrap();
+    assert!(l.try_lease("h1", "next", 60_000, 100_001).unwrap());
+    assert!(l.try_lease("h2", "next", 60_000, 100_001).unwrap());
+    assert!(!l.try_lease("h3", "next", 60_000, 100_001).unwrap());
 }
 
 /// The rate-budget rule, checked the same way against every store.

@@ -870,6 +870,15 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn release_holder(&self, holder: &str) -> Result<(), LedgerError> {
+        let holder = holder.to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM leases WHERE holder = ?1", params![holder])
+                .map_err(sql("release holder"))?;
+            Ok(())
+        })
+    }
+
     fn ping(&self) -> Result<(), LedgerError> {
         // A real write through the writer, committed like a callback's: it fails when the disk
         // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks

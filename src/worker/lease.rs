@@ -81,6 +81,25 @@ pub struct Leases {
     /// This replica's lease writes, one at a time: a release and a take of the same group
     /// (the pool's heartbeat and the timer) never cross in the ledger.
     writes: tokio::sync::Mutex<()>,
+    /// Lease writes under way in the ledger, counted inside the blocking call itself: a write
+    /// whose caller was cancelled (a task aborted at shutdown) still counts until it is done.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one lease write in [`Leases::in_flight`] for as long as it exists.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A group the timer borrowed for one revert; given back when dropped.
@@ -107,6 +126,7 @@ impl Leases {
             ledger,
             book: Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
+            in_flight: Arc::default(),
         }
     }
 
@@ -196,11 +216,7 @@ impl Leases {
             return cids;
         }
         let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
-        let taken = match self
-            .ledger
-            .call(move |l| l.try_leases(&names, &holder, ttl, now))
-            .await
-        {
+        let taken = match self.write(move |l| l.try_leases(&names, &holder, ttl, now)).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot take group leases; trying again shortly");
@@ -242,8 +258,7 @@ impl Leases {
         let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
         let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
         let renewed = if self.shared {
-            self.ledger
-                .call(move |l| l.renew_leases(&names, &holder, ttl, now))
+            self.write(move |l| l.renew_leases(&names, &holder, ttl, now))
                 .await
         } else {
             Ok(names)
@@ -306,11 +321,7 @@ impl Leases {
         }
         if !release.is_empty() && self.shared {
             let holder = self.holder.clone();
-            if let Err(e) = self
-                .ledger
-                .call(move |l| l.release_leases(&release, &holder))
-                .await
-            {
+            if let Err(e) = self.write(move |l| l.release_leases(&release, &holder)).await {
                 // They run out by themselves.
                 tracing::warn!(error = %e, "cannot give back idle group leases");
             }
@@ -360,8 +371,7 @@ impl Leases {
         }
         let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
         match self
-            .ledger
-            .call(move |l| l.try_lease(TIMER_LEASE, &holder, ttl, now))
+            .write(move |l| l.try_lease(TIMER_LEASE, &holder, ttl, now))
             .await
         {
             Ok(mine) => mine,
@@ -373,23 +383,40 @@ impl Leases {
     }
 
     /// Gives back every lease of this replica (at shutdown, once its commands are done or
-    /// abandoned), so that the others take over at once instead of after the lease.
+    /// abandoned), so that the others take over at once instead of after the lease. Waits
+    /// (a few seconds at most) for lease writes still under way, those of tasks aborted at
+    /// shutdown included, then removes every lease the ledger has for this replica, not only
+    /// those in the book: an aborted take may have written one the book never saw.
     pub async fn release_all(&self) {
         let _w = self.writes.lock().await;
-        let mut names: Vec<String> = self
-            .book()
-            .groups
-            .drain()
-            .map(|(cid, _)| group_lease(&cid))
-            .collect();
+        self.book().groups.clear();
         if !self.shared {
             return;
         }
-        names.push(TIMER_LEASE.to_owned());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let holder = self.holder.clone();
-        if let Err(e) = self.ledger.call(move |l| l.release_leases(&names, &holder)).await {
+        if let Err(e) = self.write(move |l| l.release_holder(&holder)).await {
             tracing::warn!(error = %e, "cannot give back the leases; they run out by themselves");
         }
+    }
+
+    /// Runs a lease write in the ledger, counted in `in_flight` until it is done.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::ledger::Ledger) -> Result<T, crate::ledger::LedgerError> + Send + 'static,
+    ) -> Result<T, crate::ledger::LedgerError> {
+        let counted = InFlight::new(&self.in_flight);
+        self.ledger
+            .call(move |l| {
+                let _counted = counted;
+                f(l)
+            })
+            .await
     }
 }
 

@@ -327,15 +327,16 @@ impl Pump {
             }
         };
         let full = rows.len() == room;
-        // Groups met for the first time (not in memory, not held, not known to be another
-        // replica's): their leases are asked for in one write.
+        // Groups with new commands that this replica does not hold: met for the first time,
+        // or held by another replica when last seen (which may have given them back since,
+        // e.g. when it stopped): their leases are asked for in one write, so a group whose
+        // holder left is taken at its next command rather than at the next heartbeat.
         let wanted: Vec<String> = {
             let st = self.groups.lock();
             let mut wanted: Vec<String> = Vec::new();
             for (_, job) in &rows {
                 let cid = &job.accepted.conversation_id;
                 if !st.map.contains_key(cid)
-                    && !st.skipped.contains_key(cid)
                     && self.ctx.leases.taken_before(cid, u64::MAX).is_none()
                     && !wanted.contains(cid)
                 {

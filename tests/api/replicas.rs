@@ -418,6 +418,11 @@ async fn a_replica_stopped_gracefully_gives_its_groups_to_the_others_at_once() {
     a_stopped_replicas_groups_go_to_the_others_at_once(Store::memory()).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_on_postgres_stopped_gracefully_gives_its_groups_to_the_others_at_once() {
+    a_stopped_replicas_groups_go_to_the_others_at_once(Store::postgres()).await;
+}
+
 /// A timed revert falls due while replicas start, stop and die: it runs once.
 async fn a_timed_revert_among_changing_replicas(store: Store) {
     let (sim, groups) = sim_with_groups(1);

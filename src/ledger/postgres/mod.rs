@@ -1027,6 +1027,16 @@ impl Ledger for PostgresLedger {
         })
     }
 
+    fn release_holder(&self, holder: &str) -> Result<(), LedgerError> {
+        let holder = text(holder);
+        self.with("release holder", move |mut c| async move {
+            c.execute("DELETE FROM leases WHERE holder = $1", &[&holder])
+                .await
+                .map_err(pg("release holder"))?;
+            Ok(((), c))
+        })
+    }
+
     fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
         let r = row.clone();
         self.with("record own action", move |mut c| async move {
