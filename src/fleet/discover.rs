@@ -21,8 +21,8 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
 use crate::domain::{Binding, ChatId, Department};
+use crate::domain::{printable, steers_terminal};
 use crate::ledger::{LedgerError, LedgerHandle};
-use crate::ops::{printable, steers_terminal};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
