@@ -160,10 +160,19 @@ impl Limiter {
     /// Takes the next slot at `now`.
     fn take(&self, now: Instant) -> Instant {
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = match recent.len().checked_sub(self.max).map(|i| recent[i]) {
-            Some(oldest) => now.max(oldest + self.window),
-            None => now,
-        };
+        // The shared budget's rule (`ledger::budget_slot`): the window, and a least gap
+        // after the latest slot.
+        let after_window = recent
+            .len()
+            .checked_sub(self.max)
+            .map(|i| recent[i] + self.window);
+        let gap = self.window / (2 * self.max.max(1) as u32);
+        let after_gap = recent.back().map(|&t| t + gap);
+        let slot = [Some(now), after_window, after_gap]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(now);
         Self::remember(&mut recent, self.max, slot);
         slot
     }
@@ -863,10 +872,12 @@ mod tests {
         // Granted by the ledger, and learnt out of order.
         limiter.record(now + ms(500));
         limiter.record(now - ms(1000));
-        // The window of the oldest of the last two frees a slot at -1000 + 1050.
-        assert_eq!(limiter.take(now), now + ms(50));
-        // Now 500 and 50 are the last two: the next waits for 50 + 1050.
-        assert_eq!(limiter.take(now), now + ms(1100));
+        // The window of the oldest of the last two frees a slot at -1000 + 1050, but the
+        // latest slot is the ledger's at 500: the next comes a least gap (1050 / 4) after it.
+        let gap = Duration::from_micros(262_500);
+        assert_eq!(limiter.take(now), now + ms(500) + gap);
+        // Now 500 and 762.5 are the last two: the next waits for 500 + 1050.
+        assert_eq!(limiter.take(now), now + ms(1550));
     }
 
     #[test]

@@ -385,9 +385,8 @@ impl Ledger for MemoryLedger {
         let horizon = now.saturating_sub(window_ms);
         let stale = slots.partition_point(|&t| t <= horizon);
         slots.drain(..stale);
-        let max = max as usize;
-        let max_th_latest = slots.len().checked_sub(max).map(|i| slots[i]);
-        let slot = budget_slot(now, max_th_latest, window_ms);
+        let max_th_latest = slots.len().checked_sub(max as usize).map(|i| slots[i]);
+        let slot = budget_slot(now, slots.last().copied(), max_th_latest, window_ms, max);
         let at = slots.partition_point(|&t| t <= slot);
         slots.insert(at, slot);
         Ok(slot)

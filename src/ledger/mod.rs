@@ -224,7 +224,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// * the slots that still matter are those after `now − window_ms`; older ones may
     ///   be deleted in the same write;
     /// * if fewer than `max` of those exist, the slot is `now`;
-    /// * otherwise it is the later of `now` and (the `max`-th latest slot + `window_ms`).
+    /// * otherwise it is the later of `now` and (the `max`-th latest slot + `window_ms`);
+    /// * and it is at least [`budget_gap`] after the latest slot.
     ///
     /// Read, compute and insert form one atomic step: two reservations, from this process
     /// or any other sharing the store, never both see the state before the other's
@@ -249,13 +250,28 @@ pub trait Ledger: Send + Sync + 'static {
     }
 }
 
-/// The slot [`Ledger::reserve_call`] grants at `now`, given the `max`-th latest of the
-/// slots after `now − window_ms` (`None` when there are fewer than `max` of them).
-pub fn budget_slot(now: u64, max_th_latest: Option<u64>, window_ms: u64) -> u64 {
-    match max_th_latest {
-        Some(s) => now.max(s.saturating_add(window_ms)),
-        None => now,
-    }
+/// The slot [`Ledger::reserve_call`] grants at `now`, given the latest slot and the
+/// `max`-th latest of the slots after `now − window_ms` (`None` when there are fewer).
+///
+/// Besides the window rule, consecutive slots are at least [`budget_gap`] apart: a burst
+/// goes out as a ramp over half a window rather than all in the same millisecond, so the
+/// few milliseconds by which calls reach DingTalk later or earlier than planned move a call
+/// or two across the edge of DingTalk's one-second count, never a whole burst.
+pub fn budget_slot(
+    now: u64,
+    latest: Option<u64>,
+    max_th_latest: Option<u64>,
+    window_ms: u64,
+    max: u32,
+) -> u64 {
+    let after_window = max_th_latest.map_or(0, |s| s.saturating_add(window_ms));
+    let after_gap = latest.map_or(0, |s| s.saturating_add(budget_gap(window_ms, max)));
+    now.max(after_window).max(after_gap)
+}
+
+/// The least time between two slots of one API: half the window's share per call.
+pub fn budget_gap(window_ms: u64, max: u32) -> u64 {
+    window_ms / (2 * u64::from(max.max(1)))
 }
 
 /// Checks the arguments of [`Ledger::reserve_call`].
@@ -415,7 +431,11 @@ pub(crate) mod budget_tests {
         let got: Vec<u64> = (0..7)
             .map(|_| l.reserve_call("friendswitch", 3, 1000, b).unwrap())
             .collect();
-        let expected: Vec<u64> = [0, 0, 0, 1000, 1000, 1000, 2000].iter().map(|d| b + d).collect();
+        // Within a window, each slot a least gap (1000 / 6) after the one before.
+        let expected: Vec<u64> = [0, 166, 332, 1000, 1166, 1332, 2000]
+            .iter()
+            .map(|d| b + d)
+            .collect();
         assert_eq!(got, expected);
         // Another API has a budget of its own.
         assert_eq!(l.reserve_call("chat_get", 3, 1000, b).unwrap(), b);
@@ -431,8 +451,9 @@ pub(crate) mod budget_tests {
         for t in [0, 500, 999] {
             assert_eq!(l.reserve_call("api", 3, 1000, b + t).unwrap(), b + t);
         }
-        assert_eq!(l.reserve_call("api", 3, 1000, b + 999).unwrap(), b + 1000);
-        // [b+1, b+1001) now holds 500, 999, 1000: full, so the next waits for 500 + 1000.
+        // The window of 0 frees a slot at 1000, but the least gap after 999 is later.
+        assert_eq!(l.reserve_call("api", 3, 1000, b + 999).unwrap(), b + 999 + 166);
+        // 500, 999, 1165 fill a window: the next waits for 500 + 1000.
         assert_eq!(l.reserve_call("api", 3, 1000, b + 1000).unwrap(), b + 1500);
     }
 
@@ -479,9 +500,12 @@ pub(crate) mod budget_tests {
         let burst: Vec<u64> = (0..40)
             .map(|_| l.reserve_call("tight", max, window, b).unwrap())
             .collect();
-        assert_eq!(burst.iter().filter(|&&s| s == b).count(), 19);
-        assert_eq!(burst.iter().filter(|&&s| s == b + window).count(), 19);
-        assert_eq!(burst.iter().filter(|&&s| s == b + 2 * window).count(), 2);
+        // A burst goes out as ramps: 19 slots a least gap apart, then the next window.
+        let gap = super::budget_gap(window, max);
+        let ramps: Vec<u64> = (0..40u64)
+            .map(|i| b + (i / 19) * window + (i % 19) * gap)
+            .collect();
+        assert_eq!(burst, ramps);
     }
 
     /// Runs every check above on fresh ledgers made by `open`.

@@ -919,7 +919,11 @@ impl Ledger for SqliteLedger {
                         .optional()
                 })
                 .map_err(sql("reserve call"))?;
-            let slot = budget_slot(now, max_th_latest.map(to_u64), window_ms);
+            let latest: Option<i64> = conn
+                .prepare_cached("SELECT max(slot_ms) FROM call_slots WHERE api = ?1")
+                .and_then(|mut st| st.query_row(params![api], |r| r.get(0)))
+                .map_err(sql("reserve call"))?;
+            let slot = budget_slot(now, latest.map(to_u64), max_th_latest.map(to_u64), window_ms, max);
             conn.prepare_cached("INSERT INTO call_slots (api, slot_ms) VALUES (?1, ?2)")
                 .and_then(|mut st| st.execute(params![api, to_i64(slot)]))
                 .map_err(sql("reserve call"))?;
@@ -1003,8 +1007,11 @@ mod tests {
         }
         // 200 reservations at once, 19 per window: exactly the slots the rule allows, as if
         // one process had made them all.
-        let mut expected: std::collections::BTreeMap<u64, usize> = (0..10).map(|w| (w * 1050, 19)).collect();
-        expected.insert(10 * 1050, 10);
+        // Ramps of 19 slots a least gap apart, one per window, as one process alone gets.
+        let gap = crate::ledger::budget_gap(1050, 19);
+        let expected: std::collections::BTreeMap<u64, usize> = (0..200u64)
+            .map(|i| ((i / 19) * 1050 + (i % 19) * gap, 1))
+            .collect();
         assert_eq!(per_slot, expected);
     }
 

@@ -942,7 +942,15 @@ impl Ledger for PostgresLedger {
                 .await
                 .map_err(pg("reserve call"))?
                 .map(|r| r.get(0));
-            let slot = super::budget_slot(now, max_th_latest.map(to_u64), window_ms);
+            let latest: Option<i64> = tx
+                .query_one(
+                    "SELECT max(slot_ms) FROM call_slots WHERE api = $1",
+                    &[&text(&api)],
+                )
+                .await
+                .map_err(pg("reserve call"))?
+                .get(0);
+            let slot = super::budget_slot(now, latest.map(to_u64), max_th_latest.map(to_u64), window_ms, max);
             tx.execute(
                 "INSERT INTO call_slots (api, slot_ms) VALUES ($1, $2)",
                 &[&text(&api), &to_i64(slot)],
