@@ -228,7 +228,19 @@ async fn a_timed_switch_reverts_on_time_and_posts_its_result_in_the_group() {
     assert!(calls[1].at_ms >= set[0].at_ms + 1900, "{calls:?}");
     assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 0);
 
-    let rows = app.ledger().history(Some(GROUP), None, 100).unwrap();
+    // The timer records its row once the group message went out (the row says how it went):
+    // it may land a moment after the message.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let rows = loop {
+        let rows = app.ledger().history(Some(GROUP), None, 100).unwrap();
+        let recorded = rows
+            .iter()
+            .any(|r| r.sender_nick.as_deref() == Some("dingops (timer)"));
+        if recorded || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let audit = dingops::ops::audit_table(&rows);
     assert!(
         audit.contains("dingops (timer)") && audit.contains("revert of /mute-all 2m by Ada (admin01)"),
