@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use dingops::clock::now_ms;
@@ -435,7 +435,6 @@ async fn a_timed_revert_among_changing_replicas(store: Store) {
     let chat = session_chat(&sim, &cid);
     assert_eq!(a.send(&chat, &admin(), "/lock-dm 1m", &new_msg_id()).await, 200);
     exactly_replies(&sim, 1, Duration::from_secs(10)).await;
-    let scheduled = Instant::now();
     // Two more replicas start, A stops before the revert is due; then the revert is due
     // on both survivors, and one of them dies and another starts.
     let b = Replica::start(&sim, &store, settings).await;
@@ -446,9 +445,19 @@ async fn a_timed_revert_among_changing_replicas(store: Store) {
     })
     .await;
     assert!(reverted, "the revert did not run");
+    // Not before it was due: one shortened minute (3 s) after the lock, as DingTalk saw
+    // the two calls (the test's own clock would count from when it saw the reply, which a
+    // loaded machine delays).
+    let switches: Vec<u64> = sim
+        .calls(Some(api::FRIEND_SWITCH))
+        .iter()
+        .filter(|c| c.answer == 0 && c.body["chatid"] == chatid.as_str())
+        .map(|c| c.at_ms)
+        .collect();
+    assert_eq!(switches.len(), 2, "the lock and its revert");
     assert!(
-        scheduled.elapsed() >= Duration::from_millis(2500),
-        "it ran before it was due"
+        switches[1] >= switches[0] + 2500,
+        "it ran before it was due: {switches:?}"
     );
     c.kill().await;
     let d = Replica::start(&sim, &store, settings).await;
