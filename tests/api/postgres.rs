@@ -313,3 +313,85 @@ async fn a_postgres_server_that_cannot_be_reached_stops_the_start_with_a_clear_e
     assert!(text.contains("connect"), "{text}");
     assert!(!text.contains("hunter2-pw"), "{text}");
 }
+
+/// PostgreSQL stops and comes back while callbacks keep arriving. Each sender plays DingTalk:
+/// a callback not acknowledged (503, or no answer) is sent again, with the same msgId, until
+/// it is. Every acknowledged command runs once and is answered once; some were refused while
+/// the database was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_load_refuses_callbacks_meanwhile_and_loses_none_it_acknowledged() {
+    let server = tokio::task::spawn_blocking(OwnServer::start).await.unwrap();
+    let database = Database::parse(&server.url).unwrap();
+    let app = std::sync::Arc::new(spawn_on(database.clone()).await);
+    let chat = app.chat(GROUP);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, chat, stop, refused) = (app.clone(), chat.clone(), stop.clone(), refused.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let msg_id = new_msg_id();
+                    let body = text_message(&msg_id, &chat, &member(), "/help");
+                    loop {
+                        match app.sender.send(&body).await {
+                            Ok((200, _)) => break,
+                            _ => {
+                                refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                    acknowledged.push(msg_id);
+                    // About 20 callbacks a second in all: the replies, paced at 19 a second
+                    // like every DingTalk API, keep up.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = tokio::task::spawn_blocking(move || {
+        server.stop();
+        server
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        s.restart();
+        s
+    })
+    .await
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while readyz(&app.address).await != 200 {
+        assert!(Instant::now() < end, "/readyz did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    for s in senders {
+        acknowledged.extend(s.await.unwrap());
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "no callback arrived while PostgreSQL was down"
+    );
+    // Each acknowledged command is answered once, and finished once in the ledger.
+    let replies = app.replies(acknowledged.len()).await;
+    assert_eq!(replies.len(), acknowledged.len());
+    let ledger = open(&database);
+    let rows = tokio::task::spawn_blocking(move || ledger.history(None, None, 100_000).unwrap())
+        .await
+        .unwrap();
+    for msg_id in &acknowledged {
+        let mine: Vec<_> = rows.iter().filter(|r| &r.msg_id == msg_id).collect();
+        assert_eq!(mine.len(), 1, "{msg_id}");
+        assert_eq!(mine[0].status, "done", "{msg_id}");
+    }
+    drop(server);
+}
