@@ -568,27 +568,7 @@ fn reservations_from_two_replicas_share_one_budget_on_postgres() {
     let schema = TestSchema::new();
     let a: Arc<dyn Ledger> = Arc::new(PostgresLedger::open(&schema.postgres_url()).unwrap());
     let b: Arc<dyn Ledger> = Arc::new(PostgresLedger::open(&schema.postgres_url()).unwrap());
-    let base = crate::clock::now_ms() + 86_400_000;
-    let threads: Vec<_> = (0..8)
-        .map(|i| {
-            let l = if i % 2 == 0 { a.clone() } else { b.clone() };
-            std::thread::spawn(move || {
-                (0..25)
-                    .map(|_| l.reserve_call("friendswitch_update", 19, 1050, base).unwrap())
-                    .collect::<Vec<u64>>()
-            })
-        })
-        .collect();
-    let mut per_slot = std::collections::BTreeMap::<u64, usize>::new();
-    for slot in threads.into_iter().flat_map(|t| t.join().unwrap()) {
-        *per_slot.entry(slot - base).or_default() += 1;
-    }
-    // Ramps of 19 slots a least gap apart, one per window, as one process alone gets.
-    let gap = crate::ledger::budget_gap(1050, 19);
-    let expected: std::collections::BTreeMap<u64, usize> = (0..200u64)
-        .map(|i| ((i / 19) * 1050 + (i % 19) * gap, 1))
-        .collect();
-    assert_eq!(per_slot, expected);
+    super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(a, b);
 }
 
 /// Two replicas ingesting at once while a third reads open commands after its cursor, as the

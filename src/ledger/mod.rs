@@ -508,6 +508,37 @@ pub(crate) mod budget_tests {
         assert_eq!(burst, ramps);
     }
 
+    /// Two handles on one store (two processes, two replicas) reserving 200 slots at once,
+    /// from eight threads: exactly the slots one process alone gets, ramps of 19 slots a
+    /// least gap apart, one ramp per window.
+    pub(crate) fn two_handles_reserving_at_once_get_the_slots_of_one(
+        a: std::sync::Arc<dyn Ledger>,
+        b: std::sync::Arc<dyn Ledger>,
+    ) {
+        // Far ahead, so the slots depend only on the reservations.
+        let base = base();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let l = if i % 2 == 0 { a.clone() } else { b.clone() };
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|_| l.reserve_call("friendswitch_update", 19, 1050, base).unwrap())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        // Calls per slot, by the slot's distance from `base`.
+        let mut per_slot = std::collections::BTreeMap::<u64, usize>::new();
+        for slot in threads.into_iter().flat_map(|t| t.join().unwrap()) {
+            *per_slot.entry(slot - base).or_default() += 1;
+        }
+        let gap = super::budget_gap(1050, 19);
+        let expected: std::collections::BTreeMap<u64, usize> = (0..200u64)
+            .map(|i| ((i / 19) * 1050 + (i % 19) * gap, 1))
+            .collect();
+        assert_eq!(per_slot, expected);
+    }
+
     /// Runs every check above on fresh ledgers made by `open`.
     pub(crate) fn run_all(open: impl Fn() -> Box<dyn Ledger>) {
         a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window(open().as_ref());

@@ -986,33 +986,10 @@ mod tests {
     fn reservations_from_two_connections_to_one_file_share_one_budget() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        let a = std::sync::Arc::new(SqliteLedger::open(&path).unwrap());
-        let b = std::sync::Arc::new(SqliteLedger::open(&path).unwrap());
-        // Far ahead, so the slots depend only on the reservations.
-        let base = crate::clock::now_ms() + 86_400_000;
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let l = if i % 2 == 0 { a.clone() } else { b.clone() };
-                std::thread::spawn(move || {
-                    (0..25)
-                        .map(|_| l.reserve_call("friendswitch_update", 19, 1050, base).unwrap())
-                        .collect::<Vec<u64>>()
-                })
-            })
-            .collect();
-        // Calls per slot, by the slot's distance from `base`.
-        let mut per_slot = std::collections::BTreeMap::<u64, usize>::new();
-        for slot in threads.into_iter().flat_map(|t| t.join().unwrap()) {
-            *per_slot.entry(slot - base).or_default() += 1;
-        }
-        // 200 reservations at once, 19 per window: exactly the slots the rule allows, as if
-        // one process had made them all.
-        // Ramps of 19 slots a least gap apart, one per window, as one process alone gets.
-        let gap = crate::ledger::budget_gap(1050, 19);
-        let expected: std::collections::BTreeMap<u64, usize> = (0..200u64)
-            .map(|i| ((i / 19) * 1050 + (i % 19) * gap, 1))
-            .collect();
-        assert_eq!(per_slot, expected);
+        super::super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(
+            std::sync::Arc::new(SqliteLedger::open(&path).unwrap()),
+            std::sync::Arc::new(SqliteLedger::open(&path).unwrap()),
+        );
     }
 
     #[test]

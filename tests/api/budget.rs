@@ -146,6 +146,61 @@ async fn with_pacing_off_the_shared_budget_is_not_asked() {
     assert_eq!(asked, 0);
 }
 
+/// Runs a real `serve` (pace [`PACE`]) that binds and locks `served`, one `/bind` and one
+/// `/lock-dm` per group from an admin, while `dingops <command>` runs as a second process on
+/// the same ledger file, with `others` as its static bindings and `env` besides; returns the
+/// 80 replies of `serve` and the second process's output.
+async fn busy_serve_beside(
+    sim: &Simulator,
+    served: &[(String, String)],
+    dir: &std::path::Path,
+    command: &'static str,
+    others: &[(String, String)],
+    env: Vec<(&'static str, String)>,
+) -> (Vec<dingtalk_sim::RecordedReply>, std::process::Output) {
+    let db = dir.join("ledger.db");
+    let port = free_port();
+    // Both processes pace at 15 calls/s per API. Alone, each stays under DingTalk's 20/s;
+    // with a budget each, together they would reach 28/s. 15 (not the default 20) leaves
+    // room for arrival jitter on a loaded machine, so the tests tell sharing from not
+    // sharing rather than measuring the scheduler.
+    let mut serve = spawn_binary(sim, port, &db, &[("DINGOPS_API_CALLS_PER_SEC", PACE.to_owned())]);
+    wait_healthy(port).await;
+    let groups: Vec<String> = others.iter().map(|(cid, chat)| format!("{cid}={chat}")).collect();
+    let mut all_env = sim_env(sim);
+    all_env.extend([
+        ("DINGOPS_ADMINS", "admin01".to_owned()),
+        ("DINGOPS_GROUPS", groups.join(",")),
+        ("DINGOPS_DATABASE", db.display().to_string()),
+        ("DINGOPS_API_CALLS_PER_SEC", PACE.to_owned()),
+    ]);
+    all_env.extend(env);
+    let second = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+            .arg(command)
+            .env_clear()
+            .envs(all_env)
+            .output()
+            .unwrap()
+    });
+    let sender = dingtalk_sim::chat::CallbackSender::new(
+        &format!("http://127.0.0.1:{port}"),
+        sim.config().app_secret.clone().into(),
+    );
+    for (cid, chat) in served {
+        let room = session_chat(sim, cid);
+        for text in [format!("/bind {chat}"), "/lock-dm".to_owned()] {
+            let body = text_message(&new_msg_id(), &room, &admin(), &text);
+            assert_eq!(sender.send(&body).await.unwrap().0, 200);
+        }
+    }
+    let replies = sim.wait_for_replies(80, Duration::from_secs(60)).await;
+    let out = second.await.unwrap();
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    (replies, out)
+}
+
 #[tokio::test]
 async fn check_beside_a_busy_serve_on_the_same_ledger_keeps_dingtalk_within_one_budget() {
     let sim = new_sim(Default::default());
@@ -155,49 +210,7 @@ async fn check_beside_a_busy_serve_on_the_same_ledger_keeps_dingtalk_within_one_
     // (convertToOpenConversationId) as /bind.
     let checked = add_groups(&sim, "checked", 40);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
-    let port = free_port();
-    // Both processes pace at 15 calls/s per API. Alone, each stays under DingTalk's 20/s;
-    // with a budget each, together they would reach 28/s. 15 (not the default 20) leaves
-    // room for arrival jitter on a loaded machine, so the test tells sharing from not
-    // sharing rather than measuring the scheduler.
-    let mut serve = spawn_binary(&sim, port, &db, &[("DINGOPS_API_CALLS_PER_SEC", PACE.to_owned())]);
-    wait_healthy(port).await;
-
-    let mut env = sim_env(&sim);
-    let groups: Vec<String> = checked
-        .iter()
-        .map(|(cid, chat)| format!("{cid}={chat}"))
-        .collect();
-    env.extend([
-        ("DINGOPS_ADMINS", "admin01".to_owned()),
-        ("DINGOPS_GROUPS", groups.join(",")),
-        ("DINGOPS_DATABASE", db.display().to_string()),
-        ("DINGOPS_API_CALLS_PER_SEC", PACE.to_owned()),
-    ]);
-    let check = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
-            .arg("check")
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
-    });
-    let sender = dingtalk_sim::chat::CallbackSender::new(
-        &format!("http://127.0.0.1:{port}"),
-        sim.config().app_secret.clone().into(),
-    );
-    for (cid, chat) in &served {
-        let room = session_chat(&sim, cid);
-        for text in [format!("/bind {chat}"), "/lock-dm".to_owned()] {
-            let body = text_message(&new_msg_id(), &room, &admin(), &text);
-            assert_eq!(sender.send(&body).await.unwrap().0, 200);
-        }
-    }
-    let replies = sim.wait_for_replies(80, Duration::from_secs(60)).await;
-    let out = check.await.unwrap();
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    let (replies, out) = busy_serve_beside(&sim, &served, dir.path(), "check", &checked, Vec::new()).await;
 
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
@@ -270,56 +283,14 @@ async fn apply_beside_a_busy_serve_keeps_the_combined_calls_of_each_api_within_o
     // friendswitch API that /lock-dm calls.
     let governed = add_groups(&sim, "governed", 40);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ledger.db");
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
         "[[rule]]\ngroups = [\"*\"]\ndm = \"locked\"\nmute_all = true\n",
     )
     .unwrap();
-    let port = free_port();
-    // Both processes pace at 15 calls/s per API. Alone, each stays under DingTalk's 20/s;
-    // with a budget each, together they would reach 28/s. 15 (not the default 20) leaves
-    // room for arrival jitter on a loaded machine, so the test tells sharing from not
-    // sharing rather than measuring the scheduler.
-    let mut serve = spawn_binary(&sim, port, &db, &[("DINGOPS_API_CALLS_PER_SEC", PACE.to_owned())]);
-    wait_healthy(port).await;
-
-    let mut env = sim_env(&sim);
-    let groups: Vec<String> = governed
-        .iter()
-        .map(|(cid, chat)| format!("{cid}={chat}"))
-        .collect();
-    env.extend([
-        ("DINGOPS_ADMINS", "admin01".to_owned()),
-        ("DINGOPS_GROUPS", groups.join(",")),
-        ("DINGOPS_DATABASE", db.display().to_string()),
-        ("DINGOPS_POLICY", policy.display().to_string()),
-        ("DINGOPS_API_CALLS_PER_SEC", PACE.to_owned()),
-    ]);
-    let apply = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
-            .arg("apply")
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
-    });
-    let sender = dingtalk_sim::chat::CallbackSender::new(
-        &format!("http://127.0.0.1:{port}"),
-        sim.config().app_secret.clone().into(),
-    );
-    for (cid, chat) in &served {
-        let room = session_chat(&sim, cid);
-        for text in [format!("/bind {chat}"), "/lock-dm".to_owned()] {
-            let body = text_message(&new_msg_id(), &room, &admin(), &text);
-            assert_eq!(sender.send(&body).await.unwrap().0, 200);
-        }
-    }
-    let replies = sim.wait_for_replies(80, Duration::from_secs(60)).await;
-    let out = apply.await.unwrap();
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    let env = vec![("DINGOPS_POLICY", policy.display().to_string())];
+    let (replies, out) = busy_serve_beside(&sim, &served, dir.path(), "apply", &governed, env).await;
 
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
