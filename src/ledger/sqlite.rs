@@ -267,6 +267,36 @@ fn pending_revert(conn: &Connection, cid: &str, setting: &str) -> Result<Option<
 }
 
 /// A stored chatid; only valid ones are ever written, so a bad one means the file was edited.
+impl SqliteLedger {
+    /// Runs the lease statement `statement` (parameters: name, holder, the new end of the
+    /// lease, now) once per name in one write; the names it changed, in the order given.
+    fn write_leases(
+        &self,
+        op: &'static str,
+        statement: &'static str,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, holder) = (names.to_vec(), holder.to_owned());
+        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        self.write(move |conn| {
+            let mut st = conn.prepare_cached(statement).map_err(sql(op))?;
+            let mut held = Vec::new();
+            for name in names {
+                if st.execute(params![name, holder, until, now]).map_err(sql(op))? == 1 {
+                    held.push(name);
+                }
+            }
+            Ok(held)
+        })
+    }
+}
+
 fn chat_id_from(s: String) -> rusqlite::Result<ChatId> {
     ChatId::parse(&s)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))
@@ -794,32 +824,17 @@ impl Ledger for SqliteLedger {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (names, holder) = (names.to_vec(), holder.to_owned());
-        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
-        self.write(move |conn| {
-            // The upsert's WHERE leaves a live lease of another holder untouched (no change).
-            let mut st = conn
-                .prepare_cached(
-                    "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                     WHERE leases.holder = excluded.holder OR leases.until_ms <= ?4",
-                )
-                .map_err(sql("try leases"))?;
-            let mut held = Vec::new();
-            for name in names {
-                if st
-                    .execute(params![name, holder, until, now])
-                    .map_err(sql("try leases"))?
-                    == 1
-                {
-                    held.push(name);
-                }
-            }
-            Ok(held)
-        })
+        // The upsert's WHERE leaves a live lease of another holder untouched (no change).
+        self.write_leases(
+            "try leases",
+            "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+             WHERE leases.holder = excluded.holder OR leases.until_ms <= ?4",
+            names,
+            holder,
+            ttl_ms,
+            now_ms,
+        )
     }
 
     fn renew_leases(
@@ -829,29 +844,14 @@ impl Ledger for SqliteLedger {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (names, holder) = (names.to_vec(), holder.to_owned());
-        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
-        self.write(move |conn| {
-            let mut st = conn
-                .prepare_cached(
-                    "UPDATE leases SET until_ms = ?3 WHERE name = ?1 AND holder = ?2 AND until_ms > ?4",
-                )
-                .map_err(sql("renew leases"))?;
-            let mut renewed = Vec::new();
-            for name in names {
-                if st
-                    .execute(params![name, holder, until, now])
-                    .map_err(sql("renew leases"))?
-                    == 1
-                {
-                    renewed.push(name);
-                }
-            }
-            Ok(renewed)
-        })
+        self.write_leases(
+            "renew leases",
+            "UPDATE leases SET until_ms = ?3 WHERE name = ?1 AND holder = ?2 AND until_ms > ?4",
+            names,
+            holder,
+            ttl_ms,
+            now_ms,
+        )
     }
 
     fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {

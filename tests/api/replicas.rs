@@ -171,6 +171,25 @@ async fn exactly_replies(sim: &Simulator, n: usize, within: Duration) -> Vec<din
 }
 
 /// DM switch calls per chatid, successful ones only.
+/// `msg_id` finished `ok`, and no earlier than its killed holder's lease could have run out
+/// (the holder renewed it at most a third of a lease before it was killed at `killed_ms`).
+#[track_caller]
+fn assert_finished_after_the_lease(ledger: &dyn Ledger, msg_id: &str, killed_ms: u64, lease_secs: u64) {
+    let row = ledger
+        .history(None, None, 100)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.msg_id == msg_id)
+        .unwrap();
+    assert_eq!((row.status.as_str(), row.result.as_deref()), ("done", Some("ok")));
+    let finished = row.finished_ms.unwrap();
+    assert!(
+        finished >= killed_ms + lease_secs * 1000 * 2 / 3 - 100,
+        "taken over {} ms after the kill, before the lease ran out",
+        finished - killed_ms
+    );
+}
+
 fn switch_calls_by_chat(sim: &Simulator) -> BTreeMap<String, Vec<bool>> {
     let mut by_chat: BTreeMap<String, Vec<bool>> = BTreeMap::new();
     for call in sim.calls(Some(api::FRIEND_SWITCH)) {
@@ -364,21 +383,8 @@ async fn a_killed_replicas_command_is_taken_over(store: Store) {
     let replies = exactly_replies(&sim, 1, Duration::from_secs(20)).await;
     assert_reply(&replies[0], "✅", "");
     let ledger = store.ledger().await;
-    let row = ledger
-        .history(None, None, 10)
-        .unwrap()
-        .into_iter()
-        .find(|r| r.msg_id == msg_id)
-        .unwrap();
-    assert_eq!((row.status.as_str(), row.result.as_deref()), ("done", Some("ok")));
-    // B waited for A's lease to run out (A renewed it at most a third of a lease before
-    // it was killed).
-    let finished = row.finished_ms.unwrap();
-    assert!(
-        finished >= killed_ms + LEASE_SECS * 1000 * 2 / 3 - 100,
-        "taken over {} ms after the kill, before A's lease ran out",
-        finished - killed_ms
-    );
+    // B waited for A's lease to run out.
+    assert_finished_after_the_lease(ledger.as_ref(), &msg_id, killed_ms, LEASE_SECS);
     assert!(sim.group(&groups[0].0).unwrap().dm_prohibited);
     assert_eq!(ledger.open_count().unwrap(), 0);
     b.stop().await;
@@ -689,19 +695,7 @@ async fn two_binaries_on_postgres_share_the_callbacks_and_one_killed_mid_command
     let replies = exactly_replies(&sim, 21, Duration::from_secs(30)).await;
     assert_reply(&replies[20], "✅", "");
     let ledger = Store::Postgres(schema.clone()).ledger().await;
-    let row = ledger
-        .history(None, None, 100)
-        .unwrap()
-        .into_iter()
-        .find(|r| r.msg_id == msg_id)
-        .unwrap();
-    assert_eq!((row.status.as_str(), row.result.as_deref()), ("done", Some("ok")));
-    let finished = row.finished_ms.unwrap();
-    assert!(
-        finished >= killed_ms + LEASE_SECS * 1000 * 2 / 3 - 100,
-        "taken over {} ms after the kill, before the lease ran out",
-        finished - killed_ms
-    );
+    assert_finished_after_the_lease(ledger.as_ref(), &msg_id, killed_ms, LEASE_SECS);
     assert!(!sim.group(GROUP).unwrap().dm_prohibited);
     assert_eq!(ledger.history(None, None, 100).unwrap().len(), 21);
     assert_eq!(ledger.open_count().unwrap(), 0);

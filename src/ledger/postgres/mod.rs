@@ -109,6 +109,33 @@ enum Ingest {
 }
 
 impl PostgresLedger {
+    /// Runs the lease statement `statement` (parameters: the names, holder, the new end of
+    /// the lease, now; it returns the names it changed) in one round trip; those names, in
+    /// the order given.
+    fn write_leases(
+        &self,
+        op: &'static str,
+        statement: &'static str,
+        names: &[String],
+        holder: &str,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<Vec<String>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
+        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        self.with(op, move |mut c| async move {
+            let rows = c
+                .query(statement, &[&names, &holder, &until, &now])
+                .await
+                .map_err(pg(op))?;
+            let held: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
+            Ok((names.into_iter().filter(|n| held.contains(n)).collect(), c))
+        })
+    }
+
     /// Connects to the server at `url`, brings its schema up to date and starts the writer.
     pub fn open(url: &PostgresUrl) -> Result<Self, LedgerError> {
         let config = url.config().map_err(LedgerError::Schema)?;
@@ -969,27 +996,19 @@ impl Ledger for PostgresLedger {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
-        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
-        self.with("try leases", move |mut c| async move {
-            // One statement: the upsert's WHERE leaves a live lease of another holder as it is.
-            let rows = c
-                .query(
-                    "INSERT INTO leases (name, holder, until_ms)
-                     SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n)
-                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                     WHERE leases.holder = excluded.holder OR leases.until_ms <= $4
-                     RETURNING name",
-                    &[&names, &holder, &until, &now],
-                )
-                .await
-                .map_err(pg("try leases"))?;
-            let held: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-            Ok((names.into_iter().filter(|n| held.contains(n)).collect(), c))
-        })
+        // One statement: the upsert's WHERE leaves a live lease of another holder as it is.
+        self.write_leases(
+            "try leases",
+            "INSERT INTO leases (name, holder, until_ms)
+             SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+             WHERE leases.holder = excluded.holder OR leases.until_ms <= $4
+             RETURNING name",
+            names,
+            holder,
+            ttl_ms,
+            now_ms,
+        )
     }
 
     fn renew_leases(
@@ -999,24 +1018,16 @@ impl Ledger for PostgresLedger {
         ttl_ms: u64,
         now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
-        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
-        self.with("renew leases", move |mut c| async move {
-            let rows = c
-                .query(
-                    "UPDATE leases SET until_ms = $3
-                     WHERE name = ANY($1) AND holder = $2 AND until_ms > $4
-                     RETURNING name",
-                    &[&names, &holder, &until, &now],
-                )
-                .await
-                .map_err(pg("renew leases"))?;
-            let held: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
-            Ok((names.into_iter().filter(|n| held.contains(n)).collect(), c))
-        })
+        self.write_leases(
+            "renew leases",
+            "UPDATE leases SET until_ms = $3
+             WHERE name = ANY($1) AND holder = $2 AND until_ms > $4
+             RETURNING name",
+            names,
+            holder,
+            ttl_ms,
+            now_ms,
+        )
     }
 
     fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {
