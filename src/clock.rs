@@ -10,6 +10,51 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a ledger store reads the time it decides leases and rate-budget slots by. The
+/// service uses [`SystemClock`] (or, on PostgreSQL, the server's own clock); tests hand a
+/// store a [`ManualClock`] and move it themselves instead of sleeping.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The machine's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+}
+
+/// A clock that stands still until it is set or advanced (tests).
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `ms`.
+    pub fn at(ms: u64) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(std::sync::atomic::AtomicU64::new(ms)))
+    }
+
+    /// Shows `ms` from now on.
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Moves the clock on by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// An RFC 3339 UTC rendering of a millisecond timestamp, to the second, for chat replies
 /// and the audit log.
 pub fn format_ms(ms: u64) -> String {

@@ -207,13 +207,6 @@ const MAX_LATE: Duration = Duration::from_millis(25);
 /// Slots a call takes at most because it missed them (then it goes anyway).
 const LATE_RETRIES: u32 = 4;
 
-/// The `tokio` instant of a wall-clock time in ms since the epoch (now if it is past).
-fn instant_of_wall_ms(at_ms: u64) -> Instant {
-    let now = Instant::now();
-    let ahead = Duration::from_millis(at_ms.saturating_sub(crate::clock::now_ms()));
-    now.checked_add(ahead).unwrap_or(now)
-}
-
 /// A group as `chat/get` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInfo {
@@ -519,16 +512,16 @@ impl DingTalk {
         };
         let asked = Instant::now();
         for attempt in 1..=LATE_RETRIES {
-            let (slot, at_ms) = match self.reserve(api, limiter, ledger, asked, deadline).await? {
-                Some(reserved) => reserved,
-                None => return Ok(()),
+            let Some(slot) = self.reserve(api, limiter, ledger, asked, deadline).await? else {
+                return Ok(());
             };
             tokio::time::sleep_until(slot).await;
             // Sent more than MAX_LATE after its slot (the reservation's round trip or a late
             // wake-up on a loaded machine), a call would reach DingTalk closer to the calls
             // after it than the window allows: it takes a new slot instead.
-            let late_ms = crate::clock::now_ms().saturating_sub(at_ms);
-            if late_ms <= MAX_LATE.as_millis() as u64 || attempt == LATE_RETRIES {
+            let late = Instant::now().saturating_duration_since(slot);
+            let late_ms = late.as_millis();
+            if late <= MAX_LATE || attempt == LATE_RETRIES {
                 break;
             }
             tracing::debug!(
@@ -544,9 +537,10 @@ impl DingTalk {
         Ok(())
     }
 
-    /// Reserves a send slot of `api` in the shared budget: the slot as a tokio instant and in
-    /// wall-clock ms. `None` when the budget could not be asked and the call was paced here
-    /// instead (counted in `dingops_rate_budget_fallbacks_total`).
+    /// Reserves a send slot of `api` in the shared budget: the slot as a tokio instant, the
+    /// ledger's wait counted from when its answer arrived (the ledger's clock decides, this
+    /// machine's wall clock plays no part). `None` when the budget could not be asked and
+    /// the call was paced here instead (counted in `dingops_rate_budget_fallbacks_total`).
     async fn reserve(
         &self,
         api: Api,
@@ -554,13 +548,15 @@ impl DingTalk {
         ledger: &LedgerHandle,
         asked: Instant,
         deadline: Instant,
-    ) -> Result<Option<(Instant, u64)>, ApiError> {
+    ) -> Result<Option<Instant>, ApiError> {
         let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
-        let reservation =
-            ledger.call(move |l| l.reserve_call(api.name(), max, window_ms, crate::clock::now_ms()));
+        let reservation = ledger.call(move |l| l.reserve_call(api.name(), max, window_ms));
         let give_up = deadline.min(Instant::now() + RESERVE_TIMEOUT);
-        let (slot, at_ms) = match tokio::time::timeout_at(give_up, reservation).await {
-            Ok(Ok(at_ms)) => (instant_of_wall_ms(at_ms), at_ms),
+        let slot = match tokio::time::timeout_at(give_up, reservation).await {
+            Ok(Ok(slot)) => {
+                let now = Instant::now();
+                now.checked_add(slot.wait()).unwrap_or(now)
+            }
             failed => {
                 let error = match failed {
                     Ok(Err(e)) => e.to_string(),
@@ -584,7 +580,7 @@ impl DingTalk {
             );
             return Err(ApiError::Timeout);
         }
-        Ok(Some((slot, at_ms)))
+        Ok(Some(slot))
     }
 
     /// A valid token of `kind`, from the cache or fetched once for all waiting callers; a

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use crate::clock::now_ms;
 use crate::ledger::{LedgerError, LedgerHandle};
 
 /// The lease every policy run holds.
@@ -28,9 +27,7 @@ impl PolicyLease {
     pub async fn take(ledger: &LedgerHandle, holder: &str) -> Result<Option<Self>, LedgerError> {
         let ttl = POLICY_LEASE_TTL.as_millis() as u64;
         let who = holder.to_owned();
-        let taken = ledger
-            .call(move |l| l.try_lease(POLICY_LEASE, &who, ttl, now_ms()))
-            .await?;
+        let taken = ledger.call(move |l| l.try_lease(POLICY_LEASE, &who, ttl)).await?;
         if !taken {
             return Ok(None);
         }
@@ -40,10 +37,7 @@ impl PolicyLease {
                 tokio::time::sleep(POLICY_LEASE_TTL / 3).await;
                 let names = vec![POLICY_LEASE.to_owned()];
                 let who2 = who.clone();
-                match l
-                    .call(move |l| l.renew_leases(&names, &who2, ttl, now_ms()))
-                    .await
-                {
+                match l.call(move |l| l.renew_leases(&names, &who2, ttl)).await {
                     Ok(kept) if kept.is_empty() => {
                         tracing::error!(
                             "the policy lease was lost; another policy run may start beside this one"

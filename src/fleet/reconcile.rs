@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::lease::PolicyLease;
 use super::plan::{ApplyReport, Fleet, GroupApplied};
 use super::policy::Setting;
-use crate::clock::now_ms;
 use crate::telemetry::Metrics;
 
 /// The lease that says which replica reconciled within the current period: taken for
@@ -77,7 +76,7 @@ impl Reconciler {
         match self
             .fleet
             .ledger()
-            .call(move |l| l.try_lease(RECONCILE_LEASE, &holder, ttl, now_ms()))
+            .call(move |l| l.try_lease(RECONCILE_LEASE, &holder, ttl))
             .await
         {
             Ok(mine) => mine,

@@ -15,7 +15,11 @@ use crate::domain::{
 
 /// A store that tests can open (and open again, as a restart does).
 trait Store {
-    fn open(&self) -> Arc<dyn Ledger>;
+    fn open(&self) -> Arc<dyn Ledger> {
+        self.open_with_clock(Arc::new(crate::clock::SystemClock))
+    }
+    /// Opens the store with leases and the rate budget read from `clock`.
+    fn open_with_clock(&self, clock: Arc<dyn crate::clock::Clock>) -> Arc<dyn Ledger>;
     /// Every stored reply URL (`session_webhook`), in acceptance order.
     fn stored_webhooks(&self) -> Vec<Option<String>>;
 }
@@ -29,8 +33,8 @@ impl Sqlite {
 }
 
 impl Store for Sqlite {
-    fn open(&self) -> Arc<dyn Ledger> {
-        Arc::new(SqliteLedger::open(&self.0.path().join("l.db")).unwrap())
+    fn open_with_clock(&self, clock: Arc<dyn crate::clock::Clock>) -> Arc<dyn Ledger> {
+        Arc::new(SqliteLedger::open_with_clock(&self.0.path().join("l.db"), clock).unwrap())
     }
 
     fn stored_webhooks(&self) -> Vec<Option<String>> {
@@ -54,8 +58,8 @@ impl Postgres {
 }
 
 impl Store for Postgres {
-    fn open(&self) -> Arc<dyn Ledger> {
-        Arc::new(PostgresLedger::open(&self.0.postgres_url()).unwrap())
+    fn open_with_clock(&self, clock: Arc<dyn crate::clock::Clock>) -> Arc<dyn Ledger> {
+        Arc::new(PostgresLedger::open_with_clock(&self.0.postgres_url(), clock).unwrap())
     }
 
     fn stored_webhooks(&self) -> Vec<Option<String>> {
@@ -96,12 +100,43 @@ contract!(
 );
 
 fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
-    super::check_lease_contract(store.open().as_ref());
+    let clock = crate::clock::ManualClock::at(0);
+    super::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);
     // Leases are in the store: another handle on it (another replica) sees them.
+    let (a, b) = (
+        store.open_with_clock(clock.clone()),
+        store.open_with_clock(clock.clone()),
+    );
+    clock.set(1000);
+    assert!(a.try_lease("group:x", "r1", 5000).unwrap());
+    clock.set(2000);
+    assert!(!b.try_lease("group:x", "r2", 5000).unwrap());
+    clock.set(6000);
+    assert!(b.try_lease("group:x", "r2", 5000).unwrap());
+}
+
+/// On PostgreSQL the server's clock decides: a lease taken now is live for its length
+/// whatever the clocks of the replicas, and the server's clock is what the store tells.
+#[test]
+fn leases_on_postgres_go_by_the_servers_clock() {
+    let store = Postgres::new();
     let (a, b) = (store.open(), store.open());
-    assert!(a.try_lease("group:x", "r1", 5000, 1000).unwrap());
-    assert!(!b.try_lease("group:x", "r2", 5000, 2000).unwrap());
-    assert!(b.try_lease("group:x", "r2", 5000, 6000).unwrap());
+    let before = crate::clock::now_ms();
+    let told = a.clock_ms().unwrap();
+    // The test's machine is the server's: the two clocks agree to within the round trip.
+    assert!(
+        told + 1000 >= before && told <= crate::clock::now_ms() + 1000,
+        "{told} vs {before}"
+    );
+    assert!(a.try_lease("group:x", "r1", 60_000).unwrap());
+    assert!(!b.try_lease("group:x", "r2", 60_000).unwrap());
+    assert_eq!(
+        b.renew_leases(&["group:x".to_owned()], "r1", 60_000).unwrap(),
+        ["group:x"]
+    );
+    // A lease of no length has ended by the next statement.
+    assert!(a.try_lease("group:y", "r1", 0).unwrap());
+    assert!(b.try_lease("group:y", "r2", 60_000).unwrap());
 }
 
 /// Every open command, oldest first.
@@ -553,9 +588,9 @@ fn the_probe_writes_and_succeeds_on_a_working_store(store: &dyn Store) {
 #[test]
 fn the_rate_budget_follows_the_sliding_window_rule_on_postgres() {
     let schemas = std::sync::Mutex::new(Vec::new());
-    super::budget_tests::run_all(|| {
+    super::budget_tests::run_all(|clock| {
         let schema = TestSchema::new();
-        let ledger = PostgresLedger::open(&schema.postgres_url()).unwrap();
+        let ledger = PostgresLedger::open_with_clock(&schema.postgres_url(), clock).unwrap();
         schemas.lock().unwrap().push(schema);
         Box::new(ledger)
     });
@@ -566,9 +601,11 @@ fn the_rate_budget_follows_the_sliding_window_rule_on_postgres() {
 #[test]
 fn reservations_from_two_replicas_share_one_budget_on_postgres() {
     let schema = TestSchema::new();
-    let a: Arc<dyn Ledger> = Arc::new(PostgresLedger::open(&schema.postgres_url()).unwrap());
-    let b: Arc<dyn Ledger> = Arc::new(PostgresLedger::open(&schema.postgres_url()).unwrap());
-    super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(a, b);
+    let clock = crate::clock::ManualClock::at(0);
+    let open = || -> Arc<dyn Ledger> {
+        Arc::new(PostgresLedger::open_with_clock(&schema.postgres_url(), clock.clone()).unwrap())
+    };
+    super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(open(), open(), &clock);
 }
 
 /// Two replicas ingesting at once while a third reads open commands after its cursor, as the

@@ -2,9 +2,10 @@
 //! of the worker's decisions run against it; nothing in the service uses it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{AuditRow, Ledger, LedgerError, budget_args, budget_slot};
+use super::{AuditRow, Ledger, LedgerError, Slot, budget_args, budget_slot};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 /// One command as the memory ledger keeps it.
@@ -47,8 +48,18 @@ struct State {
 }
 
 /// A [`Ledger`] held in memory.
-#[derive(Debug, Default)]
-pub struct MemoryLedger(Mutex<State>);
+#[derive(Debug)]
+pub struct MemoryLedger {
+    state: Mutex<State>,
+    /// What leases and the rate budget are decided by.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+}
 
 /// The open commands at positions in `range` that `wanted` keeps, in acceptance order, at
 /// most `limit`, each with its position.
@@ -77,8 +88,16 @@ impl MemoryLedger {
         Self::default()
     }
 
+    /// A ledger whose leases and rate budget read `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Mutex::default(),
+            clock,
+        }
+    }
+
     fn state(&self) -> Result<MutexGuard<'_, State>, LedgerError> {
-        self.0.lock().map_err(|_| LedgerError::Poisoned)
+        self.state.lock().map_err(|_| LedgerError::Poisoned)
     }
 
     fn update(&self, msg_id: &str, f: impl FnOnce(&mut Row)) -> Result<(), LedgerError> {
@@ -306,14 +325,9 @@ impl Ledger for MemoryLedger {
         Ok(())
     }
 
-    fn try_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
+    fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         let mut s = self.state()?;
+        let now_ms = self.clock.now_ms();
         let until = now_ms.saturating_add(ttl_ms);
         let mut held = Vec::new();
         for name in names {
@@ -329,14 +343,9 @@ impl Ledger for MemoryLedger {
         Ok(held)
     }
 
-    fn renew_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
+    fn renew_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         let mut s = self.state()?;
+        let now_ms = self.clock.now_ms();
         let until = now_ms.saturating_add(ttl_ms);
         let mut renewed = Vec::new();
         for name in names {
@@ -370,17 +379,15 @@ impl Ledger for MemoryLedger {
         self.state().map(|_| ())
     }
 
-    fn reserve_call(
-        &self,
-        api: &str,
-        max: u32,
-        window_ms: u64,
-        not_before_ms: u64,
-    ) -> Result<u64, LedgerError> {
+    fn clock_ms(&self) -> Result<u64, LedgerError> {
+        Ok(self.clock.now_ms())
+    }
+
+    fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
         budget_args(max, window_ms)?;
         let mut s = self.state()?;
         // Read under the lock: waiting for it is not free time.
-        let now = not_before_ms.max(crate::clock::now_ms());
+        let now = self.clock.now_ms();
         let slots = s.call_slots.entry(api.to_owned()).or_default();
         let horizon = now.saturating_sub(window_ms);
         let stale = slots.partition_point(|&t| t <= horizon);
@@ -389,7 +396,10 @@ impl Ledger for MemoryLedger {
         let slot = budget_slot(now, slots.last().copied(), max_th_latest, window_ms, max);
         let at = slots.partition_point(|&t| t <= slot);
         slots.insert(at, slot);
-        Ok(slot)
+        Ok(Slot {
+            at_ms: slot,
+            now_ms: now,
+        })
     }
 }
 
@@ -397,11 +407,12 @@ impl Ledger for MemoryLedger {
 mod tests {
     #[test]
     fn the_rate_budget_follows_the_sliding_window_rule() {
-        super::super::budget_tests::run_all(|| Box::new(super::MemoryLedger::new()));
+        super::super::budget_tests::run_all(|clock| Box::new(super::MemoryLedger::with_clock(clock)));
     }
 
     #[test]
     fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
-        super::super::check_lease_contract(&super::MemoryLedger::new());
+        let clock = crate::clock::ManualClock::at(0);
+        super::super::check_lease_contract(&super::MemoryLedger::with_clock(clock.clone()), &clock);
     }
 }

@@ -163,44 +163,31 @@ pub trait Ledger: Send + Sync + 'static {
     fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError>;
     /// Records something dingops did on its own (a timed revert) as a finished audit row.
     fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError>;
-    /// Takes or renews named leases for `holder` until `now_ms + ttl_ms`; returns the names
-    /// `holder` holds afterwards, in the order given.
+    /// Takes or renews named leases for `holder` for `ttl_ms` from the ledger's own clock
+    /// (see [`Ledger::clock_ms`]); returns the names `holder` holds afterwards, in the order
+    /// given.
     ///
     /// For each name, in one atomic step (a concurrent caller sees the lease either before or
     /// after it): the lease is granted when no row exists, when `holder` already holds it
-    /// (then it is renewed), or when it has expired, i.e. its `until_ms <= now_ms`; a lease
-    /// of another holder with `until_ms > now_ms` is left as it is and the name is not
-    /// returned. All names are handled in one write (one transaction). `now_ms` is the
-    /// caller's wall clock in milliseconds since the Unix epoch: replicas compare their
-    /// clocks through it, so they must agree to well within a lease. Leases are how
-    /// replicas sharing one ledger divide the work (see docs/architecture.md): a group's
-    /// commands run only on the holder of `group:<openConversationId>`; `timer` names the
-    /// replica that runs reverts of groups nobody holds; other names are free for other
-    /// one-at-a-time duties (a reconciler).
-    fn try_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError>;
+    /// (then it is renewed), or when it has expired, i.e. its end is not after the ledger's
+    /// now; a live lease of another holder is left as it is and the name is not returned. All
+    /// names are handled in one write (one transaction). The ledger's clock decides, never
+    /// the caller's: replicas whose clocks disagree still agree on who holds what. A caller
+    /// that needs to know locally how long it holds a lease counts `ttl_ms` from a monotonic
+    /// instant taken before the call. Leases are how replicas sharing one ledger divide the
+    /// work (see docs/architecture.md): a group's commands run only on the holder of
+    /// `group:<openConversationId>`; `timer` names the replica that runs reverts of groups
+    /// nobody holds; other names are free for other one-at-a-time duties (a reconciler).
+    fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError>;
     /// [`Ledger::try_leases`] of one name: `true` when `holder` holds it afterwards.
-    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64, now_ms: u64) -> Result<bool, LedgerError> {
-        Ok(!self
-            .try_leases(&[name.to_owned()], holder, ttl_ms, now_ms)?
-            .is_empty())
+    fn try_lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, LedgerError> {
+        Ok(!self.try_leases(&[name.to_owned()], holder, ttl_ms)?.is_empty())
     }
-    /// Extends to `now_ms + ttl_ms` those of `names` that `holder` holds and that have not
-    /// expired (`until_ms > now_ms`), in one write; returns them. Unlike
-    /// [`Ledger::try_leases`] it never takes a lease back: a holder whose lease expired may
-    /// have been replaced, and must treat the name as lost.
-    fn renew_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError>;
+    /// Extends to the ledger's now plus `ttl_ms` those of `names` that `holder` holds and
+    /// that have not expired, in one write; returns them. Unlike [`Ledger::try_leases`] it
+    /// never takes a lease back: a holder whose lease expired may have been replaced, and
+    /// must treat the name as lost.
+    fn renew_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError>;
     /// Gives up those of `names` that `holder` holds, in one write, so that another holder
     /// may take them at once; a name held by another holder is left alone.
     fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError>;
@@ -212,14 +199,20 @@ pub trait Ledger: Send + Sync + 'static {
     }
     /// Proves the store answers.
     fn ping(&self) -> Result<(), LedgerError>;
+    /// The ledger's clock, in ms since the Unix epoch: the time leases and the rate budget
+    /// are decided by. PostgreSQL answers with the server's clock; the file and memory
+    /// stores, which live on one machine, with that machine's.
+    fn clock_ms(&self) -> Result<u64, LedgerError>;
     /// Reserves the next send slot of `api` in the rate budget that every process sharing
-    /// this ledger draws on, and returns it: the wall-clock time (ms since the Unix epoch)
-    /// at which the caller may send one call. The caller sleeps until then.
+    /// this ledger draws on, and returns it with the ledger's clock at the reservation: the
+    /// caller waits `slot.wait_ms()` from when the answer arrived, then sends one call. Only
+    /// the ledger's clock is compared, so a caller whose clock is off takes no slot of
+    /// another's time.
     ///
     /// The rule is a sliding window over the recorded slots of `api`: no half-open
-    /// interval `[t, t + window_ms)` holds more than `max` of them. Let `now` be the later
-    /// of `not_before_ms` and the store's clock read once the reservation holds the
-    /// store's lock (time spent waiting for the lock must not count as free); then
+    /// interval `[t, t + window_ms)` holds more than `max` of them. Let `now` be the
+    /// store's clock read once the reservation holds the store's lock (time spent waiting
+    /// for the lock must not count as free); then
     ///
     /// * the slots that still matter are those after `now − window_ms`; older ones may
     ///   be deleted in the same write;
@@ -229,17 +222,12 @@ pub trait Ledger: Send + Sync + 'static {
     ///
     /// Read, compute and insert form one atomic step: two reservations, from this process
     /// or any other sharing the store, never both see the state before the other's
-    /// insert (SQLite: inside one `BEGIN IMMEDIATE` write; PostgreSQL: under a row lock
-    /// per `api`). A reservation that fails records nothing. `max` and `window_ms` must
-    /// be at least 1 (else [`LedgerError::Invalid`], nothing written); every caller uses
-    /// the same values for the same `api`. [`budget_slot`] is the rule's arithmetic.
-    fn reserve_call(
-        &self,
-        api: &str,
-        max: u32,
-        window_ms: u64,
-        not_before_ms: u64,
-    ) -> Result<u64, LedgerError>;
+    /// insert (SQLite: inside one `BEGIN IMMEDIATE` write; PostgreSQL: under a
+    /// transaction-scoped advisory lock per `api`). A reservation that fails records
+    /// nothing. `max` and `window_ms` must be at least 1 (else [`LedgerError::Invalid`],
+    /// nothing written); every caller uses the same values for the same `api`.
+    /// [`budget_slot`] is the rule's arithmetic.
+    fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError>;
     /// One step of pruning: deletes the commands among the next `limit` after position
     /// `after` (in acceptance order) that are finished and were received and finished before
     /// `before_ms`. Open commands are never deleted. Each step is one short write, so a large
@@ -247,6 +235,22 @@ pub trait Ledger: Send + Sync + 'static {
     fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError> {
         let _ = (before_ms, after, limit);
         Ok(PruneStep::default())
+    }
+}
+
+/// A send slot granted by [`Ledger::reserve_call`], in the ledger's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// When the call may go, in ms since the Unix epoch by the ledger's clock.
+    pub at_ms: u64,
+    /// The ledger's clock when the slot was granted.
+    pub now_ms: u64,
+}
+
+impl Slot {
+    /// How long the caller waits for its slot, from when the reservation answered.
+    pub fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.at_ms.saturating_sub(self.now_ms))
     }
 }
 
@@ -299,6 +303,37 @@ pub struct PruneStep {
     pub next: Option<i64>,
 }
 
+/// This process's reading of the ledger's clock: the machine's wall clock corrected by the
+/// offset last measured against [`Ledger::clock_ms`]. Due times of timed reverts are kept in
+/// the ledger's time, so replicas whose clocks disagree still run a revert when it falls due
+/// by the one clock they share. Starts at no offset until measured.
+#[derive(Debug, Default)]
+pub struct LedgerTime {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl LedgerTime {
+    /// The ledger's time now, as last measured.
+    pub fn now_ms(&self) -> u64 {
+        let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
+        crate::clock::now_ms().saturating_add_signed(offset)
+    }
+
+    /// Reads the ledger's clock and keeps how far it is from this machine's (the ledger's
+    /// time minus ours, taken at the middle of the round trip); returns that offset.
+    pub async fn measure(&self, ledger: &LedgerHandle) -> Result<i64, LedgerError> {
+        let before = crate::clock::now_ms();
+        let theirs = ledger.call(|l| l.clock_ms()).await?;
+        let after = crate::clock::now_ms();
+        let ours = before / 2 + after / 2;
+        let offset = i64::try_from(theirs)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(ours).unwrap_or(i64::MAX));
+        self.offset_ms.store(offset, std::sync::atomic::Ordering::Relaxed);
+        Ok(offset)
+    }
+}
+
 /// A cloneable async front of a [`Ledger`]: each call runs on tokio's blocking pool.
 #[derive(Clone)]
 pub struct LedgerHandle(Arc<dyn Ledger>);
@@ -340,80 +375,79 @@ impl LedgerHandle {
 }
 
 /// The lease contract every backend keeps (see [`Ledger::try_leases`]); each backend's tests
-/// run it.
+/// run it on a store that reads `clock`, which the check moves.
 #[cfg(test)]
-pub(crate) fn check_lease_contract(l: &dyn Ledger) {
+pub(crate) fn check_lease_contract(l: &dyn Ledger, clock: &crate::clock::ManualClock) {
     let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
     // A free lease is granted; a live one of another holder is not.
+    clock.set(10_000);
     assert_eq!(
-        l.try_leases(&names(&["a", "b"]), "r1", 1000, 10_000).unwrap(),
+        l.try_leases(&names(&["a", "b"]), "r1", 1000).unwrap(),
         names(&["a", "b"])
     );
-    assert!(
-        l.try_leases(&names(&["a", "b"]), "r2", 1000, 10_500)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        !l.try_lease("a", "r2", 1000, 10_999).unwrap(),
-        "live until 11 000"
-    );
+    clock.set(10_500);
+    assert!(l.try_leases(&names(&["a", "b"]), "r2", 1000).unwrap().is_empty());
+    clock.set(10_999);
+    assert!(!l.try_lease("a", "r2", 1000).unwrap(), "live until 11 000");
     // The holder renews: "a" now lasts until 11 900, "b" still ends at 11 000.
-    assert_eq!(
-        l.renew_leases(&names(&["a"]), "r1", 1000, 10_900).unwrap(),
-        names(&["a"])
-    );
+    clock.set(10_900);
+    assert_eq!(l.renew_leases(&names(&["a"]), "r1", 1000).unwrap(), names(&["a"]));
     // Another holder cannot renew what it does not hold.
     assert!(
-        l.renew_leases(&names(&["a", "b"]), "r2", 1000, 10_900)
+        l.renew_leases(&names(&["a", "b"]), "r2", 1000)
             .unwrap()
             .is_empty()
     );
     // At its end a lease is expired: another holder takes "b", not the renewed "a".
+    clock.set(11_000);
     assert_eq!(
-        l.try_leases(&names(&["a", "b"]), "r2", 1000, 11_000).unwrap(),
+        l.try_leases(&names(&["a", "b"]), "r2", 1000).unwrap(),
         names(&["b"])
     );
     // The former holder of "b" cannot renew it (it may have been replaced), nor take it.
-    assert!(
-        l.renew_leases(&names(&["b"]), "r1", 1000, 11_001)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(!l.try_lease("b", "r1", 1000, 11_001).unwrap());
+    clock.set(11_001);
+    assert!(l.renew_leases(&names(&["b"]), "r1", 1000).unwrap().is_empty());
+    assert!(!l.try_lease("b", "r1", 1000).unwrap());
     // An expired lease is not renewed even by its holder, and nobody else took it: the
     // holder may take it again with try_leases.
-    assert!(
-        l.renew_leases(&names(&["a"]), "r1", 1000, 11_900)
-            .unwrap()
-            .is_empty()
-    );
-    assert!(l.try_lease("a", "r1", 1000, 11_900).unwrap());
+    clock.set(11_900);
+    assert!(l.renew_leases(&names(&["a"]), "r1", 1000).unwrap().is_empty());
+    assert!(l.try_lease("a", "r1", 1000).unwrap());
     // Releasing a lease of another holder changes nothing; the holder's release frees it at once.
+    clock.set(12_000);
     l.release_leases(&names(&["a", "b"]), "r2").unwrap();
-    assert!(!l.try_lease("a", "r2", 1000, 12_000).unwrap(), "r1 still holds a");
+    assert!(!l.try_lease("a", "r2", 1000).unwrap(), "r1 still holds a");
     l.release_lease("a", "r1").unwrap();
-    assert!(l.try_lease("a", "r2", 1000, 12_000).unwrap());
-    assert!(l.try_leases(&[], "r1", 1000, 12_000).unwrap().is_empty());
+    assert!(l.try_lease("a", "r2", 1000).unwrap());
+    assert!(l.try_leases(&[], "r1", 1000).unwrap().is_empty());
     // A stopping replica gives up all its leases at once, and only its own.
-    assert!(l.try_lease("h1", "stopping", 60_000, 100_000).unwrap());
-    assert!(l.try_lease("h2", "stopping", 60_000, 100_000).unwrap());
-    assert!(l.try_lease("h3", "staying", 60_000, 100_000).unwrap());
+    clock.set(100_000);
+    assert!(l.try_lease("h1", "stopping", 60_000).unwrap());
+    assert!(l.try_lease("h2", "stopping", 60_000).unwrap());
+    assert!(l.try_lease("h3", "staying", 60_000).unwrap());
     l.release_holder("stopping").unwrap();
-    assert!(l.try_lease("h1", "next", 60_000, 100_001).unwrap());
-    assert!(l.try_lease("h2", "next", 60_000, 100_001).unwrap());
-    assert!(!l.try_lease("h3", "next", 60_000, 100_001).unwrap());
+    clock.set(100_001);
+    assert!(l.try_lease("h1", "next", 60_000).unwrap());
+    assert!(l.try_lease("h2", "next", 60_000).unwrap());
+    assert!(!l.try_lease("h3", "next", 60_000).unwrap());
+    // The store tells its clock.
+    assert_eq!(l.clock_ms().unwrap(), 100_001);
 }
 
-/// The rate-budget rule, checked the same way against every store.
+/// The rate-budget rule, checked the same way against every store, on a store that reads
+/// the clock the checks move.
 #[cfg(test)]
 pub(crate) mod budget_tests {
-    use super::{Ledger, LedgerError};
+    use super::{Ledger, LedgerError, Slot};
+    use crate::clock::ManualClock;
 
-    /// A time far enough ahead that the real clock never overtakes it during a test, so
-    /// the slots depend on the times the test passes alone.
-    fn base() -> u64 {
-        crate::clock::now_ms() + 86_400_000
+    /// Where the checks' clock starts; any time would do, the store reads only this clock.
+    const BASE: u64 = 1_700_000_000_000;
+
+    /// The slot granted to a reservation made when the clock shows `t`.
+    fn at(l: &dyn Ledger, clock: &ManualClock, api: &str, max: u32, window: u64, t: u64) -> u64 {
+        clock.set(t);
+        l.reserve_call(api, max, window).unwrap().at_ms
     }
 
     /// Whether no half-open `[t, t + window)` holds more than `max` of `slots`.
@@ -426,11 +460,12 @@ pub(crate) mod budget_tests {
             .all(|(i, &t)| sorted[i..].iter().take_while(|&&s| s < t + window).count() <= max)
     }
 
-    pub(crate) fn a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window(l: &dyn Ledger) {
-        let b = base();
-        let got: Vec<u64> = (0..7)
-            .map(|_| l.reserve_call("friendswitch", 3, 1000, b).unwrap())
-            .collect();
+    pub(crate) fn a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window(
+        l: &dyn Ledger,
+        clock: &ManualClock,
+    ) {
+        let b = BASE;
+        let got: Vec<u64> = (0..7).map(|_| at(l, clock, "friendswitch", 3, 1000, b)).collect();
         // Within a window, each slot a least gap (1000 / 6) after the one before.
         let expected: Vec<u64> = [0, 166, 332, 1000, 1166, 1332, 2000]
             .iter()
@@ -438,45 +473,64 @@ pub(crate) mod budget_tests {
             .collect();
         assert_eq!(got, expected);
         // Another API has a budget of its own.
-        assert_eq!(l.reserve_call("chat_get", 3, 1000, b).unwrap(), b);
+        assert_eq!(at(l, clock, "chat_get", 3, 1000, b), b);
         // Once the window has passed, a call goes at once again.
-        assert_eq!(
-            l.reserve_call("friendswitch", 3, 1000, b + 5000).unwrap(),
-            b + 5000
-        );
+        assert_eq!(at(l, clock, "friendswitch", 3, 1000, b + 5000), b + 5000);
     }
 
-    pub(crate) fn a_call_waits_only_for_the_slot_its_windows_oldest_call_frees(l: &dyn Ledger) {
-        let b = base();
+    pub(crate) fn a_call_waits_only_for_the_slot_its_windows_oldest_call_frees(
+        l: &dyn Ledger,
+        clock: &ManualClock,
+    ) {
+        let b = BASE;
         for t in [0, 500, 999] {
-            assert_eq!(l.reserve_call("api", 3, 1000, b + t).unwrap(), b + t);
+            assert_eq!(at(l, clock, "api", 3, 1000, b + t), b + t);
         }
         // The window of 0 frees a slot at 1000, but the least gap after 999 is later.
-        assert_eq!(l.reserve_call("api", 3, 1000, b + 999).unwrap(), b + 999 + 166);
+        assert_eq!(at(l, clock, "api", 3, 1000, b + 999), b + 999 + 166);
         // 500, 999, 1165 fill a window: the next waits for 500 + 1000.
-        assert_eq!(l.reserve_call("api", 3, 1000, b + 1000).unwrap(), b + 1500);
+        assert_eq!(at(l, clock, "api", 3, 1000, b + 1000), b + 1500);
     }
 
-    pub(crate) fn a_past_request_time_is_replaced_by_the_clock(l: &dyn Ledger) {
-        let before = crate::clock::now_ms();
-        let slot = l.reserve_call("api", 5, 1000, 0).unwrap();
-        let after = crate::clock::now_ms();
-        assert!((before..=after).contains(&slot), "{before} <= {slot} <= {after}");
+    pub(crate) fn a_slot_comes_with_the_ledgers_clock_and_the_wait_between_them(
+        l: &dyn Ledger,
+        clock: &ManualClock,
+    ) {
+        clock.set(BASE);
+        let first = l.reserve_call("api", 5, 1000).unwrap();
+        assert_eq!(
+            first,
+            Slot {
+                at_ms: BASE,
+                now_ms: BASE
+            }
+        );
+        assert_eq!(first.wait(), std::time::Duration::ZERO);
+        // The next one a least gap (1000 / 10) later, said as a wait from the same now.
+        let second = l.reserve_call("api", 5, 1000).unwrap();
+        assert_eq!(
+            second,
+            Slot {
+                at_ms: BASE + 100,
+                now_ms: BASE
+            }
+        );
+        assert_eq!(second.wait(), std::time::Duration::from_millis(100));
     }
 
-    pub(crate) fn bad_arguments_are_refused_and_record_nothing(l: &dyn Ledger) {
-        let b = base();
+    pub(crate) fn bad_arguments_are_refused_and_record_nothing(l: &dyn Ledger, clock: &ManualClock) {
+        clock.set(BASE);
         for (max, window) in [(0, 1000), (2, 0)] {
-            let err = l.reserve_call("api", max, window, b).unwrap_err();
+            let err = l.reserve_call("api", max, window).unwrap_err();
             assert!(matches!(err, LedgerError::Invalid(_)), "{err}");
         }
         // Nothing was recorded: a budget of one call still has its slot free.
-        assert_eq!(l.reserve_call("api", 1, 1000, b).unwrap(), b);
-        assert_eq!(l.reserve_call("api", 1, 1000, b).unwrap(), b + 1000);
+        assert_eq!(at(l, clock, "api", 1, 1000, BASE), BASE);
+        assert_eq!(at(l, clock, "api", 1, 1000, BASE), BASE + 1000);
     }
 
-    pub(crate) fn random_requests_never_break_the_window_rule(l: &dyn Ledger) {
-        let b = base();
+    pub(crate) fn random_requests_never_break_the_window_rule(l: &dyn Ledger, clock: &ManualClock) {
+        let b = BASE;
         let (max, window) = (19, 1050);
         // A fixed pseudo-random walk of request times, bursts and pauses mixed.
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -491,15 +545,13 @@ pub(crate) mod budget_tests {
                 1..=3 => x % 60,
                 _ => 0,
             };
-            let slot = l.reserve_call("api", max, window, t).unwrap();
+            let slot = at(l, clock, "api", max, window, t);
             assert!(slot >= t, "a slot before its request: {slot} < {t}");
             slots.push(slot);
         }
         assert!(within_rule(&slots, max as usize, window));
         // And the rule is tight: a burst is not paced slower than it allows.
-        let burst: Vec<u64> = (0..40)
-            .map(|_| l.reserve_call("tight", max, window, b).unwrap())
-            .collect();
+        let burst: Vec<u64> = (0..40).map(|_| at(l, clock, "tight", max, window, b)).collect();
         // A burst goes out as ramps: 19 slots a least gap apart, then the next window.
         let gap = super::budget_gap(window, max);
         let ramps: Vec<u64> = (0..40u64)
@@ -509,28 +561,28 @@ pub(crate) mod budget_tests {
     }
 
     /// Two handles on one store (two processes, two replicas) reserving 200 slots at once,
-    /// from eight threads: exactly the slots one process alone gets, ramps of 19 slots a
-    /// least gap apart, one ramp per window.
+    /// from eight threads, while the clock stands: exactly the slots one process alone gets,
+    /// ramps of 19 slots a least gap apart, one ramp per window.
     pub(crate) fn two_handles_reserving_at_once_get_the_slots_of_one(
         a: std::sync::Arc<dyn Ledger>,
         b: std::sync::Arc<dyn Ledger>,
+        clock: &ManualClock,
     ) {
-        // Far ahead, so the slots depend only on the reservations.
-        let base = base();
+        clock.set(BASE);
         let threads: Vec<_> = (0..8)
             .map(|i| {
                 let l = if i % 2 == 0 { a.clone() } else { b.clone() };
                 std::thread::spawn(move || {
                     (0..25)
-                        .map(|_| l.reserve_call("friendswitch_update", 19, 1050, base).unwrap())
+                        .map(|_| l.reserve_call("friendswitch_update", 19, 1050).unwrap().at_ms)
                         .collect::<Vec<u64>>()
                 })
             })
             .collect();
-        // Calls per slot, by the slot's distance from `base`.
+        // Calls per slot, by the slot's distance from the clock.
         let mut per_slot = std::collections::BTreeMap::<u64, usize>::new();
         for slot in threads.into_iter().flat_map(|t| t.join().unwrap()) {
-            *per_slot.entry(slot - base).or_default() += 1;
+            *per_slot.entry(slot - BASE).or_default() += 1;
         }
         let gap = super::budget_gap(1050, 19);
         let expected: std::collections::BTreeMap<u64, usize> = (0..200u64)
@@ -539,13 +591,20 @@ pub(crate) mod budget_tests {
         assert_eq!(per_slot, expected);
     }
 
-    /// Runs every check above on fresh ledgers made by `open`.
-    pub(crate) fn run_all(open: impl Fn() -> Box<dyn Ledger>) {
-        a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window(open().as_ref());
-        a_call_waits_only_for_the_slot_its_windows_oldest_call_frees(open().as_ref());
-        a_past_request_time_is_replaced_by_the_clock(open().as_ref());
-        bad_arguments_are_refused_and_record_nothing(open().as_ref());
-        random_requests_never_break_the_window_rule(open().as_ref());
+    /// Runs every check above on fresh ledgers made by `open`, each reading the clock it
+    /// is given.
+    pub(crate) fn run_all(open: impl Fn(std::sync::Arc<ManualClock>) -> Box<dyn Ledger>) {
+        let checks: [fn(&dyn Ledger, &ManualClock); 5] = [
+            a_full_window_pushes_the_next_slot_to_the_oldest_plus_the_window,
+            a_call_waits_only_for_the_slot_its_windows_oldest_call_frees,
+            a_slot_comes_with_the_ledgers_clock_and_the_wait_between_them,
+            bad_arguments_are_refused_and_record_nothing,
+            random_requests_never_break_the_window_rule,
+        ];
+        for check in checks {
+            let clock = ManualClock::at(BASE);
+            check(open(clock.clone()).as_ref(), &clock);
+        }
     }
 
     #[test]

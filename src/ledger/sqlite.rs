@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Ledger, LedgerError, PruneStep, budget_args, budget_slot, sql};
+use super::{AuditRow, Ledger, LedgerError, PruneStep, Slot, budget_args, budget_slot, sql};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
     RevertJob, SessionWebhook,
@@ -23,6 +24,9 @@ pub struct SqliteLedger {
     writer: std::sync::mpsc::Sender<WriteJob>,
     // Dropping it stops the checkpoint thread.
     _checkpointer: std::sync::mpsc::Sender<()>,
+    /// What leases and the rate budget are decided by: this machine's clock, which every
+    /// process opening the file shares.
+    clock: Arc<dyn Clock>,
 }
 
 /// Copies the WAL back into the database file every second from its own connection, so the
@@ -151,6 +155,11 @@ fn to_u64(v: i64) -> u64 {
 impl SqliteLedger {
     /// Opens (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        Self::open_with_clock(path, Arc::new(SystemClock))
+    }
+
+    /// [`SqliteLedger::open`], with leases and the rate budget read from `clock`.
+    pub fn open_with_clock(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
         restrict_permissions(path);
         let conn = Connection::open(path).map_err(sql("open"))?;
         // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
@@ -191,6 +200,7 @@ impl SqliteLedger {
             reader: Mutex::new(reader),
             writer,
             _checkpointer: stop_checkpoints,
+            clock,
         })
     }
 
@@ -277,14 +287,15 @@ impl SqliteLedger {
         names: &[String],
         holder: &str,
         ttl_ms: u64,
-        now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let (names, holder) = (names.to_vec(), holder.to_owned());
-        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        let (names, holder, clock) = (names.to_vec(), holder.to_owned(), Arc::clone(&self.clock));
         self.write(move |conn| {
+            // Read under the write lock, like the rate budget's clock.
+            let now_ms = clock.now_ms();
+            let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
             let mut st = conn.prepare_cached(statement).map_err(sql(op))?;
             let mut held = Vec::new();
             for name in names {
@@ -817,13 +828,7 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn try_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
+    fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         // The upsert's WHERE leaves a live lease of another holder untouched (no change).
         self.write_leases(
             "try leases",
@@ -833,24 +838,16 @@ impl Ledger for SqliteLedger {
             names,
             holder,
             ttl_ms,
-            now_ms,
         )
     }
 
-    fn renew_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
+    fn renew_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         self.write_leases(
             "renew leases",
             "UPDATE leases SET until_ms = ?3 WHERE name = ?1 AND holder = ?2 AND until_ms > ?4",
             names,
             holder,
             ttl_ms,
-            now_ms,
         )
     }
 
@@ -892,21 +889,19 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn reserve_call(
-        &self,
-        api: &str,
-        max: u32,
-        window_ms: u64,
-        not_before_ms: u64,
-    ) -> Result<u64, LedgerError> {
+    fn clock_ms(&self) -> Result<u64, LedgerError> {
+        Ok(self.clock.now_ms())
+    }
+
+    fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
         budget_args(max, window_ms)?;
-        let api = api.to_owned();
+        let (api, clock) = (api.to_owned(), Arc::clone(&self.clock));
         // Runs in the writer's `BEGIN IMMEDIATE` transaction: SQLite's write lock, which
         // every other connection to the file (other processes included) waits for, is held
         // from before the read until after the insert is committed.
         self.write(move |conn| {
             // Read under the lock: waiting for it is not free time.
-            let now = not_before_ms.max(crate::clock::now_ms());
+            let now = clock.now_ms();
             conn.prepare_cached("DELETE FROM call_slots WHERE api = ?1 AND slot_ms <= ?2")
                 .and_then(|mut st| st.execute(params![api, to_i64(now.saturating_sub(window_ms))]))
                 .map_err(sql("reserve call"))?;
@@ -927,7 +922,10 @@ impl Ledger for SqliteLedger {
             conn.prepare_cached("INSERT INTO call_slots (api, slot_ms) VALUES (?1, ?2)")
                 .and_then(|mut st| st.execute(params![api, to_i64(slot)]))
                 .map_err(sql("reserve call"))?;
-            Ok(slot)
+            Ok(Slot {
+                at_ms: slot,
+                now_ms: now,
+            })
         })
     }
 
@@ -976,9 +974,9 @@ mod tests {
     fn the_rate_budget_follows_the_sliding_window_rule() {
         let dir = tempfile::tempdir().unwrap();
         let n = std::sync::atomic::AtomicUsize::new(0);
-        super::super::budget_tests::run_all(|| {
+        super::super::budget_tests::run_all(|clock| {
             let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Box::new(SqliteLedger::open(&dir.path().join(format!("l{i}.db"))).unwrap())
+            Box::new(SqliteLedger::open_with_clock(&dir.path().join(format!("l{i}.db")), clock).unwrap())
         });
     }
 
@@ -986,9 +984,11 @@ mod tests {
     fn reservations_from_two_connections_to_one_file_share_one_budget() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
+        let clock = crate::clock::ManualClock::at(0);
         super::super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(
-            std::sync::Arc::new(SqliteLedger::open(&path).unwrap()),
-            std::sync::Arc::new(SqliteLedger::open(&path).unwrap()),
+            Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
+            Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
+            &clock,
         );
     }
 
@@ -996,14 +996,21 @@ mod tests {
     fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
-        super::super::check_lease_contract(&SqliteLedger::open(&path).unwrap());
+        let clock = crate::clock::ManualClock::at(0);
+        super::super::check_lease_contract(
+            &SqliteLedger::open_with_clock(&path, clock.clone()).unwrap(),
+            &clock,
+        );
         // Leases are in the database: another handle on it sees them.
         let (a, b) = (
-            SqliteLedger::open(&path).unwrap(),
-            SqliteLedger::open(&path).unwrap(),
+            SqliteLedger::open_with_clock(&path, clock.clone()).unwrap(),
+            SqliteLedger::open_with_clock(&path, clock.clone()).unwrap(),
         );
-        assert!(a.try_lease("group:x", "r1", 5000, 1000).unwrap());
-        assert!(!b.try_lease("group:x", "r2", 5000, 2000).unwrap());
-        assert!(b.try_lease("group:x", "r2", 5000, 6000).unwrap());
+        clock.set(1000);
+        assert!(a.try_lease("group:x", "r1", 5000).unwrap());
+        clock.set(2000);
+        assert!(!b.try_lease("group:x", "r2", 5000).unwrap());
+        clock.set(6000);
+        assert!(b.try_lease("group:x", "r2", 5000).unwrap());
     }
 }

@@ -69,7 +69,8 @@ impl WorkerContext {
         let mut detail = String::new();
         match revert_after {
             Some(minutes) => {
-                let now = now_ms();
+                // In the ledger's time, which every replica's timer compares it with.
+                let now = self.ledger_time.now_ms();
                 let after = self.revert_minute.saturating_mul(minutes);
                 let due_ms = now.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2));
                 let revert = RevertJob {

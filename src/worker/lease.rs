@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use rand::RngExt as _;
 
-use crate::clock::now_ms;
+use tokio::time::Instant;
+
 use crate::ledger::LedgerHandle;
 
 /// The lease name of a group.
@@ -55,8 +56,10 @@ pub fn replica_id() -> String {
 struct Entry {
     /// When it was taken, in the book's order of takes ([`Leases::seq`]).
     seq: u64,
-    /// The end of the lease as last written (wall-clock ms).
-    until_ms: u64,
+    /// Until when this replica may count on the lease: the lease's length from an instant
+    /// taken before the write that took or renewed it (the ledger's clock decided the
+    /// lease; this replica's wall clock plays no part). `None`: alone on the ledger, forever.
+    until: Option<Instant>,
     /// Reverts of the timer running in it.
     timer_users: usize,
     /// Set by the heartbeat that first found it unused.
@@ -157,6 +160,16 @@ impl Leases {
         u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Whether `e` still has more than a third of a lease to go.
+    fn lasts(&self, e: &Entry) -> bool {
+        e.until.is_none_or(|until| until > Instant::now() + self.ttl / 3)
+    }
+
+    /// How long a lease lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// How often leases are renewed: a third of their length.
     pub fn heartbeat(&self) -> Duration {
         self.ttl / 3
@@ -178,11 +191,7 @@ impl Leases {
     /// command starts only then, so it cannot outlast the lease unless renewals fail for
     /// that long.
     pub fn valid(&self, cid: &str) -> bool {
-        let margin = self.ttl_ms() / 3;
-        self.book()
-            .groups
-            .get(cid)
-            .is_some_and(|e| e.until_ms > now_ms().saturating_add(margin))
+        self.book().groups.get(cid).is_some_and(|e| self.lasts(e))
     }
 
     /// Groups held now.
@@ -197,7 +206,7 @@ impl Leases {
             return Vec::new();
         }
         let _w = self.writes.lock().await;
-        let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
+        let (holder, ttl, before) = (self.holder.clone(), self.ttl_ms(), Instant::now());
         if !self.shared {
             // Alone: taken at once, and as if held all along (take number 0), since no other
             // process can have run the group's commands meanwhile.
@@ -207,7 +216,7 @@ impl Leases {
                     .entry(cid.clone())
                     .or_insert(Entry {
                         seq: 0,
-                        until_ms: u64::MAX,
+                        until: None,
                         timer_users: 0,
                         idle: false,
                     })
@@ -216,7 +225,7 @@ impl Leases {
             return cids;
         }
         let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
-        let taken = match self.write(move |l| l.try_leases(&names, &holder, ttl, now)).await {
+        let taken = match self.write(move |l| l.try_leases(&names, &holder, ttl)).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot take group leases; trying again shortly");
@@ -233,11 +242,11 @@ impl Leases {
             let seq = book.seq;
             let e = book.groups.entry(cid.to_owned()).or_insert(Entry {
                 seq,
-                until_ms: 0,
+                until: Some(before),
                 timer_users: 0,
                 idle: false,
             });
-            e.until_ms = now.saturating_add(ttl);
+            e.until = Some(before + self.ttl);
             e.idle = false;
             got.push(cid.to_owned());
         }
@@ -256,10 +265,9 @@ impl Leases {
         // Asked before the book is locked: `used` may lock the pool's state.
         let in_use: std::collections::HashSet<String> = cids.iter().filter(|c| used(c)).cloned().collect();
         let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
-        let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
+        let (holder, ttl, before) = (self.holder.clone(), self.ttl_ms(), Instant::now());
         let renewed = if self.shared {
-            self.write(move |l| l.renew_leases(&names, &holder, ttl, now))
-                .await
+            self.write(move |l| l.renew_leases(&names, &holder, ttl)).await
         } else {
             Ok(names)
         };
@@ -271,14 +279,10 @@ impl Leases {
                 Ok(renewed) => {
                     let renewed: std::collections::HashSet<&str> =
                         renewed.iter().filter_map(|n| n.strip_prefix("group:")).collect();
-                    let until = if self.shared {
-                        now.saturating_add(ttl)
-                    } else {
-                        u64::MAX
-                    };
+                    let until = self.shared.then(|| before + self.ttl);
                     book.groups.retain(|cid, e| {
                         if renewed.contains(cid.as_str()) {
-                            e.until_ms = until;
+                            e.until = until;
                             true
                         } else {
                             lost.push(cid.clone());
@@ -289,8 +293,9 @@ impl Leases {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot renew group leases; trying again shortly");
                     // Those that ran out meanwhile may have been taken by another replica.
+                    let now = Instant::now();
                     book.groups.retain(|cid, e| {
-                        let live = e.until_ms > now;
+                        let live = e.until.is_none_or(|until| until > now);
                         if !live {
                             lost.push(cid.clone());
                         }
@@ -344,10 +349,9 @@ impl Leases {
     }
 
     fn lend(&self, cid: &str) -> bool {
-        let margin = self.ttl_ms() / 3;
         let mut book = self.book();
         match book.groups.get_mut(cid) {
-            Some(e) if e.until_ms > now_ms().saturating_add(margin) => {
+            Some(e) if self.lasts(e) => {
                 e.timer_users += 1;
                 e.idle = false;
                 true
@@ -369,11 +373,8 @@ impl Leases {
         if !self.shared {
             return true;
         }
-        let (holder, ttl, now) = (self.holder.clone(), self.ttl_ms(), now_ms());
-        match self
-            .write(move |l| l.try_lease(TIMER_LEASE, &holder, ttl, now))
-            .await
-        {
+        let (holder, ttl) = (self.holder.clone(), self.ttl_ms());
+        match self.write(move |l| l.try_lease(TIMER_LEASE, &holder, ttl)).await {
             Ok(mine) => mine,
             Err(e) => {
                 tracing::error!(error = %e, "cannot take the timer lease; trying again shortly");
@@ -443,7 +444,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_is_held_by_one_replica_and_taken_over_once_its_lease_ran_out() {
-        let ledger = Arc::new(MemoryLedger::new());
+        let clock = crate::clock::ManualClock::at(1_000_000);
+        let ledger = Arc::new(MemoryLedger::with_clock(clock.clone()));
         let a = leases(&ledger, "a", Duration::from_secs(3));
         let b = leases(&ledger, "b", Duration::from_secs(3));
         assert_eq!(a.take(vec!["g".into(), "h".into()]).await, ["g", "h"]);
@@ -451,12 +453,12 @@ mod tests {
         assert!(a.valid("g") && !b.valid("g"));
         assert_eq!(a.taken_before("g", a.seq()), Some(true));
         assert_eq!(a.taken_before("g", 0), Some(false));
-        // "a" stops renewing (it died): once the lease ran out "b" takes it, and "a",
-        // when it comes back, finds it lost.
-        let until = now_ms() + 3000;
-        while now_ms() <= until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // "a" stops renewing (it died): a moment before the lease runs out by the ledger's
+        // clock "b" cannot take it; once it ran out "b" takes it, and "a", when it comes
+        // back, finds it lost.
+        clock.advance(2999);
+        assert!(b.take(vec!["g".into()]).await.is_empty());
+        clock.advance(1);
         assert_eq!(b.take(vec!["g".into()]).await, ["g"]);
         let lost = a.renew(|_| true).await;
         assert_eq!(lost.len(), 2, "{lost:?}");
@@ -475,8 +477,8 @@ mod tests {
         assert_eq!(a.held_count(), 1);
         assert!(a.valid("busy") && !a.valid("idle"));
         // Given back in the ledger too: another replica takes it at once.
-        assert!(ledger.try_lease("group:idle", "b", 1000, now_ms()).unwrap());
-        assert!(!ledger.try_lease("group:busy", "b", 1000, now_ms()).unwrap());
+        assert!(ledger.try_lease("group:idle", "b", 1000).unwrap());
+        assert!(!ledger.try_lease("group:busy", "b", 1000).unwrap());
     }
 
     #[tokio::test]
@@ -494,8 +496,8 @@ mod tests {
         assert!(solo.valid("g") && solo.timer_turn().await);
         assert!(solo.renew(|_| true).await.is_empty());
         // Nothing in the ledger: another holder is granted the same name.
-        assert!(ledger.try_lease("group:g", "other", 1000, now_ms()).unwrap());
-        assert!(ledger.try_lease(TIMER_LEASE, "other", 1000, now_ms()).unwrap());
+        assert!(ledger.try_lease("group:g", "other", 1000).unwrap());
+        assert!(ledger.try_lease(TIMER_LEASE, "other", 1000).unwrap());
         // Unused groups leave the book after a heartbeat, as in a shared book.
         solo.renew(|_| false).await;
         solo.renew(|_| false).await;

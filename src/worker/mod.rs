@@ -49,6 +49,8 @@ pub struct WorkerContext {
     setting_locks: SettingLocks,
     /// The groups this replica holds among the replicas sharing the ledger.
     leases: Arc<Leases>,
+    /// The ledger's clock as this replica reads it: revert due times are in its time.
+    ledger_time: Arc<crate::ledger::LedgerTime>,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -142,6 +144,7 @@ impl WorkerContext {
                 lease::replica_id(),
                 settings.claim_lease,
             )),
+            ledger_time: Arc::default(),
             #[cfg(test)]
             before_answer: None,
         }
@@ -161,6 +164,25 @@ impl WorkerContext {
     /// This replica's leases (its name among the replicas is [`Leases::holder`]).
     pub fn leases(&self) -> &Arc<Leases> {
         &self.leases
+    }
+
+    /// Measures how far the ledger's clock is from this machine's, so that revert due
+    /// times go by the ledger's; warns when they differ by more than a sixth of a lease
+    /// (leases themselves go by the ledger's clock alone, but an operator should know).
+    pub async fn measure_ledger_clock(&self) {
+        match self.ledger_time.measure(&self.ledger).await {
+            Ok(offset) => {
+                let tolerated = self.leases.ttl() / 6;
+                if offset.unsigned_abs() > u64::try_from(tolerated.as_millis()).unwrap_or(u64::MAX) {
+                    tracing::warn!(
+                        offset_ms = offset,
+                        tolerated_ms = tolerated.as_millis(),
+                        "this machine's clock differs from the ledger's; leases and revert times go by the ledger's clock, but check NTP on this host"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the ledger's clock; keeping the last offset"),
+        }
     }
 
     /// Waits for, and holds, the lock of `setting` in the group `conversation_id`.

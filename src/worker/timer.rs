@@ -31,16 +31,26 @@ const TICK: Duration = Duration::from_secs(1);
 /// Runs due reverts until the task is aborted (at shutdown). A revert cut off by the abort
 /// is still marked running in the ledger and runs again at the next start.
 pub async fn run(ctx: Arc<WorkerContext>) {
+    let mut measured: Option<tokio::time::Instant> = None;
     loop {
+        // Due times are in the ledger's time: measure how far it is from ours at start and
+        // then every minute.
+        if measured.is_none_or(|at| at.elapsed() >= CLOCK_EVERY) {
+            ctx.measure_ledger_clock().await;
+            measured = Some(tokio::time::Instant::now());
+        }
         ctx.run_due_reverts().await;
         tokio::time::sleep(TICK).await;
     }
 }
 
+/// How often the scheduler measures the ledger's clock against this machine's.
+const CLOCK_EVERY: Duration = Duration::from_secs(60);
+
 impl WorkerContext {
     /// Runs every revert that is due now, soonest first; returns how many ran.
     pub async fn run_due_reverts(&self) -> usize {
-        let now = now_ms();
+        let now = self.ledger_time.now_ms();
         let due = match self.ledger.call(|l| l.pending_reverts(None)).await {
             Ok(jobs) => jobs.into_iter().filter(|j| j.due_ms <= now).collect::<Vec<_>>(),
             Err(e) => {

@@ -255,14 +255,10 @@ async fn check_beside_a_busy_serve_on_the_same_ledger_keeps_dingtalk_within_one_
 async fn a_call_whose_shared_slot_lies_beyond_its_deadline_fails_without_calling_dingtalk() {
     let sim = new_sim(Default::default());
     let groups = add_groups(&sim, "late", 1);
-    // Another process (say, one whose clock runs ten minutes ahead) holds the next
-    // window of friendswitch calls.
+    // Other processes have reserved the next two minutes of friendswitch calls.
     let ledger = dingops::ledger::MemoryLedger::new();
-    let ahead = dingops::clock::now_ms() + 600_000;
-    for _ in 0..19 {
-        ledger
-            .reserve_call("friendswitch_update", 19, 1050, ahead)
-            .unwrap();
+    for _ in 0..19 * 115 {
+        ledger.reserve_call("friendswitch_update", 19, 1050).unwrap();
     }
     let dingtalk = client(&sim, Some(LedgerHandle::new(ledger)), Arc::default());
 

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 
 use self::pool::{Connector, Pool, Session};
-use super::{AuditRow, Ledger, LedgerError, PruneStep};
+use super::{AuditRow, Ledger, LedgerError, PruneStep, Slot};
+use crate::clock::Clock;
 use crate::config::PostgresUrl;
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
@@ -50,6 +51,23 @@ pub struct PostgresLedger {
     runtime: RuntimeThread,
     pool: Arc<Pool>,
     writer: tokio::sync::mpsc::UnboundedSender<Ingest>,
+    /// `None`: leases and the rate budget go by the server's clock, the one clock every
+    /// replica shares. Tests hand in a clock of their own.
+    clock: Option<Arc<dyn Clock>>,
+}
+
+/// The ledger's now in SQL, in ms since the Unix epoch: the server's clock unless the
+/// parameter `$n` holds a time (a test's clock). `clock_timestamp()`, not `now()`: the time
+/// of the statement, not of the transaction's start (a reservation may have waited for
+/// its lock).
+macro_rules! ledger_now {
+    ($param:literal) => {
+        concat!(
+            "COALESCE(",
+            $param,
+            "::bigint, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+        )
+    };
 }
 
 /// A single-threaded runtime on its own thread; it stops when this is dropped.
@@ -109,9 +127,9 @@ enum Ingest {
 }
 
 impl PostgresLedger {
-    /// Runs the lease statement `statement` (parameters: the names, holder, the new end of
-    /// the lease, now; it returns the names it changed) in one round trip; those names, in
-    /// the order given.
+    /// Runs the lease statement `statement` (parameters: the names, holder, the lease's
+    /// length, a fixed now or NULL for the server's clock; it returns the names it changed)
+    /// in one round trip; those names, in the order given.
     fn write_leases(
         &self,
         op: &'static str,
@@ -119,16 +137,15 @@ impl PostgresLedger {
         names: &[String],
         holder: &str,
         ttl_ms: u64,
-        now_ms: u64,
     ) -> Result<Vec<String>, LedgerError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
         let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
-        let (until, now) = (to_i64(now_ms.saturating_add(ttl_ms)), to_i64(now_ms));
+        let (ttl, now) = (to_i64(ttl_ms), self.fixed_now());
         self.with(op, move |mut c| async move {
             let rows = c
-                .query(statement, &[&names, &holder, &until, &now])
+                .query(statement, &[&names, &holder, &ttl, &now])
                 .await
                 .map_err(pg(op))?;
             let held: std::collections::HashSet<String> = rows.iter().map(|r| r.get(0)).collect();
@@ -138,6 +155,21 @@ impl PostgresLedger {
 
     /// Connects to the server at `url`, brings its schema up to date and starts the writer.
     pub fn open(url: &PostgresUrl) -> Result<Self, LedgerError> {
+        Self::open_inner(url, None)
+    }
+
+    /// [`PostgresLedger::open`] with leases and the rate budget read from `clock` instead
+    /// of the server's clock (tests).
+    pub fn open_with_clock(url: &PostgresUrl, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+        Self::open_inner(url, Some(clock))
+    }
+
+    /// The time a test's clock fixes for a statement, or `None` for the server's.
+    fn fixed_now(&self) -> Option<i64> {
+        self.clock.as_ref().map(|c| to_i64(c.now_ms()))
+    }
+
+    fn open_inner(url: &PostgresUrl, clock: Option<Arc<dyn Clock>>) -> Result<Self, LedgerError> {
         let config = url.config().map_err(LedgerError::Schema)?;
         let connector = Connector::new(config, url.tls())?;
         let pool = Arc::new(Pool::new(connector, POOL_SIZE));
@@ -153,6 +185,7 @@ impl PostgresLedger {
             runtime,
             pool,
             writer,
+            clock,
         })
     }
 
@@ -934,15 +967,21 @@ impl Ledger for PostgresLedger {
         })
     }
 
-    fn reserve_call(
-        &self,
-        api: &str,
-        max: u32,
-        window_ms: u64,
-        not_before_ms: u64,
-    ) -> Result<u64, LedgerError> {
+    fn clock_ms(&self) -> Result<u64, LedgerError> {
+        let fixed = self.fixed_now();
+        self.with("read the clock", move |mut c| async move {
+            let row = c
+                .query_opt(concat!("SELECT ", ledger_now!("$1")), &[&fixed])
+                .await
+                .map_err(pg("read the clock"))?
+                .ok_or(LedgerError::Invalid("the server did not tell its clock"))?;
+            Ok((to_u64(row.get(0)), c))
+        })
+    }
+
+    fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
         super::budget_args(max, window_ms)?;
-        let api = api.to_owned();
+        let (api, fixed) = (api.to_owned(), self.fixed_now());
         self.with("reserve call", move |mut c| async move {
             let tx = c.client.transaction().await.map_err(pg("reserve call"))?;
             // One lock per API for the transaction: every replica's reservations of that API
@@ -953,8 +992,13 @@ impl Ledger for PostgresLedger {
             )
             .await
             .map_err(pg("reserve call"))?;
-            // Read under the lock: waiting for it is not free time.
-            let now = not_before_ms.max(crate::clock::now_ms());
+            // Read under the lock (waiting for it is not free time), from the server's clock.
+            let now: i64 = tx
+                .query_one(concat!("SELECT ", ledger_now!("$1")), &[&fixed])
+                .await
+                .map_err(pg("reserve call"))?
+                .get(0);
+            let now = to_u64(now);
             tx.execute(
                 "DELETE FROM call_slots WHERE api = $1 AND slot_ms <= $2",
                 &[&text(&api), &to_i64(now.saturating_sub(window_ms))],
@@ -985,48 +1029,49 @@ impl Ledger for PostgresLedger {
             .await
             .map_err(pg("reserve call"))?;
             tx.commit().await.map_err(pg("reserve call"))?;
-            Ok((slot, c))
+            Ok((
+                Slot {
+                    at_ms: slot,
+                    now_ms: now,
+                },
+                c,
+            ))
         })
     }
 
-    fn try_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
-        // One statement: the upsert's WHERE leaves a live lease of another holder as it is.
+    fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
+        // One statement: the upsert's WHERE leaves a live lease of another holder as it is;
+        // the server's clock decides what is live and when the new lease ends.
         self.write_leases(
             "try leases",
-            "INSERT INTO leases (name, holder, until_ms)
-             SELECT n, $2, $3 FROM unnest($1::text[]) AS t(n)
-             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-             WHERE leases.holder = excluded.holder OR leases.until_ms <= $4
-             RETURNING name",
+            concat!(
+                "INSERT INTO leases (name, holder, until_ms)
+                 SELECT n, $2, c.now + $3 FROM unnest($1::text[]) AS t(n), (SELECT ",
+                ledger_now!("$4"),
+                " AS now) AS c
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                 WHERE leases.holder = excluded.holder OR leases.until_ms <= excluded.until_ms - $3
+                 RETURNING name"
+            ),
             names,
             holder,
             ttl_ms,
-            now_ms,
         )
     }
 
-    fn renew_leases(
-        &self,
-        names: &[String],
-        holder: &str,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<Vec<String>, LedgerError> {
+    fn renew_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         self.write_leases(
             "renew leases",
-            "UPDATE leases SET until_ms = $3
-             WHERE name = ANY($1) AND holder = $2 AND until_ms > $4
-             RETURNING name",
+            concat!(
+                "UPDATE leases SET until_ms = c.now + $3 FROM (SELECT ",
+                ledger_now!("$4"),
+                " AS now) AS c
+                 WHERE leases.name = ANY($1) AND leases.holder = $2 AND leases.until_ms > c.now
+                 RETURNING leases.name"
+            ),
             names,
             holder,
             ttl_ms,
-            now_ms,
         )
     }
 
