@@ -613,3 +613,27 @@ pub(crate) mod budget_tests {
         assert!(!within_rule(&[0, 10, 999], 2, 1000));
     }
 }
+
+#[cfg(test)]
+mod time_tests {
+    use super::{LedgerHandle, LedgerTime, MemoryLedger};
+    use crate::clock::{Clock as _, ManualClock, now_ms};
+
+    #[tokio::test]
+    async fn the_ledgers_time_is_read_through_the_offset_measured_against_its_clock() {
+        // A ledger whose clock runs 35 s ahead of this machine's, then one 35 s behind.
+        for skew in [35_000_i64, -35_000] {
+            let clock = ManualClock::at(now_ms().saturating_add_signed(skew));
+            let ledger = LedgerHandle::new(MemoryLedger::with_clock(clock.clone()));
+            let time = LedgerTime::default();
+            assert!(
+                time.now_ms().abs_diff(now_ms()) < 1000,
+                "no offset before measuring"
+            );
+            let offset = time.measure(&ledger).await.unwrap();
+            assert!((offset - skew).abs() < 1000, "measured {offset} for {skew}");
+            // The manual clock stands while ours runs on: within the test's run time.
+            assert!(time.now_ms().abs_diff(clock.now_ms()) < 1000);
+        }
+    }
+}
