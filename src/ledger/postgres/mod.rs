@@ -992,19 +992,23 @@ impl Ledger for PostgresLedger {
             )
             .await
             .map_err(pg("reserve call"))?;
-            // Read under the lock (waiting for it is not free time), from the server's clock.
+            // The clock is read under the lock (waiting for it is not free time), from the
+            // server's clock; slots too old to share a window with this one go in the same
+            // round trip.
             let now: i64 = tx
-                .query_one(concat!("SELECT ", ledger_now!("$1")), &[&fixed])
+                .query_one(
+                    concat!(
+                        "WITH c AS (SELECT ",
+                        ledger_now!("$3"),
+                        " AS now), gone AS (DELETE FROM call_slots WHERE api = $1 AND slot_ms <= (SELECT now FROM c) - $2)
+                         SELECT now FROM c"
+                    ),
+                    &[&text(&api), &to_i64(window_ms), &fixed],
+                )
                 .await
                 .map_err(pg("reserve call"))?
                 .get(0);
             let now = to_u64(now);
-            tx.execute(
-                "DELETE FROM call_slots WHERE api = $1 AND slot_ms <= $2",
-                &[&text(&api), &to_i64(now.saturating_sub(window_ms))],
-            )
-            .await
-            .map_err(pg("reserve call"))?;
             let max_th_latest: Option<i64> = tx
                 .query_opt(
                     "SELECT slot_ms FROM call_slots WHERE api = $1 ORDER BY slot_ms DESC LIMIT 1 OFFSET $2",
