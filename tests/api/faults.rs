@@ -1,5 +1,5 @@
 //! The fault matrix: each DingTalk failure mode, with the exact number of DingTalk calls
-//! and replies the simulator saw. The README's matrix lists these rows.
+//! and replies the simulator saw. docs/reliability.md's fault matrix lists these rows.
 
 use std::sync::Arc;
 use std::time::Duration;

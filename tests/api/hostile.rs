@@ -1,5 +1,5 @@
 //! Hostile inputs at `POST /callback` and in the payload's URLs: each gets a clear answer and
-//! changes nothing it should not. The README's table of hostile inputs lists these.
+//! changes nothing it should not. docs/reliability.md's table of hostile inputs lists these.
 
 use std::net::TcpListener;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! `dingops-bench`: the load benchmark, the soak test and the policy benchmark of the
-//! dingops binary, with the DingTalk simulator on loopback (see the README, "Performance"
-//! and "Soak").
+//! dingops binary, with the DingTalk simulator on loopback (see docs/performance.md and
+//! docs/reliability.md, "Soak").
 
 mod bench;
 mod budget;
@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load benchmark against a same-run baseline (see README, Performance).
+    /// Load benchmark against a same-run baseline (see docs/performance.md).
     Bench {
         /// Concurrent keep-alive connections.
         #[arg(long, default_value_t = 64)]
@@ -69,8 +69,8 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         groups: usize,
     },
-    /// Stream mode against the HTTP ingress of the same binary in `mode=both` (see README,
-    /// Performance): frame-to-ACK latency, ingest, reconnect gaps, RSS after many messages.
+    /// Stream mode against the HTTP ingress of the same binary in `mode=both` (see
+    /// docs/performance.md): frame-to-ACK latency, ingest, reconnect gaps, RSS after many messages.
     Stream {
         /// Seconds of each latency phase (Stream, then HTTP at the same rate).
         #[arg(long, default_value_t = 10)]

@@ -3,7 +3,7 @@
 //! simulator in this process, whose Stream gateway pushes robot messages (random msgIds
 //! like DingTalk's) and times each ACK from the frame's write on the monotonic clock. HTTP
 //! figures come from the same process in the same run, so the ratio holds on a noisy
-//! machine. See the README, "Performance".
+//! machine. See docs/performance.md, "Stream mode".
 
 use std::collections::HashSet;
 use std::io::Write;
