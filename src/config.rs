@@ -1,7 +1,7 @@
 //! Settings: a TOML file plus `DINGOPS_*` environment variables (environment wins),
 //! validated at start into one section per part of dingops, so that each constructor takes
 //! only its own section. The file and the variables stay flat (`app_key`,
-//! `DINGOPS_APP_KEY`): the key names are the public contract, listed in the README.
+//! `DINGOPS_APP_KEY`): the key names are the public contract, listed in docs/configuration.md.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};

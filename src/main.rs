@@ -20,7 +20,7 @@ use dingops::telemetry::LogFormat;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file (keys in README); DINGOPS_* variables override it.
+    /// TOML configuration file (keys in docs/configuration.md); DINGOPS_* variables override it.
     #[arg(long, global = true, env = "DINGOPS_CONFIG")]
     config: Option<PathBuf>,
     /// Log format (level from RUST_LOG).

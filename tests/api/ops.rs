@@ -348,13 +348,13 @@ fn the_example_configuration_loads_and_documents_every_key() {
     let s = Settings::from_sources(Some(text), &Default::default()).unwrap();
     assert_eq!(s.worker.admins, vec!["manager01"]);
     assert_eq!(s.worker.groups.len(), 1);
-    let readme = include_str!("../../README.md");
+    let reference = include_str!("../../docs/configuration.md");
     for key in Settings::known_keys() {
         let documented = text.contains(&format!("\n{key} =")) || text.contains(&format!("\n[{key}]"));
         assert!(documented, "deploy/dingops.example.toml lacks `{key}`");
         assert!(
-            readme.contains(&format!("| `{key}` |")),
-            "README's configuration table lacks `{key}`"
+            reference.contains(&format!("| `{key}` |")),
+            "docs/configuration.md's configuration table lacks `{key}`"
         );
     }
 }
