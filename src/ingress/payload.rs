@@ -1,6 +1,6 @@
 //! The robot message body, parsed leniently: unknown fields are ignored, numbers that the
 //! docs call strings are accepted either way. HTTP callbacks and Stream-mode frames carry the
-//! same JSON (see docs/dingtalk.md#robot-message-payload).
+//! same JSON (see docs/dingtalk.md#callback-payload).
 
 use serde::{Deserialize, Deserializer};
 
