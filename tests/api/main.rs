@@ -23,4 +23,5 @@ mod replicas;
 mod replies;
 mod signature;
 mod stream;
+mod timer;
 mod tokens;
