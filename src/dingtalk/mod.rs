@@ -408,6 +408,11 @@ impl DingTalk {
         }
     }
 
+    /// How long one call may take with its retries (`retry_deadline_ms`).
+    pub fn call_deadline(&self) -> Duration {
+        self.options.deadline
+    }
+
     /// The deadline of a call starting now.
     fn deadline(&self) -> Instant {
         let now = Instant::now();

@@ -379,7 +379,7 @@ mod tests {
 
     /// A worker over an in-memory ledger whose DingTalk is a closed loopback port: any call
     /// to it fails, so a decision that needs none is visible as a non-`Failed` answer.
-    fn worker(ledger: MemoryLedger, extra: &[(&str, &str)]) -> WorkerContext {
+    pub(super) fn worker(ledger: MemoryLedger, extra: &[(&str, &str)]) -> WorkerContext {
         let env: HashMap<String, String> = [
             ("DINGOPS_APP_KEY", "k"),
             ("DINGOPS_APP_SECRET", "s"),

@@ -4,21 +4,32 @@
 //! API (the command's sessionWebhook has expired by then) and into the audit as an action of
 //! `dingops (timer)`.
 //!
+//! Due reverts run side by side, up to [`CONCURRENCY`] at once, each in its own task: one
+//! group whose DingTalk call hangs holds one slot, not the reverts of every other group. A
+//! backlog (many reverts due at one start) drains at the rate budget the DingTalk client
+//! paces its calls by. Two reverts of one setting of one group never run at once nor out of
+//! order: the setting's lock and the ledger's claim decide, as for commands.
+//!
 //! With replicas on one ledger, a revert runs on the replica that holds its group's lease
 //! (so it never overlaps a command of that group on another replica, and runs once); the
 //! reverts of groups no replica holds are run by the holder of the `timer` lease, which
 //! takes their groups' leases for the time of the revert.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use super::WorkerContext;
 use super::commands::{setting_label, setting_value};
+use super::lease::Borrowed;
 use super::reply::advice;
 use crate::clock::now_ms;
+use crate::dingtalk::ApiError;
 use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
 use crate::ledger::AuditRow;
 
@@ -28,9 +39,17 @@ pub const TIMER: &str = "dingops (timer)";
 /// How often the scheduler looks for due reverts; well inside the 5 s a revert may be late.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Runs due reverts until the task is aborted (at shutdown). A revert cut off by the abort
-/// is still marked running in the ledger and runs again at the next start.
+/// Reverts that run at once. Enough to keep DingTalk's rate budget busy with answers as slow
+/// as half a second, and to leave most of it to commands during a backlog; a group whose
+/// calls hang holds one of them for a bounded time (each of its two DingTalk calls is given
+/// up at the client's deadline).
+const CONCURRENCY: usize = 16;
+
+/// Runs due reverts until the task is aborted (at shutdown). Reverts still running are
+/// aborted with it; one cut off is still marked running in the ledger and runs again at the
+/// next start.
 pub async fn run(ctx: Arc<WorkerContext>) {
+    let mut scheduler = Scheduler::new(ctx.clone());
     let mut measured: Option<tokio::time::Instant> = None;
     loop {
         // Due times are in the ledger's time: measure how far it is from ours at start and
@@ -39,7 +58,7 @@ pub async fn run(ctx: Arc<WorkerContext>) {
             ctx.measure_ledger_clock().await;
             measured = Some(tokio::time::Instant::now());
         }
-        ctx.run_due_reverts().await;
+        scheduler.start_due().await;
         tokio::time::sleep(TICK).await;
     }
 }
@@ -47,75 +66,165 @@ pub async fn run(ctx: Arc<WorkerContext>) {
 /// How often the scheduler measures the ledger's clock against this machine's.
 const CLOCK_EVERY: Duration = Duration::from_secs(60);
 
-impl WorkerContext {
-    /// Runs every revert that is due now, soonest first; returns how many ran.
-    pub async fn run_due_reverts(&self) -> usize {
-        let now = self.ledger_time.now_ms();
-        let due = match self.ledger.call(|l| l.pending_reverts(None)).await {
+/// The reverts under way, and the slots they take.
+struct Scheduler {
+    ctx: Arc<WorkerContext>,
+    slots: Arc<Semaphore>,
+    /// One task per revert under way; dropping the scheduler aborts them.
+    tasks: JoinSet<()>,
+    /// The ids of the reverts under way: a round never starts a second copy of one (it is
+    /// still `running`, so still listed, while it runs).
+    in_flight: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// Marks a revert under way for as long as its task holds it, however the task ends.
+struct InFlight {
+    ids: Arc<Mutex<HashSet<i64>>>,
+    id: i64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Scheduler {
+    fn new(ctx: Arc<WorkerContext>) -> Self {
+        Self {
+            ctx,
+            slots: Arc::new(Semaphore::new(CONCURRENCY)),
+            tasks: JoinSet::new(),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Starts every revert that is due now and not under way, soonest first, each once a
+    /// slot is free; returns how many it started. Those it starts run on after it returns.
+    async fn start_due(&mut self) -> usize {
+        // Reap the tasks that ended. A panic in a revert itself was recorded by its task; one
+        // around it (the claim) leaves the revert to run again.
+        while let Some(ended) = self.tasks.try_join_next() {
+            if ended.is_err_and(|e| e.is_panic()) {
+                tracing::error!("a timed revert's task panicked; the revert runs again if it is still due");
+            }
+        }
+        // Due times are in the ledger's time (see `LedgerTime`).
+        let now = self.ctx.ledger_time.now_ms();
+        let due = match self.ctx.ledger.call(|l| l.pending_reverts(None)).await {
             Ok(jobs) => jobs.into_iter().filter(|j| j.due_ms <= now).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::error!(error = %e, "could not read the pending reverts; trying again shortly");
                 return 0;
             }
         };
-        let mut ran = 0;
+        let mut started = 0;
         // Asked once per round, and only when a due revert's group is not held here.
         let mut timer_turn: Option<bool> = None;
         for job in due {
-            let id = job.id;
-            let borrowed = match self.leases.borrow(&job.conversation_id, false).await {
+            if self.under_way(job.id) {
+                continue;
+            }
+            // Waits while every slot is taken: the next due revert goes as soon as one is free.
+            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                return started;
+            };
+            let leases = &self.ctx.leases;
+            let borrowed = match leases.borrow(&job.conversation_id, false).await {
                 Some(b) => Some(b),
                 None => {
                     let turn = match timer_turn {
                         Some(t) => t,
-                        None => *timer_turn.insert(self.leases.timer_turn().await),
+                        None => *timer_turn.insert(leases.timer_turn().await),
                     };
                     if turn {
-                        self.leases.borrow(&job.conversation_id, true).await
+                        leases.borrow(&job.conversation_id, true).await
                     } else {
                         None
                     }
                 }
             };
             // Another replica holds the group: it runs the revert.
-            let Some(_borrowed) = borrowed else {
+            let Some(borrowed) = borrowed else {
                 continue;
             };
-            // A newer command on this setting that is under way finishes first; if it
-            // replaced this revert, the claim below fails and the revert does not run.
-            let _setting = self.lock_setting(&job.conversation_id, &job.setting).await;
-            match self.ledger.call(move |l| l.claim_revert(id)).await {
-                Ok(true) => {
-                    // A bug in one revert must not end the scheduler: that revert is
-                    // recorded failed and the others still run.
-                    if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
-                        tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
-                        self.write_until_landed("finish a timed revert that panicked", move |l| {
-                            l.finish_revert(id, "failed", "failed", now_ms())
-                        })
-                        .await;
-                    }
-                    ran += 1;
-                }
-                // Replaced by a newer command since it was read: it must not run.
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "could not claim a revert; trying again shortly"),
-            }
+            let in_flight = self.mark(job.id);
+            let ctx = Arc::clone(&self.ctx);
+            self.tasks
+                .spawn(async move { ctx.claim_and_run(job, slot, borrowed, in_flight).await });
+            started += 1;
         }
-        ran
+        started
+    }
+
+    fn under_way(&self, id: i64) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+    }
+
+    fn mark(&self, id: i64) -> InFlight {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        InFlight {
+            ids: Arc::clone(&self.in_flight),
+            id,
+        }
+    }
+}
+
+impl WorkerContext {
+    /// Runs one due revert in its slot, in the group it borrowed: unless a newer command
+    /// replaced it meanwhile.
+    async fn claim_and_run(
+        &self,
+        job: RevertJob,
+        _slot: OwnedSemaphorePermit,
+        _group: Borrowed,
+        _in_flight: InFlight,
+    ) {
+        let id = job.id;
+        // A newer command on this setting that is under way finishes first; if it replaced
+        // this revert, the claim below fails and the revert does not run.
+        let _setting = self.lock_setting(&job.conversation_id, &job.setting).await;
+        match self.ledger.call(move |l| l.claim_revert(id)).await {
+            Ok(true) => {
+                // A bug in one revert must not end the scheduler: that revert is recorded
+                // failed and the others still run.
+                if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
+                    tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
+                    self.write_until_landed("finish a timed revert that panicked", move |l| {
+                        l.finish_revert(id, "failed", "failed", now_ms())
+                    })
+                    .await;
+                }
+            }
+            // Replaced by a newer command since it was read: it must not run.
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "could not claim a revert; trying again shortly"),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(revert = job.id, group = %job.conversation_id, setting = %job.setting))]
     async fn revert(&self, job: RevertJob) {
-        let result = if job.setting == DM_SETTING {
-            self.dingtalk
-                .set_friend_switch(&job.chat_id, job.value == 1)
-                .await
-        } else {
-            self.dingtalk
-                .update_group(&job.chat_id, &job.setting, job.value)
-                .await
+        let change = async {
+            if job.setting == DM_SETTING {
+                self.dingtalk
+                    .set_friend_switch(&job.chat_id, job.value == 1)
+                    .await
+            } else {
+                self.dingtalk
+                    .update_group(&job.chat_id, &job.setting, job.value)
+                    .await
+            }
         };
+        let result = self.within_deadline("the change", change).await;
         let what = format!(
             "{} back to {}",
             setting_label(&job.setting),
@@ -167,11 +276,8 @@ impl WorkerContext {
         })
         .await;
         let content = format!("{} {text}", outcome.mark());
-        let delivery = match self
-            .dingtalk
-            .send_group_message(&job.conversation_id, &content)
-            .await
-        {
+        let message = self.dingtalk.send_group_message(&job.conversation_id, &content);
+        let delivery = match self.within_deadline("the group message", message).await {
             Ok(()) => Delivery::GroupMessage,
             Err(e) => {
                 tracing::warn!(error = %e.short(), "the group message of a timed revert failed");
@@ -200,5 +306,74 @@ impl WorkerContext {
             l.record_own_action(&row)
         })
         .await;
+    }
+
+    /// One DingTalk call of a revert, given up at the client's deadline (`retry_deadline_ms`,
+    /// the longest one call may take with its retries) even where the client would go on: an
+    /// attempt started just before it, or a call waiting its turn in the local pacing. Given
+    /// up, it is a timeout, which the revert records failed and tells the group, like any
+    /// other failure; so a hanging DingTalk holds the revert's slot for a bounded time.
+    async fn within_deadline<T>(
+        &self,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let deadline = self.dingtalk.call_deadline();
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    what,
+                    deadline_ms = deadline.as_millis() as u64,
+                    "a timed revert's DingTalk call outlasted its deadline; given up"
+                );
+                Err(ApiError::Timeout)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ChatId;
+    use crate::ledger::{Ledger as _, LedgerHandle, MemoryLedger};
+
+    #[tokio::test]
+    async fn a_round_does_not_start_a_second_copy_of_a_revert_still_under_way() {
+        let ledger = Arc::new(MemoryLedger::new());
+        ledger
+            .schedule_revert(&RevertJob {
+                id: 0,
+                conversation_id: "cidG==".into(),
+                chat_id: ChatId::parse("chatg1").unwrap(),
+                setting: "chatBannedType".into(),
+                value: 0,
+                due_ms: 1,
+                scheduled_by: "Ada (boss)".into(),
+                scheduled_command: "/mute-all 1m".into(),
+                scheduled_ms: 0,
+            })
+            .unwrap();
+        // DingTalk is a closed port: the revert fails at once once it runs.
+        let ctx = Arc::new(WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            ..super::super::tests::worker(MemoryLedger::new(), &[])
+        });
+        // A command on the setting is under way: the revert waits for it, under way itself.
+        let command = ctx.lock_setting("cidG==", "chatBannedType").await;
+        let mut scheduler = Scheduler::new(Arc::clone(&ctx));
+        assert_eq!(scheduler.start_due().await, 1);
+        assert_eq!(scheduler.start_due().await, 0, "the revert is still under way");
+        assert_eq!(scheduler.start_due().await, 0, "the revert is still under way");
+        drop(command);
+        // It runs (and fails), and is no longer under way once its task ended.
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while scheduler.under_way(1) {
+            assert!(tokio::time::Instant::now() < end, "the revert never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ledger.pending_reverts(None).unwrap().is_empty());
+        assert_eq!(scheduler.start_due().await, 0);
     }
 }

@@ -24,4 +24,5 @@ mod replicas;
 mod replies;
 mod signature;
 mod stream;
+mod timer;
 mod tokens;

@@ -5,6 +5,7 @@
 mod bench;
 mod budget;
 mod policy;
+mod reverts;
 mod stream;
 
 use std::net::TcpListener;
@@ -121,6 +122,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         groups: usize,
     },
+    /// `dingops serve` starting with many timed reverts due, each of another group: time
+    /// until every group was told, against DingTalk's per-API quota.
+    Reverts {
+        /// Reverts due at the start, one per simulated group.
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+        /// Milliseconds the simulator takes to answer each `im/group/update`.
+        #[arg(long, default_value_t = 0)]
+        answer_ms: u64,
+        /// One more group, first in line, whose update hangs until the HTTP timeout.
+        #[arg(long)]
+        hang: bool,
+    },
     /// The benchmark's baseline server alone (`bench` runs it as a child process).
     Baseline {
         /// Listen address.
@@ -236,6 +250,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Reverts {
+            count,
+            answer_ms,
+            hang,
+        } => {
+            let exe = dingops_binary(cli.dingops)?;
+            let mut out = std::io::stdout();
+            let opts = reverts::RevertsOptions {
+                count,
+                answer_ms,
+                hang,
+            };
+            let ok = reverts::run(&opts, &exe, &mut out).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Baseline { listen } => {
             let listener =

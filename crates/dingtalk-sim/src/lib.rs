@@ -217,6 +217,8 @@ struct State {
     calls: Vec<RecordedCall>,
     replies: Vec<RecordedReply>,
     faults: HashMap<String, VecDeque<Fault>>,
+    /// Faults for the next call of an API (key `.0`) that names one group's chatid (`.1`).
+    chat_faults: HashMap<(String, String), VecDeque<Fault>>,
     window: HashMap<String, VecDeque<Instant>>,
     /// In the order they were added, which is the order `listsubid` lists children in.
     departments: Vec<SimDepartment>,
@@ -503,6 +505,18 @@ impl Simulator {
             .push_back(fault);
     }
 
+    /// Queues a fault for the next call of `api` that names the group `chatid`
+    /// (`friendswitch/update`, `im/group/update`); calls for other groups go on as usual. It
+    /// comes before any fault queued for the whole API by [`Self::inject`].
+    pub fn inject_for_chat(&self, api: &str, chatid: &str, fault: Fault) {
+        self.shared
+            .state()
+            .chat_faults
+            .entry((api.to_owned(), chatid.to_owned()))
+            .or_default()
+            .push_back(fault);
+    }
+
     /// Expires every open reply session (sendBySession answers 300001 from now on).
     pub fn expire_sessions(&self) {
         self.shared.state().sessions.clear();
@@ -642,17 +656,35 @@ enum Gate {
 }
 
 async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
-    let fault = shared.state().faults.get_mut(api).and_then(VecDeque::pop_front);
+    gate_chat(shared, api, &Value::Null, new_style).await
+}
+
+/// [`gate`] for a call whose JSON `body` names a group's `chatid`: a fault injected for
+/// that group ([`Simulator::inject_for_chat`]) comes first, and a call it fails is recorded
+/// with its body, so that a test can tell whose call it hit.
+async fn gate_chat(shared: &Shared, api: &str, body: &Value, new_style: bool) -> Gate {
+    let (fault, body) = {
+        let mut s = shared.state();
+        let for_chat = body
+            .get("chatid")
+            .and_then(Value::as_str)
+            .and_then(|c| s.chat_faults.get_mut(&(api.to_owned(), c.to_owned())))
+            .and_then(VecDeque::pop_front);
+        match for_chat {
+            Some(f) => (Some(f), body.clone()),
+            None => (s.faults.get_mut(api).and_then(VecDeque::pop_front), Value::Null),
+        }
+    };
     let mut proceed = Gate::Proceed;
     match fault {
         Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(Fault::Hang) => {
-            record(shared, api, None, Value::Null, -3);
+            record(shared, api, None, body.clone(), -3);
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return Gate::Respond(HttpResponse::GatewayTimeout().finish());
         }
         Some(Fault::Http { status }) => {
-            record(shared, api, None, Value::Null, i64::from(status));
+            record(shared, api, None, body.clone(), i64::from(status));
             let status = actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
             return Gate::Respond(HttpResponse::build(status).finish());
@@ -662,7 +694,7 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
             code,
             message,
         }) => {
-            record(shared, api, None, Value::Null, i64::from(status));
+            record(shared, api, None, body.clone(), i64::from(status));
             let status = actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
             return Gate::Respond(
@@ -671,11 +703,11 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
             );
         }
         Some(Fault::Errcode { errcode }) => {
-            record(shared, api, None, Value::Null, errcode);
+            record(shared, api, None, body.clone(), errcode);
             return Gate::Respond(error_answer(new_style, errcode, "injected fault"));
         }
         Some(Fault::Redirect { location }) => {
-            record(shared, api, None, Value::Null, 302);
+            record(shared, api, None, body.clone(), 302);
             return Gate::Respond(
                 HttpResponse::Found()
                     .insert_header(("location", location))
@@ -683,12 +715,12 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
             );
         }
         Some(Fault::HugeBody { bytes }) => {
-            record(shared, api, None, Value::Null, -4);
+            record(shared, api, None, body.clone(), -4);
             let body = format!("{{\"errcode\":0,\"pad\":\"{}\"}}", "x".repeat(bytes));
             return Gate::Respond(HttpResponse::Ok().content_type("application/json").body(body));
         }
         Some(Fault::Drop) => {
-            record(shared, api, None, Value::Null, -2);
+            record(shared, api, None, body.clone(), -2);
             let broken = futures_util::stream::once(async {
                 Err::<web::Bytes, _>(std::io::Error::other("connection dropped by the simulator"))
             });
@@ -710,7 +742,7 @@ async fn gate(shared: &Shared, api: &str, new_style: bool) -> Gate {
         }
         if window.len() >= limit {
             drop(s);
-            record(shared, api, None, Value::Null, 90018);
+            record(shared, api, None, body.clone(), 90018);
             return Gate::Respond(error_answer(new_style, 90018, "当前企业调用该接口的QPS超过上限"));
         }
         window.push_back(now);
@@ -835,7 +867,8 @@ async fn friendswitch(
     q: web::Query<TokenQuery>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Gate::Respond(r) = gate(&shared, api::FRIEND_SWITCH, false).await {
+    let named = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Gate::Respond(r) = gate_chat(&shared, api::FRIEND_SWITCH, &named, false).await {
         return r;
     }
     let token = q.access_token.clone();
@@ -1044,11 +1077,11 @@ async fn group_message(shared: web::Data<Shared>, req: HttpRequest, body: web::B
 /// bad token, 400 `parameter.invalid` for a missing or unknown chatid or a value other than
 /// 0/1, 400 `permession.checkFailed` for a disbanded group.
 async fn group_update(shared: web::Data<Shared>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    if let Gate::Respond(r) = gate(&shared, api::GROUP_UPDATE, true).await {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Gate::Respond(r) = gate_chat(&shared, api::GROUP_UPDATE, &v, true).await {
         return r;
     }
     let token = header_token(&req);
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let answer = |status: u16, code: &str, message: &str| {
         record(
             &shared,
@@ -1315,11 +1348,22 @@ async fn control_replies(shared: web::Data<Shared>) -> HttpResponse {
 struct NewFault {
     api: String,
     fault: Fault,
+    /// Only for the next call that names this group ([`Simulator::inject_for_chat`]).
+    #[serde(default)]
+    chatid: Option<String>,
 }
 
 async fn control_fault(shared: web::Data<Shared>, f: web::Json<NewFault>) -> HttpResponse {
     let f = f.into_inner();
-    shared.state().faults.entry(f.api).or_default().push_back(f.fault);
+    let mut s = shared.state();
+    match f.chatid {
+        Some(chatid) => s
+            .chat_faults
+            .entry((f.api, chatid))
+            .or_default()
+            .push_back(f.fault),
+        None => s.faults.entry(f.api).or_default().push_back(f.fault),
+    }
     HttpResponse::Ok().json(json!({"ok": true}))
 }
 

@@ -147,3 +147,53 @@ async fn bad_updates_get_dingtalks_error_shapes() {
     assert_eq!(v["errcode"], 49000);
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn a_fault_for_one_chat_hits_only_that_groups_next_call_and_is_recorded_with_its_body() {
+    let sim = sim_with_group().await;
+    sim.add_group("cidOther==", "chatother1", "other");
+    let token = modern_token(&sim).await;
+    sim.inject_for_chat(api::GROUP_UPDATE, "chatgov1", Fault::Errcode { errcode: 60011 });
+    let other = json!({"chatid": "chatother1", "managementOptions": {"searchable": 1}});
+    let mine = json!({"chatid": "chatgov1", "managementOptions": {"searchable": 1}});
+    // Another group's call goes through although it comes first.
+    assert_eq!(update(&sim, &token, other.clone()).await.0, 200);
+    let (status, v) = update(&sim, &token, mine.clone()).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("Forbidden.AccessDenied.AccessTokenPermissionDenied"))
+    );
+    // Consumed: the group's next call goes through.
+    assert_eq!(update(&sim, &token, mine.clone()).await.0, 200);
+    let calls = sim.calls(Some(api::GROUP_UPDATE));
+    let seen: Vec<(Value, i64)> = calls.into_iter().map(|c| (c.body, c.answer)).collect();
+    assert_eq!(seen, [(other, 0), (mine.clone(), 60011), (mine, 0)]);
+
+    // The same through the control API, for the private-chat switch.
+    let legacy = legacy_token(&sim).await;
+    let queued: Value = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.url()))
+        .json(&json!({"api": api::FRIEND_SWITCH, "chatid": "chatgov1", "fault": {"kind": "errcode", "errcode": 34001}}))
+        .send()
+        .await
+        .expect("faults")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(queued, json!({"ok": true}));
+    let switch = |chatid: &str| {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/topapi/chat/member/friendswitch/update?access_token={legacy}",
+                sim.url()
+            ))
+            .json(&json!({"chatid": chatid, "is_prohibit": true}))
+            .send()
+    };
+    let answer = |r: reqwest::Response| async { r.json::<Value>().await.expect("json")["errcode"].clone() };
+    assert_eq!(answer(switch("chatother1").await.expect("switch")).await, 0);
+    assert_eq!(answer(switch("chatgov1").await.expect("switch")).await, 34001);
+    assert_eq!(answer(switch("chatgov1").await.expect("switch")).await, 0);
+    assert!(sim.group("cidGov==").expect("group").dm_prohibited);
+    sim.stop().await;
+}
