@@ -16,6 +16,10 @@ pub fn now_ms() -> u64 {
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+    /// Whether this is the machine's own wall clock ([`now_ms`]).
+    fn is_system(&self) -> bool {
+        false
+    }
 }
 
 /// The machine's wall clock.
@@ -25,6 +29,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         now_ms()
+    }
+
+    fn is_system(&self) -> bool {
+        true
     }
 }
 

@@ -204,6 +204,9 @@ impl Limiter {
 /// How late after its slot a call may still be sent; later, it takes a new slot.
 const MAX_LATE: Duration = Duration::from_millis(25);
 
+/// How long an offset to the ledger's clock serves before it is measured again.
+const CLOCK_MAX_AGE: Duration = Duration::from_secs(60);
+
 /// Slots a call takes at most because it missed them (then it goes anyway).
 const LATE_RETRIES: u32 = 4;
 
@@ -251,6 +254,8 @@ pub struct DingTalk {
     limiters: HashMap<Api, Limiter>,
     /// The ledger whose rate budget every process on it shares; `None`: pace locally.
     budget: Option<LedgerHandle>,
+    /// The budget's slots are times of the ledger's clock: this is how they map to ours.
+    ledger_time: crate::ledger::LedgerTime,
     options: ClientOptions,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -380,6 +385,7 @@ impl DingTalk {
             modern: TokenCache::default(),
             limiters,
             budget: None,
+            ledger_time: Default::default(),
             options,
             metrics,
         })
@@ -559,8 +565,13 @@ impl DingTalk {
         let give_up = deadline.min(Instant::now() + RESERVE_TIMEOUT);
         let slot = match tokio::time::timeout_at(give_up, reservation).await {
             Ok(Ok(slot)) => {
+                // The slot is a time of the ledger's clock, read through the measured offset
+                // (exact to within a short round trip; the ledger's wait, counted from when
+                // its answer arrived, would send every call late by the reservation's commit).
+                let ledger_now = self.ledger_time.fresh_now_ms(ledger, CLOCK_MAX_AGE).await;
                 let now = Instant::now();
-                now.checked_add(slot.wait()).unwrap_or(now)
+                now.checked_add(Duration::from_millis(slot.at_ms.saturating_sub(ledger_now)))
+                    .unwrap_or(now)
             }
             failed => {
                 let error = match failed {

@@ -383,6 +383,10 @@ impl Ledger for MemoryLedger {
         Ok(self.clock.now_ms())
     }
 
+    fn clock_is_ours(&self) -> bool {
+        self.clock.is_system()
+    }
+
     fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
         budget_args(max, window_ms)?;
         let mut s = self.state()?;

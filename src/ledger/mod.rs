@@ -203,11 +203,16 @@ pub trait Ledger: Send + Sync + 'static {
     /// are decided by. PostgreSQL answers with the server's clock; the file and memory
     /// stores, which live on one machine, with that machine's.
     fn clock_ms(&self) -> Result<u64, LedgerError>;
+    /// Whether the ledger's clock is this machine's wall clock (a file or memory store on the
+    /// system clock): then no offset needs measuring, it is exactly zero.
+    fn clock_is_ours(&self) -> bool {
+        false
+    }
     /// Reserves the next send slot of `api` in the rate budget that every process sharing
-    /// this ledger draws on, and returns it with the ledger's clock at the reservation: the
-    /// caller waits `slot.wait_ms()` from when the answer arrived, then sends one call. Only
-    /// the ledger's clock is compared, so a caller whose clock is off takes no slot of
-    /// another's time.
+    /// this ledger draws on, and returns it with the ledger's clock at the reservation. The
+    /// slot is a time of the ledger's clock: the caller sends at that time as it reads the
+    /// ledger's clock ([`LedgerTime`]), never by its own wall clock alone, so a caller whose
+    /// clock is off takes no slot of another's time.
     ///
     /// The rule is a sliding window over the recorded slots of `api`: no half-open
     /// interval `[t, t + window_ms)` holds more than `max` of them. Let `now` be the
@@ -248,7 +253,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    /// How long the caller waits for its slot, from when the reservation answered.
+    /// How long after the ledger's now at the reservation the slot comes.
     pub fn wait(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.at_ms.saturating_sub(self.now_ms))
     }
@@ -305,12 +310,18 @@ pub struct PruneStep {
 
 /// This process's reading of the ledger's clock: the machine's wall clock corrected by the
 /// offset last measured against [`Ledger::clock_ms`]. Due times of timed reverts are kept in
-/// the ledger's time, so replicas whose clocks disagree still run a revert when it falls due
-/// by the one clock they share. Starts at no offset until measured.
+/// the ledger's time, and rate-budget slots are the ledger's times, so replicas whose clocks
+/// disagree still act on one clock, the one they share. Starts at no offset until measured.
 #[derive(Debug, Default)]
 pub struct LedgerTime {
     offset_ms: std::sync::atomic::AtomicI64,
+    /// When the offset was last measured.
+    measured: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Readings of the ledger's clock per measurement; the one with the shortest round trip
+/// wins, so a slow answer (a busy machine) does not skew the offset.
+const CLOCK_SAMPLES: usize = 3;
 
 impl LedgerTime {
     /// The ledger's time now, as last measured.
@@ -320,17 +331,46 @@ impl LedgerTime {
     }
 
     /// Reads the ledger's clock and keeps how far it is from this machine's (the ledger's
-    /// time minus ours, taken at the middle of the round trip); returns that offset.
+    /// time minus ours at the middle of the shortest of a few round trips); returns that
+    /// offset.
     pub async fn measure(&self, ledger: &LedgerHandle) -> Result<i64, LedgerError> {
-        let before = crate::clock::now_ms();
-        let theirs = ledger.call(|l| l.clock_ms()).await?;
-        let after = crate::clock::now_ms();
-        let ours = before / 2 + after / 2;
-        let offset = i64::try_from(theirs)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(ours).unwrap_or(i64::MAX));
+        let mut best: Option<(u64, i64)> = None;
+        let samples = if ledger.call(|l| Ok(l.clock_is_ours())).await? {
+            best = Some((0, 0));
+            0
+        } else {
+            CLOCK_SAMPLES
+        };
+        for _ in 0..samples {
+            let before = crate::clock::now_ms();
+            let theirs = ledger.call(|l| l.clock_ms()).await?;
+            let after = crate::clock::now_ms();
+            let (rtt, ours) = (after.saturating_sub(before), before / 2 + after / 2);
+            let offset = i64::try_from(theirs)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(ours).unwrap_or(i64::MAX));
+            if best.is_none_or(|(shortest, _)| rtt < shortest) {
+                best = Some((rtt, offset));
+            }
+        }
+        let offset = best.map_or(0, |(_, offset)| offset);
         self.offset_ms.store(offset, std::sync::atomic::Ordering::Relaxed);
+        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         Ok(offset)
+    }
+
+    /// The ledger's time now, measuring the offset first when it never was or was last
+    /// measured more than `max_age` ago. A failed measurement keeps the last offset.
+    pub async fn fresh_now_ms(&self, ledger: &LedgerHandle, max_age: std::time::Duration) -> u64 {
+        let stale = self
+            .measured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() > max_age);
+        if stale && let Err(e) = self.measure(ledger).await {
+            tracing::warn!(error = %e, "cannot read the ledger's clock; keeping the last offset");
+        }
+        self.now_ms()
     }
 }
 

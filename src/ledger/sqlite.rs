@@ -893,6 +893,10 @@ impl Ledger for SqliteLedger {
         Ok(self.clock.now_ms())
     }
 
+    fn clock_is_ours(&self) -> bool {
+        self.clock.is_system()
+    }
+
     fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
         budget_args(max, window_ms)?;
         let (api, clock) = (api.to_owned(), Arc::clone(&self.clock));

@@ -179,7 +179,11 @@ async fn a_backlog_of_due_reverts_drains_at_the_rate_budget_and_never_above_it()
     assert_eq!(
         updates.len(),
         N,
-        "one update per revert, none refused or repeated"
+        "one update per revert, none refused or repeated; repeated: {:#?}",
+        updates
+            .iter()
+            .filter(|c| updates.iter().filter(|d| d.body == c.body).count() > 1)
+            .collect::<Vec<_>>()
     );
     assert!(updates.iter().all(|c| c.answer == 0), "{updates:?}");
     let messages = app.sim.calls(Some(api::GROUP_MESSAGE));
