@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dingops::domain::{Binding, ChatId};
@@ -14,8 +13,6 @@ use dingtalk_sim::{Fault, ROOT_DEPT, SimConfig, Simulator, api};
 use serde_json::Value;
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dingops");
 
 const ALL_HANDS: (&str, &str) = ("cidAcmeAllHands==", "chatacmeallhands");
 const BACKEND: (&str, &str) = ("cidAcmeBackend==", "chatacmebackend");
@@ -54,32 +51,6 @@ fn env(sim: &Simulator, db: &Path) -> Vec<(&'static str, String)> {
     env.push(("DINGOPS_ADMINS", "admin01".into()));
     env.push(("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")));
     env
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary with `args` (off the async threads: the simulator runs on them).
-async fn dingops(args: &[&str], env: Vec<(&'static str, String)>) -> Run {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(&args)
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// A row as compared: id, parent, path, chatid, openConversationId, group name, state.

@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dingops::domain::{Binding, ChatId, Department};
 use dingops::fleet::plan::Fleet;
@@ -157,29 +157,6 @@ const LOCKED_DOWN_FIELDS: [(&str, i64); 6] = [
     ("showHistoryType", 1),
     ("managementType", 1),
 ];
-
-async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills the child when the test ends, whatever happened.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Successful `group/update` calls per (chatid, field).
 fn writes_per_field(sim: &Simulator) -> BTreeMap<(String, String), usize> {
