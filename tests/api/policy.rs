@@ -270,6 +270,74 @@ async fn plan_on_forty_groups_lists_exactly_the_differing_settings_and_exits_2()
 }
 
 #[tokio::test]
+async fn a_group_named_with_20000_characters_gets_a_short_plan_row_and_its_whole_name_in_plan_json() {
+    let fleet = Fleet40::new(2, ALL_ZERO);
+    let name = format!("Huge {}", "名".repeat(19_995));
+    fleet.sim.add_group(&cid(0), &chatid(0), &name);
+    for i in 0..2 {
+        assert!(fleet.sim.set_option(&cid(i), "chatBannedType", 1));
+    }
+    let (code, table, err) = fleet.run(&["plan"]).await;
+    assert_eq!(code, 2, "{table}{err}");
+    let rows = squeeze(&table);
+    assert!(
+        rows.contains(&format!(
+            "{} Huge {}… mute_all true → false\n",
+            cid(0),
+            "名".repeat(34)
+        )),
+        "{table}"
+    );
+    assert!(
+        rows.contains(&format!("{} Team 1 mute_all true → false\n", cid(1))),
+        "{table}"
+    );
+    let widest = table.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 100, "a row of {widest} characters: {table}");
+
+    let (code, _, doc) = fleet.plan().await;
+    assert_eq!(code, 2);
+    let group = doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == cid(0).as_str())
+        .unwrap();
+    assert_eq!(group["name"].as_str(), Some(name.as_str()));
+}
+
+#[tokio::test]
+async fn bidi_controls_in_a_group_name_are_escaped_in_the_plan_table_and_in_plan_json() {
+    let fleet = Fleet40::new(1, ALL_ZERO);
+    let name = "Ops \u{202e}\u{61c}fdp\u{2066}x\u{2069}";
+    fleet.sim.add_group(&cid(0), &chatid(0), name);
+    assert!(fleet.sim.set_option(&cid(0), "chatBannedType", 1));
+    // The name's controls, written raw.
+    let raw = |text: &str| text.contains(['\u{202e}', '\u{61c}', '\u{2066}', '\u{2069}']);
+
+    let (code, table, err) = fleet.run(&["plan"]).await;
+    assert_eq!(code, 2, "{table}{err}");
+    assert!(!raw(&table), "{table}");
+    assert!(
+        squeeze(&table).contains(&format!(
+            r"{} Ops \u{{202e}}\u{{61c}}fdp\u{{2066}}x\u{{2069}} mute_all true → false",
+            cid(0)
+        )),
+        "{table}"
+    );
+
+    let (code, json, err) = fleet.run(&["plan", "--json"]).await;
+    assert_eq!(code, 2, "{json}{err}");
+    assert!(!raw(&json), "{json}");
+    assert!(
+        json.contains(r#""name":"Ops \u202e\u061cfdp\u2066x\u2069""#),
+        "{json}"
+    );
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["groups"][0]["name"], name);
+}
+
+#[tokio::test]
 async fn a_group_that_cannot_be_read_is_an_error_row_and_the_others_are_still_listed() {
     let fleet = Fleet40::new(3, ALL_ZERO);
     assert!(fleet.sim.set_option(&cid(2), "showHistoryType", 1));
