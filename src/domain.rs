@@ -314,9 +314,71 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Whether `c` could steer a terminal or reorder what it shows (see [`printable`]).
+/// Whether `c` could steer a terminal or reorder what it shows (see [`printable`]): a
+/// control character, or a bidirectional mark, embedding, override or isolate (U+061C,
+/// U+200E, U+200F, U+202A–U+202E, U+2066–U+2069).
 pub fn steers_terminal(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// The most characters of DingTalk-sourced text (a group name, a department path, an id, a
+/// nick) a table cell of `plan`, `discover` and `audit` shows; longer text is cut and ends
+/// in `…`. `--json` keeps it whole.
+pub const CELL_CHARS: usize = 40;
+
+/// `text` as a table cell: at most [`CELL_CHARS`] of its characters, its start kept and `…`
+/// at the end when it is longer, then [`printable`] (an escaped control still counts as the
+/// one character it stands for). A 20 000-character group name would otherwise widen every
+/// row of its table to 20 000 columns.
+pub fn table_cell(text: &str) -> Cow<'_, str> {
+    cut_cell(text, false)
+}
+
+/// [`table_cell`] keeping the end of `text` (`…` first): for department paths, whose last
+/// names tell siblings apart.
+pub fn table_cell_tail(text: &str) -> Cow<'_, str> {
+    cut_cell(text, true)
+}
+
+fn cut_cell(text: &str, keep_end: bool) -> Cow<'_, str> {
+    if text.chars().count() <= CELL_CHARS {
+        return printable(text);
+    }
+    let keep = CELL_CHARS - 1;
+    Cow::Owned(if keep_end {
+        let start = text.char_indices().nth_back(keep - 1).map_or(0, |(i, _)| i);
+        format!("…{}", printable(&text[start..]))
+    } else {
+        let end = text.char_indices().nth(keep).map_or(text.len(), |(i, _)| i);
+        format!("{}…", printable(&text[..end]))
+    })
+}
+
+/// Serialized JSON with every character [`steers_terminal`] names written as a `\uXXXX`
+/// escape (lowercase hex), except the pretty printer's line breaks: still the same JSON to
+/// a reader, but no terminal command or reordering when printed. serde_json escapes C0
+/// controls itself but writes DEL, C1 controls and bidirectional controls raw; every such
+/// character is inside a string, and each is in the Basic Multilingual Plane, so one
+/// `\uXXXX` is its whole escape. The `--json` output of `plan`, `discover` and `audit`
+/// goes through here.
+pub fn printable_json(json: &str) -> Cow<'_, str> {
+    let escaped = |c: char| steers_terminal(c) && c != '\n';
+    if !json.chars().any(escaped) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if escaped(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// One `host[:port]` entry of the `reply_hosts` allow-list.
@@ -480,6 +542,80 @@ mod tests {
             Delivery::Failed("60011".into()).as_ledger_text(),
             "none-failed-60011"
         );
+    }
+
+    #[test]
+    fn printable_escapes_every_bidirectional_control() {
+        for c in [
+            '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+            '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        ] {
+            let text = format!("a{c}b");
+            assert_eq!(
+                printable(&text),
+                format!("a\\u{{{:x}}}b", u32::from(c)),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+        // Neighbours that steer nothing stay as they are.
+        for kept in ["\u{061b}", "\u{200d}", "\u{2065}", "\u{206a}", "名"] {
+            assert!(matches!(printable(kept), Cow::Borrowed(_)), "{kept:?}");
+        }
+    }
+
+    #[test]
+    fn a_table_cell_is_cut_to_its_width_with_escapes_counted_as_one_character() {
+        assert!(matches!(table_cell("Team 7"), Cow::Borrowed(_)));
+        let exact = "x".repeat(CELL_CHARS);
+        assert_eq!(table_cell(&exact), exact);
+
+        let long = format!("{}{}", "名".repeat(30), "z".repeat(19_970));
+        let cell = table_cell(&long);
+        assert_eq!(cell.chars().count(), CELL_CHARS);
+        assert_eq!(
+            cell,
+            format!("{}{}…", "名".repeat(30), "z".repeat(CELL_CHARS - 31))
+        );
+
+        let path = format!("{} / Backend / Platform", "Acme ".repeat(20));
+        let tail = table_cell_tail(&path);
+        assert_eq!(tail.chars().count(), CELL_CHARS);
+        assert!(
+            tail.starts_with('…') && tail.ends_with(" / Backend / Platform"),
+            "{tail}"
+        );
+
+        let bidi = "\u{202e}".repeat(20_000);
+        assert_eq!(
+            table_cell(&bidi),
+            format!("{}…", "\\u{202e}".repeat(CELL_CHARS - 1))
+        );
+        let bidi_end = format!("{bidi}end");
+        assert_eq!(
+            table_cell_tail(&bidi_end),
+            format!("…{}end", "\\u{202e}".repeat(CELL_CHARS - 4))
+        );
+        assert_eq!(table_cell("a\u{1b}b"), "a\\u{1b}b");
+    }
+
+    #[test]
+    fn printable_json_escapes_terminal_controls_in_lowercase_and_stays_the_same_json() {
+        let value = serde_json::json!({
+            "name": "a\u{202e}b\u{2066}c\u{61c}\u{9b}\u{7f}\u{1b}[2J",
+            "list": ["x\ny"],
+        });
+        for json in [value.to_string(), serde_json::to_string_pretty(&value).unwrap()] {
+            let shown = printable_json(&json);
+            assert!(!shown.chars().any(|c| steers_terminal(c) && c != '\n'), "{shown}");
+            assert!(
+                shown.contains(r"a\u202eb\u2066c\u061c\u009b\u007f\u001b[2J"),
+                "{shown}"
+            );
+            let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+            assert_eq!(back, value);
+        }
+        assert!(matches!(printable_json(r#"{"a":"名"}"#), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -211,7 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let fleet = Fleet::open(&settings).await?;
             let plan = fleet.plan().await?;
             let text = if json {
-                format!("{}\n", dingops::fleet::plan::plan_json(&plan))
+                dingops::fleet::plan::plan_json_text(&plan)
             } else {
                 dingops::fleet::plan::plan_table(&plan)
             };

@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
-use crate::domain::who;
 pub use crate::domain::{printable, steers_terminal};
+use crate::domain::{printable_json, table_cell, who};
 use crate::ledger::{AuditRow, LedgerHandle};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
@@ -211,19 +211,7 @@ pub fn parse_since(text: &str) -> Result<u64, String> {
 /// and bidirectional overrides are escaped too (`\u009b` is still the same string to a
 /// JSON reader, but no longer a terminal command).
 pub fn audit_json_line(row: &AuditRow) -> String {
-    let line = audit_json(row).to_string();
-    if !line.chars().any(steers_terminal) {
-        return line;
-    }
-    let mut out = String::with_capacity(line.len() + 8);
-    for c in line.chars() {
-        if steers_terminal(c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    printable_json(&audit_json(row).to_string()).into_owned()
 }
 
 /// One audit row as a JSON object.
@@ -266,9 +254,9 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
         let command = r.command.as_deref().or(r.text.as_deref()).unwrap_or_default();
         lines.push([
             format_ms(r.received_ms).trim_end_matches(" UTC").to_owned(),
-            printable(&r.conversation_id).into_owned(),
-            printable(&sender).into_owned(),
-            printable(command).into_owned(),
+            table_cell(&r.conversation_id).into_owned(),
+            table_cell(&sender).into_owned(),
+            table_cell(command).into_owned(),
             printable(r.result.as_deref().unwrap_or(&r.status)).into_owned(),
             r.errcode.map_or("-".into(), |c| c.to_string()),
             printable(r.reply.as_deref().unwrap_or("-")).into_owned(),
@@ -293,6 +281,7 @@ pub fn audit_table(rows: &[AuditRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::CELL_CHARS;
     use std::borrow::Cow;
 
     #[test]
@@ -304,26 +293,47 @@ mod tests {
         assert_eq!(printable("line\nbreak\r"), "line\\u{a}break\\u{d}");
     }
 
-    #[test]
-    fn an_audit_json_line_has_no_raw_control_characters_and_still_parses() {
-        let row = AuditRow {
+    /// A finished row of `nick` in group `cid` that typed `text` (not a command).
+    fn row(cid: &str, nick: &str, text: &str) -> AuditRow {
+        AuditRow {
             msg_id: "m".into(),
             received_ms: 0,
-            conversation_id: "cid==".into(),
+            conversation_id: cid.into(),
             sender_staff_id: Some("s".into()),
-            sender_nick: Some("\u{1b}[2J\u{9b}H\u{202e}root".into()),
-            text: Some("/help".into()),
-            command: Some("/help".into()),
+            sender_nick: Some(nick.into()),
+            text: Some(text.into()),
+            command: None,
             status: "done".into(),
             result: Some("info".into()),
             errcode: None,
             detail: None,
             reply: None,
             finished_ms: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_audit_json_line_has_no_raw_control_characters_and_still_parses() {
+        let row = row("cid==", "\u{1b}[2J\u{9b}H\u{202e}root", "/help");
         let line = audit_json_line(&row);
         assert!(!line.chars().any(steers_terminal), "{line}");
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["sender_nick"], "\u{1b}[2J\u{9b}H\u{202e}root");
+    }
+
+    #[test]
+    fn the_audit_table_cuts_long_groups_nicks_and_texts_to_a_cell_each() {
+        let long = row(&"cid".repeat(300), &"名".repeat(5000), &"x".repeat(20_000));
+        let table = audit_table(&[long, row("cid==", "Ada", "/help")]);
+        let widths: Vec<usize> = table.lines().map(|l| l.chars().count()).collect();
+        assert!(widths.iter().all(|w| *w <= 180), "{widths:?}: {table}");
+        assert!(
+            table.contains(&format!("{}…", "名".repeat(CELL_CHARS - 1))),
+            "{table}"
+        );
+        assert!(
+            table.contains(&format!("{}…", "x".repeat(CELL_CHARS - 1))),
+            "{table}"
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
 use crate::domain::{Binding, ChatId, Department};
-use crate::domain::{printable, steers_terminal};
+use crate::domain::{printable, printable_json, table_cell, table_cell_tail};
 use crate::ledger::{LedgerError, LedgerHandle};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
@@ -615,22 +615,28 @@ impl Report {
                 None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
                 Some(g) => (
                     match &g.name {
-                        Ok(n) => printable(n).into_owned(),
+                        Ok(n) => table_cell(n).into_owned(),
                         Err(_) => "(name unreadable)".to_owned(),
                     },
                     g.chat_id.to_string(),
-                    printable(&g.open_conversation_id).into_owned(),
+                    table_cell(&g.open_conversation_id).into_owned(),
                 ),
             };
             let bound = match &r.state {
                 BindState::NoGroup => "-".to_owned(),
                 BindState::NotBound => "no".to_owned(),
-                BindState::Bound { by } => format!("yes (by {})", printable(by)),
+                BindState::Bound { by } => format!("yes (by {})", table_cell(by)),
                 BindState::Configured => "yes (configuration)".to_owned(),
                 BindState::NewlyBound => "newly bound".to_owned(),
                 BindState::Conflict { chat_id, .. } => format!("CONFLICT: bound to {chat_id}"),
             };
-            lines.push([printable(&r.found.path).into_owned(), group, chat, cid, bound]);
+            lines.push([
+                table_cell_tail(&r.found.path).into_owned(),
+                group,
+                chat,
+                cid,
+                bound,
+            ]);
         }
         let mut out = aligned(&lines);
         out.push('\n');
@@ -731,17 +737,7 @@ impl Report {
     /// [`Report::json`] as text, with terminal controls escaped (still the same JSON).
     pub fn json_text(&self) -> String {
         let text = serde_json::to_string_pretty(&self.json()).unwrap_or_default();
-        let mut out = String::with_capacity(text.len() + 1);
-        for c in text.chars() {
-            // JSON escapes C0 controls itself; a newline here is the pretty printer's.
-            if steers_terminal(c) && c != '\n' {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            } else {
-                out.push(c);
-            }
-        }
-        out.push('\n');
-        out
+        format!("{}\n", printable_json(&text))
     }
 }
 
@@ -767,6 +763,7 @@ fn aligned<const N: usize>(lines: &[[String; N]]) -> String {
 mod tests {
     use super::*;
     use crate::dingtalk::error::code;
+    use crate::domain::steers_terminal;
 
     /// A tree in memory: id → (name, group chatid, children), with calls counted.
     #[derive(Default)]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::policy::{Policy, Resolution, Setting, Target, Unresolved};
 use crate::clock::now_ms;
 use crate::dingtalk::DingTalk;
-use crate::domain::{ChatId, DmState, printable};
+use crate::domain::{ChatId, DmState, printable, printable_json, table_cell};
 use crate::ledger::{AuditRow, LedgerError, LedgerHandle};
 
 /// Groups read at once by `plan` (the client paces each API on its own).
@@ -545,8 +545,8 @@ pub fn plan_table(plan: &Plan) -> String {
             .to_vec(),
     ];
     for g in &plan.groups {
-        let group = printable(&g.conversation_id).into_owned();
-        let name = printable(g.name.as_deref().unwrap_or("-")).into_owned();
+        let group = table_cell(&g.conversation_id).into_owned();
+        let name = table_cell(g.name.as_deref().unwrap_or("-")).into_owned();
         if let Some(e) = &g.error {
             rows.push(vec![group, name, format!("error: {}", printable(e))]);
             continue;
@@ -618,6 +618,12 @@ fn align(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// [`plan_json`] as one line of text, with terminal controls escaped (still the same JSON):
+/// what `plan --json` prints.
+pub fn plan_json_text(plan: &Plan) -> String {
+    format!("{}\n", printable_json(&plan_json(plan).to_string()))
 }
 
 /// The plan as one JSON document, for scripts.

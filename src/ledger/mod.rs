@@ -43,11 +43,12 @@ pub enum LedgerError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("ledger {op}: {source}")]
+    /// Shown with the server's own message and SQLSTATE (see `postgres::describe`); the
+    /// error is no `#[source]`, so that a printer of the chain does not repeat it.
+    #[error("ledger {op}: {}", postgres::describe(error))]
     Postgres {
         op: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     #[error("ledger {0}: timed out")]
     Timeout(&'static str),

@@ -5,6 +5,7 @@
 //! Without it, a test that needs PostgreSQL fails with a message saying how to start one: it
 //! never passes silently.
 
+use super::postgres::describe;
 use crate::config::{Database, PostgresUrl};
 
 /// The variable naming the test server.
@@ -112,9 +113,9 @@ fn try_query_column(url: &str, sql: &str) -> Result<Vec<Option<String>>, String>
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| describe(&e))?;
         tokio::spawn(connection);
-        let messages = client.simple_query(sql).await.map_err(|e| e.to_string())?;
+        let messages = client.simple_query(sql).await.map_err(|e| describe(&e))?;
         Ok(messages
             .into_iter()
             .filter_map(|m| match m {

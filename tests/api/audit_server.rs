@@ -17,36 +17,12 @@ use crate::helpers::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dingops");
 
-/// Waits for `child` to exit, up to `limit`; `None` if it is still running then.
-async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn sigterm(child: &Child) {
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(sent.success());
-}
-
-/// Kills the child when the test ends, whatever happened.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A connection that sent a complete head for `POST /callback` with a forged `sign` and a

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dingops::domain::{Binding, ChatId};
@@ -14,8 +13,6 @@ use dingtalk_sim::{Fault, ROOT_DEPT, SimConfig, Simulator, api};
 use serde_json::Value;
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dingops");
 
 const ALL_HANDS: (&str, &str) = ("cidAcmeAllHands==", "chatacmeallhands");
 const BACKEND: (&str, &str) = ("cidAcmeBackend==", "chatacmebackend");
@@ -54,32 +51,6 @@ fn env(sim: &Simulator, db: &Path) -> Vec<(&'static str, String)> {
     env.push(("DINGOPS_ADMINS", "admin01".into()));
     env.push(("DINGOPS_GROUPS", format!("{GROUP}={GROUP_CHATID}")));
     env
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary with `args` (off the async threads: the simulator runs on them).
-async fn dingops(args: &[&str], env: Vec<(&'static str, String)>) -> Run {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(&args)
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
 }
 
 /// A row as compared: id, parent, path, chatid, openConversationId, group name, state.
@@ -260,6 +231,51 @@ async fn discover_json_is_one_document_with_a_row_per_department_and_a_summary()
         "{}",
         run.stderr
     );
+}
+
+#[tokio::test]
+async fn discover_cuts_long_names_in_its_table_and_escapes_bidi_controls_in_both_outputs() {
+    let sim = new_sim(SimConfig::default());
+    let group_name = format!("\u{202e}\u{61c}{}", "名".repeat(19_998));
+    sim.add_group("cidLongName==", "chatlongname", &group_name);
+    sim.add_department(ROOT_DEPT, None, &"Acme".repeat(30), None)
+        .unwrap();
+    sim.add_department(2, Some(ROOT_DEPT), "Platform", Some("cidLongName=="))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The name's controls, written raw.
+    let raw = |text: &str| text.contains(['\u{202e}', '\u{61c}']);
+
+    let run = dingops(&["discover"], env(&sim, &dir.path().join("l.db"))).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(!raw(&run.stdout), "{}", run.stdout);
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("chatlongname"))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    // The path keeps its end (the department's own name), the group name its start.
+    let cells = format!(
+        r"…{} / Platform  \u{{202e}}\u{{61c}}{}…  chatlongname  cidLongName==",
+        "Acme".repeat(7),
+        "名".repeat(37)
+    );
+    assert!(row.starts_with(&cells) && row.ends_with("  no"), "{row}");
+    let widest = run.stdout.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 140, "a line of {widest} characters: {}", run.stdout);
+
+    let run = dingops(&["discover", "--json"], env(&sim, &dir.path().join("l.db"))).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(!raw(&run.stdout), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(r#""group_name": "\u202e\u061c名名"#),
+        "{}",
+        run.stdout
+    );
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    // Discovery keeps the first 128 characters of a name it reads (as before).
+    let kept: String = group_name.chars().take(128).collect();
+    assert_eq!(doc["departments"][1]["group_name"], format!("{kept}…"));
 }
 
 /// `who` types `text` in the group `cid`, through the dingops on `port`; returns the reply.

@@ -10,8 +10,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dingops");
-
 async fn get(url: &str) -> (u16, String) {
     let resp = reqwest::get(url).await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
@@ -193,26 +191,10 @@ fn check_env(sim: &dingtalk_sim::Simulator, dir: &std::path::Path) -> Vec<(&'sta
     env
 }
 
+/// Whether the binary with `args` succeeded, and its stdout then stderr.
 async fn run_bin(args: &[&str], env: Vec<(&'static str, String)>) -> (bool, String) {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args(&args)
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let run = dingops(args, env).await;
+    (run.code == Some(0), format!("{}{}", run.stdout, run.stderr))
 }
 
 #[tokio::test]

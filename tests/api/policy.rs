@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dingops::domain::{Binding, ChatId, Department};
 use dingops::fleet::plan::Fleet;
@@ -158,29 +158,6 @@ const LOCKED_DOWN_FIELDS: [(&str, i64); 6] = [
     ("managementType", 1),
 ];
 
-async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills the child when the test ends, whatever happened.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Successful `group/update` calls per (chatid, field).
 fn writes_per_field(sim: &Simulator) -> BTreeMap<(String, String), usize> {
     let mut writes = BTreeMap::new();
@@ -290,6 +267,74 @@ async fn plan_on_forty_groups_lists_exactly_the_differing_settings_and_exits_2()
     let reads = fleet.sim.calls(Some(api::CHAT_GET));
     assert_eq!(reads.iter().filter(|c| c.answer == 0).count(), 80);
     assert!(fleet.sim.calls(Some(api::GROUP_UPDATE)).is_empty());
+}
+
+#[tokio::test]
+async fn a_group_named_with_20000_characters_gets_a_short_plan_row_and_its_whole_name_in_plan_json() {
+    let fleet = Fleet40::new(2, ALL_ZERO);
+    let name = format!("Huge {}", "名".repeat(19_995));
+    fleet.sim.add_group(&cid(0), &chatid(0), &name);
+    for i in 0..2 {
+        assert!(fleet.sim.set_option(&cid(i), "chatBannedType", 1));
+    }
+    let (code, table, err) = fleet.run(&["plan"]).await;
+    assert_eq!(code, 2, "{table}{err}");
+    let rows = squeeze(&table);
+    assert!(
+        rows.contains(&format!(
+            "{} Huge {}… mute_all true → false\n",
+            cid(0),
+            "名".repeat(34)
+        )),
+        "{table}"
+    );
+    assert!(
+        rows.contains(&format!("{} Team 1 mute_all true → false\n", cid(1))),
+        "{table}"
+    );
+    let widest = table.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest <= 100, "a row of {widest} characters: {table}");
+
+    let (code, _, doc) = fleet.plan().await;
+    assert_eq!(code, 2);
+    let group = doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == cid(0).as_str())
+        .unwrap();
+    assert_eq!(group["name"].as_str(), Some(name.as_str()));
+}
+
+#[tokio::test]
+async fn bidi_controls_in_a_group_name_are_escaped_in_the_plan_table_and_in_plan_json() {
+    let fleet = Fleet40::new(1, ALL_ZERO);
+    let name = "Ops \u{202e}\u{61c}fdp\u{2066}x\u{2069}";
+    fleet.sim.add_group(&cid(0), &chatid(0), name);
+    assert!(fleet.sim.set_option(&cid(0), "chatBannedType", 1));
+    // The name's controls, written raw.
+    let raw = |text: &str| text.contains(['\u{202e}', '\u{61c}', '\u{2066}', '\u{2069}']);
+
+    let (code, table, err) = fleet.run(&["plan"]).await;
+    assert_eq!(code, 2, "{table}{err}");
+    assert!(!raw(&table), "{table}");
+    assert!(
+        squeeze(&table).contains(&format!(
+            r"{} Ops \u{{202e}}\u{{61c}}fdp\u{{2066}}x\u{{2069}} mute_all true → false",
+            cid(0)
+        )),
+        "{table}"
+    );
+
+    let (code, json, err) = fleet.run(&["plan", "--json"]).await;
+    assert_eq!(code, 2, "{json}{err}");
+    assert!(!raw(&json), "{json}");
+    assert!(
+        json.contains(r#""name":"Ops \u202e\u061cfdp\u2066x\u2069""#),
+        "{json}"
+    );
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(doc["groups"][0]["name"], name);
 }
 
 #[tokio::test]

@@ -314,6 +314,59 @@ async fn a_postgres_server_that_cannot_be_reached_stops_the_start_with_a_clear_e
     assert!(!text.contains("hunter2-pw"), "{text}");
 }
 
+#[tokio::test]
+async fn a_wrong_postgres_password_is_reported_with_the_servers_message_and_sqlstate_never_the_password() {
+    let wrong = "WrongPw-5f0c2a9e";
+    let database = {
+        let mut url = url::Url::parse(&dingops::ledger::test_postgres::test_database_url()).unwrap();
+        url.set_password(Some(wrong)).unwrap();
+        url.to_string()
+    };
+    let said = r#"password authentication failed for user "dingops" (SQLSTATE 28P01)"#;
+    let sim = new_sim(Default::default());
+
+    let mut env = sim_env(&sim);
+    env.extend([
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_DATABASE", database.clone()),
+    ]);
+    let check = dingops(&["check"], env).await;
+    let check_text = check.stdout;
+    assert_eq!(check.code, Some(1), "{check_text}");
+    assert!(check_text.ends_with("1 check(s) failed.\n"), "{check_text}");
+    assert!(
+        check_text.contains("❌ ledger postgres://dingops:***@127.0.0.1:"),
+        "{check_text}"
+    );
+    assert!(
+        check_text.contains(&format!("does not open: ledger connect: {said}\n")),
+        "{check_text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("serve.log");
+    let mut serve = Reaper(spawn_binary_logging_to(
+        &sim,
+        free_port(),
+        Path::new("unused.db"),
+        &[("DINGOPS_DATABASE", database.clone())],
+        std::fs::File::create(&log_path).unwrap().into(),
+    ));
+    let status = exit_within(&mut serve.0, Duration::from_secs(30))
+        .await
+        .expect("serve stops when the ledger refuses it");
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(1), "{logged}");
+    assert!(
+        logged.ends_with(&format!("dingops: ledger connect: {said}\n")),
+        "{logged}"
+    );
+    for text in [&check_text, &logged] {
+        assert!(!text.contains(wrong), "the password leaked: {text}");
+        assert!(!text.contains("db error"), "{text}");
+    }
+}
+
 /// PostgreSQL stops and comes back while callbacks keep arriving. Each sender plays DingTalk:
 /// a callback not acknowledged (503, or no answer) is sent again, with the same msgId, until
 /// it is. Every acknowledged command runs once and is answered once; some were refused while

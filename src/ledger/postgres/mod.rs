@@ -43,7 +43,26 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Maps a PostgreSQL error of operation `op`.
 pub(crate) fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> LedgerError {
-    move |source| LedgerError::Postgres { op, source }
+    move |error| LedgerError::Postgres { op, error }
+}
+
+/// What went wrong, in words an operator can act on: the server's message and SQLSTATE when
+/// the server refused (`password authentication failed for user "x" (SQLSTATE 28P01)`),
+/// else the client's error with its causes (`error connecting to server: Connection
+/// refused (os error 111)`). `tokio_postgres::Error` itself only says `db error`. Neither
+/// contains the password: the server does not echo it and the URL is not part of the error.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// The ledger on a PostgreSQL server.
@@ -331,7 +350,7 @@ async fn write_batch(
             Ok(new) => first_of_each(accepts, new),
             // A row the server refuses (none should be) must not fail the others with it.
             Err(e) if e.as_db_error().is_some() && accepts.len() > 1 => {
-                tracing::warn!(error = %e, "a group commit was refused; inserting its rows one by one");
+                tracing::warn!(error = %describe(&e), "a group commit was refused; inserting its rows one by one");
                 let mut results = Vec::with_capacity(accepts.len());
                 for cmd in accepts {
                     results.push(match insert_accepted(s, std::slice::from_ref(cmd)).await {
@@ -1190,5 +1209,22 @@ impl Ledger for PostgresLedger {
                 c,
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe;
+
+    #[test]
+    fn a_client_side_error_is_described_with_its_causes() {
+        let Err(e) = "host=127.0.0.1 port=notaport".parse::<tokio_postgres::Config>() else {
+            panic!("a port that is not a number parsed");
+        };
+        assert_eq!(e.to_string(), "invalid connection string");
+        assert_eq!(
+            describe(&e),
+            "invalid connection string: invalid value for option `port`"
+        );
     }
 }

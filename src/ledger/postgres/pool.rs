@@ -13,7 +13,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::super::LedgerError;
-use super::pg;
+use super::{describe, pg};
 
 /// How long a caller waits for a free connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -118,7 +118,7 @@ impl Connector {
 /// Runs a connection's I/O until it closes.
 async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
     if let Err(e) = connection.await {
-        tracing::warn!(error = %e, "ledger connection to PostgreSQL ended");
+        tracing::warn!(error = %describe(&e), "ledger connection to PostgreSQL ended");
     }
 }
 
