@@ -684,12 +684,7 @@ impl Gateway {
     }
 
     fn count_flooded(&self, connection: &str) {
-        if let Some(live) = self
-            .state()
-            .live
-            .iter_mut()
-            .find(|l| l.info.id == connection)
-        {
+        if let Some(live) = self.state().live.iter_mut().find(|l| l.info.id == connection) {
             live.info.flood_sent += 1;
         }
     }
@@ -979,10 +974,13 @@ async fn flood(
     let wrapper = r#"{"opaque":""}"#.len();
     let filler = "x".repeat((bytes as usize).saturating_sub(wrapper));
     let data = json!({ "opaque": filler }).to_string();
+    // Serialized once: each frame is a small one with the data spliced in.
+    let data = format!(r#""data":{}"#, Value::String(data));
     for _ in 0..count {
-        let Some((_, frame)) = gw.system_frame(id, "ping", &data) else {
+        let Some((_, frame)) = gw.system_frame(id, "ping", "") else {
             return Ok(());
         };
+        let frame = frame.replacen(r#""data":"""#, &data, 1);
         ws.send(Message::text(frame)).await?;
         gw.count_flooded(id);
     }

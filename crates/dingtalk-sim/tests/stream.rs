@@ -467,13 +467,18 @@ async fn every_connection_can_be_disconnected_at_once_and_held_open_with_disconn
 
     // Every new connection gets it too, until it is turned off.
     let (mut second, _) = connected(&sim).await;
-    let frame = next_frame(&mut second, PATIENCE).await.expect("a disconnect frame");
+    let frame = next_frame(&mut second, PATIENCE)
+        .await
+        .expect("a disconnect frame");
     assert_eq!(frame["headers"]["topic"], "disconnect");
     sim.stream().fault_every_connection(None);
     let (mut third, _) = connected(&sim).await;
     assert!(next_frame(&mut third, Duration::from_millis(500)).await.is_none());
     ws.close(None).await.expect("close frame");
-    assert_eq!(closed_reason(&sim, &conn).await, "the client closed the connection");
+    assert_eq!(
+        closed_reason(&sim, &conn).await,
+        "the client closed the connection"
+    );
     sim.stop().await;
 }
 
