@@ -187,6 +187,9 @@ pub struct StreamMetrics {
     pub acks: IntCounterVec,
     /// `dingops_stream_ack_seconds`: from reading a robot frame to queueing its ACK.
     pub ack_seconds: Histogram,
+    /// `dingops_stream_pings_refused_total`: SYSTEM pings whose data was too large to echo
+    /// (answered 400).
+    pub pings_refused: IntCounter,
 }
 
 impl StreamMetrics {
@@ -228,6 +231,14 @@ impl StreamMetrics {
                 &["code"],
             ),
             ack_seconds,
+            pings_refused: register(
+                registry,
+                IntCounter::new(
+                    "dingops_stream_pings_refused_total",
+                    "Stream SYSTEM pings whose data was too large to echo, answered 400.",
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            ),
         }
     }
 }

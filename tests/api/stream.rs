@@ -1,11 +1,14 @@
 //! Stream mode against the simulator's gateway: ACKs, dedupe across ingresses, the gateway's
 //! faults (disconnect, dropped TCP, zombie, refused opens), several connections, a crash,
-//! SIGTERM, and a CONNECT proxy.
+//! SIGTERM, and a CONNECT proxy; and a hostile gateway (a `disconnect` on every
+//! connection, a flood of large pings).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dingops::config::Mode;
+use dingops::ingress::stream::connection::MAX_PING_ECHO_BYTES;
+use dingops::ingress::stream::{MAX_DRAINING, REPLACE_AT_ONCE_AFTER};
 use dingtalk_sim::chat::{new_msg_id, text_message};
 use dingtalk_sim::stream::{BOT_TOPIC, StreamFault};
 use dingtalk_sim::{Fault, api};
@@ -189,6 +192,193 @@ async fn after_a_disconnect_the_replacement_opens_first_and_a_message_in_the_win
     assert_eq!(gateway.connections().len(), 1);
     assert_eq!(switch_answers(&app), vec![0]);
     assert_eq!(readyz(&app.address).await, 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_lived_past_the_threshold_is_replaced_at_once_after_a_disconnect() {
+    let app = spawn_stream_app(stream_sim(2000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    let old = gateway.connections().remove(0);
+    // Old enough by dingops' clock too, which started a moment after the gateway's.
+    let age = REPLACE_AT_ONCE_AFTER + Duration::from_millis(200);
+    let opened_for = Duration::from_millis(dingops::clock::now_ms().saturating_sub(old.opened_at_ms));
+    tokio::time::sleep(age.saturating_sub(opened_for)).await;
+
+    let at = dingops::clock::now_ms();
+    assert!(gateway.fault(&old.id, StreamFault::Disconnect));
+    let both = gateway.wait_for_connections(2, PATIENCE).await;
+
+    assert_eq!(both.len(), 2, "no replacement while the old one was open");
+    let new = both.iter().find(|c| c.id != old.id).unwrap();
+    // At once: well before the backoff's floor (750 ms at the least).
+    assert!(
+        new.opened_at_ms.saturating_sub(at) < 500,
+        "the replacement came {} ms after the disconnect",
+        new.opened_at_ms.saturating_sub(at)
+    );
+    assert!(eventually(PATIENCE, || gateway.closed().iter().any(|c| c.id == old.id)).await);
+    let closed = gateway.closed();
+    let reason = &closed.iter().find(|c| c.id == old.id).unwrap().reason;
+    assert_eq!(reason, "closed by the gateway after disconnect");
+    assert_eq!(gateway.connections().len(), 1);
+}
+
+/// Peaks seen while sampling the dingops process `pid` and the gateway.
+#[derive(Debug, Default)]
+struct Peaks {
+    gateway_live: usize,
+    fds: usize,
+}
+
+impl Peaks {
+    fn sample(&mut self, pid: u32, sim: &dingtalk_sim::Simulator) {
+        self.gateway_live = self.gateway_live.max(sim.stream().connections().len());
+        self.fds = self.fds.max(open_fds(pid));
+    }
+}
+
+/// dingops' largest resident set so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_kib(pid, "VmHWM:").expect("dingops is running") as f64 / 1024.0
+}
+
+#[tokio::test]
+async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_one_gets_a_few_dials_and_bounded_resources()
+ {
+    let sim = stream_sim(1000);
+    // `disconnect` right after every handshake, again every second, never a close.
+    sim.stream()
+        .fault_every_connection(Some(StreamFault::DisconnectAndHold));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_binary(
+        &sim,
+        port,
+        &dir.path().join("l.db"),
+        &[("DINGOPS_MODE", "stream".into())],
+    );
+    let pid = child.id();
+    assert!(!sim.stream().wait_for_connections(1, PATIENCE).await.is_empty());
+
+    let mut peaks = Peaks::default();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        peaks.sample(pid, &sim);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let live_metric = metric_at(&format!("http://127.0.0.1:{port}"), "dingops_stream_connections").await;
+    let rss = peak_rss_mib(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The first dial, then the backoff: 1 s, 2 s, 4 s (each up to a quarter shorter).
+    let opens = sim.calls(Some(api::STREAM_OPEN)).len();
+    eprintln!(
+        "10 s of disconnects: {opens} opens, at most {} connections open at once, {} descriptors, peak RSS {rss:.1} MiB",
+        peaks.gateway_live, peaks.fds
+    );
+    assert!((3..=6).contains(&opens), "{opens} connections/open calls in 10 s");
+    assert!(
+        peaks.gateway_live <= 1 + MAX_DRAINING,
+        "{} connections open at once",
+        peaks.gateway_live
+    );
+    assert!(
+        live_metric.is_some_and(|n| n <= (1 + MAX_DRAINING) as f64),
+        "{live_metric:?}"
+    );
+    assert!(rss <= 64.0, "dingops peaked at {rss:.1} MiB");
+    assert!(peaks.fds <= 64, "dingops had {} descriptors open", peaks.fds);
+    // The oldest replaced connection was closed by dingops, with a close frame.
+    let replaced = sim
+        .stream()
+        .close_frames()
+        .into_iter()
+        .filter(|c| c.code == Some(1000) && c.reason == "replaced after disconnect")
+        .count();
+    assert!(replaced >= 1, "{:?}", sim.stream().close_frames());
+}
+
+#[tokio::test]
+async fn a_gateway_flooding_megabyte_pings_and_never_reading_the_answers_leaves_dingops_under_64_mib() {
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_binary(
+        &sim,
+        port,
+        &dir.path().join("l.db"),
+        &[("DINGOPS_MODE", "stream".into())],
+    );
+    let pid = child.id();
+    let gateway = sim.stream();
+    let live = gateway.wait_for_connections(1, PATIENCE).await;
+    assert_eq!(live.len(), 1);
+    // Just under the 1 MiB a frame may have, with its headers.
+    let flood = StreamFault::PingFlood {
+        count: 300,
+        bytes: (1 << 20) - 4096,
+    };
+    let address = format!("http://127.0.0.1:{port}");
+
+    assert!(gateway.fault(&live[0].id, flood));
+    // Until the gateway wrote all, or could write no more for a second: dingops stops
+    // reading while what it answered is not read.
+    let flood_sent = || {
+        gateway
+            .connections()
+            .iter()
+            .find(|c| c.id == live[0].id)
+            .map_or(0, |c| c.flood_sent)
+    };
+    let (mut sent, mut progress_at) = (0, std::time::Instant::now());
+    while sent < 300 && progress_at.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if flood_sent() > sent {
+            (sent, progress_at) = (flood_sent(), std::time::Instant::now());
+        }
+    }
+    let rss = peak_rss_mib(pid);
+    let refused = metric_at(&address, "dingops_stream_pings_refused_total").await;
+    let answered = metric_at(&address, r#"dingops_stream_acks_total{code="400"}"#).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    eprintln!("ping flood: the gateway wrote {sent}, dingops refused {refused:?}, peak RSS {rss:.1} MiB");
+    assert!(rss <= 64.0, "dingops peaked at {rss:.1} MiB");
+    // It took at least a full outbox of them (256 answers) before it waited.
+    assert!(sent >= 256, "the gateway wrote {sent} pings");
+    assert!(refused.is_some_and(|n| n >= 256.0), "{refused:?}");
+    // Each one refused was answered 400 (counted just after; read after it).
+    assert!(answered >= refused, "{answered:?} answered of {refused:?}");
+}
+
+#[tokio::test]
+async fn a_system_ping_is_echoed_up_to_4_kib_of_data_and_answered_400_beyond() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let connection = connection_ids(&app).remove(0);
+    let gateway = app.sim.stream();
+    let opaque = |len: usize| {
+        let data = json!({ "opaque": "x".repeat(len - r#"{"opaque":""}"#.len()) }).to_string();
+        assert_eq!(data.len(), len);
+        data
+    };
+
+    let fits = gateway
+        .ping_with(&connection, &opaque(MAX_PING_ECHO_BYTES))
+        .unwrap();
+    let over = gateway
+        .ping_with(&connection, &opaque(MAX_PING_ECHO_BYTES + 1))
+        .unwrap();
+
+    let ack = ack_of(&app.sim, &fits.message_id).await;
+    assert_eq!((ack.code, ack.data), (200, Value::String(fits.data)));
+    let ack = ack_of(&app.sim, &over.message_id).await;
+    assert_eq!((ack.code, ack.data), (400, json!("{\"response\":null}")));
+    assert_eq!(
+        metric_at(&app.address, "dingops_stream_pings_refused_total").await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
