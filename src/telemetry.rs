@@ -178,7 +178,7 @@ pub struct StreamMetrics {
     pub connections: IntGauge,
     /// `dingops_stream_reconnects_total{reason}`: why a connection was replaced or a new
     /// one tried (disconnect, closed, dropped, keepalive, open_refused, open_failed,
-    /// connect_failed).
+    /// connect_failed, insecure_endpoint).
     pub reconnects: IntCounterVec,
     /// `dingops_stream_frames_total{type, topic}`: frames received; unknown topics count as
     /// `other`.
@@ -215,7 +215,7 @@ impl StreamMetrics {
             reconnects: counter(
                 registry,
                 "dingops_stream_reconnects_total",
-                "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed).",
+                "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed, insecure_endpoint).",
                 &["reason"],
             ),
             frames: counter(

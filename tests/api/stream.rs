@@ -1,7 +1,7 @@
 //! Stream mode against the simulator's gateway: ACKs, dedupe across ingresses, the gateway's
 //! faults (disconnect, dropped TCP, zombie, refused opens), several connections, a crash,
-//! SIGTERM, and a CONNECT proxy; and a hostile gateway (a `disconnect` on every
-//! connection, a flood of large pings).
+//! SIGTERM, and a CONNECT proxy; and a hostile gateway or proxy (a `disconnect` on every
+//! connection, a flood of large pings, an unencrypted endpoint, a bad CONNECT answer).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -608,6 +608,12 @@ async fn sigterm_closes_the_stream_connections_with_a_close_frame() {
 /// A small HTTP proxy: CONNECT tunnels, and plain requests in absolute form forwarded to
 /// their host; records `host:port` of each connection it carried.
 async fn start_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    start_proxy_answering("HTTP/1.1 200 Connection established\r\n\r\n").await
+}
+
+/// [`start_proxy`] answering each CONNECT with `answer` (a whole head), and carrying the
+/// tunnel whatever it said: a client that takes a bad answer for a 200 gets through.
+async fn start_proxy_answering(answer: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -617,13 +623,13 @@ async fn start_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(carry(client, log.clone()));
+            tokio::spawn(carry(client, log.clone(), answer));
         }
     });
     (addr, seen)
 }
 
-async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>, connect_answer: &'static str) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let Ok(b) = client.read_u8().await else {
@@ -650,9 +656,7 @@ async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
         return;
     };
     if method == "CONNECT" {
-        let _ = client
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await;
+        let _ = client.write_all(connect_answer.as_bytes()).await;
     } else {
         // Forwarded as it came; the simulator reads absolute-form targets.
         let _ = upstream.write_all(&head).await;
@@ -704,31 +708,52 @@ fn dingops_demo_in_stream_mode_exits_zero_and_prints_the_conversation() {
     assert!(!stdout.contains("✘"), "{stdout}");
 }
 
+/// The output of `dingops check` in Stream mode against `sim`, its ledger in `dir`, with
+/// `extra` in its environment over the defaults.
+async fn check_stream(
+    sim: &dingtalk_sim::Simulator,
+    dir: &std::path::Path,
+    extra: Vec<(&'static str, String)>,
+) -> std::process::Output {
+    let mut env = sim_env(sim);
+    env.extend([
+        ("DINGOPS_MODE", "stream".into()),
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_DATABASE", dir.join("l.db").display().to_string()),
+    ]);
+    env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+    env.extend(extra);
+    // The simulator runs on this test's runtime: wait for the binary off it.
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+            .arg("check")
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The `Stream connection` line of a `dingops check` output, and the whole output.
+fn stream_check_line(out: &std::process::Output) -> (String, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Stream connection"))
+        .unwrap_or_default()
+        .to_owned();
+    (line, text)
+}
+
 #[tokio::test]
 async fn check_in_stream_mode_opens_a_stream_connection_and_names_a_refusal() {
     let sim = stream_sim(1000);
     let dir = tempfile::tempdir().unwrap();
-    let check = |secret: String| {
-        let mut env = sim_env(&sim);
-        env.retain(|(k, _)| *k != "DINGOPS_APP_SECRET");
-        env.extend([
-            ("DINGOPS_APP_SECRET", secret),
-            ("DINGOPS_MODE", "stream".into()),
-            ("DINGOPS_ADMINS", "admin01".into()),
-            ("DINGOPS_DATABASE", dir.path().join("l.db").display().to_string()),
-        ]);
-        // The simulator runs on this test's runtime: wait for the binary off it.
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
-                .arg("check")
-                .env_clear()
-                .envs(env)
-                .output()
-                .unwrap()
-        })
-    };
+    let check = |secret: String| check_stream(&sim, dir.path(), vec![("DINGOPS_APP_SECRET", secret)]);
 
-    let good = check(sim.config().app_secret.clone()).await.unwrap();
+    let good = check(sim.config().app_secret.clone()).await;
     let text = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{text}");
     assert!(text.contains("✅ Stream connection"), "{text}");
@@ -737,7 +762,7 @@ async fn check_in_stream_mode_opens_a_stream_connection_and_names_a_refusal() {
         "check left its connection open"
     );
 
-    let bad = check("not-the-secret".into()).await.unwrap();
+    let bad = check("not-the-secret".into()).await;
     let text = String::from_utf8_lossy(&bad.stdout);
     assert!(!bad.status.success(), "{text}");
     assert!(text.contains("❌ Stream connection"), "{text}");
@@ -785,4 +810,103 @@ async fn stream_logs_at_trace_level_never_contain_the_secret_the_ticket_or_the_s
     ] {
         assert!(!logs.contains(secret), "the {what} was logged");
     }
+}
+
+#[tokio::test]
+async fn a_proxy_answering_connect_with_anything_but_an_http_1_x_2xx_status_line_is_refused_with_the_reason()
+{
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let gateway_addr = sim.stream().addr().to_string();
+    let not_http = "proxy: the answer does not start with an HTTP/1.x status line";
+    for (answer, reason) in [
+        ("garbageHTTP/1.1 200 Connection established\r\n\r\n", not_http),
+        ("FOO 200 OK\r\n\r\n", not_http),
+        ("HTTP/2 200\r\n\r\n", not_http),
+        (
+            "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+            "proxy refused the tunnel with HTTP 407",
+        ),
+    ] {
+        let (proxy, seen) = start_proxy_answering(answer).await;
+
+        let out = check_stream(
+            &sim,
+            dir.path(),
+            vec![("DINGOPS_PROXY", format!("http://{proxy}"))],
+        )
+        .await;
+
+        let (line, text) = stream_check_line(&out);
+        assert!(line.starts_with("❌"), "{answer:?} was taken: {text}");
+        assert!(line.contains(reason), "{answer:?}: {text}");
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.contains(&format!("CONNECT {gateway_addr}")), "{seen:?}");
+    }
+    assert_eq!(sim.stream().connections_opened(), 0);
+}
+
+/// Whether `text` holds an 8-4-4-4-12 hex token, the shape of the simulator's tickets.
+fn holds_uuid(text: &str) -> bool {
+    text.as_bytes().windows(36).any(|w| {
+        w.iter().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+    })
+}
+
+#[tokio::test]
+async fn an_unencrypted_endpoint_off_loopback_is_refused_before_any_connection_and_named_without_the_ticket()
+{
+    // Through a recording proxy, so that any connection attempt would show.
+    let (proxy, seen) = start_proxy().await;
+    let sim = stream_sim(1000);
+    let port = sim.stream().addr().port();
+    sim.stream()
+        .advertise_endpoint(Some(format!("ws://stream.example.com:{port}/connect")));
+    let app = spawn_app_with(Options {
+        sim: Some(sim.clone()),
+        settings: Some(Box::new(move |s| {
+            s.stream.mode = Mode::Stream;
+            s.dingtalk.proxy = Some(dingops::config::ProxyAddr::parse(&format!("http://{proxy}")).unwrap());
+        })),
+        ..Options::default()
+    })
+    .await;
+    let refused = r#"dingops_stream_reconnects_total{reason="insecure_endpoint"}"#;
+    let mut counted = None;
+    for _ in 0..200 {
+        counted = metric_at(&app.address, refused).await;
+        if counted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+
+    assert_eq!(counted, Some(1.0));
+    assert!(!sim.calls(Some(api::STREAM_OPEN)).is_empty());
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.iter().any(|s| s.starts_with("CONNECT")), "{seen:?}");
+    assert_eq!(sim.stream().connections_opened(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (line, text) = stream_check_line(&check_stream(&sim, dir.path(), vec![]).await);
+    assert!(line.starts_with("❌"), "{text}");
+    assert!(
+        line.contains("unencrypted endpoint ws://stream.example.com: refused"),
+        "{text}"
+    );
+    assert!(!holds_uuid(&text) && !text.contains("ticket="), "{text}");
+
+    // On loopback ws:// is fine, by name too.
+    sim.stream()
+        .advertise_endpoint(Some(format!("ws://localhost:{port}/connect")));
+    let (line, text) = stream_check_line(&check_stream(&sim, dir.path(), vec![]).await);
+    assert!(line.starts_with("✅"), "{text}");
+    assert_eq!(sim.stream().connections_opened(), 1);
 }

@@ -228,6 +228,10 @@ async fn supervise(
                         tracing::error!(slot, error = %e, "Stream connection refused");
                         backoff.at_cap()
                     }
+                    DialError::Insecure { .. } => {
+                        tracing::error!(slot, error = %e, "Stream endpoint refused");
+                        backoff.next_delay()
+                    }
                     _ => {
                         tracing::warn!(slot, error = %e, "Stream connection failed");
                         backoff.next_delay()
