@@ -223,6 +223,20 @@ async fn a_connection_that_lived_past_the_threshold_is_replaced_at_once_after_a_
     assert_eq!(gateway.connections().len(), 1);
 }
 
+/// The real binary in Stream mode against `sim`: the process, its address, and the
+/// directory of its ledger (kept while it runs).
+fn spawn_stream_binary(sim: &dingtalk_sim::Simulator) -> (std::process::Child, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = spawn_binary(
+        sim,
+        port,
+        &dir.path().join("l.db"),
+        &[("DINGOPS_MODE", "stream".into())],
+    );
+    (child, format!("http://127.0.0.1:{port}"), dir)
+}
+
 /// Peaks seen while sampling the dingops process `pid` and the gateway.
 #[derive(Debug, Default)]
 struct Peaks {
@@ -249,14 +263,7 @@ async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_on
     // `disconnect` right after every handshake, again every second, never a close.
     sim.stream()
         .fault_every_connection(Some(StreamFault::DisconnectAndHold));
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = spawn_binary(
-        &sim,
-        port,
-        &dir.path().join("l.db"),
-        &[("DINGOPS_MODE", "stream".into())],
-    );
+    let (mut child, address, _dir) = spawn_stream_binary(&sim);
     let pid = child.id();
     assert!(!sim.stream().wait_for_connections(1, PATIENCE).await.is_empty());
 
@@ -266,7 +273,7 @@ async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_on
         peaks.sample(pid, &sim);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let live_metric = metric_at(&format!("http://127.0.0.1:{port}"), "dingops_stream_connections").await;
+    let live_metric = metric_at(&address, "dingops_stream_connections").await;
     let rss = peak_rss_mib(pid);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -302,14 +309,7 @@ async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_on
 #[tokio::test]
 async fn a_gateway_flooding_megabyte_pings_and_never_reading_the_answers_leaves_dingops_under_64_mib() {
     let sim = stream_sim(1000);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = spawn_binary(
-        &sim,
-        port,
-        &dir.path().join("l.db"),
-        &[("DINGOPS_MODE", "stream".into())],
-    );
+    let (mut child, address, _dir) = spawn_stream_binary(&sim);
     let pid = child.id();
     let gateway = sim.stream();
     let live = gateway.wait_for_connections(1, PATIENCE).await;
@@ -319,7 +319,6 @@ async fn a_gateway_flooding_megabyte_pings_and_never_reading_the_answers_leaves_
         count: 300,
         bytes: (1 << 20) - 4096,
     };
-    let address = format!("http://127.0.0.1:{port}");
 
     assert!(gateway.fault(&live[0].id, flood));
     // Until the gateway wrote all, or could write no more for a second: dingops stops
