@@ -39,16 +39,6 @@ fn sigterm(child: &Child) {
     assert!(sent.success());
 }
 
-/// Kills the child when the test ends, whatever happened.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A connection that sent a complete head for `POST /callback` with a forged `sign` and a
 /// `Content-Length` larger than the part of the body it sends, and then stalls.
 async fn stalled_body(port: u16) -> TcpStream {

@@ -171,16 +171,6 @@ async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process:
     }
 }
 
-/// Kills the child when the test ends, whatever happened.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Successful `group/update` calls per (chatid, field).
 fn writes_per_field(sim: &Simulator) -> BTreeMap<(String, String), usize> {
     let mut writes = BTreeMap::new();

@@ -223,9 +223,9 @@ async fn a_connection_that_lived_past_the_threshold_is_replaced_at_once_after_a_
     assert_eq!(gateway.connections().len(), 1);
 }
 
-/// The real binary in Stream mode against `sim`: the process, its address, and the
-/// directory of its ledger (kept while it runs).
-fn spawn_stream_binary(sim: &dingtalk_sim::Simulator) -> (std::process::Child, String, tempfile::TempDir) {
+/// The real binary in Stream mode against `sim`: the process (killed when dropped), its
+/// address, and the directory of its ledger (kept while it runs).
+fn spawn_stream_binary(sim: &dingtalk_sim::Simulator) -> (Reaper, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = spawn_binary(
@@ -234,7 +234,7 @@ fn spawn_stream_binary(sim: &dingtalk_sim::Simulator) -> (std::process::Child, S
         &dir.path().join("l.db"),
         &[("DINGOPS_MODE", "stream".into())],
     );
-    (child, format!("http://127.0.0.1:{port}"), dir)
+    (Reaper(child), format!("http://127.0.0.1:{port}"), dir)
 }
 
 /// Peaks seen while sampling the dingops process `pid` and the gateway.
@@ -263,8 +263,8 @@ async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_on
     // `disconnect` right after every handshake, again every second, never a close.
     sim.stream()
         .fault_every_connection(Some(StreamFault::DisconnectAndHold));
-    let (mut child, address, _dir) = spawn_stream_binary(&sim);
-    let pid = child.id();
+    let (child, address, _dir) = spawn_stream_binary(&sim);
+    let pid = child.0.id();
     assert!(!sim.stream().wait_for_connections(1, PATIENCE).await.is_empty());
 
     let mut peaks = Peaks::default();
@@ -275,8 +275,7 @@ async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_on
     }
     let live_metric = metric_at(&address, "dingops_stream_connections").await;
     let rss = peak_rss_mib(pid);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     // The first dial, then the backoff: 1 s, 2 s, 4 s (each up to a quarter shorter).
     let opens = sim.calls(Some(api::STREAM_OPEN)).len();
@@ -309,8 +308,8 @@ async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_on
 #[tokio::test]
 async fn a_gateway_flooding_megabyte_pings_and_never_reading_the_answers_leaves_dingops_under_64_mib() {
     let sim = stream_sim(1000);
-    let (mut child, address, _dir) = spawn_stream_binary(&sim);
-    let pid = child.id();
+    let (child, address, _dir) = spawn_stream_binary(&sim);
+    let pid = child.0.id();
     let gateway = sim.stream();
     let live = gateway.wait_for_connections(1, PATIENCE).await;
     assert_eq!(live.len(), 1);
@@ -340,8 +339,7 @@ async fn a_gateway_flooding_megabyte_pings_and_never_reading_the_answers_leaves_
     let rss = peak_rss_mib(pid);
     let refused = metric_at(&address, "dingops_stream_pings_refused_total").await;
     let answered = metric_at(&address, r#"dingops_stream_acks_total{code="400"}"#).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 
     eprintln!("ping flood: the gateway wrote {sent}, dingops refused {refused:?}, peak RSS {rss:.1} MiB");
     assert!(rss <= 64.0, "dingops peaked at {rss:.1} MiB");
