@@ -170,6 +170,10 @@ async fn check_stream(settings: &Settings) -> CheckItem {
             format!("{what}: {e}"),
             "copy the AppKey and AppSecret of the app into `app_key` and `app_secret`, and set the robot's message receiving mode to Stream mode",
         ),
+        Err(e @ DialError::Insecure { .. }) => CheckItem::fail(
+            format!("{what}: {e}"),
+            "point `api_base` at DingTalk (https://api.dingtalk.com), whose connections/open hands out wss:// endpoints",
+        ),
         Err(e) => CheckItem::fail(
             format!("{what}: {e}"),
             "allow outbound HTTPS to api.dingtalk.com:443 and wss-open-connection.dingtalk.com:443, or set `proxy`",

@@ -178,7 +178,7 @@ pub struct StreamMetrics {
     pub connections: IntGauge,
     /// `dingops_stream_reconnects_total{reason}`: why a connection was replaced or a new
     /// one tried (disconnect, closed, dropped, keepalive, open_refused, open_failed,
-    /// connect_failed).
+    /// connect_failed, insecure_endpoint).
     pub reconnects: IntCounterVec,
     /// `dingops_stream_frames_total{type, topic}`: frames received; unknown topics count as
     /// `other`.
@@ -187,6 +187,9 @@ pub struct StreamMetrics {
     pub acks: IntCounterVec,
     /// `dingops_stream_ack_seconds`: from reading a robot frame to queueing its ACK.
     pub ack_seconds: Histogram,
+    /// `dingops_stream_pings_refused_total`: SYSTEM pings whose data was too large to echo
+    /// (answered 400).
+    pub pings_refused: IntCounter,
 }
 
 impl StreamMetrics {
@@ -212,7 +215,7 @@ impl StreamMetrics {
             reconnects: counter(
                 registry,
                 "dingops_stream_reconnects_total",
-                "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed).",
+                "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed, insecure_endpoint).",
                 &["reason"],
             ),
             frames: counter(
@@ -228,6 +231,14 @@ impl StreamMetrics {
                 &["code"],
             ),
             ack_seconds,
+            pings_refused: register(
+                registry,
+                IntCounter::new(
+                    "dingops_stream_pings_refused_total",
+                    "Stream SYSTEM pings whose data was too large to echo, answered 400.",
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            ),
         }
     }
 }

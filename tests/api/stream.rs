@@ -1,11 +1,14 @@
 //! Stream mode against the simulator's gateway: ACKs, dedupe across ingresses, the gateway's
 //! faults (disconnect, dropped TCP, zombie, refused opens), several connections, a crash,
-//! SIGTERM, and a CONNECT proxy.
+//! SIGTERM, and a CONNECT proxy; and a hostile gateway or proxy (a `disconnect` on every
+//! connection, a flood of large pings, an unencrypted endpoint, a bad CONNECT answer).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dingops::config::Mode;
+use dingops::ingress::stream::connection::MAX_PING_ECHO_BYTES;
+use dingops::ingress::stream::{MAX_DRAINING, REPLACE_AT_ONCE_AFTER};
 use dingtalk_sim::chat::{new_msg_id, text_message};
 use dingtalk_sim::stream::{BOT_TOPIC, StreamFault};
 use dingtalk_sim::{Fault, api};
@@ -189,6 +192,190 @@ async fn after_a_disconnect_the_replacement_opens_first_and_a_message_in_the_win
     assert_eq!(gateway.connections().len(), 1);
     assert_eq!(switch_answers(&app), vec![0]);
     assert_eq!(readyz(&app.address).await, 200);
+}
+
+#[tokio::test]
+async fn a_connection_that_lived_past_the_threshold_is_replaced_at_once_after_a_disconnect() {
+    let app = spawn_stream_app(stream_sim(2000), Mode::Stream, 1, |_| {}).await;
+    let gateway = app.sim.stream();
+    let old = gateway.connections().remove(0);
+    // Old enough by dingops' clock too, which started a moment after the gateway's.
+    let age = REPLACE_AT_ONCE_AFTER + Duration::from_millis(200);
+    let opened_for = Duration::from_millis(dingops::clock::now_ms().saturating_sub(old.opened_at_ms));
+    tokio::time::sleep(age.saturating_sub(opened_for)).await;
+
+    let at = dingops::clock::now_ms();
+    assert!(gateway.fault(&old.id, StreamFault::Disconnect));
+    let both = gateway.wait_for_connections(2, PATIENCE).await;
+
+    assert_eq!(both.len(), 2, "no replacement while the old one was open");
+    let new = both.iter().find(|c| c.id != old.id).unwrap();
+    // At once: well before the backoff's floor (750 ms at the least).
+    assert!(
+        new.opened_at_ms.saturating_sub(at) < 500,
+        "the replacement came {} ms after the disconnect",
+        new.opened_at_ms.saturating_sub(at)
+    );
+    assert!(eventually(PATIENCE, || gateway.closed().iter().any(|c| c.id == old.id)).await);
+    let closed = gateway.closed();
+    let reason = &closed.iter().find(|c| c.id == old.id).unwrap().reason;
+    assert_eq!(reason, "closed by the gateway after disconnect");
+    assert_eq!(gateway.connections().len(), 1);
+}
+
+/// The real binary in Stream mode against `sim`: the process (killed when dropped), its
+/// address, and the directory of its ledger (kept while it runs).
+fn spawn_stream_binary(sim: &dingtalk_sim::Simulator) -> (Reaper, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = spawn_binary(
+        sim,
+        port,
+        &dir.path().join("l.db"),
+        &[("DINGOPS_MODE", "stream".into())],
+    );
+    (Reaper(child), format!("http://127.0.0.1:{port}"), dir)
+}
+
+/// Peaks seen while sampling the dingops process `pid` and the gateway.
+#[derive(Debug, Default)]
+struct Peaks {
+    gateway_live: usize,
+    fds: usize,
+}
+
+impl Peaks {
+    fn sample(&mut self, pid: u32, sim: &dingtalk_sim::Simulator) {
+        self.gateway_live = self.gateway_live.max(sim.stream().connections().len());
+        self.fds = self.fds.max(open_fds(pid));
+    }
+}
+
+/// dingops' largest resident set so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_kib(pid, "VmHWM:").expect("dingops is running") as f64 / 1024.0
+}
+
+#[tokio::test]
+async fn a_gateway_that_disconnects_every_connection_at_once_and_never_closes_one_gets_a_few_dials_and_bounded_resources()
+ {
+    let sim = stream_sim(1000);
+    // `disconnect` right after every handshake, again every second, never a close.
+    sim.stream()
+        .fault_every_connection(Some(StreamFault::DisconnectAndHold));
+    let (child, address, _dir) = spawn_stream_binary(&sim);
+    let pid = child.0.id();
+    assert!(!sim.stream().wait_for_connections(1, PATIENCE).await.is_empty());
+
+    let mut peaks = Peaks::default();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end {
+        peaks.sample(pid, &sim);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let live_metric = metric_at(&address, "dingops_stream_connections").await;
+    let rss = peak_rss_mib(pid);
+    drop(child);
+
+    // The first dial, then the backoff: 1 s, 2 s, 4 s (each up to a quarter shorter).
+    let opens = sim.calls(Some(api::STREAM_OPEN)).len();
+    eprintln!(
+        "10 s of disconnects: {opens} opens, at most {} connections open at once, {} descriptors, peak RSS {rss:.1} MiB",
+        peaks.gateway_live, peaks.fds
+    );
+    assert!((3..=6).contains(&opens), "{opens} connections/open calls in 10 s");
+    assert!(
+        peaks.gateway_live <= 1 + MAX_DRAINING,
+        "{} connections open at once",
+        peaks.gateway_live
+    );
+    assert!(
+        live_metric.is_some_and(|n| n <= (1 + MAX_DRAINING) as f64),
+        "{live_metric:?}"
+    );
+    assert!(rss <= 64.0, "dingops peaked at {rss:.1} MiB");
+    assert!(peaks.fds <= 64, "dingops had {} descriptors open", peaks.fds);
+    // The oldest replaced connection was closed by dingops, with a close frame.
+    let replaced = sim
+        .stream()
+        .close_frames()
+        .into_iter()
+        .filter(|c| c.code == Some(1000) && c.reason == "replaced after disconnect")
+        .count();
+    assert!(replaced >= 1, "{:?}", sim.stream().close_frames());
+}
+
+#[tokio::test]
+async fn a_gateway_flooding_megabyte_pings_and_never_reading_the_answers_leaves_dingops_under_64_mib() {
+    let sim = stream_sim(1000);
+    let (child, address, _dir) = spawn_stream_binary(&sim);
+    let pid = child.0.id();
+    let gateway = sim.stream();
+    let live = gateway.wait_for_connections(1, PATIENCE).await;
+    assert_eq!(live.len(), 1);
+    // Just under the 1 MiB a frame may have, with its headers.
+    let flood = StreamFault::PingFlood {
+        count: 300,
+        bytes: (1 << 20) - 4096,
+    };
+
+    assert!(gateway.fault(&live[0].id, flood));
+    // Until the gateway wrote all, or could write no more for a second: dingops stops
+    // reading while what it answered is not read.
+    let flood_sent = || {
+        gateway
+            .connections()
+            .iter()
+            .find(|c| c.id == live[0].id)
+            .map_or(0, |c| c.flood_sent)
+    };
+    let (mut sent, mut progress_at) = (0, std::time::Instant::now());
+    while sent < 300 && progress_at.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if flood_sent() > sent {
+            (sent, progress_at) = (flood_sent(), std::time::Instant::now());
+        }
+    }
+    let rss = peak_rss_mib(pid);
+    let refused = metric_at(&address, "dingops_stream_pings_refused_total").await;
+    let answered = metric_at(&address, r#"dingops_stream_acks_total{code="400"}"#).await;
+    drop(child);
+
+    eprintln!("ping flood: the gateway wrote {sent}, dingops refused {refused:?}, peak RSS {rss:.1} MiB");
+    assert!(rss <= 64.0, "dingops peaked at {rss:.1} MiB");
+    // It took at least a full outbox of them (256 answers) before it waited.
+    assert!(sent >= 256, "the gateway wrote {sent} pings");
+    assert!(refused.is_some_and(|n| n >= 256.0), "{refused:?}");
+    // Each one refused was answered 400 (counted just after; read after it).
+    assert!(answered >= refused, "{answered:?} answered of {refused:?}");
+}
+
+#[tokio::test]
+async fn a_system_ping_is_echoed_up_to_4_kib_of_data_and_answered_400_beyond() {
+    let app = spawn_stream_app(stream_sim(1000), Mode::Stream, 1, |_| {}).await;
+    let connection = connection_ids(&app).remove(0);
+    let gateway = app.sim.stream();
+    let opaque = |len: usize| {
+        let data = json!({ "opaque": "x".repeat(len - r#"{"opaque":""}"#.len()) }).to_string();
+        assert_eq!(data.len(), len);
+        data
+    };
+
+    let fits = gateway
+        .ping_with(&connection, &opaque(MAX_PING_ECHO_BYTES))
+        .unwrap();
+    let over = gateway
+        .ping_with(&connection, &opaque(MAX_PING_ECHO_BYTES + 1))
+        .unwrap();
+
+    let ack = ack_of(&app.sim, &fits.message_id).await;
+    assert_eq!((ack.code, ack.data), (200, Value::String(fits.data)));
+    let ack = ack_of(&app.sim, &over.message_id).await;
+    assert_eq!((ack.code, ack.data), (400, json!("{\"response\":null}")));
+    assert_eq!(
+        metric_at(&app.address, "dingops_stream_pings_refused_total").await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -418,6 +605,12 @@ async fn sigterm_closes_the_stream_connections_with_a_close_frame() {
 /// A small HTTP proxy: CONNECT tunnels, and plain requests in absolute form forwarded to
 /// their host; records `host:port` of each connection it carried.
 async fn start_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
+    start_proxy_answering("HTTP/1.1 200 Connection established\r\n\r\n").await
+}
+
+/// [`start_proxy`] answering each CONNECT with `answer` (a whole head), and carrying the
+/// tunnel whatever it said: a client that takes a bad answer for a 200 gets through.
+async fn start_proxy_answering(answer: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -427,13 +620,13 @@ async fn start_proxy() -> (String, Arc<Mutex<Vec<String>>>) {
             let Ok((client, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(carry(client, log.clone()));
+            tokio::spawn(carry(client, log.clone(), answer));
         }
     });
     (addr, seen)
 }
 
-async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
+async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>, connect_answer: &'static str) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let Ok(b) = client.read_u8().await else {
@@ -460,9 +653,7 @@ async fn carry(mut client: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
         return;
     };
     if method == "CONNECT" {
-        let _ = client
-            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await;
+        let _ = client.write_all(connect_answer.as_bytes()).await;
     } else {
         // Forwarded as it came; the simulator reads absolute-form targets.
         let _ = upstream.write_all(&head).await;
@@ -514,31 +705,52 @@ fn dingops_demo_in_stream_mode_exits_zero_and_prints_the_conversation() {
     assert!(!stdout.contains("✘"), "{stdout}");
 }
 
+/// The output of `dingops check` in Stream mode against `sim`, its ledger in `dir`, with
+/// `extra` in its environment over the defaults.
+async fn check_stream(
+    sim: &dingtalk_sim::Simulator,
+    dir: &std::path::Path,
+    extra: Vec<(&'static str, String)>,
+) -> std::process::Output {
+    let mut env = sim_env(sim);
+    env.extend([
+        ("DINGOPS_MODE", "stream".into()),
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_DATABASE", dir.join("l.db").display().to_string()),
+    ]);
+    env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+    env.extend(extra);
+    // The simulator runs on this test's runtime: wait for the binary off it.
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
+            .arg("check")
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The `Stream connection` line of a `dingops check` output, and the whole output.
+fn stream_check_line(out: &std::process::Output) -> (String, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Stream connection"))
+        .unwrap_or_default()
+        .to_owned();
+    (line, text)
+}
+
 #[tokio::test]
 async fn check_in_stream_mode_opens_a_stream_connection_and_names_a_refusal() {
     let sim = stream_sim(1000);
     let dir = tempfile::tempdir().unwrap();
-    let check = |secret: String| {
-        let mut env = sim_env(&sim);
-        env.retain(|(k, _)| *k != "DINGOPS_APP_SECRET");
-        env.extend([
-            ("DINGOPS_APP_SECRET", secret),
-            ("DINGOPS_MODE", "stream".into()),
-            ("DINGOPS_ADMINS", "admin01".into()),
-            ("DINGOPS_DATABASE", dir.path().join("l.db").display().to_string()),
-        ]);
-        // The simulator runs on this test's runtime: wait for the binary off it.
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_dingops"))
-                .arg("check")
-                .env_clear()
-                .envs(env)
-                .output()
-                .unwrap()
-        })
-    };
+    let check = |secret: String| check_stream(&sim, dir.path(), vec![("DINGOPS_APP_SECRET", secret)]);
 
-    let good = check(sim.config().app_secret.clone()).await.unwrap();
+    let good = check(sim.config().app_secret.clone()).await;
     let text = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{text}");
     assert!(text.contains("✅ Stream connection"), "{text}");
@@ -547,7 +759,7 @@ async fn check_in_stream_mode_opens_a_stream_connection_and_names_a_refusal() {
         "check left its connection open"
     );
 
-    let bad = check("not-the-secret".into()).await.unwrap();
+    let bad = check("not-the-secret".into()).await;
     let text = String::from_utf8_lossy(&bad.stdout);
     assert!(!bad.status.success(), "{text}");
     assert!(text.contains("❌ Stream connection"), "{text}");
@@ -595,4 +807,103 @@ async fn stream_logs_at_trace_level_never_contain_the_secret_the_ticket_or_the_s
     ] {
         assert!(!logs.contains(secret), "the {what} was logged");
     }
+}
+
+#[tokio::test]
+async fn a_proxy_answering_connect_with_anything_but_an_http_1_x_2xx_status_line_is_refused_with_the_reason()
+{
+    let sim = stream_sim(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let gateway_addr = sim.stream().addr().to_string();
+    let not_http = "proxy: the answer does not start with an HTTP/1.x status line";
+    for (answer, reason) in [
+        ("garbageHTTP/1.1 200 Connection established\r\n\r\n", not_http),
+        ("FOO 200 OK\r\n\r\n", not_http),
+        ("HTTP/2 200\r\n\r\n", not_http),
+        (
+            "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+            "proxy refused the tunnel with HTTP 407",
+        ),
+    ] {
+        let (proxy, seen) = start_proxy_answering(answer).await;
+
+        let out = check_stream(
+            &sim,
+            dir.path(),
+            vec![("DINGOPS_PROXY", format!("http://{proxy}"))],
+        )
+        .await;
+
+        let (line, text) = stream_check_line(&out);
+        assert!(line.starts_with("❌"), "{answer:?} was taken: {text}");
+        assert!(line.contains(reason), "{answer:?}: {text}");
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.contains(&format!("CONNECT {gateway_addr}")), "{seen:?}");
+    }
+    assert_eq!(sim.stream().connections_opened(), 0);
+}
+
+/// Whether `text` holds an 8-4-4-4-12 hex token, the shape of the simulator's tickets.
+fn holds_uuid(text: &str) -> bool {
+    text.as_bytes().windows(36).any(|w| {
+        w.iter().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+    })
+}
+
+#[tokio::test]
+async fn an_unencrypted_endpoint_off_loopback_is_refused_before_any_connection_and_named_without_the_ticket()
+{
+    // Through a recording proxy, so that any connection attempt would show.
+    let (proxy, seen) = start_proxy().await;
+    let sim = stream_sim(1000);
+    let port = sim.stream().addr().port();
+    sim.stream()
+        .advertise_endpoint(Some(format!("ws://stream.example.com:{port}/connect")));
+    let app = spawn_app_with(Options {
+        sim: Some(sim.clone()),
+        settings: Some(Box::new(move |s| {
+            s.stream.mode = Mode::Stream;
+            s.dingtalk.proxy = Some(dingops::config::ProxyAddr::parse(&format!("http://{proxy}")).unwrap());
+        })),
+        ..Options::default()
+    })
+    .await;
+    let refused = r#"dingops_stream_reconnects_total{reason="insecure_endpoint"}"#;
+    let mut counted = None;
+    for _ in 0..200 {
+        counted = metric_at(&app.address, refused).await;
+        if counted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+
+    assert_eq!(counted, Some(1.0));
+    assert!(!sim.calls(Some(api::STREAM_OPEN)).is_empty());
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.iter().any(|s| s.starts_with("CONNECT")), "{seen:?}");
+    assert_eq!(sim.stream().connections_opened(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (line, text) = stream_check_line(&check_stream(&sim, dir.path(), vec![]).await);
+    assert!(line.starts_with("❌"), "{text}");
+    assert!(
+        line.contains("unencrypted endpoint ws://stream.example.com: refused"),
+        "{text}"
+    );
+    assert!(!holds_uuid(&text) && !text.contains("ticket="), "{text}");
+
+    // On loopback ws:// is fine, by name too.
+    sim.stream()
+        .advertise_endpoint(Some(format!("ws://localhost:{port}/connect")));
+    let (line, text) = stream_check_line(&check_stream(&sim, dir.path(), vec![]).await);
+    assert!(line.starts_with("✅"), "{text}");
+    assert_eq!(sim.stream().connections_opened(), 1);
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dingops::clock::now_ms;
+use dingops::ingress::stream::REPLACE_AT_ONCE_AFTER;
 use dingtalk_sim::chat::{Chat, Member, new_msg_id, text_message};
 use dingtalk_sim::sign::sign as signature;
 use dingtalk_sim::stream::{Gateway, RecordedAck, StreamFault};
@@ -211,7 +212,8 @@ async fn run_in(
         // Let the workers finish before the reconnects.
         settle(&sim).await;
 
-        // 3a. `disconnect`: the replacement should be live before the old one closes.
+        // 3a. `disconnect`: the replacement should be live before the old one closes (each
+        //     connection lives 10 s first, as dingops replaces younger ones after the backoff).
         writeln!(out, "  Stream: {} × disconnect …", opts.reconnects)?;
         for _ in 0..opts.reconnects {
             report.disconnect.push(disconnect_gap(sim.stream()).await?);
@@ -452,6 +454,12 @@ async fn reconnect(gw: &Gateway, fault: StreamFault) -> anyhow::Result<(u64, u64
 }
 
 async fn disconnect_gap(gw: &Gateway) -> anyhow::Result<(u64, u64)> {
+    // DingTalk rebalances connections that lived for hours; dingops replaces one younger
+    // than REPLACE_AT_ONCE_AFTER only after the backoff, so each is let age past it first.
+    let old = only_connection(gw)?;
+    let age = Duration::from_millis(now_ms().saturating_sub(old.opened_at_ms));
+    let old_enough = REPLACE_AT_ONCE_AFTER + Duration::from_millis(200);
+    tokio::time::sleep(old_enough.saturating_sub(age)).await;
     reconnect(gw, StreamFault::Disconnect).await
 }
 

@@ -2,7 +2,10 @@
 //! with the other APIs in the crate root) and a WebSocket gateway that pushes frames to the
 //! connected clients, records what they answer, re-pushes what they leave unacknowledged and
 //! plays the failures Stream clients meet: `disconnect`, a dropped TCP connection, a silent
-//! ("zombie") connection, refused opens. docs/dingtalk.md (Stream mode) describes the protocol.
+//! ("zombie") connection, refused opens; and what a hostile gateway could do: `disconnect`
+//! on every connection without ever closing one, a flood of large pings it never reads the
+//! answers of, an unencrypted endpoint elsewhere. docs/dingtalk.md (Stream mode) describes
+//! the protocol.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -58,8 +61,11 @@ pub struct ConnectionInfo {
     pub subscriptions: Vec<Subscription>,
     /// Made silent by [`StreamFault::Zombie`]: open TCP, nothing read or sent.
     pub zombie: bool,
-    /// A `disconnect` was sent; the gateway closes it when the grace is over.
+    /// A `disconnect` was sent; the gateway closes it when the grace is over (or, after
+    /// [`StreamFault::DisconnectAndHold`], sends another one).
     pub disconnecting: bool,
+    /// SYSTEM pings of a [`StreamFault::PingFlood`] written to it so far.
+    pub flood_sent: u32,
 }
 
 /// A connection that ended.
@@ -161,6 +167,13 @@ pub enum StreamFault {
     /// Keep the TCP connection open but read nothing, answer no ping and send nothing:
     /// frames pushed to it are lost (and re-pushed after the delay, as unacknowledged).
     Zombie,
+    /// A hostile gateway: send a SYSTEM `disconnect` and never close the connection; each
+    /// time the grace is over, send another `disconnect` instead.
+    DisconnectAndHold,
+    /// A hostile gateway: write `count` SYSTEM pings whose `data` is `bytes` long, back to
+    /// back, and never read again (not even the answers); the TCP connection stays open
+    /// until the simulator drops it or stops.
+    PingFlood { count: u32, bytes: u32 },
 }
 
 /// Timing of the gateway, from the simulator's configuration.
@@ -179,6 +192,12 @@ enum Command {
         frame: String,
     },
     Disconnect(String),
+    /// A `disconnect` after which the gateway never closes (see [`StreamFault::DisconnectAndHold`]).
+    DisconnectAndHold(String),
+    PingFlood {
+        count: u32,
+        bytes: u32,
+    },
     WsPing(Vec<u8>),
     Drop,
     Zombie,
@@ -231,6 +250,10 @@ struct State {
     ack_total: u64,
     /// Tells [`Gateway::ack_counter`]'s receivers about `ack_total`, once one asked.
     ack_count: Option<watch::Sender<u64>>,
+    /// Played on every connection right after its handshake.
+    every_connection: Option<StreamFault>,
+    /// The endpoint `connections/open` hands out instead of the gateway's own.
+    advertised: Option<String>,
 }
 
 /// The Stream gateway of a running simulator (see [`crate::Simulator::stream`]).
@@ -274,9 +297,25 @@ impl Gateway {
         self.addr
     }
 
-    /// The `endpoint` that `connections/open` answers: `ws://127.0.0.1:port/connect`.
+    /// The `endpoint` that `connections/open` answers: `ws://127.0.0.1:port/connect`, or
+    /// what [`Self::advertise_endpoint`] set.
     pub fn endpoint(&self) -> String {
-        format!("ws://{}{CONNECT_PATH}", self.addr)
+        self.state()
+            .advertised
+            .clone()
+            .unwrap_or_else(|| format!("ws://{}{CONNECT_PATH}", self.addr))
+    }
+
+    /// Makes `connections/open` hand out `endpoint` (any text) instead of the gateway's own;
+    /// `None` goes back to the gateway's.
+    pub fn advertise_endpoint(&self, endpoint: Option<String>) {
+        self.state().advertised = endpoint;
+    }
+
+    /// Plays `fault` on every connection accepted from now on, right after its handshake;
+    /// `None` stops it.
+    pub fn fault_every_connection(&self, fault: Option<StreamFault>) {
+        self.state().every_connection = fault;
     }
 
     /// The `appId` header of the frames.
@@ -373,7 +412,12 @@ impl Gateway {
     /// Sends a SYSTEM `ping` with `{"opaque": …}` data to `connection`; `None` when it is
     /// not live.
     pub fn ping(&self, connection: &str) -> Option<SentSystemFrame> {
-        let data = json!({"opaque": uuid_like()}).to_string();
+        self.ping_with(connection, &json!({"opaque": uuid_like()}).to_string())
+    }
+
+    /// Sends a SYSTEM `ping` with `data` to `connection`; `None` when it is not live.
+    pub fn ping_with(&self, connection: &str, data: &str) -> Option<SentSystemFrame> {
+        let data = data.to_owned();
         let (message_id, frame) = self.system_frame(connection, "ping", &data)?;
         let s = self.state();
         let live = s.live.iter().find(|l| l.info.id == connection)?;
@@ -393,26 +437,37 @@ impl Gateway {
     /// Plays `fault` on `connection`; `false` when it is not live.
     pub fn fault(&self, connection: &str, fault: StreamFault) -> bool {
         let command = match fault {
-            StreamFault::Disconnect => {
-                let data = json!({"reason": "connection is expired"}).to_string();
-                let Some((_, frame)) = self.system_frame(connection, "disconnect", &data) else {
+            StreamFault::Disconnect | StreamFault::DisconnectAndHold => {
+                let Some(frame) = self.disconnect_frame(connection) else {
                     return false;
                 };
-                Command::Disconnect(frame)
+                if fault == StreamFault::Disconnect {
+                    Command::Disconnect(frame)
+                } else {
+                    Command::DisconnectAndHold(frame)
+                }
             }
             StreamFault::Drop => Command::Drop,
             StreamFault::Zombie => Command::Zombie,
+            StreamFault::PingFlood { count, bytes } => Command::PingFlood { count, bytes },
         };
         let mut s = self.state();
         let Some(live) = s.live.iter_mut().find(|l| l.info.id == connection) else {
             return false;
         };
         match fault {
-            StreamFault::Disconnect => live.info.disconnecting = true,
+            StreamFault::Disconnect | StreamFault::DisconnectAndHold => live.info.disconnecting = true,
             StreamFault::Zombie => live.info.zombie = true,
-            StreamFault::Drop => {}
+            StreamFault::Drop | StreamFault::PingFlood { .. } => {}
         }
         live.tx.send(command).is_ok()
+    }
+
+    /// A SYSTEM `disconnect` frame for `connection`, as DingTalk words it.
+    fn disconnect_frame(&self, connection: &str) -> Option<String> {
+        let data = json!({"reason": "connection is expired"}).to_string();
+        self.system_frame(connection, "disconnect", &data)
+            .map(|(_, frame)| frame)
     }
 
     fn system_frame(&self, connection: &str, topic: &str, data: &str) -> Option<(String, String)> {
@@ -616,9 +671,22 @@ impl Gateway {
     }
 
     fn register(&self, info: ConnectionInfo, tx: mpsc::UnboundedSender<Command>) {
-        let mut s = self.state();
-        s.opened += 1;
-        s.live.push(Live { info, tx });
+        let id = info.id.clone();
+        let every = {
+            let mut s = self.state();
+            s.opened += 1;
+            s.live.push(Live { info, tx });
+            s.every_connection
+        };
+        if let Some(fault) = every {
+            self.fault(&id, fault);
+        }
+    }
+
+    fn count_flooded(&self, connection: &str) {
+        if let Some(live) = self.state().live.iter_mut().find(|l| l.info.id == connection) {
+            live.info.flood_sent += 1;
+        }
     }
 
     fn unregister(&self, connection: &str, reason: String) {
@@ -736,6 +804,8 @@ enum End {
     Closed(String),
     Drop,
     Zombie,
+    /// After a [`StreamFault::PingFlood`].
+    Deaf,
 }
 
 async fn serve(gw: Arc<Gateway>, tcp: TcpStream) {
@@ -781,6 +851,7 @@ async fn serve(gw: Arc<Gateway>, tcp: TcpStream) {
             subscriptions,
             zombie: false,
             disconnecting: false,
+            flood_sent: 0,
         },
         tx,
     );
@@ -795,6 +866,8 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Command>,
 ) -> String {
     let mut close_at: Option<tokio::time::Instant> = None;
+    // After a `DisconnectAndHold`: when the grace is over, another `disconnect`, no close.
+    let mut hold = false;
     let end = loop {
         let grace_over = async {
             match close_at {
@@ -824,6 +897,19 @@ async fn run(
                     }
                     close_at = Some(tokio::time::Instant::now() + gw.timing.disconnect_grace);
                 }
+                Some(Command::DisconnectAndHold(text)) => {
+                    if let Err(e) = ws.send(Message::text(text)).await {
+                        break End::Closed(format!("write error: {e}"));
+                    }
+                    hold = true;
+                    close_at = Some(tokio::time::Instant::now() + gw.timing.disconnect_grace);
+                }
+                Some(Command::PingFlood { count, bytes }) => {
+                    if let Err(e) = flood(gw, id, &mut ws, count, bytes).await {
+                        break End::Closed(format!("write error: {e}"));
+                    }
+                    break End::Deaf;
+                }
                 Some(Command::WsPing(payload)) => {
                     if let Err(e) = ws.send(Message::Ping(payload.into())).await {
                         break End::Closed(format!("write error: {e}"));
@@ -838,6 +924,16 @@ async fn run(
                 Some(Ok(msg)) => gw.on_message(id, msg),
             },
             () = grace_over => {
+                if hold {
+                    let Some(text) = gw.disconnect_frame(id) else {
+                        break End::Closed("the gateway stopped".into());
+                    };
+                    if let Err(e) = ws.send(Message::text(text)).await {
+                        break End::Closed(format!("write error: {e}"));
+                    }
+                    close_at = Some(tokio::time::Instant::now() + gw.timing.disconnect_grace);
+                    continue;
+                }
                 let _ = ws
                     .close(Some(CloseFrame {
                         code: CloseCode::Normal,
@@ -862,6 +958,49 @@ async fn run(
             "dropped by the simulator".into()
         }
         End::Zombie => zombie(ws.into_inner(), rx).await,
+        End::Deaf => deaf(ws.into_inner(), rx).await,
+    }
+}
+
+/// Writes `count` SYSTEM pings with `bytes` of `data` each (`{"opaque":"xxx…"}`), reading
+/// nothing in between; counts each in [`ConnectionInfo::flood_sent`].
+async fn flood(
+    gw: &Gateway,
+    id: &str,
+    ws: &mut WebSocketStream<TcpStream>,
+    count: u32,
+    bytes: u32,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let wrapper = r#"{"opaque":""}"#.len();
+    let filler = "x".repeat((bytes as usize).saturating_sub(wrapper));
+    let data = json!({ "opaque": filler }).to_string();
+    // Serialized once: each frame is a small one with the data spliced in.
+    let data = format!(r#""data":{}"#, Value::String(data));
+    for _ in 0..count {
+        let Some((_, frame)) = gw.system_frame(id, "ping", "") else {
+            return Ok(());
+        };
+        let frame = frame.replacen(r#""data":"""#, &data, 1);
+        ws.send(Message::text(frame)).await?;
+        gw.count_flooded(id);
+    }
+    Ok(())
+}
+
+/// A deaf connection: the TCP connection stays open, nothing is read (so whatever the client
+/// writes piles up in its buffers) and nothing is sent, until the simulator drops it or
+/// stops.
+async fn deaf(tcp: TcpStream, mut rx: mpsc::UnboundedReceiver<Command>) -> String {
+    loop {
+        match rx.recv().await {
+            None => return "the gateway stopped".into(),
+            Some(Command::Drop) => {
+                reset(tcp);
+                return "deaf: dropped by the simulator".into();
+            }
+            // Swallowed: a deaf gateway sends nothing.
+            Some(_) => {}
+        }
     }
 }
 

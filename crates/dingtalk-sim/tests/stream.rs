@@ -446,6 +446,89 @@ async fn a_disconnect_frame_arrives_then_the_gateway_closes_the_connection_after
 }
 
 #[tokio::test]
+async fn every_connection_can_be_disconnected_at_once_and_held_open_with_disconnects_repeated() {
+    let sim = sim();
+    sim.stream()
+        .fault_every_connection(Some(StreamFault::DisconnectAndHold));
+    let (mut ws, conn) = connected(&sim).await;
+
+    // One at once, then another each time the grace (300 ms) is over; never a close.
+    let started = Instant::now();
+    for _ in 0..3 {
+        let frame = next_frame(&mut ws, PATIENCE).await.expect("a disconnect frame");
+        assert_eq!(frame["type"], "SYSTEM");
+        assert_eq!(frame["headers"]["topic"], "disconnect");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(600));
+    let live = sim.stream().connections();
+    assert_eq!(live.len(), 1);
+    assert!(live[0].disconnecting);
+    assert!(sim.stream().closed().is_empty(), "{:?}", sim.stream().closed());
+
+    // Every new connection gets it too, until it is turned off.
+    let (mut second, _) = connected(&sim).await;
+    let frame = next_frame(&mut second, PATIENCE)
+        .await
+        .expect("a disconnect frame");
+    assert_eq!(frame["headers"]["topic"], "disconnect");
+    sim.stream().fault_every_connection(None);
+    let (mut third, _) = connected(&sim).await;
+    assert!(next_frame(&mut third, Duration::from_millis(500)).await.is_none());
+    ws.close(None).await.expect("close frame");
+    assert_eq!(
+        closed_reason(&sim, &conn).await,
+        "the client closed the connection"
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_ping_flood_writes_large_pings_back_to_back_and_then_reads_nothing() {
+    let sim = sim();
+    let (mut ws, conn) = connected(&sim).await;
+
+    assert!(sim.stream().fault(
+        &conn,
+        StreamFault::PingFlood {
+            count: 3,
+            bytes: 100_000
+        }
+    ));
+    for _ in 0..3 {
+        let frame = next_frame(&mut ws, PATIENCE).await.expect("a ping");
+        assert_eq!(frame["headers"]["topic"], "ping");
+        let data = frame["data"].as_str().expect("string data");
+        assert_eq!(data.len(), 100_000);
+        let opaque: Value = serde_json::from_str(data).expect("JSON data");
+        assert!(opaque["opaque"].is_string());
+        ws.send(ack(frame["headers"]["messageId"].as_str().unwrap(), data))
+            .await
+            .expect("the answer is written");
+    }
+    assert_eq!(sim.stream().connections()[0].flood_sent, 3);
+
+    // Deaf: the answers are never read, nothing more is sent.
+    assert!(next_frame(&mut ws, Duration::from_millis(500)).await.is_none());
+    assert!(sim.stream().acks().is_empty());
+    assert_eq!(sim.stream().connections().len(), 1);
+    assert!(sim.stream().fault(&conn, StreamFault::Drop));
+    assert_eq!(closed_reason(&sim, &conn).await, "deaf: dropped by the simulator");
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn connections_open_can_hand_out_another_endpoint() {
+    let sim = sim();
+    let own = sim.stream().endpoint();
+    sim.stream()
+        .advertise_endpoint(Some("ws://stream.example.com/connect".into()));
+    assert_eq!(open(&sim).await.0, "ws://stream.example.com/connect");
+    sim.stream().advertise_endpoint(None);
+    assert_eq!(open(&sim).await.0, own);
+    sim.stop().await;
+}
+
+#[tokio::test]
 async fn a_zombie_connection_answers_no_ping_and_swallows_pushes() {
     let sim = sim();
     let (mut ws, conn) = connected(&sim).await;

@@ -1,6 +1,7 @@
 //! One live Stream connection: a read loop that never waits on the pipeline (each robot
 //! message is handed to its own task, at most [`IN_FLIGHT`] at once), a writer task that owns
-//! the socket's sending half, and the keepalive watchdog.
+//! the socket's sending half behind a queue bounded in frames and in bytes, and the
+//! keepalive watchdog.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -25,13 +26,18 @@ use crate::telemetry::Metrics;
 /// Robot messages of one connection between reading and acknowledging, at most; beyond it
 /// the read loop waits (the ledger is the bottleneck then, and DingTalk re-pushes anyway).
 const IN_FLIGHT: u32 = 64;
-/// Frames waiting for the writer.
+/// Frames waiting for the writer, at most.
 const OUTBOX: usize = 256;
+/// Bytes of the frames waiting for the writer, at most: a gateway that does not read what
+/// dingops writes holds no more of its memory than this per connection (the read loop
+/// waits meanwhile).
+const OUTBOX_BYTES: usize = 64 * 1024;
+/// Largest SYSTEM `ping` data echoed; DingTalk's is a few bytes (`{"opaque":"…"}`). A
+/// larger one is answered 400 without it, so a gateway cannot make dingops copy and queue
+/// megabytes per frame.
+pub const MAX_PING_ECHO_BYTES: usize = 4 * 1024;
 /// Longest one write may take before the connection counts as broken.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After a `disconnect`, how long the old connection is read before dingops closes it
-/// itself (DingTalk closes it after about 10 s).
-const DISCONNECT_LINGER: Duration = Duration::from_secs(30);
 /// On shutdown, how long in-flight messages may take to be acknowledged.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the other side's close frame.
@@ -55,8 +61,9 @@ pub enum End {
     Dropped(String),
     /// Neither a pong nor a frame came within the keepalive after our ping.
     Keepalive,
-    /// DingTalk announced a disconnect and did not close in time: dingops closed it.
-    LingerOver,
+    /// DingTalk announced a disconnect and dingops closed the connection itself: DingTalk
+    /// did not close it in time, or newer replaced connections of its slot were open.
+    Retired,
     /// dingops is stopping.
     Shutdown,
 }
@@ -68,7 +75,7 @@ impl End {
             End::Closed => "closed",
             End::Dropped(_) => "dropped",
             End::Keepalive => "keepalive",
-            End::LingerOver => "disconnect",
+            End::Retired => "disconnect",
             End::Shutdown => "shutdown",
         }
     }
@@ -109,37 +116,71 @@ impl Acknowledge for StreamAck {
     }
 }
 
-/// Serves one connection until it ends. `disconnecting` fires when DingTalk announces the
-/// connection's end, so the caller can open the replacement while this one is still read.
+/// The writer's queue, bounded in frames ([`OUTBOX`]) and in bytes ([`OUTBOX_BYTES`]): a
+/// send waits while either is full.
+#[derive(Clone)]
+struct Outbox {
+    queue: mpsc::Sender<(Message, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+}
+
+/// The writer stopped: the connection is broken.
+#[derive(Debug)]
+struct WriterGone;
+
+impl Outbox {
+    fn new() -> (Self, mpsc::Receiver<(Message, OwnedSemaphorePermit)>) {
+        let (queue, queued) = mpsc::channel(OUTBOX);
+        let room = Arc::new(Semaphore::new(OUTBOX_BYTES));
+        (Self { queue, room }, queued)
+    }
+
+    /// Queues `message` once there is room for it; its room is given back once it is
+    /// written.
+    async fn send(&self, message: Message) -> Result<(), WriterGone> {
+        // A frame larger than the whole budget (none is) would wait for all of it.
+        let size = u32::try_from(message.len().clamp(1, OUTBOX_BYTES)).unwrap_or(u32::MAX);
+        let room = self
+            .room
+            .clone()
+            .acquire_many_owned(size)
+            .await
+            .map_err(|_| WriterGone)?;
+        self.queue.send((message, room)).await.map_err(|_| WriterGone)
+    }
+}
+
+/// Serves one connection until it ends. `disconnecting` fires when DingTalk first announces
+/// the connection's end, so the caller can open the replacement while this one is still
+/// read; once `retire` turns true, dingops closes the connection itself.
 pub async fn run(
     shared: Arc<Shared>,
     socket: Socket,
     label: String,
     disconnecting: oneshot::Sender<()>,
     mut stop: watch::Receiver<bool>,
+    mut retire: watch::Receiver<bool>,
 ) -> End {
     let _live = LiveGuard::new(shared.clone());
     let (sink, mut stream) = socket.split();
-    let (outbox, queued) = mpsc::channel(OUTBOX);
+    let (outbox, queued) = Outbox::new();
     let writer = tokio::spawn(write_loop(sink, queued));
     let permits = Arc::new(Semaphore::new(IN_FLIGHT as usize));
     let keepalive = shared.keepalive;
     let mut last_seen = Instant::now();
     let mut ping_sent: Option<Instant> = None;
     let mut disconnecting = Some(disconnecting);
-    let mut linger_until: Option<Instant> = None;
 
     let end = loop {
         let watchdog = ping_sent.unwrap_or(last_seen) + keepalive;
-        let deadline = linger_until.map_or(watchdog, |l| l.min(watchdog));
         let next = tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => break End::Shutdown,
-            next = tokio::time::timeout_at(deadline, stream.next()) => next,
+            Ok(_) = retire.wait_for(|retired| *retired) => break End::Retired,
+            next = tokio::time::timeout_at(watchdog, stream.next()) => next,
         };
         let now = Instant::now();
         let message = match next {
-            Err(_) if linger_until.is_some_and(|l| now >= l) => break End::LingerOver,
             Err(_) if ping_sent.is_some() => break End::Keepalive,
             Err(_) => {
                 ping_sent = Some(now);
@@ -191,13 +232,22 @@ pub async fn run(
                 ));
                 continue;
             }
+            Route::Ping { message_id, data } if data.len() > MAX_PING_ECHO_BYTES => {
+                tracing::debug!(connection = %label, bytes = data.len(), "SYSTEM ping data too large to echo; answered 400");
+                shared.metrics.stream.pings_refused.inc();
+                Some((frame::ack_empty(&message_id, 400), 400))
+            }
             Route::Ping { message_id, data } => Some((frame::ack(&message_id, 200, &data), 200)),
             Route::Disconnect { message_id, reason } => {
-                tracing::info!(connection = %label, %reason, "DingTalk announced a disconnect; opening the replacement first");
-                if let Some(tx) = disconnecting.take() {
-                    let _ = tx.send(());
+                // Only the first counts: the supervisor's linger runs from it, and later
+                // ones (a hostile gateway may repeat them) neither restart it nor log at info.
+                match disconnecting.take() {
+                    Some(tx) => {
+                        tracing::info!(connection = %label, %reason, "DingTalk announced a disconnect");
+                        let _ = tx.send(());
+                    }
+                    None => tracing::debug!(connection = %label, "DingTalk repeated its disconnect"),
                 }
-                linger_until = Some(now + DISCONNECT_LINGER);
                 Some((frame::ack_empty(&message_id, 200), 200))
             }
             Route::Malformed { message_id } => {
@@ -235,7 +285,7 @@ pub async fn run(
             close(outbox, writer, &mut stream, "dingops is stopping").await;
         }
         End::Keepalive => close(outbox, writer, &mut stream, "no answer to keepalive").await,
-        End::LingerOver => close(outbox, writer, &mut stream, "replaced after disconnect").await,
+        End::Retired => close(outbox, writer, &mut stream, "replaced after disconnect").await,
         // Acknowledgements still in flight go out while the socket takes them; the writer
         // ends with the last of them.
         End::Closed | End::Dropped(_) => drop(outbox),
@@ -245,12 +295,8 @@ pub async fn run(
 
 /// Sends a close frame after whatever is queued, then reads (and drops) until the other side
 /// closes too, for at most [`CLOSE_WAIT`].
-async fn close<S>(
-    outbox: mpsc::Sender<Message>,
-    writer: tokio::task::JoinHandle<()>,
-    stream: &mut S,
-    reason: &'static str,
-) where
+async fn close<S>(outbox: Outbox, writer: tokio::task::JoinHandle<()>, stream: &mut S, reason: &'static str)
+where
     S: futures_util::Stream + Unpin,
 {
     let frame = CloseFrame {
@@ -266,7 +312,7 @@ async fn close<S>(
 /// Parses a robot message, puts it through the pipeline and queues its ACK.
 async fn handle_robot(
     shared: Arc<Shared>,
-    outbox: mpsc::Sender<Message>,
+    outbox: Outbox,
     message_id: String,
     data: String,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -321,8 +367,12 @@ fn code_label(code: u16) -> &'static str {
 
 /// Owns the sending half: writes what is queued, each write bounded, until a close frame, a
 /// failure, or the last sender is gone.
-async fn write_loop(mut sink: SplitSink<Socket, Message>, mut queued: mpsc::Receiver<Message>) {
-    while let Some(message) = queued.recv().await {
+async fn write_loop(
+    mut sink: SplitSink<Socket, Message>,
+    mut queued: mpsc::Receiver<(Message, OwnedSemaphorePermit)>,
+) {
+    // Each frame's room in the outbox is given back once it is written.
+    while let Some((message, _room)) = queued.recv().await {
         let closing = matches!(message, Message::Close(_));
         match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
             Ok(Ok(())) if !closing => {}

@@ -49,6 +49,12 @@ pub enum DialError {
     /// TCP, the proxy, TLS or the WebSocket handshake failed.
     #[error("connecting to {host} failed: {reason}")]
     Connect { host: String, reason: String },
+    /// `connections/open` handed out a `ws://` endpoint off loopback: the ticket would
+    /// travel in clear, so no connection is tried.
+    #[error(
+        "connections/open answered an unencrypted endpoint ws://{host}: refused, the ticket would travel in clear (DingTalk hands out wss://; ws:// is taken on loopback only)"
+    )]
+    Insecure { host: String },
 }
 
 impl DialError {
@@ -58,6 +64,7 @@ impl DialError {
             DialError::Refused { .. } => "open_refused",
             DialError::Open(_) => "open_failed",
             DialError::Connect { .. } => "connect_failed",
+            DialError::Insecure { .. } => "insecure_endpoint",
         }
     }
 }
@@ -146,6 +153,12 @@ impl Dialer {
             .ok()
             .filter(|u| matches!(u.scheme(), "ws" | "wss") && u.host_str().is_some())
             .ok_or_else(|| DialError::Open("the endpoint is not a ws:// or wss:// URL".into()))?;
+        if endpoint.scheme() == "ws" && !on_loopback(&endpoint) {
+            let host = endpoint.host_str().unwrap_or_default();
+            return Err(DialError::Insecure {
+                host: host.chars().take(100).collect(),
+            });
+        }
         Ok(Ticket {
             endpoint,
             ticket: SecretString::from(ticket),
@@ -232,6 +245,19 @@ impl Dialer {
     }
 }
 
+/// Whether `url`'s host is this machine's loopback: `localhost`, 127.0.0.0/8 or ::1 (also
+/// written as ::ffff:127.x.y.z).
+fn on_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
+}
+
 /// `code` of a DingTalk error answer, for a log line (at most 100 characters).
 fn code_of(answer: &Value) -> String {
     answer
@@ -281,15 +307,25 @@ async fn tunnel(mut tcp: TcpStream, target: &str) -> Result<TcpStream, String> {
         head.push(byte);
     }
     let status_line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let status = std::str::from_utf8(status_line)
-        .ok()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse::<u16>().ok());
-    match status {
+    match status_code(status_line) {
         Some(s) if (200..300).contains(&s) => Ok(tcp),
         Some(s) => Err(format!("proxy refused the tunnel with HTTP {s}")),
-        None => Err("proxy: not an HTTP answer".into()),
+        None => Err("proxy: the answer does not start with an HTTP/1.x status line".into()),
     }
+}
+
+/// The code of an HTTP/1.x status line (`HTTP/1.1 200 Connection established`): the
+/// version, one space, three digits, then the end or a space and the reason. Anything else
+/// (another protocol, HTTP/2, text before the version) is `None`.
+fn status_code(line: &[u8]) -> Option<u16> {
+    let rest = line
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| line.strip_prefix(b"HTTP/1.0 "))?;
+    let (code, after) = rest.split_at_checked(3)?;
+    if !code.iter().all(u8::is_ascii_digit) || !(after.is_empty() || after.starts_with(b" ")) {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 /// The TLS client configuration: rustls with the ring provider and the webpki roots, as
@@ -355,6 +391,47 @@ mod tests {
         let tcp = TcpStream::connect(&addr).await.unwrap();
         let err = tunnel(tcp, "example.com:443").await.unwrap_err();
         assert_eq!(err, "proxy refused the tunnel with HTTP 403");
+    }
+
+    #[test]
+    fn only_an_http_1_x_status_line_gives_a_status() {
+        for (line, code) in [
+            ("HTTP/1.1 200 Connection established", Some(200)),
+            ("HTTP/1.0 200", Some(200)),
+            ("HTTP/1.1 407 Proxy Authentication Required", Some(407)),
+            ("HTTP/1.1 204 ", Some(204)),
+            ("garbageHTTP/1.1 200 OK", None),
+            (" HTTP/1.1 200 OK", None),
+            ("FOO 200 OK", None),
+            ("HTTP/2 200", None),
+            ("HTTP/1.1 2000 OK", None),
+            ("HTTP/1.1 20 OK", None),
+            ("HTTP/1.1 2x0 OK", None),
+            ("HTTP/1.1  200 OK", None),
+            ("http/1.1 200 OK", None),
+            ("", None),
+        ] {
+            assert_eq!(status_code(line.as_bytes()), code, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn ws_is_taken_on_loopback_only() {
+        for (url, loopback) in [
+            ("ws://127.0.0.1:9000/connect", true),
+            ("ws://127.9.8.7/connect", true),
+            ("ws://localhost:9000/connect", true),
+            ("ws://LOCALHOST/connect", true),
+            ("ws://[::1]:9000/connect", true),
+            ("ws://[::ffff:127.0.0.1]/connect", true),
+            ("ws://10.0.0.1/connect", false),
+            ("ws://wss-open-connection.dingtalk.com/connect", false),
+            ("ws://localhost.example.com/connect", false),
+            ("ws://128.0.0.1/connect", false),
+            ("ws://[::2]/connect", false),
+        ] {
+            assert_eq!(on_loopback(&Url::parse(url).unwrap()), loopback, "{url}");
+        }
     }
 
     #[test]

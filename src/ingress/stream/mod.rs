@@ -7,7 +7,11 @@
 //! serve, and on the end reconnect with a jittered backoff (1 s doubling to 60 s, reset once a
 //! connection lived 60 s). A `disconnect` from DingTalk makes the supervisor open the
 //! replacement at once while the old connection is still read until DingTalk closes it, so
-//! nothing pushed in between is lost.
+//! nothing pushed in between is lost; dingops closes it itself 30 s after the first
+//! `disconnect`. A connection disconnected within [`REPLACE_AT_ONCE_AFTER`] of opening is
+//! replaced after the backoff instead, and at most [`MAX_DRAINING`] replaced connections per
+//! slot are read at once (the oldest is closed beyond), so a gateway that disconnects every
+//! connection at once and never closes one gets a few dials, not a storm.
 
 pub mod connection;
 pub mod dial;
@@ -19,6 +23,7 @@ use std::time::Duration;
 
 use rand::RngExt as _;
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinError;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -35,6 +40,14 @@ const BACKOFF_FLOOR: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// A connection that lived this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A connection that lived this long before its `disconnect` is replaced at once (DingTalk
+/// rebalances connections that lived for hours); a younger one waits for the backoff.
+pub const REPLACE_AT_ONCE_AFTER: Duration = Duration::from_secs(10);
+/// After a `disconnect`, how long the old connection is read before dingops closes it
+/// itself (DingTalk closes it after about 10 s); counted from the first `disconnect`.
+const DISCONNECT_LINGER: Duration = Duration::from_secs(30);
+/// Replaced connections of one slot read at once, at most; beyond it the oldest is closed.
+pub const MAX_DRAINING: usize = 2;
 
 /// Reconnect delays: 1 s, 2 s, 4 s … 60 s, each shortened by up to a quarter at random so
 /// that many clients do not come back at the same instant.
@@ -124,6 +137,57 @@ impl StreamIngress {
     }
 }
 
+/// A replaced connection, read until DingTalk closes it or dingops retires it.
+struct Draining {
+    task: JoinHandle<End>,
+    retire: watch::Sender<bool>,
+}
+
+impl Draining {
+    /// Reads the connection of `task` until it ends, retiring it once `linger` is over.
+    fn start(
+        label: String,
+        mut task: JoinHandle<End>,
+        retire: watch::Sender<bool>,
+        linger: Duration,
+    ) -> Self {
+        let at_linger = retire.clone();
+        let task = tokio::spawn(async move {
+            let end = tokio::select! {
+                end = &mut task => end,
+                () = tokio::time::sleep(linger) => {
+                    at_linger.send_replace(true);
+                    task.await
+                }
+            };
+            let end = ended(end);
+            tracing::info!(connection = %label, reason = end.reason(), "replaced Stream connection ended");
+            end
+        });
+        Self { task, retire }
+    }
+
+    fn retired(&self) -> bool {
+        *self.retire.borrow()
+    }
+}
+
+/// Forgets the replaced connections that ended and retires the oldest beyond `max` of those
+/// still read; returns how many it retired.
+fn crowd_out(draining: &mut Vec<Draining>, max: usize) -> usize {
+    draining.retain(|d| !d.task.is_finished());
+    let read: Vec<&Draining> = draining.iter().filter(|d| !d.retired()).collect();
+    let excess = read.len().saturating_sub(max);
+    for old in read.into_iter().take(excess) {
+        old.retire.send_replace(true);
+    }
+    excess
+}
+
+fn ended(joined: Result<End, JoinError>) -> End {
+    joined.unwrap_or_else(|e| End::Dropped(format!("task failed: {e}")))
+}
+
 /// Keeps one connection slot filled until dingops stops.
 async fn supervise(
     shared: Arc<Shared>,
@@ -133,8 +197,8 @@ async fn supervise(
 ) {
     let mut backoff = Backoff::default();
     let mut delay = Duration::ZERO;
-    // Connections DingTalk asked to close, read until they do.
-    let mut draining: Vec<JoinHandle<End>> = Vec::new();
+    // Connections DingTalk asked to close, read until they do (or dingops retires them).
+    let mut draining: Vec<Draining> = Vec::new();
     let mut serial = 0u64;
     loop {
         if !delay.is_zero() {
@@ -164,6 +228,10 @@ async fn supervise(
                         tracing::error!(slot, error = %e, "Stream connection refused");
                         backoff.at_cap()
                     }
+                    DialError::Insecure { .. } => {
+                        tracing::error!(slot, error = %e, "Stream endpoint refused");
+                        backoff.next_delay()
+                    }
                     _ => {
                         tracing::warn!(slot, error = %e, "Stream connection failed");
                         backoff.next_delay()
@@ -182,30 +250,42 @@ async fn supervise(
         );
         let started = Instant::now();
         let (announce, announced) = oneshot::channel();
+        let (retire, retired) = watch::channel(false);
         let mut task = tokio::spawn(connection::run(
             shared.clone(),
             socket,
             label.clone(),
             announce,
             stopping.clone(),
+            retired,
         ));
-        draining.retain(|t| !t.is_finished());
         tokio::select! {
             Ok(()) = announced => {
                 shared.metrics.stream.reconnects.with_label_values(&["disconnect"]).inc();
-                if started.elapsed() >= HEALTHY_AFTER {
+                let lived = started.elapsed();
+                if lived >= HEALTHY_AFTER {
                     backoff.reset();
                 }
-                let old = label.clone();
-                draining.push(tokio::spawn(async move {
-                    let end = task.await.unwrap_or_else(|e| End::Dropped(format!("task failed: {e}")));
-                    tracing::info!(connection = %old, reason = end.reason(), "replaced Stream connection ended");
-                    end
-                }));
-                delay = Duration::ZERO;
+                draining.push(Draining::start(label.clone(), task, retire, DISCONNECT_LINGER));
+                let closed = crowd_out(&mut draining, MAX_DRAINING);
+                if closed > 0 {
+                    tracing::warn!(slot, closed, "Stream: more replaced connections open than {MAX_DRAINING}; closed the oldest");
+                }
+                if lived >= REPLACE_AT_ONCE_AFTER {
+                    delay = Duration::ZERO;
+                    tracing::info!(connection = %label, "Stream: opening the replacement while the old connection is still read");
+                } else {
+                    delay = backoff.next_delay();
+                    tracing::warn!(
+                        connection = %label,
+                        lived_ms = lived.as_millis() as u64,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "DingTalk disconnected a Stream connection right after it opened; the replacement waits for the backoff"
+                    );
+                }
             }
             end = &mut task => {
-                let end = end.unwrap_or_else(|e| End::Dropped(format!("task failed: {e}")));
+                let end = ended(end);
                 if end == End::Shutdown {
                     tracing::info!(connection = %label, "Stream connection closed for shutdown");
                     break;
@@ -223,7 +303,7 @@ async fn supervise(
         }
     }
     for old in draining {
-        let _ = old.await;
+        let _ = old.task.await;
     }
 }
 
@@ -242,6 +322,48 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= BACKOFF_FLOOR);
+    }
+
+    /// A stand-in for a connection task: ends once retired.
+    fn until_retired() -> (JoinHandle<End>, watch::Sender<bool>) {
+        let (retire, mut retired) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let _ = retired.wait_for(|r| *r).await;
+            End::Retired
+        });
+        (task, retire)
+    }
+
+    #[tokio::test]
+    async fn a_replaced_connection_is_retired_when_the_linger_is_over_and_not_before() {
+        let (task, retire) = until_retired();
+        let started = Instant::now();
+        let draining = Draining::start("0.1".into(), task, retire, Duration::from_millis(200));
+        assert!(!draining.retired());
+        assert_eq!(draining.task.await.unwrap(), End::Retired);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn beyond_the_cap_the_oldest_replaced_connections_are_retired() {
+        let mut draining: Vec<Draining> = (0..4)
+            .map(|i| {
+                let (task, retire) = until_retired();
+                Draining::start(format!("0.{i}"), task, retire, BACKOFF_CAP)
+            })
+            .collect();
+        assert_eq!(crowd_out(&mut draining, 2), 2);
+        let retired: Vec<bool> = draining.iter().map(Draining::retired).collect();
+        assert_eq!(retired, [true, true, false, false]);
+        // The retired ones end; nothing more is retired while two are read.
+        for _ in 0..100 {
+            if draining.iter().filter(|d| d.task.is_finished()).count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(crowd_out(&mut draining, 2), 0);
+        assert_eq!(draining.len(), 2);
     }
 
     #[test]
