@@ -995,26 +995,4 @@ mod tests {
             &clock,
         );
     }
-
-    #[test]
-    fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db");
-        let clock = crate::clock::ManualClock::at(0);
-        super::super::check_lease_contract(
-            &SqliteLedger::open_with_clock(&path, clock.clone()).unwrap(),
-            &clock,
-        );
-        // Leases are in the database: another handle on it sees them.
-        let (a, b) = (
-            SqliteLedger::open_with_clock(&path, clock.clone()).unwrap(),
-            SqliteLedger::open_with_clock(&path, clock.clone()).unwrap(),
-        );
-        clock.set(1000);
-        assert!(a.try_lease("group:x", "r1", 5000).unwrap());
-        clock.set(2000);
-        assert!(!b.try_lease("group:x", "r2", 5000).unwrap());
-        clock.set(6000);
-        assert!(b.try_lease("group:x", "r2", 5000).unwrap());
-    }
 }

@@ -71,18 +71,6 @@ fn shim_moves_the_clock(library: &Path, skew_ms: i64) -> bool {
     (theirs - ours - skew_ms / 1000).abs() <= 2
 }
 
-/// Child processes killed when the test ends, however it ends.
-struct Binaries(Vec<std::process::Child>);
-
-impl Drop for Binaries {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_whose_clock_runs_35_s_ahead_never_runs_a_command_another_replica_holds() {
     const LEASE_SECS: u64 = 30;
@@ -111,16 +99,16 @@ async fn a_replica_whose_clock_runs_35_s_ahead_never_runs_a_command_another_repl
     let skewed_log = dir.path().join("skewed.log");
     let ports = [free_port(), free_port()];
     let unused = Path::new("unused.db");
-    let children = Binaries(vec![
-        spawn_binary(&sim, ports[0], unused, &common),
-        spawn_binary_logging_to(
+    let children = [
+        Reaper(spawn_binary(&sim, ports[0], unused, &common)),
+        Reaper(spawn_binary_logging_to(
             &sim,
             ports[1],
             unused,
             &skewed,
             std::fs::File::create(&skewed_log).unwrap().into(),
-        ),
-    ]);
+        )),
+    ];
     for port in ports {
         wait_healthy(port).await;
     }
