@@ -762,6 +762,11 @@ impl LedgerSettings {
             retention_days: src.integer("retention_days", 180, 1, 36_500)?,
         })
     }
+
+    /// `retention_days` as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_days.saturating_mul(86_400))
+    }
 }
 
 impl FleetSettings {

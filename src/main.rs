@@ -275,8 +275,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(dingops::ops::parse_since)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let ledger = dingops::ledger::open(&database)?;
-            let rows = ledger.history(group.as_deref(), since, limit)?;
+            let ledger = dingops::ledger::open(&database).await?;
+            let rows = ledger
+                .call(move |l| l.history(group.as_deref(), since, limit))
+                .await?;
             let text = if json {
                 rows.iter()
                     .rev()

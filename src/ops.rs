@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::dingtalk::DingTalk;
 pub use crate::domain::{printable, steers_terminal};
 use crate::domain::{printable_json, table_cell, who};
-use crate::ledger::{AuditRow, LedgerHandle};
+use crate::ledger::AuditRow;
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
@@ -61,21 +61,20 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             ),
         });
     }
-    let database = settings.ledger.database.clone();
     let mut ledger = None;
-    match tokio::task::spawn_blocking(move || {
-        crate::ledger::open(&database).and_then(|l| l.ping().map(|()| l))
-    })
-    .await
-    {
-        Ok(Ok(opened)) => {
+    let opened = match crate::ledger::open(&settings.ledger.database).await {
+        Ok(opened) => opened.call(|l| l.ping()).await.map(|()| opened),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok(opened) => {
             items.push(CheckItem::pass(format!(
                 "ledger {} opens and takes a write",
                 settings.ledger.database
             )));
-            ledger = Some(LedgerHandle::shared(opened));
+            ledger = Some(opened);
         }
-        Ok(Err(e)) => items.push(CheckItem::fail(
+        Err(e) => items.push(CheckItem::fail(
             format!("ledger {} does not open: {e}", settings.ledger.database),
             match settings.ledger.database {
                 crate::config::Database::Sqlite(_) => {
@@ -86,7 +85,6 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
                 }
             },
         )),
-        Err(e) => items.push(CheckItem::fail(format!("ledger check failed: {e}"), "retry")),
     }
     if settings.worker.admins.is_empty() && !settings.worker.trust_is_admin {
         items.push(CheckItem::fail(

@@ -562,13 +562,12 @@ pub async fn run(
     apply_changes: bool,
     progress: &dyn Progress,
 ) -> Result<Report, DiscoverError> {
-    let database = settings.ledger.database.clone();
-    let shown = database.to_string();
-    let ledger = tokio::task::spawn_blocking(move || crate::ledger::open(&database))
+    let ledger = crate::ledger::open(&settings.ledger.database)
         .await
-        .map_err(|e| LedgerError::Join(e.to_string()))?
-        .map_err(|source| DiscoverError::LedgerOpen { path: shown, source })?;
-    let ledger = LedgerHandle::shared(ledger);
+        .map_err(|source| DiscoverError::LedgerOpen {
+            path: settings.ledger.database.to_string(),
+            source,
+        })?;
     // Paced by the budget every process on this ledger shares, a running `serve` included.
     let client = DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger.clone())
         .map_err(DiscoverError::Client)?;

@@ -238,11 +238,7 @@ impl Fleet {
     pub async fn open(settings: &crate::config::Settings) -> Result<Self, OpenError> {
         let path = settings.fleet.policy.as_ref().ok_or(OpenError::NoPolicy)?;
         let policy = Arc::new(Policy::load(path)?);
-        let database = settings.ledger.database.clone();
-        let ledger = tokio::task::spawn_blocking(move || crate::ledger::open(&database))
-            .await
-            .map_err(|e| LedgerError::Join(e.to_string()))??;
-        let ledger = LedgerHandle::shared(ledger);
+        let ledger = crate::ledger::open(&settings.ledger.database).await?;
         let metrics = Arc::new(crate::telemetry::Metrics::new());
         // Paced by the budget every process on this ledger shares, a running `serve` included.
         let dingtalk = Arc::new(DingTalk::with_budget(

@@ -1,11 +1,23 @@
 //! The HTTP ingress, `POST /callback`: verify the headers → bounded body → parse → the
-//! pipeline → an HTTP acknowledgement.
+//! pipeline → an HTTP acknowledgement. Also the HTTP server's bounds that every route is
+//! under: the body deadline ([`bound_request`]) and the connection limit
+//! ([`connections_per_worker`]).
 
+use std::cell::RefCell;
+use std::future::Future as _;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 use futures_util::StreamExt as _;
 use serde_json::json;
 use tracing::Instrument as _;
@@ -83,12 +95,6 @@ async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
     }
 }
 
-/// Whether a body read failed because the body did not arrive within `request_timeout_ms`
-/// (the server's request bound reports it as an I/O error of kind `TimedOut`).
-fn body_timed_out(e: &actix_web::error::PayloadError) -> bool {
-    matches!(e, actix_web::error::PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
-}
-
 /// The `Content-Length` the client declared, if any and readable.
 fn declared_length(req: &HttpRequest) -> Option<u64> {
     req.headers()
@@ -97,25 +103,55 @@ fn declared_length(req: &HttpRequest) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, HttpResponse> {
+/// Why a callback's body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyError {
+    /// Declared or found larger than [`MAX_BODY_BYTES`]: 413.
+    TooLarge,
+    /// Not received within `request_timeout_ms` ([`BodyDeadline`]): 408.
+    Deadline,
+    /// Any other read failure: 400.
+    Unreadable,
+}
+
+impl BodyError {
+    fn response(self) -> HttpResponse {
+        match self {
+            Self::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"),
+            Self::Deadline => error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body not received within request_timeout_ms",
+            ),
+            Self::Unreadable => error(StatusCode::BAD_REQUEST, "could not read the body"),
+        }
+    }
+
+    /// The `reason` label of `dingops_callbacks_total`.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Deadline => "timeout",
+            Self::Unreadable => "bad_request",
+        }
+    }
+}
+
+async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, BodyError> {
     let declared = declared_length(req);
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"));
+        return Err(BodyError::TooLarge);
     }
     let mut body = web::BytesMut::with_capacity(declared.map_or(1024, |n| n as usize));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            if body_timed_out(&e) {
-                error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body not received within request_timeout_ms",
-                )
+            if BodyDeadline::failed(&e) {
+                BodyError::Deadline
             } else {
-                error(StatusCode::BAD_REQUEST, "could not read the body")
+                BodyError::Unreadable
             }
         })?;
         if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"));
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
@@ -165,19 +201,15 @@ async fn handle(
     }
     let body = match read_body(req, payload).await {
         Ok(b) => b,
-        Err(resp) => {
-            let reason = match resp.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-                StatusCode::REQUEST_TIMEOUT => "timeout",
-                _ => "bad_request",
-            };
+        Err(e) => {
+            let resp = e.response();
             // A stalled body is a client's doing, and cheap to repeat: counted, not logged.
-            if reason == "timeout" {
+            if e == BodyError::Deadline {
                 tracing::debug!("callback rejected: body not received in time");
             } else {
                 tracing::info!(status = resp.status().as_u16(), "callback rejected: body");
             }
-            return (resp, "rejected", reason);
+            return (resp, "rejected", e.reason());
         }
     };
     let cb = match Callback::parse(&body) {
@@ -207,4 +239,148 @@ async fn handle(
 
 fn ack() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "msgtype": "empty" }))
+}
+
+/// How a request body read fails when the body did not arrive within `request_timeout_ms`
+/// of the head: [`bound_request`] ends the payload stream with this error (inside the
+/// [`PayloadError`] every payload stream fails with), and a handler recognises it with
+/// [`BodyDeadline::failed`] (the callback route answers 408).
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within request_timeout_ms")]
+pub struct BodyDeadline;
+
+impl BodyDeadline {
+    fn into_payload_error(self) -> PayloadError {
+        PayloadError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, self))
+    }
+
+    /// Whether a body read failed with this error.
+    pub fn failed(e: &PayloadError) -> bool {
+        matches!(e, PayloadError::Io(io) if io.get_ref().is_some_and(|inner| inner.is::<BodyDeadline>()))
+    }
+}
+
+/// Bounds every request's body: it must arrive within `timeout` (`request_timeout_ms`) of the
+/// head (actix bounds the head itself), else reading it fails with [`BodyDeadline`] and the
+/// handler answers. Whatever the answer, a connection whose request body was not read to its
+/// end is closed after the response rather than drained: actix would otherwise keep reading a
+/// chunked body that never ends.
+pub async fn bound_request<B: MessageBody + Unpin + 'static>(
+    timeout: Duration,
+    mut req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<HoldPayload<B>>, actix_web::Error> {
+    let payload = match req.take_payload() {
+        Payload::None => None,
+        payload => {
+            let shared = Rc::new(RefCell::new(payload));
+            req.set_payload(Payload::Stream {
+                payload: Box::pin(SharedPayload {
+                    payload: shared.clone(),
+                    deadline: tokio::time::Instant::now() + timeout,
+                    timer: None,
+                }),
+            });
+            Some(shared)
+        }
+    };
+    let response = next.call(req).await?;
+    Ok(response.map_body(|_, body| HoldPayload {
+        body,
+        _payload: payload,
+    }))
+}
+
+/// The request payload as the handler reads it, failing at the deadline, while
+/// [`bound_request`] keeps the payload too.
+struct SharedPayload {
+    payload: Rc<RefCell<Payload>>,
+    deadline: tokio::time::Instant,
+    /// Armed the first time the body is not there yet: most bodies come with their head.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl futures_util::Stream for SharedPayload {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = futures_util::Stream::poll_next(Pin::new(&mut *this.payload.borrow_mut()), cx);
+        if polled.is_ready() {
+            return polled;
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                crate::telemetry::http_client_error("timeout");
+                Poll::Ready(Some(Err(BodyDeadline.into_payload_error())))
+            }
+        }
+    }
+}
+
+/// A response body that keeps the request's payload alive until the response is sent, so that
+/// actix closes a connection whose request body is unfinished instead of draining it.
+pub struct HoldPayload<B> {
+    body: B,
+    _payload: Option<Rc<RefCell<Payload>>>,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for HoldPayload<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<web::Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// Files the process keeps beside its HTTP connections: the ledger's (three connections with
+/// their WAL and shared memory), the runtime's, logs, and outbound connections to DingTalk.
+const FILE_RESERVE: u64 = 64;
+
+/// The per-worker connection limit (actix counts per worker) for `max_connections` in
+/// total, lowered so that the connections fit in the process's open-file limit: past it,
+/// `accept` fails (EMFILE) and new connections, valid callbacks included, wait in the
+/// backlog while actix retries; below it, the excess waits in the backlog and the ledger and
+/// DingTalk calls keep the files they need.
+pub fn connections_per_worker(max_connections: usize, command_concurrency: usize, workers: usize) -> usize {
+    let mut total = max_connections as u64;
+    if let Some(limit) = open_file_limit() {
+        let fit = limit.saturating_sub(FILE_RESERVE + command_concurrency as u64);
+        if fit < total {
+            tracing::info!(
+                max_connections,
+                open_file_limit = limit,
+                lowered_to = fit,
+                "max_connections lowered to fit the open-file limit"
+            );
+            total = fit;
+        }
+    }
+    usize::try_from(total / workers as u64)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE), where the system tells it without unsafe
+/// code (Linux: `/proc/self/limits`).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

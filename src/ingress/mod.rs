@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod payload;
+pub mod probes;
 pub mod signature;
 pub mod stream;
 

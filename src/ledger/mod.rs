@@ -11,6 +11,7 @@ mod contract;
 mod memory;
 mod migrations;
 mod postgres;
+pub mod retention;
 mod sqlite;
 #[cfg(any(test, feature = "demo"))]
 #[doc(hidden)]
@@ -23,15 +24,52 @@ use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pe
 
 pub use memory::MemoryLedger;
 pub use postgres::PostgresLedger;
-pub use sqlite::{OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
+pub use sqlite::{LockError, LockFile, OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
 
 /// Opens the ledger `database` names: a SQLite file, or a PostgreSQL server (connected,
-/// schema brought up to date). Blocking: call it off the async threads.
-pub fn open(database: &crate::config::Database) -> Result<Arc<dyn Ledger>, LedgerError> {
+/// schema brought up to date), on the blocking pool. Every process opens its ledger here:
+/// `serve` (after [`Sharing::claim`]) and the CLI tools, which take no lock and so run beside
+/// a `serve`.
+pub async fn open(database: &crate::config::Database) -> Result<LedgerHandle, LedgerError> {
+    let database = database.clone();
+    let ledger = tokio::task::spawn_blocking(move || open_blocking(&database))
+        .await
+        .map_err(|e| LedgerError::Join(e.to_string()))??;
+    Ok(LedgerHandle::shared(ledger))
+}
+
+/// [`open`] on the calling thread, for a caller that keeps the ledger itself (the tests).
+pub fn open_blocking(database: &crate::config::Database) -> Result<Arc<dyn Ledger>, LedgerError> {
     Ok(match database {
         crate::config::Database::Sqlite(path) => Arc::new(SqliteLedger::open(path)?),
         crate::config::Database::Postgres(url) => Arc::new(PostgresLedger::open(url)?),
     })
+}
+
+/// Whether a `serve` is alone on its ledger or one of replicas sharing it: decided where
+/// the ledger is opened, and handed to the worker, which runs groups with or without leases
+/// (see docs/architecture.md).
+#[derive(Debug)]
+pub enum Sharing {
+    /// A SQLite file, under its lock file (held until this is dropped): the only `serve` on
+    /// it runs every group without leases, and a restart after a kill resumes at once, with
+    /// no lease to wait out.
+    Alone(LockFile),
+    /// A PostgreSQL ledger, or one the caller shares (the replicas of a test): the replicas
+    /// divide the groups by leases.
+    Replicas,
+}
+
+impl Sharing {
+    /// How a `serve` shares the ledger `database`: a SQLite file is locked for this process
+    /// (one `serve` per file); a PostgreSQL ledger is shared by design. Taken before the
+    /// ledger is opened.
+    pub fn claim(database: &crate::config::Database) -> Result<Self, LockError> {
+        Ok(match database.sqlite_path() {
+            Some(path) => Self::Alone(LockFile::take(path)?),
+            None => Self::Replicas,
+        })
+    }
 }
 
 /// A ledger failure. The text names the operation, never a secret.

@@ -22,7 +22,7 @@ use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
 use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending, ReplyHosts};
-use crate::ledger::{Ledger, LedgerError, LedgerHandle};
+use crate::ledger::{Ledger, LedgerError, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
 
 pub use lease::Leases;
@@ -119,12 +119,21 @@ pub(crate) fn calls_group_api(job: &Pending) -> bool {
 }
 
 impl WorkerContext {
+    /// The context of a worker on `ledger`, shared with other replicas or not as `sharing`
+    /// says: alone, it runs every group without a word to the ledger ([`Leases::solo`]);
+    /// among replicas, groups are run under leases in the ledger ([`Leases::shared`]).
     pub fn new(
         settings: &WorkerSettings,
         ledger: LedgerHandle,
         dingtalk: Arc<DingTalk>,
         metrics: Arc<Metrics>,
+        sharing: &Sharing,
     ) -> Self {
+        let (holder, ttl) = (lease::replica_id(), settings.claim_lease);
+        let leases = match sharing {
+            Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl),
+            Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl),
+        };
         Self {
             ledger: ledger.clone(),
             dingtalk,
@@ -139,26 +148,11 @@ impl WorkerContext {
             timezone: settings.timezone.clone(),
             revert_minute: settings.revert_minute,
             setting_locks: SettingLocks::default(),
-            leases: Arc::new(Leases::solo(
-                ledger.clone(),
-                lease::replica_id(),
-                settings.claim_lease,
-            )),
+            leases: Arc::new(leases),
             ledger_time: Arc::default(),
             #[cfg(test)]
             before_answer: None,
         }
-    }
-
-    /// Shares the ledger with other replicas: groups are run under leases in the ledger.
-    /// Without this the context is alone on its ledger (see [`Leases::solo`]).
-    pub fn shared_with_replicas(mut self, settings: &WorkerSettings) -> Self {
-        self.leases = Arc::new(Leases::shared(
-            self.ledger.clone(),
-            self.leases.holder().to_owned(),
-            settings.claim_lease,
-        ));
-        self
     }
 
     /// This replica's leases (its name among the replicas is [`Leases::holder`]).
@@ -397,7 +391,16 @@ mod tests {
         let settings = Settings::from_sources(None, &env).unwrap();
         let metrics = Arc::new(Metrics::new());
         let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone()).unwrap());
-        WorkerContext::new(&settings.worker, LedgerHandle::new(ledger), dingtalk, metrics)
+        // The memory ledger is this context's alone, as a SQLite file is a locked `serve`'s.
+        let ledger = LedgerHandle::new(ledger);
+        WorkerContext {
+            leases: Arc::new(Leases::solo(
+                ledger.clone(),
+                lease::replica_id(),
+                settings.worker.claim_lease,
+            )),
+            ..WorkerContext::new(&settings.worker, ledger, dingtalk, metrics, &Sharing::Replicas)
+        }
     }
 
     fn typed(staff: &str, text: &str) -> Accepted {

@@ -52,7 +52,7 @@ impl Store {
             Self::Shared(ledger) => ledger.clone(),
             Self::Postgres(schema) => {
                 let database = schema.database();
-                tokio::task::spawn_blocking(move || dingops::ledger::open(&database).unwrap())
+                tokio::task::spawn_blocking(move || dingops::ledger::open_blocking(&database).unwrap())
                     .await
                     .unwrap()
             }
