@@ -3,7 +3,8 @@
 
 use crate::domain::ChatId;
 
-/// What a command is, independent of its arguments.
+/// What a command is, independent of its arguments. Declared in the order of [`COMMANDS`],
+/// whose row `kind as usize` it has (checked when dingops compiles), `Help` last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandKind {
     LockDm,
@@ -73,6 +74,20 @@ impl GroupSwitch {
         }
     }
 
+    /// The kind of the command that sets this switch to `value`: the whole-group mute has a
+    /// command for each value, every other switch one that takes a choice.
+    const fn command_kind(self, value: u8) -> CommandKind {
+        match self {
+            GroupSwitch::Mute if value == 1 => CommandKind::MuteAll,
+            GroupSwitch::Mute => CommandKind::UnmuteAll,
+            GroupSwitch::AtAll => CommandKind::AtAll,
+            GroupSwitch::JoinApproval => CommandKind::JoinApproval,
+            GroupSwitch::Searchable => CommandKind::Searchable,
+            GroupSwitch::History => CommandKind::History,
+            GroupSwitch::Manage => CommandKind::Manage,
+        }
+    }
+
     /// The meaning of `value` (0 or 1) in plain words.
     pub fn describe(self, value: u8) -> &'static str {
         match (self, value) {
@@ -128,6 +143,52 @@ const ON_OFF: &[Choice] = &[
     },
 ];
 
+/// A command that takes no argument (a timed one takes an optional duration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    LockDm,
+    UnlockDm,
+    DmStatus,
+    GroupStatus,
+    Help,
+}
+
+impl Plain {
+    const fn kind(self) -> CommandKind {
+        match self {
+            Plain::LockDm => CommandKind::LockDm,
+            Plain::UnlockDm => CommandKind::UnlockDm,
+            Plain::DmStatus => CommandKind::DmStatus,
+            Plain::GroupStatus => CommandKind::GroupStatus,
+            Plain::Help => CommandKind::Help,
+        }
+    }
+
+    fn command(self, revert_after: Option<u32>) -> Command {
+        match self {
+            Plain::LockDm => Command::LockDm { revert_after },
+            Plain::UnlockDm => Command::UnlockDm { revert_after },
+            Plain::DmStatus => Command::DmStatus,
+            Plain::GroupStatus => Command::GroupStatus,
+            Plain::Help => Command::Help,
+        }
+    }
+}
+
+/// What a command takes after its name (besides a timed command's duration), and so which
+/// command it makes: each kind of row carries exactly what its parse needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    /// Nothing.
+    None(Plain),
+    /// One chatid (`/bind`).
+    ChatId,
+    /// Nothing: sets the switch to the value.
+    Fixed(GroupSwitch, u8),
+    /// One of the words: sets the switch to that word's value.
+    Choice(GroupSwitch, &'static [Choice]),
+}
+
 /// One row of the command table.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CommandSpec {
@@ -138,10 +199,8 @@ pub struct CommandSpec {
     pub alias: &'static str,
     /// Argument placeholder shown in help, empty when none.
     pub args: &'static str,
-    /// The group switch it sets: with `choices`, or the fixed value when `choices` is empty.
-    pub switch: Option<(GroupSwitch, u8)>,
-    /// The argument words a switch command accepts; empty for a fixed value.
-    pub choices: &'static [Choice],
+    /// What it takes after its name, and so which command it makes.
+    pub arg: Arg,
     /// Only admins may run it.
     pub admin_only: bool,
     /// Running it may call a DingTalk group API (and so wait for a token and for DingTalk):
@@ -158,8 +217,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/lock-dm",
         alias: "/禁止私聊",
         args: "",
-        switch: None,
-        choices: &[],
+        arg: Arg::None(Plain::LockDm),
         admin_only: true,
         calls_group_api: true,
         summary: "forbid members of this group to add each other as friends or chat privately",
@@ -169,8 +227,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/unlock-dm",
         alias: "/允许私聊",
         args: "",
-        switch: None,
-        choices: &[],
+        arg: Arg::None(Plain::UnlockDm),
         admin_only: true,
         calls_group_api: true,
         summary: "allow members of this group to add each other and chat privately again",
@@ -180,8 +237,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/dm-status",
         alias: "/私聊状态",
         args: "",
-        switch: None,
-        choices: &[],
+        arg: Arg::None(Plain::DmStatus),
         admin_only: false,
         calls_group_api: false,
         summary: "show this group's binding and the private-chat setting dingops last made",
@@ -191,8 +247,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/bind",
         alias: "/绑定",
         args: "<chatid>",
-        switch: None,
-        choices: &[],
+        arg: Arg::ChatId,
         admin_only: true,
         calls_group_api: true,
         summary: "link this group to its DingTalk chatid (verified with DingTalk before it is stored)",
@@ -202,8 +257,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/mute-all",
         alias: "/全员禁言",
         args: "",
-        switch: Some((GroupSwitch::Mute, 1)),
-        choices: &[],
+        arg: Arg::Fixed(GroupSwitch::Mute, 1),
         admin_only: true,
         calls_group_api: true,
         summary: "mute the whole group: only the owner and admins can speak",
@@ -213,8 +267,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/unmute-all",
         alias: "/解除全员禁言",
         args: "",
-        switch: Some((GroupSwitch::Mute, 0)),
-        choices: &[],
+        arg: Arg::Fixed(GroupSwitch::Mute, 0),
         admin_only: true,
         calls_group_api: true,
         summary: "lift the whole-group mute",
@@ -224,8 +277,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/atall",
         alias: "/艾特全员",
         args: "owner|everyone",
-        switch: Some((GroupSwitch::AtAll, 0)),
-        choices: OWNER_EVERYONE,
+        arg: Arg::Choice(GroupSwitch::AtAll, OWNER_EVERYONE),
         admin_only: true,
         calls_group_api: true,
         summary: "who may @all: only the owner (群主) or everyone (所有人)",
@@ -235,8 +287,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/join-approval",
         alias: "/入群验证",
         args: "on|off",
-        switch: Some((GroupSwitch::JoinApproval, 0)),
-        choices: ON_OFF,
+        arg: Arg::Choice(GroupSwitch::JoinApproval, ON_OFF),
         admin_only: true,
         calls_group_api: true,
         summary: "whether joining the group needs approval (开/关)",
@@ -246,8 +297,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/searchable",
         alias: "/群可搜索",
         args: "on|off",
-        switch: Some((GroupSwitch::Searchable, 0)),
-        choices: ON_OFF,
+        arg: Arg::Choice(GroupSwitch::Searchable, ON_OFF),
         admin_only: true,
         calls_group_api: true,
         summary: "whether the group can be found by search (开/关)",
@@ -257,8 +307,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/history",
         alias: "/新人看历史",
         args: "on|off",
-        switch: Some((GroupSwitch::History, 0)),
-        choices: ON_OFF,
+        arg: Arg::Choice(GroupSwitch::History, ON_OFF),
         admin_only: true,
         calls_group_api: true,
         summary: "whether new members see the last 100 messages (开/关)",
@@ -268,8 +317,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/manage",
         alias: "/群管理",
         args: "owner|everyone",
-        switch: Some((GroupSwitch::Manage, 0)),
-        choices: OWNER_EVERYONE,
+        arg: Arg::Choice(GroupSwitch::Manage, OWNER_EVERYONE),
         admin_only: true,
         calls_group_api: true,
         summary: "who may manage the group: only the owner (群主) or everyone (所有人)",
@@ -279,8 +327,7 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/group-status",
         alias: "/群状态",
         args: "",
-        switch: None,
-        choices: &[],
+        arg: Arg::None(Plain::GroupStatus),
         admin_only: false,
         calls_group_api: true,
         summary: "this group's settings as DingTalk has them now, and pending reverts",
@@ -290,13 +337,34 @@ pub const COMMANDS: &[CommandSpec] = &[
         name: "/help",
         alias: "/帮助",
         args: "",
-        switch: None,
-        choices: &[],
+        arg: Arg::None(Plain::Help),
         admin_only: false,
         calls_group_api: false,
         summary: "this list",
     },
 ];
+
+// The table is checked when dingops compiles: row `i` is of the `i`th kind, so every kind
+// has exactly one row ([`CommandSpec::of`] is an index), and each row's argument makes
+// commands of its own kind.
+const _: () = {
+    assert!(
+        COMMANDS.len() == CommandKind::Help as usize + 1,
+        "every CommandKind has a row in COMMANDS"
+    );
+    let mut i = 0;
+    while i < COMMANDS.len() {
+        assert!(
+            COMMANDS[i].kind as usize == i,
+            "COMMANDS lists the kinds in their order"
+        );
+        assert!(
+            COMMANDS[i].makes_its_kind(),
+            "a row's argument makes commands of its kind"
+        );
+        i += 1;
+    }
+};
 
 /// A parsed command with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,15 +424,49 @@ impl CommandSpec {
 
     /// Whether the command takes an optional duration after which it reverts.
     pub fn timed(&self) -> bool {
-        self.switch.is_some() || matches!(self.kind, CommandKind::LockDm | CommandKind::UnlockDm)
+        match self.arg {
+            Arg::None(plain) => matches!(plain, Plain::LockDm | Plain::UnlockDm),
+            Arg::ChatId => false,
+            Arg::Fixed(..) | Arg::Choice(..) => true,
+        }
+    }
+
+    /// The argument words a switch command accepts; empty for any other command.
+    pub fn choices(&self) -> &'static [Choice] {
+        match self.arg {
+            Arg::Choice(_, choices) => choices,
+            _ => &[],
+        }
     }
 
     /// The row of a kind.
     pub fn of(kind: CommandKind) -> &'static CommandSpec {
-        COMMANDS
-            .iter()
-            .find(|c| c.kind == kind)
-            .unwrap_or_else(|| unreachable!("every CommandKind has a row in COMMANDS"))
+        // Row `kind as usize` is of that kind: see the check after `COMMANDS`.
+        &COMMANDS[kind as usize]
+    }
+
+    /// Whether every command parsed from this row is of the row's kind (and so has this
+    /// row as its [`Command::spec`]), and its help placeholder is there when it takes an
+    /// argument.
+    const fn makes_its_kind(&self) -> bool {
+        let kind = self.kind as usize;
+        match self.arg {
+            Arg::None(plain) => self.args.is_empty() && plain.kind() as usize == kind,
+            Arg::ChatId => !self.args.is_empty() && kind == CommandKind::Bind as usize,
+            Arg::Fixed(switch, value) => {
+                self.args.is_empty() && value <= 1 && switch.command_kind(value) as usize == kind
+            }
+            Arg::Choice(switch, choices) => {
+                let mut ok = !self.args.is_empty() && !choices.is_empty();
+                let mut i = 0;
+                while i < choices.len() {
+                    let value = choices[i].value;
+                    ok = ok && value <= 1 && switch.command_kind(value) as usize == kind;
+                    i += 1;
+                }
+                ok
+            }
+        }
     }
 }
 
@@ -391,17 +493,17 @@ impl Command {
         let spec = CommandSpec::lookup(&first)
             .ok_or_else(|| ParseError::Unknown(truncate(&first, 64).to_owned()))?;
         let mut args: Vec<&str> = words.collect();
-        // A timed command's optional last word is its duration.
+        // A timed command's optional last word is its duration, after its choice if it takes one.
         let mut revert_after = None;
-        if spec.timed() && args.len() > spec.choices.len().min(1) {
+        if spec.timed() && args.len() > spec.choices().len().min(1) {
             let word = args.pop().unwrap_or_default();
             revert_after = Some(parse_minutes(word).ok_or_else(|| ParseError::BadDuration {
                 spec,
                 got: truncate(word, 64).to_owned(),
             })?);
         }
-        match spec.kind {
-            CommandKind::Bind => match args.as_slice() {
+        match spec.arg {
+            Arg::ChatId => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),
                 [chatid] => ChatId::parse(chatid)
                     .map(|chatid| Command::Bind { chatid })
@@ -410,20 +512,16 @@ impl Command {
                     truncate(&args.join(" "), 64).to_owned(),
                 )),
             },
-            _ if !spec.choices.is_empty() => match args.as_slice() {
+            Arg::Choice(switch, choices) => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),
                 [word] => {
-                    let choice = spec
-                        .choices
+                    let choice = choices
                         .iter()
                         .find(|c| c.en.eq_ignore_ascii_case(word) || c.zh == *word)
                         .ok_or_else(|| ParseError::BadChoice {
                             spec,
                             got: truncate(word, 64).to_owned(),
                         })?;
-                    let (switch, _) = spec
-                        .switch
-                        .unwrap_or_else(|| unreachable!("a row with choices names its switch"));
                     Ok(Command::Switch {
                         switch,
                         value: choice.value,
@@ -436,19 +534,12 @@ impl Command {
                 }),
             },
             _ if !args.is_empty() => Err(ParseError::UnexpectedArgument(spec)),
-            CommandKind::LockDm => Ok(Command::LockDm { revert_after }),
-            CommandKind::UnlockDm => Ok(Command::UnlockDm { revert_after }),
-            CommandKind::DmStatus => Ok(Command::DmStatus),
-            CommandKind::GroupStatus => Ok(Command::GroupStatus),
-            CommandKind::Help => Ok(Command::Help),
-            _ => match spec.switch {
-                Some((switch, value)) => Ok(Command::Switch {
-                    switch,
-                    value,
-                    revert_after,
-                }),
-                None => unreachable!("every other row is a fixed switch"),
-            },
+            Arg::None(plain) => Ok(plain.command(revert_after)),
+            Arg::Fixed(switch, value) => Ok(Command::Switch {
+                switch,
+                value,
+                revert_after,
+            }),
         }
     }
 
@@ -474,15 +565,7 @@ impl Command {
             Command::UnlockDm { .. } => CommandKind::UnlockDm,
             Command::DmStatus => CommandKind::DmStatus,
             Command::Bind { .. } => CommandKind::Bind,
-            Command::Switch { switch, value, .. } => match switch {
-                GroupSwitch::Mute if *value == 1 => CommandKind::MuteAll,
-                GroupSwitch::Mute => CommandKind::UnmuteAll,
-                GroupSwitch::AtAll => CommandKind::AtAll,
-                GroupSwitch::JoinApproval => CommandKind::JoinApproval,
-                GroupSwitch::Searchable => CommandKind::Searchable,
-                GroupSwitch::History => CommandKind::History,
-                GroupSwitch::Manage => CommandKind::Manage,
-            },
+            Command::Switch { switch, value, .. } => switch.command_kind(*value),
             Command::GroupStatus => CommandKind::GroupStatus,
             Command::Help => CommandKind::Help,
         }
@@ -530,12 +613,12 @@ pub fn parse_minutes(word: &str) -> Option<u32> {
 /// How to call a switch command with each of its choices, in English and Chinese.
 fn usage_of_choices(spec: &CommandSpec) -> String {
     let en: Vec<String> = spec
-        .choices
+        .choices()
         .iter()
         .map(|c| format!("{} {}", spec.name, c.en))
         .collect();
     let zh: Vec<String> = spec
-        .choices
+        .choices()
         .iter()
         .map(|c| format!("{} {}", spec.alias, c.zh))
         .collect();
@@ -546,7 +629,7 @@ fn usage_of_choices(spec: &CommandSpec) -> String {
 pub fn help_text() -> String {
     let mut out = String::from("dingops commands (@-mention me first):");
     for c in COMMANDS {
-        let alias_args: Vec<&str> = c.choices.iter().map(|ch| ch.zh).collect();
+        let alias_args: Vec<&str> = c.choices().iter().map(|ch| ch.zh).collect();
         let alias_args = if alias_args.is_empty() {
             c.args.to_owned()
         } else {
@@ -590,7 +673,7 @@ mod tests {
             for word in [spec.name, spec.alias] {
                 let text = if spec.args.is_empty() {
                     word.to_owned()
-                } else if let Some(choice) = spec.choices.first() {
+                } else if let Some(choice) = spec.choices().first() {
                     let arg = if word == spec.alias { choice.zh } else { choice.en };
                     format!("{word} {arg}")
                 } else {

@@ -97,7 +97,7 @@ proptest! {
             text.push(' ');
             text.push_str(&chatid);
         }
-        if let Some(choice) = spec.choices.first() {
+        if let Some(choice) = spec.choices().first() {
             text.push(' ');
             text.push_str(if alias { choice.zh } else { choice.en });
         }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::LazyLock;
 
-use crate::command::{COMMANDS, Choice, GroupSwitch};
+use crate::command::{Arg, COMMANDS, Choice, GroupSwitch};
 use crate::domain::{ChatId, DM_SETTING, Department};
 
 /// Largest policy file read, in bytes.
@@ -59,11 +59,11 @@ impl SwitchKey {
 static SWITCH_KEYS: LazyLock<Vec<SwitchKey>> = LazyLock::new(|| {
     COMMANDS
         .iter()
-        .filter_map(|spec| match spec.switch {
-            Some((switch, value)) if !spec.choices.is_empty() || value == 1 => Some(SwitchKey {
+        .filter_map(|spec| match spec.arg {
+            Arg::Choice(switch, _) | Arg::Fixed(switch, 1) => Some(SwitchKey {
                 key: spec.name.trim_start_matches('/').replace('-', "_"),
                 switch,
-                choices: spec.choices,
+                choices: spec.choices(),
             }),
             _ => None,
         })

@@ -11,7 +11,7 @@ use crate::ledger::LedgerError;
 
 impl WorkerContext {
     /// Carries out an authorized command.
-    pub(super) async fn execute(&self, job: &Accepted, command: Command) -> Answer {
+    pub(super) async fn execute(&self, job: &Accepted, command: &Command) -> Answer {
         let name = command.spec().name;
         let revert_after = command.revert_after();
         match command {
@@ -19,9 +19,9 @@ impl WorkerContext {
             Command::LockDm { .. } => self.set_dm(job, name, true, revert_after).await,
             Command::UnlockDm { .. } => self.set_dm(job, name, false, revert_after).await,
             Command::DmStatus => self.dm_status(job, name).await,
-            Command::Bind { chatid } => self.bind(job, name, &chatid).await,
+            Command::Bind { chatid } => self.bind(job, name, chatid).await,
             Command::Switch { switch, value, .. } => {
-                self.set_switch(job, name, switch, value, revert_after).await
+                self.set_switch(job, name, *switch, *value, revert_after).await
             }
             Command::GroupStatus => self.group_status(job, name).await,
         }

@@ -96,26 +96,44 @@ fn panicked(command: &str) -> Answer {
     )
 }
 
-/// The command name in `job`'s text, or `-`.
-fn command_name(job: &Accepted) -> &'static str {
-    job.text
-        .as_deref()
-        .and_then(|t| Command::parse(t).ok())
-        .map_or("-", |c| c.spec().name)
+/// A command to run, its text parsed once when the pool loads it: choosing its running slot,
+/// answering it and naming it after a panic all read that one parse.
+pub struct Job {
+    pub accepted: Accepted,
+    /// Its answer, when it was answered before a restart: only the reply is left to send.
+    pub answer: Option<Answer>,
+    /// `accepted.text` parsed; `None` when the message has no text.
+    parsed: Option<Result<Command, ParseError>>,
 }
 
-/// Whether running `job` may call one of DingTalk's group APIs (and so wait for a token and
-/// for DingTalk). Only those take one of the `command_concurrency` running slots: a /help or
-/// a refusal must never queue behind commands stuck on DingTalk.
-pub(crate) fn calls_group_api(job: &Pending) -> bool {
-    job.answer.is_none()
-        && job.accepted.conversation_type == ConversationType::Group
-        && job
-            .accepted
-            .text
-            .as_deref()
-            .and_then(|t| Command::parse(t).ok())
-            .is_some_and(|c| c.spec().calls_group_api)
+impl From<Pending> for Job {
+    fn from(Pending { accepted, answer }: Pending) -> Self {
+        let parsed = accepted.text.as_deref().map(Command::parse);
+        Self {
+            accepted,
+            answer,
+            parsed,
+        }
+    }
+}
+
+impl Job {
+    /// The command name in its text, or `-`.
+    fn command_name(&self) -> &'static str {
+        match &self.parsed {
+            Some(Ok(c)) => c.spec().name,
+            _ => "-",
+        }
+    }
+
+    /// Whether running it may call one of DingTalk's group APIs (and so wait for a token and
+    /// for DingTalk). Only those take one of the `command_concurrency` running slots: a /help
+    /// or a refusal must never queue behind commands stuck on DingTalk.
+    pub(crate) fn calls_group_api(&self) -> bool {
+        self.answer.is_none()
+            && self.accepted.conversation_type == ConversationType::Group
+            && matches!(&self.parsed, Some(Ok(c)) if c.spec().calls_group_api)
+    }
 }
 
 impl WorkerContext {
@@ -248,21 +266,22 @@ impl WorkerContext {
     }
 
     /// [`WorkerContext::answer`], with a panic turned into a ❌ answer.
-    async fn answer_or_panic(&self, job: &Accepted) -> Answer {
+    async fn answer_or_panic(&self, job: &Job) -> Answer {
         match AssertUnwindSafe(self.answer(job)).catch_unwind().await {
             Ok(a) => a,
             Err(_) => {
                 tracing::error!("a command panicked; it is recorded as failed");
-                panicked(command_name(job))
+                panicked(job.command_name())
             }
         }
     }
 
     /// Records a command that panicked outside its answer (delivering or recording): it is
     /// finished as failed, so its group goes on.
-    pub(crate) async fn fail_after_panic(&self, job: &Accepted) {
-        tracing::error!(msg_id = %job.msg_id, "a command panicked; it is recorded as failed");
-        let (msg_id, answer) = (job.msg_id.clone(), panicked(command_name(job)));
+    pub(crate) async fn fail_after_panic(&self, job: &Job) {
+        let msg_id = job.accepted.msg_id.clone();
+        tracing::error!(msg_id = %msg_id, "a command panicked; it is recorded as failed");
+        let answer = panicked(job.command_name());
         let delivery = crate::domain::Delivery::Failed("panic".into());
         self.write_until_landed("finish a command that panicked", move |l| {
             l.finish(&msg_id, &answer, &delivery, now_ms())
@@ -271,12 +290,17 @@ impl WorkerContext {
     }
 
     /// Decides and carries out one command; never calls DingTalk for a refused one.
-    pub async fn answer(&self, job: &Accepted) -> Answer {
+    pub async fn answer(&self, job: &Job) -> Answer {
+        let Job {
+            accepted: job,
+            parsed,
+            ..
+        } = job;
         #[cfg(test)]
         if let Some(hook) = self.before_answer {
             hook(job);
         }
-        let Some(text) = job.text.as_deref() else {
+        let Some(parsed) = parsed else {
             return Answer::new(
                 "-",
                 Outcome::Info,
@@ -284,7 +308,7 @@ impl WorkerContext {
                 format!("msgtype {}", job.msgtype),
             );
         };
-        let command = match Command::parse(text) {
+        let command = match parsed {
             Ok(c) => c,
             Err(e @ (ParseError::BadChoice { spec, .. } | ParseError::BadDuration { spec, .. })) => {
                 // A wrong argument to a switch is refused (⛔) with the accepted values.
@@ -303,7 +327,7 @@ impl WorkerContext {
             let mut text = String::from(
                 "dingops commands work in group chats: add me to a group, @-mention me there and type the command.",
             );
-            if command == Command::Help {
+            if *command == Command::Help {
                 text = format!("{text}\n{}", help_text());
             }
             return Answer::new(spec.name, Outcome::Info, text, "1:1 chat");
@@ -320,12 +344,12 @@ impl WorkerContext {
         skip_all,
         fields(msg_id = %job.accepted.msg_id, group = %job.accepted.conversation_id, command = tracing::field::Empty)
     )]
-    pub async fn process(&self, job: Pending) {
-        let Pending { accepted, answer } = job;
-        let answer = match answer {
-            Some(a) => a,
+    pub async fn process(&self, job: &Job) {
+        let accepted = &job.accepted;
+        let answer = match &job.answer {
+            Some(a) => a.clone(),
             None => {
-                let a = self.answer_or_panic(&accepted).await;
+                let a = self.answer_or_panic(job).await;
                 // Only an answer that changed or asked DingTalk is recorded before the reply:
                 // after a crash it must not be repeated. Information and refusals are simply
                 // answered again, which saves a ledger write on most commands.
@@ -346,7 +370,7 @@ impl WorkerContext {
             .commands
             .with_label_values(&[answer.command.as_str(), answer.outcome.as_str()])
             .inc();
-        let delivery = self.deliver(&accepted, &answer).await;
+        let delivery = self.deliver(accepted, &answer).await;
         self.metrics
             .replies
             .with_label_values(&[delivery.as_ledger_text().as_ref()])
@@ -403,6 +427,17 @@ mod tests {
         }
     }
 
+    /// A message that is not answered yet, as the pool would load it.
+    impl From<Accepted> for Job {
+        fn from(accepted: Accepted) -> Self {
+            Pending {
+                accepted,
+                answer: None,
+            }
+            .into()
+        }
+    }
+
     fn typed(staff: &str, text: &str) -> Accepted {
         Accepted {
             msg_id: "m1".into(),
@@ -423,7 +458,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_running_an_admin_command_is_refused() {
         let a = worker(MemoryLedger::new(), &[])
-            .answer(&typed("member", "/lock-dm"))
+            .answer(&typed("member", "/lock-dm").into())
             .await;
         assert_eq!(a.outcome, Outcome::Refused);
         assert_eq!(a.detail, "sender is not an admin");
@@ -432,7 +467,7 @@ mod tests {
     #[tokio::test]
     async fn an_admin_in_an_unbound_group_is_told_how_to_bind() {
         let a = worker(MemoryLedger::new(), &[])
-            .answer(&typed("boss", "/lock-dm"))
+            .answer(&typed("boss", "/lock-dm").into())
             .await;
         assert_eq!(a.outcome, Outcome::Refused);
         assert_eq!(a.detail, "group not bound");
@@ -461,7 +496,9 @@ mod tests {
                 },
             )
             .unwrap();
-        let a = worker(ledger, &[]).answer(&typed("member", "/dm-status")).await;
+        let a = worker(ledger, &[])
+            .answer(&typed("member", "/dm-status").into())
+            .await;
         assert_eq!(a.outcome, Outcome::Info);
         assert_eq!(
             a.text,
@@ -474,7 +511,7 @@ mod tests {
     #[tokio::test]
     async fn a_static_binding_from_the_configuration_counts_as_bound() {
         let w = worker(MemoryLedger::new(), &[("DINGOPS_GROUPS", "cidG===chatcfg1")]);
-        let a = w.answer(&typed("member", "/dm-status")).await;
+        let a = w.answer(&typed("member", "/dm-status").into()).await;
         assert!(
             a.text
                 .starts_with("This group is bound to chatid chatcfg1 (from the dingops configuration)."),
@@ -486,7 +523,7 @@ mod tests {
     #[tokio::test]
     async fn a_bound_admin_command_reaches_dingtalk_and_its_failure_is_a_failed_answer() {
         let w = worker(MemoryLedger::new(), &[("DINGOPS_GROUPS", "cidG===chatcfg1")]);
-        let a = w.answer(&typed("boss", "/lock-dm")).await;
+        let a = w.answer(&typed("boss", "/lock-dm").into()).await;
         assert_eq!(a.outcome, Outcome::Failed);
         assert!(
             a.text.starts_with("/lock-dm did not go through (connect)"),
@@ -499,7 +536,7 @@ mod tests {
     async fn a_command_in_a_one_to_one_chat_is_explained_not_run() {
         let mut job = typed("boss", "/lock-dm");
         job.conversation_type = ConversationType::OneToOne;
-        let a = worker(MemoryLedger::new(), &[]).answer(&job).await;
+        let a = worker(MemoryLedger::new(), &[]).answer(&job.into()).await;
         assert_eq!(a.outcome, Outcome::Info);
         assert_eq!(a.detail, "1:1 chat");
     }
@@ -507,7 +544,7 @@ mod tests {
     #[tokio::test]
     async fn plain_text_gets_a_hint_and_a_picture_a_text_only_note() {
         let w = worker(MemoryLedger::new(), &[]);
-        let a = w.answer(&typed("member", "hello")).await;
+        let a = w.answer(&typed("member", "hello").into()).await;
         assert_eq!(
             (a.outcome, a.detail.as_str()),
             (Outcome::Info, "not a valid command")
@@ -515,7 +552,7 @@ mod tests {
         let mut picture = typed("member", "");
         picture.text = None;
         picture.msgtype = "picture".into();
-        let a = w.answer(&picture).await;
+        let a = w.answer(&picture.into()).await;
         assert_eq!(a.detail, "msgtype picture");
     }
 
@@ -529,10 +566,13 @@ mod tests {
             ledger: LedgerHandle::shared(ledger.clone()),
             ..worker(MemoryLedger::new(), &[])
         };
-        w.process(Pending {
-            accepted: job,
-            answer: None,
-        })
+        w.process(
+            &Pending {
+                accepted: job,
+                answer: None,
+            }
+            .into(),
+        )
         .await;
         let row = &ledger.history(None, None, 10).unwrap()[0];
         assert_eq!(row.status, "done");
@@ -596,7 +636,7 @@ mod tests {
     async fn a_panic_gives_a_failed_answer_with_the_command_name() {
         let mut w = worker(MemoryLedger::new(), &[]);
         w.before_answer = Some(|_| panic!("a command bug (test)"));
-        let a = w.answer_or_panic(&typed("member", "/dm-status")).await;
+        let a = w.answer_or_panic(&typed("member", "/dm-status").into()).await;
         assert_eq!((a.command.as_str(), a.outcome), ("/dm-status", Outcome::Failed));
         assert!(a.text.contains("internal error"), "{}", a.text);
     }

@@ -13,7 +13,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{WorkerContext, calls_group_api, command_name};
+use super::{Job, WorkerContext};
 use crate::clock::now_ms;
 use crate::domain::{Answer, Delivery, Outcome, Pending};
 
@@ -53,7 +53,7 @@ const LOAD_BATCH: usize = 256;
 const PER_GROUP: usize = 8;
 
 /// A loaded command, its position, and its place in memory (released when it finishes).
-type Held = (i64, Pending, OwnedSemaphorePermit);
+type Held = (i64, Job, OwnedSemaphorePermit);
 
 /// How often the ledger is read for new commands while this replica holds groups: other
 /// replicas accept commands of those groups without waking this one.
@@ -171,8 +171,8 @@ impl Slots {
         }
     }
 
-    async fn take(&self, job: &Pending) -> Option<OwnedSemaphorePermit> {
-        let kind = if calls_group_api(job) {
+    async fn take(&self, job: &Job) -> Option<OwnedSemaphorePermit> {
+        let kind = if job.calls_group_api() {
             &self.group_api
         } else {
             &self.other
@@ -447,11 +447,11 @@ impl Pump {
         }
     }
 
-    /// Admits a command read from the ledger and queues it behind earlier ones of its group,
-    /// starting a runner for the group when it has none.
+    /// Parses a command read from the ledger, admits it and queues it behind earlier ones of
+    /// its group, starting a runner for the group when it has none.
     async fn load(&mut self, rowid: i64, job: Pending, permit: OwnedSemaphorePermit) {
         let cid = job.accepted.conversation_id.clone();
-        let admitted = self.admit(rowid, job).await;
+        let admitted = self.admit(rowid, Job::from(job)).await;
         let mut st = self.groups.lock();
         let g = st.map.entry(cid.clone()).or_default();
         g.loaded_upto = g.loaded_upto.max(rowid);
@@ -485,7 +485,7 @@ impl Pump {
     ///   before a crash): running it now would undo the newer one, so it is superseded.
     ///
     /// Either is recorded as such.
-    async fn admit(&self, rowid: i64, job: Pending) -> Option<Pending> {
+    async fn admit(&self, rowid: i64, job: Job) -> Option<Job> {
         let a = &job.accepted;
         if job.answer.is_some() || a.received_ms >= self.started_ms {
             return Some(job);
@@ -508,7 +508,7 @@ impl Pump {
             return Some(job);
         };
         tracing::warn!(msg_id = %a.msg_id, "{detail}");
-        let answer = Answer::new(command_name(a), Outcome::Failed, "", detail);
+        let answer = Answer::new(job.command_name(), Outcome::Failed, "", detail);
         let id = job.accepted.msg_id;
         if let Err(e) = self
             .ctx
@@ -557,9 +557,8 @@ async fn run_group(
         };
         let (_, job, permit) = next;
         let slot = slots.take(&job).await;
-        let accepted = job.accepted.clone();
-        if AssertUnwindSafe(ctx.process(job)).catch_unwind().await.is_err() {
-            ctx.fail_after_panic(&accepted).await;
+        if AssertUnwindSafe(ctx.process(&job)).catch_unwind().await.is_err() {
+            ctx.fail_after_panic(&job).await;
         }
         drop(slot);
         drop(permit);

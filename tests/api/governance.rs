@@ -1,7 +1,7 @@
 //! Group governance: the switch commands reach `im/group/update` with the exact field and
 //! value, `/group-status` reads the group live with `chat/get`, and refusals call nothing.
 
-use dingops::command::{COMMANDS, CommandKind};
+use dingops::command::{Arg, COMMANDS, CommandKind};
 use dingops::ledger::Ledger as _;
 use dingtalk_sim::{Fault, api};
 use serde_json::json;
@@ -12,16 +12,18 @@ use crate::helpers::*;
 fn switch_cases() -> Vec<(String, &'static str, u8)> {
     let mut cases = Vec::new();
     for spec in COMMANDS {
-        let Some((switch, fixed)) = spec.switch else {
-            continue;
-        };
-        if spec.choices.is_empty() {
-            cases.push((spec.name.to_owned(), switch.field(), fixed));
-            cases.push((spec.alias.to_owned(), switch.field(), fixed));
-        }
-        for c in spec.choices {
-            cases.push((format!("{} {}", spec.name, c.en), switch.field(), c.value));
-            cases.push((format!("{} {}", spec.alias, c.zh), switch.field(), c.value));
+        match spec.arg {
+            Arg::Fixed(switch, fixed) => {
+                cases.push((spec.name.to_owned(), switch.field(), fixed));
+                cases.push((spec.alias.to_owned(), switch.field(), fixed));
+            }
+            Arg::Choice(switch, choices) => {
+                for c in choices {
+                    cases.push((format!("{} {}", spec.name, c.en), switch.field(), c.value));
+                    cases.push((format!("{} {}", spec.alias, c.zh), switch.field(), c.value));
+                }
+            }
+            _ => {}
         }
     }
     cases
