@@ -414,6 +414,12 @@ impl DingTalk {
         }
     }
 
+    /// This process's reading of the ledger's clock: the budget's slots go by it, and so do
+    /// the worker's revert due times (one offset, measured by whichever needs it first).
+    pub fn ledger_time(&self) -> &crate::ledger::LedgerTime {
+        &self.ledger_time
+    }
+
     /// How long one call may take with its retries (`retry_deadline_ms`).
     pub fn call_deadline(&self) -> Duration {
         self.options.deadline

@@ -70,7 +70,7 @@ impl WorkerContext {
         match revert_after {
             Some(minutes) => {
                 // In the ledger's time, which every replica's timer compares it with.
-                let now = self.ledger_time.now_ms();
+                let now = self.dingtalk.ledger_time().now_ms();
                 let after = self.revert_minute.saturating_mul(minutes);
                 let due_ms = now.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2));
                 let revert = RevertJob {

@@ -49,8 +49,6 @@ pub struct WorkerContext {
     setting_locks: SettingLocks,
     /// The groups this replica holds among the replicas sharing the ledger.
     leases: Arc<Leases>,
-    /// The ledger's clock as this replica reads it: revert due times are in its time.
-    ledger_time: Arc<crate::ledger::LedgerTime>,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -167,7 +165,6 @@ impl WorkerContext {
             revert_minute: settings.revert_minute,
             setting_locks: SettingLocks::default(),
             leases: Arc::new(leases),
-            ledger_time: Arc::default(),
             #[cfg(test)]
             before_answer: None,
         }
@@ -182,7 +179,7 @@ impl WorkerContext {
     /// times go by the ledger's; warns when they differ by more than a sixth of a lease
     /// (leases themselves go by the ledger's clock alone, but an operator should know).
     pub async fn measure_ledger_clock(&self) {
-        match self.ledger_time.measure(&self.ledger).await {
+        match self.dingtalk.ledger_time().measure(&self.ledger).await {
             Ok(offset) => {
                 let tolerated = self.leases.ttl() / 6;
                 if offset.unsigned_abs() > u64::try_from(tolerated.as_millis()).unwrap_or(u64::MAX) {

@@ -113,7 +113,7 @@ impl Scheduler {
             }
         }
         // Due times are in the ledger's time (see `LedgerTime`).
-        let now = self.ctx.ledger_time.now_ms();
+        let now = self.ctx.dingtalk.ledger_time().now_ms();
         let due = match self.ctx.ledger.call(|l| l.pending_reverts(None)).await {
             Ok(jobs) => jobs.into_iter().filter(|j| j.due_ms <= now).collect::<Vec<_>>(),
             Err(e) => {
