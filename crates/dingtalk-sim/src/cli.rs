@@ -29,6 +29,9 @@ pub struct SimArgs {
     /// Calls per second per API before it answers 90018 (0 = no limit).
     #[arg(long, default_value_t = 20)]
     pub rate_limit: u32,
+    /// Counted API calls per calendar month before it answers 90020 (0 = no quota).
+    #[arg(long, default_value_t = 0)]
+    pub monthly_quota: u64,
     /// Listen address of the Stream gateway (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub stream_listen: String,
@@ -46,6 +49,7 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
         groups,
         no_demo_departments,
         rate_limit,
+        monthly_quota,
         stream_listen,
         stream_repush_ms,
     } = args;
@@ -55,6 +59,7 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
             app_key,
             app_secret,
             rate_limit_per_sec: rate_limit,
+            monthly_quota,
             stream_listen: stream_listen.clone(),
             stream_repush_after_ms: stream_repush_ms,
             ..SimConfig::default()
@@ -91,7 +96,7 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  control: GET/POST /_sim/groups, GET/POST /_sim/departments, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults"
+        "  control: GET/POST /_sim/groups, GET/POST /_sim/departments, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults, GET/POST /_sim/quota"
     );
     tokio::signal::ctrl_c().await?;
     sim.stop().await;

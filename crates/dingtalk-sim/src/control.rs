@@ -189,6 +189,21 @@ impl Simulator {
             .push_back(fault);
     }
 
+    /// The monthly quota: its limit, the month it counts and the counted calls served in it
+    /// (the month is the one of the last counted call; see [`crate::quota`]).
+    pub fn quota(&self) -> crate::quota::Quota {
+        self.shared.state().quota.clone()
+    }
+
+    /// Sets the monthly quota's limit (0: none) and this month's count, e.g. to start a
+    /// test a few calls short of the limit, or with `used = 0` as if the month rolled over.
+    pub fn set_quota(&self, limit: u64, used: u64) {
+        let mut s = self.shared.state();
+        s.quota.limit = limit;
+        s.quota.month = crate::quota::month_of(now_ms());
+        s.quota.used = used;
+    }
+
     /// Expires every open reply session (sendBySession answers 300001 from now on).
     pub fn expire_sessions(&self) {
         self.shared.state().sessions.clear();
@@ -375,6 +390,32 @@ pub(crate) async fn control_fault(shared: web::Data<Shared>, f: web::Json<NewFau
         None => s.faults.entry(f.api).or_default().push_back(f.fault),
     }
     HttpResponse::Ok().json(json!({"ok": true}))
+}
+
+pub(crate) async fn control_quota(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.state().quota)
+}
+
+/// `POST /_sim/quota {"limit": 5000, "used": 4990}`: either field may be left out.
+#[derive(Deserialize)]
+pub(crate) struct QuotaSetting {
+    limit: Option<u64>,
+    used: Option<u64>,
+}
+
+pub(crate) async fn control_set_quota(
+    shared: web::Data<Shared>,
+    body: web::Json<QuotaSetting>,
+) -> HttpResponse {
+    let mut s = shared.state();
+    if let Some(limit) = body.limit {
+        s.quota.limit = limit;
+    }
+    if let Some(used) = body.used {
+        s.quota.month = crate::quota::month_of(now_ms());
+        s.quota.used = used;
+    }
+    HttpResponse::Ok().json(&s.quota)
 }
 
 pub(crate) async fn control_revoke(shared: web::Data<Shared>) -> HttpResponse {

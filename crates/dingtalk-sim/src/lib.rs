@@ -13,6 +13,7 @@ pub mod chat;
 pub mod cli;
 pub mod clock;
 mod control;
+pub mod quota;
 pub mod sign;
 mod state;
 pub mod stream;
@@ -38,7 +39,7 @@ use crate::api::robot::{group_message, send_by_session};
 use crate::api::token::{access_token, gettoken};
 use crate::control::{
     control_add_department, control_add_group, control_calls, control_departments, control_fault,
-    control_groups, control_open_session, control_replies, control_revoke,
+    control_groups, control_open_session, control_quota, control_replies, control_revoke, control_set_quota,
 };
 use crate::state::{Shared, State};
 
@@ -59,6 +60,10 @@ pub struct SimConfig {
     pub stream_disconnect_grace_ms: u64,
     /// Lifetime of a `connections/open` ticket.
     pub stream_ticket_ttl_secs: u64,
+    /// The organisation's calls per calendar month (China time) over the counted APIs
+    /// before it answers 90020 / `Forbidden.AccessDenied.ApiCountLimitForOrg`; 0 turns the
+    /// quota off. See [`quota`].
+    pub monthly_quota: u64,
 }
 
 impl Default for SimConfig {
@@ -72,6 +77,7 @@ impl Default for SimConfig {
             stream_repush_after_ms: 5000,
             stream_disconnect_grace_ms: 10_000,
             stream_ticket_ttl_secs: 90,
+            monthly_quota: 0,
         }
     }
 }
@@ -102,6 +108,7 @@ impl Simulator {
                 ticket_ttl: Duration::from_secs(config.stream_ticket_ttl_secs),
             },
         )?;
+        let monthly_quota = config.monthly_quota;
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State {
@@ -111,6 +118,10 @@ impl Simulator {
                     name: "Root".into(),
                     group: None,
                 }],
+                quota: quota::Quota {
+                    limit: monthly_quota,
+                    ..quota::Quota::default()
+                },
                 ..State::default()
             }),
             base_url: format!("http://{addr}"),
@@ -150,6 +161,8 @@ impl Simulator {
                 .route("/_sim/replies", web::get().to(control_replies))
                 .route("/_sim/faults", web::post().to(control_fault))
                 .route("/_sim/revoke-tokens", web::post().to(control_revoke))
+                .route("/_sim/quota", web::get().to(control_quota))
+                .route("/_sim/quota", web::post().to(control_set_quota))
         })
         .workers(1)
         .disable_signals()

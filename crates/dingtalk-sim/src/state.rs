@@ -1,6 +1,6 @@
 //! What the simulator knows and remembers (groups, departments, tokens, reply sessions, the
 //! calls and replies it received, queued faults), and the gate every API call passes first:
-//! an injected fault, then the per-API rate limit.
+//! an injected fault, then the per-API rate limit, then the monthly quota.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -160,6 +160,8 @@ pub(crate) struct State {
     pub(crate) window: HashMap<String, VecDeque<Instant>>,
     /// In the order they were added, which is the order `listsubid` lists children in.
     pub(crate) departments: Vec<SimDepartment>,
+    /// The organisation's monthly API quota.
+    pub(crate) quota: crate::quota::Quota,
 }
 
 pub(crate) struct Shared {
@@ -178,7 +180,7 @@ impl Shared {
     }
 }
 
-/// What the simulator does before serving a call: faults, then the rate limit.
+/// What the simulator does before serving a call: faults, the rate limit, the monthly quota.
 pub(crate) enum Gate {
     Proceed,
     /// Proceed, and a token answer states this lifetime instead of the real one.
@@ -277,6 +279,10 @@ pub(crate) async fn gate_chat(shared: &Shared, api: &str, body: &Value, new_styl
             return Gate::Respond(error_answer(new_style, 90018, "当前企业调用该接口的QPS超过上限"));
         }
         window.push_back(now);
+    }
+    if crate::quota::counted(api) && !shared.state().quota.take(now_ms()) {
+        record(shared, api, None, body, 90020);
+        return Gate::Respond(error_answer(new_style, 90020, "企业调用该接口的次数超过每月上限"));
     }
     proceed
 }

@@ -197,3 +197,37 @@ async fn a_fault_for_one_chat_hits_only_that_groups_next_call_and_is_recorded_wi
     assert!(sim.group("cidGov==").expect("group").dm_prohibited);
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn a_spent_monthly_quota_answers_90020_on_counted_apis_only_until_the_month_rolls_over() {
+    let sim = sim_with_group().await;
+    sim.set_quota(2, 0);
+    let legacy = legacy_token(&sim).await;
+    let modern = modern_token(&sim).await;
+    assert_eq!(chat_info(&sim, &legacy, "chatgov1").await["errcode"], 0);
+    let body = json!({"chatid": "chatgov1", "managementOptions": {"searchable": 1}});
+    assert_eq!(update(&sim, &modern, body.clone()).await.0, 200);
+    assert_eq!(sim.quota().used, 2);
+
+    let spent = chat_info(&sim, &legacy, "chatgov1").await;
+    assert_eq!(spent["errcode"], 90020, "{spent}");
+    let (status, answer) = update(&sim, &modern, body.clone()).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (403, Some("Forbidden.AccessDenied.ApiCountLimitForOrg"))
+    );
+    // Tokens are exempt; refused calls are not counted.
+    assert!(!legacy_token(&sim).await.is_empty());
+    assert_eq!(sim.quota().used, 2);
+    assert_eq!(
+        sim.calls(Some(api::CHAT_GET))
+            .iter()
+            .map(|c| c.answer)
+            .collect::<Vec<_>>(),
+        [0, 90020]
+    );
+
+    sim.set_quota(2, 0);
+    assert_eq!(update(&sim, &modern, body).await.0, 200, "a new month");
+    sim.stop().await;
+}

@@ -46,6 +46,7 @@ pub(crate) fn error_answer(new_style: bool, errcode: i64, message: &str) -> Http
     if new_style {
         let (status, code) = match errcode {
             90018 => (403, "Forbidden.AccessDenied.QpsLimitForAppkeyAndApi".to_owned()),
+            90020 => (403, "Forbidden.AccessDenied.ApiCountLimitForOrg".to_owned()),
             60011 => (
                 403,
                 "Forbidden.AccessDenied.AccessTokenPermissionDenied".to_owned(),
