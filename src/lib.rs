@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dingtalk;
 pub mod domain;
 pub mod fleet;
+pub mod governance;
 pub mod ingress;
 pub mod ledger;
 pub mod ops;
