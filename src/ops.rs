@@ -49,7 +49,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         settings.dingtalk.app_key, settings.server.listen
     ))];
     if let Some(path) = &settings.fleet.policy {
-        items.push(match crate::fleet::policy::Policy::load(path) {
+        items.push(match crate::governance::policy::Policy::load(path) {
             Ok(policy) => CheckItem::pass(format!(
                 "policy {} is valid ({} rules)",
                 path.display(),

@@ -38,7 +38,7 @@ pub enum StartError {
     #[error("cannot build the DingTalk client: {0}")]
     Client(#[from] crate::dingtalk::ApiError),
     #[error(transparent)]
-    Policy(#[from] crate::fleet::policy::PolicyError),
+    Policy(#[from] crate::governance::policy::PolicyError),
 }
 
 /// A built, not yet running, dingops server.
@@ -130,7 +130,7 @@ impl Application {
     ) -> Result<Self, StartError> {
         // A bad policy is refused before anything starts.
         let policy = match &settings.fleet.policy {
-            Some(path) => Some(Arc::new(crate::fleet::policy::Policy::load(path)?)),
+            Some(path) => Some(Arc::new(crate::governance::policy::Policy::load(path)?)),
             None => None,
         };
         let (ledger, sharing) = match given {

@@ -1,8 +1,8 @@
 //! Governing the whole organisation rather than one group at a time: discovering the
-//! department groups, the policy file, planning and applying it, and `serve`'s reconcile loop.
+//! department groups, planning and applying the policy (read by [`crate::governance::policy`]),
+//! and `serve`'s reconcile loop.
 
 pub mod discover;
 pub mod lease;
 pub mod plan;
-pub mod policy;
 pub mod reconcile;

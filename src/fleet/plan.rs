@@ -13,10 +13,10 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::policy::{Policy, Resolution, Setting, Target, Unresolved};
 use crate::clock::now_ms;
 use crate::dingtalk::DingTalk;
 use crate::domain::{ChatId, DmState, printable, printable_json, table_cell};
+use crate::governance::policy::{Policy, Resolution, Setting, Target, Unresolved};
 use crate::ledger::{AuditRow, LedgerError, LedgerHandle};
 
 /// Groups read at once by `plan` (the client paces each API on its own).
@@ -220,7 +220,7 @@ pub enum OpenError {
     #[error("no policy file: set `policy` (env DINGOPS_POLICY) to its path")]
     NoPolicy,
     #[error(transparent)]
-    Policy(#[from] super::policy::PolicyError),
+    Policy(#[from] crate::governance::policy::PolicyError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error("cannot build the DingTalk client: {0}")]

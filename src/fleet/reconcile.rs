@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::lease::PolicyLease;
 use super::plan::{ApplyReport, Fleet, GroupApplied};
-use super::policy::Setting;
+use crate::governance::policy::Setting;
 use crate::telemetry::Metrics;
 
 /// The lease that says which replica reconciled within the current period: taken for

@@ -158,8 +158,20 @@ mod tests {
     #[test]
     fn without_a_policy_every_chat_command_writes() {
         let d = Desired::default();
-        assert_eq!(d.decide(&Ask::Chat { value: 1, timed: false }), write(1));
-        assert_eq!(d.decide(&Ask::Chat { value: 0, timed: true }), write(0));
+        assert_eq!(
+            d.decide(&Ask::Chat {
+                value: 1,
+                timed: false
+            }),
+            write(1)
+        );
+        assert_eq!(
+            d.decide(&Ask::Chat {
+                value: 0,
+                timed: true
+            }),
+            write(0)
+        );
     }
 
     #[test]
@@ -168,8 +180,20 @@ mod tests {
             policy: Some(rule(0)),
             exception: None,
         };
-        assert_eq!(d.decide(&Ask::Chat { value: 1, timed: false }), Decision::Refused(rule(0)));
-        assert_eq!(d.decide(&Ask::Chat { value: 0, timed: false }), write(0));
+        assert_eq!(
+            d.decide(&Ask::Chat {
+                value: 1,
+                timed: false
+            }),
+            Decision::Refused(rule(0))
+        );
+        assert_eq!(
+            d.decide(&Ask::Chat {
+                value: 0,
+                timed: false
+            }),
+            write(0)
+        );
     }
 
     #[test]
@@ -178,7 +202,13 @@ mod tests {
             policy: Some(rule(0)),
             exception: None,
         };
-        assert_eq!(d.decide(&Ask::Chat { value: 1, timed: true }), write(1));
+        assert_eq!(
+            d.decide(&Ask::Chat {
+                value: 1,
+                timed: true
+            }),
+            write(1)
+        );
     }
 
     #[test]
@@ -200,7 +230,10 @@ mod tests {
             exception: None,
         };
         assert_eq!(d.decide(&Ask::Policy { value: 0 }), Decision::Held(Held::Stale));
-        assert_eq!(Desired::default().decide(&Ask::Policy { value: 0 }), Decision::Held(Held::Stale));
+        assert_eq!(
+            Desired::default().decide(&Ask::Policy { value: 0 }),
+            Decision::Held(Held::Stale)
+        );
         assert_eq!(d.decide(&Ask::Policy { value: 1 }), write(1));
     }
 

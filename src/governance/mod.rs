@@ -2,4 +2,6 @@
 //! timed revert, `apply` or reconcile), goes through here (docs/architecture.md).
 
 pub mod desired;
+pub mod policy;
 pub mod quota;
+pub mod reload;

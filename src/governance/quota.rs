@@ -53,9 +53,9 @@ impl Reserve {
                 _ => Err(format!("expected a percentage from 0% to 100%, found {text:?}")),
             };
         }
-        text.parse::<u64>()
-            .map(Reserve::Calls)
-            .map_err(|_| format!("expected a number of calls or a percentage such as \"20%\", found {text:?}"))
+        text.parse::<u64>().map(Reserve::Calls).map_err(|_| {
+            format!("expected a number of calls or a percentage such as \"20%\", found {text:?}")
+        })
     }
 }
 
@@ -153,7 +153,9 @@ impl Month {
 /// may still spend this month lasts until it ends. `left` calls remain for background work
 /// and `remaining` of the month; at least a second, at most a day apart.
 pub fn auto_interval(left: u64, remaining: Duration) -> Duration {
-    let per_read = remaining.checked_div(u32::try_from(left).unwrap_or(u32::MAX)).unwrap_or(remaining);
+    let per_read = remaining
+        .checked_div(u32::try_from(left).unwrap_or(u32::MAX))
+        .unwrap_or(remaining);
     per_read.clamp(Duration::from_secs(1), Duration::from_secs(86_400))
 }
 
@@ -174,7 +176,10 @@ mod tests {
         assert_eq!(m.ends_ms, 1_796_054_400_000 + 31 * 86_400_000);
         assert_eq!(Month::of(1_796_054_400_000 - 1, &shanghai()).key, "2026-11");
         assert_eq!(Month::of(1_796_054_400_000 - 1, &TimeZone::UTC).key, "2026-11");
-        assert_eq!(Month::of(1_796_054_400_000 + 8 * 3_600_000, &TimeZone::UTC).key, "2026-12");
+        assert_eq!(
+            Month::of(1_796_054_400_000 + 8 * 3_600_000, &TimeZone::UTC).key,
+            "2026-12"
+        );
     }
 
     #[test]
@@ -193,7 +198,11 @@ mod tests {
             monthly: Some(100),
             reserve: Reserve::Calls(500),
         };
-        assert_eq!(counted.ceiling(Class::Background), Some(0), "a reserve larger than the budget is all of it");
+        assert_eq!(
+            counted.ceiling(Class::Background),
+            Some(0),
+            "a reserve larger than the budget is all of it"
+        );
     }
 
     #[test]
@@ -210,7 +219,10 @@ mod tests {
         let month = Duration::from_secs(30 * 86_400);
         assert_eq!(auto_interval(4000, month), Duration::from_millis(648_000));
         assert_eq!(auto_interval(0, month), Duration::from_secs(86_400));
-        assert_eq!(auto_interval(10_000_000, Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(
+            auto_interval(10_000_000, Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]

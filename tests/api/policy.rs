@@ -670,7 +670,7 @@ async fn serve_with_reconcile_every_fixes_drift_and_counts_it_by_setting() {
 
 #[test]
 fn the_example_policy_is_valid() {
-    let policy = dingops::fleet::policy::Policy::load(Path::new(concat!(
+    let policy = dingops::governance::policy::Policy::load(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/deploy/policy.example.toml"
     )))

@@ -252,6 +252,11 @@ pub enum PolicyError {
 impl Policy {
     /// Reads and validates the policy file at `path`.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        Self::load_text(path).map(|(policy, _)| policy)
+    }
+
+    /// [`Policy::load`], and the text it was read from.
+    pub fn load_text(path: &Path) -> Result<(Self, String), PolicyError> {
         use std::io::Read as _;
         let shown = path.display().to_string();
         let read_error = |reason: String| PolicyError::Read {
@@ -266,7 +271,10 @@ impl Policy {
         if text.len() as u64 > MAX_POLICY_BYTES {
             return Err(read_error(format!("larger than {MAX_POLICY_BYTES} bytes")));
         }
-        Self::parse(&text).map_err(|problem| PolicyError::Invalid { path: shown, problem })
+        match Self::parse(&text) {
+            Ok(policy) => Ok((policy, text)),
+            Err(problem) => Err(PolicyError::Invalid { path: shown, problem }),
+        }
     }
 
     /// Validates a policy's text.
@@ -369,7 +377,7 @@ impl Policy {
                 children.entry(parent).or_default().push(d.dept_id);
             }
         }
-        let mut wanted: BTreeMap<String, (ChatId, BTreeMap<Setting, u8>)> = BTreeMap::new();
+        let mut wanted: BTreeMap<String, (ChatId, Wants)> = BTreeMap::new();
         let mut unresolved = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
             let rule_no = index + 1;
@@ -432,7 +440,9 @@ impl Policy {
             }
             for (cid, chatid) in matched {
                 let entry = wanted.entry(cid).or_insert_with(|| (chatid, BTreeMap::new()));
-                entry.1.extend(rule.settings.iter().map(|(s, v)| (*s, *v)));
+                entry
+                    .1
+                    .extend(rule.settings.iter().map(|(s, v)| (*s, (*v, rule_no))));
             }
         }
         Resolution {
@@ -441,7 +451,8 @@ impl Policy {
                 .map(|(cid, (chatid, wanted))| Target {
                     conversation_id: cid,
                     chat_id: chatid,
-                    wanted,
+                    decided_by: wanted.iter().map(|(s, (_, rule))| (*s, *rule)).collect(),
+                    wanted: wanted.into_iter().map(|(s, (v, _))| (s, v)).collect(),
                 })
                 .collect(),
             unresolved,
@@ -473,12 +484,56 @@ fn department_group(
     }
 }
 
+/// Setting → (wanted value, number of the rule that decided it).
+pub type Wants = BTreeMap<Setting, (u8, usize)>;
+
 /// A group the policy is about and the settings it should have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub conversation_id: String,
     pub chat_id: ChatId,
     pub wanted: BTreeMap<Setting, u8>,
+    /// For each wanted setting, the number (from 1) of the rule that decided it: the last
+    /// matching rule that names it.
+    pub decided_by: BTreeMap<Setting, usize>,
+}
+
+impl Policy {
+    /// The rule numbered `rule` (from 1) and its selectors as the file writes them.
+    pub fn selectors(&self, rule: usize) -> String {
+        let Some(r) = rule.checked_sub(1).and_then(|i| self.rules.get(i)) else {
+            return String::new();
+        };
+        let shown: Vec<String> = r.groups.iter().map(|g| format!("\"{g}\"")).collect();
+        format!("groups = [{}]", shown.join(", "))
+    }
+
+    /// What the policy wants for one group (`bound`: its chatid when it is bound or listed in
+    /// the configuration; a department group may be reached through discovery alone), setting
+    /// by setting, with the rule that decided each. Resolved exactly as [`Policy::resolve`]
+    /// resolves the group among all others.
+    pub fn wants_for(
+        &self,
+        conversation_id: &str,
+        bound: Option<&ChatId>,
+        departments: &[Department],
+    ) -> Wants {
+        let bound: BTreeMap<String, ChatId> = bound
+            .map(|c| (conversation_id.to_owned(), c.clone()))
+            .into_iter()
+            .collect();
+        self.resolve(&bound, departments)
+            .targets
+            .into_iter()
+            .find(|t| t.conversation_id == conversation_id)
+            .map(|t| {
+                t.wanted
+                    .iter()
+                    .map(|(s, v)| (*s, (*v, t.decided_by.get(s).copied().unwrap_or(0))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 /// A selector that named a group dingops cannot act on, and why.
@@ -644,6 +699,60 @@ mod tests {
             chat_id: group.map(|(_, c)| chat(c)),
             open_conversation_id: group.map(|(cid, _)| cid.to_owned()),
         }
+    }
+
+    #[test]
+    fn one_groups_wants_name_the_deciding_rule_and_agree_with_resolving_every_group() {
+        let policy = Policy::parse(
+            r#"
+            [[rule]]
+            groups = ["*"]
+            mute_all = false
+            atall = "owner"
+
+            [[rule]]
+            groups = ["cidB==", "dept:2/*"]
+            atall = "everyone"
+            "#,
+        )
+        .unwrap();
+        let depts = [
+            dept(1, None, None),
+            dept(2, Some(1), None),
+            dept(3, Some(2), Some(("cid3==", "chat3"))),
+        ];
+        let bound = BTreeMap::from([("cidA==".into(), chat("chatA")), ("cidB==".into(), chat("chatB"))]);
+        let all = policy.resolve(&bound, &depts);
+        for target in &all.targets {
+            let one = policy.wants_for(
+                &target.conversation_id,
+                bound.get(&target.conversation_id),
+                &depts,
+            );
+            let wanted: BTreeMap<Setting, u8> = one.iter().map(|(s, (v, _))| (*s, *v)).collect();
+            assert_eq!(wanted, target.wanted, "{}", target.conversation_id);
+        }
+        let atall = Setting::Switch(GroupSwitch::AtAll);
+        let b = policy.wants_for("cidB==", Some(&chat("chatB")), &depts);
+        assert_eq!(b[&atall], (0, 2));
+        assert_eq!(b[&Setting::Switch(GroupSwitch::Mute)], (0, 1));
+        assert_eq!(
+            policy.wants_for("cidA==", Some(&chat("chatA")), &depts)[&atall],
+            (1, 1)
+        );
+        // A department group reached through discovery alone: not among "*".
+        assert_eq!(
+            policy.wants_for("cid3==", None, &depts).get(&atall),
+            Some(&(0, 2))
+        );
+        assert!(
+            !policy
+                .wants_for("cid3==", None, &depts)
+                .contains_key(&Setting::Switch(GroupSwitch::Mute))
+        );
+        assert!(policy.wants_for("cidZ==", None, &depts).is_empty());
+        assert_eq!(policy.selectors(2), r#"groups = ["cidB==", "dept:2/*"]"#);
+        assert_eq!(policy.selectors(3), "");
     }
 
     #[test]
