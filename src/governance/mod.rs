@@ -5,3 +5,4 @@ pub mod desired;
 pub mod policy;
 pub mod quota;
 pub mod reload;
+pub mod setting;
