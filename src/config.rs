@@ -413,6 +413,29 @@ struct Sources {
 }
 
 impl Sources {
+    /// The file's keys (all of them known) and the environment.
+    fn new(toml_text: Option<&str>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file: toml::Table = match toml_text {
+            Some(text) => toml::from_str(text).map_err(|e| ConfigError::File {
+                path: PathBuf::from("<toml>"),
+                reason: e.message().to_owned(),
+            })?,
+            None => toml::Table::new(),
+        };
+        let known = Settings::known_keys();
+        if let Some(unknown) = file.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ConfigError::UnknownKey {
+                key: unknown.clone(),
+                known: known.join(", "),
+            });
+        }
+        Ok(Sources {
+            file,
+            env: env.clone(),
+            read: RefCell::default(),
+        })
+    }
+
     fn raw(&self, key: &'static str) -> Option<Raw> {
         self.read.borrow_mut().push(key);
         if let Some(v) = self.env.get(&env_name(key)) {
@@ -581,46 +604,12 @@ impl Sources {
 impl Settings {
     /// Loads the file at `path` (if any) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let text = match path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
-                path: p.to_owned(),
-                reason: e.to_string(),
-            })?),
-            None => None,
-        };
-        let env: HashMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("DINGOPS_"))
-            .collect();
-        Self::from_sources(text.as_deref(), &env).map_err(|e| match (e, path) {
-            (ConfigError::File { reason, .. }, Some(p)) => ConfigError::File {
-                path: p.to_owned(),
-                reason,
-            },
-            (e, _) => e,
-        })
+        load_with(path, Self::from_sources)
     }
 
     /// Builds settings from TOML text and an environment map; the environment wins.
     pub fn from_sources(toml_text: Option<&str>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let file: toml::Table = match toml_text {
-            Some(text) => toml::from_str(text).map_err(|e| ConfigError::File {
-                path: PathBuf::from("<toml>"),
-                reason: e.message().to_owned(),
-            })?,
-            None => toml::Table::new(),
-        };
-        let known = Self::known_keys();
-        if let Some(unknown) = file.keys().find(|k| !known.contains(&k.as_str())) {
-            return Err(ConfigError::UnknownKey {
-                key: unknown.clone(),
-                known: known.join(", "),
-            });
-        }
-        Self::read(&Sources {
-            file,
-            env: env.clone(),
-            read: RefCell::default(),
-        })
+        Self::read(&Sources::new(toml_text, env)?)
     }
 
     /// Every key the file and the environment may set, in the order they are read: taken
@@ -753,7 +742,39 @@ impl WorkerSettings {
     }
 }
 
+/// Reads the file at `path` (if any) and the `DINGOPS_*` environment, and builds from them
+/// with `build`; a file error names the file.
+fn load_with<T>(
+    path: Option<&Path>,
+    build: impl FnOnce(Option<&str>, &HashMap<String, String>) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    let text = match path {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+            path: p.to_owned(),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    let env: HashMap<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("DINGOPS_"))
+        .collect();
+    build(text.as_deref(), &env).map_err(|e| match (e, path) {
+        (ConfigError::File { reason, .. }, Some(p)) => ConfigError::File {
+            path: p.to_owned(),
+            reason,
+        },
+        (e, _) => e,
+    })
+}
+
 impl LedgerSettings {
+    /// Only the ledger's keys, for `dingops audit`, which needs no app credentials: the
+    /// file is checked as for [`Settings::load`] (readable, TOML, known keys), the other
+    /// sections' values are not.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        load_with(path, |text, env| Self::read(&Sources::new(text, env)?))
+    }
+
     fn read(src: &Sources) -> Result<Self, ConfigError> {
         let database = src.string("database")?.unwrap_or_else(|| "dingops.db".into());
         let database = Database::parse(&database).map_err(|reason| Sources::invalid("database", reason))?;

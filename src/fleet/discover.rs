@@ -10,18 +10,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::io::IsTerminal as _;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
-use serde_json::{Value, json};
 
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
-use crate::domain::{Binding, ChatId, Department};
-use crate::domain::{printable, printable_json, table_cell, table_cell_tail};
+use crate::domain::{Binding, ChatId, Department, printable};
 use crate::ledger::{LedgerError, LedgerHandle};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
@@ -165,10 +161,10 @@ pub struct Found {
     pub depth: usize,
     pub group: Option<FoundGroup>,
     /// Sub-departments as DingTalk listed them.
-    children: Vec<i64>,
+    pub(crate) children: Vec<i64>,
 }
 
-/// How the walk is going, for a progress bar or lines on stderr.
+/// How the walk is going: `crate::cli` shows it as a progress bar or lines on stderr.
 pub trait Progress: Send + Sync {
     /// `done` departments read, `pending` more known but not read yet.
     fn update(&self, done: usize, pending: usize);
@@ -182,59 +178,6 @@ pub struct NoProgress;
 impl Progress for NoProgress {
     fn update(&self, _: usize, _: usize) {}
     fn finish(&self, _: usize) {}
-}
-
-/// A progress bar on stderr.
-struct Bar(indicatif::ProgressBar);
-
-impl Progress for Bar {
-    fn update(&self, done: usize, pending: usize) {
-        self.0.set_length((done + pending) as u64);
-        self.0.set_position(done as u64);
-    }
-
-    fn finish(&self, _: usize) {
-        self.0.finish_and_clear();
-    }
-}
-
-/// A plain line on stderr every few seconds, for logs and pipes.
-struct Lines {
-    last: Mutex<Option<Instant>>,
-}
-
-impl Progress for Lines {
-    fn update(&self, done: usize, pending: usize) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
-            *last = Some(Instant::now());
-            eprintln!(
-                "discover: {done} of {} departments known so far read",
-                done + pending
-            );
-        }
-    }
-
-    fn finish(&self, done: usize) {
-        eprintln!("discover: done, {done} departments read");
-    }
-}
-
-/// A progress bar when stderr is a terminal, plain lines otherwise.
-pub fn stderr_progress() -> Box<dyn Progress> {
-    if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(1);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "discovering departments [{bar:30}] {pos}/{len} ({elapsed})",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        Box::new(Bar(bar))
-    } else {
-        Box::new(Lines {
-            last: Mutex::new(None),
-        })
-    }
 }
 
 /// A department to read: its id, where its listing came from, and that parent's path.
@@ -455,7 +398,7 @@ pub struct Summary {
 }
 
 /// `by` of a configured binding in a conflict.
-const CONFIGURATION: &str = "the configuration";
+pub const CONFIGURATION: &str = "the configuration";
 
 /// The state of each found department against the stored bindings and the configured ones
 /// (a stored binding wins, as it does when a command runs).
@@ -604,165 +547,13 @@ impl Report {
         }
         s
     }
-
-    /// The table on stdout: one line per department, then the summary.
-    pub fn table(&self) -> String {
-        let mut lines =
-            vec![["department", "group", "chatid", "openConversationId", "bound"].map(str::to_owned)];
-        for r in &self.rows {
-            let (group, chat, cid) = match &r.found.group {
-                None => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
-                Some(g) => (
-                    match &g.name {
-                        Ok(n) => table_cell(n).into_owned(),
-                        Err(_) => "(name unreadable)".to_owned(),
-                    },
-                    g.chat_id.to_string(),
-                    table_cell(&g.open_conversation_id).into_owned(),
-                ),
-            };
-            let bound = match &r.state {
-                BindState::NoGroup => "-".to_owned(),
-                BindState::NotBound => "no".to_owned(),
-                BindState::Bound { by } => format!("yes (by {})", table_cell(by)),
-                BindState::Configured => "yes (configuration)".to_owned(),
-                BindState::NewlyBound => "newly bound".to_owned(),
-                BindState::Conflict { chat_id, .. } => format!("CONFLICT: bound to {chat_id}"),
-            };
-            lines.push([
-                table_cell_tail(&r.found.path).into_owned(),
-                group,
-                chat,
-                cid,
-                bound,
-            ]);
-        }
-        let mut out = aligned(&lines);
-        out.push('\n');
-        out.push_str(&self.summary_text());
-        out
-    }
-
-    /// The summary sentences under the table.
-    pub fn summary_text(&self) -> String {
-        let s = self.summary();
-        let mut out = format!(
-            "{} departments, {} with a department group: {} already bound",
-            s.departments, s.with_group, s.already_bound
-        );
-        if self.applied {
-            out.push_str(&format!(", {} newly bound", s.newly_bound));
-        } else {
-            out.push_str(&format!(", {} not bound", s.not_bound));
-        }
-        out.push_str(&format!(", {} conflicts.\n", s.conflicts));
-        if self.applied {
-            out.push_str("Stored the department tree in the ledger.\n");
-        } else if s.not_bound > 0 {
-            out.push_str("Run `dingops discover --apply` to bind the groups not bound yet.\n");
-        }
-        for r in &self.rows {
-            if let (Some(g), BindState::Conflict { chat_id, by }) = (&r.found.group, &r.state) {
-                out.push_str(&format!(
-                    "Conflict: group {} ({}) is bound to chatid {chat_id} by {}, but its department group is {}; left as it is. Check which is right, then run /bind <chatid> in that group.\n",
-                    printable(&g.open_conversation_id),
-                    printable(&r.found.path),
-                    printable(by),
-                    g.chat_id,
-                ));
-            }
-        }
-        if let Some(why) = self
-            .rows
-            .iter()
-            .find_map(|r| r.found.group.as_ref().and_then(|g| g.name.as_ref().err()))
-        {
-            out.push_str(&format!(
-                "{} group names could not be read with chat/get (first error: {}); the app may lack permission qyapi_chat_read. Binding does not need them.\n",
-                s.names_unreadable,
-                printable(why)
-            ));
-        }
-        out
-    }
-
-    /// The whole result as one JSON document.
-    pub fn json(&self) -> Value {
-        let s = self.summary();
-        let departments: Vec<Value> = self
-            .rows
-            .iter()
-            .map(|r| {
-                let g = r.found.group.as_ref();
-                let (bound_chat_id, bound_by) = match &r.state {
-                    BindState::Bound { by } => (g.map(|g| g.chat_id.to_string()), Some(by.clone())),
-                    BindState::Configured => {
-                        (g.map(|g| g.chat_id.to_string()), Some(CONFIGURATION.to_owned()))
-                    }
-                    BindState::NewlyBound => (g.map(|g| g.chat_id.to_string()), Some(BOUND_BY.to_owned())),
-                    BindState::Conflict { chat_id, by } => (Some(chat_id.to_string()), Some(by.clone())),
-                    BindState::NoGroup | BindState::NotBound => (None, None),
-                };
-                json!({
-                    "dept_id": r.found.dept_id,
-                    "parent_id": r.found.parent_id,
-                    "name": r.found.name,
-                    "path": r.found.path,
-                    "chat_id": g.map(|g| g.chat_id.to_string()),
-                    "open_conversation_id": g.map(|g| g.open_conversation_id.clone()),
-                    "group_name": g.and_then(|g| g.name.as_ref().ok()),
-                    "group_name_error": g.and_then(|g| g.name.as_ref().err()),
-                    "binding": r.state.key(),
-                    "bound_chat_id": bound_chat_id,
-                    "bound_by": bound_by,
-                })
-            })
-            .collect();
-        json!({
-            "applied": self.applied,
-            "departments": departments,
-            "summary": {
-                "departments": s.departments,
-                "with_group": s.with_group,
-                "already_bound": s.already_bound,
-                "newly_bound": s.newly_bound,
-                "not_bound": s.not_bound,
-                "conflicts": s.conflicts,
-                "names_unreadable": s.names_unreadable,
-            },
-        })
-    }
-
-    /// [`Report::json`] as text, with terminal controls escaped (still the same JSON).
-    pub fn json_text(&self) -> String {
-        let text = serde_json::to_string_pretty(&self.json()).unwrap_or_default();
-        format!("{}\n", printable_json(&text))
-    }
-}
-
-/// Cells in columns two spaces apart.
-fn aligned<const N: usize>(lines: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for l in lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.chars().count()))))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dingtalk::error::code;
-    use crate::domain::steers_terminal;
+    use std::time::Duration;
 
     /// A tree in memory: id → (name, group chatid, children), with calls counted.
     #[derive(Default)]
@@ -933,8 +724,7 @@ mod tests {
             applied: false,
         };
         assert_eq!(report.summary().names_unreadable, 1);
-        assert!(report.table().contains("(name unreadable)"));
-        assert!(report.table().contains("qyapi_chat_read"));
+        // The table's words for it: crate::cli::discover's tests.
     }
 
     fn found(id: i64, chat: Option<&str>) -> Found {
@@ -1040,20 +830,9 @@ mod tests {
     }
 
     #[test]
-    fn names_are_clipped_and_json_text_escapes_terminal_controls() {
+    fn names_are_clipped() {
         let long = "名".repeat(300);
         assert_eq!(clip(&long).chars().count(), MAX_NAME_CHARS + 1);
         assert_eq!(clip("Eng"), "Eng");
-        let mut f = found(1, None);
-        f.path = "\u{1b}[2J\u{202e}x".into();
-        let report = Report {
-            rows: classify(vec![f], &[], &BTreeMap::new()),
-            applied: false,
-        };
-        let text = report.json_text();
-        assert!(!text.chars().any(|c| steers_terminal(c) && c != '\n'), "{text}");
-        let back: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(back["departments"][0]["path"], "\u{1b}[2J\u{202e}x");
-        assert!(!report.table().contains('\u{1b}'));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dingops::domain::{Binding, ChatId, Department};
-use dingops::fleet::plan::Fleet;
+use dingops::fleet::Fleet;
 use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingtalk_sim::{Fault, SimConfig, Simulator, api};
 use serde_json::Value;
