@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Settings;
+use crate::config::{DingTalkSettings, Settings};
 use crate::dingtalk::DingTalk;
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
@@ -37,7 +37,8 @@ impl CheckItem {
 }
 
 /// Checks the configuration against reality: the ledger, both tokens with the real
-/// credentials, and every static binding with `convertToOpenConversationId`.
+/// credentials, and every static binding with `convertToOpenConversationId`. The one
+/// function that takes all of [`Settings`]: checking every section is its job.
 pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     let mut items = vec![CheckItem::pass(format!(
         "configuration is valid (app_key {}, listen {})",
@@ -72,10 +73,10 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         Err(e) => items.push(CheckItem::fail(
             format!("ledger {} does not open: {e}", settings.ledger.database),
             match settings.ledger.database {
-                crate::config::Database::Sqlite(_) => {
+                crate::ledger::Database::Sqlite(_) => {
                     "check the `database` path, its directory and permissions"
                 }
-                crate::config::Database::Postgres(_) => {
+                crate::ledger::Database::Postgres(_) => {
                     "check the `database` URL: host, port, user, password, database name and sslmode"
                 }
             },
@@ -124,7 +125,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         });
     }
     if settings.stream.mode.stream() {
-        items.push(check_stream(settings).await);
+        items.push(check_stream(&settings.dingtalk).await);
     }
     for (cid, chatid) in &settings.worker.groups {
         let what = format!("binding {cid} → {chatid}");
@@ -141,13 +142,13 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
 }
 
 /// Opens one Stream connection with the real credentials and closes it again.
-async fn check_stream(settings: &Settings) -> CheckItem {
+async fn check_stream(dingtalk: &DingTalkSettings) -> CheckItem {
     use crate::ingress::stream::dial::{DialError, Dialer};
     let what = format!(
         "Stream connection through {}v1.0/gateway/connections/open",
-        settings.dingtalk.api_base
+        dingtalk.api_base
     );
-    let dialer = match Dialer::new(&settings.dingtalk) {
+    let dialer = match Dialer::new(dingtalk) {
         Ok(d) => d,
         Err(e) => return CheckItem::fail(format!("{what}: {e}"), "check api_base and proxy"),
     };

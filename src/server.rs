@@ -195,7 +195,8 @@ impl Application {
         let pipeline = Pipeline::new(ledger.clone(), intake);
         let stream = if settings.stream.mode.stream() {
             Some(StreamIngress::start(
-                &settings,
+                &settings.dingtalk,
+                &settings.stream,
                 pipeline.clone(),
                 metrics.clone(),
             )?)

@@ -60,7 +60,14 @@ pub async fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
 pub async fn discover(config: Option<&Path>, apply: bool, json: bool) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
     let progress = progress::discover_progress();
-    let report = crate::fleet::discover::run(&settings, apply, progress.as_ref()).await?;
+    let report = crate::fleet::discover::run(
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+        apply,
+        progress.as_ref(),
+    )
+    .await?;
     write_stdout(&if json {
         discover::json_text(&report)
     } else {
@@ -72,7 +79,7 @@ pub async fn discover(config: Option<&Path>, apply: bool, json: bool) -> anyhow:
 /// `dingops plan [--json]`: exit 0 nothing to do, 2 changes pending, 1 an error.
 pub async fn plan(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let fleet = Fleet::open(&settings).await?;
+    let fleet = open_fleet(&settings).await?;
     let plan = fleet.plan().await?;
     write_stdout(&if json {
         plan::plan_json_text(&plan)
@@ -82,6 +89,17 @@ pub async fn plan(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode>
     Ok(ExitCode::from(plan.exit_code()))
 }
 
+/// The fleet of `plan` and `apply`, from the sections it needs.
+async fn open_fleet(settings: &Settings) -> Result<Fleet, crate::fleet::OpenError> {
+    Fleet::open(
+        &settings.fleet,
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+    )
+    .await
+}
+
 /// How long `apply` waits for another policy run on the ledger to finish.
 const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -89,7 +107,7 @@ const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_sec
 /// beside a reconcile run of a `serve` (any replica).
 pub async fn apply(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let fleet = Fleet::open(&settings).await?;
+    let fleet = open_fleet(&settings).await?;
     let holder = format!("apply-{}", crate::worker::lease::replica_id());
     let waited = PolicyLease::take_waiting(fleet.ledger(), &holder, APPLY_WAITS_FOR_LEASE, || {
         eprintln!(

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Database, DingTalkSettings, FleetSettings};
 use crate::dingtalk::DingTalk;
 use crate::domain::ChatId;
 use crate::ledger::{LedgerError, LedgerHandle};
@@ -50,23 +51,24 @@ impl Fleet {
 
     /// The fleet of a CLI run (`plan`, `apply`): the configured policy, a DingTalk client of
     /// its own, and the ledger opened without the serve lock, so it can run beside `serve`.
-    pub async fn open(settings: &crate::config::Settings) -> Result<Self, OpenError> {
-        let path = settings.fleet.policy.as_ref().ok_or(OpenError::NoPolicy)?;
+    pub async fn open(
+        fleet: &FleetSettings,
+        dingtalk: &DingTalkSettings,
+        database: &Database,
+        static_groups: &BTreeMap<String, ChatId>,
+    ) -> Result<Self, OpenError> {
+        let path = fleet.policy.as_ref().ok_or(OpenError::NoPolicy)?;
         let policy = Arc::new(Policy::load(path)?);
-        let ledger = crate::ledger::open(&settings.ledger.database).await?;
+        let ledger = crate::ledger::open(database).await?;
         let metrics = Arc::new(crate::telemetry::Metrics::new());
         // Paced by the budget every process on this ledger shares, a running `serve` included.
-        let dingtalk = Arc::new(DingTalk::with_budget(
-            &settings.dingtalk,
-            metrics,
-            ledger.clone(),
-        )?);
+        let dingtalk = Arc::new(DingTalk::with_budget(dingtalk, metrics, ledger.clone())?);
         Ok(Self::new(
             policy,
             dingtalk,
             ledger,
-            settings.worker.groups.clone(),
-            settings.fleet.dm_reapply(),
+            static_groups.clone(),
+            fleet.dm_reapply(),
         ))
     }
 

@@ -8,14 +8,14 @@
 //! (`convertToOpenConversationId`, `chat/get` for its name). Nothing is stored unless the
 //! whole walk succeeded.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::clock::now_ms;
-use crate::config::Settings;
+use crate::config::{Database, DingTalkSettings};
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
 use crate::domain::{ChatId, printable};
 use crate::ledger::LedgerError;
@@ -340,26 +340,29 @@ fn tree_order(mut found: HashMap<i64, Found>) -> Vec<Found> {
     out
 }
 
-/// Discovers the organisation of `settings`' app and, with `apply`, stores it. Opens the
+/// Discovers the organisation of the app of `dingtalk` and, with `apply`, stores it in the
+/// ledger at `database`; `configured` are the configuration's static bindings. Opens the
 /// ledger without the `serve` lock, so it can run beside a running `serve`, which sees the
 /// new bindings at its next command.
 pub async fn run(
-    settings: &Settings,
+    dingtalk: &DingTalkSettings,
+    database: &Database,
+    configured: &BTreeMap<String, ChatId>,
     apply_changes: bool,
     progress: &dyn Progress,
 ) -> Result<Report, DiscoverError> {
-    let ledger = crate::ledger::open(&settings.ledger.database)
+    let ledger = crate::ledger::open(database)
         .await
         .map_err(|source| DiscoverError::LedgerOpen {
-            path: settings.ledger.database.to_string(),
+            path: database.to_string(),
             source,
         })?;
     // Paced by the budget every process on this ledger shares, a running `serve` included.
-    let client = DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger.clone())
+    let client = DingTalk::with_budget(dingtalk, Arc::new(Metrics::new()), ledger.clone())
         .map_err(DiscoverError::Client)?;
     let found = walk(&client, progress).await?;
     let stored = ledger.call(|l| l.bindings()).await?;
-    let mut rows = classify(found, &stored, &settings.worker.groups);
+    let mut rows = classify(found, &stored, configured);
     if apply_changes {
         apply(&ledger, &mut rows, now_ms()).await?;
     }
@@ -373,7 +376,6 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::dingtalk::error::code;
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     /// A tree in memory: id → (name, group chatid, children), with calls counted.
