@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::config::{DingTalkSettings, Settings};
 use crate::dingtalk::DingTalk;
+use crate::ledger::{Database, LedgerHandle};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
@@ -57,31 +58,8 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             ),
         });
     }
-    let mut ledger = None;
-    let opened = match crate::ledger::open(&settings.ledger.database).await {
-        Ok(opened) => opened.call(|l| l.ping()).await.map(|()| opened),
-        Err(e) => Err(e),
-    };
-    match opened {
-        Ok(opened) => {
-            items.push(CheckItem::pass(format!(
-                "ledger {} opens and takes a write",
-                settings.ledger.database
-            )));
-            ledger = Some(opened);
-        }
-        Err(e) => items.push(CheckItem::fail(
-            format!("ledger {} does not open: {e}", settings.ledger.database),
-            match settings.ledger.database {
-                crate::ledger::Database::Sqlite(_) => {
-                    "check the `database` path, its directory and permissions"
-                }
-                crate::ledger::Database::Postgres(_) => {
-                    "check the `database` URL: host, port, user, password, database name and sslmode"
-                }
-            },
-        )),
-    }
+    let (item, ledger) = check_ledger(&settings.ledger.database).await;
+    items.push(item);
     if settings.worker.admins.is_empty() && !settings.worker.trust_is_admin {
         items.push(CheckItem::fail(
             "nobody may run admin commands",
@@ -139,6 +117,32 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         });
     }
     items
+}
+
+/// Opens the ledger and writes to it; the ledger, when it works, paces check's calls.
+async fn check_ledger(database: &Database) -> (CheckItem, Option<LedgerHandle>) {
+    let opened = match crate::ledger::open(database).await {
+        Ok(opened) => opened.call(|l| l.ping()).await.map(|()| opened),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok(opened) => (
+            CheckItem::pass(format!("ledger {database} opens and takes a write")),
+            Some(opened),
+        ),
+        Err(e) => (
+            CheckItem::fail(
+                format!("ledger {database} does not open: {e}"),
+                match database {
+                    Database::Sqlite(_) => "check the `database` path, its directory and permissions",
+                    Database::Postgres(_) => {
+                        "check the `database` URL: host, port, user, password, database name and sslmode"
+                    }
+                },
+            ),
+            None,
+        ),
+    }
 }
 
 /// Opens one Stream connection with the real credentials and closes it again.
