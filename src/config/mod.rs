@@ -2,6 +2,14 @@
 //! validated at start into one section per part of dingops, so that each constructor takes
 //! only its own section. The file and the variables stay flat (`app_key`,
 //! `DINGOPS_APP_KEY`): the key names are the public contract, listed in docs/configuration.md.
+//!
+//! `keys.rs` declares every key once and merges the file and the variables with figment;
+//! `sections.rs` reads each section from them with its defaults and checks.
+
+mod keys;
+mod sections;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,11 +44,6 @@ pub struct Settings {
     pub stream: StreamSettings,
     pub fleet: FleetSettings,
 }
-
-mod keys;
-mod sections;
-#[cfg(test)]
-mod tests;
 
 use keys::{Keys, Sources};
 pub use sections::{
