@@ -131,28 +131,9 @@ pub fn plan_json(plan: &Plan) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::GroupSwitch;
-    use crate::domain::ChatId;
-    use crate::fleet::plan::{Change, GroupPlan};
+    use crate::fleet::plan::Change;
+    use crate::fleet::plan::tests::{group, mute};
     use crate::fleet::policy::Unresolved;
-
-    fn group(cid: &str, changes: Vec<Change>, error: Option<&str>) -> GroupPlan {
-        GroupPlan {
-            conversation_id: cid.into(),
-            chat_id: ChatId::parse("chat1").unwrap(),
-            name: Some("Team \u{1b}[2J".into()),
-            changes,
-            error: error.map(str::to_owned),
-        }
-    }
-
-    fn mute(now: i64) -> Change {
-        Change {
-            setting: Setting::Switch(GroupSwitch::Mute),
-            now: Now::Live(now),
-            wanted: 1,
-        }
-    }
 
     #[test]
     fn the_table_shows_now_and_wanted_in_the_policys_words_and_escapes_names() {

@@ -165,11 +165,12 @@ impl Fleet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::command::GroupSwitch;
 
-    fn group(cid: &str, changes: Vec<Change>, error: Option<&str>) -> GroupPlan {
+    /// A group `cid` named with a terminal escape, with `changes` or an `error`.
+    pub(crate) fn group(cid: &str, changes: Vec<Change>, error: Option<&str>) -> GroupPlan {
         GroupPlan {
             conversation_id: cid.into(),
             chat_id: ChatId::parse("chat1").unwrap(),
@@ -179,7 +180,8 @@ mod tests {
         }
     }
 
-    fn mute(now: i64) -> Change {
+    /// Whole-group mute wanted on, live `now`.
+    pub(crate) fn mute(now: i64) -> Change {
         Change {
             setting: Setting::Switch(GroupSwitch::Mute),
             now: Now::Live(now),
