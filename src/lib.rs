@@ -1,8 +1,9 @@
 //! dingops: a DingTalk chat-ops robot. Group admins @-mention it and type `/lock-dm`; it
 //! verifies the callback, checks the sender, calls DingTalk's group API and replies.
 //!
-//! The binary (`main.rs`) is a thin CLI over these modules.
+//! The binary (`main.rs`) parses the command line and hands each subcommand to [`cli`].
 
+pub mod cli;
 pub mod clock;
 pub mod command;
 pub mod config;

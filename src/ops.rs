@@ -1,16 +1,12 @@
-//! Operators' tools behind `dingops check` and `dingops audit`.
+//! `dingops check`: the configuration tried against reality, as a list of items
+//! (`crate::cli` prints it).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde_json::json;
-
-use crate::clock::{format_ms, now_ms};
-use crate::config::Settings;
+use crate::config::{DingTalkSettings, Settings};
 use crate::dingtalk::DingTalk;
-pub use crate::domain::{printable, steers_terminal};
-use crate::domain::{printable_json, table_cell, who};
-use crate::ledger::AuditRow;
+use crate::ledger::{Database, LedgerHandle};
 use crate::telemetry::Metrics;
 use crate::worker::reply::advice;
 
@@ -42,7 +38,8 @@ impl CheckItem {
 }
 
 /// Checks the configuration against reality: the ledger, both tokens with the real
-/// credentials, and every static binding with `convertToOpenConversationId`.
+/// credentials, and every static binding with `convertToOpenConversationId`. The one
+/// function that takes all of [`Settings`]: checking every section is its job.
 pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     let mut items = vec![CheckItem::pass(format!(
         "configuration is valid (app_key {}, listen {})",
@@ -61,31 +58,8 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             ),
         });
     }
-    let mut ledger = None;
-    let opened = match crate::ledger::open(&settings.ledger.database).await {
-        Ok(opened) => opened.call(|l| l.ping()).await.map(|()| opened),
-        Err(e) => Err(e),
-    };
-    match opened {
-        Ok(opened) => {
-            items.push(CheckItem::pass(format!(
-                "ledger {} opens and takes a write",
-                settings.ledger.database
-            )));
-            ledger = Some(opened);
-        }
-        Err(e) => items.push(CheckItem::fail(
-            format!("ledger {} does not open: {e}", settings.ledger.database),
-            match settings.ledger.database {
-                crate::config::Database::Sqlite(_) => {
-                    "check the `database` path, its directory and permissions"
-                }
-                crate::config::Database::Postgres(_) => {
-                    "check the `database` URL: host, port, user, password, database name and sslmode"
-                }
-            },
-        )),
-    }
+    let (item, ledger) = check_ledger(&settings.ledger.database).await;
+    items.push(item);
     if settings.worker.admins.is_empty() && !settings.worker.trust_is_admin {
         items.push(CheckItem::fail(
             "nobody may run admin commands",
@@ -129,7 +103,7 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
         });
     }
     if settings.stream.mode.stream() {
-        items.push(check_stream(settings).await);
+        items.push(check_stream(&settings.dingtalk).await);
     }
     for (cid, chatid) in &settings.worker.groups {
         let what = format!("binding {cid} → {chatid}");
@@ -145,14 +119,40 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
     items
 }
 
+/// Opens the ledger and writes to it; the ledger, when it works, paces check's calls.
+async fn check_ledger(database: &Database) -> (CheckItem, Option<LedgerHandle>) {
+    let opened = match crate::ledger::open(database).await {
+        Ok(opened) => opened.call(|l| l.ping()).await.map(|()| opened),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok(opened) => (
+            CheckItem::pass(format!("ledger {database} opens and takes a write")),
+            Some(opened),
+        ),
+        Err(e) => (
+            CheckItem::fail(
+                format!("ledger {database} does not open: {e}"),
+                match database {
+                    Database::Sqlite(_) => "check the `database` path, its directory and permissions",
+                    Database::Postgres(_) => {
+                        "check the `database` URL: host, port, user, password, database name and sslmode"
+                    }
+                },
+            ),
+            None,
+        ),
+    }
+}
+
 /// Opens one Stream connection with the real credentials and closes it again.
-async fn check_stream(settings: &Settings) -> CheckItem {
+async fn check_stream(dingtalk: &DingTalkSettings) -> CheckItem {
     use crate::ingress::stream::dial::{DialError, Dialer};
     let what = format!(
         "Stream connection through {}v1.0/gateway/connections/open",
-        settings.dingtalk.api_base
+        dingtalk.api_base
     );
-    let dialer = match Dialer::new(&settings.dingtalk) {
+    let dialer = match Dialer::new(dingtalk) {
         Ok(d) => d,
         Err(e) => return CheckItem::fail(format!("{what}: {e}"), "check api_base and proxy"),
     };
@@ -179,111 +179,9 @@ async fn check_stream(settings: &Settings) -> CheckItem {
     }
 }
 
-/// The checklist as printed by `dingops check`.
-pub fn render_check(items: &[CheckItem]) -> String {
-    let mut out = String::new();
-    for item in items {
-        let mark = if item.ok { "✅" } else { "❌" };
-        // Error messages in `what` can quote DingTalk's errmsg.
-        out.push_str(&format!("{mark} {}\n", printable(&item.what)));
-        if let Some(fix) = &item.fix {
-            out.push_str(&format!("   fix: {}\n", printable(fix)));
-        }
-    }
-    let failed = items.iter().filter(|i| !i.ok).count();
-    if failed == 0 {
-        out.push_str("All checks passed.\n");
-    } else {
-        out.push_str(&format!("{failed} check(s) failed.\n"));
-    }
-    out
-}
-
-/// Parses `--since`: a duration back from now (`2h`, `30m`, `7days`) or an RFC 3339 time.
-pub fn parse_since(text: &str) -> Result<u64, String> {
-    if let Ok(d) = humantime::parse_duration(text) {
-        return Ok(now_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
-    }
-    humantime::parse_rfc3339_weak(text)
-        .map_err(|_| format!("`{text}` is neither a duration (2h, 30m) nor a time (2026-11-26T08:00:00Z)"))
-        .map(|t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as u64)
-}
-
-/// One audit row as one line of JSON. JSON escapes C0 controls itself; DEL, C1 controls
-/// and bidirectional overrides are escaped too (`\u009b` is still the same string to a
-/// JSON reader, but no longer a terminal command).
-pub fn audit_json_line(row: &AuditRow) -> String {
-    printable_json(&audit_json(row).to_string()).into_owned()
-}
-
-/// One audit row as a JSON object.
-pub fn audit_json(row: &AuditRow) -> serde_json::Value {
-    json!({
-        "msg_id": row.msg_id,
-        "received": format_ms(row.received_ms),
-        "received_ms": row.received_ms,
-        "group": row.conversation_id,
-        "sender_staff_id": row.sender_staff_id,
-        "sender_nick": row.sender_nick,
-        "text": row.text,
-        "command": row.command,
-        "status": row.status,
-        "result": row.result,
-        "errcode": row.errcode,
-        "detail": row.detail,
-        "reply": row.reply,
-        "finished_ms": row.finished_ms,
-    })
-}
-
-/// Audit rows as an aligned table, oldest first.
-pub fn audit_table(rows: &[AuditRow]) -> String {
-    let header = [
-        "time (UTC)",
-        "group",
-        "sender",
-        "command",
-        "result",
-        "errcode",
-        "reply",
-    ];
-    let mut lines: Vec<[String; 7]> = vec![header.map(str::to_owned)];
-    for r in rows.iter().rev() {
-        let sender = who(
-            r.sender_staff_id.as_deref().unwrap_or(""),
-            r.sender_nick.as_deref(),
-        );
-        let command = r.command.as_deref().or(r.text.as_deref()).unwrap_or_default();
-        lines.push([
-            format_ms(r.received_ms).trim_end_matches(" UTC").to_owned(),
-            table_cell(&r.conversation_id).into_owned(),
-            table_cell(&sender).into_owned(),
-            table_cell(command).into_owned(),
-            printable(r.result.as_deref().unwrap_or(&r.status)).into_owned(),
-            r.errcode.map_or("-".into(), |c| c.to_string()),
-            printable(r.reply.as_deref().unwrap_or("-")).into_owned(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::domain::CELL_CHARS;
+    use crate::domain::printable;
     use std::borrow::Cow;
 
     #[test]
@@ -293,49 +191,5 @@ mod tests {
         assert_eq!(printable("a\u{9b}2Jb\u{7f}"), "a\\u{9b}2Jb\\u{7f}");
         assert_eq!(printable("x\u{202e}gpj.exe"), "x\\u{202e}gpj.exe");
         assert_eq!(printable("line\nbreak\r"), "line\\u{a}break\\u{d}");
-    }
-
-    /// A finished row of `nick` in group `cid` that typed `text` (not a command).
-    fn row(cid: &str, nick: &str, text: &str) -> AuditRow {
-        AuditRow {
-            msg_id: "m".into(),
-            received_ms: 0,
-            conversation_id: cid.into(),
-            sender_staff_id: Some("s".into()),
-            sender_nick: Some(nick.into()),
-            text: Some(text.into()),
-            command: None,
-            status: "done".into(),
-            result: Some("info".into()),
-            errcode: None,
-            detail: None,
-            reply: None,
-            finished_ms: None,
-        }
-    }
-
-    #[test]
-    fn an_audit_json_line_has_no_raw_control_characters_and_still_parses() {
-        let row = row("cid==", "\u{1b}[2J\u{9b}H\u{202e}root", "/help");
-        let line = audit_json_line(&row);
-        assert!(!line.chars().any(steers_terminal), "{line}");
-        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(back["sender_nick"], "\u{1b}[2J\u{9b}H\u{202e}root");
-    }
-
-    #[test]
-    fn the_audit_table_cuts_long_groups_nicks_and_texts_to_a_cell_each() {
-        let long = row(&"cid".repeat(300), &"名".repeat(5000), &"x".repeat(20_000));
-        let table = audit_table(&[long, row("cid==", "Ada", "/help")]);
-        let widths: Vec<usize> = table.lines().map(|l| l.chars().count()).collect();
-        assert!(widths.iter().all(|w| *w <= 180), "{widths:?}: {table}");
-        assert!(
-            table.contains(&format!("{}…", "名".repeat(CELL_CHARS - 1))),
-            "{table}"
-        );
-        assert!(
-            table.contains(&format!("{}…", "x".repeat(CELL_CHARS - 1))),
-            "{table}"
-        );
     }
 }

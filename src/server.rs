@@ -165,7 +165,7 @@ impl Application {
         // The policy is reconciled through the same client, so within the same pacing.
         let reconcile = match (policy, settings.fleet.reconcile_every) {
             (Some(policy), Some(every)) => {
-                let fleet = crate::fleet::plan::Fleet::new(
+                let fleet = crate::fleet::Fleet::new(
                     policy,
                     dingtalk,
                     ledger.clone(),
@@ -195,7 +195,8 @@ impl Application {
         let pipeline = Pipeline::new(ledger.clone(), intake);
         let stream = if settings.stream.mode.stream() {
             Some(StreamIngress::start(
-                &settings,
+                &settings.dingtalk,
+                &settings.stream,
                 pipeline.clone(),
                 metrics.clone(),
             )?)

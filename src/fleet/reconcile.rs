@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::Fleet;
+use super::apply::{ApplyReport, GroupApplied};
 use super::lease::PolicyLease;
-use super::plan::{ApplyReport, Fleet, GroupApplied};
 use crate::governance::policy::Setting;
 use crate::telemetry::Metrics;
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use sha2::{Digest as _, Sha256};
 
-use super::policy::{Policy, PolicyError};
+use crate::governance::policy::{Policy, PolicyError};
 
 /// What a reload did.
 #[derive(Debug)]

@@ -8,6 +8,7 @@
 
 #[cfg(test)]
 mod contract;
+mod database;
 mod memory;
 mod migrations;
 mod postgres;
@@ -22,15 +23,16 @@ use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
+pub use database::Database;
 pub use memory::MemoryLedger;
-pub use postgres::PostgresLedger;
+pub use postgres::{PostgresLedger, PostgresUrl};
 pub use sqlite::{LockError, LockFile, OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
 
 /// Opens the ledger `database` names: a SQLite file, or a PostgreSQL server (connected,
 /// schema brought up to date), on the blocking pool. Every process opens its ledger here:
 /// `serve` (after [`Sharing::claim`]) and the CLI tools, which take no lock and so run beside
 /// a `serve`.
-pub async fn open(database: &crate::config::Database) -> Result<LedgerHandle, LedgerError> {
+pub async fn open(database: &Database) -> Result<LedgerHandle, LedgerError> {
     let database = database.clone();
     let ledger = tokio::task::spawn_blocking(move || open_blocking(&database))
         .await
@@ -39,10 +41,10 @@ pub async fn open(database: &crate::config::Database) -> Result<LedgerHandle, Le
 }
 
 /// [`open`] on the calling thread, for a caller that keeps the ledger itself (the tests).
-pub fn open_blocking(database: &crate::config::Database) -> Result<Arc<dyn Ledger>, LedgerError> {
+pub fn open_blocking(database: &Database) -> Result<Arc<dyn Ledger>, LedgerError> {
     Ok(match database {
-        crate::config::Database::Sqlite(path) => Arc::new(SqliteLedger::open(path)?),
-        crate::config::Database::Postgres(url) => Arc::new(PostgresLedger::open(url)?),
+        Database::Sqlite(path) => Arc::new(SqliteLedger::open(path)?),
+        Database::Postgres(url) => Arc::new(PostgresLedger::open(url)?),
     })
 }
 
@@ -64,7 +66,7 @@ impl Sharing {
     /// How a `serve` shares the ledger `database`: a SQLite file is locked for this process
     /// (one `serve` per file); a PostgreSQL ledger is shared by design. Taken before the
     /// ledger is opened.
-    pub fn claim(database: &crate::config::Database) -> Result<Self, LockError> {
+    pub fn claim(database: &Database) -> Result<Self, LockError> {
         Ok(match database.sqlite_path() {
             Some(path) => Self::Alone(LockFile::take(path)?),
             None => Self::Replicas,

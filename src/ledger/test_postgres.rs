@@ -6,7 +6,7 @@
 //! never passes silently.
 
 use super::postgres::describe;
-use crate::config::{Database, PostgresUrl};
+use crate::ledger::{Database, PostgresUrl};
 
 /// The variable naming the test server.
 pub const TEST_DATABASE_URL: &str = "DINGOPS_TEST_DATABASE_URL";

@@ -75,7 +75,15 @@ async fn discovery_finds_groups_at_every_depth_lists_departments_without_and_cos
     seed_tree(&sim);
     let dir = tempfile::tempdir().unwrap();
     let settings = settings_for(&sim, dir.path().join("ledger.db"));
-    let report = discover::run(&settings, false, &NoProgress).await.unwrap();
+    let report = discover::run(
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+        false,
+        &NoProgress,
+    )
+    .await
+    .unwrap();
 
     let rows: Vec<RowView> = report
         .rows
@@ -457,7 +465,15 @@ async fn an_invalid_chatid_from_dingtalk_is_an_error_for_its_department_not_a_pa
     sim.add_department(8, Some(2), "Odd", Some("cidOdd==")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let settings = settings_for(&sim, dir.path().join("ledger.db"));
-    let e = discover::run(&settings, true, &NoProgress).await.unwrap_err();
+    let e = discover::run(
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+        true,
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, DiscoverError::Api { dept_id: 8, .. }), "{e:?}");
     let text = e.to_string();
     assert!(text.contains("department 8 (under Acme / Eng)"), "{text}");
@@ -492,7 +508,15 @@ async fn a_200_department_tree_is_walked_completely_at_dingtalks_default_limit()
     let dir = tempfile::tempdir().unwrap();
     let settings = settings_for(&sim, dir.path().join("ledger.db"));
     let started = Instant::now();
-    let report = discover::run(&settings, true, &NoProgress).await.unwrap();
+    let report = discover::run(
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+        true,
+        &NoProgress,
+    )
+    .await
+    .unwrap();
     let rejected = sim.calls(None).iter().filter(|c| c.answer == 90018).count();
     eprintln!(
         "discovered 200 departments in {:?} ({rejected} rate-limit answers)",

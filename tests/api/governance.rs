@@ -243,7 +243,7 @@ async fn a_timed_switch_reverts_on_time_and_posts_its_result_in_the_group() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    let audit = dingops::ops::audit_table(&rows);
+    let audit = dingops::cli::audit::audit_table(&rows);
     assert!(
         audit.contains("dingops (timer)") && audit.contains("revert of /mute-all 2m by Ada (admin01)"),
         "{audit}"

@@ -324,6 +324,34 @@ async fn audit_lists_who_ran_what_where_and_the_result() {
     assert_eq!(future.lines().count(), 1, "{future}");
 }
 
+#[tokio::test]
+async fn audit_needs_no_credentials_but_refuses_a_configuration_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    dingops::ledger::open(&dingops::config::Database::Sqlite(db.clone()))
+        .await
+        .unwrap();
+    let env = || vec![("DINGOPS_DATABASE", db.display().to_string())];
+    // Only the ledger's keys are read: no app_key or app_secret needed.
+    let (ok, out) = run_bin(&["audit"], env()).await;
+    assert!(ok, "{out}");
+    assert!(out.starts_with("time (UTC)"), "{out}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "app_secert = \"s\"\n").unwrap();
+    let run = dingops(&["--config", bad.to_str().unwrap(), "audit"], env()).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stderr);
+    assert!(run.stderr.contains("unknown key `app_secert`"), "{}", run.stderr);
+    let run = dingops(&["audit"], vec![("DINGOPS_DATABASE", "mysql://h/db".into())]).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`database` (env DINGOPS_DATABASE)"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn the_example_configuration_loads_and_documents_every_key() {
     let text = include_str!("../../deploy/dingops.example.toml");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dingops::domain::{Binding, ChatId, Department};
-use dingops::fleet::plan::Fleet;
+use dingops::fleet::Fleet;
 use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingtalk_sim::{Fault, SimConfig, Simulator, api};
 use serde_json::Value;
@@ -587,7 +587,17 @@ async fn department_selectors_take_one_group_or_a_whole_subtree() {
     let mut settings = settings_for(&fleet.sim, fleet.db());
     settings.worker.groups.clear();
     settings.fleet.policy = Some(fleet.dir.path().join("policy.toml"));
-    let plan = Fleet::open(&settings).await.unwrap().plan().await.unwrap();
+    let plan = Fleet::open(
+        &settings.fleet,
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+    )
+    .await
+    .unwrap()
+    .plan()
+    .await
+    .unwrap();
     let got: BTreeSet<(String, &str)> = plan
         .groups
         .iter()
@@ -689,7 +699,14 @@ async fn two_replicas_reconciling_one_ledger_run_the_policy_once_per_period() {
         let settings = settings.clone();
         let name = name.to_owned();
         async move {
-            let f = Fleet::open(&settings).await.unwrap();
+            let f = Fleet::open(
+                &settings.fleet,
+                &settings.dingtalk,
+                &settings.ledger.database,
+                &settings.worker.groups,
+            )
+            .await
+            .unwrap();
             dingops::fleet::reconcile::Reconciler::new(f, every, Arc::default(), name, true)
         }
     };

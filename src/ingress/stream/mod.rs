@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use self::connection::{End, Shared};
 use self::dial::{DialError, Dialer};
 use super::Pipeline;
-use crate::config::Settings;
+use crate::config::{DingTalkSettings, StreamSettings};
 use crate::dingtalk::ApiError;
 use crate::telemetry::Metrics;
 
@@ -102,17 +102,22 @@ pub struct StreamIngress {
 
 impl StreamIngress {
     /// Starts `stream_connections` supervisors on the current runtime.
-    pub fn start(settings: &Settings, pipeline: Pipeline, metrics: Arc<Metrics>) -> Result<Self, ApiError> {
-        let dialer = Arc::new(Dialer::new(&settings.dingtalk)?);
+    pub fn start(
+        dingtalk: &DingTalkSettings,
+        stream: &StreamSettings,
+        pipeline: Pipeline,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ApiError> {
+        let dialer = Arc::new(Dialer::new(dingtalk)?);
         let status = StreamStatus::default();
         let shared = Arc::new(Shared {
             pipeline,
             metrics,
-            keepalive: settings.stream.keepalive(),
+            keepalive: stream.keepalive(),
             live: status.live.clone(),
         });
         let (stop, stopping) = watch::channel(false);
-        let slots = (0..settings.stream.connections)
+        let slots = (0..stream.connections)
             .map(|slot| tokio::spawn(supervise(shared.clone(), dialer.clone(), slot, stopping.clone())))
             .collect();
         Ok(Self { stop, slots, status })

@@ -190,7 +190,7 @@ mod tests {
                 .build()
                 .unwrap()
                 .block_on(async {
-                    let config = crate::config::PostgresUrl::parse(&url).unwrap().config().unwrap();
+                    let config = crate::ledger::PostgresUrl::parse(&url).unwrap().config().unwrap();
                     let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
                     tokio::spawn(conn);
                     version(&client).await.unwrap()

@@ -15,6 +15,8 @@
 
 mod migrations;
 mod pool;
+mod url;
+pub use url::PostgresUrl;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +28,6 @@ use tokio_postgres::Row;
 use self::pool::{Connector, Pool, Session};
 use super::{AuditRow, Ledger, LedgerError, PruneStep, Slot};
 use crate::clock::Clock;
-use crate::config::PostgresUrl;
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
     RevertJob, SessionWebhook,

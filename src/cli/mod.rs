@@ -1,0 +1,180 @@
+//! The command line's side of dingops: one function per subcommand, and everything that
+//! turns results into what an operator reads — tables ([`table`]), progress ([`progress`]),
+//! text and JSON per subcommand. `fleet/` and `ops` return data; the words are here.
+//! `main.rs` parses the arguments and dispatches to these functions.
+
+pub mod audit;
+pub mod check;
+pub mod discover;
+pub mod plan;
+pub mod progress;
+pub mod send;
+pub mod table;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config::{LedgerSettings, Settings};
+use crate::fleet::Fleet;
+use crate::fleet::lease::{POLICY_LEASE_TTL, PolicyLease};
+use crate::server::{Application, RunOptions};
+
+/// Writes `text` to stdout. A reader that went away (`dingops audit | head`) is not an
+/// error: the one place where a closed pipe is forgiven.
+pub fn write_stdout(text: &str) -> std::io::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// `dingops serve`: the service, until a stop signal.
+pub async fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    tracing::info!(listen = %settings.server.listen, database = %settings.ledger.database, "starting dingops");
+    let app = Application::build(settings, RunOptions::default()).await?;
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dingops check`: the checklist; a configuration that does not load is its first item.
+pub async fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let settings = match Settings::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            write_stdout(&format!("❌ configuration: {e}\n"))?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let items = crate::ops::check(&settings).await;
+    write_stdout(&check::render_check(&items))?;
+    Ok(if items.iter().all(|i| i.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `dingops discover [--apply] [--json]`.
+pub async fn discover(config: Option<&Path>, apply: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let progress = progress::discover_progress();
+    let report = crate::fleet::discover::run(
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+        apply,
+        progress.as_ref(),
+    )
+    .await?;
+    write_stdout(&if json {
+        discover::json_text(&report)
+    } else {
+        discover::table(&report)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dingops plan [--json]`: exit 0 nothing to do, 2 changes pending, 1 an error.
+pub async fn plan(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let fleet = open_fleet(&settings).await?;
+    let plan = fleet.plan().await?;
+    write_stdout(&if json {
+        plan::plan_json_text(&plan)
+    } else {
+        plan::plan_table(&plan)
+    })?;
+    Ok(ExitCode::from(plan.exit_code()))
+}
+
+/// The fleet of `plan` and `apply`, from the sections it needs.
+async fn open_fleet(settings: &Settings) -> Result<Fleet, crate::fleet::OpenError> {
+    Fleet::open(
+        &settings.fleet,
+        &settings.dingtalk,
+        &settings.ledger.database,
+        &settings.worker.groups,
+    )
+    .await
+}
+
+/// How long `apply` waits for another policy run on the ledger to finish.
+const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `dingops apply`: one policy run at a time on the ledger, not beside another apply nor
+/// beside a reconcile run of a `serve` (any replica).
+pub async fn apply(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let fleet = open_fleet(&settings).await?;
+    let holder = format!("apply-{}", crate::worker::lease::replica_id());
+    let waited = PolicyLease::take_waiting(fleet.ledger(), &holder, APPLY_WAITS_FOR_LEASE, || {
+        eprintln!(
+            "apply: another policy run (a `dingops apply`, or a reconcile run of `serve`) is under \
+             way on this ledger; waiting for it to finish (a killed one holds it for at most {} s)",
+            POLICY_LEASE_TTL.as_secs()
+        )
+    })
+    .await?;
+    let Some(lease) = waited else {
+        eprintln!(
+            "error: another policy run still holds this ledger after {} s; try again later",
+            APPLY_WAITS_FOR_LEASE.as_secs()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let resolution = fleet.resolve().await?;
+    let progress = progress::ApplyProgress::new(resolution.targets.len());
+    let report = fleet
+        .apply_resolved(resolution, "apply", |g| progress.group(g))
+        .await;
+    progress.finish();
+    lease.release().await;
+    write_stdout(&report.summary())?;
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+/// What `dingops audit` shows.
+#[derive(Debug, Clone)]
+pub struct AuditQuery {
+    /// Only this group (openConversationId).
+    pub group: Option<String>,
+    /// Only since then: a duration back or an RFC 3339 time, as typed.
+    pub since: Option<String>,
+    /// JSON lines instead of a table.
+    pub json: bool,
+    /// At most this many rows (newest).
+    pub limit: usize,
+}
+
+/// `dingops audit`: reads only the ledger section, so it needs no app credentials; a
+/// configuration that does not load is an error as for every other subcommand.
+pub async fn audit(config: Option<&Path>, query: AuditQuery) -> anyhow::Result<ExitCode> {
+    let database = LedgerSettings::load(config)?.database;
+    if let Some(path) = database.sqlite_path()
+        && !path.is_file()
+    {
+        anyhow::bail!("no ledger at {}", path.display());
+    }
+    let since = query
+        .since
+        .as_deref()
+        .map(audit::parse_since)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let ledger = crate::ledger::open(&database).await?;
+    let (group, limit) = (query.group, query.limit);
+    let rows = ledger
+        .call(move |l| l.history(group.as_deref(), since, limit))
+        .await?;
+    write_stdout(&if query.json {
+        rows.iter()
+            .rev()
+            .map(|row| format!("{}\n", audit::audit_json_line(row)))
+            .collect()
+    } else {
+        audit::audit_table(&rows)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,303 @@
+//! Plan and apply a policy: read each matched group's live settings, compare them with what
+//! the policy wants, and make the difference with one `im/group/update` per group (all its
+//! changed switches at once) and `friendswitch/update` for the private-chat switch.
+//!
+//! Apply reads each group again right before changing it and records each change in the
+//! ledger as soon as DingTalk made it, so a run killed half-way and started again finds the
+//! groups already changed as they are and writes none of their readable settings twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+
+use super::Fleet;
+use super::plan::{Change, GroupPlan};
+use crate::clock::now_ms;
+use crate::domain::{ChatId, DmState, printable};
+use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
+use crate::ledger::{AuditRow, LedgerError};
+
+/// Groups worked on at once by `apply`: enough for reads and writes of different groups to
+/// use their APIs' budgets side by side.
+const APPLY_IN_FLIGHT: usize = 8;
+/// Attempts at recording a change DingTalk made.
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// Who the audit names for changes the policy made.
+pub const POLICY_SENDER: &str = "policy";
+
+/// How one group's apply ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupApplied {
+    /// The plan it worked from, read right before the changes.
+    pub plan: GroupPlan,
+    /// The settings changed.
+    pub applied: Vec<Setting>,
+    /// What failed, with the reason.
+    pub failures: Vec<String>,
+}
+
+impl GroupApplied {
+    pub fn failed(&self) -> bool {
+        self.plan.error.is_some() || !self.failures.is_empty()
+    }
+
+    /// One line for the operator: changed, unchanged, or failed with the reasons.
+    pub fn line(&self) -> String {
+        let group = printable(&self.plan.conversation_id);
+        let changed: Vec<&str> = self.applied.iter().map(|s| s.key()).collect();
+        let mut reasons: Vec<String> = self.plan.error.iter().cloned().collect();
+        reasons.extend(self.failures.iter().cloned());
+        if !reasons.is_empty() {
+            let done = if changed.is_empty() {
+                String::new()
+            } else {
+                format!(" (changed {})", changed.join(", "))
+            };
+            format!("{group}: failed{done}: {}", printable(&reasons.join("; ")))
+        } else if changed.is_empty() {
+            format!("{group}: unchanged")
+        } else {
+            format!("{group}: changed {}", changed.join(", "))
+        }
+    }
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub groups: Vec<GroupApplied>,
+    pub unresolved: Vec<Unresolved>,
+}
+
+impl ApplyReport {
+    /// Groups with at least one change made and nothing failed.
+    pub fn changed(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| !g.failed() && !g.applied.is_empty())
+            .count()
+    }
+
+    pub fn unchanged(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|g| !g.failed() && g.applied.is_empty())
+            .count()
+    }
+
+    /// Groups where something failed, plus selectors that could not be resolved.
+    pub fn failed(&self) -> usize {
+        self.groups.iter().filter(|g| g.failed()).count() + self.unresolved.len()
+    }
+
+    /// `dingops apply`'s exit code: 0 when everything converged, else 1.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.failed() > 0)
+    }
+
+    /// The summary printed at the end: counts, then each failure with its reason.
+    pub fn summary(&self) -> String {
+        let settings: usize = self.groups.iter().map(|g| g.applied.len()).sum();
+        let mut out = format!(
+            "{} groups: {} changed ({settings} settings), {} unchanged, {} failed.\n",
+            self.groups.len(),
+            self.changed(),
+            self.unchanged(),
+            self.failed()
+        );
+        for g in self.groups.iter().filter(|g| g.failed()) {
+            out.push_str(&format!("  {}\n", g.line()));
+        }
+        for u in &self.unresolved {
+            out.push_str(&format!("  {}\n", unresolved_line(u)));
+        }
+        out
+    }
+}
+
+fn unresolved_line(u: &Unresolved) -> String {
+    printable(&format!("rule {} `{}`: {}", u.rule, u.selector, u.reason)).into_owned()
+}
+
+impl Fleet {
+    /// Applies the policy: each group is read again, then changed (one `group/update` with
+    /// all its changed switches, `friendswitch/update` for the private-chat switch), and its
+    /// changes recorded at once. `origin` names the run in the audit (`apply`, `reconcile`);
+    /// `each` sees every group as it finishes.
+    pub async fn apply(
+        &self,
+        origin: &str,
+        each: impl FnMut(&GroupApplied),
+    ) -> Result<ApplyReport, LedgerError> {
+        let resolution = self.resolve().await?;
+        Ok(self.apply_resolved(resolution, origin, each).await)
+    }
+
+    /// [`Fleet::apply`] to groups already resolved (the CLI counts them first for its
+    /// progress bar).
+    pub async fn apply_resolved(
+        &self,
+        resolution: Resolution,
+        origin: &str,
+        mut each: impl FnMut(&GroupApplied),
+    ) -> ApplyReport {
+        let mut groups = Vec::with_capacity(resolution.targets.len());
+        // Owned targets: a borrowing closure here makes the future not `Send` for every
+        // lifetime, which `tokio::spawn` (the reconcile task) needs.
+        let mut done = futures_util::stream::iter(resolution.targets)
+            .map(|t| async move { self.apply_group(&t, origin).await })
+            .buffer_unordered(APPLY_IN_FLIGHT);
+        while let Some(g) = done.next().await {
+            each(&g);
+            groups.push(g);
+        }
+        drop(done);
+        groups.sort_by(|a, b| a.plan.conversation_id.cmp(&b.plan.conversation_id));
+        ApplyReport {
+            groups,
+            unresolved: resolution.unresolved,
+        }
+    }
+
+    async fn apply_group(&self, target: &Target, origin: &str) -> GroupApplied {
+        let plan = self.plan_group(target).await;
+        let mut result = GroupApplied {
+            plan,
+            applied: Vec::new(),
+            failures: Vec::new(),
+        };
+        if result.plan.error.is_some() {
+            return result;
+        }
+        let chatid = result.plan.chat_id.clone();
+        let cid = result.plan.conversation_id.clone();
+        let switches: Vec<&Change> = result
+            .plan
+            .changes
+            .iter()
+            .filter(|c| matches!(c.setting, Setting::Switch(_)))
+            .collect();
+        let mut rows = Vec::new();
+        let mut applied = Vec::new();
+        let mut failures = Vec::new();
+        if !switches.is_empty() {
+            let fields: BTreeMap<&str, u8> = switches
+                .iter()
+                .filter_map(|c| match c.setting {
+                    Setting::Switch(s) => Some((s.field(), c.wanted)),
+                    Setting::Dm => None,
+                })
+                .collect();
+            let outcome = self.dingtalk.update_group_fields(&chatid, &fields).await;
+            if let Err(e) = &outcome {
+                failures.push(format!("group/update: {e}"));
+            }
+            for change in &switches {
+                if outcome.is_ok() {
+                    applied.push(change.setting);
+                }
+                rows.push(audit_row(&cid, &chatid, change, origin, outcome.as_ref().err()));
+            }
+        }
+        let mut dm_state = None;
+        if let Some(change) = result.plan.changes.iter().find(|c| c.setting == Setting::Dm) {
+            let prohibit = change.wanted == 1;
+            let outcome = self.dingtalk.set_friend_switch(&chatid, prohibit).await;
+            match &outcome {
+                Ok(()) => {
+                    applied.push(Setting::Dm);
+                    dm_state = Some(DmState {
+                        prohibited: prohibit,
+                        set_by: POLICY_SENDER.to_owned(),
+                        set_by_nick: None,
+                        set_ms: now_ms(),
+                    });
+                }
+                Err(e) => failures.push(format!("friendswitch/update: {e}")),
+            }
+            rows.push(audit_row(&cid, &chatid, change, origin, outcome.as_ref().err()));
+        }
+        if let Err(e) = self.record(&cid, rows, dm_state).await {
+            failures.push(format!("changed in DingTalk but not recorded in the ledger: {e}"));
+        }
+        result.applied = applied;
+        result.failures = failures;
+        result
+    }
+
+    /// Records one group's changes: the audit rows and the DM state, retried a few times.
+    async fn record(&self, cid: &str, rows: Vec<AuditRow>, dm: Option<DmState>) -> Result<(), LedgerError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows = Arc::new(rows);
+        let mut wait = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            let (rows, dm, cid) = (rows.clone(), dm.clone(), cid.to_owned());
+            let written = self
+                .ledger
+                .call(move |l| {
+                    if let Some(state) = &dm {
+                        l.set_dm_state(&cid, state)?;
+                    }
+                    rows.iter().try_for_each(|r| l.record_own_action(r))
+                })
+                .await;
+            attempt += 1;
+            match written {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= RECORD_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "recording a policy change failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+            }
+        }
+    }
+}
+
+/// The audit row of one change: sender `policy`, the setting and value in the policy's
+/// words, the result and, on failure, DingTalk's errcode and message.
+fn audit_row(
+    cid: &str,
+    chatid: &ChatId,
+    change: &Change,
+    origin: &str,
+    error: Option<&crate::dingtalk::ApiError>,
+) -> AuditRow {
+    use rand::RngExt as _;
+    let now = now_ms();
+    let key = change.setting.key();
+    let field = match change.setting {
+        Setting::Switch(s) => s.field(),
+        Setting::Dm => "is_prohibit",
+    };
+    let detail = match error {
+        None => format!(
+            "chatid {chatid} {field}: {} -> {}",
+            change.now.text(change.setting),
+            change.setting.word(change.wanted)
+        ),
+        Some(e) => e.to_string(),
+    };
+    AuditRow {
+        msg_id: format!("policy-{:016x}-{key}", rand::rng().random::<u64>()),
+        received_ms: now,
+        conversation_id: cid.to_owned(),
+        sender_staff_id: Some(POLICY_SENDER.to_owned()),
+        sender_nick: None,
+        text: Some(format!("{key} = {}", change.setting.word(change.wanted))),
+        command: Some(format!("policy {origin}")),
+        status: "done".to_owned(),
+        result: Some(if error.is_none() { "ok" } else { "failed" }.to_owned()),
+        errcode: error.and_then(crate::dingtalk::ApiError::errcode),
+        detail: Some(detail),
+        reply: None,
+        finished_ms: Some(now),
+    }
+}
