@@ -10,8 +10,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use dingops::config::{Database, Settings};
-use dingops::fleet::lease::{POLICY_LEASE_TTL, PolicyLease};
 use dingops::fleet::plan::{Fleet, GroupApplied};
+use dingops::fleet::policy_lease::{POLICY_LEASE_TTL, PolicyLease};
 use dingops::ingress::signature::Verifier;
 use dingops::server::{Application, RunOptions};
 use dingops::telemetry::LogFormat;
@@ -224,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let fleet = Fleet::open(&settings).await?;
             // One policy run at a time on the ledger: not beside another apply, nor beside a
             // reconcile run of a `serve` (any replica).
-            let holder = format!("apply-{}", dingops::worker::lease::replica_id());
+            let holder = format!("apply-{}", dingops::worker::group_leases::replica_id());
             let waited = PolicyLease::take_waiting(fleet.ledger(), &holder, APPLY_WAITS_FOR_LEASE, || {
                 eprintln!(
                     "apply: another policy run (a `dingops apply`, or a reconcile run of `serve`) is under \

@@ -8,11 +8,11 @@ use serde_json::json;
 use crate::clock::{format_ms, now_ms};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
+use crate::dingtalk::advice;
 pub use crate::domain::{printable, steers_terminal};
 use crate::domain::{printable_json, table_cell, who};
 use crate::ledger::AuditRow;
 use crate::telemetry::Metrics;
-use crate::worker::reply::advice;
 
 /// One line of the `check` list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,12 +19,12 @@ use serde_json::{Value, json};
 
 use crate::clock::now_ms;
 use crate::config::Settings;
+use crate::dingtalk::advice;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
 use crate::domain::{Binding, ChatId, Department};
 use crate::domain::{printable, printable_json, table_cell, table_cell_tail};
 use crate::ledger::{LedgerError, LedgerHandle};
 use crate::telemetry::Metrics;
-use crate::worker::reply::advice;
 
 /// The root department: the whole organisation.
 pub const ROOT_DEPT: i64 = 1;

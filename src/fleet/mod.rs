@@ -2,7 +2,7 @@
 //! department groups, the policy file, planning and applying it, and `serve`'s reconcile loop.
 
 pub mod discover;
-pub mod lease;
 pub mod plan;
 pub mod policy;
+pub mod policy_lease;
 pub mod reconcile;

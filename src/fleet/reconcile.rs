@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::lease::PolicyLease;
 use super::plan::{ApplyReport, Fleet, GroupApplied};
 use super::policy::Setting;
+use super::policy_lease::PolicyLease;
 use crate::telemetry::Metrics;
 
 /// The lease that says which replica reconciled within the current period: taken for

@@ -1,11 +1,11 @@
 //! The command worker. Each command goes authorize → execute → reply → record:
-//! [`policy`] decides who may run what, [`commands`] carries each command out, [`reply`]
+//! [`authorizer`] decides who may run what, [`commands`] carries each command out, [`reply`]
 //! delivers the answer, and the ledger records it; [`pool`] schedules commands with bounded
 //! concurrency and per-group order. Nothing here knows which ingress a message came by.
 
+pub mod authorizer;
 mod commands;
-pub mod lease;
-pub mod policy;
+pub mod group_leases;
 pub mod pool;
 pub mod reply;
 pub mod timer;
@@ -25,15 +25,15 @@ use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending
 use crate::ledger::{Ledger, LedgerError, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
 
-pub use lease::Leases;
-pub use policy::Policy;
+pub use authorizer::Authorizer;
+pub use group_leases::Leases;
 pub use pool::{Intake, WorkerPool};
 
 /// What the worker needs to decide and act.
 pub struct WorkerContext {
     ledger: LedgerHandle,
     dingtalk: Arc<DingTalk>,
-    policy: Policy,
+    authorizer: Authorizer,
     reply_hosts: ReplyHosts,
     static_groups: BTreeMap<String, ChatId>,
     metrics: Arc<Metrics>,
@@ -145,7 +145,7 @@ impl WorkerContext {
         metrics: Arc<Metrics>,
         sharing: &Sharing,
     ) -> Self {
-        let (holder, ttl) = (lease::replica_id(), settings.claim_lease);
+        let (holder, ttl) = (group_leases::replica_id(), settings.claim_lease);
         let leases = match sharing {
             Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl),
             Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl),
@@ -153,7 +153,7 @@ impl WorkerContext {
         Self {
             ledger: ledger.clone(),
             dingtalk,
-            policy: Policy::new(
+            authorizer: Authorizer::new(
                 &settings.admins,
                 settings.trust_is_admin,
                 settings.admin_commands_per_minute,
@@ -263,7 +263,7 @@ impl WorkerContext {
     }
 
     /// [`WorkerContext::answer`], with a panic turned into a ❌ answer.
-    async fn answer_or_panic(&self, job: &Job) -> Answer {
+    async fn answer_catching_panic(&self, job: &Job) -> Answer {
         match AssertUnwindSafe(self.answer(job)).catch_unwind().await {
             Ok(a) => a,
             Err(_) => {
@@ -329,7 +329,7 @@ impl WorkerContext {
             }
             return Answer::new(spec.name, Outcome::Info, text, "1:1 chat");
         }
-        if let Some(refusal) = self.policy.authorize(job, spec) {
+        if let Some(refusal) = self.authorizer.authorize(job, spec) {
             return refusal;
         }
         self.execute(job, command).await
@@ -346,7 +346,7 @@ impl WorkerContext {
         let answer = match &job.answer {
             Some(a) => a.clone(),
             None => {
-                let a = self.answer_or_panic(job).await;
+                let a = self.answer_catching_panic(job).await;
                 // Only an answer that changed or asked DingTalk is recorded before the reply:
                 // after a crash it must not be repeated. Information and refusals are simply
                 // answered again, which saves a ledger write on most commands.
@@ -417,7 +417,7 @@ mod tests {
         WorkerContext {
             leases: Arc::new(Leases::solo(
                 ledger.clone(),
-                lease::replica_id(),
+                group_leases::replica_id(),
                 settings.worker.claim_lease,
             )),
             ..WorkerContext::new(&settings.worker, ledger, dingtalk, metrics, &Sharing::Replicas)
@@ -633,7 +633,9 @@ mod tests {
     async fn a_panic_gives_a_failed_answer_with_the_command_name() {
         let mut w = worker(MemoryLedger::new(), &[]);
         w.before_answer = Some(|_| panic!("a command bug (test)"));
-        let a = w.answer_or_panic(&typed("member", "/dm-status").into()).await;
+        let a = w
+            .answer_catching_panic(&typed("member", "/dm-status").into())
+            .await;
         assert_eq!((a.command.as_str(), a.outcome), ("/dm-status", Outcome::Failed));
         assert!(a.text.contains("internal error"), "{}", a.text);
     }

@@ -2,7 +2,7 @@
 //! bounded number in memory (and a few per group, so one group's backlog cannot crowd out
 //! the others), runs the commands of one group one after another, and bounds how many call
 //! DingTalk at once. With other replicas on the same ledger it runs only the groups whose
-//! lease it holds (see [`super::lease`]).
+//! lease it holds (see [`super::group_leases`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -135,7 +135,7 @@ impl WorkerPool {
     pub fn start(ctx: Arc<WorkerContext>, capacity: usize, concurrency: usize) -> (Intake, Self) {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(pump(ctx, wake.clone(), stop.clone(), capacity, concurrency));
+        let task = tokio::spawn(run_loader(ctx, wake.clone(), stop.clone(), capacity, concurrency));
         (Intake { wake }, Self { stop, task })
     }
 
@@ -182,7 +182,7 @@ impl Slots {
 }
 
 /// The loader: everything the pool task owns.
-struct Pump {
+struct Loader {
     ctx: Arc<WorkerContext>,
     groups: Groups,
     held: Arc<Semaphore>,
@@ -193,11 +193,11 @@ struct Pump {
     cursor: i64,
     per_group: usize,
     started_ms: u64,
-    /// Each group's newest finished command at start (see [`Pump::admit`]).
+    /// Each group's newest finished command at start (see [`Loader::admit`]).
     newest_done: HashMap<String, i64>,
 }
 
-async fn pump(
+async fn run_loader(
     ctx: Arc<WorkerContext>,
     wake: Arc<Notify>,
     stop: Arc<Notify>,
@@ -212,7 +212,7 @@ async fn pump(
         }
     };
     let capacity = capacity.max(1);
-    let mut p = Pump {
+    let mut p = Loader {
         ctx,
         groups: Groups::default(),
         held: Arc::new(Semaphore::new(capacity)),
@@ -262,7 +262,7 @@ enum Step {
     Skip,
 }
 
-impl Pump {
+impl Loader {
     /// Renews the leases of the groups held (giving back those long unused), drops what is
     /// queued of groups whose lease was lost, and takes the groups other replicas held
     /// whose commands this one skipped, once their lease is free (given back, or run out

@@ -26,10 +26,10 @@ use tokio::task::JoinSet;
 
 use super::WorkerContext;
 use super::commands::{setting_label, setting_value};
-use super::lease::Borrowed;
-use super::reply::advice;
+use super::group_leases::Borrowed;
 use crate::clock::now_ms;
 use crate::dingtalk::ApiError;
+use crate::dingtalk::advice;
 use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
 use crate::ledger::AuditRow;
 

@@ -67,7 +67,7 @@ struct Entry {
 }
 
 #[derive(Debug, Default)]
-struct Book {
+struct HeldGroups {
     groups: HashMap<String, Entry>,
     /// Takes so far.
     seq: u64,
@@ -80,7 +80,7 @@ pub struct Leases {
     holder: String,
     ttl: Duration,
     ledger: LedgerHandle,
-    book: Mutex<Book>,
+    book: Mutex<HeldGroups>,
     /// This replica's lease writes, one at a time: a release and a take of the same group
     /// (the pool's heartbeat and the timer) never cross in the ledger.
     writes: tokio::sync::Mutex<()>,
@@ -147,7 +147,7 @@ impl Leases {
         self.shared
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
+    fn book(&self) -> MutexGuard<'_, HeldGroups> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
