@@ -171,6 +171,8 @@ pub struct DingTalk {
     budget: Option<LedgerHandle>,
     /// The budget's slots are times of the ledger's clock: this is how they map to ours.
     ledger_time: crate::ledger::LedgerTime,
+    /// Where deadlines and the pacing's slots are read.
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
     options: ClientOptions,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -209,6 +211,7 @@ impl DingTalk {
             limiters,
             budget: None,
             ledger_time: Default::default(),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
             options,
             metrics,
         })
@@ -228,6 +231,14 @@ impl DingTalk {
         let mut client = Self::new(settings, metrics)?;
         client.budget = Some(ledger);
         Ok(client)
+    }
+
+    /// This client reading the time (deadlines, pacing) from `clock` instead of the
+    /// system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn cache(&self, kind: TokenKind) -> &TokenCache {
@@ -250,7 +261,7 @@ impl DingTalk {
 
     /// The deadline of a call starting now.
     fn deadline(&self) -> Instant {
-        let now = Instant::now();
+        let now = self.clock.instant();
         now.checked_add(self.options.deadline).unwrap_or(now)
     }
 
@@ -290,9 +301,9 @@ impl DingTalk {
                 None => None,
             };
             self.pace(api, deadline).await?;
-            let started = std::time::Instant::now();
+            let started = self.clock.instant();
             let result = op(tok.clone()).await;
-            let took = started.elapsed();
+            let took = self.clock.instant().saturating_duration_since(started);
             let elapsed_ms = took.as_millis();
             let code = match &result {
                 Ok(_) => "0".to_owned(),
@@ -330,7 +341,11 @@ impl DingTalk {
                 }
                 _ => return Err(err),
             };
-            let late = Instant::now().checked_add(wait).is_none_or(|at| at > deadline);
+            let late = self
+                .clock
+                .instant()
+                .checked_add(wait)
+                .is_none_or(|at| at > deadline);
             if attempt >= self.options.max_attempts || late {
                 return Err(err);
             }

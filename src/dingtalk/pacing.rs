@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{Api, ApiError, DingTalk};
+use crate::clock::Clock;
 use crate::ledger::LedgerHandle;
 
 /// The window of the pacing rule.
@@ -44,11 +45,11 @@ impl Limiter {
     /// Takes the next slot in this process and waits for it. Woken more than [`MAX_LATE`]
     /// after the slot (a loaded machine), it takes a new one rather than send late: a late
     /// call would reach DingTalk closer to the calls after it than the window allows.
-    async fn acquire(&self) {
+    async fn acquire(&self, clock: &dyn Clock) {
         for _ in 0..LATE_RETRIES {
-            let slot = self.take(Instant::now());
+            let slot = self.take(clock.instant());
             tokio::time::sleep_until(slot).await;
-            if Instant::now() <= slot + MAX_LATE {
+            if clock.instant() <= slot + MAX_LATE {
                 return;
             }
         }
@@ -109,10 +110,10 @@ impl DingTalk {
             return Ok(());
         };
         let Some(ledger) = &self.budget else {
-            limiter.acquire().await;
+            limiter.acquire(self.clock.as_ref()).await;
             return Ok(());
         };
-        let asked = Instant::now();
+        let asked = self.clock.instant();
         for attempt in 1..=LATE_RETRIES {
             let Some(slot) = self.reserve(api, limiter, ledger, asked, deadline).await? else {
                 return Ok(());
@@ -121,7 +122,7 @@ impl DingTalk {
             // Sent more than MAX_LATE after its slot (the reservation's round trip or a late
             // wake-up on a loaded machine), a call would reach DingTalk closer to the calls
             // after it than the window allows: it takes a new slot instead.
-            let late = Instant::now().saturating_duration_since(slot);
+            let late = self.clock.instant().saturating_duration_since(slot);
             let late_ms = late.as_millis();
             if late <= MAX_LATE || attempt == LATE_RETRIES {
                 break;
@@ -135,7 +136,12 @@ impl DingTalk {
         self.metrics
             .budget_wait_seconds
             .with_label_values(&[api.name()])
-            .observe(asked.elapsed().as_secs_f64());
+            .observe(
+                self.clock
+                    .instant()
+                    .saturating_duration_since(asked)
+                    .as_secs_f64(),
+            );
         Ok(())
     }
 
@@ -153,14 +159,14 @@ impl DingTalk {
     ) -> Result<Option<Instant>, ApiError> {
         let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
         let reservation = ledger.call(move |l| l.reserve_call(api.name(), max, window_ms));
-        let give_up = deadline.min(Instant::now() + RESERVE_TIMEOUT);
+        let give_up = deadline.min(self.clock.instant() + RESERVE_TIMEOUT);
         let slot = match tokio::time::timeout_at(give_up, reservation).await {
             Ok(Ok(slot)) => {
                 // The slot is a time of the ledger's clock, read through the measured offset
                 // (exact to within a short round trip; the ledger's wait, counted from when
                 // its answer arrived, would send every call late by the reservation's commit).
                 let ledger_now = self.ledger_time.fresh_now_ms(ledger, CLOCK_MAX_AGE).await;
-                let now = Instant::now();
+                let now = self.clock.instant();
                 now.checked_add(Duration::from_millis(slot.at_ms.saturating_sub(ledger_now)))
                     .unwrap_or(now)
             }
@@ -174,7 +180,7 @@ impl DingTalk {
                     .budget_fallbacks
                     .with_label_values(&[api.name()])
                     .inc();
-                limiter.acquire().await;
+                limiter.acquire(self.clock.as_ref()).await;
                 return Ok(None);
             }
         };
@@ -217,5 +223,30 @@ mod tests {
         assert!(Limiter::new(0).is_none());
         assert_eq!(Limiter::new(1).unwrap().max, 1);
         assert_eq!(Limiter::new(20).unwrap().max, 19);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_over_the_limit_waits_on_the_clock_for_the_slot_the_window_frees() {
+        // 3 calls/s: at most 2 in any 1.05 s, a least gap of 262.5 ms between slots. Time is
+        // paused: each wait ends when tokio's clock reaches its slot, not on the wall clock.
+        let clock = crate::clock::SystemClock;
+        let limiter = Limiter::new(3).unwrap();
+        let t0 = Instant::now();
+        let waited = |from: Instant| Instant::now().saturating_duration_since(from);
+        limiter.acquire(&clock).await;
+        assert_eq!(waited(t0), Duration::ZERO, "under the limit: at once");
+        limiter.acquire(&clock).await;
+        let gap = Duration::from_micros(262_500);
+        assert!(
+            waited(t0) >= gap && waited(t0) <= gap + MAX_LATE,
+            "{:?}",
+            waited(t0)
+        );
+        limiter.acquire(&clock).await;
+        assert!(
+            waited(t0) >= WINDOW && waited(t0) <= WINDOW + MAX_LATE,
+            "the third waits for the first's window: {:?}",
+            waited(t0)
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! commands.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::command::CommandSpec;
 use crate::domain::{Accepted, Answer, Outcome};
@@ -36,7 +38,7 @@ impl Authorizer {
 
     /// `None` when the sender may run `spec` now, else the refusal to send. Commands anyone
     /// may run are never limited.
-    pub fn authorize(&self, job: &Accepted, spec: &CommandSpec) -> Option<Answer> {
+    pub fn authorize(&self, job: &Accepted, spec: &CommandSpec, now: Instant) -> Option<Answer> {
         if !spec.admin_only {
             return None;
         }
@@ -51,7 +53,7 @@ impl Authorizer {
                 "sender is not an admin",
             ));
         }
-        if !self.within_sender_limit(job, Instant::now()) {
+        if !self.within_sender_limit(job, now) {
             return Some(Answer::new(
                 spec.name,
                 Outcome::Refused,
@@ -139,8 +141,10 @@ mod tests {
     #[test]
     fn the_admin_list_is_authoritative_when_is_admin_is_not_trusted() {
         let p = Authorizer::new(&["boss".into()], false, 0);
-        assert_eq!(p.authorize(&job("boss", false), lock()), None);
-        let refused = p.authorize(&job("someone", true), lock()).unwrap();
+        assert_eq!(p.authorize(&job("boss", false), lock(), Instant::now()), None);
+        let refused = p
+            .authorize(&job("someone", true), lock(), Instant::now())
+            .unwrap();
         assert_eq!(refused.outcome, Outcome::Refused);
         assert_eq!(refused.detail, "sender is not an admin");
     }
@@ -148,8 +152,11 @@ mod tests {
     #[test]
     fn is_admin_counts_only_when_trusted() {
         let p = Authorizer::new(&[], true, 0);
-        assert_eq!(p.authorize(&job("someone", true), lock()), None);
-        assert!(p.authorize(&job("someone", false), lock()).is_some());
+        assert_eq!(p.authorize(&job("someone", true), lock(), Instant::now()), None);
+        assert!(
+            p.authorize(&job("someone", false), lock(), Instant::now())
+                .is_some()
+        );
     }
 
     #[test]
@@ -157,7 +164,7 @@ mod tests {
         let p = Authorizer::new(&[], false, 1);
         let help = CommandSpec::of(CommandKind::Help);
         for _ in 0..5 {
-            assert_eq!(p.authorize(&job("someone", false), help), None);
+            assert_eq!(p.authorize(&job("someone", false), help, Instant::now()), None);
         }
     }
 

@@ -1,13 +1,15 @@
 //! The command worker. Each command goes authorize → execute → reply → record:
 //! [`authorizer`] decides who may run what, [`commands`] carries each command out, [`reply`]
 //! delivers the answer, and the ledger records it; [`pool`] schedules commands with bounded
-//! concurrency and per-group order. Nothing here knows which ingress a message came by.
+//! concurrency and per-group order, deciding by [`schedule`]. Nothing here knows which
+//! ingress a message came by.
 
 pub mod authorizer;
 mod commands;
 pub mod group_leases;
 pub mod pool;
 pub mod reply;
+mod schedule;
 pub mod timer;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
@@ -27,7 +29,7 @@ use crate::telemetry::Metrics;
 
 pub use authorizer::Authorizer;
 pub use group_leases::Leases;
-pub use pool::{Intake, WorkerPool};
+pub use pool::{Intake, PoolParts, WorkerPool};
 
 /// What the worker needs to decide and act.
 pub struct WorkerContext {
@@ -49,6 +51,8 @@ pub struct WorkerContext {
     setting_locks: SettingLocks,
     /// The groups this replica holds among the replicas sharing the ledger.
     leases: Arc<Leases>,
+    /// Where the worker, its pool, its leases and its timer read the time.
+    clock: Arc<dyn Clock>,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -144,11 +148,12 @@ impl WorkerContext {
         dingtalk: Arc<DingTalk>,
         metrics: Arc<Metrics>,
         sharing: &Sharing,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let (holder, ttl) = (group_leases::replica_id(), settings.claim_lease);
         let leases = match sharing {
-            Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl),
-            Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl),
+            Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl, clock.clone()),
+            Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl, clock.clone()),
         };
         Self {
             ledger: ledger.clone(),
@@ -165,9 +170,15 @@ impl WorkerContext {
             revert_minute: settings.revert_minute,
             setting_locks: SettingLocks::default(),
             leases: Arc::new(leases),
+            clock,
             #[cfg(test)]
             before_answer: None,
         }
+    }
+
+    /// The clock the worker reads the time by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// This replica's leases (its name among the replicas is [`Leases::holder`]).
@@ -280,8 +291,9 @@ impl WorkerContext {
         tracing::error!(msg_id = %msg_id, "a command panicked; it is recorded as failed");
         let answer = panicked(job.command_name());
         let delivery = crate::domain::Delivery::Failed("panic".into());
+        let clock = Arc::clone(&self.clock);
         self.write_until_landed("finish a command that panicked", move |l| {
-            l.finish(&msg_id, &answer, &delivery, now_ms())
+            l.finish(&msg_id, &answer, &delivery, clock.now_ms())
         })
         .await;
     }
@@ -329,7 +341,7 @@ impl WorkerContext {
             }
             return Answer::new(spec.name, Outcome::Info, text, "1:1 chat");
         }
-        if let Some(refusal) = self.authorizer.authorize(job, spec) {
+        if let Some(refusal) = self.authorizer.authorize(job, spec, self.clock.instant()) {
             return refusal;
         }
         self.execute(job, command).await
@@ -374,10 +386,10 @@ impl WorkerContext {
             .inc();
         self.metrics
             .command_seconds
-            .observe(now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
-        let msg_id = accepted.msg_id.clone();
+            .observe(self.clock.now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
+        let (msg_id, clock) = (accepted.msg_id.clone(), Arc::clone(&self.clock));
         self.write_until_landed("record the end of a command", move |l| {
-            l.finish(&msg_id, &answer, &delivery, now_ms())
+            l.finish(&msg_id, &answer, &delivery, clock.now_ms())
         })
         .await;
     }
@@ -419,8 +431,16 @@ mod tests {
                 ledger.clone(),
                 group_leases::replica_id(),
                 settings.worker.claim_lease,
+                Arc::new(crate::clock::SystemClock),
             )),
-            ..WorkerContext::new(&settings.worker, ledger, dingtalk, metrics, &Sharing::Replicas)
+            ..WorkerContext::new(
+                &settings.worker,
+                ledger,
+                dingtalk,
+                metrics,
+                &Sharing::Replicas,
+                Arc::new(crate::clock::SystemClock),
+            )
         }
     }
 
@@ -602,7 +622,12 @@ mod tests {
             ..worker(MemoryLedger::new(), &[])
         };
         // One running slot and one group: a leaked slot or a stuck group would stall the second.
-        let (intake, pool) = WorkerPool::start(Arc::new(w), 4, 1);
+        let parts = PoolParts {
+            leases: w.leases().clone(),
+            ledger: LedgerHandle::shared(ledger.clone()),
+            ctx: Arc::new(w),
+        };
+        let (intake, pool) = WorkerPool::start(parts, 4, 1);
         intake.wake();
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
         while ledger.open_count().unwrap() > 0 {

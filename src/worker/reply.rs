@@ -5,7 +5,6 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::WorkerContext;
-use crate::clock::now_ms;
 use crate::dingtalk::{ApiError, advice};
 use crate::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, who};
 use crate::ledger::LedgerError;
@@ -73,7 +72,9 @@ impl WorkerContext {
     /// expired (by its time or DingTalk's 300001), a group chat gets the robot group-message
     /// API instead, which cannot @-mention, so the sender is named in the text.
     pub(super) async fn deliver(&self, job: &Accepted, answer: &Answer) -> Delivery {
-        let expired = job.session_expires_ms.is_some_and(|exp| now_ms() >= exp);
+        let expired = job
+            .session_expires_ms
+            .is_some_and(|exp| self.clock.now_ms() >= exp);
         if !expired {
             let url = match Url::parse(job.session_webhook.expose()) {
                 Ok(u) if self.reply_hosts.allows(&u) => u,

@@ -27,7 +27,6 @@ use tokio::task::JoinSet;
 use super::WorkerContext;
 use super::commands::{setting_label, setting_value};
 use super::group_leases::Borrowed;
-use crate::clock::now_ms;
 use crate::dingtalk::ApiError;
 use crate::dingtalk::advice;
 use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
@@ -54,9 +53,9 @@ pub async fn run(ctx: Arc<WorkerContext>) {
     loop {
         // Due times are in the ledger's time: measure how far it is from ours at start and
         // then every minute.
-        if measured.is_none_or(|at| at.elapsed() >= CLOCK_EVERY) {
+        if measured.is_none_or(|at| ctx.clock.instant().saturating_duration_since(at) >= CLOCK_EVERY) {
             ctx.measure_ledger_clock().await;
-            measured = Some(tokio::time::Instant::now());
+            measured = Some(ctx.clock.instant());
         }
         scheduler.start_due().await;
         tokio::time::sleep(TICK).await;
@@ -199,8 +198,9 @@ impl WorkerContext {
                 // failed and the others still run.
                 if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
                     tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
+                    let clock = Arc::clone(&self.clock);
                     self.write_until_landed("finish a timed revert that panicked", move |l| {
-                        l.finish_revert(id, "failed", "failed", now_ms())
+                        l.finish_revert(id, "failed", "failed", clock.now_ms())
                     })
                     .await;
                 }
@@ -262,7 +262,7 @@ impl WorkerContext {
                     prohibited: job.value == 1,
                     set_by: TIMER.to_owned(),
                     set_by_nick: None,
-                    set_ms: now_ms(),
+                    set_ms: self.clock.now_ms(),
                 },
             );
             self.write_until_landed("record the DM state a revert set", move |l| {
@@ -270,9 +270,9 @@ impl WorkerContext {
             })
             .await;
         }
-        let (id, short) = (job.id, outcome.as_str().to_owned());
+        let (id, short, clock) = (job.id, outcome.as_str().to_owned(), Arc::clone(&self.clock));
         self.write_until_landed("finish a timed revert", move |l| {
-            l.finish_revert(id, state, &short, now_ms())
+            l.finish_revert(id, state, &short, clock.now_ms())
         })
         .await;
         let content = format!("{} {text}", outcome.mark());
@@ -300,7 +300,7 @@ impl WorkerContext {
             errcode,
             detail: Some(detail),
             reply: Some(delivery.as_ledger_text().into_owned()),
-            finished_ms: Some(now_ms()),
+            finished_ms: Some(self.clock.now_ms()),
         };
         self.write_until_landed("record a timed revert in the audit", move |l| {
             l.record_own_action(&row)
