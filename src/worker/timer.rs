@@ -376,4 +376,38 @@ mod tests {
         assert!(ledger.pending_reverts(None).unwrap().is_empty());
         assert_eq!(scheduler.start_due().await, 0);
     }
+
+    #[tokio::test]
+    async fn a_revert_starts_once_the_ledgers_clock_reaches_its_due_time() {
+        // The ledger's clock is a manual one: due times are moved past, never waited for.
+        let clock = crate::clock::ManualClock::at(1_000_000);
+        let ledger = Arc::new(MemoryLedger::with_clock(clock.clone()));
+        ledger
+            .schedule_revert(&RevertJob {
+                id: 0,
+                conversation_id: "cidG==".into(),
+                chat_id: ChatId::parse("chatg1").unwrap(),
+                setting: "chatBannedType".into(),
+                value: 0,
+                due_ms: 1_060_000,
+                scheduled_by: "Ada (boss)".into(),
+                scheduled_command: "/mute-all 1m".into(),
+                scheduled_ms: 1_000_000,
+            })
+            .unwrap();
+        let ctx = Arc::new(WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            clock: clock.clone(),
+            ..super::super::tests::worker(MemoryLedger::new(), &[])
+        });
+        let mut scheduler = Scheduler::new(Arc::clone(&ctx));
+        ctx.measure_ledger_clock().await;
+        assert_eq!(scheduler.start_due().await, 0, "due in a minute");
+        clock.advance(59_000);
+        ctx.measure_ledger_clock().await;
+        assert_eq!(scheduler.start_due().await, 0, "due in a second");
+        clock.advance(1_000);
+        ctx.measure_ledger_clock().await;
+        assert_eq!(scheduler.start_due().await, 1, "due now");
+    }
 }
