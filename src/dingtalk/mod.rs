@@ -237,6 +237,8 @@ impl DingTalk {
     /// system's.
     #[must_use]
     pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
+        self.legacy = TokenCache::new(clock.clone());
+        self.modern = TokenCache::new(clock.clone());
         self.clock = clock;
         self
     }
