@@ -284,24 +284,7 @@ impl WorkerContext {
                 Delivery::Failed(e.short())
             }
         };
-        let row = AuditRow {
-            msg_id: format!("timer-{}", job.id),
-            received_ms: job.due_ms,
-            conversation_id: job.conversation_id.clone(),
-            sender_staff_id: None,
-            sender_nick: Some(TIMER.to_owned()),
-            text: Some(format!("revert {}={}", job.setting, job.value)),
-            command: Some(format!(
-                "revert of {} by {}",
-                job.scheduled_command, job.scheduled_by
-            )),
-            status: "done".to_owned(),
-            result: Some(outcome.as_str().to_owned()),
-            errcode,
-            detail: Some(detail),
-            reply: Some(delivery.as_ledger_text().into_owned()),
-            finished_ms: Some(self.clock.now_ms()),
-        };
+        let row = audit_row(&job, outcome, errcode, detail, &delivery, self.clock.now_ms());
         self.write_until_landed("record a timed revert in the audit", move |l| {
             l.record_own_action(&row)
         })
@@ -330,6 +313,35 @@ impl WorkerContext {
                 Err(ApiError::Timeout)
             }
         }
+    }
+}
+
+/// The audit's row of a timed revert that ran: an action of [`TIMER`] in the group.
+fn audit_row(
+    job: &RevertJob,
+    outcome: Outcome,
+    errcode: Option<i64>,
+    detail: String,
+    delivery: &Delivery,
+    finished_ms: u64,
+) -> AuditRow {
+    AuditRow {
+        msg_id: format!("timer-{}", job.id),
+        received_ms: job.due_ms,
+        conversation_id: job.conversation_id.clone(),
+        sender_staff_id: None,
+        sender_nick: Some(TIMER.to_owned()),
+        text: Some(format!("revert {}={}", job.setting, job.value)),
+        command: Some(format!(
+            "revert of {} by {}",
+            job.scheduled_command, job.scheduled_by
+        )),
+        status: "done".to_owned(),
+        result: Some(outcome.as_str().to_owned()),
+        errcode,
+        detail: Some(detail),
+        reply: Some(delivery.as_ledger_text().into_owned()),
+        finished_ms: Some(finished_ms),
     }
 }
 
