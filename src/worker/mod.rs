@@ -655,6 +655,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_command_from_before_the_start_whose_session_expired_by_the_workers_clock_is_not_run() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let mut stale = typed("boss", "/dm-status");
+        stale.msg_id = "m-stale".into();
+        stale.session_expires_ms = Some(2_000_000);
+        let mut live = typed("boss", "/dm-status");
+        live.msg_id = "m-live".into();
+        live.conversation_id = "cidH==".into();
+        live.session_expires_ms = Some(3_000_000);
+        ledger.accept(&stale).unwrap();
+        ledger.accept(&live).unwrap();
+        // The worker starts at 2 500 000 by its clock: between the two sessions' ends.
+        let w = WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            clock: crate::clock::ManualClock::at(2_500_000),
+            ..worker(MemoryLedger::new(), &[])
+        };
+        let parts = PoolParts {
+            leases: w.leases().clone(),
+            ledger: LedgerHandle::shared(ledger.clone()),
+            ctx: Arc::new(w),
+        };
+        let (intake, pool) = WorkerPool::start(parts, 4, 1);
+        intake.wake();
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ledger.open_count().unwrap() > 0 {
+            assert!(tokio::time::Instant::now() < end, "the commands never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.shutdown(Duration::from_secs(5)).await;
+        let rows = ledger.history(None, None, 10).unwrap();
+        let detail = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().detail.clone();
+        let expired = "not run: its reply session expired before dingops restarted";
+        assert_eq!(detail("m-stale").as_deref(), Some(expired));
+        assert_ne!(detail("m-live").as_deref(), Some(expired));
+    }
+
+    #[tokio::test]
     async fn a_panic_gives_a_failed_answer_with_the_command_name() {
         let mut w = worker(MemoryLedger::new(), &[]);
         w.before_answer = Some(|_| panic!("a command bug (test)"));
