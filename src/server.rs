@@ -155,7 +155,7 @@ impl Application {
             dingtalk.clone(),
             metrics.clone(),
             &sharing,
-            clock,
+            clock.clone(),
         ));
         let leases = ctx.leases().clone();
         tracing::info!(
@@ -199,7 +199,7 @@ impl Application {
             settings.worker.command_concurrency,
         );
 
-        let pipeline = Pipeline::new(ledger.clone(), intake);
+        let pipeline = Pipeline::new(ledger.clone(), intake, clock);
         let stream = if settings.stream.mode.stream() {
             Some(StreamIngress::start(
                 &settings,
