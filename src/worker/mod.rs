@@ -606,6 +606,24 @@ mod tests {
         }
     }
 
+    /// Runs a pool (4 in memory, 1 running slot) over `w`, reading `ledger`, until no
+    /// command is open there (at most 10 s: `stalled` says what went wrong), then stops it.
+    async fn drain(w: WorkerContext, ledger: &Arc<MemoryLedger>, stalled: &str) {
+        let parts = PoolParts {
+            leases: w.leases().clone(),
+            ledger: LedgerHandle::shared(ledger.clone()),
+            ctx: Arc::new(w),
+        };
+        let (intake, pool) = WorkerPool::start(parts, 4, 1);
+        intake.wake();
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ledger.open_count().unwrap() > 0 {
+            assert!(tokio::time::Instant::now() < end, "{stalled}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
+
     #[tokio::test]
     async fn a_panicking_command_is_recorded_failed_and_its_group_goes_on() {
         let ledger = Arc::new(MemoryLedger::new());
@@ -622,22 +640,7 @@ mod tests {
             ..worker(MemoryLedger::new(), &[])
         };
         // One running slot and one group: a leaked slot or a stuck group would stall the second.
-        let parts = PoolParts {
-            leases: w.leases().clone(),
-            ledger: LedgerHandle::shared(ledger.clone()),
-            ctx: Arc::new(w),
-        };
-        let (intake, pool) = WorkerPool::start(parts, 4, 1);
-        intake.wake();
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while ledger.open_count().unwrap() > 0 {
-            assert!(
-                tokio::time::Instant::now() < end,
-                "the group stalled after a panic"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        pool.shutdown(Duration::from_secs(5)).await;
+        drain(w, &ledger, "the group stalled after a panic").await;
         let rows = ledger.history(None, None, 10).unwrap();
         let row = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().clone();
         let boomed = row("m-boom");
@@ -672,19 +675,7 @@ mod tests {
             clock: crate::clock::ManualClock::at(2_500_000),
             ..worker(MemoryLedger::new(), &[])
         };
-        let parts = PoolParts {
-            leases: w.leases().clone(),
-            ledger: LedgerHandle::shared(ledger.clone()),
-            ctx: Arc::new(w),
-        };
-        let (intake, pool) = WorkerPool::start(parts, 4, 1);
-        intake.wake();
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while ledger.open_count().unwrap() > 0 {
-            assert!(tokio::time::Instant::now() < end, "the commands never finished");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        pool.shutdown(Duration::from_secs(5)).await;
+        drain(w, &ledger, "the commands never finished").await;
         let rows = ledger.history(None, None, 10).unwrap();
         let detail = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().detail.clone();
         let expired = "not run: its reply session expired before dingops restarted";

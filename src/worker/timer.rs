@@ -351,22 +351,25 @@ mod tests {
     use crate::domain::ChatId;
     use crate::ledger::{Ledger as _, LedgerHandle, MemoryLedger};
 
+    /// The revert of a `/mute-all 1m` in `cidG==`, scheduled at `scheduled_ms`, due at `due_ms`.
+    fn mute_revert(due_ms: u64, scheduled_ms: u64) -> RevertJob {
+        RevertJob {
+            id: 0,
+            conversation_id: "cidG==".into(),
+            chat_id: ChatId::parse("chatg1").unwrap(),
+            setting: "chatBannedType".into(),
+            value: 0,
+            due_ms,
+            scheduled_by: "Ada (boss)".into(),
+            scheduled_command: "/mute-all 1m".into(),
+            scheduled_ms,
+        }
+    }
+
     #[tokio::test]
     async fn a_round_does_not_start_a_second_copy_of_a_revert_still_under_way() {
         let ledger = Arc::new(MemoryLedger::new());
-        ledger
-            .schedule_revert(&RevertJob {
-                id: 0,
-                conversation_id: "cidG==".into(),
-                chat_id: ChatId::parse("chatg1").unwrap(),
-                setting: "chatBannedType".into(),
-                value: 0,
-                due_ms: 1,
-                scheduled_by: "Ada (boss)".into(),
-                scheduled_command: "/mute-all 1m".into(),
-                scheduled_ms: 0,
-            })
-            .unwrap();
+        ledger.schedule_revert(&mute_revert(1, 0)).unwrap();
         // DingTalk is a closed port: the revert fails at once once it runs.
         let ctx = Arc::new(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
@@ -395,17 +398,7 @@ mod tests {
         let clock = crate::clock::ManualClock::at(1_000_000);
         let ledger = Arc::new(MemoryLedger::with_clock(clock.clone()));
         ledger
-            .schedule_revert(&RevertJob {
-                id: 0,
-                conversation_id: "cidG==".into(),
-                chat_id: ChatId::parse("chatg1").unwrap(),
-                setting: "chatBannedType".into(),
-                value: 0,
-                due_ms: 1_060_000,
-                scheduled_by: "Ada (boss)".into(),
-                scheduled_command: "/mute-all 1m".into(),
-                scheduled_ms: 1_000_000,
-            })
+            .schedule_revert(&mute_revert(1_060_000, 1_000_000))
             .unwrap();
         let ctx = Arc::new(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
