@@ -1,4 +1,10 @@
-//! Wall-clock helpers. DingTalk speaks in milliseconds since the Unix epoch.
+//! The time, read in one place. DingTalk speaks in milliseconds since the Unix epoch.
+//!
+//! Code reads the time through a [`Clock`] it was given: wall time ([`Clock::now_ms`]) for
+//! what is recorded or compared with DingTalk and the ledger, and a monotonic instant
+//! ([`Clock::instant`], tokio's) for deadlines, pacing and leases as this process counts
+//! them. Tests hand a [`ManualClock`] and run tokio with paused time
+//! (`tokio::time::pause`/`advance`), so nothing waits on the wall clock.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,12 +16,18 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Where a ledger store reads the time it decides leases and rate-budget slots by. The
-/// service uses [`SystemClock`] (or, on PostgreSQL, the server's own clock); tests hand a
-/// store a [`ManualClock`] and move it themselves instead of sleeping.
+/// Where a ledger store reads the time it decides leases and rate-budget slots by, and
+/// where the worker, its pool, leases and timer and the DingTalk client's pacing read theirs.
+/// The service uses [`SystemClock`] (or, on PostgreSQL, the server's own clock); tests hand a
+/// [`ManualClock`] and move it themselves instead of sleeping.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+    /// A monotonic instant on tokio's clock, which `tokio::time::pause` and `advance` move
+    /// in tests (and tokio's timers go by).
+    fn instant(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
     /// Whether this is the machine's own wall clock ([`now_ms`]).
     fn is_system(&self) -> bool {
         false

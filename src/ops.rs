@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{DingTalkSettings, Settings};
-use crate::dingtalk::DingTalk;
+use crate::dingtalk::{DingTalk, advice};
 use crate::ledger::{Database, LedgerHandle};
 use crate::telemetry::Metrics;
-use crate::worker::reply::advice;
 
 /// One line of the `check` list.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::ingress::signature::Verifier;
 use crate::ingress::stream::StreamIngress;
 use crate::ledger::{Ledger, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
-use crate::worker::{WorkerContext, WorkerPool};
+use crate::worker::{PoolParts, WorkerContext, WorkerPool};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -141,19 +141,21 @@ impl Application {
             }
         };
         let metrics = Arc::new(Metrics::new());
+        // One clock for the worker, its pool, leases and timer, and the DingTalk pacing.
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
         // One DingTalk rate budget for every process and replica on this ledger (CLI tools
         // included).
-        let dingtalk = Arc::new(DingTalk::with_budget(
-            &settings.dingtalk,
-            metrics.clone(),
-            ledger.clone(),
-        )?);
+        let dingtalk = Arc::new(
+            DingTalk::with_budget(&settings.dingtalk, metrics.clone(), ledger.clone())?
+                .with_clock(clock.clone()),
+        );
         let ctx = Arc::new(WorkerContext::new(
             &settings.worker,
             ledger.clone(),
             dingtalk.clone(),
             metrics.clone(),
             &sharing,
+            clock.clone(),
         ));
         let leases = ctx.leases().clone();
         tracing::info!(
@@ -186,13 +188,18 @@ impl Application {
         // One scheduler runs the timed reverts, those that fell due while stopped first.
         let timer = tokio::spawn(crate::worker::timer::run(ctx.clone()));
         // The pool starts by resuming whatever a stop or crash left open in the ledger.
-        let (intake, pool) = WorkerPool::start(
+        let parts = PoolParts {
             ctx,
+            ledger: ledger.clone(),
+            leases: leases.clone(),
+        };
+        let (intake, pool) = WorkerPool::start(
+            parts,
             settings.worker.queue_capacity,
             settings.worker.command_concurrency,
         );
 
-        let pipeline = Pipeline::new(ledger.clone(), intake);
+        let pipeline = Pipeline::new(ledger.clone(), intake, clock);
         let stream = if settings.stream.mode.stream() {
             Some(StreamIngress::start(
                 &settings.dingtalk,

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use crate::config::{LedgerSettings, Settings};
 use crate::fleet::Fleet;
-use crate::fleet::lease::{POLICY_LEASE_TTL, PolicyLease};
+use crate::fleet::policy_lease::{POLICY_LEASE_TTL, PolicyLease};
 use crate::server::{Application, RunOptions};
 
 /// Writes `text` to stdout. A reader that went away (`dingops audit | head`) is not an
@@ -108,7 +108,7 @@ const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_sec
 pub async fn apply(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
     let fleet = open_fleet(&settings).await?;
-    let holder = format!("apply-{}", crate::worker::lease::replica_id());
+    let holder = format!("apply-{}", crate::worker::group_leases::replica_id());
     let waited = PolicyLease::take_waiting(fleet.ledger(), &holder, APPLY_WAITS_FOR_LEASE, || {
         eprintln!(
             "apply: another policy run (a `dingops apply`, or a reconcile run of `serve`) is under \

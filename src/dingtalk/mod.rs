@@ -5,29 +5,33 @@
 //! request and how to read the answer.
 
 pub mod error;
+mod pacing;
 pub mod token;
+mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
 use rand::RngExt as _;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, RequestBuilder};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
-pub use error::{ApiError, ErrorClass};
+pub use error::{ApiError, ErrorClass, advice};
+use pacing::Limiter;
 use token::TokenCache;
+pub use wire::http_client;
+use wire::{
+    credentials_error, join, legacy_outcome, read_body, status_error, token_from, transport, truncate,
+};
 
 use crate::config::DingTalkSettings;
 use crate::domain::ChatId;
 use crate::ledger::LedgerHandle;
 use crate::telemetry::Metrics;
-
-/// Largest answer body read from DingTalk; anything bigger is an error.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 /// The DingTalk APIs dingops calls; each has its own rate limiter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,95 +125,6 @@ impl ClientOptions {
     }
 }
 
-/// The window of the pacing rule.
-const WINDOW: Duration = Duration::from_millis(1050);
-
-/// How long a reservation in the shared budget may take before the call is paced in this
-/// process alone (the ledger waits as long for another process's write lock).
-const RESERVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A sliding-window limit per API: at most `calls_per_sec − 1` calls in any 1.05 s. A call
-/// under the limit goes at once (no added latency at low rates); beyond it, each call waits
-/// for the slot the oldest call in the window frees. The one-call and 50 ms margins keep
-/// network jitter from pushing DingTalk's own count (20 per second) over its limit.
-///
-/// With a shared budget ([`DingTalk::with_budget`]) the ledger decides the slots by the same
-/// rule and this limiter only remembers them, so that pacing falls back to it with this
-/// process's own recent calls counted when a reservation fails.
-struct Limiter {
-    max: usize,
-    window: Duration,
-    /// Send times of the last `max` calls, ascending, reserved slots in the future included.
-    recent: std::sync::Mutex<std::collections::VecDeque<Instant>>,
-}
-
-impl Limiter {
-    fn new(calls_per_sec: u32) -> Option<Self> {
-        (calls_per_sec > 0).then(|| Self {
-            max: calls_per_sec.saturating_sub(1).max(1) as usize,
-            window: WINDOW,
-            recent: std::sync::Mutex::default(),
-        })
-    }
-
-    /// Takes the next slot in this process and waits for it. Woken more than [`MAX_LATE`]
-    /// after the slot (a loaded machine), it takes a new one rather than send late: a late
-    /// call would reach DingTalk closer to the calls after it than the window allows.
-    async fn acquire(&self) {
-        for _ in 0..LATE_RETRIES {
-            let slot = self.take(Instant::now());
-            tokio::time::sleep_until(slot).await;
-            if Instant::now() <= slot + MAX_LATE {
-                return;
-            }
-        }
-    }
-
-    /// Takes the next slot at `now`.
-    fn take(&self, now: Instant) -> Instant {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        // The shared budget's rule (`ledger::budget_slot`): the window, and a least gap
-        // after the latest slot.
-        let after_window = recent
-            .len()
-            .checked_sub(self.max)
-            .map(|i| recent[i] + self.window);
-        let gap = self.window / (2 * self.max.max(1) as u32);
-        let after_gap = recent.back().map(|&t| t + gap);
-        let slot = [Some(now), after_window, after_gap]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(now);
-        Self::remember(&mut recent, self.max, slot);
-        slot
-    }
-
-    /// Notes a slot granted elsewhere (the shared budget).
-    fn record(&self, slot: Instant) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        Self::remember(&mut recent, self.max, slot);
-    }
-
-    /// Inserts `slot` in order and keeps the latest `max`.
-    fn remember(recent: &mut std::collections::VecDeque<Instant>, max: usize, slot: Instant) {
-        let at = recent.partition_point(|t| *t <= slot);
-        recent.insert(at, slot);
-        while recent.len() > max {
-            recent.pop_front();
-        }
-    }
-}
-
-/// How late after its slot a call may still be sent; later, it takes a new slot.
-const MAX_LATE: Duration = Duration::from_millis(25);
-
-/// How long an offset to the ledger's clock serves before it is measured again.
-const CLOCK_MAX_AGE: Duration = Duration::from_secs(60);
-
-/// Slots a call takes at most because it missed them (then it goes anyway).
-const LATE_RETRIES: u32 = 4;
-
 /// A group as `chat/get` describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInfo {
@@ -256,6 +171,8 @@ pub struct DingTalk {
     budget: Option<LedgerHandle>,
     /// The budget's slots are times of the ledger's clock: this is how they map to ours.
     ledger_time: crate::ledger::LedgerTime,
+    /// Where deadlines and the pacing's slots are read.
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
     options: ClientOptions,
     metrics: std::sync::Arc<Metrics>,
 }
@@ -269,98 +186,6 @@ impl std::fmt::Debug for DingTalk {
             .field("shared_budget", &self.budget.is_some())
             .finish_non_exhaustive()
     }
-}
-
-/// Maps a transport error without its URL: a legacy URL carries the access token.
-fn transport(e: reqwest::Error) -> ApiError {
-    if e.is_timeout() {
-        ApiError::Timeout
-    } else if e.is_connect() {
-        ApiError::Connect
-    } else {
-        ApiError::Transport(e.without_url().to_string())
-    }
-}
-
-async fn read_body(mut resp: Response) -> Result<(u16, Value), ApiError> {
-    let status = resp.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(ApiError::Decode(format!(
-                "answer larger than {MAX_RESPONSE_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok((status, Value::Null));
-    }
-    match serde_json::from_slice(&body) {
-        Ok(v) => Ok((status, v)),
-        Err(_) if status >= 400 => Ok((status, Value::Null)),
-        Err(e) => Err(ApiError::Decode(format!("HTTP {status}, body is not JSON: {e}"))),
-    }
-}
-
-/// Reads a legacy answer: success needs HTTP 2xx and `errcode == 0` (and `success` true
-/// where the API sends it).
-fn legacy_outcome(status: u16, v: &Value) -> Result<(), ApiError> {
-    if let Some(errcode) = v.get("errcode").and_then(Value::as_i64)
-        && errcode != 0
-    {
-        return Err(ApiError::Code {
-            errcode,
-            errmsg: v.get("errmsg").and_then(Value::as_str).unwrap_or("").to_owned(),
-        });
-    }
-    if !(200..300).contains(&status) {
-        return Err(status_error(status, v));
-    }
-    match v.get("errcode").and_then(Value::as_i64) {
-        Some(0) => {}
-        _ => {
-            return Err(ApiError::Decode(format!("HTTP {status} without an errcode")));
-        }
-    }
-    if v.get("success").is_some_and(|s| s != &Value::Bool(true)) {
-        return Err(ApiError::Code {
-            errcode: 0,
-            errmsg: "success was not true".into(),
-        });
-    }
-    Ok(())
-}
-
-fn status_error(status: u16, v: &Value) -> ApiError {
-    ApiError::Status {
-        status,
-        code: v.get("code").and_then(Value::as_str).unwrap_or("").to_owned(),
-        message: v.get("message").and_then(Value::as_str).unwrap_or("").to_owned(),
-    }
-}
-
-/// The HTTP client of every DingTalk call: the configured timeouts, no redirects, our user
-/// agent, and the `proxy` when one is set. The Stream ingress opens its connections with one
-/// too.
-pub fn http_client(settings: &DingTalkSettings) -> Result<reqwest::Client, ApiError> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(settings.upstream_timeout())
-        .connect_timeout(settings.upstream_connect_timeout())
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("dingops/", env!("CARGO_PKG_VERSION")));
-    if let Some(proxy) = &settings.proxy {
-        let proxy = reqwest::Proxy::all(proxy.url()).map_err(|e| ApiError::Transport(e.to_string()))?;
-        builder = builder.proxy(proxy);
-    }
-    builder
-        .build()
-        .map_err(|e| ApiError::Transport(e.without_url().to_string()))
-}
-
-fn join(base: &str, path: &str) -> Result<Url, ApiError> {
-    Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
-        .map_err(|e| ApiError::Decode(format!("bad URL for {path}: {e}")))
 }
 
 impl DingTalk {
@@ -386,6 +211,7 @@ impl DingTalk {
             limiters,
             budget: None,
             ledger_time: Default::default(),
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
             options,
             metrics,
         })
@@ -405,6 +231,16 @@ impl DingTalk {
         let mut client = Self::new(settings, metrics)?;
         client.budget = Some(ledger);
         Ok(client)
+    }
+
+    /// This client reading the time (deadlines, pacing) from `clock` instead of the
+    /// system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
+        self.legacy = TokenCache::new(clock.clone());
+        self.modern = TokenCache::new(clock.clone());
+        self.clock = clock;
+        self
     }
 
     fn cache(&self, kind: TokenKind) -> &TokenCache {
@@ -427,7 +263,7 @@ impl DingTalk {
 
     /// The deadline of a call starting now.
     fn deadline(&self) -> Instant {
-        let now = Instant::now();
+        let now = self.clock.instant();
         now.checked_add(self.options.deadline).unwrap_or(now)
     }
 
@@ -467,9 +303,9 @@ impl DingTalk {
                 None => None,
             };
             self.pace(api, deadline).await?;
-            let started = std::time::Instant::now();
+            let started = self.clock.instant();
             let result = op(tok.clone()).await;
-            let took = started.elapsed();
+            let took = self.clock.instant().saturating_duration_since(started);
             let elapsed_ms = took.as_millis();
             let code = match &result {
                 Ok(_) => "0".to_owned(),
@@ -507,102 +343,16 @@ impl DingTalk {
                 }
                 _ => return Err(err),
             };
-            let late = Instant::now().checked_add(wait).is_none_or(|at| at > deadline);
+            let late = self
+                .clock
+                .instant()
+                .checked_add(wait)
+                .is_none_or(|at| at > deadline);
             if attempt >= self.options.max_attempts || late {
                 return Err(err);
             }
             tokio::time::sleep(wait).await;
         }
-    }
-
-    /// Waits for the next send slot of `api`: from the shared budget when there is one,
-    /// else (or when the reservation fails) from this process's limiter. A shared slot
-    /// beyond `deadline` fails the call with [`ApiError::Timeout`]: waiting for it would
-    /// outlast the call.
-    async fn pace(&self, api: Api, deadline: Instant) -> Result<(), ApiError> {
-        let Some(limiter) = self.limiters.get(&api) else {
-            return Ok(());
-        };
-        let Some(ledger) = &self.budget else {
-            limiter.acquire().await;
-            return Ok(());
-        };
-        let asked = Instant::now();
-        for attempt in 1..=LATE_RETRIES {
-            let Some(slot) = self.reserve(api, limiter, ledger, asked, deadline).await? else {
-                return Ok(());
-            };
-            tokio::time::sleep_until(slot).await;
-            // Sent more than MAX_LATE after its slot (the reservation's round trip or a late
-            // wake-up on a loaded machine), a call would reach DingTalk closer to the calls
-            // after it than the window allows: it takes a new slot instead.
-            let late = Instant::now().saturating_duration_since(slot);
-            let late_ms = late.as_millis();
-            if late <= MAX_LATE || attempt == LATE_RETRIES {
-                break;
-            }
-            tracing::debug!(
-                api = api.name(),
-                late_ms,
-                "a shared slot was missed; taking another"
-            );
-        }
-        self.metrics
-            .budget_wait_seconds
-            .with_label_values(&[api.name()])
-            .observe(asked.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    /// Reserves a send slot of `api` in the shared budget: the slot as a tokio instant, the
-    /// ledger's wait counted from when its answer arrived (the ledger's clock decides, this
-    /// machine's wall clock plays no part). `None` when the budget could not be asked and
-    /// the call was paced here instead (counted in `dingops_rate_budget_fallbacks_total`).
-    async fn reserve(
-        &self,
-        api: Api,
-        limiter: &Limiter,
-        ledger: &LedgerHandle,
-        asked: Instant,
-        deadline: Instant,
-    ) -> Result<Option<Instant>, ApiError> {
-        let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
-        let reservation = ledger.call(move |l| l.reserve_call(api.name(), max, window_ms));
-        let give_up = deadline.min(Instant::now() + RESERVE_TIMEOUT);
-        let slot = match tokio::time::timeout_at(give_up, reservation).await {
-            Ok(Ok(slot)) => {
-                // The slot is a time of the ledger's clock, read through the measured offset
-                // (exact to within a short round trip; the ledger's wait, counted from when
-                // its answer arrived, would send every call late by the reservation's commit).
-                let ledger_now = self.ledger_time.fresh_now_ms(ledger, CLOCK_MAX_AGE).await;
-                let now = Instant::now();
-                now.checked_add(Duration::from_millis(slot.at_ms.saturating_sub(ledger_now)))
-                    .unwrap_or(now)
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "no answer in time".to_owned(),
-                };
-                tracing::warn!(api = api.name(), %error, "shared rate budget unavailable; pacing this call locally");
-                self.metrics
-                    .budget_fallbacks
-                    .with_label_values(&[api.name()])
-                    .inc();
-                limiter.acquire().await;
-                return Ok(None);
-            }
-        };
-        limiter.record(slot);
-        if slot > deadline {
-            tracing::warn!(
-                api = api.name(),
-                wait_ms = slot.saturating_duration_since(asked).as_millis(),
-                "the shared rate budget's next slot is beyond this call's deadline"
-            );
-            return Err(ApiError::Timeout);
-        }
-        Ok(Some(slot))
     }
 
     /// A valid token of `kind`, from the cache or fetched once for all waiting callers; a
@@ -892,62 +642,5 @@ impl DingTalk {
             legacy_outcome(status, &v)
         })
         .await
-    }
-}
-
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// The token and its lifetime (0 when absent) from a token answer.
-fn token_from(v: &Value, token_field: &str, ttl_field: &str) -> Result<(SecretString, i64), ApiError> {
-    let token = v
-        .get(token_field)
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::Decode(format!("token answer without {token_field}")))?;
-    let ttl = v.get(ttl_field).and_then(Value::as_i64).unwrap_or(0);
-    Ok((SecretString::from(token.to_owned()), ttl))
-}
-
-/// A refused token request means the credentials are wrong: not worth a retry.
-fn credentials_error(e: ApiError) -> ApiError {
-    match e.class() {
-        ErrorClass::Transient | ErrorClass::RateLimited => e,
-        _ => ApiError::Credentials(e.short()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_local_limiter_counts_slots_the_shared_budget_granted_in_any_order() {
-        // 3 calls/s: at most 2 in any 1.05 s.
-        let limiter = Limiter::new(3).unwrap();
-        let now = Instant::now();
-        let ms = Duration::from_millis;
-        // Granted by the ledger, and learnt out of order.
-        limiter.record(now + ms(500));
-        limiter.record(now - ms(1000));
-        // The window of the oldest of the last two frees a slot at -1000 + 1050, but the
-        // latest slot is the ledger's at 500: the next comes a least gap (1050 / 4) after it.
-        let gap = Duration::from_micros(262_500);
-        assert_eq!(limiter.take(now), now + ms(500) + gap);
-        // Now 500 and 762.5 are the last two: the next waits for 500 + 1050.
-        assert_eq!(limiter.take(now), now + ms(1550));
-    }
-
-    #[test]
-    fn pacing_off_means_no_limiter_at_all() {
-        assert!(Limiter::new(0).is_none());
-        assert_eq!(Limiter::new(1).unwrap().max, 1);
-        assert_eq!(Limiter::new(20).unwrap().max, 19);
     }
 }

@@ -1,7 +1,7 @@
 //! Access-token caching: one fetch for many concurrent callers, refreshed before expiry.
 
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::ApiError;
+use crate::clock::Clock;
 
 /// DingTalk's documented lifetime, used when an answer lacks a positive `expires_in`.
 pub const DEFAULT_TTL_SECS: i64 = 7200;
@@ -38,9 +39,16 @@ struct Slot {
 /// One caller fetches; every caller arriving meanwhile waits for that fetch's result, success
 /// or error, instead of fetching again. If the fetching caller is cancelled (its deadline
 /// passed), a waiting caller takes over. No lock is held across the fetch.
-#[derive(Default)]
 pub struct TokenCache {
     slot: Mutex<Slot>,
+    /// Where refresh times are read.
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::new(Arc::new(crate::clock::SystemClock))
+    }
 }
 
 /// What a caller does after looking at the cache.
@@ -82,6 +90,14 @@ fn refresh_at(now: Instant, ttl: i64) -> Instant {
 }
 
 impl TokenCache {
+    /// An empty cache whose refresh times go by `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            slot: Mutex::default(),
+            clock,
+        }
+    }
+
     fn slot(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -89,7 +105,7 @@ impl TokenCache {
     fn role(&self) -> Role {
         let mut slot = self.slot();
         if let Some(c) = slot.cached.as_ref()
-            && Instant::now() < c.refresh_at
+            && self.clock.instant() < c.refresh_at
         {
             return Role::Cached(c.token.clone());
         }
@@ -128,7 +144,7 @@ impl TokenCache {
                             token.clone(),
                             Cached {
                                 token,
-                                refresh_at: refresh_at(Instant::now(), ttl),
+                                refresh_at: refresh_at(self.clock.instant(), ttl),
                             },
                         )
                     });
@@ -169,7 +185,6 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
@@ -277,5 +292,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fresh.expose_secret(), "t2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_is_fetched_again_ten_minutes_before_it_expires() {
+        // Paused time: the two hours pass on tokio's clock, not the wall clock.
+        let cache = TokenCache::default();
+        let get = |t: &'static str| cache.get(move || async move { Ok((SecretString::from(t), 7200)) });
+        assert_eq!(get("t1").await.unwrap().expose_secret(), "t1");
+        tokio::time::advance(Duration::from_secs(6599)).await;
+        assert_eq!(get("t2").await.unwrap().expose_secret(), "t1", "still fresh");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(get("t2").await.unwrap().expose_secret(), "t2", "refreshed");
     }
 }

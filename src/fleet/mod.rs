@@ -6,8 +6,8 @@
 
 pub mod apply;
 pub mod discover;
-pub mod lease;
 pub mod plan;
+pub mod policy_lease;
 pub mod reconcile;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::Fleet;
 use super::apply::{ApplyReport, GroupApplied};
-use super::lease::PolicyLease;
+use super::policy_lease::PolicyLease;
 use crate::governance::policy::Setting;
 use crate::telemetry::Metrics;
 

@@ -25,7 +25,6 @@ use tracing::Instrument as _;
 use super::payload::Callback;
 use super::signature::{SignatureError, Verifier};
 use super::{Acknowledge, Admission, Inbound, Pipeline};
-use crate::clock::now_ms;
 use crate::telemetry::Metrics;
 
 /// Largest callback body accepted.
@@ -77,7 +76,9 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a st
 fn verify(state: &HttpIngress, headers: &HeaderMap) -> Result<(), SignatureError> {
     let timestamp = single_header(headers, "timestamp")?;
     let sign = single_header(headers, "sign")?;
-    state.verifier.verify(timestamp, sign)
+    state
+        .verifier
+        .verify_at(timestamp, sign, state.pipeline.clock().now_ms())
 }
 
 /// Reads and drops a body of a declared length up to the limit; leaves anything else unread
@@ -164,10 +165,15 @@ pub async fn callback(
     payload: web::Payload,
     state: web::Data<HttpIngress>,
 ) -> HttpResponse {
-    let started = std::time::Instant::now();
+    let started = state.pipeline.clock().instant();
     let (response, outcome, reason) = handle(&req, payload, &state).await;
     state.metrics.callback(outcome, reason);
-    state.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
+    let took = state
+        .pipeline
+        .clock()
+        .instant()
+        .saturating_duration_since(started);
+    state.metrics.ack_seconds.observe(took.as_secs_f64());
     response
 }
 
@@ -223,7 +229,7 @@ async fn handle(
             );
         }
     };
-    let message = cb.into_accepted(now_ms());
+    let message = cb.into_accepted(state.pipeline.clock().now_ms());
     // Debug level: the worker's info-level `process` span carries msg_id, group and command
     // for every command; this one only frames the pipeline's debug lines.
     let span = tracing::debug_span!("callback", msg_id = %message.msg_id, group = %message.conversation_id);

@@ -10,6 +10,9 @@ pub mod probes;
 pub mod signature;
 pub mod stream;
 
+use std::sync::Arc;
+
+use crate::clock::Clock;
 use crate::domain::Accepted;
 use crate::ledger::LedgerHandle;
 use crate::worker::Intake;
@@ -44,11 +47,23 @@ pub struct Inbound<A> {
 pub struct Pipeline {
     ledger: LedgerHandle,
     intake: Intake,
+    /// Where the ingresses read the time: a message's arrival, signature windows,
+    /// keepalives and acknowledgement latency.
+    clock: Arc<dyn Clock>,
 }
 
 impl Pipeline {
-    pub fn new(ledger: LedgerHandle, intake: Intake) -> Self {
-        Self { ledger, intake }
+    pub fn new(ledger: LedgerHandle, intake: Intake, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            ledger,
+            intake,
+            clock,
+        }
+    }
+
+    /// The clock every ingress reads the time by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Records the message unless its msgId is known, wakes the worker for a new one, and

@@ -121,11 +121,6 @@ impl Verifier {
             .verify_slice(&given)
             .map_err(|_| SignatureError::Mismatch)
     }
-
-    /// Verifies against the system clock.
-    pub fn verify(&self, timestamp: Option<&str>, sign: Option<&str>) -> Result<(), SignatureError> {
-        self.verify_at(timestamp, sign, crate::clock::now_ms())
-    }
 }
 
 #[cfg(test)]

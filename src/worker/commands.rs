@@ -4,7 +4,7 @@
 
 use super::WorkerContext;
 use super::reply::{failed, failed_reading, ledger_failed};
-use crate::clock::{format_ms, now_ms};
+use crate::clock::format_ms;
 use crate::command::{Command, GroupSwitch, help_text};
 use crate::domain::{Accepted, Answer, Binding, ChatId, DM_SETTING, DmState, Outcome, RevertJob, who};
 use crate::ledger::LedgerError;
@@ -135,7 +135,7 @@ impl WorkerContext {
             prohibited: prohibit,
             set_by: job.sender_staff_id.clone().unwrap_or_default(),
             set_by_nick: job.sender_nick.clone(),
-            set_ms: now_ms(),
+            set_ms: self.clock.now_ms(),
         };
         let cid = job.conversation_id.clone();
         // DingTalk made the change: record it before anything else of this group happens.
@@ -312,7 +312,7 @@ impl WorkerContext {
                 job.sender_staff_id.as_deref().unwrap_or(""),
                 job.sender_nick.as_deref(),
             ),
-            bound_ms: now_ms(),
+            bound_ms: self.clock.now_ms(),
         };
         match self.ledger.call(move |l| l.bind(&binding)).await {
             Ok(()) => Answer::new(

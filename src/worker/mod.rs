@@ -1,13 +1,15 @@
 //! The command worker. Each command goes authorize → execute → reply → record:
-//! [`policy`] decides who may run what, [`commands`] carries each command out, [`reply`]
+//! [`authorizer`] decides who may run what, [`commands`] carries each command out, [`reply`]
 //! delivers the answer, and the ledger records it; [`pool`] schedules commands with bounded
-//! concurrency and per-group order. Nothing here knows which ingress a message came by.
+//! concurrency and per-group order, deciding by [`schedule`]. Nothing here knows which
+//! ingress a message came by.
 
+pub mod authorizer;
 mod commands;
-pub mod lease;
-pub mod policy;
+pub mod group_leases;
 pub mod pool;
 pub mod reply;
+mod schedule;
 pub mod timer;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
@@ -25,15 +27,15 @@ use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending
 use crate::ledger::{Ledger, LedgerError, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
 
-pub use lease::Leases;
-pub use policy::Policy;
-pub use pool::{Intake, WorkerPool};
+pub use authorizer::Authorizer;
+pub use group_leases::Leases;
+pub use pool::{Intake, PoolParts, WorkerPool};
 
 /// What the worker needs to decide and act.
 pub struct WorkerContext {
     ledger: LedgerHandle,
     dingtalk: Arc<DingTalk>,
-    policy: Policy,
+    authorizer: Authorizer,
     reply_hosts: ReplyHosts,
     static_groups: BTreeMap<String, ChatId>,
     metrics: Arc<Metrics>,
@@ -49,6 +51,8 @@ pub struct WorkerContext {
     setting_locks: SettingLocks,
     /// The groups this replica holds among the replicas sharing the ledger.
     leases: Arc<Leases>,
+    /// Where the worker, its pool, its leases and its timer read the time.
+    clock: Arc<dyn Clock>,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -144,16 +148,17 @@ impl WorkerContext {
         dingtalk: Arc<DingTalk>,
         metrics: Arc<Metrics>,
         sharing: &Sharing,
+        clock: Arc<dyn Clock>,
     ) -> Self {
-        let (holder, ttl) = (lease::replica_id(), settings.claim_lease);
+        let (holder, ttl) = (group_leases::replica_id(), settings.claim_lease);
         let leases = match sharing {
-            Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl),
-            Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl),
+            Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl, clock.clone()),
+            Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl, clock.clone()),
         };
         Self {
             ledger: ledger.clone(),
             dingtalk,
-            policy: Policy::new(
+            authorizer: Authorizer::new(
                 &settings.admins,
                 settings.trust_is_admin,
                 settings.admin_commands_per_minute,
@@ -165,9 +170,15 @@ impl WorkerContext {
             revert_minute: settings.revert_minute,
             setting_locks: SettingLocks::default(),
             leases: Arc::new(leases),
+            clock,
             #[cfg(test)]
             before_answer: None,
         }
+    }
+
+    /// The clock the worker reads the time by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// This replica's leases (its name among the replicas is [`Leases::holder`]).
@@ -263,7 +274,7 @@ impl WorkerContext {
     }
 
     /// [`WorkerContext::answer`], with a panic turned into a ❌ answer.
-    async fn answer_or_panic(&self, job: &Job) -> Answer {
+    async fn answer_catching_panic(&self, job: &Job) -> Answer {
         match AssertUnwindSafe(self.answer(job)).catch_unwind().await {
             Ok(a) => a,
             Err(_) => {
@@ -280,8 +291,9 @@ impl WorkerContext {
         tracing::error!(msg_id = %msg_id, "a command panicked; it is recorded as failed");
         let answer = panicked(job.command_name());
         let delivery = crate::domain::Delivery::Failed("panic".into());
+        let clock = Arc::clone(&self.clock);
         self.write_until_landed("finish a command that panicked", move |l| {
-            l.finish(&msg_id, &answer, &delivery, now_ms())
+            l.finish(&msg_id, &answer, &delivery, clock.now_ms())
         })
         .await;
     }
@@ -329,7 +341,7 @@ impl WorkerContext {
             }
             return Answer::new(spec.name, Outcome::Info, text, "1:1 chat");
         }
-        if let Some(refusal) = self.policy.authorize(job, spec) {
+        if let Some(refusal) = self.authorizer.authorize(job, spec, self.clock.instant()) {
             return refusal;
         }
         self.execute(job, command).await
@@ -346,7 +358,7 @@ impl WorkerContext {
         let answer = match &job.answer {
             Some(a) => a.clone(),
             None => {
-                let a = self.answer_or_panic(job).await;
+                let a = self.answer_catching_panic(job).await;
                 // Only an answer that changed or asked DingTalk is recorded before the reply:
                 // after a crash it must not be repeated. Information and refusals are simply
                 // answered again, which saves a ledger write on most commands.
@@ -374,10 +386,10 @@ impl WorkerContext {
             .inc();
         self.metrics
             .command_seconds
-            .observe(now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
-        let msg_id = accepted.msg_id.clone();
+            .observe(self.clock.now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
+        let (msg_id, clock) = (accepted.msg_id.clone(), Arc::clone(&self.clock));
         self.write_until_landed("record the end of a command", move |l| {
-            l.finish(&msg_id, &answer, &delivery, now_ms())
+            l.finish(&msg_id, &answer, &delivery, clock.now_ms())
         })
         .await;
     }
@@ -417,10 +429,18 @@ mod tests {
         WorkerContext {
             leases: Arc::new(Leases::solo(
                 ledger.clone(),
-                lease::replica_id(),
+                group_leases::replica_id(),
                 settings.worker.claim_lease,
+                Arc::new(crate::clock::SystemClock),
             )),
-            ..WorkerContext::new(&settings.worker, ledger, dingtalk, metrics, &Sharing::Replicas)
+            ..WorkerContext::new(
+                &settings.worker,
+                ledger,
+                dingtalk,
+                metrics,
+                &Sharing::Replicas,
+                Arc::new(crate::clock::SystemClock),
+            )
         }
     }
 
@@ -586,6 +606,24 @@ mod tests {
         }
     }
 
+    /// Runs a pool (4 in memory, 1 running slot) over `w`, reading `ledger`, until no
+    /// command is open there (at most 10 s: `stalled` says what went wrong), then stops it.
+    async fn drain(w: WorkerContext, ledger: &Arc<MemoryLedger>, stalled: &str) {
+        let parts = PoolParts {
+            leases: w.leases().clone(),
+            ledger: LedgerHandle::shared(ledger.clone()),
+            ctx: Arc::new(w),
+        };
+        let (intake, pool) = WorkerPool::start(parts, 4, 1);
+        intake.wake();
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ledger.open_count().unwrap() > 0 {
+            assert!(tokio::time::Instant::now() < end, "{stalled}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
+
     #[tokio::test]
     async fn a_panicking_command_is_recorded_failed_and_its_group_goes_on() {
         let ledger = Arc::new(MemoryLedger::new());
@@ -602,17 +640,7 @@ mod tests {
             ..worker(MemoryLedger::new(), &[])
         };
         // One running slot and one group: a leaked slot or a stuck group would stall the second.
-        let (intake, pool) = WorkerPool::start(Arc::new(w), 4, 1);
-        intake.wake();
-        let end = tokio::time::Instant::now() + Duration::from_secs(10);
-        while ledger.open_count().unwrap() > 0 {
-            assert!(
-                tokio::time::Instant::now() < end,
-                "the group stalled after a panic"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        pool.shutdown(Duration::from_secs(5)).await;
+        drain(w, &ledger, "the group stalled after a panic").await;
         let rows = ledger.history(None, None, 10).unwrap();
         let row = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().clone();
         let boomed = row("m-boom");
@@ -630,10 +658,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_command_from_before_the_start_whose_session_expired_by_the_workers_clock_is_not_run() {
+        let ledger = Arc::new(MemoryLedger::new());
+        let mut stale = typed("boss", "/dm-status");
+        stale.msg_id = "m-stale".into();
+        stale.session_expires_ms = Some(2_000_000);
+        let mut live = typed("boss", "/dm-status");
+        live.msg_id = "m-live".into();
+        live.conversation_id = "cidH==".into();
+        live.session_expires_ms = Some(3_000_000);
+        ledger.accept(&stale).unwrap();
+        ledger.accept(&live).unwrap();
+        // The worker starts at 2 500 000 by its clock: between the two sessions' ends.
+        let w = WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            clock: crate::clock::ManualClock::at(2_500_000),
+            ..worker(MemoryLedger::new(), &[])
+        };
+        drain(w, &ledger, "the commands never finished").await;
+        let rows = ledger.history(None, None, 10).unwrap();
+        let detail = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().detail.clone();
+        let expired = "not run: its reply session expired before dingops restarted";
+        assert_eq!(detail("m-stale").as_deref(), Some(expired));
+        assert_ne!(detail("m-live").as_deref(), Some(expired));
+    }
+
+    #[tokio::test]
     async fn a_panic_gives_a_failed_answer_with_the_command_name() {
         let mut w = worker(MemoryLedger::new(), &[]);
         w.before_answer = Some(|_| panic!("a command bug (test)"));
-        let a = w.answer_or_panic(&typed("member", "/dm-status").into()).await;
+        let a = w
+            .answer_catching_panic(&typed("member", "/dm-status").into())
+            .await;
         assert_eq!((a.command.as_str(), a.outcome), ("/dm-status", Outcome::Failed));
         assert!(a.text.contains("internal error"), "{}", a.text);
     }

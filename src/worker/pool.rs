@@ -2,9 +2,9 @@
 //! bounded number in memory (and a few per group, so one group's backlog cannot crowd out
 //! the others), runs the commands of one group one after another, and bounds how many call
 //! DingTalk at once. With other replicas on the same ledger it runs only the groups whose
-//! lease it holds (see [`super::lease`]).
+//! lease it holds (see [`super::group_leases`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,9 +13,10 @@ use futures_util::FutureExt as _;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{Job, WorkerContext};
-use crate::clock::now_ms;
+use super::schedule::{Loaded, Next, Refill, Schedule, Step};
+use super::{Job, Leases, WorkerContext};
 use crate::domain::{Answer, Delivery, Outcome, Pending};
+use crate::ledger::LedgerHandle;
 
 /// How callbacks hand work to the pool: the command is already in the ledger, so they only
 /// wake the pool, which reads it from there.
@@ -52,79 +53,33 @@ const LOAD_BATCH: usize = 256;
 /// a command of another group is loaded (and started) while a long backlog drains.
 const PER_GROUP: usize = 8;
 
-/// A loaded command, its position, and its place in memory (released when it finishes).
-type Held = (i64, Job, OwnedSemaphorePermit);
+/// A loaded command and its place in memory (released when it finishes).
+type Held = (Job, OwnedSemaphorePermit);
 
 /// How often the ledger is read for new commands while this replica holds groups: other
 /// replicas accept commands of those groups without waking this one.
 const POLL: Duration = Duration::from_millis(250);
 
-/// One group's commands in memory.
-#[derive(Default)]
-struct Group {
-    queue: VecDeque<Held>,
-    /// Loaded and not finished: those queued and the one running.
-    held: usize,
-    /// A runner task works through `queue`.
-    runner: bool,
-    /// Position of this group's newest loaded command.
-    loaded_upto: i64,
-    /// The shared cursor skipped some of this group's open commands; they are read from
-    /// `loaded_upto` on, and the cursor skips the group until it has caught up.
-    behind: bool,
-    /// Its lease was lost: what is still queued is dropped and nothing more is loaded; the
-    /// entry goes once the running command (if any) has finished.
-    lost: bool,
-}
-
-/// What the loader and the runners share.
-#[derive(Default)]
-struct State {
-    /// The groups with commands in memory (this replica holds their leases).
-    map: HashMap<String, Group>,
-    /// Groups with open commands this replica did not load because another replica held
-    /// the group (or its lease was lost): the position of the oldest such command. Taking
-    /// the group later reads its commands from there.
-    skipped: HashMap<String, i64>,
-}
-
-impl State {
-    fn skip(&mut self, cid: &str, pos: i64) {
-        self.skipped
-            .entry(cid.to_owned())
-            .and_modify(|p| *p = (*p).min(pos))
-            .or_insert(pos);
-    }
-
-    /// Drops what is queued of a group whose lease is lost; its commands stay open in the
-    /// ledger for the group's next holder.
-    fn abandon(&mut self, cid: &str) {
-        let Some(g) = self.map.get_mut(cid) else {
-            return;
-        };
-        g.lost = true;
-        let mut oldest = g.behind.then_some(g.loaded_upto.saturating_add(1));
-        for (pos, _, _) in g.queue.drain(..) {
-            oldest = Some(oldest.map_or(pos, |o| o.min(pos)));
-            g.held = g.held.saturating_sub(1);
-        }
-        g.behind = false;
-        if g.held == 0 && !g.runner {
-            self.map.remove(cid);
-        }
-        if let Some(pos) = oldest {
-            self.skip(cid, pos);
-        }
-    }
-}
-
-#[derive(Clone, Default)]
-struct Groups(Arc<Mutex<State>>);
+/// The schedule the loader and the runners share.
+#[derive(Clone)]
+struct Groups(Arc<Mutex<Schedule<Held>>>);
 
 impl Groups {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn new(per_group: usize) -> Self {
+        Self(Arc::new(Mutex::new(Schedule::new(per_group))))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Schedule<Held>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What the pool works with: the worker that runs commands, the ledger it reads them
+/// from, and this replica's leases (which groups it runs).
+pub struct PoolParts {
+    pub ctx: Arc<WorkerContext>,
+    pub ledger: LedgerHandle,
+    pub leases: Arc<Leases>,
 }
 
 impl WorkerPool {
@@ -132,10 +87,16 @@ impl WorkerPool {
     /// accepted (at start, that resumes what a stop or crash left unfinished), holds at most
     /// `capacity` of them in memory (the backlog stays in the ledger), runs at most
     /// `concurrency` at once, and runs the commands of one group one after another, in order.
-    pub fn start(ctx: Arc<WorkerContext>, capacity: usize, concurrency: usize) -> (Intake, Self) {
+    pub fn start(parts: PoolParts, capacity: usize, concurrency: usize) -> (Intake, Self) {
         let wake = Arc::new(Notify::new());
         let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(pump(ctx, wake.clone(), stop.clone(), capacity, concurrency));
+        let task = tokio::spawn(run_loader(
+            parts,
+            wake.clone(),
+            stop.clone(),
+            capacity,
+            concurrency,
+        ));
         (Intake { wake }, Self { stop, task })
     }
 
@@ -182,8 +143,10 @@ impl Slots {
 }
 
 /// The loader: everything the pool task owns.
-struct Pump {
+struct Loader {
     ctx: Arc<WorkerContext>,
+    ledger: LedgerHandle,
+    leases: Arc<Leases>,
     groups: Groups,
     held: Arc<Semaphore>,
     slots: Slots,
@@ -191,20 +154,19 @@ struct Pump {
     tasks: JoinSet<()>,
     /// Position of the last command the shared cursor looked at.
     cursor: i64,
-    per_group: usize,
     started_ms: u64,
-    /// Each group's newest finished command at start (see [`Pump::admit`]).
+    /// Each group's newest finished command at start (see [`Loader::admit`]).
     newest_done: HashMap<String, i64>,
 }
 
-async fn pump(
-    ctx: Arc<WorkerContext>,
+async fn run_loader(
+    PoolParts { ctx, ledger, leases }: PoolParts,
     wake: Arc<Notify>,
     stop: Arc<Notify>,
     capacity: usize,
     concurrency: usize,
 ) {
-    let newest_done = match ctx.ledger.call(|l| l.newest_done_by_group()).await {
+    let newest_done = match ledger.call(|l| l.newest_done_by_group()).await {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "cannot read which groups finished newer commands; resuming without that check");
@@ -212,25 +174,27 @@ async fn pump(
         }
     };
     let capacity = capacity.max(1);
-    let mut p = Pump {
+    let clock = Arc::clone(ctx.clock());
+    let mut p = Loader {
         ctx,
-        groups: Groups::default(),
+        ledger,
+        leases,
+        groups: Groups::new(PER_GROUP.min(capacity)),
         held: Arc::new(Semaphore::new(capacity)),
         slots: Slots::new(concurrency),
         wake,
         tasks: JoinSet::new(),
         cursor: 0,
-        per_group: PER_GROUP.min(capacity),
-        started_ms: now_ms(),
+        started_ms: clock.now_ms(),
         newest_done,
     };
-    let heartbeat = p.ctx.leases.heartbeat();
-    let mut next_beat = tokio::time::Instant::now() + heartbeat;
+    let heartbeat = p.leases.heartbeat();
+    let mut next_beat = clock.instant() + heartbeat;
     loop {
         while p.tasks.try_join_next().is_some() {}
-        if tokio::time::Instant::now() >= next_beat {
+        if clock.instant() >= next_beat {
             p.beat().await;
-            next_beat = tokio::time::Instant::now() + heartbeat;
+            next_beat = clock.instant() + heartbeat;
         }
         p.refill().await;
         if p.scan().await {
@@ -238,7 +202,7 @@ async fn pump(
         }
         // Commands of held groups may be accepted by other replicas, which do not wake this
         // one: read the ledger often then.
-        let idle_wait = if p.ctx.leases.is_shared() && p.ctx.leases.held_count() > 0 {
+        let idle_wait = if p.leases.is_shared() && p.leases.held_count() > 0 {
             POLL
         } else {
             Duration::from_secs(1)
@@ -256,54 +220,25 @@ async fn pump(
     while p.tasks.join_next().await.is_some() {}
 }
 
-/// What the loader does with one command it read.
-enum Step {
-    Load,
-    Skip,
-}
-
-impl Pump {
+impl Loader {
     /// Renews the leases of the groups held (giving back those long unused), drops what is
     /// queued of groups whose lease was lost, and takes the groups other replicas held
     /// whose commands this one skipped, once their lease is free (given back, or run out
     /// because their holder died): their commands are read from the oldest skipped one.
     async fn beat(&mut self) {
         let groups = self.groups.clone();
-        let lost = self
-            .ctx
-            .leases
-            .renew(|cid| groups.lock().map.contains_key(cid))
-            .await;
+        let lost = self.leases.renew(|cid| groups.lock().has(cid)).await;
         if !lost.is_empty() {
-            let mut st = self.groups.lock();
+            let mut schedule = self.groups.lock();
             for cid in &lost {
-                st.abandon(cid);
+                schedule.abandon(cid);
             }
         }
-        let wanted: Vec<String> = {
-            let st = self.groups.lock();
-            st.skipped
-                .keys()
-                .filter(|cid| !st.map.contains_key(*cid))
-                .cloned()
-                .collect()
-        };
-        let taken = self.ctx.leases.take(wanted).await;
+        let wanted = self.groups.lock().wanted();
+        let taken = self.leases.take(wanted).await;
         if !taken.is_empty() {
             tracing::info!(groups = taken.len(), "took over groups another replica held");
-            let mut st = self.groups.lock();
-            for cid in taken {
-                if let Some(from) = st.skipped.remove(&cid) {
-                    st.map.insert(
-                        cid,
-                        Group {
-                            behind: true,
-                            loaded_upto: from.saturating_sub(1),
-                            ..Group::default()
-                        },
-                    );
-                }
-            }
+            self.groups.lock().taken(taken);
         }
     }
 
@@ -318,8 +253,8 @@ impl Pump {
         let cursor = self.cursor;
         // Taken after this number, a group may have had commands finished by its former
         // holder since the read: those are read again.
-        let seq = self.ctx.leases.seq();
-        let rows = match self.ctx.ledger.call(move |l| l.open_after(cursor, room)).await {
+        let seq = self.leases.seq();
+        let rows = match self.ledger.call(move |l| l.open_after(cursor, room)).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read open commands from the ledger");
@@ -332,12 +267,12 @@ impl Pump {
         // e.g. when it stopped): their leases are asked for in one write, so a group whose
         // holder left is taken at its next command rather than at the next heartbeat.
         let wanted: Vec<String> = {
-            let st = self.groups.lock();
+            let schedule = self.groups.lock();
             let mut wanted: Vec<String> = Vec::new();
             for (_, job) in &rows {
                 let cid = &job.accepted.conversation_id;
-                if !st.map.contains_key(cid)
-                    && self.ctx.leases.taken_before(cid, u64::MAX).is_none()
+                if !schedule.has(cid)
+                    && self.leases.taken_before(cid, u64::MAX).is_none()
                     && !wanted.contains(cid)
                 {
                     wanted.push(cid.clone());
@@ -345,9 +280,11 @@ impl Pump {
             }
             wanted
         };
-        let took = !self.ctx.leases.take(wanted).await.is_empty();
+        let took = !self.leases.take(wanted).await.is_empty();
         for (rowid, job) in rows {
-            let step = self.step(rowid, &job.accepted.conversation_id, seq);
+            let cid = &job.accepted.conversation_id;
+            let lease = self.leases.taken_before(cid, seq);
+            let step = self.groups.lock().step(rowid, cid, lease);
             if matches!(step, Step::Load) {
                 let Ok(permit) = self.held.clone().try_acquire_owned() else {
                     // Memory is full: this row is read again once a command finishes.
@@ -360,64 +297,17 @@ impl Pump {
         full || took
     }
 
-    /// Decides about the command at `rowid` of group `cid`, read after the take numbered
-    /// `seq`.
-    fn step(&self, rowid: i64, cid: &str, seq: u64) -> Step {
-        let mut st = self.groups.lock();
-        if let Some(g) = st.map.get_mut(cid) {
-            if g.lost {
-                st.skip(cid, rowid);
-                return Step::Skip;
-            }
-            if !g.behind && g.held >= self.per_group {
-                g.behind = true;
-            }
-            return if g.behind { Step::Skip } else { Step::Load };
-        }
-        match self.ctx.leases.taken_before(cid, seq) {
-            // Held all along since before the read, nothing of it skipped: the row is current.
-            Some(true) if !st.skipped.contains_key(cid) => Step::Load,
-            // Taken just now (or older commands of it were skipped): its open commands are
-            // read again from the oldest that may be waiting.
-            Some(_) => {
-                let from = st.skipped.remove(cid).map_or(rowid, |p| p.min(rowid));
-                st.map.insert(
-                    cid.to_owned(),
-                    Group {
-                        behind: true,
-                        loaded_upto: from.saturating_sub(1),
-                        ..Group::default()
-                    },
-                );
-                Step::Skip
-            }
-            // Another replica holds it and runs it.
-            None => {
-                st.skip(cid, rowid);
-                Step::Skip
-            }
-        }
-    }
-
     /// Reads more of the backlog of groups the cursor skipped, once they have room for half
     /// their share (one read per several commands, not one per command).
     async fn refill(&mut self) {
-        let wanting: Vec<(String, i64, usize)> = self
-            .groups
-            .lock()
-            .map
-            .iter()
-            .filter(|(_, g)| g.behind && g.held * 2 <= self.per_group)
-            .map(|(cid, g)| (cid.clone(), g.loaded_upto, self.per_group - g.held))
-            .collect();
-        for (cid, after, want) in wanting {
+        let wanting = self.groups.lock().refills();
+        for Refill { cid, after, want } in wanting {
             let want = want.min(self.held.available_permits());
             if want == 0 {
                 return;
             }
             let (key, through) = (cid.clone(), self.cursor);
             let rows = match self
-                .ctx
                 .ledger
                 .call(move |l| l.open_in_conversation_after(&key, after, through, want))
                 .await
@@ -436,13 +326,7 @@ impl Pump {
                 self.load(rowid, job, permit).await;
             }
             if caught_up {
-                let mut st = self.groups.lock();
-                if let Some(g) = st.map.get_mut(&cid) {
-                    g.behind = false;
-                    if g.held == 0 && !g.runner {
-                        st.map.remove(&cid);
-                    }
-                }
+                self.groups.lock().caught_up(&cid);
             }
         }
     }
@@ -452,25 +336,17 @@ impl Pump {
     async fn load(&mut self, rowid: i64, job: Pending, permit: OwnedSemaphorePermit) {
         let cid = job.accepted.conversation_id.clone();
         let admitted = self.admit(rowid, Job::from(job)).await;
-        let mut st = self.groups.lock();
-        let g = st.map.entry(cid.clone()).or_default();
-        g.loaded_upto = g.loaded_upto.max(rowid);
-        let Some(job) = admitted else {
-            if g.held == 0 && !g.runner && !g.behind {
-                st.map.remove(&cid);
-            }
-            return;
-        };
-        g.held += 1;
-        g.queue.push_back((rowid, job, permit));
-        if !g.runner {
-            g.runner = true;
+        let loaded = self
+            .groups
+            .lock()
+            .load(rowid, &cid, admitted.map(|job| (job, permit)));
+        if loaded == Loaded::StartRunner {
             self.tasks.spawn(run_group(
                 self.ctx.clone(),
+                self.leases.clone(),
                 self.groups.clone(),
                 self.slots.clone(),
                 self.wake.clone(),
-                self.per_group,
                 cid,
             ));
         }
@@ -490,7 +366,8 @@ impl Pump {
         if job.answer.is_some() || a.received_ms >= self.started_ms {
             return Some(job);
         }
-        let (detail, delivery) = if a.session_expires_ms.is_some_and(|exp| exp <= now_ms()) {
+        let now = self.ctx.clock().now_ms();
+        let (detail, delivery) = if a.session_expires_ms.is_some_and(|exp| exp <= now) {
             (
                 "not run: its reply session expired before dingops restarted",
                 Delivery::Expired,
@@ -511,9 +388,8 @@ impl Pump {
         let answer = Answer::new(job.command_name(), Outcome::Failed, "", detail);
         let id = job.accepted.msg_id;
         if let Err(e) = self
-            .ctx
             .ledger
-            .call(move |l| l.finish(&id, &answer, &delivery, now_ms()))
+            .call(move |l| l.finish(&id, &answer, &delivery, now))
             .await
         {
             tracing::error!(error = %e, "could not record a command that is not run");
@@ -528,34 +404,17 @@ impl Pump {
 /// go; when it has not (renewals failed), the group's queue is dropped for its next holder.
 async fn run_group(
     ctx: Arc<WorkerContext>,
+    leases: Arc<Leases>,
     groups: Groups,
     slots: Slots,
     wake: Arc<Notify>,
-    per_group: usize,
     cid: String,
 ) {
     loop {
-        let valid = ctx.leases.valid(&cid);
-        let next = {
-            let mut st = groups.lock();
-            if !valid {
-                st.abandon(&cid);
-            }
-            let Some(g) = st.map.get_mut(&cid) else {
-                return;
-            };
-            match g.queue.pop_front() {
-                Some(h) => h,
-                None => {
-                    g.runner = false;
-                    if g.held == 0 && !g.behind {
-                        st.map.remove(&cid);
-                    }
-                    return;
-                }
-            }
+        let valid = leases.valid(&cid);
+        let Next::Run(_, (job, permit)) = groups.lock().next(&cid, valid) else {
+            return;
         };
-        let (_, job, permit) = next;
         let slot = slots.take(&job).await;
         if AssertUnwindSafe(ctx.process(&job)).catch_unwind().await.is_err() {
             ctx.fail_after_panic(&job).await;
@@ -563,12 +422,8 @@ async fn run_group(
         drop(slot);
         drop(permit);
         // A group whose backlog waits in the ledger needs the loader once it has room for
-        // half its share; other finishes need no read (a full memory is watched by the pump).
-        let refill = groups.lock().map.get_mut(&cid).is_some_and(|g| {
-            g.held = g.held.saturating_sub(1);
-            g.behind && g.held * 2 <= per_group
-        });
-        if refill {
+        // half its share; other finishes need no read (a full memory is watched by the loader).
+        if groups.lock().finished(&cid) {
             wake.notify_one();
         }
     }

@@ -5,8 +5,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::WorkerContext;
-use crate::clock::now_ms;
-use crate::dingtalk::{ApiError, ErrorClass};
+use crate::dingtalk::{ApiError, advice};
 use crate::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, who};
 use crate::ledger::LedgerError;
 
@@ -68,54 +67,14 @@ pub fn ledger_failed(command: &str, e: &LedgerError) -> Answer {
     )
 }
 
-/// What an admin should do about a DingTalk failure (see docs/dingtalk.md#error-codes).
-pub fn advice(e: &ApiError) -> String {
-    match e {
-        ApiError::Code { errcode: 34001, .. } => {
-            "the bound chatid is invalid; rebind this group with /bind <chatid>".into()
-        }
-        ApiError::Code { errcode: 40036, .. } => {
-            "DingTalk says a parameter was empty (40036); rebind this group with /bind <chatid>".into()
-        }
-        ApiError::Code { errcode: 60011, .. } => {
-            "the app lacks permission qyapi_chat_manage; add it in the DingTalk developer console".into()
-        }
-        ApiError::Code { errcode: 400001, .. } | ApiError::Code { errcode: -1, .. } => {
-            "DingTalk had a system error; try again in a minute".into()
-        }
-        ApiError::Status { code, .. } if code == "invalideChatId" || code == "invalidChatId" => {
-            "DingTalk does not know that chatid; check it and try again".into()
-        }
-        ApiError::Status { message, .. } if message.contains("群主不在应用可见性内") => {
-            "the group owner is outside the app's visibility scope (群主不在应用可见性内); add the owner to the app's visible range in the DingTalk developer console".into()
-        }
-        ApiError::Status { code, .. } if code == "parameter.invalid" || code.starts_with("invalidParameter") => {
-            "DingTalk says a parameter is invalid; check that the bound chatid is right (rebind with /bind <chatid>)".into()
-        }
-        ApiError::Status { code, .. } if code.contains("PermissionDenied") || code.starts_with("permession") => {
-            "the app lacks permission qyapi_chat_manage (to change groups) or qyapi_chat_read (to read them); add it in the DingTalk developer console".into()
-        }
-        ApiError::Status { code, .. } if code.starts_with("Forbidden") => {
-            "the app lacks permission qyapi_chat_read, or the group owner is outside the app's visibility; check the developer console".into()
-        }
-        ApiError::Credentials(_) => "DingTalk refused the app's credentials; check app_key and app_secret".into(),
-        e => match e.class() {
-            ErrorClass::RateLimited => "DingTalk is rate-limiting this app; try again in a minute".into(),
-            ErrorClass::Transient => "DingTalk could not be reached; try again in a minute".into(),
-            ErrorClass::TokenRejected => {
-                "DingTalk refused the app's access token; check app_key and app_secret".into()
-            }
-            ErrorClass::Permanent => "see the dingops log for details".into(),
-        },
-    }
-}
-
 impl WorkerContext {
     /// Sends the answer to the chat. The message's sessionWebhook comes first; when it has
     /// expired (by its time or DingTalk's 300001), a group chat gets the robot group-message
     /// API instead, which cannot @-mention, so the sender is named in the text.
     pub(super) async fn deliver(&self, job: &Accepted, answer: &Answer) -> Delivery {
-        let expired = job.session_expires_ms.is_some_and(|exp| now_ms() >= exp);
+        let expired = job
+            .session_expires_ms
+            .is_some_and(|exp| self.clock.now_ms() >= exp);
         if !expired {
             let url = match Url::parse(job.session_webhook.expose()) {
                 Ok(u) if self.reply_hosts.allows(&u) => u,
@@ -172,21 +131,6 @@ impl WorkerContext {
 mod tests {
     use super::*;
     use crate::dingtalk::error::code;
-
-    #[test]
-    fn advice_names_the_fix_for_documented_codes() {
-        assert!(advice(&code(60011)).contains("qyapi_chat_manage"));
-        assert!(advice(&code(34001)).contains("/bind"));
-        assert!(advice(&code(400001)).contains("try again"));
-        let status = |code: &str, message: &str| ApiError::Status {
-            status: 400,
-            code: code.into(),
-            message: message.into(),
-        };
-        assert!(advice(&status("permession.checkFailed", "群主不在应用可见性内")).contains("visibility"));
-        assert!(advice(&status("permession.checkFailed", "")).contains("qyapi_chat_manage"));
-        assert!(advice(&status("parameter.invalid", "")).contains("/bind"));
-    }
 
     #[test]
     fn a_refusal_by_dingtalk_names_the_errcode_and_the_fix() {

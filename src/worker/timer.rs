@@ -26,10 +26,9 @@ use tokio::task::JoinSet;
 
 use super::WorkerContext;
 use super::commands::{setting_label, setting_value};
-use super::lease::Borrowed;
-use super::reply::advice;
-use crate::clock::now_ms;
+use super::group_leases::Borrowed;
 use crate::dingtalk::ApiError;
+use crate::dingtalk::advice;
 use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
 use crate::ledger::AuditRow;
 
@@ -54,9 +53,9 @@ pub async fn run(ctx: Arc<WorkerContext>) {
     loop {
         // Due times are in the ledger's time: measure how far it is from ours at start and
         // then every minute.
-        if measured.is_none_or(|at| at.elapsed() >= CLOCK_EVERY) {
+        if measured.is_none_or(|at| ctx.clock.instant().saturating_duration_since(at) >= CLOCK_EVERY) {
             ctx.measure_ledger_clock().await;
-            measured = Some(tokio::time::Instant::now());
+            measured = Some(ctx.clock.instant());
         }
         scheduler.start_due().await;
         tokio::time::sleep(TICK).await;
@@ -199,8 +198,9 @@ impl WorkerContext {
                 // failed and the others still run.
                 if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
                     tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
+                    let clock = Arc::clone(&self.clock);
                     self.write_until_landed("finish a timed revert that panicked", move |l| {
-                        l.finish_revert(id, "failed", "failed", now_ms())
+                        l.finish_revert(id, "failed", "failed", clock.now_ms())
                     })
                     .await;
                 }
@@ -262,7 +262,7 @@ impl WorkerContext {
                     prohibited: job.value == 1,
                     set_by: TIMER.to_owned(),
                     set_by_nick: None,
-                    set_ms: now_ms(),
+                    set_ms: self.clock.now_ms(),
                 },
             );
             self.write_until_landed("record the DM state a revert set", move |l| {
@@ -270,9 +270,9 @@ impl WorkerContext {
             })
             .await;
         }
-        let (id, short) = (job.id, outcome.as_str().to_owned());
+        let (id, short, clock) = (job.id, outcome.as_str().to_owned(), Arc::clone(&self.clock));
         self.write_until_landed("finish a timed revert", move |l| {
-            l.finish_revert(id, state, &short, now_ms())
+            l.finish_revert(id, state, &short, clock.now_ms())
         })
         .await;
         let content = format!("{} {text}", outcome.mark());
@@ -284,24 +284,7 @@ impl WorkerContext {
                 Delivery::Failed(e.short())
             }
         };
-        let row = AuditRow {
-            msg_id: format!("timer-{}", job.id),
-            received_ms: job.due_ms,
-            conversation_id: job.conversation_id.clone(),
-            sender_staff_id: None,
-            sender_nick: Some(TIMER.to_owned()),
-            text: Some(format!("revert {}={}", job.setting, job.value)),
-            command: Some(format!(
-                "revert of {} by {}",
-                job.scheduled_command, job.scheduled_by
-            )),
-            status: "done".to_owned(),
-            result: Some(outcome.as_str().to_owned()),
-            errcode,
-            detail: Some(detail),
-            reply: Some(delivery.as_ledger_text().into_owned()),
-            finished_ms: Some(now_ms()),
-        };
+        let row = audit_row(&job, outcome, errcode, detail, &delivery, self.clock.now_ms());
         self.write_until_landed("record a timed revert in the audit", move |l| {
             l.record_own_action(&row)
         })
@@ -333,28 +316,60 @@ impl WorkerContext {
     }
 }
 
+/// The audit's row of a timed revert that ran: an action of [`TIMER`] in the group.
+fn audit_row(
+    job: &RevertJob,
+    outcome: Outcome,
+    errcode: Option<i64>,
+    detail: String,
+    delivery: &Delivery,
+    finished_ms: u64,
+) -> AuditRow {
+    AuditRow {
+        msg_id: format!("timer-{}", job.id),
+        received_ms: job.due_ms,
+        conversation_id: job.conversation_id.clone(),
+        sender_staff_id: None,
+        sender_nick: Some(TIMER.to_owned()),
+        text: Some(format!("revert {}={}", job.setting, job.value)),
+        command: Some(format!(
+            "revert of {} by {}",
+            job.scheduled_command, job.scheduled_by
+        )),
+        status: "done".to_owned(),
+        result: Some(outcome.as_str().to_owned()),
+        errcode,
+        detail: Some(detail),
+        reply: Some(delivery.as_ledger_text().into_owned()),
+        finished_ms: Some(finished_ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::ChatId;
     use crate::ledger::{Ledger as _, LedgerHandle, MemoryLedger};
 
+    /// The revert of a `/mute-all 1m` in `cidG==`, scheduled at `scheduled_ms`, due at `due_ms`.
+    fn mute_revert(due_ms: u64, scheduled_ms: u64) -> RevertJob {
+        RevertJob {
+            id: 0,
+            conversation_id: "cidG==".into(),
+            chat_id: ChatId::parse("chatg1").unwrap(),
+            setting: "chatBannedType".into(),
+            value: 0,
+            due_ms,
+            scheduled_by: "Ada (boss)".into(),
+            scheduled_command: "/mute-all 1m".into(),
+            scheduled_ms,
+        }
+    }
+
     #[tokio::test]
     async fn a_round_does_not_start_a_second_copy_of_a_revert_still_under_way() {
         let ledger = Arc::new(MemoryLedger::new());
-        ledger
-            .schedule_revert(&RevertJob {
-                id: 0,
-                conversation_id: "cidG==".into(),
-                chat_id: ChatId::parse("chatg1").unwrap(),
-                setting: "chatBannedType".into(),
-                value: 0,
-                due_ms: 1,
-                scheduled_by: "Ada (boss)".into(),
-                scheduled_command: "/mute-all 1m".into(),
-                scheduled_ms: 0,
-            })
-            .unwrap();
+        ledger.schedule_revert(&mute_revert(1, 0)).unwrap();
         // DingTalk is a closed port: the revert fails at once once it runs.
         let ctx = Arc::new(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
@@ -375,5 +390,29 @@ mod tests {
         }
         assert!(ledger.pending_reverts(None).unwrap().is_empty());
         assert_eq!(scheduler.start_due().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_revert_starts_once_the_ledgers_clock_reaches_its_due_time() {
+        // The ledger's clock is a manual one: due times are moved past, never waited for.
+        let clock = crate::clock::ManualClock::at(1_000_000);
+        let ledger = Arc::new(MemoryLedger::with_clock(clock.clone()));
+        ledger
+            .schedule_revert(&mute_revert(1_060_000, 1_000_000))
+            .unwrap();
+        let ctx = Arc::new(WorkerContext {
+            ledger: LedgerHandle::shared(ledger.clone()),
+            clock: clock.clone(),
+            ..super::super::tests::worker(MemoryLedger::new(), &[])
+        });
+        let mut scheduler = Scheduler::new(Arc::clone(&ctx));
+        ctx.measure_ledger_clock().await;
+        assert_eq!(scheduler.start_due().await, 0, "due in a minute");
+        clock.advance(59_000);
+        ctx.measure_ledger_clock().await;
+        assert_eq!(scheduler.start_due().await, 0, "due in a second");
+        clock.advance(1_000);
+        ctx.measure_ledger_clock().await;
+        assert_eq!(scheduler.start_due().await, 1, "due now");
     }
 }

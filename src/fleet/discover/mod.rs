@@ -16,11 +16,11 @@ use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::clock::now_ms;
 use crate::config::{Database, DingTalkSettings};
+use crate::dingtalk::advice;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
 use crate::domain::{ChatId, printable};
 use crate::ledger::LedgerError;
 use crate::telemetry::Metrics;
-use crate::worker::reply::advice;
 
 /// The root department: the whole organisation.
 pub const ROOT_DEPT: i64 = 1;

@@ -18,7 +18,6 @@ use tracing::Instrument as _;
 
 use super::dial::Socket;
 use super::frame::{self, Route};
-use crate::clock::now_ms;
 use crate::ingress::payload::Callback;
 use crate::ingress::{Acknowledge, Admission, Inbound, Pipeline};
 use crate::telemetry::Metrics;
@@ -167,7 +166,8 @@ pub async fn run(
     let writer = tokio::spawn(write_loop(sink, queued));
     let permits = Arc::new(Semaphore::new(IN_FLIGHT as usize));
     let keepalive = shared.keepalive;
-    let mut last_seen = Instant::now();
+    let clock = Arc::clone(shared.pipeline.clock());
+    let mut last_seen = clock.instant();
     let mut ping_sent: Option<Instant> = None;
     let mut disconnecting = Some(disconnecting);
 
@@ -179,7 +179,7 @@ pub async fn run(
             Ok(_) = retire.wait_for(|retired| *retired) => break End::Retired,
             next = tokio::time::timeout_at(watchdog, stream.next()) => next,
         };
-        let now = Instant::now();
+        let now = clock.instant();
         let message = match next {
             Err(_) if ping_sent.is_some() => break End::Keepalive,
             Err(_) => {
@@ -317,14 +317,15 @@ async fn handle_robot(
     data: String,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let started = std::time::Instant::now();
+    let clock = Arc::clone(shared.pipeline.clock());
+    let started = clock.instant();
     let (ack, code) = match Callback::parse(data.as_bytes()) {
         Err(e) => {
             tracing::info!(error = %e, "robot frame rejected: payload");
             (Some(frame::ack_empty(&message_id, 400)), 400)
         }
         Ok(callback) => {
-            let message = callback.into_accepted(now_ms());
+            let message = callback.into_accepted(clock.now_ms());
             let span =
                 tracing::debug_span!("stream", msg_id = %message.msg_id, group = %message.conversation_id);
             let ack = shared
@@ -352,7 +353,7 @@ async fn handle_robot(
         .metrics
         .stream
         .ack_seconds
-        .observe(started.elapsed().as_secs_f64());
+        .observe(clock.instant().saturating_duration_since(started).as_secs_f64());
     let _ = outbox.send(Message::text(ack)).await;
 }
 

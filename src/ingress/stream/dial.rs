@@ -57,6 +57,30 @@ pub enum DialError {
     Insecure { host: String },
 }
 
+/// Why the way to the WebSocket (the proxy's tunnel, TLS, the handshake) failed; it becomes
+/// the `reason` of [`DialError::Connect`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum HandshakeError {
+    #[error("proxy: {0}")]
+    ProxyWrite(String),
+    #[error("proxy: answer head too long")]
+    ProxyHeadTooLong,
+    #[error("proxy closed the connection: {0}")]
+    ProxyClosed(String),
+    #[error("proxy refused the tunnel with HTTP {0}")]
+    ProxyRefused(u16),
+    #[error("proxy: the answer does not start with an HTTP/1.x status line")]
+    ProxyNotHttp,
+    #[error("TLS setup: {0}")]
+    TlsSetup(String),
+    #[error("TLS: bad server name: {0}")]
+    ServerName(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("WebSocket handshake: {0}")]
+    WebSocket(String),
+}
+
 impl DialError {
     /// The `reason` label of `dingops_stream_reconnects_total`.
     pub fn reason(&self) -> &'static str {
@@ -212,12 +236,12 @@ impl Dialer {
             tokio_tungstenite::client_async_with_config(url.as_str(), io, Some(config))
                 .await
                 .map(|(ws, _)| ws)
-                .map_err(|e| format!("WebSocket handshake: {e}"))
+                .map_err(|e| HandshakeError::WebSocket(e.to_string()))
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| fail(format!("no WebSocket within {HANDSHAKE_TIMEOUT:?}")))?
-            .map_err(fail)
+            .map_err(|e| fail(e.to_string()))
     }
 
     /// The address this host would use towards DingTalk (or the proxy), for `localIp`. No
@@ -286,31 +310,31 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Value, DialErro
 }
 
 /// Asks the proxy on `tcp` for a tunnel to `target` (`host:port`) with HTTP CONNECT.
-async fn tunnel(mut tcp: TcpStream, target: &str) -> Result<TcpStream, String> {
+async fn tunnel(mut tcp: TcpStream, target: &str) -> Result<TcpStream, HandshakeError> {
     let request = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: dingops/{}\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     tcp.write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("proxy: {e}"))?;
+        .map_err(|e| HandshakeError::ProxyWrite(e.to_string()))?;
     // Byte by byte, so that nothing after the answer's head is taken from the tunnel.
     let mut head = Vec::with_capacity(128);
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() >= MAX_PROXY_HEAD_BYTES {
-            return Err("proxy: answer head too long".into());
+            return Err(HandshakeError::ProxyHeadTooLong);
         }
         let byte = tcp
             .read_u8()
             .await
-            .map_err(|e| format!("proxy closed the connection: {e}"))?;
+            .map_err(|e| HandshakeError::ProxyClosed(e.to_string()))?;
         head.push(byte);
     }
     let status_line = head.split(|b| *b == b'\r').next().unwrap_or_default();
     match status_code(status_line) {
         Some(s) if (200..300).contains(&s) => Ok(tcp),
-        Some(s) => Err(format!("proxy refused the tunnel with HTTP {s}")),
-        None => Err("proxy: the answer does not start with an HTTP/1.x status line".into()),
+        Some(s) => Err(HandshakeError::ProxyRefused(s)),
+        None => Err(HandshakeError::ProxyNotHttp),
     }
 }
 
@@ -330,8 +354,8 @@ fn status_code(line: &[u8]) -> Option<u16> {
 
 /// The TLS client configuration: rustls with the ring provider and the webpki roots, as
 /// reqwest's `rustls-tls` uses for the API calls.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, HandshakeError> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, HandshakeError>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
             let roots = rustls::RootCertStore {
@@ -340,18 +364,21 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
             rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
                 .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| format!("TLS setup: {e}"))
+                .map_err(|e| HandshakeError::TlsSetup(e.to_string()))
         })
         .clone()
 }
 
-async fn tls_wrap(tcp: TcpStream, host: &str) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+async fn tls_wrap(
+    tcp: TcpStream,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, HandshakeError> {
     let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-        .map_err(|e| format!("TLS: bad server name: {e}"))?;
+        .map_err(|e| HandshakeError::ServerName(e.to_string()))?;
     tokio_rustls::TlsConnector::from(tls_config()?)
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))
+        .map_err(|e| HandshakeError::Tls(e.to_string()))
 }
 
 #[cfg(test)]
@@ -390,7 +417,7 @@ mod tests {
         let addr = fake_proxy("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
         let tcp = TcpStream::connect(&addr).await.unwrap();
         let err = tunnel(tcp, "example.com:443").await.unwrap_err();
-        assert_eq!(err, "proxy refused the tunnel with HTTP 403");
+        assert_eq!(err.to_string(), "proxy refused the tunnel with HTTP 403");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub enum Route {
 
 /// A text frame, read: where it goes and its metric labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
+pub struct RoutedFrame {
     pub route: Route,
     /// `SYSTEM`, `EVENT`, `CALLBACK`, `other`, or `invalid` when it is not a frame.
     pub kind: &'static str,
@@ -51,16 +51,16 @@ pub struct Inbound {
 }
 
 /// Reads one text frame.
-pub fn read(text: &str) -> Inbound {
+pub fn read(text: &str) -> RoutedFrame {
     let Ok(frame) = serde_json::from_str::<RawFrame>(text) else {
-        return Inbound {
+        return RoutedFrame {
             route: Route::Invalid,
             kind: "invalid",
             topic: "-",
         };
     };
     let topic = header(&frame.headers, "topic").unwrap_or_default();
-    Inbound {
+    RoutedFrame {
         kind: match frame.kind.as_str() {
             "SYSTEM" => "SYSTEM",
             "EVENT" => "EVENT",

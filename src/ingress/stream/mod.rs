@@ -25,7 +25,6 @@ use rand::RngExt as _;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinError;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use self::connection::{End, Shared};
 use self::dial::{DialError, Dialer};
@@ -253,7 +252,7 @@ async fn supervise(
             endpoint = %endpoint.host_str().unwrap_or_default(),
             "Stream connection live"
         );
-        let started = Instant::now();
+        let started = shared.pipeline.clock().instant();
         let (announce, announced) = oneshot::channel();
         let (retire, retired) = watch::channel(false);
         let mut task = tokio::spawn(connection::run(
@@ -267,7 +266,7 @@ async fn supervise(
         tokio::select! {
             Ok(()) = announced => {
                 shared.metrics.stream.reconnects.with_label_values(&["disconnect"]).inc();
-                let lived = started.elapsed();
+                let lived = shared.pipeline.clock().instant().saturating_duration_since(started);
                 if lived >= HEALTHY_AFTER {
                     backoff.reset();
                 }
@@ -296,7 +295,7 @@ async fn supervise(
                     break;
                 }
                 shared.metrics.stream.reconnects.with_label_values(&[end.reason()]).inc();
-                if started.elapsed() >= HEALTHY_AFTER {
+                if shared.pipeline.clock().instant().saturating_duration_since(started) >= HEALTHY_AFTER {
                     backoff.reset();
                 }
                 delay = backoff.next_delay();
@@ -315,6 +314,7 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     #[test]
     fn the_backoff_doubles_from_one_second_to_the_cap_with_jitter_below() {

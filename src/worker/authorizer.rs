@@ -2,7 +2,9 @@
 //! commands.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::command::CommandSpec;
 use crate::domain::{Accepted, Answer, Outcome};
@@ -15,7 +17,7 @@ const MAX_REMEMBERED: usize = 10_000;
 
 /// The authorization rules of one dingops.
 #[derive(Debug, Default)]
-pub struct Policy {
+pub struct Authorizer {
     admins: HashSet<String>,
     trust_is_admin: bool,
     /// Admin commands per sender per group per minute; 0 = unlimited.
@@ -24,7 +26,7 @@ pub struct Policy {
     recent: std::sync::Mutex<HashMap<(String, String), VecDeque<Instant>>>,
 }
 
-impl Policy {
+impl Authorizer {
     pub fn new(admins: &[String], trust_is_admin: bool, admin_commands_per_minute: u32) -> Self {
         Self {
             admins: admins.iter().cloned().collect(),
@@ -36,7 +38,7 @@ impl Policy {
 
     /// `None` when the sender may run `spec` now, else the refusal to send. Commands anyone
     /// may run are never limited.
-    pub fn authorize(&self, job: &Accepted, spec: &CommandSpec) -> Option<Answer> {
+    pub fn authorize(&self, job: &Accepted, spec: &CommandSpec, now: Instant) -> Option<Answer> {
         if !spec.admin_only {
             return None;
         }
@@ -51,7 +53,7 @@ impl Policy {
                 "sender is not an admin",
             ));
         }
-        if !self.within_sender_limit(job, Instant::now()) {
+        if !self.within_sender_limit(job, now) {
             return Some(Answer::new(
                 spec.name,
                 Outcome::Refused,
@@ -138,32 +140,37 @@ mod tests {
 
     #[test]
     fn the_admin_list_is_authoritative_when_is_admin_is_not_trusted() {
-        let p = Policy::new(&["boss".into()], false, 0);
-        assert_eq!(p.authorize(&job("boss", false), lock()), None);
-        let refused = p.authorize(&job("someone", true), lock()).unwrap();
+        let p = Authorizer::new(&["boss".into()], false, 0);
+        assert_eq!(p.authorize(&job("boss", false), lock(), Instant::now()), None);
+        let refused = p
+            .authorize(&job("someone", true), lock(), Instant::now())
+            .unwrap();
         assert_eq!(refused.outcome, Outcome::Refused);
         assert_eq!(refused.detail, "sender is not an admin");
     }
 
     #[test]
     fn is_admin_counts_only_when_trusted() {
-        let p = Policy::new(&[], true, 0);
-        assert_eq!(p.authorize(&job("someone", true), lock()), None);
-        assert!(p.authorize(&job("someone", false), lock()).is_some());
+        let p = Authorizer::new(&[], true, 0);
+        assert_eq!(p.authorize(&job("someone", true), lock(), Instant::now()), None);
+        assert!(
+            p.authorize(&job("someone", false), lock(), Instant::now())
+                .is_some()
+        );
     }
 
     #[test]
     fn commands_for_everyone_are_neither_checked_nor_limited() {
-        let p = Policy::new(&[], false, 1);
+        let p = Authorizer::new(&[], false, 1);
         let help = CommandSpec::of(CommandKind::Help);
         for _ in 0..5 {
-            assert_eq!(p.authorize(&job("someone", false), help), None);
+            assert_eq!(p.authorize(&job("someone", false), help, Instant::now()), None);
         }
     }
 
     #[test]
     fn the_per_sender_limit_refuses_the_command_over_it_and_frees_up_after_a_minute() {
-        let p = Policy::new(&["boss".into()], false, 2);
+        let p = Authorizer::new(&["boss".into()], false, 2);
         let t0 = Instant::now();
         assert!(p.within_sender_limit(&job("boss", false), t0));
         assert!(p.within_sender_limit(&job("boss", false), t0));

@@ -20,6 +20,7 @@ use rand::RngExt as _;
 
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::ledger::LedgerHandle;
 
 /// The lease name of a group.
@@ -67,7 +68,7 @@ struct Entry {
 }
 
 #[derive(Debug, Default)]
-struct Book {
+struct HeldGroups {
     groups: HashMap<String, Entry>,
     /// Takes so far.
     seq: u64,
@@ -80,7 +81,9 @@ pub struct Leases {
     holder: String,
     ttl: Duration,
     ledger: LedgerHandle,
-    book: Mutex<Book>,
+    /// Where `until` is read: the lease's length counts on its monotonic instant.
+    clock: Arc<dyn Clock>,
+    book: Mutex<HeldGroups>,
     /// This replica's lease writes, one at a time: a release and a take of the same group
     /// (the pool's heartbeat and the timer) never cross in the ledger.
     writes: tokio::sync::Mutex<()>,
@@ -121,12 +124,13 @@ impl Drop for Borrowed {
 
 impl Leases {
     /// The leases of a replica that shares `ledger` with others.
-    pub fn shared(ledger: LedgerHandle, holder: String, ttl: Duration) -> Self {
+    pub fn shared(ledger: LedgerHandle, holder: String, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
             shared: true,
             holder,
             ttl: ttl.max(Duration::from_secs(1)),
             ledger,
+            clock,
             book: Mutex::default(),
             writes: tokio::sync::Mutex::new(()),
             in_flight: Arc::default(),
@@ -135,10 +139,10 @@ impl Leases {
 
     /// The book of a process alone on its ledger: every group it asks for is its own,
     /// nothing is written, nothing is ever lost.
-    pub fn solo(ledger: LedgerHandle, holder: String, ttl: Duration) -> Self {
+    pub fn solo(ledger: LedgerHandle, holder: String, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
         Self {
             shared: false,
-            ..Self::shared(ledger, holder, ttl)
+            ..Self::shared(ledger, holder, ttl, clock)
         }
     }
 
@@ -147,7 +151,7 @@ impl Leases {
         self.shared
     }
 
-    fn book(&self) -> MutexGuard<'_, Book> {
+    fn book(&self) -> MutexGuard<'_, HeldGroups> {
         self.book.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -162,7 +166,8 @@ impl Leases {
 
     /// Whether `e` still has more than a third of a lease to go.
     fn lasts(&self, e: &Entry) -> bool {
-        e.until.is_none_or(|until| until > Instant::now() + self.ttl / 3)
+        e.until
+            .is_none_or(|until| until > self.clock.instant() + self.ttl / 3)
     }
 
     /// How long a lease lasts.
@@ -206,7 +211,7 @@ impl Leases {
             return Vec::new();
         }
         let _w = self.writes.lock().await;
-        let (holder, ttl, before) = (self.holder.clone(), self.ttl_ms(), Instant::now());
+        let (holder, ttl, before) = (self.holder.clone(), self.ttl_ms(), self.clock.instant());
         if !self.shared {
             // Alone: taken at once, and as if held all along (take number 0), since no other
             // process can have run the group's commands meanwhile.
@@ -265,7 +270,7 @@ impl Leases {
         // Asked before the book is locked: `used` may lock the pool's state.
         let in_use: std::collections::HashSet<String> = cids.iter().filter(|c| used(c)).cloned().collect();
         let names: Vec<String> = cids.iter().map(|c| group_lease(c)).collect();
-        let (holder, ttl, before) = (self.holder.clone(), self.ttl_ms(), Instant::now());
+        let (holder, ttl, before) = (self.holder.clone(), self.ttl_ms(), self.clock.instant());
         let renewed = if self.shared {
             self.write(move |l| l.renew_leases(&names, &holder, ttl)).await
         } else {
@@ -293,7 +298,7 @@ impl Leases {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot renew group leases; trying again shortly");
                     // Those that ran out meanwhile may have been taken by another replica.
-                    let now = Instant::now();
+                    let now = self.clock.instant();
                     book.groups.retain(|cid, e| {
                         let live = e.until.is_none_or(|until| until > now);
                         if !live {
@@ -394,9 +399,8 @@ impl Leases {
         if !self.shared {
             return;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0
-            && tokio::time::Instant::now() < deadline
+        let deadline = self.clock.instant() + Duration::from_secs(5);
+        while self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 && self.clock.instant() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -431,6 +435,7 @@ mod tests {
             LedgerHandle::shared(ledger.clone()),
             holder.into(),
             ttl,
+            Arc::new(crate::clock::SystemClock),
         ))
     }
 
@@ -466,6 +471,34 @@ mod tests {
         assert_eq!(a.held_count(), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_group_not_renewed_stops_starting_commands_a_third_of_a_lease_before_it_runs_out() {
+        // The ledger's clock decides who holds the lease; this replica counts its own lease
+        // on tokio's clock (paused here), from just before the write that took it.
+        let clock = crate::clock::ManualClock::at(1_000_000);
+        let ledger = Arc::new(MemoryLedger::with_clock(clock.clone()));
+        let a = leases(&ledger, "a", Duration::from_secs(3));
+        let b = leases(&ledger, "b", Duration::from_secs(3));
+        assert_eq!(a.take(vec!["g".into()]).await, ["g"]);
+        tokio::time::advance(Duration::from_millis(1999)).await;
+        assert!(a.valid("g"), "more than a third of the lease to go");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!a.valid("g"), "a third to go: no command starts");
+        assert_eq!(a.held_count(), 1, "still held until a renewal says otherwise");
+        // Renewed in time, it is good for a whole lease again.
+        clock.advance(2000);
+        assert!(a.renew(|_| true).await.is_empty());
+        assert!(a.valid("g"));
+        // Not renewed any more (a stalled replica): once the ledger's clock passes the lease,
+        // "b" takes the group over, and "a", when it renews, finds it lost.
+        clock.advance(2999);
+        assert!(b.take(vec!["g".into()]).await.is_empty());
+        clock.advance(1);
+        assert_eq!(b.take(vec!["g".into()]).await, ["g"]);
+        assert_eq!(a.renew(|_| true).await, ["g"]);
+        assert!(!a.valid("g") && b.valid("g"));
+    }
+
     #[tokio::test]
     async fn a_renewed_group_stays_and_an_unused_one_is_given_back_after_a_heartbeat() {
         let ledger = Arc::new(MemoryLedger::new());
@@ -488,6 +521,7 @@ mod tests {
             LedgerHandle::shared(ledger.clone()),
             "solo".into(),
             Duration::from_secs(30),
+            Arc::new(crate::clock::SystemClock),
         ));
         assert!(!solo.is_shared());
         assert_eq!(solo.take(vec!["g".into()]).await, ["g"]);

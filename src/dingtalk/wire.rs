@@ -1,0 +1,138 @@
+//! The wire format of DingTalk's answers: reading a body, telling success from an error
+//! code or status, and mapping transport failures without their URLs (a legacy URL carries
+//! the access token). A change to how an answer is read belongs here.
+
+use reqwest::Response;
+use secrecy::SecretString;
+use serde_json::Value;
+use url::Url;
+
+use super::{ApiError, ErrorClass};
+use crate::config::DingTalkSettings;
+
+/// Largest answer body read from DingTalk; anything bigger is an error.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// Maps a transport error without its URL: a legacy URL carries the access token.
+pub(super) fn transport(e: reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        ApiError::Timeout
+    } else if e.is_connect() {
+        ApiError::Connect
+    } else {
+        ApiError::Transport(e.without_url().to_string())
+    }
+}
+
+pub(super) async fn read_body(mut resp: Response) -> Result<(u16, Value), ApiError> {
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ApiError::Decode(format!(
+                "answer larger than {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok((status, Value::Null));
+    }
+    match serde_json::from_slice(&body) {
+        Ok(v) => Ok((status, v)),
+        Err(_) if status >= 400 => Ok((status, Value::Null)),
+        Err(e) => Err(ApiError::Decode(format!("HTTP {status}, body is not JSON: {e}"))),
+    }
+}
+
+/// Reads a legacy answer: success needs HTTP 2xx and `errcode == 0` (and `success` true
+/// where the API sends it).
+pub(super) fn legacy_outcome(status: u16, v: &Value) -> Result<(), ApiError> {
+    if let Some(errcode) = v.get("errcode").and_then(Value::as_i64)
+        && errcode != 0
+    {
+        return Err(ApiError::Code {
+            errcode,
+            errmsg: v.get("errmsg").and_then(Value::as_str).unwrap_or("").to_owned(),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(status_error(status, v));
+    }
+    match v.get("errcode").and_then(Value::as_i64) {
+        Some(0) => {}
+        _ => {
+            return Err(ApiError::Decode(format!("HTTP {status} without an errcode")));
+        }
+    }
+    if v.get("success").is_some_and(|s| s != &Value::Bool(true)) {
+        return Err(ApiError::Code {
+            errcode: 0,
+            errmsg: "success was not true".into(),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn status_error(status: u16, v: &Value) -> ApiError {
+    ApiError::Status {
+        status,
+        code: v.get("code").and_then(Value::as_str).unwrap_or("").to_owned(),
+        message: v.get("message").and_then(Value::as_str).unwrap_or("").to_owned(),
+    }
+}
+
+/// The HTTP client of every DingTalk call: the configured timeouts, no redirects, our user
+/// agent, and the `proxy` when one is set. The Stream ingress opens its connections with one
+/// too.
+pub fn http_client(settings: &DingTalkSettings) -> Result<reqwest::Client, ApiError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.upstream_timeout())
+        .connect_timeout(settings.upstream_connect_timeout())
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("dingops/", env!("CARGO_PKG_VERSION")));
+    if let Some(proxy) = &settings.proxy {
+        let proxy = reqwest::Proxy::all(proxy.url()).map_err(|e| ApiError::Transport(e.to_string()))?;
+        builder = builder.proxy(proxy);
+    }
+    builder
+        .build()
+        .map_err(|e| ApiError::Transport(e.without_url().to_string()))
+}
+
+pub(super) fn join(base: &str, path: &str) -> Result<Url, ApiError> {
+    Url::parse(&format!("{}{path}", base.trim_end_matches('/')))
+        .map_err(|e| ApiError::Decode(format!("bad URL for {path}: {e}")))
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(super) fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The token and its lifetime (0 when absent) from a token answer.
+pub(super) fn token_from(
+    v: &Value,
+    token_field: &str,
+    ttl_field: &str,
+) -> Result<(SecretString, i64), ApiError> {
+    let token = v
+        .get(token_field)
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::Decode(format!("token answer without {token_field}")))?;
+    let ttl = v.get(ttl_field).and_then(Value::as_i64).unwrap_or(0);
+    Ok((SecretString::from(token.to_owned()), ttl))
+}
+
+/// A refused token request means the credentials are wrong: not worth a retry.
+pub(super) fn credentials_error(e: ApiError) -> ApiError {
+    match e.class() {
+        ErrorClass::Transient | ErrorClass::RateLimited => e,
+        _ => ApiError::Credentials(e.short()),
+    }
+}
