@@ -101,7 +101,7 @@ contract!(
 
 fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
     let clock = crate::clock::ManualClock::at(0);
-    super::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);
+    super::testing::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);
     // Leases are in the store: another handle on it (another replica) sees them.
     let (a, b) = (
         store.open_with_clock(clock.clone()),
@@ -588,7 +588,7 @@ fn the_probe_writes_and_succeeds_on_a_working_store(store: &dyn Store) {
 #[test]
 fn the_rate_budget_follows_the_sliding_window_rule_on_postgres() {
     let schemas = std::sync::Mutex::new(Vec::new());
-    super::budget_tests::run_all(|clock| {
+    super::testing::budget_tests::run_all(|clock| {
         let schema = TestSchema::new();
         let ledger = PostgresLedger::open_with_clock(&schema.postgres_url(), clock).unwrap();
         schemas.lock().unwrap().push(schema);
@@ -605,7 +605,7 @@ fn reservations_from_two_replicas_share_one_budget_on_postgres() {
     let open = || -> Arc<dyn Ledger> {
         Arc::new(PostgresLedger::open_with_clock(&schema.postgres_url(), clock.clone()).unwrap())
     };
-    super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(open(), open(), &clock);
+    super::testing::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(open(), open(), &clock);
 }
 
 /// Two replicas ingesting at once while a third reads open commands after its cursor, as the

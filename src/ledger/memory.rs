@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{AuditRow, Ledger, LedgerError, Slot, budget_args, budget_slot};
+use super::{
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
+    SettingStore, Slot, budget_args, budget_slot,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
@@ -32,6 +35,8 @@ struct State {
     /// Commands by position (1, 2, …), the order they were accepted in.
     commands: BTreeMap<i64, Row>,
     positions: HashMap<String, i64>,
+    /// The last position handed out; never reused, even once its command is pruned.
+    last_pos: i64,
     bindings: HashMap<String, Binding>,
     dm: HashMap<String, DmState>,
     departments: Vec<Department>,
@@ -111,13 +116,14 @@ impl MemoryLedger {
     }
 }
 
-impl Ledger for MemoryLedger {
+impl CommandLog for MemoryLedger {
     fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
         let mut s = self.state()?;
         if s.positions.contains_key(&cmd.msg_id) {
             return Ok(false);
         }
-        let pos = s.commands.keys().next_back().map_or(1, |p| p + 1);
+        s.last_pos += 1;
+        let pos = s.last_pos;
         s.positions.insert(cmd.msg_id.clone(), pos);
         s.commands.insert(
             pos,
@@ -197,43 +203,6 @@ impl Ledger for MemoryLedger {
         Ok(s.commands.values().filter(|r| r.finished_ms.is_none()).count() as u64)
     }
 
-    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError> {
-        Ok(self.state()?.bindings.get(conversation_id).cloned())
-    }
-
-    fn bind(&self, binding: &Binding) -> Result<(), LedgerError> {
-        self.state()?
-            .bindings
-            .insert(binding.conversation_id.clone(), binding.clone());
-        Ok(())
-    }
-
-    fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
-        let mut all: Vec<Binding> = self.state()?.bindings.values().cloned().collect();
-        all.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
-        Ok(all)
-    }
-
-    fn departments(&self) -> Result<Vec<Department>, LedgerError> {
-        Ok(self.state()?.departments.clone())
-    }
-
-    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError> {
-        let mut sorted = departments.to_vec();
-        sorted.sort_by_key(|d| d.dept_id);
-        self.state()?.departments = sorted;
-        Ok(())
-    }
-
-    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
-        Ok(self.state()?.dm.get(conversation_id).cloned())
-    }
-
-    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
-        self.state()?.dm.insert(conversation_id.to_owned(), state.clone());
-        Ok(())
-    }
-
     fn history(
         &self,
         conversation_id: Option<&str>,
@@ -274,6 +243,52 @@ impl Ledger for MemoryLedger {
         Ok(rows)
     }
 
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        self.state()?.own.push(row.clone());
+        Ok(())
+    }
+}
+
+impl BindingStore for MemoryLedger {
+    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError> {
+        Ok(self.state()?.bindings.get(conversation_id).cloned())
+    }
+
+    fn bind(&self, binding: &Binding) -> Result<(), LedgerError> {
+        self.state()?
+            .bindings
+            .insert(binding.conversation_id.clone(), binding.clone());
+        Ok(())
+    }
+
+    fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
+        let mut all: Vec<Binding> = self.state()?.bindings.values().cloned().collect();
+        all.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        Ok(all)
+    }
+
+    fn departments(&self) -> Result<Vec<Department>, LedgerError> {
+        Ok(self.state()?.departments.clone())
+    }
+
+    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError> {
+        let mut sorted = departments.to_vec();
+        sorted.sort_by_key(|d| d.dept_id);
+        self.state()?.departments = sorted;
+        Ok(())
+    }
+}
+
+impl SettingStore for MemoryLedger {
+    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
+        Ok(self.state()?.dm.get(conversation_id).cloned())
+    }
+
+    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
+        self.state()?.dm.insert(conversation_id.to_owned(), state.clone());
+        Ok(())
+    }
+
     fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {
         let replaced = self.cancel_revert(&job.conversation_id, &job.setting)?;
         let mut s = self.state()?;
@@ -312,19 +327,16 @@ impl Ledger for MemoryLedger {
     fn finish_revert(
         &self,
         id: i64,
-        _state: &str,
+        _state: RevertState,
         _result: &str,
         _finished_ms: u64,
     ) -> Result<(), LedgerError> {
         self.state()?.reverts.retain(|j| j.id != id);
         Ok(())
     }
+}
 
-    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
-        self.state()?.own.push(row.clone());
-        Ok(())
-    }
-
+impl LeaseStore for MemoryLedger {
     fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         let mut s = self.state()?;
         let now_ms = self.clock.now_ms();
@@ -374,11 +386,9 @@ impl Ledger for MemoryLedger {
         self.state()?.leases.retain(|_, (h, _)| h != holder);
         Ok(())
     }
+}
 
-    fn ping(&self) -> Result<(), LedgerError> {
-        self.state().map(|_| ())
-    }
-
+impl RateBudget for MemoryLedger {
     fn clock_ms(&self) -> Result<u64, LedgerError> {
         Ok(self.clock.now_ms())
     }
@@ -407,16 +417,53 @@ impl Ledger for MemoryLedger {
     }
 }
 
+impl Maintenance for MemoryLedger {
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.state().map(|_| ())
+    }
+
+    fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError> {
+        let mut s = self.state()?;
+        let limit = limit.max(1);
+        // The window of the next `limit` commands, by position.
+        let window: Vec<(i64, bool, bool)> = s
+            .commands
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(&pos, row)| {
+                let old = row.accepted.received_ms < before_ms && row.finished_ms.unwrap_or(0) < before_ms;
+                (pos, row.finished_ms.is_some() && old, row.accepted.received_ms >= before_ms)
+            })
+            .collect();
+        let Some(&(last, _, _)) = window.last() else {
+            return Ok(PruneStep::default());
+        };
+        let mut deleted = 0;
+        for &(pos, prune, _) in &window {
+            if prune && let Some(row) = s.commands.remove(&pos) {
+                s.positions.remove(&row.accepted.msg_id);
+                deleted += 1;
+            }
+        }
+        // Commands are accepted in time order, so the first recent one ends the pruning.
+        let finished = window.iter().any(|&(_, _, recent)| recent) || window.len() < limit;
+        Ok(PruneStep {
+            deleted,
+            next: (!finished).then_some(last),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_rate_budget_follows_the_sliding_window_rule() {
-        super::super::budget_tests::run_all(|clock| Box::new(super::MemoryLedger::with_clock(clock)));
+        super::super::testing::budget_tests::run_all(|clock| Box::new(super::MemoryLedger::with_clock(clock)));
     }
 
     #[test]
     fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
         let clock = crate::clock::ManualClock::at(0);
-        super::super::check_lease_contract(&super::MemoryLedger::with_clock(clock.clone()), &clock);
+        super::super::testing::check_lease_contract(&super::MemoryLedger::with_clock(clock.clone()), &clock);
     }
 }

@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AuditRow, Ledger, LedgerError, PruneStep, Slot, budget_args, budget_slot, sql};
+use super::{
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
+    SettingStore, Slot, budget_args, budget_slot, sql,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
@@ -436,7 +439,7 @@ fn accepted_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Accepted> {
     })
 }
 
-impl Ledger for SqliteLedger {
+impl CommandLog for SqliteLedger {
     fn accept(&self, c: &Accepted) -> Result<bool, LedgerError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.accept_then(
@@ -530,14 +533,6 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn open_count(&self) -> Result<u64, LedgerError> {
-        self.with(|conn| {
-            conn.query_row(OPEN_COUNT_SQL, [], |r| r.get::<_, i64>(0))
-                .map(to_u64)
-                .map_err(sql("open_count"))
-        })
-    }
-
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
@@ -600,6 +595,89 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn open_count(&self) -> Result<u64, LedgerError> {
+        self.with(|conn| {
+            conn.query_row(OPEN_COUNT_SQL, [], |r| r.get::<_, i64>(0))
+                .map(to_u64)
+                .map_err(sql("open_count"))
+        })
+    }
+
+    fn history(
+        &self,
+        cid: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, LedgerError> {
+        self.with(|conn| {
+            let mut st = conn
+                .prepare(
+                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
+                     command, status, result, errcode, detail, reply, finished_ms
+                     FROM commands
+                     WHERE (?1 IS NULL OR conversation_id = ?1) AND received_ms >= ?2
+                     ORDER BY received_ms DESC, msg_id LIMIT ?3",
+                )
+                .map_err(sql("history"))?;
+            let rows = st
+                .query_map(
+                    params![cid, to_i64(since_ms.unwrap_or(0)), to_i64(limit as u64)],
+                    |r| {
+                        Ok(AuditRow {
+                            msg_id: r.get(0)?,
+                            received_ms: to_u64(r.get(1)?),
+                            conversation_id: r.get(2)?,
+                            sender_staff_id: r.get(3)?,
+                            sender_nick: r.get(4)?,
+                            text: r.get(5)?,
+                            command: r.get(6)?,
+                            status: r.get(7)?,
+                            result: r.get(8)?,
+                            errcode: r.get(9)?,
+                            detail: r.get(10)?,
+                            reply: r.get(11)?,
+                            finished_ms: r.get::<_, Option<i64>>(12)?.map(to_u64),
+                        })
+                    },
+                )
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(sql("history"))?;
+            Ok(rows)
+        })
+    }
+
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        let r = row.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id, conversation_type,
+                 sender_staff_id, sender_nick, sender_is_admin, msgtype, text, status, command, result,
+                 errcode, detail, reply, finished_ms)
+                 VALUES (?1, ?2, ?3, '2', ?4, ?5, 0, 'timer', ?6, 'done', ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    r.msg_id,
+                    to_i64(r.received_ms),
+                    r.conversation_id,
+                    r.sender_staff_id,
+                    r.sender_nick,
+                    r.text,
+                    r.command,
+                    r.result,
+                    r.errcode,
+                    r.detail,
+                    r.reply,
+                    r.finished_ms.map(to_i64),
+                ])
+            })
+            .map_err(sql("record own action"))?;
+            Ok(())
+        })
+    }
+}
+
+impl BindingStore for SqliteLedger {
     fn binding(&self, cid: &str) -> Result<Option<Binding>, LedgerError> {
         self.with(|conn| {
             conn.query_row(
@@ -708,7 +786,9 @@ impl Ledger for SqliteLedger {
             Ok(())
         })
     }
+}
 
+impl SettingStore for SqliteLedger {
     fn dm_state(&self, cid: &str) -> Result<Option<DmState>, LedgerError> {
         self.with(|conn| {
             conn.query_row(
@@ -746,49 +826,6 @@ impl Ledger for SqliteLedger {
             )
             .map_err(sql("set_dm_state"))?;
             Ok(())
-        })
-    }
-
-    fn history(
-        &self,
-        cid: Option<&str>,
-        since_ms: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRow>, LedgerError> {
-        self.with(|conn| {
-            let mut st = conn
-                .prepare(
-                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
-                     command, status, result, errcode, detail, reply, finished_ms
-                     FROM commands
-                     WHERE (?1 IS NULL OR conversation_id = ?1) AND received_ms >= ?2
-                     ORDER BY received_ms DESC, msg_id LIMIT ?3",
-                )
-                .map_err(sql("history"))?;
-            let rows = st
-                .query_map(
-                    params![cid, to_i64(since_ms.unwrap_or(0)), to_i64(limit as u64)],
-                    |r| {
-                        Ok(AuditRow {
-                            msg_id: r.get(0)?,
-                            received_ms: to_u64(r.get(1)?),
-                            conversation_id: r.get(2)?,
-                            sender_staff_id: r.get(3)?,
-                            sender_nick: r.get(4)?,
-                            text: r.get(5)?,
-                            command: r.get(6)?,
-                            status: r.get(7)?,
-                            result: r.get(8)?,
-                            errcode: r.get(9)?,
-                            detail: r.get(10)?,
-                            reply: r.get(11)?,
-                            finished_ms: r.get::<_, Option<i64>>(12)?.map(to_u64),
-                        })
-                    },
-                )
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(sql("history"))?;
-            Ok(rows)
         })
     }
 
@@ -869,8 +906,8 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
-        let (state, result) = (state.to_owned(), result.to_owned());
+    fn finish_revert(&self, id: i64, state: RevertState, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
+        let (state, result) = (state.as_str(), result.to_owned());
         self.write(move |conn| {
             conn.prepare_cached(
                 "UPDATE jobs SET state = ?2, result = ?3, finished_ms = ?4 WHERE id = ?1 AND state = 'running'",
@@ -880,37 +917,9 @@ impl Ledger for SqliteLedger {
             Ok(())
         })
     }
+}
 
-    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
-        let r = row.clone();
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id, conversation_type,
-                 sender_staff_id, sender_nick, sender_is_admin, msgtype, text, status, command, result,
-                 errcode, detail, reply, finished_ms)
-                 VALUES (?1, ?2, ?3, '2', ?4, ?5, 0, 'timer', ?6, 'done', ?7, ?8, ?9, ?10, ?11, ?12)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    r.msg_id,
-                    to_i64(r.received_ms),
-                    r.conversation_id,
-                    r.sender_staff_id,
-                    r.sender_nick,
-                    r.text,
-                    r.command,
-                    r.result,
-                    r.errcode,
-                    r.detail,
-                    r.reply,
-                    r.finished_ms.map(to_i64),
-                ])
-            })
-            .map_err(sql("record own action"))?;
-            Ok(())
-        })
-    }
-
+impl LeaseStore for SqliteLedger {
     fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         // The upsert's WHERE leaves a live lease of another holder untouched (no change).
         self.write_leases(
@@ -958,20 +967,9 @@ impl Ledger for SqliteLedger {
             Ok(())
         })
     }
+}
 
-    fn ping(&self) -> Result<(), LedgerError> {
-        // A real write through the writer, committed like a callback's: it fails when the disk
-        // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks
-        // get 503. It touches one row, whatever the size of the ledger.
-        let now = to_i64(crate::clock::now_ms());
-        self.write(move |conn| {
-            conn.prepare_cached(READY_PROBE_SQL)
-                .and_then(|mut st| st.execute(params![now]))
-                .map_err(sql("ping"))?;
-            Ok(())
-        })
-    }
-
+impl RateBudget for SqliteLedger {
     fn clock_ms(&self) -> Result<u64, LedgerError> {
         Ok(self.clock.now_ms())
     }
@@ -1013,6 +1011,21 @@ impl Ledger for SqliteLedger {
                 at_ms: slot,
                 now_ms: now,
             })
+        })
+    }
+}
+
+impl Maintenance for SqliteLedger {
+    fn ping(&self) -> Result<(), LedgerError> {
+        // A real write through the writer, committed like a callback's: it fails when the disk
+        // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks
+        // get 503. It touches one row, whatever the size of the ledger.
+        let now = to_i64(crate::clock::now_ms());
+        self.write(move |conn| {
+            conn.prepare_cached(READY_PROBE_SQL)
+                .and_then(|mut st| st.execute(params![now]))
+                .map_err(sql("ping"))?;
+            Ok(())
         })
     }
 
@@ -1061,7 +1074,7 @@ mod tests {
     fn the_rate_budget_follows_the_sliding_window_rule() {
         let dir = tempfile::tempdir().unwrap();
         let n = std::sync::atomic::AtomicUsize::new(0);
-        super::super::budget_tests::run_all(|clock| {
+        super::super::testing::budget_tests::run_all(|clock| {
             let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Box::new(SqliteLedger::open_with_clock(&dir.path().join(format!("l{i}.db")), clock).unwrap())
         });
@@ -1072,7 +1085,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
         let clock = crate::clock::ManualClock::at(0);
-        super::super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(
+        super::super::testing::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(
             Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
             Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
             &clock,

@@ -31,7 +31,7 @@ use super::reply::advice;
 use crate::clock::now_ms;
 use crate::dingtalk::ApiError;
 use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
-use crate::ledger::AuditRow;
+use crate::ledger::{AuditRow, RevertState};
 
 /// Who the audit names for a revert.
 pub const TIMER: &str = "dingops (timer)";
@@ -200,7 +200,7 @@ impl WorkerContext {
                 if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
                     tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
                     self.write_until_landed("finish a timed revert that panicked", move |l| {
-                        l.finish_revert(id, "failed", "failed", now_ms())
+                        l.finish_revert(id, RevertState::Failed, "failed", now_ms())
                     })
                     .await;
                 }
@@ -238,7 +238,7 @@ impl WorkerContext {
             Ok(()) => (
                 Outcome::Ok,
                 format!("Timed revert: {what} ({origin})."),
-                "done",
+                RevertState::Done,
                 None,
                 format!("chatid {} {}={}", job.chat_id, job.setting, job.value),
             ),
@@ -249,7 +249,7 @@ impl WorkerContext {
                     e.short(),
                     advice(e)
                 ),
-                "failed",
+                RevertState::Failed,
                 e.errcode(),
                 e.to_string(),
             ),

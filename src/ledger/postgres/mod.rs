@@ -24,7 +24,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 
 use self::pool::{Connector, Pool, Session};
-use super::{AuditRow, Ledger, LedgerError, PruneStep, Slot};
+use super::{
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
+    SettingStore, Slot,
+};
 use crate::clock::Clock;
 use crate::config::PostgresUrl;
 use crate::domain::{
@@ -575,7 +578,7 @@ async fn replace_pending(
     replaced.as_ref().map(job_from_row).transpose()
 }
 
-impl Ledger for PostgresLedger {
+impl CommandLog for PostgresLedger {
     fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.accept_then(
@@ -702,6 +705,79 @@ impl Ledger for PostgresLedger {
         })
     }
 
+    fn history(
+        &self,
+        conversation_id: Option<&str>,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, LedgerError> {
+        let cid = conversation_id.map(str::to_owned);
+        let since = to_i64(since_ms.unwrap_or(0));
+        self.with("history", move |mut c| async move {
+            let found = c
+                .query(
+                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
+                     command, status, result, errcode, detail, reply, finished_ms
+                     FROM commands
+                     WHERE ($1::text IS NULL OR conversation_id = $1) AND received_ms >= $2
+                     ORDER BY received_ms DESC, msg_id LIMIT $3",
+                    &[&cid, &since, &limit_of(limit)],
+                )
+                .await
+                .map_err(pg("history"))?;
+            let all = rows("history", &found, |r| {
+                Ok(AuditRow {
+                    msg_id: r.try_get(0)?,
+                    received_ms: to_u64(r.try_get(1)?),
+                    conversation_id: r.try_get(2)?,
+                    sender_staff_id: r.try_get(3)?,
+                    sender_nick: r.try_get(4)?,
+                    text: r.try_get(5)?,
+                    command: r.try_get(6)?,
+                    status: r.try_get(7)?,
+                    result: r.try_get(8)?,
+                    errcode: r.try_get(9)?,
+                    detail: r.try_get(10)?,
+                    reply: r.try_get(11)?,
+                    finished_ms: r.try_get::<_, Option<i64>>(12)?.map(to_u64),
+                })
+            })?;
+            Ok((all, c))
+        })
+    }
+
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        let r = row.clone();
+        self.with("record own action", move |mut c| async move {
+            c.execute(
+                "INSERT INTO commands (msg_id, received_ms, conversation_id, conversation_type,
+                 sender_staff_id, sender_nick, sender_is_admin, msgtype, text, status, command, result,
+                 errcode, detail, reply, finished_ms)
+                 VALUES ($1, $2, $3, '2', $4, $5, false, 'timer', $6, 'done', $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (msg_id) DO NOTHING",
+                &[
+                    &text(&r.msg_id),
+                    &to_i64(r.received_ms),
+                    &text(&r.conversation_id),
+                    &opt_text(&r.sender_staff_id),
+                    &opt_text(&r.sender_nick),
+                    &opt_text(&r.text),
+                    &opt_text(&r.command),
+                    &opt_text(&r.result),
+                    &r.errcode,
+                    &opt_text(&r.detail),
+                    &opt_text(&r.reply),
+                    &r.finished_ms.map(to_i64),
+                ],
+            )
+            .await
+            .map_err(pg("record own action"))?;
+            Ok(((), c))
+        })
+    }
+}
+
+impl BindingStore for PostgresLedger {
     fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError> {
         let cid = conversation_id.to_owned();
         self.with("binding", move |mut c| async move {
@@ -814,7 +890,9 @@ impl Ledger for PostgresLedger {
             Ok(((), c))
         })
     }
+}
 
+impl SettingStore for PostgresLedger {
     fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
         let cid = conversation_id.to_owned();
         self.with("dm_state", move |mut c| async move {
@@ -859,47 +937,6 @@ impl Ledger for PostgresLedger {
             .await
             .map_err(pg("set_dm_state"))?;
             Ok(((), c))
-        })
-    }
-
-    fn history(
-        &self,
-        conversation_id: Option<&str>,
-        since_ms: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditRow>, LedgerError> {
-        let cid = conversation_id.map(str::to_owned);
-        let since = to_i64(since_ms.unwrap_or(0));
-        self.with("history", move |mut c| async move {
-            let found = c
-                .query(
-                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
-                     command, status, result, errcode, detail, reply, finished_ms
-                     FROM commands
-                     WHERE ($1::text IS NULL OR conversation_id = $1) AND received_ms >= $2
-                     ORDER BY received_ms DESC, msg_id LIMIT $3",
-                    &[&cid, &since, &limit_of(limit)],
-                )
-                .await
-                .map_err(pg("history"))?;
-            let all = rows("history", &found, |r| {
-                Ok(AuditRow {
-                    msg_id: r.try_get(0)?,
-                    received_ms: to_u64(r.try_get(1)?),
-                    conversation_id: r.try_get(2)?,
-                    sender_staff_id: r.try_get(3)?,
-                    sender_nick: r.try_get(4)?,
-                    text: r.try_get(5)?,
-                    command: r.try_get(6)?,
-                    status: r.try_get(7)?,
-                    result: r.try_get(8)?,
-                    errcode: r.try_get(9)?,
-                    detail: r.try_get(10)?,
-                    reply: r.try_get(11)?,
-                    finished_ms: r.try_get::<_, Option<i64>>(12)?.map(to_u64),
-                })
-            })?;
-            Ok((all, c))
         })
     }
 
@@ -973,19 +1010,85 @@ impl Ledger for PostgresLedger {
         })
     }
 
-    fn finish_revert(&self, id: i64, state: &str, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
-        let (state, result) = (state.to_owned(), result.to_owned());
+    fn finish_revert(&self, id: i64, state: RevertState, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
+        let (state, result) = (state.as_str(), result.to_owned());
         self.with("finish revert", move |mut c| async move {
             c.execute(
                 "UPDATE jobs SET state = $2, result = $3, finished_ms = $4 WHERE id = $1 AND state = 'running'",
-                &[&id, &text(&state), &text(&result), &to_i64(finished_ms)],
+                &[&id, &state, &text(&result), &to_i64(finished_ms)],
             )
             .await
             .map_err(pg("finish revert"))?;
             Ok(((), c))
         })
     }
+}
 
+impl LeaseStore for PostgresLedger {
+    fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
+        // One statement: the upsert's WHERE leaves a live lease of another holder as it is;
+        // the server's clock decides what is live and when the new lease ends.
+        self.write_leases(
+            "try leases",
+            concat!(
+                "INSERT INTO leases (name, holder, until_ms)
+                 SELECT n, $2, c.now + $3 FROM unnest($1::text[]) AS t(n), (SELECT ",
+                ledger_now!("$4"),
+                " AS now) AS c
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
+                 WHERE leases.holder = excluded.holder OR leases.until_ms <= excluded.until_ms - $3
+                 RETURNING name"
+            ),
+            names,
+            holder,
+            ttl_ms,
+        )
+    }
+
+    fn renew_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
+        self.write_leases(
+            "renew leases",
+            concat!(
+                "UPDATE leases SET until_ms = c.now + $3 FROM (SELECT ",
+                ledger_now!("$4"),
+                " AS now) AS c
+                 WHERE leases.name = ANY($1) AND leases.holder = $2 AND leases.until_ms > c.now
+                 RETURNING leases.name"
+            ),
+            names,
+            holder,
+            ttl_ms,
+        )
+    }
+
+    fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
+        self.with("release leases", move |mut c| async move {
+            c.execute(
+                "DELETE FROM leases WHERE name = ANY($1) AND holder = $2",
+                &[&names, &holder],
+            )
+            .await
+            .map_err(pg("release leases"))?;
+            Ok(((), c))
+        })
+    }
+
+    fn release_holder(&self, holder: &str) -> Result<(), LedgerError> {
+        let holder = text(holder);
+        self.with("release holder", move |mut c| async move {
+            c.execute("DELETE FROM leases WHERE holder = $1", &[&holder])
+                .await
+                .map_err(pg("release holder"))?;
+            Ok(((), c))
+        })
+    }
+}
+
+impl RateBudget for PostgresLedger {
     fn clock_ms(&self) -> Result<u64, LedgerError> {
         let fixed = self.fixed_now();
         self.with("read the clock", move |mut c| async move {
@@ -1061,99 +1164,9 @@ impl Ledger for PostgresLedger {
             ))
         })
     }
+}
 
-    fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
-        // One statement: the upsert's WHERE leaves a live lease of another holder as it is;
-        // the server's clock decides what is live and when the new lease ends.
-        self.write_leases(
-            "try leases",
-            concat!(
-                "INSERT INTO leases (name, holder, until_ms)
-                 SELECT n, $2, c.now + $3 FROM unnest($1::text[]) AS t(n), (SELECT ",
-                ledger_now!("$4"),
-                " AS now) AS c
-                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms
-                 WHERE leases.holder = excluded.holder OR leases.until_ms <= excluded.until_ms - $3
-                 RETURNING name"
-            ),
-            names,
-            holder,
-            ttl_ms,
-        )
-    }
-
-    fn renew_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
-        self.write_leases(
-            "renew leases",
-            concat!(
-                "UPDATE leases SET until_ms = c.now + $3 FROM (SELECT ",
-                ledger_now!("$4"),
-                " AS now) AS c
-                 WHERE leases.name = ANY($1) AND leases.holder = $2 AND leases.until_ms > c.now
-                 RETURNING leases.name"
-            ),
-            names,
-            holder,
-            ttl_ms,
-        )
-    }
-
-    fn release_leases(&self, names: &[String], holder: &str) -> Result<(), LedgerError> {
-        if names.is_empty() {
-            return Ok(());
-        }
-        let (names, holder) = (names.iter().map(|n| text(n)).collect::<Vec<_>>(), text(holder));
-        self.with("release leases", move |mut c| async move {
-            c.execute(
-                "DELETE FROM leases WHERE name = ANY($1) AND holder = $2",
-                &[&names, &holder],
-            )
-            .await
-            .map_err(pg("release leases"))?;
-            Ok(((), c))
-        })
-    }
-
-    fn release_holder(&self, holder: &str) -> Result<(), LedgerError> {
-        let holder = text(holder);
-        self.with("release holder", move |mut c| async move {
-            c.execute("DELETE FROM leases WHERE holder = $1", &[&holder])
-                .await
-                .map_err(pg("release holder"))?;
-            Ok(((), c))
-        })
-    }
-
-    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
-        let r = row.clone();
-        self.with("record own action", move |mut c| async move {
-            c.execute(
-                "INSERT INTO commands (msg_id, received_ms, conversation_id, conversation_type,
-                 sender_staff_id, sender_nick, sender_is_admin, msgtype, text, status, command, result,
-                 errcode, detail, reply, finished_ms)
-                 VALUES ($1, $2, $3, '2', $4, $5, false, 'timer', $6, 'done', $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (msg_id) DO NOTHING",
-                &[
-                    &text(&r.msg_id),
-                    &to_i64(r.received_ms),
-                    &text(&r.conversation_id),
-                    &opt_text(&r.sender_staff_id),
-                    &opt_text(&r.sender_nick),
-                    &opt_text(&r.text),
-                    &opt_text(&r.command),
-                    &opt_text(&r.result),
-                    &r.errcode,
-                    &opt_text(&r.detail),
-                    &opt_text(&r.reply),
-                    &r.finished_ms.map(to_i64),
-                ],
-            )
-            .await
-            .map_err(pg("record own action"))?;
-            Ok(((), c))
-        })
-    }
-
+impl Maintenance for PostgresLedger {
     fn ping(&self) -> Result<(), LedgerError> {
         // A real write committed by the writer, on the connection and path callbacks take: it
         // fails when PostgreSQL is gone, read-only or stuck, exactly when callbacks get 503.
