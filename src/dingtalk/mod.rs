@@ -23,7 +23,7 @@ use token::TokenCache;
 
 use crate::config::DingTalkSettings;
 use crate::domain::ChatId;
-use crate::ledger::LedgerHandle;
+use crate::ledger::BudgetHandle;
 use crate::telemetry::Metrics;
 
 /// Largest answer body read from DingTalk; anything bigger is an error.
@@ -253,7 +253,7 @@ pub struct DingTalk {
     modern: TokenCache,
     limiters: HashMap<Api, Limiter>,
     /// The ledger whose rate budget every process on it shares; `None`: pace locally.
-    budget: Option<LedgerHandle>,
+    budget: Option<BudgetHandle>,
     /// The budget's slots are times of the ledger's clock: this is how they map to ours.
     ledger_time: crate::ledger::LedgerTime,
     options: ClientOptions,
@@ -400,10 +400,10 @@ impl DingTalk {
     pub fn with_budget(
         settings: &DingTalkSettings,
         metrics: std::sync::Arc<Metrics>,
-        ledger: LedgerHandle,
+        ledger: impl Into<BudgetHandle>,
     ) -> Result<Self, ApiError> {
         let mut client = Self::new(settings, metrics)?;
-        client.budget = Some(ledger);
+        client.budget = Some(ledger.into());
         Ok(client)
     }
 
@@ -562,12 +562,12 @@ impl DingTalk {
         &self,
         api: Api,
         limiter: &Limiter,
-        ledger: &LedgerHandle,
+        ledger: &BudgetHandle,
         asked: Instant,
         deadline: Instant,
     ) -> Result<Option<Instant>, ApiError> {
         let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
-        let reservation = ledger.call(move |l| l.reserve_call(api.name(), max, window_ms));
+        let reservation = ledger.reserve_call(api.name(), max, window_ms);
         let give_up = deadline.min(Instant::now() + RESERVE_TIMEOUT);
         let slot = match tokio::time::timeout_at(give_up, reservation).await {
             Ok(Ok(slot)) => {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::test_postgres::TestSchema;
-use super::{Ledger, PostgresLedger, SqliteLedger};
+use super::{CommandLog as _, Ledger, PostgresLedger, RevertState, SqliteLedger};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
     RevertJob, SessionWebhook,
@@ -415,7 +415,7 @@ fn a_revert_interrupted_while_running_is_pending_again_after_reopening(store: &d
     let l = store.open();
     assert_eq!(l.pending_reverts(None).unwrap()[0].id, id);
     assert!(l.claim_revert(id).unwrap());
-    l.finish_revert(id, "done", "ok", 9).unwrap();
+    l.finish_revert(id, RevertState::Done, "ok", 9).unwrap();
     assert!(l.pending_reverts(None).unwrap().is_empty());
     assert!(!l.claim_revert(id).unwrap());
 }

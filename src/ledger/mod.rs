@@ -30,6 +30,14 @@ use crate::domain::{Accepted, Answer, Delivery, Pending};
 pub use roles::{BindingStore, CommandLog, Ledger, LeaseStore, LedgerFuture, Maintenance, RateBudget, SettingStore};
 pub use rows::{CommandStatus, RevertState};
 
+/// The role traits, unnamed: for a caller that calls a store's methods directly (tests and
+/// tools holding a `SqliteLedger` or `MemoryLedger`), `use dingops::ledger::prelude::*`.
+pub mod prelude {
+    pub use super::roles::{
+        BindingStore as _, CommandLog as _, LeaseStore as _, Maintenance as _, RateBudget as _, SettingStore as _,
+    };
+}
+
 pub use memory::MemoryLedger;
 pub use postgres::PostgresLedger;
 pub use sqlite::{LockError, LockFile, OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
@@ -311,12 +319,12 @@ impl From<LedgerHandle> for BudgetHandle {
 
 impl<R: ?Sized + Send + Sync + 'static> Handle<R> {
     /// Runs `f` against the store off the async threads.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, LedgerError>
+    pub fn call<T, F>(&self, f: F) -> LedgerFuture<T>
     where
         T: Send + 'static,
         F: FnOnce(&R) -> Result<T, LedgerError> + Send + 'static,
     {
-        roles::blocking(Arc::clone(&self.0), f).await
+        roles::blocking(Arc::clone(&self.0), f)
     }
 }
 
@@ -335,21 +343,13 @@ impl<R: ?Sized + CommandLog> Handle<R> {
     }
 
     /// [`CommandLog::record_answer`].
-    pub async fn record_answer(&self, msg_id: String, answer: Answer) -> Result<(), LedgerError> {
-        Arc::clone(&self.0).record_answer_async(msg_id, answer).await
+    pub fn record_answer(&self, msg_id: String, answer: Answer) -> LedgerFuture<()> {
+        Arc::clone(&self.0).record_answer_async(msg_id, answer)
     }
 
     /// [`CommandLog::finish`].
-    pub async fn finish(
-        &self,
-        msg_id: String,
-        answer: Answer,
-        delivery: Delivery,
-        finished_ms: u64,
-    ) -> Result<(), LedgerError> {
-        Arc::clone(&self.0)
-            .finish_async(msg_id, answer, delivery, finished_ms)
-            .await
+    pub fn finish(&self, msg_id: String, answer: Answer, delivery: Delivery, finished_ms: u64) -> LedgerFuture<()> {
+        Arc::clone(&self.0).finish_async(msg_id, answer, delivery, finished_ms)
     }
 
     /// [`CommandLog::open_after`].

@@ -319,7 +319,7 @@ impl Pump {
         // Taken after this number, a group may have had commands finished by its former
         // holder since the read: those are read again.
         let seq = self.ctx.leases.seq();
-        let rows = match self.ctx.ledger.call(move |l| l.open_after(cursor, room)).await {
+        let rows = match self.ctx.ledger.open_after(cursor, room).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read open commands from the ledger");
@@ -419,7 +419,7 @@ impl Pump {
             let rows = match self
                 .ctx
                 .ledger
-                .call(move |l| l.open_in_conversation_after(&key, after, through, want))
+                .open_in_conversation_after(key, after, through, want)
                 .await
             {
                 Ok(rows) => rows,
@@ -513,7 +513,7 @@ impl Pump {
         if let Err(e) = self
             .ctx
             .ledger
-            .call(move |l| l.finish(&id, &answer, &delivery, now_ms()))
+            .finish(id, answer, delivery, now_ms())
             .await
         {
             tracing::error!(error = %e, "could not record a command that is not run");

@@ -337,7 +337,7 @@ impl WorkerContext {
 mod tests {
     use super::*;
     use crate::domain::ChatId;
-    use crate::ledger::{Ledger as _, LedgerHandle, MemoryLedger};
+    use crate::ledger::{LedgerHandle, MemoryLedger, SettingStore as _};
 
     #[tokio::test]
     async fn a_round_does_not_start_a_second_copy_of_a_revert_still_under_way() {

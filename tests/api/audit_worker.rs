@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use dingops::clock::now_ms;
 use dingops::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, SessionWebhook};
+use dingops::ledger::prelude::*;
 use dingops::ledger::{Ledger, SqliteLedger};
 use dingtalk_sim::{Fault, RecordedReply, api};
 

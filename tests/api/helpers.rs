@@ -10,6 +10,7 @@ use actix_web::dev::ServerHandle;
 use dingops::config::Settings;
 pub use dingops::demo::{sim_env, sim_settings};
 use dingops::domain::ChatId;
+use dingops::ledger::prelude::*;
 use dingops::ledger::{AuditRow, Ledger, SqliteLedger};
 use dingops::server::{Application, RunOptions};
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};

@@ -25,7 +25,7 @@ use tokio_postgres::Row;
 
 use self::pool::{Connector, Pool, Session};
 use super::{
-    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
+    AuditRow, LedgerFuture, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
     SettingStore, Slot,
 };
 use crate::clock::Clock;
@@ -135,6 +135,27 @@ impl RuntimeThread {
         });
         rx.recv().map_err(|_| LedgerError::WriterGone)?
     }
+
+    /// Starts `task` on the ledger's runtime, bounded by `timeout`; the caller awaits its
+    /// result from any runtime, without a thread of its own waiting for it.
+    fn spawn<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        task: impl Future<Output = Result<T, LedgerError>> + Send + 'static,
+    ) -> LedgerFuture<T> {
+        let running = self.handle.spawn(async move {
+            tokio::time::timeout(timeout, task)
+                .await
+                .unwrap_or(Err(LedgerError::Timeout(op)))
+        });
+        Box::pin(async move { running.await.map_err(|e| LedgerError::Join(e.to_string()))? })
+    }
+
+    /// Waits for a call [`RuntimeThread::spawn`] started (its own timeout bounds it).
+    fn block<T: Send + 'static>(&self, op: &'static str, call: LedgerFuture<T>) -> Result<T, LedgerError> {
+        self.run(op, CALL_TIMEOUT * 2, call)
+    }
 }
 
 /// What the writer task commits in groups, with when it was queued.
@@ -219,13 +240,33 @@ impl PostgresLedger {
         F: FnOnce(pool::Lease) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(T, pool::Lease), LedgerError>> + Send + 'static,
     {
+        self.runtime.run(op, CALL_TIMEOUT, self.pooled(f))
+    }
+
+    /// [`PostgresLedger::with`], awaited: the call runs on the ledger's runtime while the
+    /// caller's task waits, with no blocking thread between them.
+    fn with_async<T, F, Fut>(&self, op: &'static str, f: F) -> LedgerFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(pool::Lease) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(T, pool::Lease), LedgerError>> + Send + 'static,
+    {
+        self.runtime.spawn(op, CALL_TIMEOUT, self.pooled(f))
+    }
+
+    fn pooled<T, F, Fut>(&self, f: F) -> impl Future<Output = Result<T, LedgerError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(pool::Lease) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(T, pool::Lease), LedgerError>> + Send + 'static,
+    {
         let pool = Arc::clone(&self.pool);
-        self.runtime.run(op, CALL_TIMEOUT, async move {
+        async move {
             let lease = pool.get().await?;
             let (value, lease) = f(lease).await?;
             lease.done();
             Ok(value)
-        })
+        }
     }
 
     fn ingest(&self, job: Ingest) {
@@ -578,25 +619,11 @@ async fn replace_pending(
     replaced.as_ref().map(job_from_row).transpose()
 }
 
-impl CommandLog for PostgresLedger {
-    fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.accept_then(
-            cmd.clone(),
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.recv().map_err(|_| LedgerError::WriterGone)?
-    }
-
-    fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
-        self.ingest(Ingest::Accept(Box::new(cmd), done, Instant::now()));
-    }
-
-    fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
-        let (msg_id, a) = (msg_id.to_owned(), a.clone());
-        self.with("record_answer", move |mut c| async move {
+/// The hot path's calls, started on the ledger's runtime: the synchronous role methods wait
+/// for them, their async forms return them.
+impl PostgresLedger {
+    fn record_answer_call(&self, msg_id: String, a: Answer) -> LedgerFuture<()> {
+        self.with_async("record_answer", move |mut c| async move {
             c.execute(
                 "UPDATE commands SET status = 'answered', command = $2, result = $3, errcode = $4,
                  detail = $5, answer_text = $6 WHERE msg_id = $1",
@@ -615,19 +642,8 @@ impl CommandLog for PostgresLedger {
         })
     }
 
-    fn finish(
-        &self,
-        msg_id: &str,
-        a: &Answer,
-        delivery: &Delivery,
-        finished_ms: u64,
-    ) -> Result<(), LedgerError> {
-        let (msg_id, a, reply) = (
-            msg_id.to_owned(),
-            a.clone(),
-            delivery.as_ledger_text().into_owned(),
-        );
-        self.with("finish", move |mut c| async move {
+    fn finish_call(&self, msg_id: String, a: Answer, reply: String, finished_ms: u64) -> LedgerFuture<()> {
+        self.with_async("finish", move |mut c| async move {
             c.execute(
                 "UPDATE commands SET status = 'done', command = $2, result = $3, errcode = $4,
                  detail = $5, reply = $6, finished_ms = $7, session_webhook = NULL, answer_text = NULL
@@ -648,8 +664,8 @@ impl CommandLog for PostgresLedger {
         })
     }
 
-    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
-        self.with("open_after", move |mut c| async move {
+    fn open_after_call(&self, cursor: i64, limit: usize) -> LedgerFuture<Vec<(i64, Pending)>> {
+        self.with_async("open_after", move |mut c| async move {
             let found = c
                 .query(OPEN_AFTER_SQL, &[&cursor, &limit_of(limit)])
                 .await
@@ -658,15 +674,14 @@ impl CommandLog for PostgresLedger {
         })
     }
 
-    fn open_in_conversation_after(
+    fn open_in_conversation_call(
         &self,
-        conversation_id: &str,
+        cid: String,
         after: i64,
         through: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, Pending)>, LedgerError> {
-        let cid = conversation_id.to_owned();
-        self.with("open_in_conversation_after", move |mut c| async move {
+    ) -> LedgerFuture<Vec<(i64, Pending)>> {
+        self.with_async("open_in_conversation_after", move |mut c| async move {
             let found = c
                 .query(
                     OPEN_IN_CONVERSATION_SQL,
@@ -678,6 +693,165 @@ impl CommandLog for PostgresLedger {
         })
     }
 
+    fn clock_ms_call(&self) -> LedgerFuture<u64> {
+        let fixed = self.fixed_now();
+        self.with_async("read the clock", move |mut c| async move {
+            let row = c
+                .query_opt(concat!("SELECT ", ledger_now!("$1")), &[&fixed])
+                .await
+                .map_err(pg("read the clock"))?
+                .ok_or(LedgerError::Invalid("the server did not tell its clock"))?;
+            Ok((to_u64(row.get(0)), c))
+        })
+    }
+
+    fn reserve_call_call(&self, api: String, max: u32, window_ms: u64) -> LedgerFuture<Slot> {
+        if let Err(e) = super::budget_args(max, window_ms) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        let fixed = self.fixed_now();
+        self.with_async("reserve call", move |mut c| async move {
+            let tx = c.client.transaction().await.map_err(pg("reserve call"))?;
+            // One lock per API for the transaction: every replica's reservations of that API
+            // queue here, from before the read until the insert is committed.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended('dingops call budget ' || $1, 0))",
+                &[&text(&api)],
+            )
+            .await
+            .map_err(pg("reserve call"))?;
+            // The clock is read under the lock (waiting for it is not free time), from the
+            // server's clock; slots too old to share a window with this one go in the same
+            // round trip.
+            let now: i64 = tx
+                .query_one(
+                    concat!(
+                        "WITH c AS (SELECT ",
+                        ledger_now!("$3"),
+                        " AS now), gone AS (DELETE FROM call_slots WHERE api = $1 AND slot_ms <= (SELECT now FROM c) - $2)
+                         SELECT now FROM c"
+                    ),
+                    &[&text(&api), &to_i64(window_ms), &fixed],
+                )
+                .await
+                .map_err(pg("reserve call"))?
+                .get(0);
+            let now = to_u64(now);
+            let max_th_latest: Option<i64> = tx
+                .query_opt(
+                    "SELECT slot_ms FROM call_slots WHERE api = $1 ORDER BY slot_ms DESC LIMIT 1 OFFSET $2",
+                    &[&text(&api), &(i64::from(max) - 1)],
+                )
+                .await
+                .map_err(pg("reserve call"))?
+                .map(|r| r.get(0));
+            let latest: Option<i64> = tx
+                .query_one(
+                    "SELECT max(slot_ms) FROM call_slots WHERE api = $1",
+                    &[&text(&api)],
+                )
+                .await
+                .map_err(pg("reserve call"))?
+                .get(0);
+            let slot = super::budget_slot(now, latest.map(to_u64), max_th_latest.map(to_u64), window_ms, max);
+            tx.execute(
+                "INSERT INTO call_slots (api, slot_ms) VALUES ($1, $2)",
+                &[&text(&api), &to_i64(slot)],
+            )
+            .await
+            .map_err(pg("reserve call"))?;
+            tx.commit().await.map_err(pg("reserve call"))?;
+            Ok((
+                Slot {
+                    at_ms: slot,
+                    now_ms: now,
+                },
+                c,
+            ))
+        })
+    }
+}
+
+impl CommandLog for PostgresLedger {
+    fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.accept_then(
+            cmd.clone(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| LedgerError::WriterGone)?
+    }
+
+    fn accept_then(&self, cmd: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
+        self.ingest(Ingest::Accept(Box::new(cmd), done, Instant::now()));
+    }
+
+    fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
+        self.runtime
+            .block("record_answer", self.record_answer_call(msg_id.to_owned(), a.clone()))
+    }
+
+    fn record_answer_async(self: Arc<Self>, msg_id: String, answer: Answer) -> LedgerFuture<()> {
+        self.record_answer_call(msg_id, answer)
+    }
+
+    fn finish(
+        &self,
+        msg_id: &str,
+        a: &Answer,
+        delivery: &Delivery,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError> {
+        let reply = delivery.as_ledger_text().into_owned();
+        self.runtime.block(
+            "finish",
+            self.finish_call(msg_id.to_owned(), a.clone(), reply, finished_ms),
+        )
+    }
+
+    fn finish_async(
+        self: Arc<Self>,
+        msg_id: String,
+        answer: Answer,
+        delivery: Delivery,
+        finished_ms: u64,
+    ) -> LedgerFuture<()> {
+        let reply = delivery.as_ledger_text().into_owned();
+        self.finish_call(msg_id, answer, reply, finished_ms)
+    }
+
+    fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
+        self.runtime.block("open_after", self.open_after_call(cursor, limit))
+    }
+
+    fn open_after_async(self: Arc<Self>, cursor: i64, limit: usize) -> LedgerFuture<Vec<(i64, Pending)>> {
+        self.open_after_call(cursor, limit)
+    }
+
+    fn open_in_conversation_after(
+        &self,
+        conversation_id: &str,
+        after: i64,
+        through: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Pending)>, LedgerError> {
+        self.runtime.block(
+            "open_in_conversation_after",
+            self.open_in_conversation_call(conversation_id.to_owned(), after, through, limit),
+        )
+    }
+
+    fn open_in_conversation_after_async(
+        self: Arc<Self>,
+        conversation_id: String,
+        after: i64,
+        through: i64,
+        limit: usize,
+    ) -> LedgerFuture<Vec<(i64, Pending)>> {
+        self.open_in_conversation_call(conversation_id, after, through, limit)
+    }
     fn newest_done_by_group(&self) -> Result<HashMap<String, i64>, LedgerError> {
         self.with("newest_done_by_group", move |mut c| async move {
             let found = c
@@ -1090,79 +1264,20 @@ impl LeaseStore for PostgresLedger {
 
 impl RateBudget for PostgresLedger {
     fn clock_ms(&self) -> Result<u64, LedgerError> {
-        let fixed = self.fixed_now();
-        self.with("read the clock", move |mut c| async move {
-            let row = c
-                .query_opt(concat!("SELECT ", ledger_now!("$1")), &[&fixed])
-                .await
-                .map_err(pg("read the clock"))?
-                .ok_or(LedgerError::Invalid("the server did not tell its clock"))?;
-            Ok((to_u64(row.get(0)), c))
-        })
+        self.runtime.block("read the clock", self.clock_ms_call())
+    }
+
+    fn clock_ms_async(self: Arc<Self>) -> LedgerFuture<u64> {
+        self.clock_ms_call()
     }
 
     fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
-        super::budget_args(max, window_ms)?;
-        let (api, fixed) = (api.to_owned(), self.fixed_now());
-        self.with("reserve call", move |mut c| async move {
-            let tx = c.client.transaction().await.map_err(pg("reserve call"))?;
-            // One lock per API for the transaction: every replica's reservations of that API
-            // queue here, from before the read until the insert is committed.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended('dingops call budget ' || $1, 0))",
-                &[&text(&api)],
-            )
-            .await
-            .map_err(pg("reserve call"))?;
-            // The clock is read under the lock (waiting for it is not free time), from the
-            // server's clock; slots too old to share a window with this one go in the same
-            // round trip.
-            let now: i64 = tx
-                .query_one(
-                    concat!(
-                        "WITH c AS (SELECT ",
-                        ledger_now!("$3"),
-                        " AS now), gone AS (DELETE FROM call_slots WHERE api = $1 AND slot_ms <= (SELECT now FROM c) - $2)
-                         SELECT now FROM c"
-                    ),
-                    &[&text(&api), &to_i64(window_ms), &fixed],
-                )
-                .await
-                .map_err(pg("reserve call"))?
-                .get(0);
-            let now = to_u64(now);
-            let max_th_latest: Option<i64> = tx
-                .query_opt(
-                    "SELECT slot_ms FROM call_slots WHERE api = $1 ORDER BY slot_ms DESC LIMIT 1 OFFSET $2",
-                    &[&text(&api), &(i64::from(max) - 1)],
-                )
-                .await
-                .map_err(pg("reserve call"))?
-                .map(|r| r.get(0));
-            let latest: Option<i64> = tx
-                .query_one(
-                    "SELECT max(slot_ms) FROM call_slots WHERE api = $1",
-                    &[&text(&api)],
-                )
-                .await
-                .map_err(pg("reserve call"))?
-                .get(0);
-            let slot = super::budget_slot(now, latest.map(to_u64), max_th_latest.map(to_u64), window_ms, max);
-            tx.execute(
-                "INSERT INTO call_slots (api, slot_ms) VALUES ($1, $2)",
-                &[&text(&api), &to_i64(slot)],
-            )
-            .await
-            .map_err(pg("reserve call"))?;
-            tx.commit().await.map_err(pg("reserve call"))?;
-            Ok((
-                Slot {
-                    at_ms: slot,
-                    now_ms: now,
-                },
-                c,
-            ))
-        })
+        self.runtime
+            .block("reserve call", self.reserve_call_call(api.to_owned(), max, window_ms))
+    }
+
+    fn reserve_call_async(self: Arc<Self>, api: String, max: u32, window_ms: u64) -> LedgerFuture<Slot> {
+        self.reserve_call_call(api, max, window_ms)
     }
 }
 
