@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
-    SettingStore, Slot, budget_args, budget_slot,
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget,
+    RevertState, SettingStore, Slot, budget_args, budget_slot,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
@@ -432,7 +432,11 @@ impl Maintenance for MemoryLedger {
             .take(limit)
             .map(|(&pos, row)| {
                 let old = row.accepted.received_ms < before_ms && row.finished_ms.unwrap_or(0) < before_ms;
-                (pos, row.finished_ms.is_some() && old, row.accepted.received_ms >= before_ms)
+                (
+                    pos,
+                    row.finished_ms.is_some() && old,
+                    row.accepted.received_ms >= before_ms,
+                )
             })
             .collect();
         let Some(&(last, _, _)) = window.last() else {
@@ -458,7 +462,9 @@ impl Maintenance for MemoryLedger {
 mod tests {
     #[test]
     fn the_rate_budget_follows_the_sliding_window_rule() {
-        super::super::testing::budget_tests::run_all(|clock| Box::new(super::MemoryLedger::with_clock(clock)));
+        super::super::testing::budget_tests::run_all(|clock| {
+            Box::new(super::MemoryLedger::with_clock(clock))
+        });
     }
 
     #[test]

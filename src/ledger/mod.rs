@@ -17,24 +17,27 @@ mod postgres;
 pub mod retention;
 pub mod roles;
 mod sqlite;
-#[cfg(test)]
-pub(crate) mod testing;
 #[cfg(any(test, feature = "demo"))]
 #[doc(hidden)]
 pub mod test_postgres;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Delivery, Pending};
 
-pub use roles::{BindingStore, CommandLog, Ledger, LeaseStore, LedgerFuture, Maintenance, RateBudget, SettingStore};
+pub use roles::{
+    BindingStore, CommandLog, LeaseStore, Ledger, LedgerFuture, Maintenance, RateBudget, SettingStore,
+};
 pub use rows::{CommandStatus, RevertState};
 
 /// The role traits, unnamed: for a caller that calls a store's methods directly (tests and
 /// tools holding a `SqliteLedger` or `MemoryLedger`), `use dingops::ledger::prelude::*`.
 pub mod prelude {
     pub use super::roles::{
-        BindingStore as _, CommandLog as _, LeaseStore as _, Maintenance as _, RateBudget as _, SettingStore as _,
+        BindingStore as _, CommandLog as _, LeaseStore as _, Maintenance as _, RateBudget as _,
+        SettingStore as _,
     };
 }
 
@@ -264,7 +267,11 @@ impl LedgerTime {
 
     /// The ledger's time now, measuring the offset first when it never was or was last
     /// measured more than `max_age` ago. A failed measurement keeps the last offset.
-    pub async fn fresh_now_ms<R: RateBudget + ?Sized>(&self, ledger: &Handle<R>, max_age: std::time::Duration) -> u64 {
+    pub async fn fresh_now_ms<R: RateBudget + ?Sized>(
+        &self,
+        ledger: &Handle<R>,
+        max_age: std::time::Duration,
+    ) -> u64 {
         let stale = self
             .measured
             .lock()
@@ -348,7 +355,13 @@ impl<R: ?Sized + CommandLog> Handle<R> {
     }
 
     /// [`CommandLog::finish`].
-    pub fn finish(&self, msg_id: String, answer: Answer, delivery: Delivery, finished_ms: u64) -> LedgerFuture<()> {
+    pub fn finish(
+        &self,
+        msg_id: String,
+        answer: Answer,
+        delivery: Delivery,
+        finished_ms: u64,
+    ) -> LedgerFuture<()> {
         Arc::clone(&self.0).finish_async(msg_id, answer, delivery, finished_ms)
     }
 

@@ -146,7 +146,13 @@ pub trait SettingStore: Send + Sync + 'static {
     /// whose run a crash interrupted runs again (setting a value twice is harmless).
     fn claim_revert(&self, id: i64) -> Result<bool, LedgerError>;
     /// Records how a running revert ended (`state`: done or failed), with `result`.
-    fn finish_revert(&self, id: i64, state: RevertState, result: &str, finished_ms: u64) -> Result<(), LedgerError>;
+    fn finish_revert(
+        &self,
+        id: i64,
+        state: RevertState,
+        result: &str,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError>;
 }
 
 /// Named leases, by which replicas sharing one ledger divide the work.

@@ -5,8 +5,8 @@
 //! into the list here and into both migrations.
 
 use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Department, DmState, InvalidChatId, Outcome, Pending,
-    RevertJob, SessionWebhook,
+    Accepted, Answer, Binding, ChatId, ConversationType, Department, DmState, InvalidChatId, Outcome,
+    Pending, RevertJob, SessionWebhook,
 };
 
 use super::AuditRow;
@@ -109,8 +109,6 @@ macro_rules! dm_state_columns {
         "prohibited, set_by, set_by_nick, set_ms"
     };
 }
-
-pub(crate) use {audit_columns, binding_columns, department_columns, dm_state_columns, job_columns, pending_columns};
 
 /// Reading one cell of a row, as each driver does it. Integers are stored as 64-bit, except
 /// a revert's value ([`Cells::small`]) and flags, which each dialect stores its own way.

@@ -6,15 +6,16 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::rows::{
+    Cells, RowError, audit_from_row, binding_from_row, department_from_row, dm_state_from_row, job_from_row,
+    pending_from_row, to_i64, to_u64,
+};
 use super::{
-    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
-    SettingStore, Slot, budget_args, budget_slot, sql,
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget,
+    RevertState, SettingStore, Slot, budget_args, budget_slot, sql,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
-    RevertJob, SessionWebhook,
-};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 /// The SQLite ledger (WAL journal).
 ///
@@ -230,14 +231,6 @@ fn writer_loop(conn: Connection, file: LedgerFile, jobs: std::sync::mpsc::Receiv
     }
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 impl SqliteLedger {
     /// Opens (creating if needed) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
@@ -336,29 +329,51 @@ impl SqliteLedger {
     }
 }
 
-const JOB_COLUMNS: &str = "id, conversation_id, chat_id, setting, value, due_ms, scheduled_by, \
-                           scheduled_command, scheduled_ms";
+/// How SQLite reads a cell: integers are 64-bit, flags are integers.
+impl Cells for rusqlite::Row<'_> {
+    type Error = rusqlite::Error;
+    fn text(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
+    fn opt_text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
+    }
+    fn int(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    fn opt_int(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
+    fn small(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    fn flag(&self, i: usize) -> rusqlite::Result<bool> {
+        Ok(self.get::<_, i64>(i)? != 0)
+    }
+}
 
-fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RevertJob> {
-    Ok(RevertJob {
-        id: row.get(0)?,
-        conversation_id: row.get(1)?,
-        chat_id: chat_id_from(row.get(2)?)?,
-        setting: row.get(3)?,
-        value: u8::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
-        due_ms: to_u64(row.get(5)?),
-        scheduled_by: row.get(6)?,
-        scheduled_command: row.get(7)?,
-        scheduled_ms: to_u64(row.get(8)?),
+/// The result of a shared row mapping, as rusqlite's row closures want it: a stored chatid
+/// that is invalid is a conversion failure of its column.
+fn cells<T>(mapped: Result<T, RowError<rusqlite::Error>>) -> rusqlite::Result<T> {
+    mapped.map_err(|e| match e {
+        RowError::Cell(e) => e,
+        RowError::ChatId(e) => {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+        }
     })
 }
 
 /// The pending revert of one setting of a group, if any.
 fn pending_revert(conn: &Connection, cid: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
-    conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')"
     ))
-    .and_then(|mut st| st.query_row(params![cid, setting], job_from_row).optional())
+    .and_then(|mut st| {
+        st.query_row(params![cid, setting], |r| cells(job_from_row(r)))
+            .optional()
+    })
     .map_err(sql("pending revert"))
 }
 
@@ -392,51 +407,6 @@ impl SqliteLedger {
             Ok(held)
         })
     }
-}
-
-fn chat_id_from(s: String) -> rusqlite::Result<ChatId> {
-    ChatId::parse(&s)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e)))
-}
-
-/// The columns [`pending_from_row`] reads, in its order.
-const PENDING_COLUMNS: &str = "msg_id, received_ms, conversation_id, conversation_type,
-     conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
-     text, session_webhook, session_expires_ms,
-     status, command, result, errcode, detail, answer_text, rowid";
-
-/// An open command and its position, from a row of [`PENDING_COLUMNS`].
-fn pending_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Pending)> {
-    let accepted = accepted_from_row(row)?;
-    let answer = if row.get::<_, String>(12)? == "answered" {
-        Some(Answer {
-            command: row.get::<_, Option<String>>(13)?.unwrap_or_default(),
-            outcome: Outcome::parse(&row.get::<_, Option<String>>(14)?.unwrap_or_default()),
-            errcode: row.get(15)?,
-            detail: row.get::<_, Option<String>>(16)?.unwrap_or_default(),
-            text: row.get::<_, Option<String>>(17)?.unwrap_or_default(),
-        })
-    } else {
-        None
-    };
-    Ok((row.get::<_, i64>(18)?, Pending { accepted, answer }))
-}
-
-fn accepted_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Accepted> {
-    Ok(Accepted {
-        msg_id: row.get(0)?,
-        received_ms: to_u64(row.get(1)?),
-        conversation_id: row.get(2)?,
-        conversation_type: ConversationType::from_wire(&row.get::<_, String>(3)?),
-        conversation_title: row.get(4)?,
-        sender_staff_id: row.get(5)?,
-        sender_nick: row.get(6)?,
-        sender_is_admin: row.get::<_, i64>(7)? != 0,
-        msgtype: row.get(8)?,
-        text: row.get(9)?,
-        session_webhook: SessionWebhook::new(row.get::<_, Option<String>>(10)?.unwrap_or_default()),
-        session_expires_ms: row.get::<_, Option<i64>>(11)?.map(to_u64),
-    })
 }
 
 impl CommandLog for SqliteLedger {
@@ -536,13 +506,14 @@ impl CommandLog for SqliteLedger {
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
-                .prepare_cached(&format!(
-                    "SELECT {PENDING_COLUMNS} FROM commands
-                     WHERE rowid > ?1 AND status != 'done' ORDER BY rowid LIMIT ?2"
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    pending_columns!("rowid"),
+                    " FROM commands WHERE rowid > ?1 AND status != 'done' ORDER BY rowid LIMIT ?2"
                 ))
                 .map_err(sql("open_after"))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            st.query_map(params![cursor, limit], pending_from_row)
+            st.query_map(params![cursor, limit], |r| cells(pending_from_row(r)))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("open_after"))
         })
@@ -558,16 +529,20 @@ impl CommandLog for SqliteLedger {
         self.with(|conn| {
             // A range of rowids, filtered: no per-group index, which would slow every insert.
             let mut st = conn
-                .prepare_cached(&format!(
-                    "SELECT {PENDING_COLUMNS} FROM commands
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    pending_columns!("rowid"),
+                    " FROM commands
                      WHERE rowid > ?1 AND rowid <= ?2 AND conversation_id = ?3 AND status != 'done'
                      ORDER BY rowid LIMIT ?4"
                 ))
                 .map_err(sql("open_in_conversation_after"))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            st.query_map(params![after, through, conversation_id, limit], pending_from_row)
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(sql("open_in_conversation_after"))
+            st.query_map(params![after, through, conversation_id, limit], |r| {
+                cells(pending_from_row(r))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(sql("open_in_conversation_after"))
         })
     }
 
@@ -611,34 +586,18 @@ impl CommandLog for SqliteLedger {
     ) -> Result<Vec<AuditRow>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
-                .prepare(
-                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
-                     command, status, result, errcode, detail, reply, finished_ms
-                     FROM commands
+                .prepare(concat!(
+                    "SELECT ",
+                    audit_columns!(),
+                    " FROM commands
                      WHERE (?1 IS NULL OR conversation_id = ?1) AND received_ms >= ?2
-                     ORDER BY received_ms DESC, msg_id LIMIT ?3",
-                )
+                     ORDER BY received_ms DESC, msg_id LIMIT ?3"
+                ))
                 .map_err(sql("history"))?;
             let rows = st
                 .query_map(
                     params![cid, to_i64(since_ms.unwrap_or(0)), to_i64(limit as u64)],
-                    |r| {
-                        Ok(AuditRow {
-                            msg_id: r.get(0)?,
-                            received_ms: to_u64(r.get(1)?),
-                            conversation_id: r.get(2)?,
-                            sender_staff_id: r.get(3)?,
-                            sender_nick: r.get(4)?,
-                            text: r.get(5)?,
-                            command: r.get(6)?,
-                            status: r.get(7)?,
-                            result: r.get(8)?,
-                            errcode: r.get(9)?,
-                            detail: r.get(10)?,
-                            reply: r.get(11)?,
-                            finished_ms: r.get::<_, Option<i64>>(12)?.map(to_u64),
-                        })
-                    },
+                    |r| cells(audit_from_row(r)),
                 )
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("history"))?;
@@ -681,16 +640,13 @@ impl BindingStore for SqliteLedger {
     fn binding(&self, cid: &str) -> Result<Option<Binding>, LedgerError> {
         self.with(|conn| {
             conn.query_row(
-                "SELECT conversation_id, chat_id, bound_by, bound_ms FROM bindings WHERE conversation_id = ?1",
+                concat!(
+                    "SELECT ",
+                    binding_columns!(),
+                    " FROM bindings WHERE conversation_id = ?1"
+                ),
                 params![cid],
-                |r| {
-                    Ok(Binding {
-                        conversation_id: r.get(0)?,
-                        chat_id: chat_id_from(r.get(1)?)?,
-                        bound_by: r.get(2)?,
-                        bound_ms: to_u64(r.get(3)?),
-                    })
-                },
+                |r| cells(binding_from_row(r)),
             )
             .optional()
             .map_err(sql("binding"))
@@ -719,19 +675,14 @@ impl BindingStore for SqliteLedger {
     fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT conversation_id, chat_id, bound_by, bound_ms FROM bindings ORDER BY conversation_id",
-                )
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    binding_columns!(),
+                    " FROM bindings ORDER BY conversation_id"
+                ))
                 .map_err(sql("bindings"))?;
             let rows = stmt
-                .query_map([], |r| {
-                    Ok(Binding {
-                        conversation_id: r.get(0)?,
-                        chat_id: chat_id_from(r.get(1)?)?,
-                        bound_by: r.get(2)?,
-                        bound_ms: to_u64(r.get(3)?),
-                    })
-                })
+                .query_map([], |r| cells(binding_from_row(r)))
                 .map_err(sql("bindings"))?;
             rows.collect::<Result<_, _>>().map_err(sql("bindings"))
         })
@@ -740,22 +691,14 @@ impl BindingStore for SqliteLedger {
     fn departments(&self) -> Result<Vec<Department>, LedgerError> {
         self.with(|conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT dept_id, parent_id, name, path, chat_id, open_conversation_id
-                     FROM departments ORDER BY dept_id",
-                )
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    department_columns!(),
+                    " FROM departments ORDER BY dept_id"
+                ))
                 .map_err(sql("departments"))?;
             let rows = stmt
-                .query_map([], |r| {
-                    Ok(Department {
-                        dept_id: r.get(0)?,
-                        parent_id: r.get(1)?,
-                        name: r.get(2)?,
-                        path: r.get(3)?,
-                        chat_id: r.get::<_, Option<String>>(4)?.map(chat_id_from).transpose()?,
-                        open_conversation_id: r.get(5)?,
-                    })
-                })
+                .query_map([], |r| cells(department_from_row(r)))
                 .map_err(sql("departments"))?;
             rows.collect::<Result<_, _>>().map_err(sql("departments"))
         })
@@ -792,16 +735,13 @@ impl SettingStore for SqliteLedger {
     fn dm_state(&self, cid: &str) -> Result<Option<DmState>, LedgerError> {
         self.with(|conn| {
             conn.query_row(
-                "SELECT prohibited, set_by, set_by_nick, set_ms FROM dm_state WHERE conversation_id = ?1",
+                concat!(
+                    "SELECT ",
+                    dm_state_columns!(),
+                    " FROM dm_state WHERE conversation_id = ?1"
+                ),
                 params![cid],
-                |r| {
-                    Ok(DmState {
-                        prohibited: r.get::<_, i64>(0)? != 0,
-                        set_by: r.get(1)?,
-                        set_by_nick: r.get(2)?,
-                        set_ms: to_u64(r.get(3)?),
-                    })
-                },
+                |r| cells(dm_state_from_row(r)),
             )
             .optional()
             .map_err(sql("dm_state"))
@@ -883,12 +823,14 @@ impl SettingStore for SqliteLedger {
     fn pending_reverts(&self, cid: Option<&str>) -> Result<Vec<RevertJob>, LedgerError> {
         self.with(|conn| {
             let mut st = conn
-                .prepare_cached(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('pending', 'running') AND (?1 IS NULL OR conversation_id = ?1)
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs WHERE state IN ('pending', 'running') AND (?1 IS NULL OR conversation_id = ?1)
                      ORDER BY due_ms, id"
                 ))
                 .map_err(sql("pending reverts"))?;
-            st.query_map(params![cid], job_from_row)
+            st.query_map(params![cid], |r| cells(job_from_row(r)))
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
                 .map_err(sql("pending reverts"))
         })
@@ -906,7 +848,13 @@ impl SettingStore for SqliteLedger {
         })
     }
 
-    fn finish_revert(&self, id: i64, state: RevertState, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
+    fn finish_revert(
+        &self,
+        id: i64,
+        state: RevertState,
+        result: &str,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError> {
         let (state, result) = (state.as_str(), result.to_owned());
         self.write(move |conn| {
             conn.prepare_cached(

@@ -510,12 +510,7 @@ impl Pump {
         tracing::warn!(msg_id = %a.msg_id, "{detail}");
         let answer = Answer::new(job.command_name(), Outcome::Failed, "", detail);
         let id = job.accepted.msg_id;
-        if let Err(e) = self
-            .ctx
-            .ledger
-            .finish(id, answer, delivery, now_ms())
-            .await
-        {
+        if let Err(e) = self.ctx.ledger.finish(id, answer, delivery, now_ms()).await {
             tracing::error!(error = %e, "could not record a command that is not run");
         }
         None

@@ -24,16 +24,17 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Row;
 
 use self::pool::{Connector, Pool, Session};
+use super::rows::{
+    Cells, RowError, audit_from_row, binding_from_row, department_from_row, dm_state_from_row, job_from_row,
+    pending_from_row, to_i64, to_u64,
+};
 use super::{
-    AuditRow, LedgerFuture, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget, RevertState,
-    SettingStore, Slot,
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, LedgerFuture, Maintenance, PruneStep,
+    RateBudget, RevertState, SettingStore, Slot,
 };
 use crate::clock::Clock;
 use crate::config::PostgresUrl;
-use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
-    RevertJob, SessionWebhook,
-};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
 /// Connections for reads and short writes (the writer has one more of its own).
 const POOL_SIZE: usize = 8;
@@ -289,21 +290,49 @@ fn opt_text(s: &Option<String>) -> Option<String> {
     s.as_deref().map(text)
 }
 
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// A stored chatid; only valid ones are ever written, so a bad one means the table was edited.
-fn chat_id_from(s: String) -> Result<ChatId, LedgerError> {
-    ChatId::parse(&s).map_err(|e| LedgerError::Schema(format!("a stored chatid is invalid: {e}")))
+/// How PostgreSQL reads a cell: a revert's value is a `smallint`, flags are `boolean`.
+impl Cells for Row {
+    type Error = tokio_postgres::Error;
+    fn text(&self, i: usize) -> Result<String, Self::Error> {
+        self.try_get(i)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Self::Error> {
+        self.try_get(i)
+    }
+    fn int(&self, i: usize) -> Result<i64, Self::Error> {
+        self.try_get(i)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Self::Error> {
+        self.try_get(i)
+    }
+    fn small(&self, i: usize) -> Result<i64, Self::Error> {
+        self.try_get::<_, i16>(i).map(i64::from)
+    }
+    fn flag(&self, i: usize) -> Result<bool, Self::Error> {
+        self.try_get(i)
+    }
+}
+
+/// Maps a failed row mapping of operation `op`: a stored chatid is only ever written valid,
+/// so a bad one means the table was edited.
+fn unmapped(op: &'static str) -> impl Fn(RowError<tokio_postgres::Error>) -> LedgerError {
+    move |e| match e {
+        RowError::Cell(error) => LedgerError::Postgres { op, error },
+        RowError::ChatId(e) => LedgerError::Schema(format!("a stored chatid is invalid: {e}")),
+    }
+}
+
+/// Every row of `found` mapped by the shared mapping `f`.
+fn mapped<T>(
+    op: &'static str,
+    found: &[Row],
+    f: impl Fn(&Row) -> Result<T, RowError<tokio_postgres::Error>>,
+) -> Result<Vec<T>, LedgerError> {
+    found.iter().map(|r| f(r).map_err(unmapped(op))).collect()
 }
 
 async fn writer_loop(pool: Arc<Pool>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Ingest>) {
@@ -479,54 +508,16 @@ fn first_of_each(
     accepts.iter().map(|c| Ok(new.remove(&text(&c.msg_id)))).collect()
 }
 
-/// The columns [`pending_from_row`] reads, in its order.
-macro_rules! pending_columns {
-    () => {
-        "msg_id, received_ms, conversation_id, conversation_type, conversation_title,
-         sender_staff_id, sender_nick, sender_is_admin, msgtype, text, session_webhook,
-         session_expires_ms, status, command, result, errcode, detail, answer_text, pos"
-    };
-}
-
-fn pending_from_row(row: &Row) -> Result<(i64, Pending), tokio_postgres::Error> {
-    let accepted = Accepted {
-        msg_id: row.try_get(0)?,
-        received_ms: to_u64(row.try_get(1)?),
-        conversation_id: row.try_get(2)?,
-        conversation_type: ConversationType::from_wire(row.try_get(3)?),
-        conversation_title: row.try_get(4)?,
-        sender_staff_id: row.try_get(5)?,
-        sender_nick: row.try_get(6)?,
-        sender_is_admin: row.try_get(7)?,
-        msgtype: row.try_get(8)?,
-        text: row.try_get(9)?,
-        session_webhook: SessionWebhook::new(row.try_get::<_, Option<String>>(10)?.unwrap_or_default()),
-        session_expires_ms: row.try_get::<_, Option<i64>>(11)?.map(to_u64),
-    };
-    let answer = if row.try_get::<_, &str>(12)? == "answered" {
-        Some(Answer {
-            command: row.try_get::<_, Option<String>>(13)?.unwrap_or_default(),
-            outcome: Outcome::parse(row.try_get::<_, Option<&str>>(14)?.unwrap_or_default()),
-            errcode: row.try_get(15)?,
-            detail: row.try_get::<_, Option<String>>(16)?.unwrap_or_default(),
-            text: row.try_get::<_, Option<String>>(17)?.unwrap_or_default(),
-        })
-    } else {
-        None
-    };
-    Ok((row.try_get(18)?, Pending { accepted, answer }))
-}
-
 const OPEN_AFTER_SQL: &str = concat!(
     "SELECT ",
-    pending_columns!(),
+    pending_columns!("pos"),
     " FROM commands WHERE pos > $1 AND status <> 'done' ORDER BY pos LIMIT $2"
 );
 
 /// A range of positions, filtered: no per-group index, which would slow every insert.
 const OPEN_IN_CONVERSATION_SQL: &str = concat!(
     "SELECT ",
-    pending_columns!(),
+    pending_columns!("pos"),
     " FROM commands WHERE pos > $1 AND pos <= $2 AND status <> 'done' AND conversation_id = $3
      ORDER BY pos LIMIT $4"
 );
@@ -534,59 +525,12 @@ const OPEN_IN_CONVERSATION_SQL: &str = concat!(
 /// `dingops_open_commands`: counted on the partial index of open commands.
 pub const OPEN_COUNT_SQL: &str = "SELECT count(*) FROM commands WHERE status <> 'done'";
 
-fn job_from_row(row: &Row) -> Result<RevertJob, LedgerError> {
-    let get = || -> Result<_, tokio_postgres::Error> {
-        Ok((
-            row.try_get::<_, i64>(0)?,
-            row.try_get::<_, String>(1)?,
-            row.try_get::<_, String>(2)?,
-            row.try_get::<_, String>(3)?,
-            row.try_get::<_, i16>(4)?,
-            row.try_get::<_, i64>(5)?,
-            row.try_get::<_, String>(6)?,
-            row.try_get::<_, String>(7)?,
-            row.try_get::<_, i64>(8)?,
-        ))
-    };
-    let (id, conversation_id, chat, setting, value, due, by, command, scheduled) =
-        get().map_err(pg("read revert"))?;
-    Ok(RevertJob {
-        id,
-        conversation_id,
-        chat_id: chat_id_from(chat)?,
-        setting,
-        value: u8::try_from(value).unwrap_or(0),
-        due_ms: to_u64(due),
-        scheduled_by: by,
-        scheduled_command: command,
-        scheduled_ms: to_u64(scheduled),
-    })
-}
-
 fn rows<T>(
     op: &'static str,
     rows: &[Row],
     f: impl Fn(&Row) -> Result<T, tokio_postgres::Error>,
 ) -> Result<Vec<T>, LedgerError> {
     rows.iter().map(f).collect::<Result<_, _>>().map_err(pg(op))
-}
-
-fn binding_from_row(r: &Row) -> Result<Binding, LedgerError> {
-    let (cid, chat, by, ms) = (|| -> Result<_, tokio_postgres::Error> {
-        Ok((
-            r.try_get::<_, String>(0)?,
-            r.try_get::<_, String>(1)?,
-            r.try_get::<_, String>(2)?,
-            r.try_get::<_, i64>(3)?,
-        ))
-    })()
-    .map_err(pg("binding"))?;
-    Ok(Binding {
-        conversation_id: cid,
-        chat_id: chat_id_from(chat)?,
-        bound_by: by,
-        bound_ms: to_u64(ms),
-    })
 }
 
 /// Marks the pending (or running) revert of a setting `replaced`, returning it; within a
@@ -608,15 +552,20 @@ async fn replace_pending(
     .map_err(pg("replace revert"))?;
     let replaced = tx
         .query_opt(
-            "UPDATE jobs SET state = 'replaced', finished_ms = $3
-             WHERE conversation_id = $1 AND setting = $2 AND state IN ('pending', 'running')
-             RETURNING id, conversation_id, chat_id, setting, value, due_ms, scheduled_by,
-                       scheduled_command, scheduled_ms",
+            concat!(
+                "UPDATE jobs SET state = 'replaced', finished_ms = $3
+                 WHERE conversation_id = $1 AND setting = $2 AND state IN ('pending', 'running')
+                 RETURNING ",
+                job_columns!()
+            ),
             &[&cid, &setting, &now_ms],
         )
         .await
         .map_err(pg("replace revert"))?;
-    replaced.as_ref().map(job_from_row).transpose()
+    replaced
+        .as_ref()
+        .map(|r| job_from_row(r).map_err(unmapped("read revert")))
+        .transpose()
 }
 
 /// The hot path's calls, started on the ledger's runtime: the synchronous role methods wait
@@ -670,7 +619,7 @@ impl PostgresLedger {
                 .query(OPEN_AFTER_SQL, &[&cursor, &limit_of(limit)])
                 .await
                 .map_err(pg("open_after"))?;
-            Ok((rows("open_after", &found, pending_from_row)?, c))
+            Ok((mapped("open_after", &found, pending_from_row)?, c))
         })
     }
 
@@ -689,7 +638,7 @@ impl PostgresLedger {
                 )
                 .await
                 .map_err(pg("open_in_conversation_after"))?;
-            Ok((rows("open_in_conversation_after", &found, pending_from_row)?, c))
+            Ok((mapped("open_in_conversation_after", &found, pending_from_row)?, c))
         })
     }
 
@@ -789,8 +738,10 @@ impl CommandLog for PostgresLedger {
     }
 
     fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
-        self.runtime
-            .block("record_answer", self.record_answer_call(msg_id.to_owned(), a.clone()))
+        self.runtime.block(
+            "record_answer",
+            self.record_answer_call(msg_id.to_owned(), a.clone()),
+        )
     }
 
     fn record_answer_async(self: Arc<Self>, msg_id: String, answer: Answer) -> LedgerFuture<()> {
@@ -823,7 +774,8 @@ impl CommandLog for PostgresLedger {
     }
 
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
-        self.runtime.block("open_after", self.open_after_call(cursor, limit))
+        self.runtime
+            .block("open_after", self.open_after_call(cursor, limit))
     }
 
     fn open_after_async(self: Arc<Self>, cursor: i64, limit: usize) -> LedgerFuture<Vec<(i64, Pending)>> {
@@ -890,32 +842,18 @@ impl CommandLog for PostgresLedger {
         self.with("history", move |mut c| async move {
             let found = c
                 .query(
-                    "SELECT msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
-                     command, status, result, errcode, detail, reply, finished_ms
-                     FROM commands
-                     WHERE ($1::text IS NULL OR conversation_id = $1) AND received_ms >= $2
-                     ORDER BY received_ms DESC, msg_id LIMIT $3",
+                    concat!(
+                        "SELECT ",
+                        audit_columns!(),
+                        " FROM commands
+                         WHERE ($1::text IS NULL OR conversation_id = $1) AND received_ms >= $2
+                         ORDER BY received_ms DESC, msg_id LIMIT $3"
+                    ),
                     &[&cid, &since, &limit_of(limit)],
                 )
                 .await
                 .map_err(pg("history"))?;
-            let all = rows("history", &found, |r| {
-                Ok(AuditRow {
-                    msg_id: r.try_get(0)?,
-                    received_ms: to_u64(r.try_get(1)?),
-                    conversation_id: r.try_get(2)?,
-                    sender_staff_id: r.try_get(3)?,
-                    sender_nick: r.try_get(4)?,
-                    text: r.try_get(5)?,
-                    command: r.try_get(6)?,
-                    status: r.try_get(7)?,
-                    result: r.try_get(8)?,
-                    errcode: r.try_get(9)?,
-                    detail: r.try_get(10)?,
-                    reply: r.try_get(11)?,
-                    finished_ms: r.try_get::<_, Option<i64>>(12)?.map(to_u64),
-                })
-            })?;
+            let all = mapped("history", &found, audit_from_row)?;
             Ok((all, c))
         })
     }
@@ -957,12 +895,20 @@ impl BindingStore for PostgresLedger {
         self.with("binding", move |mut c| async move {
             let found = c
                 .query_opt(
-                    "SELECT conversation_id, chat_id, bound_by, bound_ms FROM bindings WHERE conversation_id = $1",
+                    concat!(
+                        "SELECT ",
+                        binding_columns!(),
+                        " FROM bindings WHERE conversation_id = $1"
+                    ),
                     &[&cid],
                 )
                 .await
                 .map_err(pg("binding"))?;
-            Ok((found.as_ref().map(binding_from_row).transpose()?, c))
+            let found = found
+                .as_ref()
+                .map(|r| binding_from_row(r).map_err(unmapped("binding")))
+                .transpose()?;
+            Ok((found, c))
         })
     }
 
@@ -990,12 +936,16 @@ impl BindingStore for PostgresLedger {
         self.with("bindings", move |mut c| async move {
             let found = c
                 .query(
-                    "SELECT conversation_id, chat_id, bound_by, bound_ms FROM bindings ORDER BY conversation_id",
+                    concat!(
+                        "SELECT ",
+                        binding_columns!(),
+                        " FROM bindings ORDER BY conversation_id"
+                    ),
                     &[],
                 )
                 .await
                 .map_err(pg("bindings"))?;
-            let all = found.iter().map(binding_from_row).collect::<Result<_, _>>()?;
+            let all = mapped("binding", &found, binding_from_row)?;
             Ok((all, c))
         })
     }
@@ -1004,35 +954,16 @@ impl BindingStore for PostgresLedger {
         self.with("departments", move |mut c| async move {
             let found = c
                 .query(
-                    "SELECT dept_id, parent_id, name, path, chat_id, open_conversation_id
-                     FROM departments ORDER BY dept_id",
+                    concat!(
+                        "SELECT ",
+                        department_columns!(),
+                        " FROM departments ORDER BY dept_id"
+                    ),
                     &[],
                 )
                 .await
                 .map_err(pg("departments"))?;
-            let raw = rows("departments", &found, |r| {
-                Ok((
-                    r.try_get::<_, i64>(0)?,
-                    r.try_get::<_, Option<i64>>(1)?,
-                    r.try_get::<_, String>(2)?,
-                    r.try_get::<_, String>(3)?,
-                    r.try_get::<_, Option<String>>(4)?,
-                    r.try_get::<_, Option<String>>(5)?,
-                ))
-            })?;
-            let all = raw
-                .into_iter()
-                .map(|(dept_id, parent_id, name, path, chat, ocid)| {
-                    Ok(Department {
-                        dept_id,
-                        parent_id,
-                        name,
-                        path,
-                        chat_id: chat.map(chat_id_from).transpose()?,
-                        open_conversation_id: ocid,
-                    })
-                })
-                .collect::<Result<_, LedgerError>>()?;
+            let all = mapped("departments", &found, department_from_row)?;
             Ok((all, c))
         })
     }
@@ -1072,22 +1003,18 @@ impl SettingStore for PostgresLedger {
         self.with("dm_state", move |mut c| async move {
             let found = c
                 .query_opt(
-                    "SELECT prohibited, set_by, set_by_nick, set_ms FROM dm_state WHERE conversation_id = $1",
+                    concat!(
+                        "SELECT ",
+                        dm_state_columns!(),
+                        " FROM dm_state WHERE conversation_id = $1"
+                    ),
                     &[&cid],
                 )
                 .await
                 .map_err(pg("dm_state"))?;
             let state = found
-                .map(|r| -> Result<DmState, tokio_postgres::Error> {
-                    Ok(DmState {
-                        prohibited: r.try_get(0)?,
-                        set_by: r.try_get(1)?,
-                        set_by_nick: r.try_get(2)?,
-                        set_ms: to_u64(r.try_get(3)?),
-                    })
-                })
-                .transpose()
-                .map_err(pg("dm_state"))?;
+                .map(|r| dm_state_from_row(&r).map_err(unmapped("dm_state")))
+                .transpose()?;
             Ok((state, c))
         })
     }
@@ -1157,16 +1084,16 @@ impl SettingStore for PostgresLedger {
             let found = c
                 .query(
                     concat!(
-                        "SELECT id, conversation_id, chat_id, setting, value, due_ms, scheduled_by,
-                         scheduled_command, scheduled_ms FROM jobs",
-                        " WHERE state IN ('pending', 'running') AND ($1::text IS NULL OR conversation_id = $1)
+                        "SELECT ",
+                        job_columns!(),
+                        " FROM jobs WHERE state IN ('pending', 'running') AND ($1::text IS NULL OR conversation_id = $1)
                          ORDER BY due_ms, id"
                     ),
                     &[&cid],
                 )
                 .await
                 .map_err(pg("pending reverts"))?;
-            let all = found.iter().map(job_from_row).collect::<Result<_, _>>()?;
+            let all = mapped("read revert", &found, job_from_row)?;
             Ok((all, c))
         })
     }
@@ -1184,7 +1111,13 @@ impl SettingStore for PostgresLedger {
         })
     }
 
-    fn finish_revert(&self, id: i64, state: RevertState, result: &str, finished_ms: u64) -> Result<(), LedgerError> {
+    fn finish_revert(
+        &self,
+        id: i64,
+        state: RevertState,
+        result: &str,
+        finished_ms: u64,
+    ) -> Result<(), LedgerError> {
         let (state, result) = (state.as_str(), result.to_owned());
         self.with("finish revert", move |mut c| async move {
             c.execute(
@@ -1272,8 +1205,10 @@ impl RateBudget for PostgresLedger {
     }
 
     fn reserve_call(&self, api: &str, max: u32, window_ms: u64) -> Result<Slot, LedgerError> {
-        self.runtime
-            .block("reserve call", self.reserve_call_call(api.to_owned(), max, window_ms))
+        self.runtime.block(
+            "reserve call",
+            self.reserve_call_call(api.to_owned(), max, window_ms),
+        )
     }
 
     fn reserve_call_async(self: Arc<Self>, api: String, max: u32, window_ms: u64) -> LedgerFuture<Slot> {
