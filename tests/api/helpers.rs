@@ -11,7 +11,7 @@ use dingops::config::Settings;
 pub use dingops::demo::{sim_env, sim_settings};
 use dingops::domain::ChatId;
 use dingops::ledger::prelude::*;
-use dingops::ledger::{AuditRow, Ledger, SqliteLedger};
+use dingops::ledger::{AuditRow, SqliteLedger};
 use dingops::server::{Application, RunOptions};
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 use dingtalk_sim::{RecordedCall, RecordedReply, SimConfig, Simulator};

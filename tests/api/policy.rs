@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use dingops::domain::{Binding, ChatId, Department};
 use dingops::fleet::plan::Fleet;
+use dingops::ledger::SqliteLedger;
 use dingops::ledger::prelude::*;
-use dingops::ledger::{Ledger as _, SqliteLedger};
 use dingtalk_sim::{Fault, SimConfig, Simulator, api};
 use serde_json::Value;
 
