@@ -1,5 +1,5 @@
-//! The ledger's contract, run against every store: each test below runs once on SQLite and
-//! once on PostgreSQL (a schema of its own on the test server, see
+//! The ledger's contract, run against every store: each test below runs once on the memory
+//! store, once on SQLite and once on PostgreSQL (a schema of its own on the test server, see
 //! [`super::test_postgres`]). Tests of one store's own concerns (file modes, migrations from
 //! old files) stay beside that store.
 
@@ -67,9 +67,31 @@ impl Store for Postgres {
     }
 }
 
+/// The memory store; reopening it gives another handle on the same contents.
+struct Memory(super::MemoryLedger);
+
+impl Memory {
+    fn new() -> Self {
+        Self(super::MemoryLedger::new())
+    }
+}
+
+impl Store for Memory {
+    fn open_with_clock(&self, clock: Arc<dyn crate::clock::Clock>) -> Arc<dyn Ledger> {
+        Arc::new(self.0.reopen(clock))
+    }
+
+    fn stored_webhooks(&self) -> Vec<Option<String>> {
+        self.0.stored_webhooks()
+    }
+}
+
 /// Each test, once per store.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $name() { super::$name(&super::Memory::new()) })*
+        }
         mod sqlite {
             $(#[test] fn $name() { super::$name(&super::Sqlite::new()) })*
         }

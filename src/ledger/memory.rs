@@ -55,7 +55,8 @@ struct State {
 /// A [`Ledger`] held in memory.
 #[derive(Debug)]
 pub struct MemoryLedger {
-    state: Mutex<State>,
+    /// Shared by the handles a test reopens (a restart keeps what was stored).
+    state: Arc<Mutex<State>>,
     /// What leases and the rate budget are decided by.
     clock: Arc<dyn Clock>,
 }
@@ -96,9 +97,33 @@ impl MemoryLedger {
     /// A ledger whose leases and rate budget read `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Arc::default(),
             clock,
         }
+    }
+
+    /// Another handle on the same store, reading `clock`: what reopening a file or connecting
+    /// again to a server is for the other stores (tests).
+    #[cfg(test)]
+    pub(crate) fn reopen(&self, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            clock,
+        }
+    }
+
+    /// Every stored reply URL, in acceptance order; a finished command keeps none (tests).
+    #[cfg(test)]
+    pub(crate) fn stored_webhooks(&self) -> Vec<Option<String>> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.commands
+            .values()
+            .map(|r| {
+                r.finished_ms
+                    .is_none()
+                    .then(|| r.accepted.session_webhook.expose().to_owned())
+            })
+            .collect()
     }
 
     fn state(&self) -> Result<MutexGuard<'_, State>, LedgerError> {
@@ -234,6 +259,14 @@ impl CommandLog for MemoryLedger {
                 }
             })
             .collect();
+        // Own actions are finished rows of the same table in the SQL stores.
+        rows.extend(
+            s.own
+                .iter()
+                .filter(|r| conversation_id.is_none_or(|c| r.conversation_id == c))
+                .filter(|r| r.received_ms >= since_ms.unwrap_or(0))
+                .cloned(),
+        );
         rows.sort_by(|x, y| {
             y.received_ms
                 .cmp(&x.received_ms)
@@ -244,7 +277,11 @@ impl CommandLog for MemoryLedger {
     }
 
     fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
-        self.state()?.own.push(row.clone());
+        let mut s = self.state()?;
+        // A msgId already recorded is left as it is, as the SQL stores' `ON CONFLICT` does.
+        if !s.positions.contains_key(&row.msg_id) && !s.own.iter().any(|r| r.msg_id == row.msg_id) {
+            s.own.push(row.clone());
+        }
         Ok(())
     }
 }
