@@ -22,8 +22,8 @@ use super::rows::{
     pending_from_row, to_i64, to_u64,
 };
 use super::{
-    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget,
-    RevertState, SettingStore, Slot, budget_args, budget_slot, sql,
+    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, LedgerFuture, Maintenance, PruneStep,
+    RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot, sql,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
@@ -130,6 +130,22 @@ impl SqliteLedger {
             f,
         );
         rx.recv().map_err(|_| LedgerError::WriterGone)?
+    }
+
+    /// [`SqliteLedger::write`], awaited: the writer thread answers through a oneshot, so no
+    /// thread waits for the commit.
+    fn write_async<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError> + Send + 'static,
+    ) -> LedgerFuture<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+            f,
+        );
+        Box::pin(async move { rx.await.map_err(|_| LedgerError::WriterGone)? })
     }
 
     /// Queues a write for the writer thread; `done` gets its result after the commit.

@@ -45,25 +45,11 @@ impl CommandLog for SqliteLedger {
     }
 
     fn record_answer(&self, msg_id: &str, a: &Answer) -> Result<(), LedgerError> {
-        let (msg_id, a) = (msg_id.to_owned(), a.clone());
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE commands SET status = 'answered', command = ?2, result = ?3, errcode = ?4,
-                 detail = ?5, answer_text = ?6 WHERE msg_id = ?1",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    msg_id,
-                    a.command,
-                    a.outcome.as_str(),
-                    a.errcode,
-                    a.detail,
-                    a.text
-                ])
-            })
-            .map_err(sql("record_answer"))?;
-            Ok(())
-        })
+        self.write(record_answer(msg_id.to_owned(), a.clone()))
+    }
+
+    fn record_answer_async(self: Arc<Self>, msg_id: String, answer: Answer) -> LedgerFuture<()> {
+        self.write_async(record_answer(msg_id, answer))
     }
 
     fn finish(
@@ -73,27 +59,17 @@ impl CommandLog for SqliteLedger {
         delivery: &Delivery,
         finished_ms: u64,
     ) -> Result<(), LedgerError> {
-        let (msg_id, a, reply) = (msg_id.to_owned(), a.clone(), delivery.as_ledger_text());
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE commands SET status = 'done', command = ?2, result = ?3, errcode = ?4,
-                 detail = ?5, reply = ?6, finished_ms = ?7, session_webhook = NULL, answer_text = NULL
-                 WHERE msg_id = ?1",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    msg_id,
-                    a.command,
-                    a.outcome.as_str(),
-                    a.errcode,
-                    a.detail,
-                    reply,
-                    to_i64(finished_ms)
-                ])
-            })
-            .map_err(sql("finish"))?;
-            Ok(())
-        })
+        self.write(finish(msg_id.to_owned(), a.clone(), delivery, finished_ms))
+    }
+
+    fn finish_async(
+        self: Arc<Self>,
+        msg_id: String,
+        answer: Answer,
+        delivery: Delivery,
+        finished_ms: u64,
+    ) -> LedgerFuture<()> {
+        self.write_async(finish(msg_id, answer, &delivery, finished_ms))
     }
 
     fn open_after(&self, cursor: i64, limit: usize) -> Result<Vec<(i64, Pending)>, LedgerError> {
@@ -226,6 +202,61 @@ impl CommandLog for SqliteLedger {
             .map_err(sql("record own action"))?;
             Ok(())
         })
+    }
+}
+
+/// The write of [`CommandLog::record_answer`].
+fn record_answer(
+    msg_id: String,
+    a: Answer,
+) -> impl FnOnce(&Connection) -> Result<(), LedgerError> + Send + 'static {
+    move |conn: &Connection| {
+        conn.prepare_cached(
+            "UPDATE commands SET status = 'answered', command = ?2, result = ?3, errcode = ?4,
+             detail = ?5, answer_text = ?6 WHERE msg_id = ?1",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                msg_id,
+                a.command,
+                a.outcome.as_str(),
+                a.errcode,
+                a.detail,
+                a.text
+            ])
+        })
+        .map_err(sql("record_answer"))?;
+        Ok(())
+    }
+}
+
+/// The write of [`CommandLog::finish`].
+fn finish(
+    msg_id: String,
+    a: Answer,
+    delivery: &Delivery,
+    finished_ms: u64,
+) -> impl FnOnce(&Connection) -> Result<(), LedgerError> + Send + 'static {
+    let reply = delivery.as_ledger_text();
+    move |conn: &Connection| {
+        conn.prepare_cached(
+            "UPDATE commands SET status = 'done', command = ?2, result = ?3, errcode = ?4,
+             detail = ?5, reply = ?6, finished_ms = ?7, session_webhook = NULL, answer_text = NULL
+             WHERE msg_id = ?1",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                msg_id,
+                a.command,
+                a.outcome.as_str(),
+                a.errcode,
+                a.detail,
+                reply,
+                to_i64(finished_ms)
+            ])
+        })
+        .map_err(sql("finish"))?;
+        Ok(())
     }
 }
 
