@@ -11,7 +11,7 @@ pub mod signature;
 pub mod stream;
 
 use crate::domain::Accepted;
-use crate::ledger::LedgerHandle;
+use crate::ledger::CommandHandle;
 use crate::worker::Intake;
 
 /// What the pipeline made of a message; the ingress turns it into its transport's answer.
@@ -42,13 +42,16 @@ pub struct Inbound<A> {
 /// then acknowledge. The acknowledgement never waits for DingTalk.
 #[derive(Clone)]
 pub struct Pipeline {
-    ledger: LedgerHandle,
+    ledger: CommandHandle,
     intake: Intake,
 }
 
 impl Pipeline {
-    pub fn new(ledger: LedgerHandle, intake: Intake) -> Self {
-        Self { ledger, intake }
+    pub fn new(ledger: impl Into<CommandHandle>, intake: Intake) -> Self {
+        Self {
+            ledger: ledger.into(),
+            intake,
+        }
     }
 
     /// Records the message unless its msgId is known, wakes the worker for a new one, and

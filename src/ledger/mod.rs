@@ -324,6 +324,16 @@ impl From<LedgerHandle> for BudgetHandle {
     }
 }
 
+/// A handle on the command log only: what the ingress takes (it records what arrives).
+pub type CommandHandle = Handle<dyn CommandLog>;
+
+impl From<LedgerHandle> for CommandHandle {
+    fn from(ledger: LedgerHandle) -> Self {
+        let commands: Arc<dyn CommandLog> = ledger.0;
+        Handle(commands)
+    }
+}
+
 impl<R: ?Sized + Send + Sync + 'static> Handle<R> {
     /// Runs `f` against the store off the async threads.
     pub fn call<T, F>(&self, f: F) -> LedgerFuture<T>
