@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
-    AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, Maintenance, PruneStep, RateBudget,
-    RevertState, SettingStore, Slot, budget_args, budget_slot,
+    AuditRow, BindingStore, CommandLog, CommandStatus, LeaseStore, LedgerError, Maintenance, PruneStep,
+    RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
@@ -22,11 +22,12 @@ struct Row {
 
 impl Row {
     fn status(&self) -> &'static str {
-        match (&self.finished_ms, &self.answer) {
-            (Some(_), _) => "done",
-            (None, Some(_)) => "answered",
-            (None, None) => "accepted",
-        }
+        let status = match (&self.finished_ms, &self.answer) {
+            (Some(_), _) => CommandStatus::Done,
+            (None, Some(_)) => CommandStatus::Answered,
+            (None, None) => CommandStatus::Accepted,
+        };
+        status.as_str()
     }
 }
 
