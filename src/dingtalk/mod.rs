@@ -30,7 +30,7 @@ use wire::{
 
 use crate::config::DingTalkSettings;
 use crate::domain::ChatId;
-use crate::ledger::LedgerHandle;
+use crate::ledger::BudgetHandle;
 use crate::telemetry::Metrics;
 
 /// The DingTalk APIs dingops calls; each has its own rate limiter.
@@ -168,7 +168,7 @@ pub struct DingTalk {
     modern: TokenCache,
     limiters: HashMap<Api, Limiter>,
     /// The ledger whose rate budget every process on it shares; `None`: pace locally.
-    budget: Option<LedgerHandle>,
+    budget: Option<BudgetHandle>,
     /// The budget's slots are times of the ledger's clock: this is how they map to ours.
     ledger_time: crate::ledger::LedgerTime,
     /// Where deadlines and the pacing's slots are read.
@@ -226,10 +226,10 @@ impl DingTalk {
     pub fn with_budget(
         settings: &DingTalkSettings,
         metrics: std::sync::Arc<Metrics>,
-        ledger: LedgerHandle,
+        ledger: impl Into<BudgetHandle>,
     ) -> Result<Self, ApiError> {
         let mut client = Self::new(settings, metrics)?;
-        client.budget = Some(ledger);
+        client.budget = Some(ledger.into());
         Ok(client)
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{Api, ApiError, DingTalk};
 use crate::clock::Clock;
-use crate::ledger::LedgerHandle;
+use crate::ledger::BudgetHandle;
 
 /// The window of the pacing rule.
 const WINDOW: Duration = Duration::from_millis(1050);
@@ -153,12 +153,12 @@ impl DingTalk {
         &self,
         api: Api,
         limiter: &Limiter,
-        ledger: &LedgerHandle,
+        ledger: &BudgetHandle,
         asked: Instant,
         deadline: Instant,
     ) -> Result<Option<Instant>, ApiError> {
         let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
-        let reservation = ledger.call(move |l| l.reserve_call(api.name(), max, window_ms));
+        let reservation = ledger.reserve_call(api.name(), max, window_ms);
         let give_up = deadline.min(self.clock.instant() + RESERVE_TIMEOUT);
         let slot = match tokio::time::timeout_at(give_up, reservation).await {
             Ok(Ok(slot)) => {

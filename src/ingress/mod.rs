@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::domain::Accepted;
-use crate::ledger::LedgerHandle;
+use crate::ledger::CommandHandle;
 use crate::worker::Intake;
 
 /// What the pipeline made of a message; the ingress turns it into its transport's answer.
@@ -45,7 +45,7 @@ pub struct Inbound<A> {
 /// then acknowledge. The acknowledgement never waits for DingTalk.
 #[derive(Clone)]
 pub struct Pipeline {
-    ledger: LedgerHandle,
+    ledger: CommandHandle,
     intake: Intake,
     /// Where the ingresses read the time: a message's arrival, signature windows,
     /// keepalives and acknowledgement latency.
@@ -53,9 +53,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(ledger: LedgerHandle, intake: Intake, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(ledger: impl Into<CommandHandle>, intake: Intake, clock: Arc<dyn Clock>) -> Self {
         Self {
-            ledger,
+            ledger: ledger.into(),
             intake,
             clock,
         }

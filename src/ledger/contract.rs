@@ -1,5 +1,5 @@
-//! The ledger's contract, run against every store: each test below runs once on SQLite and
-//! once on PostgreSQL (a schema of its own on the test server, see
+//! The ledger's contract, run against every store: each test below runs once on the memory
+//! store, once on SQLite and once on PostgreSQL (a schema of its own on the test server, see
 //! [`super::test_postgres`]). Tests of one store's own concerns (file modes, migrations from
 //! old files) stay beside that store.
 
@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::test_postgres::TestSchema;
-use super::{Ledger, PostgresLedger, SqliteLedger};
+use super::{CommandLog as _, Ledger, PostgresLedger, RevertState, SqliteLedger};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
     RevertJob, SessionWebhook,
@@ -67,9 +67,31 @@ impl Store for Postgres {
     }
 }
 
+/// The memory store; reopening it gives another handle on the same contents.
+struct Memory(super::MemoryLedger);
+
+impl Memory {
+    fn new() -> Self {
+        Self(super::MemoryLedger::new())
+    }
+}
+
+impl Store for Memory {
+    fn open_with_clock(&self, clock: Arc<dyn crate::clock::Clock>) -> Arc<dyn Ledger> {
+        Arc::new(self.0.reopen(clock))
+    }
+
+    fn stored_webhooks(&self) -> Vec<Option<String>> {
+        self.0.stored_webhooks()
+    }
+}
+
 /// Each test, once per store.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[test] fn $name() { super::$name(&super::Memory::new()) })*
+        }
         mod sqlite {
             $(#[test] fn $name() { super::$name(&super::Sqlite::new()) })*
         }
@@ -101,7 +123,7 @@ contract!(
 
 fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
     let clock = crate::clock::ManualClock::at(0);
-    super::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);
+    super::testing::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);
     // Leases are in the store: another handle on it (another replica) sees them.
     let (a, b) = (
         store.open_with_clock(clock.clone()),
@@ -415,7 +437,7 @@ fn a_revert_interrupted_while_running_is_pending_again_after_reopening(store: &d
     let l = store.open();
     assert_eq!(l.pending_reverts(None).unwrap()[0].id, id);
     assert!(l.claim_revert(id).unwrap());
-    l.finish_revert(id, "done", "ok", 9).unwrap();
+    l.finish_revert(id, RevertState::Done, "ok", 9).unwrap();
     assert!(l.pending_reverts(None).unwrap().is_empty());
     assert!(!l.claim_revert(id).unwrap());
 }
@@ -588,7 +610,7 @@ fn the_probe_writes_and_succeeds_on_a_working_store(store: &dyn Store) {
 #[test]
 fn the_rate_budget_follows_the_sliding_window_rule_on_postgres() {
     let schemas = std::sync::Mutex::new(Vec::new());
-    super::budget_tests::run_all(|clock| {
+    super::testing::budget_tests::run_all(|clock| {
         let schema = TestSchema::new();
         let ledger = PostgresLedger::open_with_clock(&schema.postgres_url(), clock).unwrap();
         schemas.lock().unwrap().push(schema);
@@ -605,7 +627,7 @@ fn reservations_from_two_replicas_share_one_budget_on_postgres() {
     let open = || -> Arc<dyn Ledger> {
         Arc::new(PostgresLedger::open_with_clock(&schema.postgres_url(), clock.clone()).unwrap())
     };
-    super::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(open(), open(), &clock);
+    super::testing::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(open(), open(), &clock);
 }
 
 /// Two replicas ingesting at once while a third reads open commands after its cursor, as the

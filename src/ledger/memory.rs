@@ -4,7 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{AuditRow, Ledger, LedgerError, Slot, budget_args, budget_slot};
+use super::{
+    AuditRow, BindingStore, CommandLog, CommandStatus, LeaseStore, LedgerError, Maintenance, PruneStep,
+    RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
+};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
 
@@ -19,11 +22,12 @@ struct Row {
 
 impl Row {
     fn status(&self) -> &'static str {
-        match (&self.finished_ms, &self.answer) {
-            (Some(_), _) => "done",
-            (None, Some(_)) => "answered",
-            (None, None) => "accepted",
-        }
+        let status = match (&self.finished_ms, &self.answer) {
+            (Some(_), _) => CommandStatus::Done,
+            (None, Some(_)) => CommandStatus::Answered,
+            (None, None) => CommandStatus::Accepted,
+        };
+        status.as_str()
     }
 }
 
@@ -32,6 +36,8 @@ struct State {
     /// Commands by position (1, 2, …), the order they were accepted in.
     commands: BTreeMap<i64, Row>,
     positions: HashMap<String, i64>,
+    /// The last position handed out; never reused, even once its command is pruned.
+    last_pos: i64,
     bindings: HashMap<String, Binding>,
     dm: HashMap<String, DmState>,
     departments: Vec<Department>,
@@ -50,7 +56,8 @@ struct State {
 /// A [`Ledger`] held in memory.
 #[derive(Debug)]
 pub struct MemoryLedger {
-    state: Mutex<State>,
+    /// Shared by the handles a test reopens (a restart keeps what was stored).
+    state: Arc<Mutex<State>>,
     /// What leases and the rate budget are decided by.
     clock: Arc<dyn Clock>,
 }
@@ -91,9 +98,33 @@ impl MemoryLedger {
     /// A ledger whose leases and rate budget read `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self {
-            state: Mutex::default(),
+            state: Arc::default(),
             clock,
         }
+    }
+
+    /// Another handle on the same store, reading `clock`: what reopening a file or connecting
+    /// again to a server is for the other stores (tests).
+    #[cfg(test)]
+    pub(crate) fn reopen(&self, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            clock,
+        }
+    }
+
+    /// Every stored reply URL, in acceptance order; a finished command keeps none (tests).
+    #[cfg(test)]
+    pub(crate) fn stored_webhooks(&self) -> Vec<Option<String>> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.commands
+            .values()
+            .map(|r| {
+                r.finished_ms
+                    .is_none()
+                    .then(|| r.accepted.session_webhook.expose().to_owned())
+            })
+            .collect()
     }
 
     fn state(&self) -> Result<MutexGuard<'_, State>, LedgerError> {
@@ -111,13 +142,14 @@ impl MemoryLedger {
     }
 }
 
-impl Ledger for MemoryLedger {
+impl CommandLog for MemoryLedger {
     fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
         let mut s = self.state()?;
         if s.positions.contains_key(&cmd.msg_id) {
             return Ok(false);
         }
-        let pos = s.commands.keys().next_back().map_or(1, |p| p + 1);
+        s.last_pos += 1;
+        let pos = s.last_pos;
         s.positions.insert(cmd.msg_id.clone(), pos);
         s.commands.insert(
             pos,
@@ -197,43 +229,6 @@ impl Ledger for MemoryLedger {
         Ok(s.commands.values().filter(|r| r.finished_ms.is_none()).count() as u64)
     }
 
-    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError> {
-        Ok(self.state()?.bindings.get(conversation_id).cloned())
-    }
-
-    fn bind(&self, binding: &Binding) -> Result<(), LedgerError> {
-        self.state()?
-            .bindings
-            .insert(binding.conversation_id.clone(), binding.clone());
-        Ok(())
-    }
-
-    fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
-        let mut all: Vec<Binding> = self.state()?.bindings.values().cloned().collect();
-        all.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
-        Ok(all)
-    }
-
-    fn departments(&self) -> Result<Vec<Department>, LedgerError> {
-        Ok(self.state()?.departments.clone())
-    }
-
-    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError> {
-        let mut sorted = departments.to_vec();
-        sorted.sort_by_key(|d| d.dept_id);
-        self.state()?.departments = sorted;
-        Ok(())
-    }
-
-    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
-        Ok(self.state()?.dm.get(conversation_id).cloned())
-    }
-
-    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
-        self.state()?.dm.insert(conversation_id.to_owned(), state.clone());
-        Ok(())
-    }
-
     fn history(
         &self,
         conversation_id: Option<&str>,
@@ -265,6 +260,14 @@ impl Ledger for MemoryLedger {
                 }
             })
             .collect();
+        // Own actions are finished rows of the same table in the SQL stores.
+        rows.extend(
+            s.own
+                .iter()
+                .filter(|r| conversation_id.is_none_or(|c| r.conversation_id == c))
+                .filter(|r| r.received_ms >= since_ms.unwrap_or(0))
+                .cloned(),
+        );
         rows.sort_by(|x, y| {
             y.received_ms
                 .cmp(&x.received_ms)
@@ -272,6 +275,56 @@ impl Ledger for MemoryLedger {
         });
         rows.truncate(limit);
         Ok(rows)
+    }
+
+    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
+        let mut s = self.state()?;
+        // A msgId already recorded is left as it is, as the SQL stores' `ON CONFLICT` does.
+        if !s.positions.contains_key(&row.msg_id) && !s.own.iter().any(|r| r.msg_id == row.msg_id) {
+            s.own.push(row.clone());
+        }
+        Ok(())
+    }
+}
+
+impl BindingStore for MemoryLedger {
+    fn binding(&self, conversation_id: &str) -> Result<Option<Binding>, LedgerError> {
+        Ok(self.state()?.bindings.get(conversation_id).cloned())
+    }
+
+    fn bind(&self, binding: &Binding) -> Result<(), LedgerError> {
+        self.state()?
+            .bindings
+            .insert(binding.conversation_id.clone(), binding.clone());
+        Ok(())
+    }
+
+    fn bindings(&self) -> Result<Vec<Binding>, LedgerError> {
+        let mut all: Vec<Binding> = self.state()?.bindings.values().cloned().collect();
+        all.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+        Ok(all)
+    }
+
+    fn departments(&self) -> Result<Vec<Department>, LedgerError> {
+        Ok(self.state()?.departments.clone())
+    }
+
+    fn replace_departments(&self, departments: &[Department]) -> Result<(), LedgerError> {
+        let mut sorted = departments.to_vec();
+        sorted.sort_by_key(|d| d.dept_id);
+        self.state()?.departments = sorted;
+        Ok(())
+    }
+}
+
+impl SettingStore for MemoryLedger {
+    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
+        Ok(self.state()?.dm.get(conversation_id).cloned())
+    }
+
+    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
+        self.state()?.dm.insert(conversation_id.to_owned(), state.clone());
+        Ok(())
     }
 
     fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {
@@ -312,19 +365,16 @@ impl Ledger for MemoryLedger {
     fn finish_revert(
         &self,
         id: i64,
-        _state: &str,
+        _state: RevertState,
         _result: &str,
         _finished_ms: u64,
     ) -> Result<(), LedgerError> {
         self.state()?.reverts.retain(|j| j.id != id);
         Ok(())
     }
+}
 
-    fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
-        self.state()?.own.push(row.clone());
-        Ok(())
-    }
-
+impl LeaseStore for MemoryLedger {
     fn try_leases(&self, names: &[String], holder: &str, ttl_ms: u64) -> Result<Vec<String>, LedgerError> {
         let mut s = self.state()?;
         let now_ms = self.clock.now_ms();
@@ -374,11 +424,9 @@ impl Ledger for MemoryLedger {
         self.state()?.leases.retain(|_, (h, _)| h != holder);
         Ok(())
     }
+}
 
-    fn ping(&self) -> Result<(), LedgerError> {
-        self.state().map(|_| ())
-    }
-
+impl RateBudget for MemoryLedger {
     fn clock_ms(&self) -> Result<u64, LedgerError> {
         Ok(self.clock.now_ms())
     }
@@ -407,16 +455,59 @@ impl Ledger for MemoryLedger {
     }
 }
 
+impl Maintenance for MemoryLedger {
+    fn ping(&self) -> Result<(), LedgerError> {
+        self.state().map(|_| ())
+    }
+
+    fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError> {
+        let mut s = self.state()?;
+        let limit = limit.max(1);
+        // The window of the next `limit` commands, by position.
+        let window: Vec<(i64, bool, bool)> = s
+            .commands
+            .range(after.saturating_add(1)..)
+            .take(limit)
+            .map(|(&pos, row)| {
+                let old = row.accepted.received_ms < before_ms && row.finished_ms.unwrap_or(0) < before_ms;
+                (
+                    pos,
+                    row.finished_ms.is_some() && old,
+                    row.accepted.received_ms >= before_ms,
+                )
+            })
+            .collect();
+        let Some(&(last, _, _)) = window.last() else {
+            return Ok(PruneStep::default());
+        };
+        let mut deleted = 0;
+        for &(pos, prune, _) in &window {
+            if prune && let Some(row) = s.commands.remove(&pos) {
+                s.positions.remove(&row.accepted.msg_id);
+                deleted += 1;
+            }
+        }
+        // Commands are accepted in time order, so the first recent one ends the pruning.
+        let finished = window.iter().any(|&(_, _, recent)| recent) || window.len() < limit;
+        Ok(PruneStep {
+            deleted,
+            next: (!finished).then_some(last),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_rate_budget_follows_the_sliding_window_rule() {
-        super::super::budget_tests::run_all(|clock| Box::new(super::MemoryLedger::with_clock(clock)));
+        super::super::testing::budget_tests::run_all(|clock| {
+            Box::new(super::MemoryLedger::with_clock(clock))
+        });
     }
 
     #[test]
     fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
         let clock = crate::clock::ManualClock::at(0);
-        super::super::check_lease_contract(&super::MemoryLedger::with_clock(clock.clone()), &clock);
+        super::super::testing::check_lease_contract(&super::MemoryLedger::with_clock(clock.clone()), &clock);
     }
 }

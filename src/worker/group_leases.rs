@@ -428,7 +428,7 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, MemoryLedger};
+    use crate::ledger::{LeaseStore as _, MemoryLedger};
 
     fn leases(ledger: &Arc<MemoryLedger>, holder: &str, ttl: Duration) -> Arc<Leases> {
         Arc::new(Leases::shared(

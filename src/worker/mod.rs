@@ -24,7 +24,7 @@ use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
 use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending, ReplyHosts};
-use crate::ledger::{Ledger, LedgerError, LedgerHandle, Sharing};
+use crate::ledger::{Ledger, LedgerError, LedgerFuture, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
 
 pub use authorizer::Authorizer;
@@ -232,12 +232,24 @@ impl WorkerContext {
         F: Fn(&dyn Ledger) -> Result<(), LedgerError> + Send + Sync + 'static,
     {
         let write = Arc::new(write);
+        self.until_landed(what, move |ledger| {
+            let attempt = Arc::clone(&write);
+            ledger.call(move |l| attempt(l))
+        })
+        .await;
+    }
+
+    /// [`WorkerContext::write_until_landed`] of a write the ledger handle awaits itself
+    /// (the hot path's: a command's answer and its end).
+    async fn until_landed<F>(&self, what: &'static str, write: F)
+    where
+        F: Fn(&LedgerHandle) -> LedgerFuture<()>,
+    {
         let mut wait = LEDGER_RETRY_FIRST;
         let mut retrying: Option<Retrying<'_>> = None;
         let mut retries: u64 = 0;
         loop {
-            let attempt = Arc::clone(&write);
-            match self.ledger.call(move |l| attempt(l)).await {
+            match write(&self.ledger).await {
                 Ok(()) => {
                     if retrying.is_some() {
                         tracing::info!(retries, what, "ledger write landed after retries");
@@ -292,8 +304,8 @@ impl WorkerContext {
         let answer = panicked(job.command_name());
         let delivery = crate::domain::Delivery::Failed("panic".into());
         let clock = Arc::clone(&self.clock);
-        self.write_until_landed("finish a command that panicked", move |l| {
-            l.finish(&msg_id, &answer, &delivery, clock.now_ms())
+        self.until_landed("finish a command that panicked", move |l| {
+            l.finish(msg_id.clone(), answer.clone(), delivery.clone(), clock.now_ms())
         })
         .await;
     }
@@ -364,8 +376,8 @@ impl WorkerContext {
                 // answered again, which saves a ledger write on most commands.
                 if matches!(a.outcome, Outcome::Ok | Outcome::Failed) {
                     let (msg_id, record) = (accepted.msg_id.clone(), a.clone());
-                    self.write_until_landed("record the answer of a command", move |l| {
-                        l.record_answer(&msg_id, &record)
+                    self.until_landed("record the answer of a command", move |l| {
+                        l.record_answer(msg_id.clone(), record.clone())
                     })
                     .await;
                 }
@@ -388,8 +400,8 @@ impl WorkerContext {
             .command_seconds
             .observe(self.clock.now_ms().saturating_sub(accepted.received_ms) as f64 / 1000.0);
         let (msg_id, clock) = (accepted.msg_id.clone(), Arc::clone(&self.clock));
-        self.write_until_landed("record the end of a command", move |l| {
-            l.finish(&msg_id, &answer, &delivery, clock.now_ms())
+        self.until_landed("record the end of a command", move |l| {
+            l.finish(msg_id.clone(), answer.clone(), delivery.clone(), clock.now_ms())
         })
         .await;
     }
@@ -402,7 +414,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::domain::{Binding, DmState, SessionWebhook};
-    use crate::ledger::MemoryLedger;
+    use crate::ledger::{BindingStore as _, CommandLog as _, MemoryLedger, SettingStore as _};
 
     /// A worker over an in-memory ledger whose DingTalk is a closed loopback port: any call
     /// to it fails, so a decision that needs none is visible as a non-`Failed` answer.

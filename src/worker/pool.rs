@@ -254,7 +254,7 @@ impl Loader {
         // Taken after this number, a group may have had commands finished by its former
         // holder since the read: those are read again.
         let seq = self.leases.seq();
-        let rows = match self.ledger.call(move |l| l.open_after(cursor, room)).await {
+        let rows = match self.ledger.open_after(cursor, room).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read open commands from the ledger");
@@ -309,7 +309,7 @@ impl Loader {
             let (key, through) = (cid.clone(), self.cursor);
             let rows = match self
                 .ledger
-                .call(move |l| l.open_in_conversation_after(&key, after, through, want))
+                .open_in_conversation_after(key, after, through, want)
                 .await
             {
                 Ok(rows) => rows,
@@ -387,11 +387,7 @@ impl Loader {
         tracing::warn!(msg_id = %a.msg_id, "{detail}");
         let answer = Answer::new(job.command_name(), Outcome::Failed, "", detail);
         let id = job.accepted.msg_id;
-        if let Err(e) = self
-            .ledger
-            .call(move |l| l.finish(&id, &answer, &delivery, now))
-            .await
-        {
+        if let Err(e) = self.ledger.finish(id, answer, delivery, now).await {
             tracing::error!(error = %e, "could not record a command that is not run");
         }
         None

@@ -30,7 +30,7 @@ use super::group_leases::Borrowed;
 use crate::dingtalk::ApiError;
 use crate::dingtalk::advice;
 use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
-use crate::ledger::AuditRow;
+use crate::ledger::{AuditRow, RevertState};
 
 /// Who the audit names for a revert.
 pub const TIMER: &str = "dingops (timer)";
@@ -200,7 +200,7 @@ impl WorkerContext {
                     tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
                     let clock = Arc::clone(&self.clock);
                     self.write_until_landed("finish a timed revert that panicked", move |l| {
-                        l.finish_revert(id, "failed", "failed", clock.now_ms())
+                        l.finish_revert(id, RevertState::Failed, "failed", clock.now_ms())
                     })
                     .await;
                 }
@@ -238,7 +238,7 @@ impl WorkerContext {
             Ok(()) => (
                 Outcome::Ok,
                 format!("Timed revert: {what} ({origin})."),
-                "done",
+                RevertState::Done,
                 None,
                 format!("chatid {} {}={}", job.chat_id, job.setting, job.value),
             ),
@@ -249,7 +249,7 @@ impl WorkerContext {
                     e.short(),
                     advice(e)
                 ),
-                "failed",
+                RevertState::Failed,
                 e.errcode(),
                 e.to_string(),
             ),
@@ -349,7 +349,7 @@ fn audit_row(
 mod tests {
     use super::*;
     use crate::domain::ChatId;
-    use crate::ledger::{Ledger as _, LedgerHandle, MemoryLedger};
+    use crate::ledger::{LedgerHandle, MemoryLedger, SettingStore as _};
 
     /// The revert of a `/mute-all 1m` in `cidG==`, scheduled at `scheduled_ms`, due at `due_ms`.
     fn mute_revert(due_ms: u64, scheduled_ms: u64) -> RevertJob {

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use dingops::ledger::Ledger as _;
+use dingops::ledger::prelude::*;
 
 use crate::helpers::*;
 

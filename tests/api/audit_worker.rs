@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use dingops::clock::now_ms;
 use dingops::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, SessionWebhook};
-use dingops::ledger::{Ledger, SqliteLedger};
+use dingops::ledger::SqliteLedger;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::{Fault, RecordedReply, api};
 
 use crate::helpers::*;

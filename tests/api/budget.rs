@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use dingops::dingtalk::DingTalk;
 use dingops::domain::ChatId;
-use dingops::ledger::{Ledger as _, LedgerHandle, SqliteLedger};
+use dingops::ledger::prelude::*;
+use dingops::ledger::{LedgerHandle, SqliteLedger};
 use dingops::telemetry::Metrics;
 use dingtalk_sim::chat::{new_msg_id, text_message};
 use dingtalk_sim::{Simulator, api};

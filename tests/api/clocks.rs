@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dingops::ledger::Ledger;
+use dingops::ledger::prelude::*;
 use dingops::ledger::test_postgres::TestSchema;
 use dingtalk_sim::chat::{CallbackSender, new_msg_id, text_message};
 use dingtalk_sim::{Fault, SimConfig, api};

@@ -1,7 +1,7 @@
 //! Each command's happy path and each refusal, asserting the exact request DingTalk got and
 //! the reply posted in the chat.
 
-use dingops::ledger::Ledger as _;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::chat::{Chat, Member, new_msg_id, text_message};
 use dingtalk_sim::{Fault, api};
 use serde_json::json;

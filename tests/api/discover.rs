@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use dingops::domain::{Binding, ChatId};
 use dingops::fleet::discover::{self, BindState, DiscoverError, NoProgress};
-use dingops::ledger::{Ledger as _, SqliteLedger};
+use dingops::ledger::SqliteLedger;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::chat::{CallbackSender, text_message};
 use dingtalk_sim::{Fault, ROOT_DEPT, SimConfig, Simulator, api};
 use serde_json::Value;

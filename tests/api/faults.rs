@@ -309,7 +309,7 @@ fn stale_command(id: &str, received_ms: u64, expires_ms: u64, webhook: String) -
 
 #[tokio::test]
 async fn at_start_a_command_whose_session_expired_meanwhile_is_recorded_and_not_run() {
-    use dingops::ledger::Ledger as _;
+    use dingops::ledger::prelude::*;
     let sim = new_sim(Default::default());
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let now = dingops::clock::now_ms();

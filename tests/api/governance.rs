@@ -2,7 +2,7 @@
 //! value, `/group-status` reads the group live with `chat/get`, and refusals call nothing.
 
 use dingops::command::{Arg, COMMANDS, CommandKind};
-use dingops::ledger::Ledger as _;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::{Fault, api};
 use serde_json::json;
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use dingops::domain::{Binding, ChatId, Department};
 use dingops::fleet::Fleet;
-use dingops::ledger::{Ledger as _, SqliteLedger};
+use dingops::ledger::SqliteLedger;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::{Fault, SimConfig, Simulator, api};
 use serde_json::Value;
 

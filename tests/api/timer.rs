@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use dingops::clock::now_ms;
 use dingops::domain::{ChatId, RevertJob};
-use dingops::ledger::{AuditRow, Ledger as _, SqliteLedger};
+use dingops::ledger::prelude::*;
+use dingops::ledger::{AuditRow, SqliteLedger};
 use dingtalk_sim::{Fault, RecordedCall, RecordedReply, Simulator, api};
 
 use crate::helpers::*;

@@ -910,7 +910,7 @@ pub async fn soak(opts: &SoakOptions, exe: &Path, out: &mut dyn Write) -> anyhow
 }
 
 async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path) -> anyhow::Result<bool> {
-    use dingops::ledger::Ledger as _;
+    use dingops::ledger::prelude::*;
     let (sim, soak_groups) = sim_with_groups("Soak", opts.groups, 0)?;
     let db = dir.join("soak.db");
     let dingops = start_dingops(

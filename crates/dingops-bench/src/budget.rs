@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dingops::ledger::{Ledger as _, SqliteLedger};
+use dingops::ledger::SqliteLedger;
+use dingops::ledger::prelude::*;
 
 use crate::bench::in_scratch_dir;
 

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use dingops::domain::{Binding, ChatId};
-use dingops::ledger::{Ledger as _, SqliteLedger};
+use dingops::ledger::SqliteLedger;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::{SimConfig, api};
 
 use crate::bench::{in_scratch_dir, proc_status_kib, sim_with_config};

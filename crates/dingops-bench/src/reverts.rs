@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dingops::domain::{ChatId, RevertJob};
-use dingops::ledger::{Ledger as _, SqliteLedger};
+use dingops::ledger::SqliteLedger;
+use dingops::ledger::prelude::*;
 use dingtalk_sim::{Fault, SimConfig, api};
 
 use crate::bench::{in_scratch_dir, sim_with_config, start_dingops};

@@ -475,7 +475,7 @@ async fn rss_phase(
     msgs: &Messages,
     dir: &Path,
 ) -> anyhow::Result<RssPhase> {
-    use dingops::ledger::Ledger as _;
+    use dingops::ledger::prelude::*;
     let db = dir.join("rss.db");
     let dingops = start_both(
         exe,

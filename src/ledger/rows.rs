@@ -1,0 +1,246 @@
+//! One statement shape for both SQL stores: the column lists their reads select, the
+//! statuses they store, and the mapping of a row to the domain. SQLite and PostgreSQL differ
+//! only in how a cell is read ([`Cells`], one impl per driver), in their placeholders, and
+//! in how they write and lock; those stay in `sqlite/` and `postgres/`. A new column goes
+//! into the list here and into both migrations.
+
+use crate::domain::{
+    Accepted, Answer, Binding, ChatId, ConversationType, Department, DmState, InvalidChatId, Outcome,
+    Pending, RevertJob, SessionWebhook,
+};
+
+use super::AuditRow;
+
+/// The status of a command, stored as its text in `commands.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandStatus {
+    /// Recorded, not answered yet.
+    Accepted,
+    /// Answered; the reply may not have gone out.
+    Answered,
+    /// Finished: answered and the reply sent (or given up).
+    Done,
+}
+
+impl CommandStatus {
+    /// The stored text; SQL statements spell these literally.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Answered => "answered",
+            Self::Done => "done",
+        }
+    }
+}
+
+/// The state of a timed revert, stored as its text in `jobs.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertState {
+    /// Waiting for its due time.
+    Pending,
+    /// Claimed by a timer; a crash leaves it running, which counts as pending.
+    Running,
+    /// Ran and set the value back.
+    Done,
+    /// Ran and failed.
+    Failed,
+    /// A newer command of the same setting took its place; it never runs.
+    Replaced,
+}
+
+impl RevertState {
+    /// The stored text; SQL statements spell these literally.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+/// The columns of an open command before its position, in the order
+/// [`pending_from_row`] reads them; the position (`rowid` or `pos`) follows.
+macro_rules! pending_columns {
+    ($pos:literal) => {
+        concat!(
+            "msg_id, received_ms, conversation_id, conversation_type, conversation_title,
+             sender_staff_id, sender_nick, sender_is_admin, msgtype, text, session_webhook,
+             session_expires_ms, status, command, result, errcode, detail, answer_text, ",
+            $pos
+        )
+    };
+}
+
+/// The columns [`audit_from_row`] reads, in its order.
+macro_rules! audit_columns {
+    () => {
+        "msg_id, received_ms, conversation_id, sender_staff_id, sender_nick, text,
+         command, status, result, errcode, detail, reply, finished_ms"
+    };
+}
+
+/// The columns [`job_from_row`] reads, in its order.
+macro_rules! job_columns {
+    () => {
+        "id, conversation_id, chat_id, setting, value, due_ms, scheduled_by, scheduled_command, scheduled_ms"
+    };
+}
+
+/// The columns [`binding_from_row`] reads, in its order.
+macro_rules! binding_columns {
+    () => {
+        "conversation_id, chat_id, bound_by, bound_ms"
+    };
+}
+
+/// The columns [`department_from_row`] reads, in its order.
+macro_rules! department_columns {
+    () => {
+        "dept_id, parent_id, name, path, chat_id, open_conversation_id"
+    };
+}
+
+/// The columns [`dm_state_from_row`] reads, in its order.
+macro_rules! dm_state_columns {
+    () => {
+        "prohibited, set_by, set_by_nick, set_ms"
+    };
+}
+
+/// Reading one cell of a row, as each driver does it. Integers are stored as 64-bit, except
+/// a revert's value ([`Cells::small`]) and flags, which each dialect stores its own way.
+pub(crate) trait Cells {
+    type Error;
+    fn text(&self, i: usize) -> Result<String, Self::Error>;
+    fn opt_text(&self, i: usize) -> Result<Option<String>, Self::Error>;
+    fn int(&self, i: usize) -> Result<i64, Self::Error>;
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, Self::Error>;
+    /// A revert's value (PostgreSQL: `smallint`).
+    fn small(&self, i: usize) -> Result<i64, Self::Error>;
+    fn flag(&self, i: usize) -> Result<bool, Self::Error>;
+}
+
+/// Why a row did not map: the driver could not read a cell, or a stored chatid is invalid
+/// (only valid ones are ever written, so the table was edited).
+#[derive(Debug)]
+pub(crate) enum RowError<E> {
+    Cell(E),
+    ChatId(InvalidChatId),
+}
+
+impl<E> From<E> for RowError<E> {
+    fn from(e: E) -> Self {
+        Self::Cell(e)
+    }
+}
+
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn chat_id<E>(s: String) -> Result<ChatId, RowError<E>> {
+    ChatId::parse(&s).map_err(RowError::ChatId)
+}
+
+/// An open command and its position, from a row of [`pending_columns`].
+pub(crate) fn pending_from_row<R: Cells>(r: &R) -> Result<(i64, Pending), RowError<R::Error>> {
+    let accepted = Accepted {
+        msg_id: r.text(0)?,
+        received_ms: to_u64(r.int(1)?),
+        conversation_id: r.text(2)?,
+        conversation_type: ConversationType::from_wire(&r.text(3)?),
+        conversation_title: r.opt_text(4)?,
+        sender_staff_id: r.opt_text(5)?,
+        sender_nick: r.opt_text(6)?,
+        sender_is_admin: r.flag(7)?,
+        msgtype: r.text(8)?,
+        text: r.opt_text(9)?,
+        session_webhook: SessionWebhook::new(r.opt_text(10)?.unwrap_or_default()),
+        session_expires_ms: r.opt_int(11)?.map(to_u64),
+    };
+    let answer = if r.text(12)? == CommandStatus::Answered.as_str() {
+        Some(Answer {
+            command: r.opt_text(13)?.unwrap_or_default(),
+            outcome: Outcome::parse(&r.opt_text(14)?.unwrap_or_default()),
+            errcode: r.opt_int(15)?,
+            detail: r.opt_text(16)?.unwrap_or_default(),
+            text: r.opt_text(17)?.unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+    Ok((r.int(18)?, Pending { accepted, answer }))
+}
+
+/// An audit row, from a row of [`audit_columns`].
+pub(crate) fn audit_from_row<R: Cells>(r: &R) -> Result<AuditRow, RowError<R::Error>> {
+    Ok(AuditRow {
+        msg_id: r.text(0)?,
+        received_ms: to_u64(r.int(1)?),
+        conversation_id: r.text(2)?,
+        sender_staff_id: r.opt_text(3)?,
+        sender_nick: r.opt_text(4)?,
+        text: r.opt_text(5)?,
+        command: r.opt_text(6)?,
+        status: r.text(7)?,
+        result: r.opt_text(8)?,
+        errcode: r.opt_int(9)?,
+        detail: r.opt_text(10)?,
+        reply: r.opt_text(11)?,
+        finished_ms: r.opt_int(12)?.map(to_u64),
+    })
+}
+
+/// A revert, from a row of [`job_columns`].
+pub(crate) fn job_from_row<R: Cells>(r: &R) -> Result<RevertJob, RowError<R::Error>> {
+    Ok(RevertJob {
+        id: r.int(0)?,
+        conversation_id: r.text(1)?,
+        chat_id: chat_id(r.text(2)?)?,
+        setting: r.text(3)?,
+        value: u8::try_from(r.small(4)?).unwrap_or(0),
+        due_ms: to_u64(r.int(5)?),
+        scheduled_by: r.text(6)?,
+        scheduled_command: r.text(7)?,
+        scheduled_ms: to_u64(r.int(8)?),
+    })
+}
+
+/// A binding, from a row of [`binding_columns`].
+pub(crate) fn binding_from_row<R: Cells>(r: &R) -> Result<Binding, RowError<R::Error>> {
+    Ok(Binding {
+        conversation_id: r.text(0)?,
+        chat_id: chat_id(r.text(1)?)?,
+        bound_by: r.text(2)?,
+        bound_ms: to_u64(r.int(3)?),
+    })
+}
+
+/// A department, from a row of [`department_columns`].
+pub(crate) fn department_from_row<R: Cells>(r: &R) -> Result<Department, RowError<R::Error>> {
+    Ok(Department {
+        dept_id: r.int(0)?,
+        parent_id: r.opt_int(1)?,
+        name: r.text(2)?,
+        path: r.text(3)?,
+        chat_id: r.opt_text(4)?.map(chat_id).transpose()?,
+        open_conversation_id: r.opt_text(5)?,
+    })
+}
+
+/// A group's DM state, from a row of [`dm_state_columns`].
+pub(crate) fn dm_state_from_row<R: Cells>(r: &R) -> Result<DmState, RowError<R::Error>> {
+    Ok(DmState {
+        prohibited: r.flag(0)?,
+        set_by: r.text(1)?,
+        set_by_nick: r.opt_text(2)?,
+        set_ms: to_u64(r.int(3)?),
+    })
+}
