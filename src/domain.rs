@@ -262,11 +262,62 @@ pub struct DmState {
     pub set_ms: u64,
 }
 
+impl From<KnownValue> for DmState {
+    fn from(k: KnownValue) -> Self {
+        Self {
+            prohibited: k.value == 1,
+            set_by: k.set_by,
+            set_by_nick: k.set_by_nick,
+            set_ms: k.set_ms,
+        }
+    }
+}
+
+/// What dingops last knew of one setting of a group: the value it set, by whom, when and
+/// through what (`chat`, `revert`, `apply`, `reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownValue {
+    /// 0 or 1 (for the DM switch 1 = private chat forbidden).
+    pub value: u8,
+    pub set_by: String,
+    pub set_by_nick: Option<String>,
+    pub via: String,
+    pub set_ms: u64,
+}
+
 /// The setting key of the private-chat switch in a [`RevertJob`]; the group switches use
 /// DingTalk's `managementOptions` field names.
 pub const DM_SETTING: &str = "dm";
 
-/// A timed revert: at `due_ms`, set `setting` of the group back to `value`.
+/// Where a revert's `value` comes from when no policy decides the setting at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevertRestore {
+    /// The value before the command.
+    Before,
+    /// Not known (the DM switch dingops never set): the opposite of what the command set.
+    Unknown,
+}
+
+impl RevertRestore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevertRestore::Before => "before",
+            RevertRestore::Unknown => "unknown",
+        }
+    }
+
+    /// The inverse of [`RevertRestore::as_str`]; anything else reads as `Unknown`.
+    pub fn parse(text: &str) -> Self {
+        if text == "before" {
+            RevertRestore::Before
+        } else {
+            RevertRestore::Unknown
+        }
+    }
+}
+
+/// A timed command's end (its exception): at `due_ms`, set `setting` of the group back: to
+/// the policy's value when a policy decides it then, else to `value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevertJob {
     /// The ledger's id; 0 before it is stored.
@@ -275,8 +326,12 @@ pub struct RevertJob {
     pub chat_id: ChatId,
     /// [`DM_SETTING`] or a `managementOptions` field.
     pub setting: String,
-    /// The value the revert sets (0/1; for the DM switch 1 = private chat forbidden).
+    /// The value the revert sets without a policy (0/1; for the DM switch 1 = private chat
+    /// forbidden): the value before the command, or its opposite (see `restore`).
     pub value: u8,
+    /// The value the command set, in force until `due_ms`.
+    pub set_value: u8,
+    pub restore: RevertRestore,
     pub due_ms: u64,
     /// Who ran the command that scheduled it, as [`who`] shows people.
     pub scheduled_by: String,

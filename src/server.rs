@@ -129,10 +129,13 @@ impl Application {
         given: Option<Arc<dyn Ledger>>,
     ) -> Result<Self, StartError> {
         // A bad policy is refused before anything starts.
-        let policy = match &settings.fleet.policy {
-            Some(path) => Some(Arc::new(crate::governance::policy::Policy::load(path)?)),
-            None => None,
-        };
+        let policy = Arc::new(crate::governance::PolicyCell::load(
+            settings.fleet.policy.as_deref(),
+        )?);
+        // Listening from here on: a SIGHUP during the start must not end the process.
+        let hangup = options
+            .handle_signals
+            .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
         let (ledger, sharing) = match given {
             Some(ledger) => (LedgerHandle::shared(ledger), Sharing::Replicas),
             None => {
@@ -141,6 +144,7 @@ impl Application {
             }
         };
         let metrics = Arc::new(Metrics::new());
+        let reload_metrics = metrics.clone();
         // One clock for the worker, its pool, leases and timer, and the DingTalk pacing.
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
         // One DingTalk rate budget for every process and replica on this ledger (CLI tools
@@ -149,14 +153,17 @@ impl Application {
             DingTalk::with_budget(&settings.dingtalk, metrics.clone(), ledger.clone())?
                 .with_clock(clock.clone()),
         );
-        let ctx = Arc::new(WorkerContext::new(
-            &settings.worker,
-            ledger.clone(),
-            dingtalk.clone(),
-            metrics.clone(),
-            &sharing,
-            clock.clone(),
-        ));
+        let ctx = Arc::new(
+            WorkerContext::new(
+                &settings.worker,
+                ledger.clone(),
+                dingtalk.clone(),
+                metrics.clone(),
+                &sharing,
+                clock.clone(),
+            )
+            .with_policy(policy.clone()),
+        );
         let leases = ctx.leases().clone();
         tracing::info!(
             replica = leases.holder(),
@@ -165,14 +172,16 @@ impl Application {
             "replica started"
         );
         // The policy is reconciled through the same client, so within the same pacing.
-        let reconcile = match (policy, settings.fleet.reconcile_every) {
-            (Some(policy), Some(every)) => {
+        let reconcile = match (policy.path().is_some(), settings.fleet.reconcile_every) {
+            (true, Some(every)) => {
                 let fleet = crate::fleet::Fleet::new(
-                    policy,
+                    policy.clone(),
                     dingtalk,
                     ledger.clone(),
                     settings.worker.groups.clone(),
                     settings.fleet.dm_reapply(),
+                    metrics.clone(),
+                    leases.holder().to_owned(),
                 );
                 let reconciler = Arc::new(crate::fleet::reconcile::Reconciler::new(
                     fleet,
@@ -288,6 +297,9 @@ impl Application {
         if options.handle_signals {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
         }
+        if let Some(hangup) = hangup {
+            tasks.push(tokio::spawn(reload_on_hangup(hangup, policy, reload_metrics)));
+        }
         let tasks = Tasks(tasks);
         Ok(Self {
             port,
@@ -343,6 +355,29 @@ impl Application {
 
 /// SIGTERM stops gracefully (requests in progress finish, then commands in flight, within
 /// the grace period); SIGINT stops HTTP at once and still lets commands in flight finish.
+/// Reads the policy again on each SIGHUP (`systemctl reload`); a refused file keeps the
+/// policy in force.
+async fn reload_on_hangup(
+    hangup: std::io::Result<tokio::signal::unix::Signal>,
+    policy: Arc<crate::governance::PolicyCell>,
+    metrics: Arc<Metrics>,
+) {
+    let mut hangup = match hangup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; the policy is read at start only");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        if policy.path().is_none() {
+            tracing::info!("SIGHUP: no policy file is configured; nothing to reload");
+            continue;
+        }
+        policy.reload_logged("SIGHUP", &metrics);
+    }
+}
+
 async fn stop_on_signal(handle: ServerHandle, stopping: Arc<OnceLock<Instant>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {

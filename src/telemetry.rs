@@ -170,6 +170,9 @@ pub struct Metrics {
     pub policy_drift: IntCounterVec,
     /// `dingops_policy_runs_total{result}`: reconcile runs by result (converged, failed).
     pub policy_runs: IntCounterVec,
+    /// `dingops_policy_reload_errors_total`: policy files refused when read again (SIGHUP,
+    /// or a changed file before a reconcile run); the previous policy stayed in force.
+    pub policy_reload_errors: IntCounter,
 }
 
 /// The metrics of the Stream ingress.
@@ -397,6 +400,14 @@ impl Metrics {
                 "dingops_policy_runs_total",
                 "Reconcile runs of serve by result (converged, failed).",
                 &["result"],
+            ),
+            policy_reload_errors: register(
+                &registry,
+                IntCounter::new(
+                    "dingops_policy_reload_errors_total",
+                    "Policy files refused when read again; the previous policy stayed in force.",
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
             ),
             registry,
         }

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use super::table::{Fit, Table};
+use crate::clock::format_ms;
 use crate::domain::{printable, printable_json};
 use crate::fleet::plan::{Now, Plan};
 use crate::governance::policy::Setting;
@@ -38,6 +39,22 @@ pub fn plan_table(plan: &Plan) -> String {
                 c.setting.word(c.wanted),
             ]);
         }
+        for h in &g.held {
+            table.row(&[
+                group,
+                name,
+                h.setting.key(),
+                h.setting.word(h.value),
+                "=",
+                &format!(
+                    "held by an exception until {}, by {} (`{}`); then {}",
+                    format_ms(h.until_ms),
+                    h.by,
+                    h.command,
+                    h.setting.word(h.wanted)
+                ),
+            ]);
+        }
     }
     for u in &plan.unresolved {
         // The selector is the operator's own text: shown whole.
@@ -59,14 +76,18 @@ pub fn plan_table(plan: &Plan) -> String {
     let with_changes = plan.groups.iter().filter(|g| !g.changes.is_empty()).count();
     if plan.change_count() == 0 && plan.error_count() == 0 {
         out.push_str(&format!(
-            "Nothing to do: {unchanged} groups are as the policy wants.\n"
+            "Nothing to do: {unchanged} groups are as the policy wants"
         ));
     } else {
         out.push_str(&format!(
-            "{} changes in {with_changes} groups; {unchanged} groups as the policy wants; {} errors.\n",
+            "{} changes in {with_changes} groups; {unchanged} groups as the policy wants; {} errors",
             plan.change_count(),
             plan.error_count()
         ));
+    }
+    match plan.held_count() {
+        0 => out.push_str(".\n"),
+        n => out.push_str(&format!("; {n} settings held by exceptions.\n")),
     }
     out
 }
@@ -103,11 +124,28 @@ pub fn plan_json(plan: &Plan) -> Value {
                     })
                 })
                 .collect();
+            let exceptions: Vec<Value> = g
+                .held
+                .iter()
+                .map(|h| {
+                    json!({
+                        "setting": h.setting.key(),
+                        "value": h.value,
+                        "value_text": h.setting.word(h.value),
+                        "wanted": h.wanted,
+                        "wanted_text": h.setting.word(h.wanted),
+                        "until_ms": h.until_ms,
+                        "by": h.by,
+                        "command": h.command,
+                    })
+                })
+                .collect();
             json!({
                 "group": g.conversation_id,
                 "chatid": g.chat_id.as_str(),
                 "name": g.name,
                 "changes": changes,
+                "exceptions": exceptions,
                 "error": g.error,
             })
         })
@@ -123,6 +161,7 @@ pub fn plan_json(plan: &Plan) -> Value {
         "summary": {
             "groups": plan.groups.len(),
             "changes": plan.change_count(),
+            "exceptions": plan.held_count(),
             "errors": plan.error_count(),
         },
     })

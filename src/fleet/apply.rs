@@ -2,28 +2,27 @@
 //! the policy wants, and make the difference with one `im/group/update` per group (all its
 //! changed switches at once) and `friendswitch/update` for the private-chat switch.
 //!
-//! Apply reads each group again right before changing it and records each change in the
-//! ledger as soon as DingTalk made it, so a run killed half-way and started again finds the
-//! groups already changed as they are and writes none of their readable settings twice.
+//! Apply reads each group again right before changing it and hands the difference to the
+//! governance core, which serialises each setting with every other writer, drops what an
+//! exception holds or what the policy no longer wants, and records each change as soon as
+//! DingTalk made it; so a run killed half-way and started again finds the groups already
+//! changed as they are and writes none of their readable settings twice.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt as _;
 
 use super::Fleet;
 use super::plan::{Change, GroupPlan};
-use crate::clock::now_ms;
-use crate::domain::{ChatId, DmState, printable};
+use crate::clock::{format_ms, now_ms};
+use crate::domain::{ChatId, printable};
 use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
+use crate::governance::{Actor, Ask, Change as GovernedChange, Decision, Group, Held, Via};
 use crate::ledger::{AuditRow, LedgerError};
 
 /// Groups worked on at once by `apply`: enough for reads and writes of different groups to
 /// use their APIs' budgets side by side.
 const APPLY_IN_FLIGHT: usize = 8;
-/// Attempts at recording a change DingTalk made.
-const RECORD_ATTEMPTS: u32 = 5;
 
 /// Who the audit names for changes the policy made.
 pub const POLICY_SENDER: &str = "policy";
@@ -37,6 +36,9 @@ pub struct GroupApplied {
     pub applied: Vec<Setting>,
     /// What failed, with the reason.
     pub failures: Vec<String>,
+    /// Planned changes the core did not send, and why: an exception made meanwhile holds
+    /// the setting, or the policy changed since the group was read.
+    pub left_alone: Vec<String>,
 }
 
 impl GroupApplied {
@@ -168,96 +170,79 @@ impl Fleet {
             plan,
             applied: Vec::new(),
             failures: Vec::new(),
+            left_alone: Vec::new(),
         };
-        if result.plan.error.is_some() {
+        if result.plan.error.is_some() || result.plan.changes.is_empty() {
             return result;
         }
         let chatid = result.plan.chat_id.clone();
         let cid = result.plan.conversation_id.clone();
-        let switches: Vec<&Change> = result
-            .plan
-            .changes
-            .iter()
-            .filter(|c| matches!(c.setting, Setting::Switch(_)))
-            .collect();
-        let mut rows = Vec::new();
-        let mut applied = Vec::new();
-        let mut failures = Vec::new();
-        if !switches.is_empty() {
-            let fields: BTreeMap<&str, u8> = switches
+        let change = GovernedChange {
+            group: Group {
+                conversation_id: cid.clone(),
+                chat_id: chatid.clone(),
+            },
+            items: result
+                .plan
+                .changes
                 .iter()
-                .filter_map(|c| match c.setting {
-                    Setting::Switch(s) => Some((s.field(), c.wanted)),
-                    Setting::Dm => None,
-                })
-                .collect();
-            let outcome = self.dingtalk.update_group_fields(&chatid, &fields).await;
-            if let Err(e) = &outcome {
-                failures.push(format!("group/update: {e}"));
+                .map(|c| (c.setting, Ask::Policy { value: c.wanted }))
+                .collect(),
+            by: Actor::named(POLICY_SENDER),
+            via: if origin == "reconcile" {
+                Via::Reconcile
+            } else {
+                Via::Apply
+            },
+            command: format!("policy {origin}"),
+            until_ms: None,
+        };
+        let written = match self.governor.change(change).await {
+            Ok(w) => w,
+            Err(e) => {
+                result.failures.push(e.to_string());
+                return result;
             }
-            for change in &switches {
-                if outcome.is_ok() {
-                    applied.push(change.setting);
-                }
-                rows.push(audit_row(&cid, &chatid, change, origin, outcome.as_ref().err()));
-            }
-        }
-        let mut dm_state = None;
-        if let Some(change) = result.plan.changes.iter().find(|c| c.setting == Setting::Dm) {
-            let prohibit = change.wanted == 1;
-            let outcome = self.dingtalk.set_friend_switch(&chatid, prohibit).await;
-            match &outcome {
-                Ok(()) => {
-                    applied.push(Setting::Dm);
-                    dm_state = Some(DmState {
-                        prohibited: prohibit,
-                        set_by: POLICY_SENDER.to_owned(),
-                        set_by_nick: None,
-                        set_ms: now_ms(),
-                    });
-                }
-                Err(e) => failures.push(format!("friendswitch/update: {e}")),
-            }
-            rows.push(audit_row(&cid, &chatid, change, origin, outcome.as_ref().err()));
-        }
-        if let Err(e) = self.record(&cid, rows, dm_state).await {
-            failures.push(format!("changed in DingTalk but not recorded in the ledger: {e}"));
-        }
-        result.applied = applied;
-        result.failures = failures;
-        result
-    }
-
-    /// Records one group's changes: the audit rows and the DM state, retried a few times.
-    async fn record(&self, cid: &str, rows: Vec<AuditRow>, dm: Option<DmState>) -> Result<(), LedgerError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let rows = Arc::new(rows);
-        let mut wait = Duration::from_millis(50);
-        let mut attempt = 0;
-        loop {
-            let (rows, dm, cid) = (rows.clone(), dm.clone(), cid.to_owned());
-            let written = self
-                .ledger
-                .call(move |l| {
-                    if let Some(state) = &dm {
-                        l.set_dm_state(&cid, state)?;
+        };
+        let mut rows = Vec::new();
+        let mut switch_failed = false;
+        for (w, planned) in written.iter().zip(&result.plan.changes) {
+            match &w.decision {
+                Decision::Write { .. } => {
+                    match (&w.error, w.setting) {
+                        (None, _) => result.applied.push(w.setting),
+                        (Some(e), Setting::Dm) => result.failures.push(format!("friendswitch/update: {e}")),
+                        (Some(e), Setting::Switch(_)) if !switch_failed => {
+                            switch_failed = true;
+                            result.failures.push(format!("group/update: {e}"));
+                        }
+                        (Some(_), Setting::Switch(_)) => {}
                     }
+                    rows.push(audit_row(&cid, &chatid, planned, origin, w.error.as_ref()));
+                }
+                Decision::Held(Held::Exception(e)) => result.left_alone.push(format!(
+                    "{} held by an exception until {} by {}",
+                    w.setting.key(),
+                    format_ms(e.until_ms),
+                    e.by
+                )),
+                Decision::Held(Held::Stale) => result.left_alone.push(format!(
+                    "{}: the policy changed since the group was read",
+                    w.setting.key()
+                )),
+                Decision::Refused(_) | Decision::Superseded => {}
+            }
+        }
+        if !rows.is_empty() {
+            let rows = Arc::new(rows);
+            self.governor
+                .recorder()
+                .until_landed("record policy changes in the audit", move |l| {
                     rows.iter().try_for_each(|r| l.record_own_action(r))
                 })
                 .await;
-            attempt += 1;
-            match written {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt >= RECORD_ATTEMPTS => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "recording a policy change failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = wait.saturating_mul(2);
-                }
-            }
         }
+        result
     }
 }
 

@@ -17,13 +17,16 @@ use std::time::Duration;
 use crate::config::{Database, DingTalkSettings, FleetSettings};
 use crate::dingtalk::DingTalk;
 use crate::domain::ChatId;
-use crate::governance::policy::{Policy, Resolution};
+use crate::governance::policy::Resolution;
+use crate::governance::{Governor, PolicyCell, Recorder};
 use crate::ledger::{LedgerError, LedgerHandle};
+use crate::telemetry::Metrics;
 
-/// The policy with everything it needs to plan and apply: the DingTalk client, the ledger
-/// (bindings, departments, DM state, audit) and the configured static bindings.
+/// The policy with everything it needs to plan and apply: the governance core it changes
+/// settings through (which holds the policy in force and the DingTalk client), the ledger
+/// (bindings, departments, known values, audit) and the configured static bindings.
 pub struct Fleet {
-    policy: Arc<Policy>,
+    governor: Governor,
     dingtalk: Arc<DingTalk>,
     ledger: LedgerHandle,
     static_groups: BTreeMap<String, ChatId>,
@@ -58,29 +61,44 @@ impl Fleet {
         static_groups: &BTreeMap<String, ChatId>,
     ) -> Result<Self, OpenError> {
         let path = fleet.policy.as_ref().ok_or(OpenError::NoPolicy)?;
-        let policy = Arc::new(Policy::load(path)?);
+        let policy = Arc::new(PolicyCell::load(Some(path))?);
         let ledger = crate::ledger::open(database).await?;
-        let metrics = Arc::new(crate::telemetry::Metrics::new());
+        let metrics = Arc::new(Metrics::new());
         // Paced by the budget every process on this ledger shares, a running `serve` included.
-        let dingtalk = Arc::new(DingTalk::with_budget(dingtalk, metrics, ledger.clone())?);
+        let dingtalk = Arc::new(DingTalk::with_budget(dingtalk, metrics.clone(), ledger.clone())?);
+        let holder = format!("cli-{}", crate::worker::group_leases::replica_id());
         Ok(Self::new(
             policy,
             dingtalk,
             ledger,
             static_groups.clone(),
             fleet.dm_reapply(),
+            metrics,
+            holder,
         ))
     }
 
+    /// A fleet that changes settings through a governance core of its own on `policy`:
+    /// `holder` names this process among the writers of settings.
     pub fn new(
-        policy: Arc<Policy>,
+        policy: Arc<PolicyCell>,
         dingtalk: Arc<DingTalk>,
         ledger: LedgerHandle,
         static_groups: BTreeMap<String, ChatId>,
         dm_reapply: Duration,
+        metrics: Arc<Metrics>,
+        holder: String,
     ) -> Self {
-        Self {
+        let governor = Governor::new(
+            Arc::clone(&dingtalk),
+            ledger.clone(),
             policy,
+            Arc::new(static_groups.clone()),
+            Recorder::new(ledger.clone(), metrics),
+            holder,
+        );
+        Self {
+            governor,
             dingtalk,
             ledger,
             static_groups,
@@ -97,6 +115,17 @@ impl Fleet {
             .await?;
         let mut bound = self.static_groups.clone();
         bound.extend(bindings.into_iter().map(|b| (b.conversation_id, b.chat_id)));
-        Ok(self.policy.resolve(&bound, &departments))
+        Ok(match self.governor.policy().current() {
+            Some(policy) => policy.resolve(&bound, &departments),
+            None => Resolution {
+                targets: Vec::new(),
+                unresolved: Vec::new(),
+            },
+        })
+    }
+
+    /// The governance core this fleet changes settings through.
+    pub fn governor(&self) -> &Governor {
+        &self.governor
     }
 }

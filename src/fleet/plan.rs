@@ -48,6 +48,20 @@ pub struct Change {
     pub wanted: u8,
 }
 
+/// A setting the policy names, held by an exception until it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldByException {
+    pub setting: Setting,
+    /// The value the exception set.
+    pub value: u8,
+    /// The policy's value, which its end restores.
+    pub wanted: u8,
+    /// When it ends, in the ledger's milliseconds.
+    pub until_ms: u64,
+    pub by: String,
+    pub command: String,
+}
+
 /// What the policy means for one group now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupPlan {
@@ -57,6 +71,9 @@ pub struct GroupPlan {
     pub name: Option<String>,
     /// In [`Setting::all`] order.
     pub changes: Vec<Change>,
+    /// Settings the policy names that an exception (a timed chat command) holds: apply and
+    /// reconcile leave them alone until it ends.
+    pub held: Vec<HeldByException>,
     /// Why the group could not be planned (then `changes` is empty).
     pub error: Option<String>,
 }
@@ -73,6 +90,11 @@ impl Plan {
     /// How many settings would change.
     pub fn change_count(&self) -> usize {
         self.groups.iter().map(|g| g.changes.len()).sum()
+    }
+
+    /// How many settings exceptions hold (not changes: apply leaves them alone).
+    pub fn held_count(&self) -> usize {
+        self.groups.iter().map(|g| g.held.len()).sum()
     }
 
     /// How many errors (unreadable groups and unresolved selectors).
@@ -100,6 +122,7 @@ impl Fleet {
             chat_id: target.chat_id.clone(),
             name: None,
             changes: Vec::new(),
+            held: Vec::new(),
             error: None,
         };
         let info = match self.dingtalk.chat_get(&target.chat_id).await {
@@ -126,9 +149,31 @@ impl Fleet {
         } else {
             None
         };
+        let desired = match self
+            .governor
+            .desired(&target.conversation_id, Some(&target.chat_id))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                plan.error = Some(format!("cannot read the group's exceptions: {e}"));
+                return plan;
+            }
+        };
         let fresh_after =
             now_ms().saturating_sub(u64::try_from(self.dm_reapply.as_millis()).unwrap_or(u64::MAX));
         for (setting, wanted) in &target.wanted {
+            if let Some(e) = desired.get(setting).and_then(|d| d.exception.as_ref()) {
+                plan.held.push(HeldByException {
+                    setting: *setting,
+                    value: e.value,
+                    wanted: *wanted,
+                    until_ms: e.until_ms,
+                    by: e.by.clone(),
+                    command: e.command.clone(),
+                });
+                continue;
+            }
             let now = match setting {
                 Setting::Dm => match &dm {
                     Some(s) if u8::from(s.prohibited) == *wanted && s.set_ms > fresh_after => continue,
@@ -176,6 +221,7 @@ pub(crate) mod tests {
             chat_id: ChatId::parse("chat1").unwrap(),
             name: Some("Team \u{1b}[2J".into()),
             changes,
+            held: Vec::new(),
             error: error.map(str::to_owned),
         }
     }

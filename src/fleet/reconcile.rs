@@ -109,6 +109,11 @@ impl Reconciler {
                 return None;
             }
         };
+        // A changed policy file is read before the run; a refused one keeps the policy in force.
+        self.fleet
+            .governor()
+            .policy()
+            .reload_logged("reconcile", &self.metrics);
         let report = self.fleet.apply("reconcile", |g| self.observe(g)).await;
         lease.release().await;
         match report {

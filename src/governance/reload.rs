@@ -84,6 +84,22 @@ impl PolicyCell {
         Reload::Replaced
     }
 
+    /// [`PolicyCell::reload`], told to the operator: a new policy is logged, a refused file
+    /// is logged with its rule and field and counted in `dingops_policy_reload_errors_total`.
+    /// `why` says what asked (`SIGHUP`, `reconcile`).
+    pub fn reload_logged(&self, why: &'static str, metrics: &crate::telemetry::Metrics) -> Reload {
+        let outcome = self.reload();
+        match &outcome {
+            Reload::Unchanged => tracing::debug!(why, "policy file unchanged"),
+            Reload::Replaced => tracing::info!(why, "policy reloaded: the new file is in force"),
+            Reload::Refused(e) => {
+                metrics.policy_reload_errors.inc();
+                tracing::error!(why, error = %e, "policy reload refused; the previous policy stays in force");
+            }
+        }
+        outcome
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Policy>>> {
         self.current.write().unwrap_or_else(|p| p.into_inner())
     }

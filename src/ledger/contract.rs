@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::test_postgres::TestSchema;
 use super::{CommandLog as _, Ledger, PostgresLedger, RevertState, SqliteLedger};
 use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, Outcome, Pending,
-    RevertJob, SessionWebhook,
+    Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, KnownValue, Outcome,
+    Pending, RevertJob, RevertRestore, SessionWebhook,
 };
 
 /// A store that tests can open (and open again, as a restart does).
@@ -115,6 +115,8 @@ contract!(
     acceptances_committed_together_keep_their_order_and_each_msg_id_is_new_once,
     a_text_with_a_nul_character_is_accepted_without_failing_its_neighbours,
     the_dm_state_of_a_group_is_stored_and_replaced,
+    the_known_value_of_each_setting_is_stored_per_group_and_replaced,
+    a_reverts_exception_value_and_restore_rule_read_back_as_written,
     the_audit_lists_newest_first_by_group_and_time_with_own_actions,
     pruning_deletes_old_finished_commands_in_steps_and_never_open_ones,
     the_probe_writes_and_succeeds_on_a_working_store,
@@ -390,6 +392,8 @@ fn revert(setting: &str, due_ms: u64) -> RevertJob {
         chat_id: ChatId::parse("chatA").unwrap(),
         setting: setting.into(),
         value: 1,
+        set_value: 0,
+        restore: RevertRestore::Before,
         due_ms,
         scheduled_by: "Ada (u1)".into(),
         scheduled_command: "/mute-all 30m".into(),
@@ -517,6 +521,63 @@ fn the_dm_state_of_a_group_is_stored_and_replaced(store: &dyn Store) {
     l.set_dm_state("cid", &second).unwrap();
     assert_eq!(l.dm_state("cid").unwrap(), Some(second));
     assert_eq!(l.dm_state("other").unwrap(), None);
+}
+
+fn the_known_value_of_each_setting_is_stored_per_group_and_replaced(store: &dyn Store) {
+    let l = store.open();
+    let known = |value: u8, via: &str, set_ms: u64| KnownValue {
+        value,
+        set_by: "policy".into(),
+        set_by_nick: None,
+        via: via.into(),
+        set_ms,
+    };
+    assert!(l.known_settings("cid").unwrap().is_empty());
+    l.record_setting("cid", "chatBannedType", &known(1, "apply", 5))
+        .unwrap();
+    l.record_setting("cid", "searchable", &known(0, "chat", 6))
+        .unwrap();
+    l.record_setting("other", "searchable", &known(1, "chat", 7))
+        .unwrap();
+    l.record_setting("cid", "chatBannedType", &known(0, "revert", 8))
+        .unwrap();
+    assert_eq!(
+        l.known_settings("cid").unwrap(),
+        [
+            ("chatBannedType".to_owned(), known(0, "revert", 8)),
+            ("searchable".to_owned(), known(0, "chat", 6)),
+        ]
+    );
+    assert_eq!(
+        l.known_setting("other", "searchable").unwrap(),
+        Some(known(1, "chat", 7))
+    );
+    assert_eq!(
+        l.dm_state("cid").unwrap(),
+        None,
+        "the DM switch is a setting of its own"
+    );
+}
+
+fn a_reverts_exception_value_and_restore_rule_read_back_as_written(store: &dyn Store) {
+    let l = store.open();
+    let unknown = RevertJob {
+        value: 0,
+        set_value: 1,
+        restore: RevertRestore::Unknown,
+        ..revert("dm", 10)
+    };
+    l.schedule_revert(&unknown).unwrap();
+    l.schedule_revert(&revert("searchable", 20)).unwrap();
+    let pending = l.pending_reverts(Some("cid")).unwrap();
+    let read: Vec<(u8, u8, RevertRestore)> = pending
+        .iter()
+        .map(|j| (j.value, j.set_value, j.restore))
+        .collect();
+    assert_eq!(
+        read,
+        [(0, 1, RevertRestore::Unknown), (1, 0, RevertRestore::Before)]
+    );
 }
 
 fn the_audit_lists_newest_first_by_group_and_time_with_own_actions(store: &dyn Store) {

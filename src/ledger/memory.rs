@@ -9,7 +9,7 @@ use super::{
     RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, KnownValue, Pending, RevertJob};
 
 /// One command as the memory ledger keeps it.
 #[derive(Debug, Clone)]
@@ -39,7 +39,8 @@ struct State {
     /// The last position handed out; never reused, even once its command is pruned.
     last_pos: i64,
     bindings: HashMap<String, Binding>,
-    dm: HashMap<String, DmState>,
+    /// What dingops knows per group and setting.
+    known: BTreeMap<(String, String), KnownValue>,
     departments: Vec<Department>,
     /// Pending reverts; run or replaced ones are dropped.
     reverts: Vec<RevertJob>,
@@ -318,12 +319,25 @@ impl BindingStore for MemoryLedger {
 }
 
 impl SettingStore for MemoryLedger {
-    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
-        Ok(self.state()?.dm.get(conversation_id).cloned())
+    fn known_settings(&self, conversation_id: &str) -> Result<Vec<(String, KnownValue)>, LedgerError> {
+        Ok(self
+            .state()?
+            .known
+            .iter()
+            .filter(|((cid, _), _)| cid == conversation_id)
+            .map(|((_, setting), k)| (setting.clone(), k.clone()))
+            .collect())
     }
 
-    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
-        self.state()?.dm.insert(conversation_id.to_owned(), state.clone());
+    fn record_setting(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        known: &KnownValue,
+    ) -> Result<(), LedgerError> {
+        self.state()?
+            .known
+            .insert((conversation_id.to_owned(), setting.to_owned()), known.clone());
         Ok(())
     }
 

@@ -103,6 +103,27 @@ CREATE INDEX IF NOT EXISTS call_slots_by_api ON call_slots(api, slot_ms);",
     holder   TEXT NOT NULL,
     until_ms INTEGER NOT NULL
 );",
+    // 7: the governance core. What dingops knows of each of the seven settings of a group
+    // (the DM switch's state moves here from `dm_state`), and for each timed command the
+    // value it set and whether its end restores the value before it.
+    "CREATE TABLE IF NOT EXISTS group_settings (
+    conversation_id TEXT NOT NULL,
+    setting         TEXT NOT NULL,
+    value           INTEGER NOT NULL,
+    set_by          TEXT NOT NULL,
+    set_by_nick     TEXT,
+    via             TEXT NOT NULL,
+    set_ms          INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, setting)
+);
+INSERT OR IGNORE INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+    SELECT conversation_id, 'dm', prohibited, set_by, set_by_nick,
+           CASE set_by WHEN 'policy' THEN 'apply' WHEN 'dingops (timer)' THEN 'revert' ELSE 'chat' END,
+           set_ms
+    FROM dm_state;
+DROP TABLE dm_state;
+ALTER TABLE jobs ADD COLUMN set_value INTEGER;
+ALTER TABLE jobs ADD COLUMN restore TEXT NOT NULL DEFAULT 'unknown';",
 ];
 
 /// The version a database has after all steps.

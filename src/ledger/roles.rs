@@ -15,7 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::{AuditRow, LedgerError, PruneStep, RevertState, Slot};
-use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
+use crate::domain::{
+    Accepted, Answer, Binding, DM_SETTING, Delivery, Department, DmState, KnownValue, Pending, RevertJob,
+};
 
 /// What the async form of a role's method returns: it owns its arguments, so that it can be
 /// awaited from any task.
@@ -131,8 +133,41 @@ pub trait BindingStore: Send + Sync + 'static {
 
 /// Settings and reverts: the last DM state per group, and timed reverts.
 pub trait SettingStore: Send + Sync + 'static {
-    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError>;
-    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError>;
+    /// What dingops knows of each setting of a group it set (or read): by the setting's stored
+    /// name (`dm`, or DingTalk's `managementOptions` field).
+    fn known_settings(&self, conversation_id: &str) -> Result<Vec<(String, KnownValue)>, LedgerError>;
+    /// Records the value dingops set for `setting` of a group, replacing what it knew.
+    fn record_setting(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        known: &KnownValue,
+    ) -> Result<(), LedgerError>;
+    /// [`SettingStore::known_settings`] of one setting.
+    fn known_setting(&self, conversation_id: &str, setting: &str) -> Result<Option<KnownValue>, LedgerError> {
+        Ok(self
+            .known_settings(conversation_id)?
+            .into_iter()
+            .find_map(|(s, k)| (s == setting).then_some(k)))
+    }
+    /// The private-chat switch as dingops last set it.
+    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
+        Ok(self
+            .known_setting(conversation_id, DM_SETTING)?
+            .map(DmState::from))
+    }
+    /// Records the private-chat switch as set through a chat command (tests and tools; the
+    /// governance core records through [`SettingStore::record_setting`]).
+    fn set_dm_state(&self, conversation_id: &str, state: &DmState) -> Result<(), LedgerError> {
+        let known = KnownValue {
+            value: u8::from(state.prohibited),
+            set_by: state.set_by.clone(),
+            set_by_nick: state.set_by_nick.clone(),
+            via: "chat".to_owned(),
+            set_ms: state.set_ms,
+        };
+        self.record_setting(conversation_id, DM_SETTING, &known)
+    }
     /// Stores a pending revert. A pending revert of the same setting of the same group is
     /// marked `replaced` in the same write (it will never run) and returned.
     fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError>;

@@ -5,8 +5,8 @@
 //! into the list here and into both migrations.
 
 use crate::domain::{
-    Accepted, Answer, Binding, ChatId, ConversationType, Department, DmState, InvalidChatId, Outcome,
-    Pending, RevertJob, SessionWebhook,
+    Accepted, Answer, Binding, ChatId, ConversationType, Department, InvalidChatId, KnownValue, Outcome,
+    Pending, RevertJob, RevertRestore, SessionWebhook,
 };
 
 use super::AuditRow;
@@ -85,7 +85,8 @@ macro_rules! audit_columns {
 /// The columns [`job_from_row`] reads, in its order.
 macro_rules! job_columns {
     () => {
-        "id, conversation_id, chat_id, setting, value, due_ms, scheduled_by, scheduled_command, scheduled_ms"
+        "id, conversation_id, chat_id, setting, value, due_ms, scheduled_by, scheduled_command, scheduled_ms,
+         set_value, restore"
     };
 }
 
@@ -103,10 +104,10 @@ macro_rules! department_columns {
     };
 }
 
-/// The columns [`dm_state_from_row`] reads, in its order.
-macro_rules! dm_state_columns {
+/// The columns [`known_from_row`] reads, in its order.
+macro_rules! known_columns {
     () => {
-        "prohibited, set_by, set_by_nick, set_ms"
+        "setting, value, set_by, set_by_nick, via, set_ms"
     };
 }
 
@@ -118,8 +119,9 @@ pub(crate) trait Cells {
     fn opt_text(&self, i: usize) -> Result<Option<String>, Self::Error>;
     fn int(&self, i: usize) -> Result<i64, Self::Error>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>, Self::Error>;
-    /// A revert's value (PostgreSQL: `smallint`).
+    /// A setting's value (PostgreSQL: `smallint`).
     fn small(&self, i: usize) -> Result<i64, Self::Error>;
+    fn opt_small(&self, i: usize) -> Result<Option<i64>, Self::Error>;
     fn flag(&self, i: usize) -> Result<bool, Self::Error>;
 }
 
@@ -210,6 +212,12 @@ pub(crate) fn job_from_row<R: Cells>(r: &R) -> Result<RevertJob, RowError<R::Err
         scheduled_by: r.text(6)?,
         scheduled_command: r.text(7)?,
         scheduled_ms: to_u64(r.int(8)?),
+        // Reverts scheduled before the governance core set the opposite of their value.
+        set_value: match r.opt_small(9)? {
+            Some(v) => u8::try_from(v).unwrap_or(0),
+            None => 1 - u8::try_from(r.small(4)?).unwrap_or(0).min(1),
+        },
+        restore: RevertRestore::parse(&r.text(10)?),
     })
 }
 
@@ -235,12 +243,16 @@ pub(crate) fn department_from_row<R: Cells>(r: &R) -> Result<Department, RowErro
     })
 }
 
-/// A group's DM state, from a row of [`dm_state_columns`].
-pub(crate) fn dm_state_from_row<R: Cells>(r: &R) -> Result<DmState, RowError<R::Error>> {
-    Ok(DmState {
-        prohibited: r.flag(0)?,
-        set_by: r.text(1)?,
-        set_by_nick: r.opt_text(2)?,
-        set_ms: to_u64(r.int(3)?),
-    })
+/// A setting's stored name and what dingops knows of it, from a row of [`known_columns`].
+pub(crate) fn known_from_row<R: Cells>(r: &R) -> Result<(String, KnownValue), RowError<R::Error>> {
+    Ok((
+        r.text(0)?,
+        KnownValue {
+            value: u8::try_from(r.small(1)?).unwrap_or(0).min(1),
+            set_by: r.text(2)?,
+            set_by_nick: r.opt_text(3)?,
+            via: r.text(4)?,
+            set_ms: to_u64(r.int(5)?),
+        },
+    ))
 }

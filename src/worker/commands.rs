@@ -6,7 +6,10 @@ use super::WorkerContext;
 use super::reply::{failed, failed_reading, ledger_failed};
 use crate::clock::format_ms;
 use crate::command::{Command, GroupSwitch, help_text};
-use crate::domain::{Accepted, Answer, Binding, ChatId, DM_SETTING, DmState, Outcome, RevertJob, who};
+use crate::domain::{Accepted, Answer, Binding, ChatId, Outcome, RevertRestore, who};
+use crate::governance::{
+    Actor, Ask, Change, ChangeError, Decision, Desired, Group, PolicyWant, Setting, Via,
+};
 use crate::ledger::LedgerError;
 
 impl WorkerContext {
@@ -16,12 +19,13 @@ impl WorkerContext {
         let revert_after = command.revert_after();
         match command {
             Command::Help => help(name),
-            Command::LockDm { .. } => self.set_dm(job, name, true, revert_after).await,
-            Command::UnlockDm { .. } => self.set_dm(job, name, false, revert_after).await,
+            Command::LockDm { .. } => self.set(job, name, Setting::Dm, 1, revert_after).await,
+            Command::UnlockDm { .. } => self.set(job, name, Setting::Dm, 0, revert_after).await,
             Command::DmStatus => self.dm_status(job, name).await,
             Command::Bind { chatid } => self.bind(job, name, chatid).await,
             Command::Switch { switch, value, .. } => {
-                self.set_switch(job, name, *switch, *value, revert_after).await
+                self.set(job, name, Setting::Switch(*switch), *value, revert_after)
+                    .await
             }
             Command::GroupStatus => self.group_status(job, name).await,
         }
@@ -44,133 +48,14 @@ impl WorkerContext {
         })
     }
 
-    /// After a setting changed: schedules its revert when the command had a duration, and
-    /// replaces a pending revert of the same setting either way. Returns the sentences for
-    /// the reply and for the audit detail.
-    async fn after_change(
-        &self,
-        job: &Accepted,
-        chatid: &ChatId,
-        setting: &str,
-        value_set: u8,
-        revert_after: Option<u32>,
-    ) -> (String, String) {
-        let cid = job.conversation_id.clone();
-        let key = setting.to_owned();
-        // A read failure only costs the "replaces" sentence; the write below still replaces.
-        let previous = self
-            .ledger
-            .call(move |l| l.pending_reverts(Some(&cid)))
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .find(|j| j.setting == key);
-        let mut text = String::new();
-        let mut detail = String::new();
-        match revert_after {
-            Some(minutes) => {
-                // In the ledger's time, which every replica's timer compares it with.
-                let now = self.dingtalk.ledger_time().now_ms();
-                let after = self.revert_minute.saturating_mul(minutes);
-                let due_ms = now.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2));
-                let revert = RevertJob {
-                    id: 0,
-                    conversation_id: job.conversation_id.clone(),
-                    chat_id: chatid.clone(),
-                    setting: setting.to_owned(),
-                    value: 1 - value_set.min(1),
-                    due_ms,
-                    scheduled_by: who(
-                        job.sender_staff_id.as_deref().unwrap_or(""),
-                        job.sender_nick.as_deref(),
-                    ),
-                    scheduled_command: job.text.as_deref().unwrap_or("").trim().to_owned(),
-                    scheduled_ms: now,
-                };
-                self.write_until_landed("schedule a timed revert", move |l| {
-                    l.schedule_revert(&revert).map(|_| ())
-                })
-                .await;
-                text.push_str(&format!(" It reverts at {}.", self.local_time(due_ms)));
-                detail.push_str(&format!("; revert at {}", crate::clock::format_ms(due_ms)));
-            }
-            None if previous.is_some() => {
-                let (cid, key) = (job.conversation_id.clone(), setting.to_owned());
-                self.write_until_landed("cancel a timed revert", move |l| {
-                    l.cancel_revert(&cid, &key).map(|_| ())
-                })
-                .await;
-            }
-            None => {}
-        }
-        if let Some(p) = previous {
-            text.push_str(&format!(
-                " This replaces the revert that was due at {} (scheduled by {} with `{}`).",
-                self.local_time(p.due_ms),
-                p.scheduled_by,
-                p.scheduled_command
-            ));
-            detail.push_str(&format!("; replaced revert {}", p.id));
-        }
-        (text, detail)
-    }
-
-    async fn set_dm(&self, job: &Accepted, name: &str, prohibit: bool, revert_after: Option<u32>) -> Answer {
-        let chatid = match self.chatid_of(&job.conversation_id).await {
-            Ok(Some((chatid, _))) => chatid,
-            Ok(None) => return not_bound(name),
-            Err(e) => return ledger_failed(name, &e),
-        };
-        let cid = job.conversation_id.clone();
-        let previous = match self.ledger.call(move |l| l.dm_state(&cid)).await {
-            Ok(p) => p,
-            Err(e) => return ledger_failed(name, &e),
-        };
-        // Held until the pending revert of this setting is replaced (see lock_setting).
-        let _setting = self.lock_setting(&job.conversation_id, DM_SETTING).await;
-        if let Err(e) = self.dingtalk.set_friend_switch(&chatid, prohibit).await {
-            return failed(name, name, &e);
-        }
-        let state = DmState {
-            prohibited: prohibit,
-            set_by: job.sender_staff_id.clone().unwrap_or_default(),
-            set_by_nick: job.sender_nick.clone(),
-            set_ms: self.clock.now_ms(),
-        };
-        let cid = job.conversation_id.clone();
-        // DingTalk made the change: record it before anything else of this group happens.
-        self.write_until_landed("record the new DM state", move |l| l.set_dm_state(&cid, &state))
-            .await;
-        let (timed, timed_detail) = self
-            .after_change(job, &chatid, DM_SETTING, u8::from(prohibit), revert_after)
-            .await;
-        let mut text = if prohibit {
-            "Private chat is now forbidden in this group: members can no longer add each other as friends or chat privately.".to_owned()
-        } else {
-            "Private chat is allowed again in this group: members can add each other as friends and chat privately.".to_owned()
-        };
-        if let Some(p) = previous {
-            text.push_str(&format!(
-                " (dingops had last {} it: {} at {}.)",
-                if p.prohibited { "locked" } else { "unlocked" },
-                who(&p.set_by, p.set_by_nick.as_deref()),
-                format_ms(p.set_ms)
-            ));
-        }
-        text.push_str(&timed);
-        Answer::new(
-            name,
-            Outcome::Ok,
-            text,
-            format!("chatid {chatid} is_prohibit={prohibit}{timed_detail}"),
-        )
-    }
-
-    async fn set_switch(
+    /// Changes one setting through the governance core: with a duration the command is an
+    /// exception that ends at its time, without one it stands (or is refused when a policy
+    /// wants another value).
+    async fn set(
         &self,
         job: &Accepted,
         name: &str,
-        switch: GroupSwitch,
+        setting: Setting,
         value: u8,
         revert_after: Option<u32>,
     ) -> Answer {
@@ -179,20 +64,102 @@ impl WorkerContext {
             Ok(None) => return not_bound(name),
             Err(e) => return ledger_failed(name, &e),
         };
-        // Held until the pending revert of this setting is replaced (see lock_setting).
-        let _setting = self.lock_setting(&job.conversation_id, switch.field()).await;
-        if let Err(e) = self.dingtalk.update_group(&chatid, switch.field(), value).await {
-            return failed(name, name, &e);
+        // In the ledger's time, which every replica's timer compares it with.
+        let until_ms = revert_after.map(|minutes| {
+            let after = self.revert_minute.saturating_mul(minutes);
+            self.dingtalk
+                .ledger_time()
+                .now_ms()
+                .saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2))
+        });
+        let typed = job.text.as_deref().unwrap_or("").trim().to_owned();
+        let change = Change {
+            group: Group {
+                conversation_id: job.conversation_id.clone(),
+                chat_id: chatid.clone(),
+            },
+            items: vec![(
+                setting,
+                Ask::Chat {
+                    value,
+                    timed: until_ms.is_some(),
+                },
+            )],
+            by: Actor {
+                staff_id: job.sender_staff_id.clone().unwrap_or_default(),
+                nick: job.sender_nick.clone(),
+            },
+            via: Via::Chat,
+            command: typed.clone(),
+            until_ms,
+        };
+        let written = match self.governor.change(change).await {
+            Ok(mut w) if !w.is_empty() => w.remove(0),
+            Ok(_) => return panicked_like(name),
+            Err(ChangeError::Busy) => return busy(name),
+            Err(ChangeError::Ledger(e)) => return ledger_failed(name, &e),
+        };
+        if let Decision::Refused(rule) = &written.decision {
+            return refused_by_policy(name, setting, rule, &typed);
         }
-        let (timed, timed_detail) = self
-            .after_change(job, &chatid, switch.field(), value, revert_after)
-            .await;
-        Answer::new(
-            name,
-            Outcome::Ok,
-            format!("{} is now {}.{timed}", switch.label(), switch.describe(value)),
-            format!("chatid {chatid} {}={value}{timed_detail}", switch.field()),
-        )
+        if let Some(e) = &written.error {
+            return failed(name, name, e);
+        }
+        let mut text = match setting {
+            Setting::Dm if value == 1 => "Private chat is now forbidden in this group: members can no longer add each other as friends or chat privately.".to_owned(),
+            Setting::Dm => "Private chat is allowed again in this group: members can add each other as friends and chat privately.".to_owned(),
+            Setting::Switch(s) => format!("{} is now {}.", s.label(), s.describe(value)),
+        };
+        match (&written.previous, setting) {
+            (Some(p), Setting::Dm) => text.push_str(&format!(
+                " (dingops had last {} it: {} at {}.)",
+                if p.value == 1 { "locked" } else { "unlocked" },
+                who(&p.set_by, p.set_by_nick.as_deref()),
+                format_ms(p.set_ms)
+            )),
+            (Some(p), Setting::Switch(s)) if p.value == value => text.push_str(&format!(
+                " It already was {} (set by {} at {}), so nothing changed.",
+                s.describe(value),
+                who(&p.set_by, p.set_by_nick.as_deref()),
+                format_ms(p.set_ms)
+            )),
+            _ => {}
+        }
+        let mut detail = match setting {
+            Setting::Dm => format!("chatid {chatid} is_prohibit={}", value == 1),
+            Setting::Switch(s) => format!("chatid {chatid} {}={value}", s.field()),
+        };
+        if let Some(job) = &written.scheduled {
+            let back = match (&written.policy, job.restore) {
+                (Some(p), _) => format!(
+                    "to the policy's value, {} (rule {}). Until then the policy leaves it alone",
+                    setting.describe(p.value),
+                    p.rule
+                ),
+                (None, RevertRestore::Before) => {
+                    format!("to {}, as it was before", setting.describe(job.value))
+                }
+                (None, RevertRestore::Unknown) => format!(
+                    "to {}: dingops does not know what it was before",
+                    setting.describe(job.value)
+                ),
+            };
+            text.push_str(&format!(
+                " It reverts at {}, {back}.",
+                self.local_time(job.due_ms)
+            ));
+            detail.push_str(&format!("; revert at {}", format_ms(job.due_ms)));
+        }
+        if let Some(p) = &written.replaced {
+            text.push_str(&format!(
+                " This replaces the revert that was due at {} (scheduled by {} with `{}`).",
+                self.local_time(p.due_ms),
+                p.scheduled_by,
+                p.scheduled_command
+            ));
+            detail.push_str(&format!("; replaced revert {}", p.id));
+        }
+        Answer::new(name, Outcome::Ok, text, detail)
     }
 
     /// The group's settings as DingTalk has them now (`chat/get`), and the DM switch from
@@ -212,6 +179,24 @@ impl WorkerContext {
             Ok(s) => s,
             Err(e) => return ledger_failed(name, &e),
         };
+        let desired = match self.governor.desired(&job.conversation_id, Some(&chatid)).await {
+            Ok(d) => d,
+            Err(e) => return ledger_failed(name, &e),
+        };
+        let mark = |setting: Setting| match desired.get(&setting) {
+            Some(Desired {
+                exception: Some(e), ..
+            }) => format!(
+                " (exception until {} by {}, `{}`)",
+                self.local_time(e.until_ms),
+                e.by,
+                e.command
+            ),
+            Some(Desired { policy: Some(p), .. }) => {
+                format!(" (policy rule {}: {})", p.rule, setting.describe(p.value))
+            }
+            _ => String::new(),
+        };
         let status = match info.status {
             1 => "normal",
             2 => "disbanded",
@@ -227,16 +212,24 @@ impl WorkerContext {
                 Some(v) => format!("unknown value {v}"),
                 None => "not reported by DingTalk".to_owned(),
             };
-            lines.push(format!("- {}: {value}", switch.label()));
+            lines.push(format!(
+                "- {}: {value}{}",
+                switch.label(),
+                mark(Setting::Switch(switch))
+            ));
         }
         lines.push(match dm {
             Some(s) => format!(
-                "- Private chat: {}, set by {} at {} through dingops (DingTalk has no API to read it back).",
+                "- Private chat: {}, set by {} at {} through dingops (DingTalk has no API to read it back).{}",
                 if s.prohibited { "forbidden" } else { "allowed" },
                 who(&s.set_by, s.set_by_nick.as_deref()),
-                format_ms(s.set_ms)
+                format_ms(s.set_ms),
+                mark(Setting::Dm)
             ),
-            None => "- Private chat: dingops has not changed it (DingTalk has no API to read it).".to_owned(),
+            None => format!(
+                "- Private chat: dingops has not changed it (DingTalk has no API to read it).{}",
+                mark(Setting::Dm)
+            ),
         });
         let cid = job.conversation_id.clone();
         let reverts = match self.ledger.call(move |l| l.pending_reverts(Some(&cid))).await {
@@ -347,6 +340,43 @@ pub(super) fn setting_value(setting: &str, value: u8) -> &'static str {
         None if value == 1 => "forbidden",
         None => "allowed",
     }
+}
+
+/// ⛔: an untimed command that wants another value than the policy's.
+fn refused_by_policy(name: &str, setting: Setting, rule: &PolicyWant, typed: &str) -> Answer {
+    let example = if typed.is_empty() { name } else { typed };
+    Answer::new(
+        name,
+        Outcome::Refused,
+        format!(
+            "The policy keeps {} {} in this group (rule {}, {}). To make a temporary exception, give a duration, e.g. `{example} 2h`; at its end the setting returns to the policy's value.",
+            setting.label().to_lowercase(),
+            setting.describe(rule.value),
+            rule.rule,
+            rule.selector
+        ),
+        format!("refused by policy rule {}", rule.rule),
+    )
+}
+
+/// ❌: another writer held the setting for longer than a change waits.
+fn busy(name: &str) -> Answer {
+    Answer::new(
+        name,
+        Outcome::Failed,
+        "Another change of this setting is under way (a policy run or a timed revert); try again in a moment.",
+        "setting busy",
+    )
+}
+
+/// ❌: the core answered nothing for the one setting asked (it always does).
+fn panicked_like(name: &str) -> Answer {
+    Answer::new(
+        name,
+        Outcome::Failed,
+        "dingops hit an internal error running this command; the operators have been told in the log. Try again later.",
+        "internal error: no outcome for the setting",
+    )
 }
 
 fn not_bound(name: &str) -> Answer {

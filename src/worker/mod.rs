@@ -24,6 +24,7 @@ use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
 use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending, ReplyHosts};
+use crate::governance::{Governor, PolicyCell, Recorder};
 use crate::ledger::{Ledger, LedgerError, LedgerFuture, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
 
@@ -43,12 +44,9 @@ pub struct WorkerContext {
     timezone: jiff::tz::TimeZone,
     /// How long one minute of a timed revert lasts (shortened only by the demo and tests).
     revert_minute: Duration,
-    /// One lock per setting of a group, held by a switch command from its DingTalk call
-    /// until its revert is replaced, and by the scheduler from claiming a revert until it
-    /// ran: a revert and a newer command on the same setting never overlap, so the newer
-    /// command's value is the one that stays. Across replicas the group's lease does the
-    /// same: a group's commands and its reverts run on the replica that holds it.
-    setting_locks: SettingLocks,
+    /// The one write path of a group setting, shared with the timer (and, in `serve`, the
+    /// policy in force).
+    governor: Arc<Governor>,
     /// The groups this replica holds among the replicas sharing the ledger.
     leases: Arc<Leases>,
     /// Where the worker, its pool, its leases and its timer read the time.
@@ -57,35 +55,6 @@ pub struct WorkerContext {
     /// panic there.
     #[cfg(test)]
     before_answer: Option<fn(&Accepted)>,
-}
-
-/// A group's openConversationId and a setting's name.
-type SettingKey = (String, String);
-
-/// The per-setting locks of [`WorkerContext::lock_setting`].
-#[derive(Default)]
-struct SettingLocks(std::sync::Mutex<std::collections::HashMap<SettingKey, Arc<tokio::sync::Mutex<()>>>>);
-
-/// First wait before a failed ledger write of a running command is tried again; it doubles
-/// up to [`LEDGER_RETRY_MAX`].
-const LEDGER_RETRY_FIRST: Duration = Duration::from_millis(50);
-const LEDGER_RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// Keeps `dingops_ledger_writes_retrying` raised while a command waits for its write,
-/// however that wait ends (the write lands, or shutdown drops the command).
-struct Retrying<'a>(&'a Metrics);
-
-impl<'a> Retrying<'a> {
-    fn start(metrics: &'a Metrics) -> Self {
-        metrics.ledger_writes_retrying.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for Retrying<'_> {
-    fn drop(&mut self) {
-        self.0.ledger_writes_retrying.dec();
-    }
 }
 
 /// The ❌ answer of a command that panicked; the panic itself went to the log.
@@ -155,6 +124,14 @@ impl WorkerContext {
             Sharing::Alone(_) => Leases::solo(ledger.clone(), holder, ttl, clock.clone()),
             Sharing::Replicas => Leases::shared(ledger.clone(), holder, ttl, clock.clone()),
         };
+        let governor = Arc::new(Governor::new(
+            Arc::clone(&dingtalk),
+            ledger.clone(),
+            Arc::new(PolicyCell::fixed(None)),
+            Arc::new(settings.groups.clone()),
+            Recorder::new(ledger.clone(), Arc::clone(&metrics)),
+            leases.holder().to_owned(),
+        ));
         Self {
             ledger: ledger.clone(),
             dingtalk,
@@ -164,16 +141,35 @@ impl WorkerContext {
                 settings.admin_commands_per_minute,
             ),
             reply_hosts: settings.reply_hosts.clone(),
+            governor,
             static_groups: settings.groups.clone(),
             metrics,
             timezone: settings.timezone.clone(),
             revert_minute: settings.revert_minute,
-            setting_locks: SettingLocks::default(),
             leases: Arc::new(leases),
             clock,
             #[cfg(test)]
             before_answer: None,
         }
+    }
+
+    /// This worker with `policy` in force: chat commands against it are refused or make
+    /// exceptions, and the ends of exceptions restore its values.
+    pub fn with_policy(mut self, policy: Arc<PolicyCell>) -> Self {
+        self.governor = Arc::new(Governor::new(
+            Arc::clone(&self.dingtalk),
+            self.ledger.clone(),
+            policy,
+            Arc::new(self.static_groups.clone()),
+            Recorder::new(self.ledger.clone(), Arc::clone(&self.metrics)),
+            self.leases.holder().to_owned(),
+        ));
+        self
+    }
+
+    /// The governance core this worker changes settings through.
+    pub fn governor(&self) -> &Arc<Governor> {
+        &self.governor
     }
 
     /// The clock the worker reads the time by.
@@ -205,71 +201,23 @@ impl WorkerContext {
         }
     }
 
-    /// Waits for, and holds, the lock of `setting` in the group `conversation_id`.
-    pub(crate) async fn lock_setting(
-        &self,
-        conversation_id: &str,
-        setting: &str,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self.setting_locks.0.lock().unwrap_or_else(|p| p.into_inner());
-            // Drop the locks nobody holds or waits for, so the map stays as small as the
-            // settings in use.
-            map.retain(|_, l| Arc::strong_count(l) > 1);
-            map.entry((conversation_id.to_owned(), setting.to_owned()))
-                .or_default()
-                .clone()
-        };
-        lock.lock_owned().await
-    }
-
     /// Runs a ledger write of a running command until it lands: a command whose DingTalk
     /// call happened must have it on record before its reply goes out, and its group's next
-    /// command waits until it has. Each retry is counted; while one is pending `/readyz`
-    /// says not ready.
+    /// command waits until it has (the core's one retry rule, [`Recorder`]).
     async fn write_until_landed<F>(&self, what: &'static str, write: F)
     where
         F: Fn(&dyn Ledger) -> Result<(), LedgerError> + Send + Sync + 'static,
     {
-        let write = Arc::new(write);
-        self.until_landed(what, move |ledger| {
-            let attempt = Arc::clone(&write);
-            ledger.call(move |l| attempt(l))
-        })
-        .await;
+        self.governor.recorder().until_landed(what, write).await
     }
 
     /// [`WorkerContext::write_until_landed`] of a write the ledger handle awaits itself
-    /// (the hot path's: a command's answer and its end).
+    /// (an answer, a finish: the hot path, which PostgreSQL runs on its own runtime).
     async fn until_landed<F>(&self, what: &'static str, write: F)
     where
         F: Fn(&LedgerHandle) -> LedgerFuture<()>,
     {
-        let mut wait = LEDGER_RETRY_FIRST;
-        let mut retrying: Option<Retrying<'_>> = None;
-        let mut retries: u64 = 0;
-        loop {
-            match write(&self.ledger).await {
-                Ok(()) => {
-                    if retrying.is_some() {
-                        tracing::info!(retries, what, "ledger write landed after retries");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    if retrying.is_none() {
-                        retrying = Some(Retrying::start(&self.metrics));
-                        tracing::error!(error = %e, what, "ledger write failed; retrying until it lands");
-                    } else {
-                        tracing::warn!(error = %e, what, retries, "ledger write failed again");
-                    }
-                }
-            }
-            retries = retries.saturating_add(1);
-            self.metrics.ledger_write_retries.inc();
-            tokio::time::sleep(wait).await;
-            wait = wait.saturating_mul(2).min(LEDGER_RETRY_MAX);
-        }
+        self.governor.recorder().until_landed_async(what, write).await
     }
 
     /// `ms` as a local time in the configured `timezone`, e.g. `2026-11-27 15:30 CST
@@ -418,6 +366,12 @@ mod tests {
 
     /// A worker over an in-memory ledger whose DingTalk is a closed loopback port: any call
     /// to it fails, so a decision that needs none is visible as a non-`Failed` answer.
+    /// `ctx` with its governance core rebuilt on the ledger it was given (a test that swaps
+    /// the ledger of [`worker`]'s context wants the core to write there too).
+    pub(super) fn rewired(ctx: WorkerContext) -> WorkerContext {
+        ctx.with_policy(Arc::new(crate::governance::PolicyCell::fixed(None)))
+    }
+
     pub(super) fn worker(ledger: MemoryLedger, extra: &[(&str, &str)]) -> WorkerContext {
         let env: HashMap<String, String> = [
             ("DINGOPS_APP_KEY", "k"),
@@ -591,10 +545,10 @@ mod tests {
         let job = typed("member", "/help");
         ledger.accept(&job).unwrap();
         // The test keeps a handle on the ledger the worker writes to.
-        let w = WorkerContext {
+        let w = rewired(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
             ..worker(MemoryLedger::new(), &[])
-        };
+        });
         w.process(
             &Pending {
                 accepted: job,
@@ -646,11 +600,11 @@ mod tests {
         second.msg_id = "m-next".into();
         ledger.accept(&first).unwrap();
         ledger.accept(&second).unwrap();
-        let w = WorkerContext {
+        let w = rewired(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
             before_answer: Some(boom),
             ..worker(MemoryLedger::new(), &[])
-        };
+        });
         // One running slot and one group: a leaked slot or a stuck group would stall the second.
         drain(w, &ledger, "the group stalled after a panic").await;
         let rows = ledger.history(None, None, 10).unwrap();
@@ -682,11 +636,11 @@ mod tests {
         ledger.accept(&stale).unwrap();
         ledger.accept(&live).unwrap();
         // The worker starts at 2 500 000 by its clock: between the two sessions' ends.
-        let w = WorkerContext {
+        let w = rewired(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
             clock: crate::clock::ManualClock::at(2_500_000),
             ..worker(MemoryLedger::new(), &[])
-        };
+        });
         drain(w, &ledger, "the commands never finished").await;
         let rows = ledger.history(None, None, 10).unwrap();
         let detail = |id: &str| rows.iter().find(|r| r.msg_id == id).unwrap().detail.clone();

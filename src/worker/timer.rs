@@ -25,11 +25,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::WorkerContext;
-use super::commands::{setting_label, setting_value};
 use super::group_leases::Borrowed;
 use crate::dingtalk::ApiError;
 use crate::dingtalk::advice;
-use crate::domain::{DM_SETTING, Delivery, DmState, Outcome, RevertJob};
+use crate::domain::{Delivery, Outcome, RevertJob, RevertRestore};
+use crate::governance::{Actor, Ask, Change, Decision, Group, Restore, Setting, Via, Written};
 use crate::ledger::{AuditRow, RevertState};
 
 /// Who the audit names for a revert.
@@ -189,9 +189,8 @@ impl WorkerContext {
         _in_flight: InFlight,
     ) {
         let id = job.id;
-        // A newer command on this setting that is under way finishes first; if it replaced
-        // this revert, the claim below fails and the revert does not run.
-        let _setting = self.lock_setting(&job.conversation_id, &job.setting).await;
+        // A newer command that replaced this revert meanwhile makes the claim fail; one that
+        // replaces it after the claim is seen by the core, which then leaves the setting alone.
         match self.ledger.call(move |l| l.claim_revert(id)).await {
             Ok(true) => {
                 // A bug in one revert must not end the scheduler: that revert is recorded
@@ -213,23 +212,70 @@ impl WorkerContext {
 
     #[tracing::instrument(skip_all, fields(revert = job.id, group = %job.conversation_id, setting = %job.setting))]
     async fn revert(&self, job: RevertJob) {
-        let change = async {
-            if job.setting == DM_SETTING {
-                self.dingtalk
-                    .set_friend_switch(&job.chat_id, job.value == 1)
-                    .await
-            } else {
-                self.dingtalk
-                    .update_group(&job.chat_id, &job.setting, job.value)
-                    .await
+        let Some(setting) = Setting::from_stored(&job.setting) else {
+            tracing::error!(setting = %job.setting, "a timed revert names no setting dingops knows; recorded failed");
+            let (id, clock) = (job.id, Arc::clone(&self.clock));
+            self.write_until_landed("finish a timed revert of an unknown setting", move |l| {
+                l.finish_revert(id, RevertState::Failed, "failed", clock.now_ms())
+            })
+            .await;
+            return;
+        };
+        let change = Change {
+            group: Group {
+                conversation_id: job.conversation_id.clone(),
+                chat_id: job.chat_id.clone(),
+            },
+            items: vec![(
+                setting,
+                Ask::Revert {
+                    revert_id: job.id,
+                    before: (job.restore == RevertRestore::Before).then_some(job.value),
+                    fallback: job.value,
+                },
+            )],
+            by: Actor::named(TIMER),
+            via: Via::Revert,
+            command: format!("revert of {}", job.scheduled_command),
+            until_ms: None,
+        };
+        let through_core = async {
+            match self.governor.change(change).await {
+                Ok(mut w) if !w.is_empty() => Ok(w.remove(0)),
+                Ok(_) => Err(ApiError::Decode("the core answered no outcome".into())),
+                // The ledger or a concurrent writer held it up: like a failed call, the
+                // revert is recorded failed and the group told.
+                Err(e) => Err(ApiError::Transport(e.to_string())),
             }
         };
-        let result = self.within_deadline("the change", change).await;
-        let what = format!(
-            "{} back to {}",
-            setting_label(&job.setting),
-            setting_value(&job.setting, job.value)
-        );
+        let written = self.within_deadline("the change", through_core).await;
+        let (value, because) = match &written {
+            Ok(Written {
+                decision: Decision::Superseded,
+                ..
+            }) => {
+                tracing::info!("a timed revert was replaced while it was due; it did not run");
+                return;
+            }
+            Ok(Written {
+                decision: Decision::Write { value, restore },
+                ..
+            }) => (*value, restore.clone()),
+            _ => (job.value, None),
+        };
+        let result = match written {
+            Ok(w) => w.error.map_or(Ok(()), Err),
+            Err(e) => Err(e),
+        };
+        let because = match because {
+            Some(Restore::Policy(p)) => format!(", the policy's value (rule {})", p.rule),
+            Some(Restore::Before) => ", as it was before the command".to_owned(),
+            Some(Restore::Unknown) => {
+                ", the opposite of the command (dingops did not know the value before it)".to_owned()
+            }
+            None => String::new(),
+        };
+        let what = format!("{} back to {}{because}", setting.label(), setting.describe(value));
         let origin = format!(
             "scheduled by {} with `{}`",
             job.scheduled_by, job.scheduled_command
@@ -240,7 +286,7 @@ impl WorkerContext {
                 format!("Timed revert: {what} ({origin})."),
                 RevertState::Done,
                 None,
-                format!("chatid {} {}={}", job.chat_id, job.setting, job.value),
+                format!("chatid {} {}={}", job.chat_id, job.setting, value),
             ),
             Err(e) => (
                 Outcome::Failed,
@@ -255,21 +301,6 @@ impl WorkerContext {
             ),
         };
         tracing::info!(outcome = outcome.as_str(), "timed revert ran");
-        if result.is_ok() && job.setting == DM_SETTING {
-            let (cid, state) = (
-                job.conversation_id.clone(),
-                DmState {
-                    prohibited: job.value == 1,
-                    set_by: TIMER.to_owned(),
-                    set_by_nick: None,
-                    set_ms: self.clock.now_ms(),
-                },
-            );
-            self.write_until_landed("record the DM state a revert set", move |l| {
-                l.set_dm_state(&cid, &state)
-            })
-            .await;
-        }
         let (id, short, clock) = (job.id, outcome.as_str().to_owned(), Arc::clone(&self.clock));
         self.write_until_landed("finish a timed revert", move |l| {
             l.finish_revert(id, state, &short, clock.now_ms())
@@ -349,7 +380,7 @@ fn audit_row(
 mod tests {
     use super::*;
     use crate::domain::ChatId;
-    use crate::ledger::{LedgerHandle, MemoryLedger, SettingStore as _};
+    use crate::ledger::{LeaseStore as _, LedgerHandle, MemoryLedger, SettingStore as _};
 
     /// The revert of a `/mute-all 1m` in `cidG==`, scheduled at `scheduled_ms`, due at `due_ms`.
     fn mute_revert(due_ms: u64, scheduled_ms: u64) -> RevertJob {
@@ -359,6 +390,8 @@ mod tests {
             chat_id: ChatId::parse("chatg1").unwrap(),
             setting: "chatBannedType".into(),
             value: 0,
+            set_value: 1,
+            restore: RevertRestore::Before,
             due_ms,
             scheduled_by: "Ada (boss)".into(),
             scheduled_command: "/mute-all 1m".into(),
@@ -371,17 +404,19 @@ mod tests {
         let ledger = Arc::new(MemoryLedger::new());
         ledger.schedule_revert(&mute_revert(1, 0)).unwrap();
         // DingTalk is a closed port: the revert fails at once once it runs.
-        let ctx = Arc::new(WorkerContext {
+        let ctx = Arc::new(super::super::tests::rewired(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
             ..super::super::tests::worker(MemoryLedger::new(), &[])
-        });
-        // A command on the setting is under way: the revert waits for it, under way itself.
-        let command = ctx.lock_setting("cidG==", "chatBannedType").await;
+        }));
+        // Another writer holds the setting (a command under way): the revert waits for it,
+        // under way itself.
+        let setting = "setting:cidG==:chatBannedType";
+        assert!(ledger.try_lease(setting, "another writer", 60_000).unwrap());
         let mut scheduler = Scheduler::new(Arc::clone(&ctx));
         assert_eq!(scheduler.start_due().await, 1);
         assert_eq!(scheduler.start_due().await, 0, "the revert is still under way");
         assert_eq!(scheduler.start_due().await, 0, "the revert is still under way");
-        drop(command);
+        ledger.release_lease(setting, "another writer").unwrap();
         // It runs (and fails), and is no longer under way once its task ended.
         let end = tokio::time::Instant::now() + Duration::from_secs(10);
         while scheduler.under_way(1) {
@@ -400,11 +435,11 @@ mod tests {
         ledger
             .schedule_revert(&mute_revert(1_060_000, 1_000_000))
             .unwrap();
-        let ctx = Arc::new(WorkerContext {
+        let ctx = Arc::new(super::super::tests::rewired(WorkerContext {
             ledger: LedgerHandle::shared(ledger.clone()),
             clock: clock.clone(),
             ..super::super::tests::worker(MemoryLedger::new(), &[])
-        });
+        }));
         let mut scheduler = Scheduler::new(Arc::clone(&ctx));
         ctx.measure_ledger_clock().await;
         assert_eq!(scheduler.start_due().await, 0, "due in a minute");

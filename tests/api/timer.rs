@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dingops::clock::now_ms;
-use dingops::domain::{ChatId, RevertJob};
+use dingops::domain::{ChatId, RevertJob, RevertRestore};
 use dingops::ledger::prelude::*;
 use dingops::ledger::{AuditRow, SqliteLedger};
 use dingtalk_sim::{Fault, RecordedCall, RecordedReply, Simulator, api};
@@ -27,6 +27,8 @@ fn ledger_with_reverts(groups: &[(String, String)], due_ms: u64) -> Arc<tempfile
                 chat_id: ChatId::parse(chatid).unwrap(),
                 setting: "chatBannedType".into(),
                 value: 0,
+                set_value: 1,
+                restore: RevertRestore::Before,
                 due_ms,
                 scheduled_by: "Ada (admin01)".into(),
                 scheduled_command: "/mute-all 1m".into(),

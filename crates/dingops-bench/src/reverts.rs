@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dingops::domain::{ChatId, RevertJob};
+use dingops::domain::{ChatId, RevertJob, RevertRestore};
 use dingops::ledger::SqliteLedger;
 use dingops::ledger::prelude::*;
 use dingtalk_sim::{Fault, SimConfig, api};
@@ -48,6 +48,8 @@ async fn run_in(opts: &RevertsOptions, exe: &Path, dir: &Path, out: &mut dyn Wri
                 chat_id: ChatId::parse(chat).map_err(|e| anyhow::anyhow!("{chat}: {e}"))?,
                 setting: "chatBannedType".into(),
                 value: 0,
+                set_value: 1,
+                restore: RevertRestore::Before,
                 due_ms,
                 scheduled_by: "dingops-bench".into(),
                 scheduled_command: "/mute-all 1m".into(),

@@ -98,6 +98,27 @@ CREATE INDEX call_slots_by_api ON call_slots (api, slot_ms);",
     holder   TEXT NOT NULL,
     until_ms BIGINT NOT NULL
 );",
+    // The governance core: what dingops knows of each of the seven settings of a group (the
+    // DM switch's state moves here from `dm_state`), and for each timed command the value it
+    // set and whether its end restores the value before it.
+    "CREATE TABLE group_settings (
+    conversation_id TEXT COLLATE \"C\" NOT NULL,
+    setting         TEXT COLLATE \"C\" NOT NULL,
+    value           SMALLINT NOT NULL,
+    set_by          TEXT NOT NULL,
+    set_by_nick     TEXT,
+    via             TEXT NOT NULL,
+    set_ms          BIGINT NOT NULL,
+    PRIMARY KEY (conversation_id, setting)
+);
+INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+    SELECT conversation_id, 'dm', CASE WHEN prohibited THEN 1 ELSE 0 END, set_by, set_by_nick,
+           CASE set_by WHEN 'policy' THEN 'apply' WHEN 'dingops (timer)' THEN 'revert' ELSE 'chat' END,
+           set_ms
+    FROM dm_state;
+DROP TABLE dm_state;
+ALTER TABLE jobs ADD COLUMN set_value SMALLINT;
+ALTER TABLE jobs ADD COLUMN restore TEXT NOT NULL DEFAULT 'unknown';",
 ];
 
 /// The version a database has after all steps.

@@ -28,7 +28,7 @@ use tokio_postgres::Row;
 
 use self::pool::{Connector, Pool, Session};
 use super::rows::{
-    Cells, RowError, audit_from_row, binding_from_row, department_from_row, dm_state_from_row, job_from_row,
+    Cells, RowError, audit_from_row, binding_from_row, department_from_row, job_from_row, known_from_row,
     pending_from_row, to_i64, to_u64,
 };
 use super::{
@@ -36,7 +36,7 @@ use super::{
     RateBudget, RevertState, SettingStore, Slot,
 };
 use crate::clock::Clock;
-use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, KnownValue, Pending, RevertJob};
 
 /// Connections for reads and short writes (the writer has one more of its own).
 const POOL_SIZE: usize = 8;
@@ -236,6 +236,9 @@ impl Cells for Row {
     }
     fn small(&self, i: usize) -> Result<i64, Self::Error> {
         self.try_get::<_, i16>(i).map(i64::from)
+    }
+    fn opt_small(&self, i: usize) -> Result<Option<i64>, Self::Error> {
+        Ok(self.try_get::<_, Option<i16>>(i)?.map(i64::from))
     }
     fn flag(&self, i: usize) -> Result<bool, Self::Error> {
         self.try_get(i)

@@ -279,45 +279,54 @@ impl BindingStore for PostgresLedger {
 }
 
 impl SettingStore for PostgresLedger {
-    fn dm_state(&self, conversation_id: &str) -> Result<Option<DmState>, LedgerError> {
+    fn known_settings(&self, conversation_id: &str) -> Result<Vec<(String, KnownValue)>, LedgerError> {
         let cid = conversation_id.to_owned();
-        self.with("dm_state", move |mut c| async move {
-            let found = c
-                .query_opt(
+        self.with("known_settings", move |mut c| async move {
+            let rows = c
+                .query(
                     concat!(
                         "SELECT ",
-                        dm_state_columns!(),
-                        " FROM dm_state WHERE conversation_id = $1"
+                        known_columns!(),
+                        " FROM group_settings WHERE conversation_id = $1 ORDER BY setting"
                     ),
                     &[&cid],
                 )
                 .await
-                .map_err(pg("dm_state"))?;
-            let state = found
-                .map(|r| dm_state_from_row(&r).map_err(unmapped("dm_state")))
-                .transpose()?;
-            Ok((state, c))
+                .map_err(pg("known_settings"))?;
+            let known = rows
+                .iter()
+                .map(|r| known_from_row(r).map_err(unmapped("known_settings")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((known, c))
         })
     }
 
-    fn set_dm_state(&self, conversation_id: &str, st: &DmState) -> Result<(), LedgerError> {
-        let (cid, st) = (conversation_id.to_owned(), st.clone());
-        self.with("set_dm_state", move |mut c| async move {
+    fn record_setting(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        k: &KnownValue,
+    ) -> Result<(), LedgerError> {
+        let (cid, setting, k) = (conversation_id.to_owned(), setting.to_owned(), k.clone());
+        self.with("record_setting", move |mut c| async move {
             c.execute(
-                "INSERT INTO dm_state (conversation_id, prohibited, set_by, set_by_nick, set_ms)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (conversation_id) DO UPDATE SET prohibited = excluded.prohibited,
-                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, set_ms = excluded.set_ms",
+                "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (conversation_id, setting) DO UPDATE SET value = excluded.value,
+                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+                 set_ms = excluded.set_ms",
                 &[
                     &text(&cid),
-                    &st.prohibited,
-                    &text(&st.set_by),
-                    &opt_text(&st.set_by_nick),
-                    &to_i64(st.set_ms),
+                    &text(&setting),
+                    &i16::from(k.value),
+                    &text(&k.set_by),
+                    &opt_text(&k.set_by_nick),
+                    &text(&k.via),
+                    &to_i64(k.set_ms),
                 ],
             )
             .await
-            .map_err(pg("set_dm_state"))?;
+            .map_err(pg("record_setting"))?;
             Ok(((), c))
         })
     }
@@ -330,7 +339,8 @@ impl SettingStore for PostgresLedger {
                 replace_pending(&tx, &job.conversation_id, &job.setting, to_i64(job.scheduled_ms)).await?;
             tx.execute(
                 "INSERT INTO jobs (conversation_id, chat_id, setting, value, due_ms, scheduled_by,
-                 scheduled_command, scheduled_ms, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending')",
+                 scheduled_command, scheduled_ms, set_value, restore, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending')",
                 &[
                     &text(&job.conversation_id),
                     &job.chat_id.as_str(),
@@ -340,6 +350,8 @@ impl SettingStore for PostgresLedger {
                     &text(&job.scheduled_by),
                     &text(&job.scheduled_command),
                     &to_i64(job.scheduled_ms),
+                    &i16::from(job.set_value),
+                    &job.restore.as_str(),
                 ],
             )
             .await

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{
-    Cells, RowError, audit_from_row, binding_from_row, department_from_row, dm_state_from_row, job_from_row,
+    Cells, RowError, audit_from_row, binding_from_row, department_from_row, job_from_row, known_from_row,
     pending_from_row, to_i64, to_u64,
 };
 use super::{
@@ -26,7 +26,7 @@ use super::{
     RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot, sql,
 };
 use crate::clock::{Clock, SystemClock};
-use crate::domain::{Accepted, Answer, Binding, Delivery, Department, DmState, Pending, RevertJob};
+use crate::domain::{Accepted, Answer, Binding, Delivery, Department, KnownValue, Pending, RevertJob};
 
 /// The SQLite ledger (WAL journal).
 ///
@@ -189,6 +189,9 @@ impl Cells for rusqlite::Row<'_> {
         self.get(i)
     }
     fn small(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
+    }
+    fn opt_small(&self, i: usize) -> rusqlite::Result<Option<i64>> {
         self.get(i)
     }
     fn flag(&self, i: usize) -> rusqlite::Result<bool> {

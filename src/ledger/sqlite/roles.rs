@@ -356,39 +356,42 @@ impl BindingStore for SqliteLedger {
 }
 
 impl SettingStore for SqliteLedger {
-    fn dm_state(&self, cid: &str) -> Result<Option<DmState>, LedgerError> {
+    fn known_settings(&self, cid: &str) -> Result<Vec<(String, KnownValue)>, LedgerError> {
         self.with(|conn| {
-            conn.query_row(
-                concat!(
+            let mut st = conn
+                .prepare_cached(concat!(
                     "SELECT ",
-                    dm_state_columns!(),
-                    " FROM dm_state WHERE conversation_id = ?1"
-                ),
-                params![cid],
-                |r| cells(dm_state_from_row(r)),
-            )
-            .optional()
-            .map_err(sql("dm_state"))
+                    known_columns!(),
+                    " FROM group_settings WHERE conversation_id = ?1 ORDER BY setting"
+                ))
+                .map_err(sql("known_settings"))?;
+            let rows = st
+                .query_map(params![cid], |r| cells(known_from_row(r)))
+                .map_err(sql("known_settings"))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql("known_settings"))
         })
     }
 
-    fn set_dm_state(&self, cid: &str, s: &DmState) -> Result<(), LedgerError> {
-        let (cid, s) = (cid.to_owned(), s.clone());
+    fn record_setting(&self, cid: &str, setting: &str, k: &KnownValue) -> Result<(), LedgerError> {
+        let (cid, setting, k) = (cid.to_owned(), setting.to_owned(), k.clone());
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO dm_state (conversation_id, prohibited, set_by, set_by_nick, set_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(conversation_id) DO UPDATE SET prohibited = excluded.prohibited,
-                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, set_ms = excluded.set_ms",
+                "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(conversation_id, setting) DO UPDATE SET value = excluded.value,
+                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+                 set_ms = excluded.set_ms",
                 params![
                     cid,
-                    s.prohibited as i64,
-                    s.set_by,
-                    s.set_by_nick,
-                    to_i64(s.set_ms)
+                    setting,
+                    i64::from(k.value),
+                    k.set_by,
+                    k.set_by_nick,
+                    k.via,
+                    to_i64(k.set_ms)
                 ],
             )
-            .map_err(sql("set_dm_state"))?;
+            .map_err(sql("record_setting"))?;
             Ok(())
         })
     }
@@ -411,7 +414,8 @@ impl SettingStore for SqliteLedger {
             .map_err(sql("replace revert"))?;
             conn.prepare_cached(
                 "INSERT INTO jobs (conversation_id, chat_id, setting, value, due_ms, scheduled_by,
-                 scheduled_command, scheduled_ms, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending')",
+                 scheduled_command, scheduled_ms, set_value, restore, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -423,6 +427,8 @@ impl SettingStore for SqliteLedger {
                     job.scheduled_by,
                     job.scheduled_command,
                     to_i64(job.scheduled_ms),
+                    i64::from(job.set_value),
+                    job.restore.as_str(),
                 ])
             })
             .map_err(sql("schedule revert"))?;

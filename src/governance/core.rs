@@ -1,0 +1,468 @@
+//! The one write path of a group setting. Whoever asks (a chat command, the end of a timed
+//! command, `apply`, reconcile) hands the core a [`Change`]; the core
+//!
+//! 1. serialises it per (group, setting) across processes and replicas, through leases in
+//!    the ledger (`setting:<openConversationId>:<setting>`), so that `dingops apply` in one
+//!    process and a chat command in `serve` never interleave on one setting;
+//! 2. reads what the setting should be under that serialisation (the policy in force, the
+//!    exception in force) and decides ([`super::desired`]); a policy write decided from a
+//!    stale plan is dropped, not sent;
+//! 3. calls DingTalk (the client reserves the rate budget and the monthly quota);
+//! 4. records the new value of each setting it wrote (who, when, through what) and makes,
+//!    replaces or cancels the exception (the pending revert), every record retried until it
+//!    lands.
+//!
+//! See docs/architecture.md, "The governance core".
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::desired::{Ask, Decision, Desired, Exception, PolicyWant};
+use super::record::Recorder;
+use super::reload::PolicyCell;
+use super::setting::Setting;
+use crate::dingtalk::{ApiError, DingTalk};
+use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
+use crate::ledger::{LedgerError, LedgerHandle};
+
+/// Through what a setting was changed: recorded with its value and shown by `/group-status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Chat,
+    Revert,
+    Apply,
+    Reconcile,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Chat => "chat",
+            Via::Revert => "revert",
+            Via::Apply => "apply",
+            Via::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// A group dingops can change: its openConversationId and chatid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub conversation_id: String,
+    pub chat_id: ChatId,
+}
+
+/// Who asks: a person's staffId and nick, or a name such as `policy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub staff_id: String,
+    pub nick: Option<String>,
+}
+
+impl Actor {
+    pub fn named(name: &str) -> Self {
+        Self {
+            staff_id: name.to_owned(),
+            nick: None,
+        }
+    }
+
+    /// As replies and the audit show people.
+    pub fn shown(&self) -> String {
+        who(&self.staff_id, self.nick.as_deref())
+    }
+}
+
+/// A request to change settings of one group.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub group: Group,
+    pub items: Vec<(Setting, Ask)>,
+    pub by: Actor,
+    pub via: Via,
+    /// The command as typed (`/mute-all 30m`), or what ran (`policy apply`).
+    pub command: String,
+    /// A timed chat command: when its exception ends, in the ledger's milliseconds.
+    pub until_ms: Option<u64>,
+}
+
+/// What became of one setting of a [`Change`].
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub setting: Setting,
+    pub decision: Decision,
+    /// What the policy in force wanted of the setting when the core decided.
+    pub policy: Option<PolicyWant>,
+    /// What dingops knew of the setting before (the last value it recorded).
+    pub previous: Option<KnownValue>,
+    /// The value before the command, as the exception will restore it without a policy.
+    pub before: Option<u8>,
+    /// The exception this write replaced (a timed command) or cancelled (an untimed one).
+    pub replaced: Option<RevertJob>,
+    /// The exception this write made (a timed command).
+    pub scheduled: Option<RevertJob>,
+    /// DingTalk's refusal, when the decision was to write and the call failed.
+    pub error: Option<ApiError>,
+}
+
+impl Written {
+    /// Whether DingTalk now has the value the core decided on.
+    pub fn landed(&self) -> bool {
+        matches!(self.decision, Decision::Write { .. }) && self.error.is_none()
+    }
+}
+
+/// Why a change was not attempted at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// Another writer held the setting longer than a change may wait.
+    #[error("another change of this setting is under way; try again in a moment")]
+    Busy,
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// How long a setting's lease lasts unless renewed; renewed every third of it while the
+/// change runs.
+const SETTING_LEASE_TTL: Duration = Duration::from_secs(6);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// How long a change waits for another writer of the same setting.
+const WAIT_FOR_SETTING: Duration = Duration::from_secs(30);
+/// First pause between two attempts at the setting's lease; it doubles up to the max.
+const LEASE_RETRY_FIRST: Duration = Duration::from_millis(10);
+const LEASE_RETRY_MAX: Duration = Duration::from_millis(250);
+
+/// The core: see the module's documentation.
+pub struct Governor {
+    dingtalk: Arc<DingTalk>,
+    ledger: LedgerHandle,
+    policy: Arc<PolicyCell>,
+    /// Groups listed in the configuration: bound without `/bind`.
+    static_groups: Arc<BTreeMap<String, ChatId>>,
+    recorder: Recorder,
+    /// Names this process among the lease holders; each change adds a number of its own.
+    holder: String,
+    next: AtomicU64,
+}
+
+impl Governor {
+    pub fn new(
+        dingtalk: Arc<DingTalk>,
+        ledger: LedgerHandle,
+        policy: Arc<PolicyCell>,
+        static_groups: Arc<BTreeMap<String, ChatId>>,
+        recorder: Recorder,
+        holder: String,
+    ) -> Self {
+        Self {
+            dingtalk,
+            ledger,
+            policy,
+            static_groups,
+            recorder,
+            holder,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<PolicyCell> {
+        &self.policy
+    }
+
+    /// The one retry rule for records.
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// The DingTalk client the core calls with.
+    pub fn dingtalk(&self) -> &Arc<DingTalk> {
+        &self.dingtalk
+    }
+
+    /// Carries out `change`: see the module's documentation.
+    pub async fn change(&self, change: Change) -> Result<Vec<Written>, ChangeError> {
+        let cid = change.group.conversation_id.clone();
+        let names: Vec<String> = change
+            .items
+            .iter()
+            .map(|(s, _)| format!("setting:{cid}:{}", s.stored()))
+            .collect();
+        let holder = format!("{}#{}", self.holder, self.next.fetch_add(1, Ordering::Relaxed));
+        self.serialise(&names, &holder).await?;
+        // The leases are short and renewed while the change runs, so that a writer killed
+        // mid-change holds up the next one for a few seconds only.
+        let result = {
+            let work = self.change_held(&change);
+            tokio::pin!(work);
+            let mut renew = tokio::time::interval(SETTING_LEASE_TTL / 3);
+            renew.tick().await;
+            loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    _ = renew.tick() => self.renew(&names, &holder).await,
+                }
+            }
+        };
+        let (ledger, release) = (self.ledger.clone(), names);
+        // Best effort: a lease left behind ends with its lifetime.
+        if let Err(e) = ledger.call(move |l| l.release_leases(&release, &holder)).await {
+            tracing::warn!(error = %e, "could not release a setting's lease; it ends with its lifetime");
+        }
+        result
+    }
+
+    async fn renew(&self, names: &[String], holder: &str) {
+        let (asked, who) = (names.to_vec(), holder.to_owned());
+        let ttl_ms = millis(SETTING_LEASE_TTL);
+        match self
+            .ledger
+            .call(move |l| l.renew_leases(&asked, &who, ttl_ms))
+            .await
+        {
+            Ok(held) if held.len() == names.len() => {}
+            Ok(_) => {
+                tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
+        }
+    }
+
+    /// Takes every setting's lease, or none: a writer that got only some gives them back and
+    /// tries again, so two writers of overlapping settings cannot hold each other up.
+    async fn serialise(&self, names: &[String], holder: &str) -> Result<(), ChangeError> {
+        let ttl_ms = millis(SETTING_LEASE_TTL);
+        let started = tokio::time::Instant::now();
+        let mut pause = LEASE_RETRY_FIRST;
+        loop {
+            let (asked, who) = (names.to_vec(), holder.to_owned());
+            let held = self
+                .ledger
+                .call(move |l| l.try_leases(&asked, &who, ttl_ms))
+                .await?;
+            if held.len() == names.len() {
+                return Ok(());
+            }
+            if !held.is_empty() {
+                let who = holder.to_owned();
+                self.ledger.call(move |l| l.release_leases(&held, &who)).await?;
+            }
+            if started.elapsed() >= WAIT_FOR_SETTING {
+                return Err(ChangeError::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LEASE_RETRY_MAX);
+        }
+    }
+
+    async fn change_held(&self, change: &Change) -> Result<Vec<Written>, ChangeError> {
+        let group = &change.group;
+        let desired = self.desired(&group.conversation_id, Some(&group.chat_id)).await?;
+        let cid = group.conversation_id.clone();
+        let known: BTreeMap<Setting, KnownValue> = self
+            .ledger
+            .call(move |l| l.known_settings(&cid))
+            .await?
+            .into_iter()
+            .filter_map(|(s, k)| Setting::from_stored(&s).map(|s| (s, k)))
+            .collect();
+        let mut out: Vec<Written> = change
+            .items
+            .iter()
+            .map(|(setting, ask)| Written {
+                setting: *setting,
+                decision: desired.get(setting).cloned().unwrap_or_default().decide(ask),
+                policy: desired.get(setting).and_then(|d| d.policy.clone()),
+                previous: known.get(setting).cloned(),
+                before: None,
+                replaced: None,
+                scheduled: None,
+                error: None,
+            })
+            .collect();
+        if change.until_ms.is_some() {
+            self.find_before(group, &mut out).await;
+        }
+        self.call_dingtalk(group, &mut out).await;
+        self.record(change, &mut out).await;
+        Ok(out)
+    }
+
+    /// What each setting of a group should be now: the policy in force (resolved for this
+    /// group alone) and the exception in force. `bound`: the group's chatid, when known.
+    pub async fn desired(
+        &self,
+        conversation_id: &str,
+        chat_id: Option<&ChatId>,
+    ) -> Result<BTreeMap<Setting, Desired>, LedgerError> {
+        let mut out: BTreeMap<Setting, Desired> = BTreeMap::new();
+        let cid = conversation_id.to_owned();
+        let (binding, departments, reverts) = self
+            .ledger
+            .call(move |l| Ok((l.binding(&cid)?, l.departments()?, l.pending_reverts(Some(&cid))?)))
+            .await?;
+        if let Some(policy) = self.policy.current() {
+            let bound = match (&binding, self.static_groups.get(conversation_id)) {
+                (Some(b), _) => Some(b.chat_id.clone()),
+                (None, Some(c)) => Some(c.clone()),
+                (None, None) => None,
+            };
+            let _ = chat_id;
+            for (setting, (value, rule)) in policy.wants_for(conversation_id, bound.as_ref(), &departments) {
+                out.entry(setting).or_default().policy = Some(PolicyWant {
+                    value,
+                    rule,
+                    selector: policy.selectors(rule),
+                });
+            }
+        }
+        for job in reverts {
+            let Some(setting) = Setting::from_stored(&job.setting) else {
+                continue;
+            };
+            out.entry(setting).or_default().exception = Some(Exception {
+                revert_id: job.id,
+                value: job.set_value,
+                until_ms: job.due_ms,
+                by: job.scheduled_by.clone(),
+                command: job.scheduled_command.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The value before a timed command, for its end when no policy decides it: what dingops
+    /// recorded, else (a group switch) what DingTalk answers now; the DM switch cannot be
+    /// read back.
+    async fn find_before(&self, group: &Group, out: &mut [Written]) {
+        let mut unknown_switch = false;
+        for w in out.iter_mut() {
+            w.before = w.previous.as_ref().map(|k| k.value);
+            unknown_switch |= w.before.is_none() && matches!(w.setting, Setting::Switch(_));
+        }
+        if !unknown_switch {
+            return;
+        }
+        match self.dingtalk.chat_get(&group.chat_id).await {
+            Ok(info) => {
+                for w in out.iter_mut().filter(|w| w.before.is_none()) {
+                    if let Setting::Switch(s) = w.setting {
+                        w.before = info
+                            .options
+                            .get(s.field())
+                            .and_then(|v| u8::try_from(*v).ok())
+                            .filter(|v| *v <= 1);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e.short(),
+                "could not read the group's settings before a timed command; its end restores the opposite"
+            ),
+        }
+    }
+
+    /// Sends what was decided: the group switches in one `im/group/update`, the DM switch
+    /// with `friendswitch/update`.
+    async fn call_dingtalk(&self, group: &Group, out: &mut [Written]) {
+        let fields: BTreeMap<&str, u8> = out
+            .iter()
+            .filter_map(|w| match (w.setting, &w.decision) {
+                (Setting::Switch(s), Decision::Write { value, .. }) => Some((s.field(), *value)),
+                _ => None,
+            })
+            .collect();
+        if !fields.is_empty()
+            && let Err(e) = self.dingtalk.update_group_fields(&group.chat_id, &fields).await
+        {
+            for w in out.iter_mut().filter(|w| {
+                matches!(
+                    (w.setting, &w.decision),
+                    (Setting::Switch(_), Decision::Write { .. })
+                )
+            }) {
+                w.error = Some(e.clone());
+            }
+        }
+        for w in out.iter_mut().filter(|w| w.setting == Setting::Dm) {
+            if let Decision::Write { value, .. } = w.decision
+                && let Err(e) = self.dingtalk.set_friend_switch(&group.chat_id, value == 1).await
+            {
+                w.error = Some(e);
+            }
+        }
+    }
+
+    /// Records what landed: each setting's new value, and for a chat command its exception
+    /// (made, replacing an older one, or cancelled by an untimed command). Each record is
+    /// retried until it lands: DingTalk made the change, the ledger must know it.
+    async fn record(&self, change: &Change, out: &mut [Written]) {
+        let cid = change.group.conversation_id.clone();
+        let now = self.dingtalk.ledger_time().now_ms();
+        for w in out.iter_mut().filter(|w| w.landed()) {
+            let Decision::Write { value, .. } = w.decision else {
+                continue;
+            };
+            let known = KnownValue {
+                value,
+                set_by: change.by.staff_id.clone(),
+                set_by_nick: change.by.nick.clone(),
+                via: change.via.as_str().to_owned(),
+                set_ms: now,
+            };
+            let (key, stored) = (cid.clone(), w.setting.stored());
+            self.recorder
+                .until_landed("record a setting's new value", move |l| {
+                    l.record_setting(&key, stored, &known)
+                })
+                .await;
+            if change.via != Via::Chat {
+                continue;
+            }
+            match change.until_ms {
+                Some(due_ms) => {
+                    let job = RevertJob {
+                        id: 0,
+                        conversation_id: cid.clone(),
+                        chat_id: change.group.chat_id.clone(),
+                        setting: stored.to_owned(),
+                        value: w.before.unwrap_or(1 - value.min(1)),
+                        set_value: value,
+                        restore: if w.before.is_some() {
+                            RevertRestore::Before
+                        } else {
+                            RevertRestore::Unknown
+                        },
+                        due_ms,
+                        scheduled_by: change.by.shown(),
+                        scheduled_command: change.command.clone(),
+                        scheduled_ms: now,
+                    };
+                    let scheduled = job.clone();
+                    w.replaced = self
+                        .recorder
+                        .until_landed_with("schedule the end of a timed command", move |l| {
+                            l.schedule_revert(&job)
+                        })
+                        .await;
+                    w.scheduled = Some(scheduled);
+                }
+                None => {
+                    let key = cid.clone();
+                    w.replaced = self
+                        .recorder
+                        .until_landed_with("cancel the end of a timed command", move |l| {
+                            l.cancel_revert(&key, stored)
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+}
