@@ -11,6 +11,7 @@ mod clocks;
 mod commands;
 mod dedupe;
 mod discover;
+mod exceptions;
 mod faults;
 mod governance;
 mod helpers;
