@@ -52,6 +52,9 @@ enum Expect {
 /// while the transcript is being written. The transcript says so.
 const DEMO_REVERT_MINUTE: Duration = Duration::from_secs(2);
 
+/// The demo's policy: bound groups are not searchable. Reconcile runs every 2 s.
+const DEMO_POLICY: &str = "[[rule]]\ngroups = [\"*\"]\nsearchable = false\n";
+
 struct Step {
     who: &'static str,
     text: &'static str,
@@ -203,6 +206,42 @@ fn script() -> Vec<Step> {
             },
             Some(false),
         ),
+        // The demo's policy keeps every bound group out of search (rule 1).
+        step(
+            "alice",
+            "/searchable on",
+            Expect::Reply {
+                mark: "⛔",
+                contains: "rule 1",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "/searchable on 1m",
+            Expect::Reply {
+                mark: "✅",
+                contains: "to the policy's value",
+            },
+            Some(false),
+        ),
+        step(
+            "bob",
+            "/group-status",
+            Expect::Reply {
+                mark: "ℹ️",
+                contains: "exception until",
+            },
+            Some(false),
+        ),
+        step(
+            "alice",
+            "(no message: reconcile runs every 2 s and leaves the exception alone until it ends)",
+            Expect::Revert {
+                contains: "Searchable back to off: the group cannot be found by search, the policy's value (rule 1)",
+            },
+            Some(false),
+        ),
     ]
 }
 
@@ -278,6 +317,10 @@ pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bo
     settings.ledger.database = dir.join("demo.db").into();
     settings.server.shutdown_grace_secs = 5;
     settings.worker.revert_minute = DEMO_REVERT_MINUTE;
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, DEMO_POLICY)?;
+    settings.fleet.policy = Some(policy);
+    settings.fleet.reconcile_every = Some(Duration::from_secs(2));
     if transport == Transport::Stream {
         settings.stream.mode = Mode::Stream;
     }

@@ -337,12 +337,14 @@ impl Governor {
         Ok(out)
     }
 
-    /// The value before a timed command, for its end when no policy decides it: what dingops
+    /// The value before a timed command, for its end where no policy decides it: what dingops
     /// recorded, else (a group switch) what DingTalk answers now; the DM switch cannot be
     /// read back.
     async fn find_before(&self, group: &Group, out: &mut [Written]) {
         let mut unknown_switch = false;
-        for w in out.iter_mut() {
+        // Where a policy decides the setting, its end restores the policy's value: the value
+        // before is not needed and not read.
+        for w in out.iter_mut().filter(|w| w.policy.is_none()) {
             w.before = w.previous.as_ref().map(|k| k.value);
             unknown_switch |= w.before.is_none() && matches!(w.setting, Setting::Switch(_));
         }
@@ -351,7 +353,10 @@ impl Governor {
         }
         match self.dingtalk.chat_get(&group.chat_id).await {
             Ok(info) => {
-                for w in out.iter_mut().filter(|w| w.before.is_none()) {
+                for w in out
+                    .iter_mut()
+                    .filter(|w| w.before.is_none() && w.policy.is_none())
+                {
                     if let Setting::Switch(s) = w.setting {
                         w.before = info
                             .options

@@ -349,8 +349,8 @@ fn refused_by_policy(name: &str, setting: Setting, rule: &PolicyWant, typed: &st
         name,
         Outcome::Refused,
         format!(
-            "The policy keeps {} {} in this group (rule {}, {}). To make a temporary exception, give a duration, e.g. `{example} 2h`; at its end the setting returns to the policy's value.",
-            setting.label().to_lowercase(),
+            "The policy keeps {} at \"{}\" in this group (rule {}, {}). To make a temporary exception, give a duration, e.g. `{example} 2h`; at its end the setting returns to the policy's value.",
+            setting.label(),
             setting.describe(rule.value),
             rule.rule,
             rule.selector

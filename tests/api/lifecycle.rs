@@ -20,7 +20,7 @@ fn dingops_demo_exits_zero_and_prints_the_conversation() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("Summary: 15 of 15 steps behaved."), "{stdout}");
+    assert!(stdout.contains("Summary: 19 of 19 steps behaved."), "{stdout}");
     assert!(
         stdout.contains("✅ @manager01 Private chat is now forbidden"),
         "{stdout}"

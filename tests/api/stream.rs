@@ -700,7 +700,7 @@ fn dingops_demo_in_stream_mode_exits_zero_and_prints_the_conversation() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Stream mode: connected to ws://"), "{stdout}");
-    assert!(stdout.contains("Summary: 15 of 15 steps behaved."), "{stdout}");
+    assert!(stdout.contains("Summary: 19 of 19 steps behaved."), "{stdout}");
     assert!(stdout.contains("dingops answered ACK code 400"), "{stdout}");
     assert!(!stdout.contains("✘"), "{stdout}");
 }
