@@ -132,6 +132,31 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
 }
 
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews a change's leases every third of their lifetime until it is aborted.
+async fn renew_while_held(ledger: LedgerHandle, names: Vec<String>, holder: String) {
+    loop {
+        tokio::time::sleep(SETTING_LEASE_TTL / 3).await;
+        let (asked, who) = (names.clone(), holder.clone());
+        let ttl_ms = millis(SETTING_LEASE_TTL);
+        match ledger.call(move |l| l.renew_leases(&asked, &who, ttl_ms)).await {
+            Ok(held) if held.len() == names.len() => {}
+            Ok(_) => {
+                tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
+        }
+    }
+}
+
 /// How long a change waits for another writer of the same setting.
 const WAIT_FOR_SETTING: Duration = Duration::from_secs(30);
 /// First pause between two attempts at the setting's lease; it doubles up to the max.
@@ -198,40 +223,20 @@ impl Governor {
         self.serialise(&names, &holder).await?;
         // The leases are short and renewed while the change runs, so that a writer killed
         // mid-change holds up the next one for a few seconds only.
-        let result = {
-            let work = self.change_held(&change);
-            tokio::pin!(work);
-            let mut renew = tokio::time::interval(SETTING_LEASE_TTL / 3);
-            renew.tick().await;
-            loop {
-                tokio::select! {
-                    result = &mut work => break result,
-                    _ = renew.tick() => self.renew(&names, &holder).await,
-                }
-            }
-        };
+        // Stopped when the change ends, or is dropped (a caller's deadline).
+        let renewing = AbortOnDrop(tokio::spawn(renew_while_held(
+            self.ledger.clone(),
+            names.clone(),
+            holder.clone(),
+        )));
+        let result = self.change_held(&change).await;
+        drop(renewing);
         let (ledger, release) = (self.ledger.clone(), names);
         // Best effort: a lease left behind ends with its lifetime.
         if let Err(e) = ledger.call(move |l| l.release_leases(&release, &holder)).await {
             tracing::warn!(error = %e, "could not release a setting's lease; it ends with its lifetime");
         }
         result
-    }
-
-    async fn renew(&self, names: &[String], holder: &str) {
-        let (asked, who) = (names.to_vec(), holder.to_owned());
-        let ttl_ms = millis(SETTING_LEASE_TTL);
-        match self
-            .ledger
-            .call(move |l| l.renew_leases(&asked, &who, ttl_ms))
-            .await
-        {
-            Ok(held) if held.len() == names.len() => {}
-            Ok(_) => {
-                tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
-            }
-            Err(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
-        }
     }
 
     /// Takes every setting's lease, or none: a writer that got only some gives them back and
@@ -242,10 +247,14 @@ impl Governor {
         let mut pause = LEASE_RETRY_FIRST;
         loop {
             let (asked, who) = (names.to_vec(), holder.to_owned());
+            // A ledger that refuses the write for a while (a lock, a restart) holds the change
+            // up rather than failing it: the same retry rule as every record.
             let held = self
-                .ledger
-                .call(move |l| l.try_leases(&asked, &who, ttl_ms))
-                .await?;
+                .recorder
+                .until_landed_with("take a setting's lease", move |l| {
+                    l.try_leases(&asked, &who, ttl_ms)
+                })
+                .await;
             if held.len() == names.len() {
                 return Ok(());
             }

@@ -50,6 +50,25 @@ async fn a_ledger_write_blocked_by_another_connection_is_retried_until_it_lands_
     app.sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 1500 });
     let (status, msg_id) = app.say(&app.chat(GROUP), &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
+    // The change holds the setting's lease in the ledger before it calls DingTalk: once the
+    // lease is there, the (slow) call is under way.
+    let db = app.dir.path().join("ledger.db");
+    let leased = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM leases WHERE name LIKE 'setting:%'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+            > 0
+    };
+    assert!(
+        eventually(Duration::from_secs(10), leased).await,
+        "the change never took its lease"
+    );
     let blocker = rusqlite::Connection::open(app.dir.path().join("ledger.db")).unwrap();
     blocker.busy_timeout(Duration::from_secs(10)).unwrap();
     blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
