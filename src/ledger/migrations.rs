@@ -103,6 +103,20 @@ CREATE INDEX IF NOT EXISTS call_slots_by_api ON call_slots(api, slot_ms);",
     holder   TEXT NOT NULL,
     until_ms INTEGER NOT NULL
 );",
+    // 8: the monthly API quota (docs/dingtalk.md, "The monthly quota"): calls counted per
+    // calendar month, API and class by every process on this ledger, and the months DingTalk
+    // answered 90020 for.
+    "CREATE TABLE IF NOT EXISTS quota_calls (
+    month TEXT NOT NULL,
+    api   TEXT NOT NULL,
+    class TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (month, api, class)
+);
+CREATE TABLE IF NOT EXISTS quota_spent (
+    month     TEXT PRIMARY KEY,
+    marked_ms INTEGER NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.

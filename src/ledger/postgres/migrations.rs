@@ -98,6 +98,19 @@ CREATE INDEX call_slots_by_api ON call_slots (api, slot_ms);",
     holder   TEXT NOT NULL,
     until_ms BIGINT NOT NULL
 );",
+    // 8: the monthly API quota: calls counted per calendar month, API and class by every
+    // replica, and the months DingTalk answered 90020 for.
+    "CREATE TABLE quota_calls (
+    month TEXT COLLATE \"C\" NOT NULL,
+    api   TEXT COLLATE \"C\" NOT NULL,
+    class TEXT COLLATE \"C\" NOT NULL,
+    calls BIGINT NOT NULL,
+    PRIMARY KEY (month, api, class)
+);
+CREATE TABLE quota_spent (
+    month     TEXT COLLATE \"C\" PRIMARY KEY,
+    marked_ms BIGINT NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.
