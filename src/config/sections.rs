@@ -321,7 +321,11 @@ fn read_timezone(src: &Sources) -> Result<jiff::tz::TimeZone, ConfigError> {
 /// or a percentage of the budget).
 fn read_quota(src: &Sources) -> Result<crate::governance::quota::Budget, ConfigError> {
     use crate::governance::quota::{Budget, Reserve};
-    let monthly = match src.text_or_integer("monthly_call_budget")?.as_deref().map(str::trim) {
+    let monthly = match src
+        .text_or_integer("monthly_call_budget")?
+        .as_deref()
+        .map(str::trim)
+    {
         None | Some("" | "off") => None,
         Some(text) => match text.parse::<u64>() {
             Ok(n) if n > 0 => Some(n),
@@ -335,7 +339,9 @@ fn read_quota(src: &Sources) -> Result<crate::governance::quota::Budget, ConfigE
     };
     let reserve = match src.text_or_integer("interactive_reserve")? {
         None => Reserve::Percent(20),
-        Some(text) => Reserve::parse(&text).map_err(|reason| Sources::invalid("interactive_reserve", reason))?,
+        Some(text) => {
+            Reserve::parse(&text).map_err(|reason| Sources::invalid("interactive_reserve", reason))?
+        }
     };
     Ok(Budget { monthly, reserve })
 }

@@ -331,10 +331,12 @@ fn the_monthly_budget_is_off_by_default_and_keeps_a_fifth_for_interactive_calls(
     let s = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MONTHLY_CALL_BUDGET", "5000")])).unwrap();
     assert_eq!(s.dingtalk.quota.reserve_calls(), 1000);
     for bad in ["0", "lots", "-5"] {
-        let e = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MONTHLY_CALL_BUDGET", bad)])).unwrap_err();
+        let e =
+            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MONTHLY_CALL_BUDGET", bad)])).unwrap_err();
         assert!(e.to_string().contains("monthly_call_budget"), "{e}");
     }
-    let e = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_INTERACTIVE_RESERVE", "120%")])).unwrap_err();
+    let e =
+        Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_INTERACTIVE_RESERVE", "120%")])).unwrap_err();
     assert!(e.to_string().contains("interactive_reserve"), "{e}");
 }
 

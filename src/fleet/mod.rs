@@ -44,6 +44,11 @@ pub enum OpenError {
 }
 
 impl Fleet {
+    /// The DingTalk client this fleet calls through (background class).
+    pub fn dingtalk(&self) -> &DingTalk {
+        &self.dingtalk
+    }
+
     /// The ledger this fleet records its changes in.
     pub fn ledger(&self) -> &LedgerHandle {
         &self.ledger
@@ -81,7 +86,8 @@ impl Fleet {
     ) -> Self {
         Self {
             policy,
-            dingtalk,
+            // Plan, apply and reconcile are background work: never the interactive reserve.
+            dingtalk: Arc::new(dingtalk.for_class(crate::governance::quota::Class::Background)),
             ledger,
             static_groups,
             dm_reapply,
