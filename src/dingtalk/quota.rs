@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use jiff::tz::TimeZone;
 
 use super::{Api, ApiError, DingTalk, QuotaCause, QuotaSpent};
 use crate::governance::quota::{Budget, Class, Month};
-use crate::ledger::{QuotaHandle, QuotaTake};
+use crate::ledger::{LedgerError, QuotaCount, QuotaHandle, QuotaTake};
 
 /// The quota's state in one client, shared by its class-tagged handles.
 pub(super) struct Gate {
@@ -23,6 +24,72 @@ pub(super) struct Gate {
     local: Mutex<BTreeMap<(String, Class), u64>>,
     /// The month DingTalk answered 90020 for, as far as this process knows.
     spent: Mutex<Option<String>>,
+    /// Calls this process did not make because their class's share was used up.
+    refused: AtomicU64,
+}
+
+/// This month's use of the quota as the ledger (or, without one, this process) has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub month: Month,
+    /// When it was read (ms since the epoch).
+    pub now_ms: u64,
+    pub budget: Budget,
+    /// Calls by API and class.
+    pub counts: Vec<QuotaCount>,
+    /// Whether DingTalk answered 90020 this month (any process).
+    pub spent: bool,
+}
+
+impl QuotaUsage {
+    /// The month's calls, every class.
+    pub fn used(&self) -> u64 {
+        self.counts.iter().map(|c| c.calls).sum()
+    }
+
+    /// The month's calls made for `class`.
+    pub fn used_by(&self, class: Class) -> u64 {
+        self.counts
+            .iter()
+            .filter(|c| c.class == class.as_str())
+            .map(|c| c.calls)
+            .sum()
+    }
+
+    /// What `class` may still spend this month; `None` without a budget.
+    pub fn left(&self, class: Class) -> Option<u64> {
+        self.budget.left(class, self.used())
+    }
+
+    /// The month's use at its end, at the pace so far.
+    pub fn projected(&self) -> u64 {
+        self.month.projected(self.used(), self.now_ms)
+    }
+
+    /// One line: use, budget and reserve (for `dingops check` and the logs).
+    pub fn line(&self) -> String {
+        let used = self.used();
+        let spent = if self.spent {
+            "; DingTalk answered 90020 (the organisation's quota is spent)"
+        } else {
+            ""
+        };
+        match self.budget.monthly {
+            None => format!(
+                "monthly API quota {}: {used} calls counted; monthly_call_budget off{spent}",
+                self.month.key
+            ),
+            Some(monthly) => format!(
+                "monthly API quota {}: {used} of {monthly} calls used ({} interactive, {} background), \
+                 {} kept for interactive calls, {} left for background work{spent}",
+                self.month.key,
+                self.used_by(Class::Interactive),
+                self.used_by(Class::Background),
+                self.budget.reserve_calls(),
+                self.left(Class::Background).unwrap_or(0),
+            ),
+        }
+    }
 }
 
 impl Gate {
@@ -33,6 +100,7 @@ impl Gate {
             book,
             local: Mutex::default(),
             spent: Mutex::default(),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +146,69 @@ impl DingTalk {
     /// The month the client's clock is in now.
     pub fn quota_month(&self) -> Month {
         Month::of(self.shared.clock.now_ms(), &self.shared.quota.timezone)
+    }
+
+    /// Calls this process did not make because their class's share of the month was used
+    /// up (a run compares it before and after to know whether it was cut short).
+    pub fn quota_refusals(&self) -> u64 {
+        self.shared.quota.refused.load(Ordering::Relaxed)
+    }
+
+    /// This month's use as the ledger has it (every process on it), or this process's own
+    /// count without a ledger.
+    pub async fn quota_usage(&self) -> Result<QuotaUsage, LedgerError> {
+        let gate = &self.shared.quota;
+        let month = self.quota_month();
+        let here = self.quota_spent_here();
+        let (counts, spent) = match &gate.book {
+            Some(book) => {
+                let key = month.key.clone();
+                book.call(move |l| Ok((l.quota_counts(&key)?, l.quota_spent(&key)?)))
+                    .await?
+            }
+            None => {
+                let local = gate.local.lock().unwrap_or_else(|p| p.into_inner());
+                let counts = local
+                    .iter()
+                    .filter(|((m, _), _)| *m == month.key)
+                    .map(|((_, class), calls)| QuotaCount {
+                        api: "all".into(),
+                        class: class.as_str().into(),
+                        calls: *calls,
+                    })
+                    .collect();
+                (counts, false)
+            }
+        };
+        Ok(QuotaUsage {
+            now_ms: self.shared.clock.now_ms(),
+            month,
+            budget: gate.budget,
+            counts,
+            spent: spent || here,
+        })
+    }
+
+    /// Sets the quota's metrics from [`DingTalk::quota_usage`]: what `/metrics` shows,
+    /// refreshed by `serve` every few seconds so that it includes what other processes (a
+    /// CLI `apply`) spent.
+    pub async fn refresh_quota_metrics(&self) {
+        let usage = match self.quota_usage().await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the monthly quota from the ledger");
+                return;
+            }
+        };
+        let metrics = &self.shared.metrics.quota;
+        metrics.calls.reset();
+        for c in &usage.counts {
+            metrics
+                .calls
+                .with_label_values(&[c.api.as_str(), c.class.as_str()])
+                .set(i64::try_from(c.calls).unwrap_or(i64::MAX));
+        }
+        metrics.exhausted.set(i64::from(usage.spent));
     }
 
     /// Whether this process saw DingTalk answer 90020 this month.
@@ -134,6 +265,7 @@ impl DingTalk {
         if take.taken {
             return Ok(());
         }
+        gate.refused.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
             .quota
