@@ -2,7 +2,7 @@
 //! resumption; a table of bindings; one of the last DM state per group.
 //!
 //! Its interface is a set of role traits ([`roles`]: commands, bindings, settings and
-//! reverts, leases, the rate budget, maintenance), each consumer taking the roles it uses;
+//! reverts, leases, the rate budget, the monthly quota, maintenance), each consumer taking the roles it uses;
 //! three stores implement them all: SQLite (the default, one process), PostgreSQL (a server
 //! that several replicas can share) and memory (unit tests). Async callers go through a
 //! [`Handle`]. It depends only on [`crate::domain`] and the `database` setting.
