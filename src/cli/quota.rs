@@ -80,9 +80,9 @@ pub fn quota_json_text(usage: &QuotaUsage, tz: &jiff::tz::TimeZone) -> String {
 pub fn plan_cost_line(cost: u64, usage: &QuotaUsage) -> String {
     let monthly = usage.budget.monthly.unwrap_or(0);
     format!(
-        "This plan cost {cost} calls; {} {} calls are left for background work (budget {monthly}, {} used, {} kept for interactive calls).\n",
-        usage.month.key,
+        "This plan cost {cost} calls; {} calls are left for background work in {} (budget {monthly}, {} used, {} kept for interactive calls).\n",
         usage.left(Class::Background).unwrap_or(0),
+        usage.month.key,
         usage.used(),
         usage.budget.reserve_calls()
     )

@@ -144,6 +144,12 @@ async fn apply_refused_by_the_budget_writes_nothing_and_names_the_numbers() {
     assert!(run.stdout.contains("This plan cost 6 calls"), "{}", run.stdout);
     assert!(
         run.stdout
+            .contains("(budget 20, 12 used, 0 kept for interactive calls)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
             .contains("calls are left for background work (budget 20, 12 used"),
         "{}",
         run.stdout
