@@ -149,8 +149,7 @@ async fn apply_refused_by_the_budget_writes_nothing_and_names_the_numbers() {
         run.stdout
     );
     assert!(
-        run.stdout
-            .contains("calls are left for background work (budget 20, 12 used"),
+        run.stdout.contains("8 calls are left for background work in 20"),
         "{}",
         run.stdout
     );
