@@ -12,7 +12,6 @@ use std::time::Duration;
 use super::Fleet;
 use super::apply::{ApplyReport, GroupApplied};
 use super::policy_lease::PolicyLease;
-use crate::clock::now_ms;
 use crate::governance::policy::{Resolution, Setting};
 use crate::governance::quota::{Class, auto_interval};
 use crate::telemetry::Metrics;
@@ -43,9 +42,10 @@ pub const RECONCILE_LEASE: &str = "reconcile";
 pub struct Reconciler {
     fleet: Fleet,
     every: Every,
-    /// With `auto`: when each group was last read by this process (ms), so that the one
-    /// read longest ago goes next.
+    /// With `auto`: the order in which this process last read each group (a sequence
+    /// number), so that the one read longest ago goes next.
     last_read: Mutex<HashMap<String, u64>>,
+    reads: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
     running: AtomicBool,
     /// This replica's name in the leases.
@@ -75,6 +75,7 @@ impl Reconciler {
             fleet,
             every: every.into(),
             last_read: Mutex::default(),
+            reads: std::sync::atomic::AtomicU64::new(1),
             metrics,
             running: AtomicBool::new(false),
             holder,
@@ -268,10 +269,10 @@ impl Reconciler {
     /// policy. The private-chat switch cannot be read, so setting it again after
     /// `dm_reapply_hours` is not drift.
     fn observe(&self, g: &GroupApplied) {
-        self.last_read
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(g.plan.conversation_id.clone(), now_ms());
+        self.last_read.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            g.plan.conversation_id.clone(),
+            self.reads.fetch_add(1, Ordering::Relaxed),
+        );
         let drifted: Vec<&str> = g
             .plan
             .changes
