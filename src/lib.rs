@@ -16,6 +16,7 @@ pub mod governance;
 pub mod ingress;
 pub mod ledger;
 pub mod ops;
+pub mod quota;
 pub mod server;
 pub mod telemetry;
 pub mod worker;

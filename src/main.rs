@@ -90,6 +90,13 @@ enum Cmd {
     /// Make the changes the policy asks for (re-planned from the live state; safe to run
     /// again after an interruption). Exit code 0: every group converged; 1: some failed.
     Apply,
+    /// Show this month's use of the monthly API quota: calls by API and class (every
+    /// process on the ledger), budget, reserve and the projected use at the end of the month.
+    Quota {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the ledger's history: who ran what, where, when, with what result.
     Audit {
         /// Only this group (openConversationId).
@@ -165,6 +172,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 session_webhook,
             };
             cli::send::send(config, &smoke).await
+        }
+        Cmd::Quota { json } => {
+            logs("error");
+            cli::quota(config, json).await
         }
         Cmd::Check => {
             logs("error");

@@ -82,6 +82,20 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             return items;
         }
     };
+    items.push(match client.quota_usage().await {
+        Ok(usage) if usage.spent => CheckItem::fail(
+            usage.line(),
+            format!(
+                "DingTalk refuses counted calls until the month rolls over ({}); see The monthly quota in the README",
+                crate::dingtalk::quota::renews_text(&usage.month, client.quota_timezone())
+            ),
+        ),
+        Ok(usage) => CheckItem::pass(usage.line()),
+        Err(e) => CheckItem::fail(
+            format!("monthly API quota: {e}"),
+            "check that the ledger is reachable",
+        ),
+    });
     let (legacy, modern) = client.check_tokens().await;
     for (name, result) in [
         (

@@ -60,6 +60,9 @@ pub struct Application {
     stream: Option<StreamIngress>,
 }
 
+/// How often `serve` reads the month's quota counts from the ledger for `/metrics`.
+const QUOTA_METRICS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Background tasks, aborted when dropped.
 struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 
@@ -172,11 +175,16 @@ impl Application {
             "replica started"
         );
         // The policy is reconciled through the same client, so within the same pacing.
-        let reconcile = match (policy.path().is_some(), settings.fleet.reconcile_every) {
+        let every = match (settings.fleet.reconcile_every, settings.fleet.reconcile_auto) {
+            (Some(every), _) => Some(crate::fleet::reconcile::Every::Period(every)),
+            (None, true) => Some(crate::fleet::reconcile::Every::Auto),
+            (None, false) => None,
+        };
+        let reconcile = match (policy.path().is_some(), every) {
             (true, Some(every)) => {
                 let fleet = crate::fleet::Fleet::new(
                     policy.clone(),
-                    dingtalk,
+                    dingtalk.clone(),
                     ledger.clone(),
                     settings.worker.groups.clone(),
                     settings.fleet.dm_reapply(),
@@ -194,6 +202,13 @@ impl Application {
             }
             _ => None,
         };
+        // The quota's metrics, from the ledger: what every process on it spent.
+        let quota_metrics = tokio::spawn(async move {
+            loop {
+                dingtalk.refresh_quota_metrics().await;
+                tokio::time::sleep(QUOTA_METRICS_EVERY).await;
+            }
+        });
         // One scheduler runs the timed reverts, those that fell due while stopped first.
         let timer = tokio::spawn(crate::worker::timer::run(ctx.clone()));
         // The pool starts by resuming whatever a stop or crash left open in the ledger.
@@ -292,7 +307,7 @@ impl Application {
             })?
             .run();
         let stopping = Arc::new(OnceLock::new());
-        let mut tasks = vec![pruner, timer];
+        let mut tasks = vec![pruner, timer, quota_metrics];
         tasks.extend(reconcile);
         if options.handle_signals {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));

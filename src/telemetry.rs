@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -173,6 +173,71 @@ pub struct Metrics {
     /// `dingops_policy_reload_errors_total`: policy files refused when read again (SIGHUP,
     /// or a changed file before a reconcile run); the previous policy stayed in force.
     pub policy_reload_errors: IntCounter,
+    /// The monthly API quota.
+    pub quota: QuotaMetrics,
+}
+
+/// The metrics of the monthly API quota (docs/operating.md).
+pub struct QuotaMetrics {
+    /// `dingops_quota_calls{api,class}`: this month's counted calls, as the ledger has them
+    /// (every process on it), refreshed when scraped.
+    pub calls: IntGaugeVec,
+    /// `dingops_quota_budget`: `monthly_call_budget` (0: off).
+    pub budget: IntGauge,
+    /// `dingops_quota_exhausted`: 1 when DingTalk answered this month that the
+    /// organisation's quota is spent (90020).
+    pub exhausted: IntGauge,
+    /// `dingops_reconcile_skipped_total{reason}`: reconcile runs skipped or cut short by
+    /// the quota (`spent`, `budget`, `shortened`).
+    pub reconcile_skipped: IntCounterVec,
+    /// `dingops_quota_refused_total{class}`: calls not made because the class's share of
+    /// the month was used up.
+    pub refused: IntCounterVec,
+}
+
+impl QuotaMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            register(
+                registry,
+                IntGauge::new(name, help)
+                    .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}")),
+            )
+        };
+        Self {
+            calls: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dingops_quota_calls",
+                        "Calls counted against the monthly API quota this month, by API and class (from the ledger).",
+                    ),
+                    &["api", "class"],
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            ),
+            budget: gauge(
+                "dingops_quota_budget",
+                "monthly_call_budget: the calls dingops may make per month (0: off).",
+            ),
+            exhausted: gauge(
+                "dingops_quota_exhausted",
+                "1 when DingTalk answered this month that the organisation's API quota is spent (90020).",
+            ),
+            reconcile_skipped: counter(
+                registry,
+                "dingops_reconcile_skipped_total",
+                "Reconcile runs skipped or cut short by the monthly quota, by reason (spent, budget, shortened).",
+                &["reason"],
+            ),
+            refused: counter(
+                registry,
+                "dingops_quota_refused_total",
+                "DingTalk calls not made because their class's share of the monthly budget was used up.",
+                &["class"],
+            ),
+        }
+    }
 }
 
 /// The metrics of the Stream ingress.
@@ -409,6 +474,7 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
             ),
+            quota: QuotaMetrics::new(&registry),
             registry,
         }
     }

@@ -8,6 +8,7 @@ pub mod check;
 pub mod discover;
 pub mod plan;
 pub mod progress;
+pub mod quota;
 pub mod send;
 pub mod table;
 
@@ -76,17 +77,56 @@ pub async fn discover(config: Option<&Path>, apply: bool, json: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-/// `dingops plan [--json]`: exit 0 nothing to do, 2 changes pending, 1 an error.
+/// `dingops plan [--json]`: exit 0 nothing to do, 2 changes pending, 1 an error. With a
+/// monthly budget it also says what the plan cost and what the month has left.
 pub async fn plan(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
     let fleet = open_fleet(&settings).await?;
+    let refused = fleet.dingtalk().quota_refusals();
     let plan = fleet.plan().await?;
-    write_stdout(&if json {
-        plan::plan_json_text(&plan)
+    let cost = (plan.groups.len() as u64).saturating_sub(fleet.dingtalk().quota_refusals() - refused);
+    let usage = match settings.dingtalk.quota.monthly {
+        Some(_) => Some(fleet.dingtalk().quota_usage().await?),
+        None => None,
+    };
+    let mut out = if json {
+        let mut doc = plan::plan_json(&plan);
+        if let Some(usage) = &usage {
+            doc["quota"] = serde_json::json!({
+                "cost": cost,
+                "month": usage.month.key,
+                "left_background": usage.left(crate::quota::Class::Background),
+                "used": usage.used(),
+                "budget": usage.budget.monthly,
+                "reserve": usage.budget.reserve_calls(),
+            });
+        }
+        format!("{}\n", crate::domain::printable_json(&doc.to_string()))
     } else {
         plan::plan_table(&plan)
-    })?;
+    };
+    if let (Some(usage), false) = (&usage, json) {
+        out.push_str(&quota::plan_cost_line(cost, usage));
+    }
+    write_stdout(&out)?;
     Ok(ExitCode::from(plan.exit_code()))
+}
+
+/// `dingops quota [--json]`: this month's use of the monthly API quota by API and class,
+/// as the ledger has it (every process on it), with budget, reserve and projection.
+pub async fn quota(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config)?;
+    let ledger = crate::ledger::open(&settings.ledger.database).await?;
+    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+    let client = crate::dingtalk::DingTalk::with_budget(&settings.dingtalk, metrics, ledger)?;
+    let usage = client.quota_usage().await?;
+    let tz = &settings.dingtalk.timezone;
+    write_stdout(&if json {
+        quota::quota_json_text(&usage, tz)
+    } else {
+        quota::quota_table(&usage, tz)
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The fleet of `plan` and `apply`, from the sections it needs.
@@ -124,14 +164,75 @@ pub async fn apply(config: Option<&Path>) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::FAILURE);
     };
+    let result = apply_within_budget(&settings, &fleet).await;
+    lease.release().await;
+    result
+}
+
+/// `apply`'s run once it holds the policy lease. Without a monthly budget: every group,
+/// re-planned right before its change. With one: refused (exit 1, nothing written) when the
+/// month is spent or the reads and planned writes do not fit what the month has left for
+/// background work; else the groups with changes are applied, and a budget that runs out
+/// midway stops the run cleanly (what was done is recorded; a rerun resumes).
+async fn apply_within_budget(settings: &Settings, fleet: &Fleet) -> anyhow::Result<ExitCode> {
     let resolution = fleet.resolve().await?;
+    let dingtalk = fleet.dingtalk();
+    let (resolution, planned) = if settings.dingtalk.quota.monthly.is_some() {
+        let usage = dingtalk.quota_usage().await?;
+        if usage.spent {
+            eprintln!(
+                "apply refused: DingTalk answered 90020 in {}: the organisation's monthly API quota is spent until {}. Nothing was changed.",
+                usage.month.key,
+                crate::dingtalk::quota::renews_text(&usage.month, dingtalk.quota_timezone())
+                    .trim_start_matches("on ")
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        let reads = resolution.targets.len() as u64;
+        if let Err(refusal) = quota::apply_fits(reads, 0, &usage) {
+            eprintln!("{refusal}");
+            return Ok(ExitCode::FAILURE);
+        }
+        let refused_reading = dingtalk.quota_refusals();
+        let plan = fleet.plan_resolved(resolution.clone()).await;
+        let usage = dingtalk.quota_usage().await?;
+        let (todo, writes) = plan.work();
+        if dingtalk.quota_refusals() > refused_reading {
+            eprintln!(
+                "apply refused: the month's background budget ran out while reading the groups ({}). Nothing was changed.",
+                usage.line()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if let Err(refusal) = quota::apply_fits(todo.len() as u64, writes, &usage) {
+            eprintln!("{refusal}");
+            return Ok(ExitCode::FAILURE);
+        }
+        let unchanged = plan.unchanged_groups();
+        let mut resolution = resolution;
+        resolution.targets.retain(|t| todo.contains(&t.conversation_id));
+        (resolution, unchanged)
+    } else {
+        (resolution, Vec::new())
+    };
+    let refused = dingtalk.quota_refusals();
     let progress = progress::ApplyProgress::new(resolution.targets.len());
-    let report = fleet
+    let mut report = fleet
         .apply_resolved(resolution, "apply", |g| progress.group(g))
         .await;
     progress.finish();
-    lease.release().await;
+    report.add_unchanged(planned);
     write_stdout(&report.summary())?;
+    if dingtalk.quota_refusals() > refused {
+        let usage = dingtalk.quota_usage().await?;
+        eprintln!(
+            "apply stopped: the month's background budget ran out ({}). What was done is recorded; run `dingops apply` again \
+             when the month renews ({}) or with a larger monthly_call_budget to finish.",
+            usage.line(),
+            crate::dingtalk::quota::renews_text(&usage.month, dingtalk.quota_timezone())
+                .trim_start_matches("on ")
+        );
+    }
     Ok(ExitCode::from(report.exit_code()))
 }
 

@@ -44,7 +44,7 @@ keys! {
     "server": listen, signature_window_secs, shutdown_grace_secs, request_timeout_ms, max_connections;
     "dingtalk": app_key, app_secret, robot_code, oapi_base, api_base, upstream_timeout_ms,
         upstream_connect_timeout_ms, api_calls_per_sec, retry_max_attempts, retry_base_ms,
-        retry_deadline_ms, proxy;
+        retry_deadline_ms, proxy, monthly_call_budget, interactive_reserve;
     "worker": reply_hosts, admins, trust_is_admin, groups, command_concurrency, queue_capacity,
         admin_commands_per_minute, timezone, claim_lease_secs;
     "ledger": database, retention_days;
@@ -169,6 +169,14 @@ impl Sources {
                 key,
                 format!("expected a string, found {}", other.type_str()),
             )),
+        }
+    }
+
+    /// A key that is text or a whole number (`monthly_call_budget = 5000` or `"off"`), as text.
+    pub(super) fn text_or_integer(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        match self.raw(key) {
+            Some(Raw::File(toml::Value::Integer(i))) => Ok(Some(i.to_string())),
+            _ => self.string(key),
         }
     }
 

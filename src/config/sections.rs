@@ -25,8 +25,12 @@ pub struct FleetSettings {
     /// Default 24.
     pub dm_reapply_hours: u64,
     /// `reconcile_every`: how often `serve` plans and applies the policy (`30m`, `1h`, …);
-    /// `off` or unset: never. Default off.
+    /// `off` or unset: never. Default off. With `auto` it is `None` and
+    /// [`FleetSettings::reconcile_auto`] is set.
     pub reconcile_every: Option<Duration>,
+    /// `reconcile_every = "auto"`: one group at a time, the one read longest ago, spaced so
+    /// that the month's background budget lasts the month (needs `monthly_call_budget`).
+    pub reconcile_auto: bool,
 }
 
 /// The HTTP server and its callback route.
@@ -76,6 +80,13 @@ pub struct DingTalkSettings {
     /// `proxy`: an `http://host:port` proxy that carries every outbound connection (API
     /// calls, replies and Stream-mode WebSockets) through HTTP CONNECT. Default none.
     pub proxy: Option<ProxyAddr>,
+    /// `monthly_call_budget` and `interactive_reserve`: the calls dingops may make per
+    /// calendar month and the share kept for interactive work (docs/configuration.md).
+    /// Default off, 20%.
+    pub quota: crate::quota::Budget,
+    /// `timezone` (shared with the worker's replies): the months of the quota are calendar
+    /// months there.
+    pub timezone: jiff::tz::TimeZone,
 }
 
 /// The address of an HTTP CONNECT proxy (`proxy`): host and port, no credentials.
@@ -248,6 +259,8 @@ impl DingTalkSettings {
                 .map(|p| ProxyAddr::parse(&p))
                 .transpose()
                 .map_err(|reason| Sources::invalid("proxy", reason))?,
+            quota: read_quota(src)?,
+            timezone: read_timezone(src)?,
         })
     }
 
@@ -286,19 +299,51 @@ impl WorkerSettings {
             command_concurrency: src.integer("command_concurrency", 8, 1, 1024)? as usize,
             queue_capacity: src.integer("queue_capacity", 256, 1, 1_000_000)? as usize,
             admin_commands_per_minute: src.integer("admin_commands_per_minute", 10, 0, 100_000)? as u32,
-            timezone: {
-                let name = src.string("timezone")?.unwrap_or_else(|| "Asia/Shanghai".into());
-                jiff::tz::TimeZone::get(name.trim()).map_err(|_| {
-                    Sources::invalid(
-                        "timezone",
-                        "must be an IANA time zone name such as Asia/Shanghai or UTC",
-                    )
-                })?
-            },
+            timezone: read_timezone(src)?,
             claim_lease: Duration::from_secs(src.integer("claim_lease_secs", 30, 1, 3600)?),
             revert_minute: Duration::from_secs(60),
         })
     }
+}
+
+/// `timezone`: an IANA name, default Asia/Shanghai.
+fn read_timezone(src: &Sources) -> Result<jiff::tz::TimeZone, ConfigError> {
+    let name = src.string("timezone")?.unwrap_or_else(|| "Asia/Shanghai".into());
+    jiff::tz::TimeZone::get(name.trim()).map_err(|_| {
+        Sources::invalid(
+            "timezone",
+            "must be an IANA time zone name such as Asia/Shanghai or UTC",
+        )
+    })
+}
+
+/// `monthly_call_budget` (`off` or a positive number) and `interactive_reserve` (a count
+/// or a percentage of the budget).
+fn read_quota(src: &Sources) -> Result<crate::quota::Budget, ConfigError> {
+    use crate::quota::{Budget, Reserve};
+    let monthly = match src
+        .text_or_integer("monthly_call_budget")?
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("" | "off") => None,
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                return Err(Sources::invalid(
+                    "monthly_call_budget",
+                    format!("expected off or a positive number of calls such as 5000, found {text:?}"),
+                ));
+            }
+        },
+    };
+    let reserve = match src.text_or_integer("interactive_reserve")? {
+        None => Reserve::Percent(20),
+        Some(text) => {
+            Reserve::parse(&text).map_err(|reason| Sources::invalid("interactive_reserve", reason))?
+        }
+    };
+    Ok(Budget { monthly, reserve })
 }
 
 impl LedgerSettings {
@@ -332,8 +377,19 @@ impl FleetSettings {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from);
         let dm_reapply_hours = src.integer("dm_reapply_hours", 24, 1, 87_600)?;
+        let mut reconcile_auto = false;
         let reconcile_every = match src.string("reconcile_every")?.as_deref().map(str::trim) {
             None | Some("" | "off") => None,
+            Some("auto") => {
+                if read_quota(src)?.monthly.is_none() {
+                    return Err(Sources::invalid(
+                        "reconcile_every",
+                        "`auto` spreads the reads over the month's budget: set `monthly_call_budget` too (or give a duration such as 1h)",
+                    ));
+                }
+                reconcile_auto = true;
+                None
+            }
             Some(text) => {
                 let every = humantime::parse_duration(text).map_err(|_| {
                     Sources::invalid(
@@ -347,7 +403,7 @@ impl FleetSettings {
                 Some(every)
             }
         };
-        if reconcile_every.is_some() && policy.is_none() {
+        if (reconcile_every.is_some() || reconcile_auto) && policy.is_none() {
             return Err(Sources::invalid(
                 "reconcile_every",
                 "needs a policy file: set `policy` too",
@@ -357,6 +413,7 @@ impl FleetSettings {
             policy,
             dm_reapply_hours,
             reconcile_every,
+            reconcile_auto,
         })
     }
 

@@ -138,7 +138,7 @@ fn the_known_keys_are_every_documented_key_once() {
     ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
-    assert_eq!(keys.len(), 34);
+    assert_eq!(keys.len(), 36);
 }
 
 #[test]
@@ -314,4 +314,42 @@ fn a_variable_is_text_and_a_file_value_keeps_its_toml_type() {
         let err = Settings::from_sources(Some(&format!("{MINIMAL}{file}\n")), &env(&[])).unwrap_err();
         assert!(err.to_string().contains(message), "{file}: {err}");
     }
+}
+
+#[test]
+fn the_monthly_budget_is_off_by_default_and_keeps_a_fifth_for_interactive_calls() {
+    use crate::quota::{Budget, Reserve};
+    let s = Settings::from_sources(Some(MINIMAL), &env(&[])).unwrap();
+    assert_eq!(s.dingtalk.quota, Budget::default());
+    let s = Settings::from_sources(
+        Some(&format!("{MINIMAL}monthly_call_budget = 5000\n")),
+        &env(&[("DINGOPS_INTERACTIVE_RESERVE", "750")]),
+    )
+    .unwrap();
+    assert_eq!(s.dingtalk.quota.monthly, Some(5000));
+    assert_eq!(s.dingtalk.quota.reserve, Reserve::Calls(750));
+    let s = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MONTHLY_CALL_BUDGET", "5000")])).unwrap();
+    assert_eq!(s.dingtalk.quota.reserve_calls(), 1000);
+    for bad in ["0", "lots", "-5"] {
+        let e =
+            Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_MONTHLY_CALL_BUDGET", bad)])).unwrap_err();
+        assert!(e.to_string().contains("monthly_call_budget"), "{e}");
+    }
+    let e =
+        Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_INTERACTIVE_RESERVE", "120%")])).unwrap_err();
+    assert!(e.to_string().contains("interactive_reserve"), "{e}");
+}
+
+#[test]
+fn reconcile_every_auto_needs_a_monthly_budget() {
+    let policy = "policy = \"fleet.toml\"\nreconcile_every = \"auto\"\n";
+    let e = Settings::from_sources(Some(&format!("{MINIMAL}{policy}")), &env(&[])).unwrap_err();
+    assert!(e.to_string().contains("monthly_call_budget"), "{e}");
+    let s = Settings::from_sources(
+        Some(&format!("{MINIMAL}{policy}monthly_call_budget = \"5000\"\n")),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(s.fleet.reconcile_auto);
+    assert_eq!(s.fleet.reconcile_every, None);
 }

@@ -28,6 +28,60 @@ pub enum ApiError {
     /// The answer was not what the API documents.
     #[error("unexpected answer from DingTalk: {0}")]
     Decode(String),
+    /// The month's quota is spent: DingTalk's (90020) or this class's share of
+    /// `monthly_call_budget` (then nothing was sent).
+    #[error("{0}")]
+    Quota(QuotaSpent),
+}
+
+/// Why a call met the monthly quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuotaCause {
+    /// DingTalk answered that the organisation's monthly quota is spent: errcode 90020 or
+    /// `Forbidden.AccessDenied.ApiCountLimitForOrg` (`code` is what it said).
+    DingTalk { code: String, errcode: Option<i64> },
+    /// dingops' own `monthly_call_budget`: the calls of every class this month reached
+    /// what `class` may bring the month to.
+    Budget {
+        class: &'static str,
+        used: u64,
+        ceiling: u64,
+        monthly: u64,
+        reserve: u64,
+    },
+}
+
+/// A call the monthly quota stopped, and when the quota renews.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSpent {
+    pub cause: QuotaCause,
+    /// The first moment of next month in `timezone`, as people read it
+    /// ("2027-01-01 00:00 Asia/Shanghai").
+    pub renews: String,
+}
+
+impl std::fmt::Display for QuotaSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cause {
+            QuotaCause::DingTalk { code, .. } => write!(
+                f,
+                "DingTalk answered {code}: the organisation's monthly API quota is spent (it renews {})",
+                self.renews
+            ),
+            QuotaCause::Budget {
+                class,
+                used,
+                ceiling,
+                monthly,
+                reserve,
+            } => write!(
+                f,
+                "the month's {class} budget is spent: {used} calls used of the {ceiling} {class} calls may bring it to \
+                 (monthly_call_budget {monthly}, interactive reserve {reserve}; it renews {})",
+                self.renews
+            ),
+        }
+    }
 }
 
 /// What a failure means for the caller.
@@ -41,11 +95,17 @@ pub enum ErrorClass {
     Transient,
     /// Retrying cannot help.
     Permanent,
+    /// The organisation's monthly API quota is spent (90020): never retried; background
+    /// work pauses until the month rolls over.
+    QuotaSpent,
 }
 
 impl ApiError {
     /// Classifies the failure (see docs/dingtalk.md#error-codes).
     pub fn class(&self) -> ErrorClass {
+        if self.org_quota_spent() {
+            return ErrorClass::QuotaSpent;
+        }
         match self {
             ApiError::Code { errcode, .. } => match errcode {
                 40001 | 40014 | 42001 | 41001 => ErrorClass::TokenRejected,
@@ -66,6 +126,16 @@ impl ApiError {
             }
             ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) => ErrorClass::Transient,
             ApiError::Decode(_) | ApiError::Credentials(_) => ErrorClass::Permanent,
+            ApiError::Quota(_) => ErrorClass::QuotaSpent,
+        }
+    }
+
+    /// Whether DingTalk answered that the organisation's monthly API quota is spent.
+    fn org_quota_spent(&self) -> bool {
+        match self {
+            ApiError::Code { errcode, .. } => *errcode == 90020,
+            ApiError::Status { code, .. } => code.contains("ApiCountLimitForOrg"),
+            _ => false,
         }
     }
 
@@ -73,6 +143,10 @@ impl ApiError {
     pub fn errcode(&self) -> Option<i64> {
         match self {
             ApiError::Code { errcode, .. } => Some(*errcode),
+            ApiError::Quota(QuotaSpent {
+                cause: QuotaCause::DingTalk { errcode, .. },
+                ..
+            }) => *errcode,
             _ => None,
         }
     }
@@ -88,6 +162,11 @@ impl ApiError {
             ApiError::Transport(_) => "transport".into(),
             ApiError::Decode(_) => "decode".into(),
             ApiError::Credentials(code) => format!("credentials-{code}"),
+            ApiError::Quota(QuotaSpent {
+                cause: QuotaCause::DingTalk { code, .. },
+                ..
+            }) => code.clone(),
+            ApiError::Quota(_) => "budget".into(),
         }
     }
 }
@@ -96,6 +175,13 @@ impl ApiError {
 /// What an admin should do about a DingTalk failure (see docs/dingtalk.md#error-codes).
 pub fn advice(e: &ApiError) -> String {
     match e {
+        ApiError::Quota(q) => format!(
+            "the organisation's monthly DingTalk API quota is spent; it renews {}",
+            q.renews
+        ),
+        e if e.org_quota_spent() => {
+            "the organisation's monthly DingTalk API quota is spent; it renews on the first of next month".into()
+        }
         ApiError::Code { errcode: 34001, .. } => {
             "the bound chatid is invalid; rebind this group with /bind <chatid>".into()
         }
@@ -131,6 +217,9 @@ pub fn advice(e: &ApiError) -> String {
                 "DingTalk refused the app's access token; check app_key and app_secret".into()
             }
             ErrorClass::Permanent => "see the dingops log for details".into(),
+            ErrorClass::QuotaSpent => {
+                "the organisation's monthly DingTalk API quota is spent; it renews on the first of next month".into()
+            }
         },
     }
 }
@@ -173,6 +262,29 @@ mod tests {
         );
         assert_eq!(status(502, "").class(), ErrorClass::Transient);
         assert_eq!(status(400, "invalideChatId").class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn the_organisations_monthly_quota_is_a_class_of_its_own() {
+        assert_eq!(code(90020).class(), ErrorClass::QuotaSpent);
+        let forbidden = ApiError::Status {
+            status: 403,
+            code: "Forbidden.AccessDenied.ApiCountLimitForOrg".into(),
+            message: String::new(),
+        };
+        assert_eq!(forbidden.class(), ErrorClass::QuotaSpent);
+        assert!(advice(&code(90020)).contains("monthly DingTalk API quota is spent"));
+        assert!(advice(&forbidden).contains("monthly DingTalk API quota is spent"));
+        let spent = ApiError::Quota(QuotaSpent {
+            cause: QuotaCause::DingTalk {
+                code: "90020".into(),
+                errcode: Some(90020),
+            },
+            renews: "2027-01-01 00:00 Asia/Shanghai".into(),
+        });
+        assert_eq!(spent.class(), ErrorClass::QuotaSpent);
+        assert_eq!(spent.errcode(), Some(90020));
+        assert!(advice(&spent).ends_with("it renews 2027-01-01 00:00 Asia/Shanghai"));
     }
 
     #[test]

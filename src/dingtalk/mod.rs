@@ -6,11 +6,13 @@
 
 pub mod error;
 mod pacing;
+pub mod quota;
 pub mod token;
 mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt as _;
@@ -20,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
-pub use error::{ApiError, ErrorClass, advice};
+pub use error::{ApiError, ErrorClass, QuotaCause, QuotaSpent, advice};
 use pacing::Limiter;
 use token::TokenCache;
 pub use wire::http_client;
@@ -30,7 +32,8 @@ use wire::{
 
 use crate::config::DingTalkSettings;
 use crate::domain::ChatId;
-use crate::ledger::BudgetHandle;
+use crate::ledger::{BudgetHandle, LedgerHandle};
+use crate::quota::Class;
 use crate::telemetry::Metrics;
 
 /// The DingTalk APIs dingops calls; each has its own rate limiter.
@@ -76,6 +79,21 @@ impl Api {
             Api::DepartmentListSubId => "department_listsubid",
             Api::DepartmentGet => "department_get",
         }
+    }
+
+    /// Whether a call of this API counts against the organisation's monthly quota: every
+    /// OpenAPI call but the token and department APIs, which DingTalk exempts, and replies
+    /// through a sessionWebhook, which are not OpenAPI calls (our reading, see
+    /// docs/dingtalk.md).
+    pub fn counted(self) -> bool {
+        !matches!(
+            self,
+            Api::GetToken
+                | Api::AccessToken
+                | Api::DepartmentListSubId
+                | Api::DepartmentGet
+                | Api::SendBySession
+        )
     }
 
     /// Whether repeating the call after an unclear failure (timeout, broken connection)
@@ -158,6 +176,15 @@ const SWITCH_FIELDS: [&str; 6] = [
 
 /// The DingTalk client of one app.
 pub struct DingTalk {
+    shared: Arc<Shared>,
+    /// Whom this handle's calls are made for: they are counted against that class's share
+    /// of the monthly budget ([`DingTalk::for_class`]).
+    class: Class,
+}
+
+/// What every class-tagged handle of one client shares: connections, tokens, pacing and
+/// the quota's counts.
+struct Shared {
     http: reqwest::Client,
     oapi_base: String,
     api_base: String,
@@ -169,37 +196,53 @@ pub struct DingTalk {
     limiters: HashMap<Api, Limiter>,
     /// The ledger whose rate budget every process on it shares; `None`: pace locally.
     budget: Option<BudgetHandle>,
+    /// The monthly quota: the budget, its months, and where calls are counted.
+    quota: quota::Gate,
     /// The budget's slots are times of the ledger's clock: this is how they map to ours.
     ledger_time: crate::ledger::LedgerTime,
     /// Where deadlines and the pacing's slots are read.
-    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    clock: Arc<dyn crate::clock::Clock>,
     options: ClientOptions,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for DingTalk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DingTalk")
-            .field("oapi_base", &self.oapi_base)
-            .field("api_base", &self.api_base)
-            .field("app_key", &self.app_key)
-            .field("shared_budget", &self.budget.is_some())
+            .field("oapi_base", &self.shared.oapi_base)
+            .field("api_base", &self.shared.api_base)
+            .field("app_key", &self.shared.app_key)
+            .field("shared_budget", &self.shared.budget.is_some())
+            .field("class", &self.class)
             .finish_non_exhaustive()
     }
 }
 
 impl DingTalk {
-    /// A client for the app in `settings` that paces its calls in this process alone: for
-    /// tools that run without a ledger. Beside other processes on a ledger, use
-    /// [`DingTalk::with_budget`].
-    pub fn new(settings: &DingTalkSettings, metrics: std::sync::Arc<Metrics>) -> Result<Self, ApiError> {
+    /// A client for the app in `settings` that paces its calls in this process alone and
+    /// counts the monthly budget (if any) in this process alone: for tools that run without
+    /// a ledger. Beside other processes on a ledger, use [`DingTalk::with_budget`]. Its calls
+    /// are interactive until [`DingTalk::for_class`] says otherwise.
+    pub fn new(settings: &DingTalkSettings, metrics: Arc<Metrics>) -> Result<Self, ApiError> {
+        Self::build(settings, metrics, None)
+    }
+
+    fn build(
+        settings: &DingTalkSettings,
+        metrics: Arc<Metrics>,
+        ledger: Option<LedgerHandle>,
+    ) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = http_client(settings)?;
         let limiters = Api::ALL
             .into_iter()
             .filter_map(|api| Limiter::new(options.calls_per_sec).map(|l| (api, l)))
             .collect();
-        Ok(Self {
+        metrics
+            .quota
+            .budget
+            .set(settings.quota.monthly.map_or(0, |m| m as i64));
+        let shared = Shared {
             http,
             oapi_base: settings.oapi_base.to_string(),
             api_base: settings.api_base.to_string(),
@@ -209,11 +252,20 @@ impl DingTalk {
             legacy: TokenCache::default(),
             modern: TokenCache::default(),
             limiters,
-            budget: None,
+            budget: ledger.as_ref().map(LedgerHandle::budget),
+            quota: quota::Gate::new(
+                settings.quota,
+                settings.timezone.clone(),
+                ledger.map(|l| l.quota()),
+            ),
             ledger_time: Default::default(),
-            clock: std::sync::Arc::new(crate::clock::SystemClock),
+            clock: Arc::new(crate::clock::SystemClock),
             options,
             metrics,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            class: Class::Interactive,
         })
     }
 
@@ -222,49 +274,68 @@ impl DingTalk {
     /// there (one ledger write), then waits for it. When a reservation fails, the call is
     /// paced in this process alone (logged, counted in
     /// `dingops_rate_budget_fallbacks_total`). `api_calls_per_sec = 0` still turns pacing
-    /// off, and then the ledger is not asked.
+    /// off, and then the ledger is not asked. With a `monthly_call_budget`, each counted call
+    /// is also counted in the ledger's monthly quota, shared the same way.
     pub fn with_budget(
         settings: &DingTalkSettings,
-        metrics: std::sync::Arc<Metrics>,
-        ledger: impl Into<BudgetHandle>,
+        metrics: Arc<Metrics>,
+        ledger: LedgerHandle,
     ) -> Result<Self, ApiError> {
-        let mut client = Self::new(settings, metrics)?;
-        client.budget = Some(ledger.into());
-        Ok(client)
+        Self::build(settings, metrics, Some(ledger))
     }
 
-    /// This client reading the time (deadlines, pacing) from `clock` instead of the
-    /// system's.
+    /// This client reading the time (deadlines, pacing, the quota's month) from `clock`
+    /// instead of the system's. Called on a new client, before [`DingTalk::for_class`].
     #[must_use]
-    pub fn with_clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
-        self.legacy = TokenCache::new(clock.clone());
-        self.modern = TokenCache::new(clock.clone());
-        self.clock = clock;
+    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => {
+                shared.legacy = TokenCache::new(clock.clone());
+                shared.modern = TokenCache::new(clock.clone());
+                shared.clock = clock;
+            }
+            None => tracing::warn!("a DingTalk client already shared keeps its clock"),
+        }
         self
+    }
+
+    /// A handle on the same client (connections, tokens, pacing, counts) whose calls are
+    /// made for `class`: the worker's are interactive, `fleet/`'s background.
+    #[must_use]
+    pub fn for_class(&self, class: Class) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            class,
+        }
+    }
+
+    /// Whom this handle's calls are made for.
+    pub fn class(&self) -> Class {
+        self.class
     }
 
     fn cache(&self, kind: TokenKind) -> &TokenCache {
         match kind {
-            TokenKind::Legacy => &self.legacy,
-            TokenKind::Modern => &self.modern,
+            TokenKind::Legacy => &self.shared.legacy,
+            TokenKind::Modern => &self.shared.modern,
         }
     }
 
     /// This process's reading of the ledger's clock: the budget's slots go by it, and so do
     /// the worker's revert due times (one offset, measured by whichever needs it first).
     pub fn ledger_time(&self) -> &crate::ledger::LedgerTime {
-        &self.ledger_time
+        &self.shared.ledger_time
     }
 
     /// How long one call may take with its retries (`retry_deadline_ms`).
     pub fn call_deadline(&self) -> Duration {
-        self.options.deadline
+        self.shared.options.deadline
     }
 
     /// The deadline of a call starting now.
     fn deadline(&self) -> Instant {
-        let now = self.clock.instant();
-        now.checked_add(self.options.deadline).unwrap_or(now)
+        let now = self.shared.clock.instant();
+        now.checked_add(self.shared.options.deadline).unwrap_or(now)
     }
 
     /// Runs one API call with pacing, retries and (for `token`) the token's invalidation,
@@ -302,16 +373,17 @@ impl DingTalk {
                 ),
                 None => None,
             };
+            self.take_quota(api).await?;
             self.pace(api, deadline).await?;
-            let started = self.clock.instant();
+            let started = self.shared.clock.instant();
             let result = op(tok.clone()).await;
-            let took = self.clock.instant().saturating_duration_since(started);
+            let took = self.shared.clock.instant().saturating_duration_since(started);
             let elapsed_ms = took.as_millis();
             let code = match &result {
                 Ok(_) => "0".to_owned(),
                 Err(e) => e.short(),
             };
-            self.metrics.dingtalk_call(api.name(), &code, took);
+            self.shared.metrics.dingtalk_call(api.name(), &code, took);
             let err = match result {
                 Ok(v) => {
                     tracing::debug!(api = api.name(), elapsed_ms, "DingTalk call succeeded");
@@ -322,6 +394,7 @@ impl DingTalk {
             attempt = attempt.saturating_add(1);
             tracing::warn!(api = api.name(), attempt, elapsed_ms, error = %err.short(), "DingTalk call failed");
             let wait = match err.class() {
+                ErrorClass::QuotaSpent => return Err(self.quota_spent(api, err).await),
                 ErrorClass::TokenRejected if !token_refreshed => {
                     if let (Some(kind), Some(stale)) = (token, tok.as_ref()) {
                         self.cache(kind).invalidate(stale).await;
@@ -334,6 +407,7 @@ impl DingTalk {
                 }
                 ErrorClass::Transient if api.may_retry(&err) => {
                     let base = self
+                        .shared
                         .options
                         .base_backoff
                         .saturating_mul(2u32.saturating_pow(attempt.clamp(1, 10) - 1));
@@ -344,11 +418,12 @@ impl DingTalk {
                 _ => return Err(err),
             };
             let late = self
+                .shared
                 .clock
                 .instant()
                 .checked_add(wait)
                 .is_none_or(|at| at > deadline);
-            if attempt >= self.options.max_attempts || late {
+            if attempt >= self.shared.options.max_attempts || late {
                 return Err(err);
             }
             tokio::time::sleep(wait).await;
@@ -359,19 +434,23 @@ impl DingTalk {
     /// fetch this caller starts gives up at `deadline`.
     async fn token(&self, kind: TokenKind, deadline: Instant) -> Result<SecretString, ApiError> {
         match kind {
-            TokenKind::Legacy => self.legacy.get(|| self.fetch_legacy_token(deadline)).await,
-            TokenKind::Modern => self.modern.get(|| self.fetch_modern_token(deadline)).await,
+            TokenKind::Legacy => self.shared.legacy.get(|| self.fetch_legacy_token(deadline)).await,
+            TokenKind::Modern => self.shared.modern.get(|| self.fetch_modern_token(deadline)).await,
         }
     }
 
     async fn fetch_legacy_token(&self, deadline: Instant) -> Result<(SecretString, i64), ApiError> {
-        self.metrics.token_fetches.with_label_values(&["legacy"]).inc();
+        self.shared
+            .metrics
+            .token_fetches
+            .with_label_values(&["legacy"])
+            .inc();
         self.call_until(Api::GetToken, None, deadline, |_| async {
-            let mut url = join(&self.oapi_base, "/gettoken")?;
+            let mut url = join(&self.shared.oapi_base, "/gettoken")?;
             url.query_pairs_mut()
-                .append_pair("appkey", &self.app_key)
-                .append_pair("appsecret", self.app_secret.expose_secret());
-            let resp = self.http.get(url).send().await.map_err(transport)?;
+                .append_pair("appkey", &self.shared.app_key)
+                .append_pair("appsecret", self.shared.app_secret.expose_secret());
+            let resp = self.shared.http.get(url).send().await.map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v).map_err(credentials_error)?;
             token_from(&v, "access_token", "expires_in")
@@ -380,11 +459,23 @@ impl DingTalk {
     }
 
     async fn fetch_modern_token(&self, deadline: Instant) -> Result<(SecretString, i64), ApiError> {
-        self.metrics.token_fetches.with_label_values(&["modern"]).inc();
+        self.shared
+            .metrics
+            .token_fetches
+            .with_label_values(&["modern"])
+            .inc();
         self.call_until(Api::AccessToken, None, deadline, |_| async {
-            let url = join(&self.api_base, "/v1.0/oauth2/accessToken")?;
-            let body = json!({"appKey": self.app_key, "appSecret": self.app_secret.expose_secret()});
-            let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
+            let url = join(&self.shared.api_base, "/v1.0/oauth2/accessToken")?;
+            let body =
+                json!({"appKey": self.shared.app_key, "appSecret": self.shared.app_secret.expose_secret()});
+            let resp = self
+                .shared
+                .http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             if !(200..300).contains(&status) {
                 return Err(credentials_error(status_error(status, &v)));
@@ -428,8 +519,8 @@ impl DingTalk {
         path: &str,
         token: &Option<SecretString>,
     ) -> Result<RequestBuilder, ApiError> {
-        let url = join(&self.api_base, path)?;
-        let mut req = self.http.request(method, url);
+        let url = join(&self.shared.api_base, path)?;
+        let mut req = self.shared.http.request(method, url);
         if let Some(t) = token {
             req = req.header("x-acs-dingtalk-access-token", t.expose_secret());
         }
@@ -441,13 +532,20 @@ impl DingTalk {
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
     pub async fn set_friend_switch(&self, chatid: &ChatId, prohibit: bool) -> Result<(), ApiError> {
         self.call(Api::FriendSwitch, Some(TokenKind::Legacy), |tok| async move {
-            let mut url = join(&self.oapi_base, "/topapi/chat/member/friendswitch/update")?;
+            let mut url = join(&self.shared.oapi_base, "/topapi/chat/member/friendswitch/update")?;
             if let Some(t) = &tok {
                 url.query_pairs_mut()
                     .append_pair("access_token", t.expose_secret());
             }
             let body = json!({"chatid": chatid.as_str(), "is_prohibit": prohibit});
-            let resp = self.http.post(url).json(&body).send().await.map_err(transport)?;
+            let resp = self
+                .shared
+                .http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)
         })
@@ -493,13 +591,13 @@ impl DingTalk {
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
     pub async fn chat_get(&self, chatid: &ChatId) -> Result<GroupInfo, ApiError> {
         self.call(Api::ChatGet, Some(TokenKind::Legacy), |tok| async move {
-            let mut url = join(&self.oapi_base, "/chat/get")?;
+            let mut url = join(&self.shared.oapi_base, "/chat/get")?;
             if let Some(t) = &tok {
                 url.query_pairs_mut()
                     .append_pair("access_token", t.expose_secret());
             }
             url.query_pairs_mut().append_pair("chatid", chatid.as_str());
-            let resp = self.http.get(url).send().await.map_err(transport)?;
+            let resp = self.shared.http.get(url).send().await.map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)?;
             let info = v
@@ -524,12 +622,19 @@ impl DingTalk {
     async fn department_post(&self, api: Api, path: &str, dept_id: i64) -> Result<Value, ApiError> {
         let body = &json!({ "dept_id": dept_id });
         self.call(api, Some(TokenKind::Legacy), |tok| async move {
-            let mut url = join(&self.oapi_base, path)?;
+            let mut url = join(&self.shared.oapi_base, path)?;
             if let Some(t) = &tok {
                 url.query_pairs_mut()
                     .append_pair("access_token", t.expose_secret());
             }
-            let resp = self.http.post(url).json(body).send().await.map_err(transport)?;
+            let resp = self
+                .shared
+                .http
+                .post(url)
+                .json(body)
+                .send()
+                .await
+                .map_err(transport)?;
             let (status, v) = read_body(resp).await?;
             legacy_outcome(status, &v)?;
             Ok(v)
@@ -618,7 +723,7 @@ impl DingTalk {
             "msgParam": json!({"content": text}).to_string(),
             "msgKey": "sampleText",
             "openConversationId": open_conversation_id,
-            "robotCode": self.robot_code,
+            "robotCode": self.shared.robot_code,
         });
         self.call(Api::GroupMessage, Some(TokenKind::Modern), |tok| async move {
             self.modern_post("/v1.0/robot/groupMessages/send", &tok, Some(body))
@@ -632,6 +737,7 @@ impl DingTalk {
     pub async fn send_by_session(&self, webhook: &Url, message: &Value) -> Result<(), ApiError> {
         self.call(Api::SendBySession, None, |_| async {
             let resp = self
+                .shared
                 .http
                 .post(webhook.clone())
                 .json(message)

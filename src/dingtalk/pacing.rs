@@ -106,14 +106,14 @@ impl DingTalk {
     /// beyond `deadline` fails the call with [`ApiError::Timeout`]: waiting for it would
     /// outlast the call.
     pub(super) async fn pace(&self, api: Api, deadline: Instant) -> Result<(), ApiError> {
-        let Some(limiter) = self.limiters.get(&api) else {
+        let Some(limiter) = self.shared.limiters.get(&api) else {
             return Ok(());
         };
-        let Some(ledger) = &self.budget else {
-            limiter.acquire(self.clock.as_ref()).await;
+        let Some(ledger) = &self.shared.budget else {
+            limiter.acquire(self.shared.clock.as_ref()).await;
             return Ok(());
         };
-        let asked = self.clock.instant();
+        let asked = self.shared.clock.instant();
         for attempt in 1..=LATE_RETRIES {
             let Some(slot) = self.reserve(api, limiter, ledger, asked, deadline).await? else {
                 return Ok(());
@@ -122,7 +122,7 @@ impl DingTalk {
             // Sent more than MAX_LATE after its slot (the reservation's round trip or a late
             // wake-up on a loaded machine), a call would reach DingTalk closer to the calls
             // after it than the window allows: it takes a new slot instead.
-            let late = self.clock.instant().saturating_duration_since(slot);
+            let late = self.shared.clock.instant().saturating_duration_since(slot);
             let late_ms = late.as_millis();
             if late <= MAX_LATE || attempt == LATE_RETRIES {
                 break;
@@ -133,11 +133,13 @@ impl DingTalk {
                 "a shared slot was missed; taking another"
             );
         }
-        self.metrics
+        self.shared
+            .metrics
             .budget_wait_seconds
             .with_label_values(&[api.name()])
             .observe(
-                self.clock
+                self.shared
+                    .clock
                     .instant()
                     .saturating_duration_since(asked)
                     .as_secs_f64(),
@@ -159,14 +161,14 @@ impl DingTalk {
     ) -> Result<Option<Instant>, ApiError> {
         let (max, window_ms) = (limiter.max as u32, WINDOW.as_millis() as u64);
         let reservation = ledger.reserve_call(api.name(), max, window_ms);
-        let give_up = deadline.min(self.clock.instant() + RESERVE_TIMEOUT);
+        let give_up = deadline.min(self.shared.clock.instant() + RESERVE_TIMEOUT);
         let slot = match tokio::time::timeout_at(give_up, reservation).await {
             Ok(Ok(slot)) => {
                 // The slot is a time of the ledger's clock, read through the measured offset
                 // (exact to within a short round trip; the ledger's wait, counted from when
                 // its answer arrived, would send every call late by the reservation's commit).
-                let ledger_now = self.ledger_time.fresh_now_ms(ledger, CLOCK_MAX_AGE).await;
-                let now = self.clock.instant();
+                let ledger_now = self.shared.ledger_time.fresh_now_ms(ledger, CLOCK_MAX_AGE).await;
+                let now = self.shared.clock.instant();
                 now.checked_add(Duration::from_millis(slot.at_ms.saturating_sub(ledger_now)))
                     .unwrap_or(now)
             }
@@ -176,11 +178,12 @@ impl DingTalk {
                     _ => "no answer in time".to_owned(),
                 };
                 tracing::warn!(api = api.name(), %error, "shared rate budget unavailable; pacing this call locally");
-                self.metrics
+                self.shared
+                    .metrics
                     .budget_fallbacks
                     .with_label_values(&[api.name()])
                     .inc();
-                limiter.acquire(self.clock.as_ref()).await;
+                limiter.acquire(self.shared.clock.as_ref()).await;
                 return Ok(None);
             }
         };

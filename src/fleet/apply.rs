@@ -90,6 +90,13 @@ impl ApplyReport {
             .count()
     }
 
+    /// Adds groups a plan just found as the policy wants (not read again), in order.
+    pub fn add_unchanged(&mut self, groups: Vec<GroupApplied>) {
+        self.groups.extend(groups);
+        self.groups
+            .sort_by(|a, b| a.plan.conversation_id.cmp(&b.plan.conversation_id));
+    }
+
     /// Groups where something failed, plus selectors that could not be resolved.
     pub fn failed(&self) -> usize {
         self.groups.iter().filter(|g| g.failed()).count() + self.unresolved.len()

@@ -47,6 +47,11 @@ pub enum OpenError {
 }
 
 impl Fleet {
+    /// The DingTalk client this fleet calls through (background class).
+    pub fn dingtalk(&self) -> &DingTalk {
+        &self.dingtalk
+    }
+
     /// The ledger this fleet records its changes in.
     pub fn ledger(&self) -> &LedgerHandle {
         &self.ledger
@@ -89,6 +94,8 @@ impl Fleet {
         metrics: Arc<Metrics>,
         holder: String,
     ) -> Self {
+        // Plan, apply and reconcile are background work: never the interactive reserve.
+        let dingtalk = Arc::new(dingtalk.for_class(crate::quota::Class::Background));
         let governor = Governor::new(
             Arc::clone(&dingtalk),
             ledger.clone(),

@@ -6,7 +6,7 @@ use futures_util::StreamExt as _;
 use super::Fleet;
 use crate::clock::now_ms;
 use crate::domain::{ChatId, DmState};
-use crate::governance::policy::{Setting, Target, Unresolved};
+use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
 use crate::ledger::LedgerError;
 
 /// Groups read at once by `plan` (the client paces each API on its own).
@@ -88,6 +88,38 @@ pub struct Plan {
 
 impl Plan {
     /// How many settings would change.
+    /// What applying this plan costs in DingTalk calls besides each group's re-read: the
+    /// groups to apply (with changes, or whose read failed), and the writes (one
+    /// `group/update` per group with switch changes, one `friendswitch/update` per DM change).
+    pub fn work(&self) -> (std::collections::BTreeSet<String>, u64) {
+        let mut writes = 0;
+        let mut todo = std::collections::BTreeSet::new();
+        for g in &self.groups {
+            if g.error.is_some() || !g.changes.is_empty() {
+                todo.insert(g.conversation_id.clone());
+            }
+            if g.changes.iter().any(|c| matches!(c.setting, Setting::Switch(_))) {
+                writes += 1;
+            }
+            writes += g.changes.iter().filter(|c| c.setting == Setting::Dm).count() as u64;
+        }
+        (todo, writes)
+    }
+
+    /// The groups already as the policy wants, as an apply reports them.
+    pub fn unchanged_groups(&self) -> Vec<super::apply::GroupApplied> {
+        self.groups
+            .iter()
+            .filter(|g| g.error.is_none() && g.changes.is_empty())
+            .map(|g| super::apply::GroupApplied {
+                plan: g.clone(),
+                applied: Vec::new(),
+                failures: Vec::new(),
+                left_alone: Vec::new(),
+            })
+            .collect()
+    }
+
     pub fn change_count(&self) -> usize {
         self.groups.iter().map(|g| g.changes.len()).sum()
     }
@@ -197,15 +229,20 @@ impl Fleet {
     /// Plans every matched group, a few reads at a time.
     pub async fn plan(&self) -> Result<Plan, LedgerError> {
         let resolution = self.resolve().await?;
+        Ok(self.plan_resolved(resolution).await)
+    }
+
+    /// [`Fleet::plan`] of groups already resolved.
+    pub async fn plan_resolved(&self, resolution: Resolution) -> Plan {
         let groups = futures_util::stream::iter(resolution.targets)
             .map(|t| async move { self.plan_group(&t).await })
             .buffered(PLAN_IN_FLIGHT)
             .collect()
             .await;
-        Ok(Plan {
+        Plan {
             groups,
             unresolved: resolution.unresolved,
-        })
+        }
     }
 }
 

@@ -1,15 +1,37 @@
 //! `serve`'s reconcile loop: every `reconcile_every`, plan and apply the policy, count the
-//! drift it found by setting and log it per group.
+//! drift it found by setting and log it per group. The monthly quota bounds it: a run that
+//! has no room in the month's background share (or after DingTalk's 90020) is skipped, one
+//! that runs out midway stops, both counted; with `auto` it reads one group at a time, the
+//! one read longest ago, spaced so that the background share lasts the month.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::Fleet;
 use super::apply::{ApplyReport, GroupApplied};
 use super::policy_lease::PolicyLease;
-use crate::governance::policy::Setting;
+use crate::governance::policy::{Resolution, Setting};
+use crate::quota::{Class, auto_interval};
 use crate::telemetry::Metrics;
+
+/// `reconcile_every`: a period, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Every {
+    Period(Duration),
+    /// One group per run, spaced by [`auto_interval`] over the month's background share.
+    Auto,
+}
+
+impl From<Duration> for Every {
+    fn from(period: Duration) -> Self {
+        Every::Period(period)
+    }
+}
+
+/// The time between runs with `auto` when the quota cannot be read.
+const AUTO_FALLBACK: Duration = Duration::from_secs(600);
 
 /// The lease that says which replica reconciled within the current period: taken for
 /// `reconcile_every` at the start of a run and not given back, so the other replicas skip
@@ -19,7 +41,11 @@ pub const RECONCILE_LEASE: &str = "reconcile";
 /// Plans and applies the policy periodically, one run at a time.
 pub struct Reconciler {
     fleet: Fleet,
-    every: Duration,
+    every: Every,
+    /// With `auto`: the order in which this process last read each group (a sequence
+    /// number), so that the one read longest ago goes next.
+    last_read: Mutex<HashMap<String, u64>>,
+    reads: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
     running: AtomicBool,
     /// This replica's name in the leases.
@@ -38,10 +64,18 @@ impl Drop for RunPermit<'_> {
 }
 
 impl Reconciler {
-    pub fn new(fleet: Fleet, every: Duration, metrics: Arc<Metrics>, holder: String, shared: bool) -> Self {
+    pub fn new(
+        fleet: Fleet,
+        every: impl Into<Every>,
+        metrics: Arc<Metrics>,
+        holder: String,
+        shared: bool,
+    ) -> Self {
         Self {
             fleet,
-            every,
+            every: every.into(),
+            last_read: Mutex::default(),
+            reads: std::sync::atomic::AtomicU64::new(1),
             metrics,
             running: AtomicBool::new(false),
             holder,
@@ -55,8 +89,68 @@ impl Reconciler {
     pub async fn run(self: Arc<Self>) {
         loop {
             self.run_once().await;
-            tokio::time::sleep(self.every).await;
+            tokio::time::sleep(self.period().await).await;
         }
+    }
+
+    /// The time to the next run: `reconcile_every`, or with `auto` what is left of the
+    /// month over what the background may still spend.
+    async fn period(&self) -> Duration {
+        let Every::Period(every) = self.every else {
+            return match self.fleet.dingtalk().quota_usage().await {
+                Ok(usage) => {
+                    let rest = Duration::from_millis(usage.month.ends_ms.saturating_sub(usage.now_ms));
+                    auto_interval(usage.left(Class::Background).unwrap_or(0), rest)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the monthly quota; reconciling again later");
+                    AUTO_FALLBACK
+                }
+            };
+        };
+        every
+    }
+
+    /// Whether the month's quota lets a run start: not after DingTalk's 90020 this month,
+    /// not when the background share is used up (both logged and counted).
+    async fn quota_allows(&self) -> bool {
+        let usage = match self.fleet.dingtalk().quota_usage().await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the monthly quota; reconciling anyway");
+                return true;
+            }
+        };
+        let reason = if usage.spent {
+            "spent"
+        } else if usage.left(Class::Background) == Some(0) {
+            "budget"
+        } else {
+            return true;
+        };
+        self.metrics
+            .quota
+            .reconcile_skipped
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(reason, "{}; skipping this reconcile run", usage.line());
+        false
+    }
+
+    /// With `auto`, only the matched group read longest ago (never read: first).
+    fn oldest_only(&self, mut resolution: Resolution) -> Resolution {
+        let last = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(oldest) = resolution
+            .targets
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| last.get(&t.conversation_id).copied().unwrap_or(0))
+            .map(|(i, _)| i)
+        {
+            let target = resolution.targets.swap_remove(oldest);
+            resolution.targets = vec![target];
+        }
+        resolution
     }
 
     /// Whether this process may start a run now: not while one is under way here.
@@ -73,7 +167,7 @@ impl Reconciler {
         if !self.shared {
             return true;
         }
-        let (holder, ttl) = (self.holder.clone(), self.every.as_millis() as u64);
+        let (holder, ttl) = (self.holder.clone(), self.period().await.as_millis() as u64);
         match self
             .fleet
             .ledger()
@@ -114,8 +208,36 @@ impl Reconciler {
             .governor()
             .policy()
             .reload_logged("reconcile", &self.metrics);
-        let report = self.fleet.apply("reconcile", |g| self.observe(g)).await;
+        if !self.quota_allows().await {
+            lease.release().await;
+            return None;
+        }
+        let refused_before = self.fleet.dingtalk().quota_refusals();
+        let report = match self.fleet.resolve().await {
+            Ok(resolution) => {
+                let resolution = match self.every {
+                    Every::Auto => self.oldest_only(resolution),
+                    Every::Period(_) => resolution,
+                };
+                Ok(self
+                    .fleet
+                    .apply_resolved(resolution, "reconcile", |g| self.observe(g))
+                    .await)
+            }
+            Err(e) => Err(e),
+        };
         lease.release().await;
+        if self.fleet.dingtalk().quota_refusals() > refused_before || self.fleet.dingtalk().quota_spent_here()
+        {
+            self.metrics
+                .quota
+                .reconcile_skipped
+                .with_label_values(&["shortened"])
+                .inc();
+            tracing::warn!(
+                "the month's background budget ran out during this reconcile run; the groups not read wait for the next month (or a larger budget)"
+            );
+        }
         match report {
             Ok(report) => {
                 let result = if report.exit_code() == 0 {
@@ -152,6 +274,10 @@ impl Reconciler {
     /// policy. The private-chat switch cannot be read, so setting it again after
     /// `dm_reapply_hours` is not drift.
     fn observe(&self, g: &GroupApplied) {
+        self.last_read.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            g.plan.conversation_id.clone(),
+            self.reads.fetch_add(1, Ordering::Relaxed),
+        );
         let drifted: Vec<&str> = g
             .plan
             .changes

@@ -2,14 +2,13 @@
 //! end of a timed command, `apply` or reconcile), goes through [`Governor::change`]; what a
 //! setting should be is decided in [`desired`] from the policy ([`policy`], kept in force
 //! and reloaded by [`reload`]) and the exceptions timed commands make. The monthly API
-//! quota's arithmetic is in [`quota`]. See docs/architecture.md, "The governance core".
+//! quota's arithmetic is in [`crate::quota`]. See docs/architecture.md, "The governance core".
 //!
 //! Below `worker/` and `fleet/`, above `dingtalk/` and `ledger/`: nothing here calls up.
 
 mod core;
 pub mod desired;
 pub mod policy;
-pub mod quota;
 pub mod record;
 pub mod reload;
 pub mod setting;

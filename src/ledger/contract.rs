@@ -123,6 +123,9 @@ contract!(
     leases_are_granted_renewed_expired_and_released_as_the_trait_says,
 );
 
+/// The monthly quota's contract (`QuotaBook`), once per store.
+mod quota;
+
 fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
     let clock = crate::clock::ManualClock::at(0);
     super::testing::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{
     AuditRow, BindingStore, CommandLog, CommandStatus, LeaseStore, LedgerError, Maintenance, PruneStep,
-    RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
+    QuotaBook, QuotaCount, QuotaTake, RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, KnownValue, Pending, RevertJob};
@@ -52,6 +52,10 @@ struct State {
     call_slots: HashMap<String, Vec<u64>>,
     /// Leases by name: holder and the end of the lease (ms).
     leases: HashMap<String, (String, u64)>,
+    /// Calls counted per (month, api, class).
+    quota: BTreeMap<(String, String, String), u64>,
+    /// Months marked spent, with the first mark's time.
+    quota_spent: HashMap<String, u64>,
 }
 
 /// A [`Ledger`] held in memory.
@@ -466,6 +470,57 @@ impl RateBudget for MemoryLedger {
             at_ms: slot,
             now_ms: now,
         })
+    }
+}
+
+impl QuotaBook for MemoryLedger {
+    fn take_quota(
+        &self,
+        month: &str,
+        api: &str,
+        class: &str,
+        ceiling: Option<u64>,
+    ) -> Result<QuotaTake, LedgerError> {
+        let mut s = self.state()?;
+        let used: u64 = s
+            .quota
+            .iter()
+            .filter(|((m, _, _), _)| m == month)
+            .map(|(_, n)| n)
+            .sum();
+        if ceiling.is_some_and(|c| used >= c) {
+            return Ok(QuotaTake { taken: false, used });
+        }
+        *s.quota
+            .entry((month.to_owned(), api.to_owned(), class.to_owned()))
+            .or_default() += 1;
+        Ok(QuotaTake {
+            taken: true,
+            used: used + 1,
+        })
+    }
+
+    fn quota_counts(&self, month: &str) -> Result<Vec<QuotaCount>, LedgerError> {
+        Ok(self
+            .state()?
+            .quota
+            .iter()
+            .filter(|((m, _, _), _)| m == month)
+            .map(|((_, api, class), calls)| QuotaCount {
+                api: api.clone(),
+                class: class.clone(),
+                calls: *calls,
+            })
+            .collect())
+    }
+
+    fn mark_quota_spent(&self, month: &str, at_ms: u64) -> Result<(), LedgerError> {
+        self.state()?.quota_spent.entry(month.to_owned()).or_insert(at_ms);
+        Ok(())
+    }
+
+    fn quota_spent(&self, month: &str) -> Result<bool, LedgerError> {
+        Ok(self.state()?.quota_spent.contains_key(month))
     }
 }
 

@@ -124,6 +124,20 @@ INSERT OR IGNORE INTO group_settings (conversation_id, setting, value, set_by, s
 DROP TABLE dm_state;
 ALTER TABLE jobs ADD COLUMN set_value INTEGER;
 ALTER TABLE jobs ADD COLUMN restore TEXT NOT NULL DEFAULT 'unknown';",
+    // 8: the monthly API quota (docs/dingtalk.md, "The monthly quota"): calls counted per
+    // calendar month, API and class by every process on this ledger, and the months DingTalk
+    // answered 90020 for.
+    "CREATE TABLE IF NOT EXISTS quota_calls (
+    month TEXT NOT NULL,
+    api   TEXT NOT NULL,
+    class TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    PRIMARY KEY (month, api, class)
+);
+CREATE TABLE IF NOT EXISTS quota_spent (
+    month     TEXT PRIMARY KEY,
+    marked_ms INTEGER NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.

@@ -2,7 +2,7 @@
 //! resumption; a table of bindings; one of the last DM state per group.
 //!
 //! Its interface is a set of role traits ([`roles`]: commands, bindings, settings and
-//! reverts, leases, the rate budget, maintenance), each consumer taking the roles it uses;
+//! reverts, leases, the rate budget, the monthly quota, maintenance), each consumer taking the roles it uses;
 //! three stores implement them all: SQLite (the default, one process), PostgreSQL (a server
 //! that several replicas can share) and memory (unit tests). Async callers go through a
 //! [`Handle`]. It depends only on [`crate::domain`] and the `database` setting.
@@ -29,7 +29,8 @@ use std::sync::Arc;
 use crate::domain::{Accepted, Answer, Delivery, Pending};
 
 pub use roles::{
-    BindingStore, CommandLog, LeaseStore, Ledger, LedgerFuture, Maintenance, RateBudget, SettingStore,
+    BindingStore, CommandLog, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook, QuotaCount,
+    QuotaTake, RateBudget, SettingStore,
 };
 pub use rows::{CommandStatus, RevertState};
 
@@ -37,8 +38,8 @@ pub use rows::{CommandStatus, RevertState};
 /// tools holding a `SqliteLedger` or `MemoryLedger`), `use dingops::ledger::prelude::*`.
 pub mod prelude {
     pub use super::roles::{
-        BindingStore as _, CommandLog as _, LeaseStore as _, Maintenance as _, RateBudget as _,
-        SettingStore as _,
+        BindingStore as _, CommandLog as _, LeaseStore as _, Maintenance as _, QuotaBook as _,
+        RateBudget as _, SettingStore as _,
     };
 }
 
@@ -323,6 +324,32 @@ impl LedgerHandle {
 impl From<LedgerHandle> for BudgetHandle {
     fn from(ledger: LedgerHandle) -> Self {
         ledger.budget()
+    }
+}
+
+/// A handle on the quota only: what the DingTalk client counts its calls in.
+pub type QuotaHandle = Handle<dyn QuotaBook>;
+
+impl LedgerHandle {
+    /// The quota role of this ledger.
+    pub fn quota(&self) -> QuotaHandle {
+        let quota: Arc<dyn QuotaBook> = self.0.clone();
+        Handle(quota)
+    }
+}
+
+impl<R: ?Sized + QuotaBook> Handle<R> {
+    /// [`QuotaBook::take_quota`].
+    pub async fn take_quota(
+        &self,
+        month: &str,
+        api: &str,
+        class: &str,
+        ceiling: Option<u64>,
+    ) -> Result<QuotaTake, LedgerError> {
+        Arc::clone(&self.0)
+            .take_quota_async(month.to_owned(), api.to_owned(), class.to_owned(), ceiling)
+            .await
     }
 }
 

@@ -287,8 +287,66 @@ pub trait Maintenance: Send + Sync + 'static {
     fn prune_finished(&self, before_ms: u64, after: i64, limit: usize) -> Result<PruneStep, LedgerError>;
 }
 
+/// What [`QuotaBook::take_quota`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaTake {
+    /// Whether the call was counted (it may go out).
+    pub taken: bool,
+    /// The month's calls of every class afterwards (with this one when it was taken).
+    pub used: u64,
+}
+
+/// One row of a month's count: calls of one API made for one class.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QuotaCount {
+    pub api: String,
+    pub class: String,
+    pub calls: u64,
+}
+
+/// The organisation's monthly API quota, counted for every process sharing the ledger
+/// (docs/dingtalk.md, "The monthly quota"). Months are keys such as `2026-12` and classes
+/// names such as `interactive`; the caller decides both.
+pub trait QuotaBook: Send + Sync + 'static {
+    /// Counts one call of `api` for `class` in `month` when the month's calls of every
+    /// class together are fewer than `ceiling` (`None`: always). Read, compare and count are
+    /// one atomic step, as for [`RateBudget::reserve_call`]: two processes never both take
+    /// the last call under a ceiling. A refused call counts nothing.
+    fn take_quota(
+        &self,
+        month: &str,
+        api: &str,
+        class: &str,
+        ceiling: Option<u64>,
+    ) -> Result<QuotaTake, LedgerError>;
+    /// The month's counts, by API and class (ordered so).
+    fn quota_counts(&self, month: &str) -> Result<Vec<QuotaCount>, LedgerError>;
+    /// Records that DingTalk answered the organisation's quota is spent for `month` (90020);
+    /// the first mark's time stays.
+    fn mark_quota_spent(&self, month: &str, at_ms: u64) -> Result<(), LedgerError>;
+    /// Whether any process marked `month` spent.
+    fn quota_spent(&self, month: &str) -> Result<bool, LedgerError>;
+
+    /// [`QuotaBook::take_quota`], awaited.
+    fn take_quota_async(
+        self: Arc<Self>,
+        month: String,
+        api: String,
+        class: String,
+        ceiling: Option<u64>,
+    ) -> LedgerFuture<QuotaTake> {
+        blocking(self, move |l| l.take_quota(&month, &api, &class, ceiling))
+    }
+}
+
 /// A store with every role: what `serve` and the CLI tools open, and split into roles for
 /// the consumers they wire.
-pub trait Ledger: CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + Maintenance {}
+pub trait Ledger:
+    CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + QuotaBook + Maintenance
+{
+}
 
-impl<T: CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + Maintenance> Ledger for T {}
+impl<T: CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + QuotaBook + Maintenance> Ledger
+    for T
+{
+}

@@ -134,7 +134,9 @@ impl WorkerContext {
         ));
         Self {
             ledger: ledger.clone(),
-            dingtalk,
+            // Chat commands, their replies and timed reverts are interactive: they may spend
+            // the reserve background work leaves.
+            dingtalk: Arc::new(dingtalk.for_class(crate::quota::Class::Interactive)),
             authorizer: Authorizer::new(
                 &settings.admins,
                 settings.trust_is_admin,

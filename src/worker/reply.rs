@@ -33,6 +33,12 @@ pub fn failed(command: &str, what: &str, e: &ApiError) -> Answer {
         outcome: Outcome::Failed,
         errcode: e.errcode(),
         text: match e {
+            // 90020, or dingops' own monthly budget: no retry will help before the month
+            // rolls over, so the reply says when that is.
+            ApiError::Quota(q) => format!(
+                "The organisation's monthly DingTalk API quota is spent, so {what} did not go through; it renews {}.",
+                q.renews
+            ),
             ApiError::Code { .. } | ApiError::Status { .. } | ApiError::Credentials(_) => {
                 format!("DingTalk refused {what} ({}): {}.", e.short(), advice(e))
             }

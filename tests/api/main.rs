@@ -21,6 +21,7 @@ mod limits;
 mod ops;
 mod policy;
 mod postgres;
+mod quota;
 mod replicas;
 mod replies;
 mod signature;

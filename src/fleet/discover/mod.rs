@@ -358,8 +358,10 @@ pub async fn run(
             source,
         })?;
     // Paced by the budget every process on this ledger shares, a running `serve` included.
+    // Background work: it never spends the interactive reserve of the monthly budget.
     let client = DingTalk::with_budget(dingtalk, Arc::new(Metrics::new()), ledger.clone())
-        .map_err(DiscoverError::Client)?;
+        .map_err(DiscoverError::Client)?
+        .for_class(crate::quota::Class::Background);
     let found = walk(&client, progress).await?;
     let stored = ledger.call(|l| l.bindings()).await?;
     let mut rows = classify(found, &stored, configured);

@@ -119,6 +119,19 @@ INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick
 DROP TABLE dm_state;
 ALTER TABLE jobs ADD COLUMN set_value SMALLINT;
 ALTER TABLE jobs ADD COLUMN restore TEXT NOT NULL DEFAULT 'unknown';",
+    // 8: the monthly API quota: calls counted per calendar month, API and class by every
+    // replica, and the months DingTalk answered 90020 for.
+    "CREATE TABLE quota_calls (
+    month TEXT COLLATE \"C\" NOT NULL,
+    api   TEXT COLLATE \"C\" NOT NULL,
+    class TEXT COLLATE \"C\" NOT NULL,
+    calls BIGINT NOT NULL,
+    PRIMARY KEY (month, api, class)
+);
+CREATE TABLE quota_spent (
+    month     TEXT COLLATE \"C\" PRIMARY KEY,
+    marked_ms BIGINT NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.

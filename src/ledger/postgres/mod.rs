@@ -266,6 +266,7 @@ fn mapped<T>(
 // After `ledger_now!`, which they use.
 mod calls;
 mod ingest;
+mod quota;
 mod roles;
 mod runtime;
 

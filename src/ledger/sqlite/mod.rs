@@ -2,10 +2,11 @@
 //!
 //! `mod.rs` opens the file and runs reads and writes; `files.rs` keeps the file (its
 //! permissions, the writer thread and the checkpointer), `lock.rs` the lock that makes one
-//! `serve` per file, `roles.rs` the statements of each role.
+//! `serve` per file, `roles.rs` the statements of each role (`quota.rs` those of the monthly quota).
 
 mod files;
 mod lock;
+mod quota;
 mod roles;
 
 use files::{LedgerFile, checkpoint_loop, restrict_permissions, writer_loop};

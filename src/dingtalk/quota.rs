@@ -1,0 +1,325 @@
+//! The monthly API quota on the client's side: before a counted call goes out it takes one
+//! unit of its class's share of `monthly_call_budget` (in the ledger, shared by every
+//! process on it, or in this process without one); DingTalk's own "quota spent" (90020) is
+//! recorded for the month. The arithmetic is `quota`; the reading of which APIs
+//! count is in docs/dingtalk.md ("The monthly quota").
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use jiff::tz::TimeZone;
+
+use super::{Api, ApiError, DingTalk, QuotaCause, QuotaSpent};
+use crate::ledger::{LedgerError, QuotaCount, QuotaHandle, QuotaTake};
+use crate::quota::{Budget, Class, Month};
+
+/// The quota's state in one client, shared by its class-tagged handles.
+pub(super) struct Gate {
+    budget: Budget,
+    timezone: TimeZone,
+    /// Where calls are counted for every process; `None`: in `local`.
+    book: Option<QuotaHandle>,
+    /// Counts of this process alone, by (month, class), for a client without a ledger.
+    local: Mutex<BTreeMap<(String, Class), u64>>,
+    /// The month DingTalk answered 90020 for, as far as this process knows.
+    spent: Mutex<Option<String>>,
+    /// Calls this process did not make because their class's share was used up.
+    refused: AtomicU64,
+}
+
+/// This month's use of the quota as the ledger (or, without one, this process) has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUsage {
+    pub month: Month,
+    /// When it was read (ms since the epoch).
+    pub now_ms: u64,
+    pub budget: Budget,
+    /// Calls by API and class.
+    pub counts: Vec<QuotaCount>,
+    /// Whether DingTalk answered 90020 this month (any process).
+    pub spent: bool,
+}
+
+impl QuotaUsage {
+    /// The month's calls, every class.
+    pub fn used(&self) -> u64 {
+        self.counts.iter().map(|c| c.calls).sum()
+    }
+
+    /// The month's calls made for `class`.
+    pub fn used_by(&self, class: Class) -> u64 {
+        self.counts
+            .iter()
+            .filter(|c| c.class == class.as_str())
+            .map(|c| c.calls)
+            .sum()
+    }
+
+    /// What `class` may still spend this month; `None` without a budget.
+    pub fn left(&self, class: Class) -> Option<u64> {
+        self.budget.left(class, self.used())
+    }
+
+    /// The month's use at its end, at the pace so far.
+    pub fn projected(&self) -> u64 {
+        self.month.projected(self.used(), self.now_ms)
+    }
+
+    /// One line: use, budget and reserve (for `dingops check` and the logs).
+    pub fn line(&self) -> String {
+        let used = self.used();
+        let spent = if self.spent {
+            "; DingTalk answered 90020 (the organisation's quota is spent)"
+        } else {
+            ""
+        };
+        match self.budget.monthly {
+            None => format!(
+                "monthly API quota {}: {used} calls counted; monthly_call_budget off{spent}",
+                self.month.key
+            ),
+            Some(monthly) => format!(
+                "monthly API quota {}: {used} of {monthly} calls used ({} interactive, {} background), \
+                 {} kept for interactive calls, {} left for background work{spent}",
+                self.month.key,
+                self.used_by(Class::Interactive),
+                self.used_by(Class::Background),
+                self.budget.reserve_calls(),
+                self.left(Class::Background).unwrap_or(0),
+            ),
+        }
+    }
+}
+
+impl Gate {
+    pub(super) fn new(budget: Budget, timezone: TimeZone, book: Option<QuotaHandle>) -> Self {
+        Self {
+            budget,
+            timezone,
+            book,
+            local: Mutex::default(),
+            spent: Mutex::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one call of `class` in this process's own count.
+    fn take_locally(&self, month: &str, class: Class, ceiling: Option<u64>) -> QuotaTake {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let used: u64 = local
+            .iter()
+            .filter(|((m, _), _)| m == month)
+            .map(|(_, n)| n)
+            .sum();
+        if ceiling.is_some_and(|c| used >= c) {
+            return QuotaTake { taken: false, used };
+        }
+        *local.entry((month.to_owned(), class)).or_default() += 1;
+        QuotaTake {
+            taken: true,
+            used: used + 1,
+        }
+    }
+}
+
+/// When `month`'s quota renews, as people in `tz` read it.
+pub fn renews_text(month: &Month, tz: &TimeZone) -> String {
+    let at = jiff::Timestamp::from_millisecond(i64::try_from(month.ends_ms).unwrap_or(i64::MAX))
+        .unwrap_or(jiff::Timestamp::MAX)
+        .to_zoned_datetime(tz.clone());
+    let zone = tz.iana_name().unwrap_or("local time");
+    format!("on {} {zone}", at.strftime("%Y-%m-%d %H:%M"))
+}
+
+impl DingTalk {
+    /// The configured monthly budget.
+    pub fn quota_budget(&self) -> Budget {
+        self.shared.quota.budget
+    }
+
+    /// The zone whose calendar months the quota counts.
+    pub fn quota_timezone(&self) -> &TimeZone {
+        &self.shared.quota.timezone
+    }
+
+    /// The month the client's clock is in now.
+    pub fn quota_month(&self) -> Month {
+        Month::of(self.shared.clock.now_ms(), &self.shared.quota.timezone)
+    }
+
+    /// Calls this process did not make because their class's share of the month was used
+    /// up (a run compares it before and after to know whether it was cut short).
+    pub fn quota_refusals(&self) -> u64 {
+        self.shared.quota.refused.load(Ordering::Relaxed)
+    }
+
+    /// This month's use as the ledger has it (every process on it), or this process's own
+    /// count without a ledger.
+    pub async fn quota_usage(&self) -> Result<QuotaUsage, LedgerError> {
+        let gate = &self.shared.quota;
+        let month = self.quota_month();
+        let here = self.quota_spent_here();
+        let (counts, spent) = match &gate.book {
+            Some(book) => {
+                let key = month.key.clone();
+                book.call(move |l| Ok((l.quota_counts(&key)?, l.quota_spent(&key)?)))
+                    .await?
+            }
+            None => {
+                let local = gate.local.lock().unwrap_or_else(|p| p.into_inner());
+                let counts = local
+                    .iter()
+                    .filter(|((m, _), _)| *m == month.key)
+                    .map(|((_, class), calls)| QuotaCount {
+                        api: "all".into(),
+                        class: class.as_str().into(),
+                        calls: *calls,
+                    })
+                    .collect();
+                (counts, false)
+            }
+        };
+        Ok(QuotaUsage {
+            now_ms: self.shared.clock.now_ms(),
+            month,
+            budget: gate.budget,
+            counts,
+            spent: spent || here,
+        })
+    }
+
+    /// Sets the quota's metrics from [`DingTalk::quota_usage`]: what `/metrics` shows,
+    /// refreshed by `serve` every few seconds so that it includes what other processes (a
+    /// CLI `apply`) spent.
+    pub async fn refresh_quota_metrics(&self) {
+        let usage = match self.quota_usage().await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the monthly quota from the ledger");
+                return;
+            }
+        };
+        let metrics = &self.shared.metrics.quota;
+        metrics.calls.reset();
+        for c in &usage.counts {
+            metrics
+                .calls
+                .with_label_values(&[c.api.as_str(), c.class.as_str()])
+                .set(i64::try_from(c.calls).unwrap_or(i64::MAX));
+        }
+        metrics.exhausted.set(i64::from(usage.spent));
+    }
+
+    /// Whether this process saw DingTalk answer 90020 this month.
+    pub fn quota_spent_here(&self) -> bool {
+        let month = self.quota_month();
+        self.shared
+            .quota
+            .spent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(month.key.as_str())
+    }
+
+    /// Takes one unit of this handle's class for a call of `api` about to go out; the
+    /// typed [`ApiError::Quota`] when the class's share of the month is used up (then
+    /// nothing is sent). Uncounted APIs and a budget that is `off` take nothing (no ledger
+    /// write); background calls after a 90020 this month are refused here too.
+    pub(super) async fn take_quota(&self, api: Api) -> Result<(), ApiError> {
+        let gate = &self.shared.quota;
+        if !api.counted() {
+            return Ok(());
+        }
+        if self.class == Class::Background && self.quota_spent_here() {
+            let month = self.quota_month();
+            return Err(ApiError::Quota(QuotaSpent {
+                cause: QuotaCause::DingTalk {
+                    code: "90020".into(),
+                    errcode: Some(90020),
+                },
+                renews: renews_text(&month, &gate.timezone),
+            }));
+        }
+        let Some(monthly) = gate.budget.monthly else {
+            return Ok(());
+        };
+        let month = self.quota_month();
+        let ceiling = gate.budget.ceiling(self.class);
+        let take = match &gate.book {
+            None => gate.take_locally(&month.key, self.class, ceiling),
+            Some(book) => match book
+                .take_quota(&month.key, api.name(), self.class.as_str(), ceiling)
+                .await
+            {
+                Ok(take) => take,
+                Err(e) => {
+                    // A ledger that does not answer must not stop chat commands: the call
+                    // goes, counted here only.
+                    tracing::warn!(error = %e, api = api.name(), "cannot count the call in the ledger's monthly quota; counting it here");
+                    gate.take_locally(&month.key, self.class, ceiling)
+                }
+            },
+        };
+        if take.taken {
+            return Ok(());
+        }
+        gate.refused.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .quota
+            .refused
+            .with_label_values(&[self.class.as_str()])
+            .inc();
+        tracing::warn!(
+            api = api.name(),
+            class = self.class.as_str(),
+            used = take.used,
+            budget = monthly,
+            "the month's budget for this class of calls is spent; not calling DingTalk"
+        );
+        Err(ApiError::Quota(QuotaSpent {
+            cause: QuotaCause::Budget {
+                class: self.class.as_str(),
+                used: take.used,
+                ceiling: ceiling.unwrap_or(monthly),
+                monthly,
+                reserve: gate.budget.reserve_calls(),
+            },
+            renews: renews_text(&month, &gate.timezone),
+        }))
+    }
+
+    /// DingTalk answered `err`, that the organisation's quota is spent: the month is marked
+    /// spent (here, in the metric and in the ledger for every process) and the error becomes
+    /// [`ApiError::Quota`], which says when the quota renews. Never retried.
+    pub(super) async fn quota_spent(&self, api: Api, err: ApiError) -> ApiError {
+        if matches!(err, ApiError::Quota(_)) {
+            return err;
+        }
+        let gate = &self.shared.quota;
+        let month = self.quota_month();
+        tracing::error!(
+            api = api.name(),
+            error = %err.short(),
+            month = %month.key,
+            "DingTalk says the organisation's monthly API quota is spent; background work pauses until the month rolls over"
+        );
+        *gate.spent.lock().unwrap_or_else(|p| p.into_inner()) = Some(month.key.clone());
+        self.shared.metrics.quota.exhausted.set(1);
+        if let Some(book) = &gate.book {
+            let (key, at) = (month.key.clone(), self.shared.clock.now_ms());
+            if let Err(e) = book.call(move |l| l.mark_quota_spent(&key, at)).await {
+                tracing::warn!(error = %e, "cannot record in the ledger that the month's quota is spent");
+            }
+        }
+        ApiError::Quota(QuotaSpent {
+            cause: QuotaCause::DingTalk {
+                code: err.short(),
+                errcode: err.errcode(),
+            },
+            renews: renews_text(&month, &gate.timezone),
+        })
+    }
+}
