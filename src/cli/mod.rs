@@ -208,7 +208,7 @@ async fn apply_within_budget(settings: &Settings, fleet: &Fleet) -> anyhow::Resu
             eprintln!("{refusal}");
             return Ok(ExitCode::FAILURE);
         }
-        let unchanged = plan.unchanged_groups();
+        let unchanged = crate::fleet::apply::GroupApplied::unchanged_in(&plan);
         let mut resolution = resolution;
         resolution.targets.retain(|t| todo.contains(&t.conversation_id));
         (resolution, unchanged)

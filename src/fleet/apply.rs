@@ -42,6 +42,20 @@ pub struct GroupApplied {
 }
 
 impl GroupApplied {
+    /// The groups of `plan` already as the policy wants, as an apply reports them.
+    pub fn unchanged_in(plan: &super::plan::Plan) -> Vec<GroupApplied> {
+        plan.groups
+            .iter()
+            .filter(|g| g.error.is_none() && g.changes.is_empty())
+            .map(|g| GroupApplied {
+                plan: g.clone(),
+                applied: Vec::new(),
+                failures: Vec::new(),
+                left_alone: Vec::new(),
+            })
+            .collect()
+    }
+
     pub fn failed(&self) -> bool {
         self.plan.error.is_some() || !self.failures.is_empty()
     }

@@ -106,20 +106,6 @@ impl Plan {
         (todo, writes)
     }
 
-    /// The groups already as the policy wants, as an apply reports them.
-    pub fn unchanged_groups(&self) -> Vec<super::apply::GroupApplied> {
-        self.groups
-            .iter()
-            .filter(|g| g.error.is_none() && g.changes.is_empty())
-            .map(|g| super::apply::GroupApplied {
-                plan: g.clone(),
-                applied: Vec::new(),
-                failures: Vec::new(),
-                left_alone: Vec::new(),
-            })
-            .collect()
-    }
-
     pub fn change_count(&self) -> usize {
         self.groups.iter().map(|g| g.changes.len()).sum()
     }
