@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dingtalk_sim::chat::{CallbackSender, new_msg_id, text_message};
-use dingtalk_sim::{Fault, RecordedReply, api};
+use dingtalk_sim::{Fault, api};
 use secrecy::SecretString;
 
 use crate::helpers::*;
@@ -24,22 +24,6 @@ fn write_policy(dir: &tempfile::TempDir, text: &str) -> PathBuf {
 /// The group's value of a `managementOptions` field in the simulator.
 fn option(app: &TestApp, field: &str) -> i64 {
     app.sim.group(GROUP).unwrap().options[field]
-}
-
-/// Waits up to `secs` for a group message (the timer's announcements) containing `text`.
-async fn group_message(app: &TestApp, text: &str, secs: u64) -> Option<RecordedReply> {
-    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let found = app
-            .sim
-            .replies()
-            .into_iter()
-            .find(|r| r.via == "group-message" && r.content.contains(text));
-        if found.is_some() || tokio::time::Instant::now() >= end {
-            return found;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

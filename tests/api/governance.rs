@@ -184,22 +184,6 @@ fn fast_reverts(minute_ms: u64) -> Options {
     }
 }
 
-/// Waits up to `secs` for a group message containing `text`.
-async fn group_message(app: &TestApp, text: &str, secs: u64) -> Option<dingtalk_sim::RecordedReply> {
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    loop {
-        let found = app
-            .sim
-            .replies()
-            .into_iter()
-            .find(|r| r.via == "group-message" && r.content.contains(text));
-        if found.is_some() || std::time::Instant::now() >= end {
-            return found;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_timed_switch_reverts_on_time_and_posts_its_result_in_the_group() {
     let app = spawn_app_with(fast_reverts(1000)).await;

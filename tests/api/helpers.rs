@@ -545,3 +545,19 @@ pub async fn metric_at(address: &str, name: &str) -> Option<f64> {
         .parse()
         .ok()
 }
+
+/// Waits up to `secs` for a group message (the timer's announcements) containing `text`.
+pub async fn group_message(app: &TestApp, text: &str, secs: u64) -> Option<RecordedReply> {
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let found = app
+            .sim
+            .replies()
+            .into_iter()
+            .find(|r| r.via == "group-message" && r.content.contains(text));
+        if found.is_some() || tokio::time::Instant::now() >= end {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
