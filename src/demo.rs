@@ -1,7 +1,6 @@
 //! `dingops demo`: the DingTalk simulator (the `dingtalk-sim` crate) and the real server on
 //! loopback, a scripted group conversation, printed as a chat transcript, over HTTP callbacks
-//! or over Stream mode (`--mode stream`). Success only when every step behaved. Also how
-//! dingops is pointed at a simulator ([`sim_env`]).
+//! or over Stream mode (`--mode stream`). Success only when every step behaved.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -243,23 +242,14 @@ fn describe_call(call: &RecordedCall) -> String {
     format!("{what} → {answer}")
 }
 
-/// The `DINGOPS_*` environment that points a dingops at `sim`: the app credentials it
-/// accepts, its address as both API bases, and its `host:port` as the one reply host.
-pub fn sim_env(sim: &Simulator) -> Vec<(&'static str, String)> {
-    vec![
-        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
-        ("DINGOPS_OAPI_BASE", sim.url().to_owned()),
-        ("DINGOPS_API_BASE", sim.url().to_owned()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().to_owned()),
-    ]
-}
-
-/// Settings of a dingops whose DingTalk is `sim`: [`sim_env`] read as configuration, so
-/// the in-process app and a spawned binary are pointed at the simulator the same way;
-/// everything else at its default.
-pub fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigError> {
-    let env = sim_env(sim).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+/// Settings of a dingops whose DingTalk is `sim`: [`Simulator::dingops_env`] read as
+/// configuration; everything else at its default.
+fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigError> {
+    let env = sim
+        .dingops_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     Settings::from_sources(None, &env)
 }
 
