@@ -1,7 +1,6 @@
 //! `dingops demo`: the DingTalk simulator (the `dingtalk-sim` crate) and the real server on
 //! loopback, a scripted group conversation, printed as a chat transcript, over HTTP callbacks
-//! or over Stream mode (`--mode stream`). Success only when every step behaved. Also how
-//! dingops is pointed at a simulator ([`sim_env`]).
+//! or over Stream mode (`--mode stream`). Success only when every step behaved.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,7 +12,7 @@ use serde_json::Value;
 
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 use dingtalk_sim::stream::BOT_TOPIC;
-use dingtalk_sim::{RecordedCall, SimConfig, Simulator, api};
+use dingtalk_sim::{RecordedCall, RecordedReply, SimConfig, Simulator, api};
 
 use crate::config::{Mode, Settings};
 use crate::server::{Application, RunOptions};
@@ -282,23 +281,14 @@ fn describe_call(call: &RecordedCall) -> String {
     format!("{what} → {answer}")
 }
 
-/// The `DINGOPS_*` environment that points a dingops at `sim`: the app credentials it
-/// accepts, its address as both API bases, and its `host:port` as the one reply host.
-pub fn sim_env(sim: &Simulator) -> Vec<(&'static str, String)> {
-    vec![
-        ("DINGOPS_APP_KEY", sim.config().app_key.clone()),
-        ("DINGOPS_APP_SECRET", sim.config().app_secret.clone()),
-        ("DINGOPS_OAPI_BASE", sim.url().to_owned()),
-        ("DINGOPS_API_BASE", sim.url().to_owned()),
-        ("DINGOPS_REPLY_HOSTS", sim.host_port().to_owned()),
-    ]
-}
-
-/// Settings of a dingops whose DingTalk is `sim`: [`sim_env`] read as configuration, so
-/// the in-process app and a spawned binary are pointed at the simulator the same way;
-/// everything else at its default.
-pub fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigError> {
-    let env = sim_env(sim).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+/// Settings of a dingops whose DingTalk is `sim`: [`Simulator::dingops_env`] read as
+/// configuration; everything else at its default.
+fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigError> {
+    let env = sim
+        .dingops_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
     Settings::from_sources(None, &env)
 }
 
@@ -372,15 +362,9 @@ async fn push_and_wait(sim: &Simulator, data: String) -> u16 {
     0
 }
 
-async fn play(
-    out: &mut dyn Write,
-    sim: &Simulator,
-    bot_url: &str,
-    cfg: &SimConfig,
-    transport: Transport,
-) -> anyhow::Result<bool> {
-    let stream = transport == Transport::Stream;
-    let people: HashMap<&str, (Member, &str)> = [
+/// The demo's cast: who speaks, as which DingTalk member, in which role.
+fn cast() -> HashMap<&'static str, (Member, &'static str)> {
+    [
         (
             "alice",
             (
@@ -395,18 +379,17 @@ async fn play(
         ),
     ]
     .into_iter()
-    .collect();
-    let (webhook, expires) = sim.open_session(GROUP_CID, Duration::from_secs(90 * 60));
-    let chat = Chat {
-        open_conversation_id: GROUP_CID.into(),
-        title: "dingops demo group".into(),
-        conversation_type: "2".into(),
-        session_webhook: webhook,
-        session_expires_ms: expires,
-    };
-    let sender = CallbackSender::new(bot_url, SecretString::from(cfg.app_secret.clone()));
-    let forger = CallbackSender::new(bot_url, SecretString::from("a guessed secret".to_owned()));
+    .collect()
+}
 
+/// The transcript's head: where everything runs and what the group looks like.
+fn introduce(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    bot_url: &str,
+    title: &str,
+    stream: bool,
+) -> std::io::Result<()> {
     writeln!(
         out,
         "dingops demo: the real dingops server and a simulated DingTalk, both on loopback"
@@ -423,8 +406,7 @@ async fn play(
     }
     writeln!(
         out,
-        "  group \"{}\"  openConversationId {GROUP_CID}  chatid {GROUP_CHATID}",
-        chat.title
+        "  group \"{title}\"  openConversationId {GROUP_CID}  chatid {GROUP_CHATID}"
     )?;
     writeln!(out, "  private chat in the group right now: allowed")?;
     writeln!(
@@ -432,7 +414,259 @@ async fn play(
         "  timed reverts are shortened for the demo: one minute lasts {} s (60 s in a real run)",
         DEMO_REVERT_MINUTE.as_secs()
     )?;
+    writeln!(out)
+}
+
+/// How the demo's messages are sent: signed callbacks (one sender with the right secret,
+/// one with a guessed one) or Stream frames.
+struct Senders<'a> {
+    sim: &'a Simulator,
+    sender: CallbackSender,
+    forger: CallbackSender,
+    stream: bool,
+}
+
+impl Senders<'_> {
+    /// Sends `body` (forged: signed wrongly, or as a cut-off frame); HTTP: the response
+    /// status, Stream: the ACK's code.
+    async fn send(&self, body: &Value, forged: bool) -> anyhow::Result<u16> {
+        Ok(match (self.stream, forged) {
+            (true, true) => {
+                let text = body.to_string();
+                let half = text.chars().count() / 2;
+                push_and_wait(self.sim, text.chars().take(half).collect()).await
+            }
+            (true, false) => push_and_wait(self.sim, body.to_string()).await,
+            (false, true) => {
+                let (ts, sign) = self.forger.signed_headers();
+                self.forger
+                    .send_raw(body.to_string().into_bytes(), Some(&ts), Some(&sign))
+                    .await?
+                    .0
+            }
+            (false, false) => self.sender.send(body).await?.0,
+        })
+    }
+}
+
+/// A step that sends nothing: waits (20 s at most) for the timed revert's group message
+/// and writes it with the DingTalk calls made meanwhile; whether it said `contains`.
+async fn watch_revert(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    text: &str,
+    contains: &str,
+    (replies_before, calls_before): (usize, usize),
+) -> anyhow::Result<bool> {
+    writeln!(out, "[{}] {}", clock(), text)?;
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        let found = sim
+            .replies()
+            .into_iter()
+            .skip(replies_before)
+            .find(|r| r.via == "group-message");
+        if found.is_some() || std::time::Instant::now() >= end {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let calls: Vec<_> = sim.calls(None).into_iter().skip(calls_before).collect();
+    for call in &calls {
+        writeln!(out, "           ↳ DingTalk API: {}", describe_call(call))?;
+    }
+    let behaved = match message {
+        Some(m) if m.content.contains(contains) => {
+            writeln!(out, "[{}] dingops (timer, group message): {}", clock(), m.content)?;
+            writeln!(out, "           ✔ as expected")?;
+            true
+        }
+        Some(m) => {
+            writeln!(out, "           ✘ the revert said {:?}", m.content)?;
+            false
+        }
+        None => {
+            writeln!(out, "           ✘ no timed revert within 20 s")?;
+            false
+        }
+    };
     writeln!(out)?;
+    Ok(behaved)
+}
+
+/// What a step that sent a message saw: dingops' answer (HTTP status or ACK code, and
+/// which of the two), the new replies and DingTalk calls.
+struct Seen<'a> {
+    status: u16,
+    answered: &'static str,
+    replies: &'a [RecordedReply],
+    calls: &'a [RecordedCall],
+}
+
+/// How what a step saw differs from what it expects (written lines for refusals and
+/// duplicates included); empty when it behaved.
+fn problems(
+    out: &mut dyn Write,
+    expect: &Expect,
+    seen: &Seen<'_>,
+    member: &Member,
+    stream: bool,
+) -> std::io::Result<Vec<String>> {
+    let Seen {
+        status,
+        answered,
+        replies: new_replies,
+        calls,
+    } = *seen;
+    let mut problems = Vec::new();
+    match *expect {
+        Expect::Reply { mark, contains } => {
+            if status != 200 {
+                problems.push(format!("{answered} {status}, expected 200"));
+            }
+            match new_replies {
+                [r] => {
+                    if !r.content.starts_with(mark) {
+                        problems.push(format!("reply should start with {mark}"));
+                    }
+                    if !r.content.contains(contains) {
+                        problems.push(format!("reply should mention \"{contains}\""));
+                    }
+                    if !r.at_user_ids.contains(&member.staff_id)
+                        || !r.content.contains(&format!("@{}", member.staff_id))
+                    {
+                        problems.push("reply should @-mention the sender".into());
+                    }
+                }
+                other => problems.push(format!("expected one reply, got {}", other.len())),
+            }
+        }
+        Expect::Rejected { status: want } => {
+            // Stream frames carry no signature: the broken payload is refused with 400.
+            let want = if stream { 400 } else { want };
+            writeln!(out, "           ↳ dingops answered {answered} {status}")?;
+            if status != want {
+                problems.push(format!("{answered} {status}, expected {want}"));
+            }
+            if !new_replies.is_empty() || !calls.is_empty() {
+                problems.push("nothing should have been sent to DingTalk".into());
+            }
+        }
+        Expect::Revert { .. } => {}
+        Expect::Duplicate => {
+            writeln!(
+                out,
+                "           ↳ dingops answered {answered} {status} and ignored the duplicate msgId"
+            )?;
+            if status != 200 {
+                problems.push(format!("{answered} {status}, expected 200"));
+            }
+            if !new_replies.is_empty() || !calls.is_empty() {
+                problems.push("a redelivered message must not run again".into());
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// Who a step's line in the transcript is from.
+fn speaker(step: &Step, member: &Member, role: &str, stream: bool) -> String {
+    if step.redeliver {
+        format!("(DingTalk redelivers {}'s last message)", member.nick)
+    } else if step.forged && stream {
+        format!(
+            "{} ({}, pushes a frame whose payload is cut off)",
+            member.nick, member.staff_id
+        )
+    } else {
+        format!("{} ({}, {role})", member.nick, member.staff_id)
+    }
+}
+
+/// After a step's message was sent (dingops answered `status`): waits for its reply (or
+/// a moment, when none is expected), writes the DingTalk calls and replies it caused, and
+/// whether the step behaved.
+async fn judge(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    step: &Step,
+    member: &Member,
+    status: u16,
+    (replies_before, calls_before): (usize, usize),
+    stream: bool,
+) -> anyhow::Result<bool> {
+    let answered = if stream { "ACK code" } else { "HTTP" };
+    let wanted_reply = matches!(step.expect, Expect::Reply { .. });
+    let replies = if wanted_reply {
+        sim.wait_for_replies(replies_before + 1, Duration::from_secs(10))
+            .await
+    } else {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sim.replies()
+    };
+    let new_replies = &replies[replies_before.min(replies.len())..];
+    let calls: Vec<_> = sim.calls(None).into_iter().skip(calls_before).collect();
+    for call in calls.iter().filter(|c| c.api != api::SEND_BY_SESSION) {
+        writeln!(out, "           ↳ DingTalk API: {}", describe_call(call))?;
+    }
+    for r in new_replies {
+        let mut lines = r.content.lines();
+        writeln!(out, "[{}] dingops: {}", clock(), lines.next().unwrap_or(""))?;
+        for l in lines {
+            writeln!(out, "           {l}")?;
+        }
+    }
+    let seen = Seen {
+        status,
+        answered,
+        replies: new_replies,
+        calls: &calls,
+    };
+    let mut problems = problems(out, &step.expect, &seen, member, stream)?;
+    if let Some(want) = step.dm_after {
+        let now = sim.group(GROUP_CID).map(|g| g.dm_prohibited);
+        if now != Some(want) {
+            problems.push(format!(
+                "private chat should be {} in DingTalk",
+                if want { "forbidden" } else { "allowed" }
+            ));
+        }
+    }
+    if problems.is_empty() {
+        writeln!(out, "           ✔ as expected")?;
+    } else {
+        for p in &problems {
+            writeln!(out, "           ✘ {p}")?;
+        }
+    }
+    writeln!(out)?;
+    Ok(problems.is_empty())
+}
+
+async fn play(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    bot_url: &str,
+    cfg: &SimConfig,
+    transport: Transport,
+) -> anyhow::Result<bool> {
+    let stream = transport == Transport::Stream;
+    let people = cast();
+    let (webhook, expires) = sim.open_session(GROUP_CID, Duration::from_secs(90 * 60));
+    let chat = Chat {
+        open_conversation_id: GROUP_CID.into(),
+        title: "dingops demo group".into(),
+        conversation_type: "2".into(),
+        session_webhook: webhook,
+        session_expires_ms: expires,
+    };
+    let senders = Senders {
+        sim,
+        sender: CallbackSender::new(bot_url, SecretString::from(cfg.app_secret.clone())),
+        forger: CallbackSender::new(bot_url, SecretString::from("a guessed secret".to_owned())),
+        stream,
+    };
+    introduce(out, sim, bot_url, &chat.title, stream)?;
 
     let steps = script();
     let total = steps.len();
@@ -446,153 +680,29 @@ async fn play(
         };
         let replies_before = sim.replies().len();
         let calls_before = sim.calls(None).len();
-        let label = if step.redeliver {
-            format!("(DingTalk redelivers {}'s last message)", member.nick)
-        } else if step.forged && stream {
-            format!(
-                "{} ({}, pushes a frame whose payload is cut off)",
-                member.nick, member.staff_id
-            )
-        } else {
-            format!("{} ({}, {role})", member.nick, member.staff_id)
-        };
+        let label = speaker(&step, member, role, stream);
         if let Expect::Revert { contains } = step.expect {
-            writeln!(out, "[{}] {}", clock(), step.text)?;
-            let end = std::time::Instant::now() + Duration::from_secs(20);
-            let message = loop {
-                let found = sim
-                    .replies()
-                    .into_iter()
-                    .skip(replies_before)
-                    .find(|r| r.via == "group-message");
-                if found.is_some() || std::time::Instant::now() >= end {
-                    break found;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            let calls: Vec<_> = sim.calls(None).into_iter().skip(calls_before).collect();
-            for call in &calls {
-                writeln!(out, "           ↳ DingTalk API: {}", describe_call(call))?;
+            if watch_revert(out, sim, step.text, contains, (replies_before, calls_before)).await? {
+                passed += 1;
             }
-            match message {
-                Some(m) if m.content.contains(contains) => {
-                    writeln!(out, "[{}] dingops (timer, group message): {}", clock(), m.content)?;
-                    passed += 1;
-                    writeln!(out, "           ✔ as expected")?;
-                }
-                Some(m) => writeln!(out, "           ✘ the revert said {:?}", m.content)?,
-                None => writeln!(out, "           ✘ no timed revert within 20 s")?,
-            }
-            writeln!(out)?;
             continue;
         }
         writeln!(out, "[{}] {label}: @dingops {}", clock(), step.text)?;
-        // HTTP: the response status; Stream: the ACK's code.
-        let status = match (stream, step.forged) {
-            (true, true) => {
-                let text = body.to_string();
-                let half = text.chars().count() / 2;
-                push_and_wait(sim, text.chars().take(half).collect()).await
-            }
-            (true, false) => push_and_wait(sim, body.to_string()).await,
-            (false, true) => {
-                let (ts, sign) = forger.signed_headers();
-                forger
-                    .send_raw(body.to_string().into_bytes(), Some(&ts), Some(&sign))
-                    .await?
-                    .0
-            }
-            (false, false) => sender.send(&body).await?.0,
-        };
-        let answered = if stream { "ACK code" } else { "HTTP" };
+        let status = senders.send(&body, step.forged).await?;
         last_body = Some(body);
-
-        let mut problems = Vec::new();
-        let wanted_reply = matches!(step.expect, Expect::Reply { .. });
-        let replies = if wanted_reply {
-            sim.wait_for_replies(replies_before + 1, Duration::from_secs(10))
-                .await
-        } else {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            sim.replies()
-        };
-        let new_replies = &replies[replies_before.min(replies.len())..];
-        let calls: Vec<_> = sim.calls(None).into_iter().skip(calls_before).collect();
-        for call in calls.iter().filter(|c| c.api != api::SEND_BY_SESSION) {
-            writeln!(out, "           ↳ DingTalk API: {}", describe_call(call))?;
-        }
-        for r in new_replies {
-            let mut lines = r.content.lines();
-            writeln!(out, "[{}] dingops: {}", clock(), lines.next().unwrap_or(""))?;
-            for l in lines {
-                writeln!(out, "           {l}")?;
-            }
-        }
-        match step.expect {
-            Expect::Reply { mark, contains } => {
-                if status != 200 {
-                    problems.push(format!("{answered} {status}, expected 200"));
-                }
-                match new_replies {
-                    [r] => {
-                        if !r.content.starts_with(mark) {
-                            problems.push(format!("reply should start with {mark}"));
-                        }
-                        if !r.content.contains(contains) {
-                            problems.push(format!("reply should mention \"{contains}\""));
-                        }
-                        if !r.at_user_ids.contains(&member.staff_id)
-                            || !r.content.contains(&format!("@{}", member.staff_id))
-                        {
-                            problems.push("reply should @-mention the sender".into());
-                        }
-                    }
-                    other => problems.push(format!("expected one reply, got {}", other.len())),
-                }
-            }
-            Expect::Rejected { status: want } => {
-                // Stream frames carry no signature: the broken payload is refused with 400.
-                let want = if stream { 400 } else { want };
-                writeln!(out, "           ↳ dingops answered {answered} {status}")?;
-                if status != want {
-                    problems.push(format!("{answered} {status}, expected {want}"));
-                }
-                if !new_replies.is_empty() || !calls.is_empty() {
-                    problems.push("nothing should have been sent to DingTalk".into());
-                }
-            }
-            Expect::Revert { .. } => {}
-            Expect::Duplicate => {
-                writeln!(
-                    out,
-                    "           ↳ dingops answered {answered} {status} and ignored the duplicate msgId"
-                )?;
-                if status != 200 {
-                    problems.push(format!("{answered} {status}, expected 200"));
-                }
-                if !new_replies.is_empty() || !calls.is_empty() {
-                    problems.push("a redelivered message must not run again".into());
-                }
-            }
-        }
-        if let Some(want) = step.dm_after {
-            let now = sim.group(GROUP_CID).map(|g| g.dm_prohibited);
-            if now != Some(want) {
-                problems.push(format!(
-                    "private chat should be {} in DingTalk",
-                    if want { "forbidden" } else { "allowed" }
-                ));
-            }
-        }
-        if problems.is_empty() {
+        if judge(
+            out,
+            sim,
+            &step,
+            member,
+            status,
+            (replies_before, calls_before),
+            stream,
+        )
+        .await?
+        {
             passed += 1;
-            writeln!(out, "           ✔ as expected")?;
-        } else {
-            for p in &problems {
-                writeln!(out, "           ✘ {p}")?;
-            }
         }
-        writeln!(out)?;
     }
     let state = sim.group(GROUP_CID).map(|g| g.dm_prohibited);
     writeln!(

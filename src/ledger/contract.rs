@@ -1,17 +1,18 @@
 //! The ledger's contract, run against every store: each test below runs once on the memory
 //! store, once on SQLite and once on PostgreSQL (a schema of its own on the test server, see
-//! [`super::test_postgres`]). Tests of one store's own concerns (file modes, migrations from
+//! `dingops_testkit::TestSchema`). Tests of one store's own concerns (file modes, migrations from
 //! old files) stay beside that store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::test_postgres::TestSchema;
+use super::testing::SchemaUrl as _;
 use super::{CommandLog as _, Ledger, PostgresLedger, RevertState, SqliteLedger};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Delivery, Department, DmState, KnownValue, Outcome,
     Pending, RevertJob, RevertRestore, SessionWebhook,
 };
+use dingops_testkit::TestSchema;
 
 /// A store that tests can open (and open again, as a restart does).
 trait Store {

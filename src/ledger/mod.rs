@@ -18,9 +18,6 @@ mod postgres;
 pub mod retention;
 pub mod roles;
 mod sqlite;
-#[cfg(any(test, feature = "demo"))]
-#[doc(hidden)]
-pub mod test_postgres;
 #[cfg(test)]
 pub(crate) mod testing;
 

@@ -1,8 +1,21 @@
 //! Checks shared by the stores' tests: the lease contract and the rate-budget rule, each
 //! run against every store by `contract.rs`.
 
+use super::PostgresUrl;
 #[allow(unused_imports)]
 use super::{LeaseStore, Ledger};
+
+/// A test schema on the PostgreSQL test server (`dingops-testkit`, which knows no dingops
+/// types) as the store's address.
+pub(crate) trait SchemaUrl {
+    fn postgres_url(&self) -> PostgresUrl;
+}
+
+impl SchemaUrl for dingops_testkit::TestSchema {
+    fn postgres_url(&self) -> PostgresUrl {
+        PostgresUrl::parse(self.url()).unwrap_or_else(|e| panic!("the test schema's URL {e}"))
+    }
+}
 
 /// The lease contract every backend keeps (see [`LeaseStore::try_leases`]); each backend's
 /// tests run it on a store that reads `clock`, which the check moves.

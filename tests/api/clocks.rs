@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::{SchemaDatabase as _, TestSchema};
 use dingops::ledger::prelude::*;
-use dingops::ledger::test_postgres::TestSchema;
 use dingtalk_sim::chat::{CallbackSender, new_msg_id, text_message};
 use dingtalk_sim::{Fault, SimConfig, api};
 use secrecy::SecretString;

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
+use dingops::config::ConfigError;
 use dingops::config::Settings;
-pub use dingops::demo::{sim_env, sim_settings};
 use dingops::domain::ChatId;
 use dingops::ledger::prelude::*;
 use dingops::ledger::{AuditRow, SqliteLedger};
+use dingops::ledger::{Database, PostgresUrl};
 use dingops::server::{Application, RunOptions};
+pub use dingops_testkit::TestSchema;
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 use dingtalk_sim::{RecordedCall, RecordedReply, SimConfig, Simulator};
 use secrecy::SecretString;
@@ -70,6 +72,35 @@ pub fn new_sim(config: SimConfig) -> Arc<Simulator> {
     sim.add_group(GROUP, GROUP_CHATID, "Group A");
     sim.add_group(OTHER, OTHER_CHATID, "Group B");
     Arc::new(sim)
+}
+
+/// The `DINGOPS_*` environment that points a spawned dingops at `sim`.
+pub fn sim_env(sim: &Simulator) -> Vec<(&'static str, String)> {
+    sim.dingops_env()
+}
+
+/// Settings of a dingops whose DingTalk is `sim`: [`sim_env`] read as configuration, so
+/// the in-process app and a spawned binary are pointed at the simulator the same way;
+/// everything else at its default.
+pub fn sim_settings(sim: &Simulator) -> Result<Settings, ConfigError> {
+    let env = sim_env(sim).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Settings::from_sources(None, &env)
+}
+
+/// A test schema (`dingops_testkit`, which knows no dingops types) as a ledger's address.
+pub trait SchemaDatabase {
+    fn postgres_url(&self) -> PostgresUrl;
+
+    /// The `database` setting of a ledger in this schema.
+    fn database(&self) -> Database {
+        Database::Postgres(self.postgres_url())
+    }
+}
+
+impl SchemaDatabase for TestSchema {
+    fn postgres_url(&self) -> PostgresUrl {
+        PostgresUrl::parse(self.url()).unwrap_or_else(|e| panic!("the test schema's URL {e}"))
+    }
 }
 
 /// The settings a test app runs with: the simulator as DingTalk, `admin01` as admin, GROUP

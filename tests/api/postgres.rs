@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::helpers::{SchemaDatabase as _, TestSchema};
 use dingops::config::{Database, Settings};
 use dingops::domain::{Accepted, ConversationType, SessionWebhook};
 use dingops::ledger::Ledger;
-use dingops::ledger::test_postgres::TestSchema;
 use dingtalk_sim::chat::{new_msg_id, text_message};
 
 use crate::helpers::*;
@@ -318,7 +318,7 @@ async fn a_postgres_server_that_cannot_be_reached_stops_the_start_with_a_clear_e
 async fn a_wrong_postgres_password_is_reported_with_the_servers_message_and_sqlstate_never_the_password() {
     let wrong = "WrongPw-5f0c2a9e";
     let database = {
-        let mut url = url::Url::parse(&dingops::ledger::test_postgres::test_database_url()).unwrap();
+        let mut url = url::Url::parse(&dingops_testkit::test_database_url()).unwrap();
         url.set_password(Some(wrong)).unwrap();
         url.to_string()
     };

@@ -8,10 +8,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::{SchemaDatabase as _, TestSchema};
 use actix_web::dev::ServerHandle;
 use dingops::clock::now_ms;
 use dingops::config::{Mode, Settings};
-use dingops::ledger::test_postgres::TestSchema;
 use dingops::ledger::{Ledger, MemoryLedger, SqliteLedger};
 use dingops::server::{Application, RunOptions};
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use dingops::clock::now_ms;
-use dingops::demo::sim_env;
+use dingops_testkit::TestSchema;
 use dingtalk_sim::chat::{Chat, Member, text_message};
 use dingtalk_sim::sign::sign as signature;
 use dingtalk_sim::{SimConfig, Simulator, api};
@@ -361,7 +361,7 @@ pub(crate) async fn start_dingops(
     command
         .arg("serve")
         .env_clear()
-        .envs(sim_env(sim))
+        .envs(sim.dingops_env())
         .env("DINGOPS_LISTEN", addr.to_string())
         .env("DINGOPS_ADMINS", "admin01")
         .env("DINGOPS_DATABASE", db)
@@ -375,14 +375,10 @@ pub(crate) async fn start_dingops(
 
 /// The ledger of one load phase: the SQLite file `file` in `dir`, or a new schema on the
 /// PostgreSQL server of `--database` (kept until the returned guard is dropped).
-fn phase_database(
-    opts: &BenchOptions,
-    dir: &Path,
-    file: &str,
-) -> (Option<dingops::ledger::test_postgres::TestSchema>, String) {
+fn phase_database(opts: &BenchOptions, dir: &Path, file: &str) -> (Option<TestSchema>, String) {
     match &opts.database {
         Some(server) => {
-            let schema = dingops::ledger::test_postgres::TestSchema::on(server);
+            let schema = TestSchema::on(server);
             let url = schema.url().to_owned();
             (Some(schema), url)
         }

@@ -98,7 +98,7 @@ async fn run_in(n: usize, exe: &Path, dir: &Path, out: &mut dyn Write) -> anyhow
     let mut child = Command::new(exe)
         .arg("apply")
         .env_clear()
-        .envs(dingops::demo::sim_env(&sim))
+        .envs(sim.dingops_env())
         .env("DINGOPS_DATABASE", &db)
         .env("DINGOPS_POLICY", &policy)
         .stdin(Stdio::null())

@@ -193,6 +193,21 @@ impl Simulator {
         &self.shared.config
     }
 
+    /// The `DINGOPS_*` environment that points a dingops at this simulator: the app
+    /// credentials it accepts, its address as both API bases, and its `host:port` as the one
+    /// reply host. The demo, the tests and the bench all point dingops here this way (the
+    /// names are dingops' configuration keys, docs/configuration.md; no code of dingops is
+    /// used).
+    pub fn dingops_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("DINGOPS_APP_KEY", self.config().app_key.clone()),
+            ("DINGOPS_APP_SECRET", self.config().app_secret.clone()),
+            ("DINGOPS_OAPI_BASE", self.url().to_owned()),
+            ("DINGOPS_API_BASE", self.url().to_owned()),
+            ("DINGOPS_REPLY_HOSTS", self.host_port().to_owned()),
+        ]
+    }
+
     /// Stops the server and the Stream gateway (its connections are cut).
     pub async fn stop(&self) {
         self.shared.stream.stop();

@@ -204,7 +204,8 @@ pub async fn migrate(client: &mut Client) -> Result<(), LedgerError> {
 mod tests {
     use super::*;
     use crate::ledger::PostgresLedger;
-    use crate::ledger::test_postgres::TestSchema;
+    use crate::ledger::testing::SchemaUrl as _;
+    use dingops_testkit::TestSchema;
 
     fn stored_version(schema: &TestSchema) -> Vec<Option<String>> {
         schema.column("SELECT version::text FROM schema_version")

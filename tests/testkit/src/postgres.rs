@@ -1,12 +1,9 @@
-//! Test support: a schema of its own on the test PostgreSQL server for each test, so that
-//! tests run in parallel on one server and leave nothing behind.
+//! A schema of its own on the test PostgreSQL server for each test, so that tests run in
+//! parallel on one server and leave nothing behind.
 //!
 //! The server is named by `DINGOPS_TEST_DATABASE_URL` (`.ci/postgres start` prints it).
 //! Without it, a test that needs PostgreSQL fails with a message saying how to start one: it
 //! never passes silently.
-
-use super::postgres::describe;
-use crate::ledger::{Database, PostgresUrl};
 
 /// The variable naming the test server.
 pub const TEST_DATABASE_URL: &str = "DINGOPS_TEST_DATABASE_URL";
@@ -49,16 +46,8 @@ impl TestSchema {
         }
     }
 
-    /// The `database` setting of a ledger in this schema.
-    pub fn database(&self) -> Database {
-        Database::Postgres(self.postgres_url())
-    }
-
-    pub fn postgres_url(&self) -> PostgresUrl {
-        PostgresUrl::parse(&self.url).unwrap_or_else(|e| panic!("the test schema's URL {e}"))
-    }
-
-    /// The URL with the password: for a child process's environment.
+    /// The URL of the schema, with the password: what a ledger's `database` setting (or a
+    /// child process's `DINGOPS_DATABASE`) is made from.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -102,14 +91,17 @@ fn query_column(url: &str, sql: &str) -> Vec<Option<String>> {
 }
 
 /// Runs `sql` on a connection of its own, from a runtime of its own (callable anywhere but
-/// inside a runtime's async thread; the callers above give it a thread).
+/// inside a runtime's async thread; the callers above give it a thread). The test server
+/// takes no TLS (`.ci/postgres` starts it on loopback).
 fn try_query_column(url: &str, sql: &str) -> Result<Vec<Option<String>>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let config = PostgresUrl::parse(url)?.config()?;
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("the test server's URL is not a PostgreSQL URL ({e})"))?;
         let (client, connection) = config
             .connect(tokio_postgres::NoTls)
             .await
@@ -124,4 +116,19 @@ fn try_query_column(url: &str, sql: &str) -> Result<Vec<Option<String>>, String>
             })
             .collect())
     })
+}
+
+/// A client error with the server's message and SQLSTATE, or its chain of causes.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
