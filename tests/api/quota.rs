@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::helpers::{SchemaDatabase as _, TestSchema};
 use dingops::config::Settings;
 use dingops::dingtalk::DingTalk;
 use dingops::domain::{Binding, ChatId};
 use dingops::ledger::prelude::*;
-use dingops::ledger::test_postgres::TestSchema;
 use dingops::ledger::{LedgerHandle, SqliteLedger};
 use dingops::telemetry::Metrics;
 use dingtalk_sim::{SimConfig, Simulator, api};
@@ -53,7 +53,7 @@ fn cli_env(
     budget: &str,
     reserve: &str,
 ) -> Vec<(&'static str, String)> {
-    let mut env = sim_env(sim);
+    let mut env = sim.dingops_env();
     env.extend([
         ("DINGOPS_DATABASE", dir.join("ledger.db").display().to_string()),
         ("DINGOPS_POLICY", dir.join("policy.toml").display().to_string()),
