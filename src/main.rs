@@ -1,6 +1,5 @@
 //! The dingops command line: the arguments, and a dispatch to `dingops::cli`.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -146,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             logs("error");
             let mut out = std::io::stdout();
             let ok = dingops::demo::run(&mut out, mode).await?;
-            out.flush()?;
+            std::io::Write::flush(&mut out)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         #[cfg(feature = "demo")]
