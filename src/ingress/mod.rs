@@ -4,6 +4,7 @@
 //! callback and a Stream-mode connection are two small modules that call the same
 //! [`Pipeline::accept`] and know nothing of each other (see docs/architecture.md).
 
+pub mod card;
 pub mod http;
 pub mod payload;
 pub mod probes;

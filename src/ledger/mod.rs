@@ -9,6 +9,7 @@
 
 #[macro_use]
 mod rows;
+pub mod cards;
 #[cfg(test)]
 mod contract;
 mod database;
@@ -25,9 +26,10 @@ use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Delivery, Pending};
 
+pub use cards::{Approval, ApprovalVerdict, CardRow, ClickEntry};
 pub use roles::{
-    BindingStore, CommandLog, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook, QuotaCount,
-    QuotaTake, RateBudget, SettingStore,
+    BindingStore, CardStore, CommandLog, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook,
+    QuotaCount, QuotaTake, RateBudget, SettingStore,
 };
 pub use rows::{CommandStatus, RevertState};
 
@@ -35,8 +37,8 @@ pub use rows::{CommandStatus, RevertState};
 /// tools holding a `SqliteLedger` or `MemoryLedger`), `use dingops::ledger::prelude::*`.
 pub mod prelude {
     pub use super::roles::{
-        BindingStore as _, CommandLog as _, LeaseStore as _, Maintenance as _, QuotaBook as _,
-        RateBudget as _, SettingStore as _,
+        BindingStore as _, CardStore as _, CommandLog as _, LeaseStore as _, Maintenance as _,
+        QuotaBook as _, RateBudget as _, SettingStore as _,
     };
 }
 

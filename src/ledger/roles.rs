@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::cards::{Approval, ApprovalVerdict, CardRow, ClickEntry};
 use super::{AuditRow, LedgerError, PruneStep, RevertState, Slot};
 use crate::domain::{
     Accepted, Answer, Binding, DM_SETTING, Delivery, Department, DmState, KnownValue, Pending, RevertJob,
@@ -339,14 +340,71 @@ pub trait QuotaBook: Send + Sync + 'static {
     }
 }
 
+/// Interactive cards: the cards dingops sent, the clicks on their buttons and the
+/// approvals of the two-person rule (see [`super::cards`]).
+pub trait CardStore: Send + Sync + 'static {
+    /// Records a card; `false` (nothing written) when its `out_track_id` is known.
+    fn insert_card(&self, card: &CardRow) -> Result<bool, LedgerError>;
+    /// One card by its `out_track_id`.
+    fn card(&self, out_track_id: &str) -> Result<Option<CardRow>, LedgerError>;
+    /// The setting cards of one setting of a group whose status is one of `statuses`,
+    /// newest first (by `created_ms`, then insertion).
+    fn cards_of_setting(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        statuses: &[&str],
+    ) -> Result<Vec<CardRow>, LedgerError>;
+    /// Sets a card's status, buttons, data and `updated_ms`, and clears `pending_click`.
+    /// When `expect_status` is given, only if the card's status is that (`false`: not
+    /// changed). `false` too for an unknown card.
+    fn set_card_state(
+        &self,
+        out_track_id: &str,
+        expect_status: Option<&str>,
+        status: &str,
+        buttons: &[String],
+        data: &str,
+        now_ms: u64,
+    ) -> Result<bool, LedgerError>;
+    /// Enters a click once, in one atomic step: when `click.msg_id` is known →
+    /// `Duplicate`; no card → `UnknownCard`; the card `working` → `Busy`; `action` not in
+    /// its buttons → `NotOffered`; else the click is recorded as a command exactly as
+    /// [`CommandLog::accept`] records one, and the card becomes `working`, buttons empty,
+    /// `pending_click` = `click.msg_id`, `updated_ms` = `now_ms`.
+    fn accept_click(
+        &self,
+        click: &Accepted,
+        out_track_id: &str,
+        action: &str,
+        now_ms: u64,
+    ) -> Result<ClickEntry, LedgerError>;
+    /// Records an approval; `false` (nothing written) when its code is known.
+    fn insert_approval(&self, approval: &Approval) -> Result<bool, LedgerError>;
+    /// One approval by its code.
+    fn approval(&self, code: &str) -> Result<Option<Approval>, LedgerError>;
+    /// Decides an open approval in one atomic step: `state` is `approved` or `discarded`,
+    /// `by` who decides. Unknown code → `Unknown`; not `open` → `AlreadyDecided`;
+    /// `now_ms >= expires_ms` → `Expired`; `approved` by `asked_by` → `SameAdmin`; else
+    /// the state, `decided_by` and `decided_ms` are written → `Decided`.
+    fn decide_approval(
+        &self,
+        code: &str,
+        state: &str,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<ApprovalVerdict, LedgerError>;
+}
+
 /// A store with every role: what `serve` and the CLI tools open, and split into roles for
 /// the consumers they wire.
 pub trait Ledger:
-    CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + QuotaBook + Maintenance
+    CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + QuotaBook + CardStore + Maintenance
 {
 }
 
-impl<T: CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + QuotaBook + Maintenance> Ledger
-    for T
+impl<
+    T: CommandLog + BindingStore + SettingStore + LeaseStore + RateBudget + QuotaBook + CardStore + Maintenance,
+> Ledger for T
 {
 }

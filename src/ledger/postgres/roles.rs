@@ -584,3 +584,56 @@ mod tests {
         );
     }
 }
+
+// Placeholder until the card tables land (issue 22, in progress on a branch).
+impl crate::ledger::CardStore for PostgresLedger {
+    fn insert_card(&self, _: &crate::ledger::CardRow) -> Result<bool, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn card(&self, _: &str) -> Result<Option<crate::ledger::CardRow>, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn cards_of_setting(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[&str],
+    ) -> Result<Vec<crate::ledger::CardRow>, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn set_card_state(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: &str,
+        _: &[String],
+        _: &str,
+        _: u64,
+    ) -> Result<bool, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn accept_click(
+        &self,
+        _: &crate::domain::Accepted,
+        _: &str,
+        _: &str,
+        _: u64,
+    ) -> Result<crate::ledger::ClickEntry, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn insert_approval(&self, _: &crate::ledger::Approval) -> Result<bool, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn approval(&self, _: &str) -> Result<Option<crate::ledger::Approval>, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+    fn decide_approval(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: u64,
+    ) -> Result<crate::ledger::ApprovalVerdict, LedgerError> {
+        Err(LedgerError::Invalid("cards are not stored yet"))
+    }
+}

@@ -1,0 +1,85 @@
+//! The ledger's record of interactive cards: each card dingops sent with the command it
+//! answers, the clicks on its buttons (entered once each), and the approvals of the
+//! two-person rule. See docs/architecture.md, "Buttons".
+
+/// A card dingops sent, or is about to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRow {
+    /// Our own id of the card (DingTalk's `outTrackId`), unique per card.
+    pub out_track_id: String,
+    /// The group it was sent to.
+    pub conversation_id: String,
+    /// The command it answers (its msgId).
+    pub msg_id: String,
+    /// `setting` (a switch command's reply) or `plan` (the two-person rule).
+    pub kind: String,
+    /// For a setting card, the setting's stored name (`dm`, or DingTalk's field).
+    pub setting: Option<String>,
+    /// staffId of who asked (the command's sender).
+    pub created_by: String,
+    /// The card's status as last sent (`done`, `working`, `superseded`, ...).
+    pub status: String,
+    /// The action ids offered now, in order.
+    pub buttons: Vec<String>,
+    /// The msgId of the click being run, while the card is `working`.
+    pub pending_click: Option<String>,
+    /// The card module's own facts (JSON): values, durations, the rendered parameters.
+    pub data: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// What [`CardStore::accept_click`] did with a click.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClickEntry {
+    /// Recorded as a new command; the card is now `working` with no buttons, its
+    /// `pending_click` the click's msgId.
+    New,
+    /// The click's msgId was already recorded (a pushed-again callback): nothing changed.
+    Duplicate,
+    /// No card has that `outTrackId`.
+    UnknownCard,
+    /// The card is `working` on another click (a double click): nothing recorded.
+    Busy,
+    /// The action is not among the card's buttons now: nothing recorded.
+    NotOffered,
+}
+
+/// A plan waiting for a second admin (the two-person rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// The code `/apply <code>` takes; unique.
+    pub code: String,
+    /// The group (`ops_group`) it was asked in.
+    pub conversation_id: String,
+    /// staffId and nick of who asked for the plan.
+    pub asked_by: String,
+    pub asked_by_nick: Option<String>,
+    pub asked_ms: u64,
+    /// After this (ledger ms) the code no longer works.
+    pub expires_ms: u64,
+    /// The plan card, when one was sent.
+    pub out_track_id: Option<String>,
+    /// The policy's digest the plan was made from.
+    pub policy_digest: String,
+    /// `open`, `approved`, `discarded`.
+    pub state: String,
+    /// staffId of who approved or discarded it.
+    pub decided_by: Option<String>,
+    pub decided_ms: Option<u64>,
+}
+
+/// What [`CardStore::decide_approval`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalVerdict {
+    /// The approval was open and is now in the state asked for (returned as it is now).
+    Decided(Approval),
+    /// No approval has that code.
+    Unknown,
+    /// Its time ran out (nothing changed).
+    Expired(Approval),
+    /// It was approved or discarded before (nothing changed).
+    AlreadyDecided(Approval),
+    /// An approval by the admin who asked (nothing changed).
+    SameAdmin(Approval),
+}
