@@ -31,6 +31,12 @@ pub enum Command {
         revert_after: Option<u32>,
     },
     GroupStatus,
+    /// The policy's plan, for the two-person rule.
+    Plan,
+    /// Applies the plan with this code.
+    Apply {
+        code: String,
+    },
     Help,
 }
 
@@ -98,6 +104,13 @@ impl Command {
                     truncate(&args.join(" "), 64).to_owned(),
                 )),
             },
+            Arg::Code => match args.as_slice() {
+                [] => Err(ParseError::MissingArgument(spec)),
+                [code] => Ok(Command::Apply {
+                    code: truncate(code, 64).to_ascii_uppercase(),
+                }),
+                _ => Err(ParseError::UnexpectedArgument(spec)),
+            },
             Arg::Choice(switch, choices) => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),
                 [word] => {
@@ -153,6 +166,8 @@ impl Command {
             Command::Bind { .. } => CommandKind::Bind,
             Command::Switch { switch, value, .. } => switch.command_kind(*value),
             Command::GroupStatus => CommandKind::GroupStatus,
+            Command::Plan => CommandKind::Plan,
+            Command::Apply { .. } => CommandKind::Apply,
             Command::Help => CommandKind::Help,
         }
     }

@@ -171,6 +171,9 @@ pub struct Answer {
     pub text: String,
     /// A short, secret-free note for the audit log.
     pub detail: String,
+    /// What the reply card shows, when the reply is a card (not stored: a reply resent after
+    /// a restart is text).
+    pub card: Option<Box<ReplyCard>>,
 }
 
 impl Answer {
@@ -182,8 +185,37 @@ impl Answer {
             errcode: None,
             text: text.into(),
             detail: detail.into(),
+            card: None,
         }
     }
+}
+
+/// The card a reply becomes when cards are on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyCard {
+    /// A switch command's change, with its buttons (Undo, Extend, Revert now).
+    Setting(SettingChange),
+    /// A policy plan waiting for a second admin (Approve, Discard): its code, and the
+    /// `outTrackId` its approval names.
+    Plan { code: String, out_track_id: String },
+}
+
+/// What a switch command changed: what a reply card shows and its buttons act on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SettingChange {
+    pub chat_id: String,
+    /// The setting's stored name (`dm`, or DingTalk's field).
+    pub setting: String,
+    /// The value the command set.
+    pub value: u8,
+    /// The value before it, when dingops knew it.
+    pub before: Option<u8>,
+    /// A timed command: how long it lasts and when it ends (ledger ms).
+    pub duration_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Who ran it, as replies show people, and the command as typed.
+    pub by: String,
+    pub command: String,
 }
 
 /// A command that was accepted but not finished, with its answer once it has one.
@@ -201,6 +233,8 @@ pub enum Delivery {
     Session,
     /// Posted with the robot group-message API after the session had expired.
     GroupMessage,
+    /// Sent as an interactive card (a switch command's reply), or shown on the clicked card.
+    Card,
     /// Not sent: the sessionWebhook is not on `reply_hosts`.
     HostNotAllowed,
     /// Not sent: the session expired and no fallback exists (1:1 chats), or the command was
@@ -220,6 +254,7 @@ impl Delivery {
         match self {
             Delivery::Session => "session".into(),
             Delivery::GroupMessage => "group-message".into(),
+            Delivery::Card => "card".into(),
             Delivery::HostNotAllowed => "none-host-not-allowed".into(),
             Delivery::Expired => "none-expired".into(),
             Delivery::Superseded => "none-superseded".into(),

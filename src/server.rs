@@ -156,6 +156,16 @@ impl Application {
             DingTalk::with_budget(&settings.dingtalk, metrics.clone(), ledger.clone())?
                 .with_clock(clock.clone()),
         );
+        // Reply cards, when a template is configured; their calls are interactive.
+        let cards = crate::cards::Cards::new(
+            &settings.cards,
+            settings.stream.mode,
+            ledger.clone(),
+            Arc::new(dingtalk.for_class(crate::quota::Class::Interactive)),
+            clock.clone(),
+        )
+        .map(Arc::new);
+        let ops_room = ops_room(&settings, &policy, &dingtalk, &ledger, &metrics);
         let ctx = Arc::new(
             WorkerContext::new(
                 &settings.worker,
@@ -165,7 +175,9 @@ impl Application {
                 &sharing,
                 clock.clone(),
             )
-            .with_policy(policy.clone()),
+            .with_policy(policy.clone())
+            .with_cards(cards.clone())
+            .with_ops_room(ops_room),
         );
         let leases = ctx.leases().clone();
         tracing::info!(
@@ -223,7 +235,14 @@ impl Application {
             settings.worker.command_concurrency,
         );
 
-        let pipeline = Pipeline::new(ledger.clone(), intake, clock);
+        let mut pipeline = Pipeline::new(ledger.clone(), intake, clock.clone());
+        if cards.is_some() {
+            pipeline = pipeline.with_cards(crate::cards::gate::Gate::new(
+                ledger.clone().into(),
+                &settings.worker.admins,
+                clock,
+            ));
+        }
         let stream = if settings.stream.mode.stream() {
             Some(StreamIngress::start(
                 &settings.dingtalk,
@@ -409,4 +428,32 @@ async fn stop_on_signal(handle: ServerHandle, stopping: Arc<OnceLock<Instant>>) 
     let _ = stopping.set(Instant::now());
     tracing::info!(graceful, "stop signal received");
     handle.stop(graceful).await;
+}
+
+/// The two-person rule's ops group, when `ops_group` is set: the policy runs it may start
+/// (none without a policy file), through a fleet of its own.
+fn ops_room(
+    settings: &Settings,
+    policy: &Arc<crate::governance::PolicyCell>,
+    dingtalk: &Arc<DingTalk>,
+    ledger: &LedgerHandle,
+    metrics: &Arc<Metrics>,
+) -> Option<crate::worker::approvals::OpsRoom> {
+    let group = settings.cards.ops_group.clone()?;
+    let organisation = policy.path().is_some().then(|| {
+        let fleet = crate::fleet::Fleet::new(
+            policy.clone(),
+            dingtalk.clone(),
+            ledger.clone(),
+            settings.worker.groups.clone(),
+            settings.fleet.dm_reapply(),
+            metrics.clone(),
+            format!("{}-ops", crate::worker::group_leases::replica_id()),
+        );
+        Arc::new(fleet) as Arc<dyn crate::worker::approvals::Organisation>
+    });
+    Some(crate::worker::approvals::OpsRoom {
+        group,
+        organisation,
+    })
 }

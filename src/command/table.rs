@@ -20,6 +20,8 @@ pub enum CommandKind {
     History,
     Manage,
     GroupStatus,
+    Plan,
+    Apply,
     Help,
 }
 
@@ -151,6 +153,7 @@ pub enum Plain {
     UnlockDm,
     DmStatus,
     GroupStatus,
+    Plan,
     Help,
 }
 
@@ -161,6 +164,7 @@ impl Plain {
             Plain::UnlockDm => CommandKind::UnlockDm,
             Plain::DmStatus => CommandKind::DmStatus,
             Plain::GroupStatus => CommandKind::GroupStatus,
+            Plain::Plan => CommandKind::Plan,
             Plain::Help => CommandKind::Help,
         }
     }
@@ -171,6 +175,7 @@ impl Plain {
             Plain::UnlockDm => Command::UnlockDm { revert_after },
             Plain::DmStatus => Command::DmStatus,
             Plain::GroupStatus => Command::GroupStatus,
+            Plain::Plan => Command::Plan,
             Plain::Help => Command::Help,
         }
     }
@@ -184,6 +189,8 @@ pub enum Arg {
     None(Plain),
     /// One chatid (`/bind`).
     ChatId,
+    /// One approval code (`/apply`).
+    Code,
     /// Nothing: sets the switch to the value.
     Fixed(GroupSwitch, u8),
     /// One of the words: sets the switch to that word's value.
@@ -332,6 +339,26 @@ pub const COMMANDS: &[CommandSpec] = &[
         admin_only: false,
         calls_group_api: true,
         summary: "this group's settings as DingTalk has them now, and pending reverts",
+    },
+    CommandSpec {
+        kind: CommandKind::Plan,
+        name: "/plan",
+        alias: "/策略计划",
+        args: "",
+        arg: Arg::None(Plain::Plan),
+        admin_only: true,
+        calls_group_api: true,
+        summary: "in the ops group: the policy's plan for the whole organisation, for a second admin to approve",
+    },
+    CommandSpec {
+        kind: CommandKind::Apply,
+        name: "/apply",
+        alias: "/策略执行",
+        args: "<code>",
+        arg: Arg::Code,
+        admin_only: true,
+        calls_group_api: true,
+        summary: "in the ops group: applies the plan with that code (a second admin, within 10 minutes)",
     },
     CommandSpec {
         kind: CommandKind::Help,

@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod discover;
+pub mod ops_room;
 pub mod plan;
 pub mod policy_lease;
 pub mod reconcile;

@@ -34,6 +34,8 @@ pub enum Via {
     Revert,
     Apply,
     Reconcile,
+    /// A button on a reply card.
+    Card,
 }
 
 impl Via {
@@ -43,6 +45,7 @@ impl Via {
             Via::Revert => "revert",
             Via::Apply => "apply",
             Via::Reconcile => "reconcile",
+            Via::Card => "card",
         }
     }
 }
@@ -298,6 +301,18 @@ impl Governor {
         if change.until_ms.is_some() {
             self.find_before(group, &mut out).await;
         }
+        // A card's Extend keeps the exception's own end: what it restores is the value before
+        // the command that made it, not the value the exception set.
+        if change.via == Via::Card && change.until_ms.is_some() {
+            for (w, (_, ask)) in out.iter_mut().zip(&change.items) {
+                if let (Some(e), Ask::Chat { value, .. }) =
+                    (desired.get(&w.setting).and_then(|d| d.exception.as_ref()), ask)
+                    && e.value == *value
+                {
+                    w.before = e.restores;
+                }
+            }
+        }
         self.call_dingtalk(group, &mut out).await;
         self.record(change, &mut out).await;
         Ok(out)
@@ -341,6 +356,7 @@ impl Governor {
                 until_ms: job.due_ms,
                 by: job.scheduled_by.clone(),
                 command: job.scheduled_command.clone(),
+                restores: (job.restore == RevertRestore::Before).then_some(job.value),
             });
         }
         Ok(out)
@@ -419,7 +435,7 @@ impl Governor {
     async fn record(&self, change: &Change, out: &mut [Written]) {
         let cid = change.group.conversation_id.clone();
         let now = self.dingtalk.ledger_time().now_ms();
-        for w in out.iter_mut().filter(|w| w.landed()) {
+        for (w, (_, ask)) in out.iter_mut().zip(&change.items).filter(|(w, _)| w.landed()) {
             let Decision::Write { value, .. } = w.decision else {
                 continue;
             };
@@ -436,7 +452,9 @@ impl Governor {
                     l.record_setting(&key, stored, &known)
                 })
                 .await;
-            if change.via != Via::Chat {
+            // Only a person's command (typed, or a card's button) makes or ends an exception;
+            // the end of one (a revert) is finished by whoever ran it.
+            if !matches!(change.via, Via::Chat | Via::Card) || !matches!(ask, Ask::Chat { .. }) {
                 continue;
             }
             match change.until_ms {

@@ -26,6 +26,8 @@ pub struct Exception {
     pub until_ms: u64,
     pub by: String,
     pub command: String,
+    /// What its end restores without a policy: the value before it, when known.
+    pub restores: Option<u8>,
 }
 
 /// Everything the core knows about one setting of one group when it decides.
@@ -143,6 +145,7 @@ mod tests {
 
     fn exception(id: i64, value: u8) -> Exception {
         Exception {
+            restores: None,
             revert_id: id,
             value,
             until_ms: 1_000,

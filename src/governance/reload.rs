@@ -61,6 +61,15 @@ impl PolicyCell {
     }
 
     /// The file the policy is read from.
+    /// The digest of the policy file in force, in hex (`-` without a file): a plan names the
+    /// policy it was made from by it.
+    pub fn digest_hex(&self) -> String {
+        match *self.digest.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(d) => d.iter().map(|b| format!("{b:02x}")).collect(),
+            None => "-".to_owned(),
+        }
+    }
+
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }

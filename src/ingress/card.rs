@@ -30,9 +30,29 @@ pub enum ClickAck {
 }
 
 impl Pipeline {
-    /// Enters a click once (by `identity`: the same identity twice runs once) and answers it.
+    /// Enters a click once (by `identity`: the same identity twice runs once) and answers it
+    /// (see `cards::gate`). Without cards configured, every click is answered "unknown card".
     pub async fn accept_click(&self, identity: String, click: CardClick) -> ClickAck {
-        let _ = (identity, click);
-        ClickAck::Unavailable
+        let Some(gate) = &self.cards else {
+            return ClickAck::Answer(crate::cards::gate::response(
+                &Default::default(),
+                crate::cards::gate::UNKNOWN_CARD,
+            ));
+        };
+        match gate
+            .enter(&identity, &click.out_track_id, &click.user_id, &click.action)
+            .await
+        {
+            Ok(admitted) => {
+                if admitted.new {
+                    self.intake.wake();
+                }
+                ClickAck::Answer(admitted.response)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "ledger unavailable; card click not acknowledged");
+                ClickAck::Unavailable
+            }
+        }
     }
 }

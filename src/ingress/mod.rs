@@ -51,6 +51,8 @@ pub struct Pipeline {
     /// Where the ingresses read the time: a message's arrival, signature windows,
     /// keepalives and acknowledgement latency.
     clock: Arc<dyn Clock>,
+    /// Where card clicks are decided, when cards are on.
+    cards: Option<crate::cards::gate::Gate>,
 }
 
 impl Pipeline {
@@ -59,7 +61,14 @@ impl Pipeline {
             ledger: ledger.into(),
             intake,
             clock,
+            cards: None,
         }
+    }
+
+    /// This pipeline with card clicks entered through `gate`.
+    pub fn with_cards(mut self, gate: crate::cards::gate::Gate) -> Self {
+        self.cards = Some(gate);
+        self
     }
 
     /// The clock every ingress reads the time by.

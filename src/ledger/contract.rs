@@ -229,6 +229,7 @@ fn an_answered_command_is_pending_with_its_answer_until_finished(store: &dyn Sto
         errcode: Some(-7),
         text: "the list".into(),
         detail: "help".into(),
+        card: None,
     };
     l.record_answer("m1", &answer).unwrap();
     assert_eq!(unfinished(l.as_ref())[0].answer, Some(answer.clone()));

@@ -362,6 +362,16 @@ impl From<LedgerHandle> for CommandHandle {
     }
 }
 
+/// A handle on the cards only: what the ingress enters button clicks through.
+pub type CardHandle = Handle<dyn CardStore>;
+
+impl From<LedgerHandle> for CardHandle {
+    fn from(ledger: LedgerHandle) -> Self {
+        let cards: Arc<dyn CardStore> = ledger.0;
+        Handle(cards)
+    }
+}
+
 impl<R: ?Sized + Send + Sync + 'static> Handle<R> {
     /// Runs `f` against the store off the async threads.
     pub fn call<T, F>(&self, f: F) -> LedgerFuture<T>

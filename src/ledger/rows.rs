@@ -174,6 +174,7 @@ pub(crate) fn pending_from_row<R: Cells>(r: &R) -> Result<(i64, Pending), RowErr
             errcode: r.opt_int(15)?,
             detail: r.opt_text(16)?.unwrap_or_default(),
             text: r.opt_text(17)?.unwrap_or_default(),
+            card: None,
         })
     } else {
         None

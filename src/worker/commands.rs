@@ -6,7 +6,7 @@ use super::WorkerContext;
 use super::reply::{failed, failed_reading, ledger_failed};
 use crate::clock::format_ms;
 use crate::command::{Command, GroupSwitch, help_text};
-use crate::domain::{Accepted, Answer, Binding, ChatId, Outcome, RevertRestore, who};
+use crate::domain::{Accepted, Answer, Binding, ChatId, Outcome, ReplyCard, RevertRestore, SettingChange, who};
 use crate::governance::{
     Actor, Ask, Change, ChangeError, Decision, Desired, Group, PolicyWant, Setting, Via,
 };
@@ -28,6 +28,8 @@ impl WorkerContext {
                     .await
             }
             Command::GroupStatus => self.group_status(job, name).await,
+            Command::Plan => self.plan(job, name).await,
+            Command::Apply { code } => self.apply_code(job, name, code).await,
         }
     }
 
@@ -102,8 +104,25 @@ impl WorkerContext {
         if let Decision::Refused(rule) = &written.decision {
             return refused_by_policy(name, setting, rule, &typed);
         }
+        let change = SettingChange {
+            chat_id: chatid.to_string(),
+            setting: setting.stored().to_owned(),
+            value,
+            before: written.before.or(written.previous.as_ref().map(|p| p.value)),
+            duration_ms: revert_after.map(|minutes| {
+                u64::try_from(self.revert_minute.saturating_mul(minutes).as_millis()).unwrap_or(u64::MAX / 2)
+            }),
+            until_ms: written.scheduled.as_ref().map(|j| j.due_ms),
+            by: who(
+                job.sender_staff_id.as_deref().unwrap_or(""),
+                job.sender_nick.as_deref(),
+            ),
+            command: typed.clone(),
+        };
         if let Some(e) = &written.error {
-            return failed(name, name, e);
+            let mut answer = failed(name, name, e);
+            answer.card = Some(Box::new(ReplyCard::Setting(change)));
+            return answer;
         }
         let mut text = match setting {
             Setting::Dm if value == 1 => "Private chat is now forbidden in this group: members can no longer add each other as friends or chat privately.".to_owned(),
@@ -159,7 +178,9 @@ impl WorkerContext {
             ));
             detail.push_str(&format!("; replaced revert {}", p.id));
         }
-        Answer::new(name, Outcome::Ok, text, detail)
+        let mut answer = Answer::new(name, Outcome::Ok, text, detail);
+        answer.card = Some(Box::new(ReplyCard::Setting(change)));
+        answer
     }
 
     /// The group's settings as DingTalk has them now (`chat/get`), and the DM switch from

@@ -5,6 +5,8 @@
 //! ingress a message came by.
 
 pub mod authorizer;
+pub mod approvals;
+pub mod clicks;
 mod commands;
 pub mod group_leases;
 pub mod pool;
@@ -51,6 +53,10 @@ pub struct WorkerContext {
     leases: Arc<Leases>,
     /// Where the worker, its pool, its leases and its timer read the time.
     clock: Arc<dyn Clock>,
+    /// Reply cards, when `card_template_id` is set.
+    cards: Option<Arc<crate::cards::Cards>>,
+    /// The organisation's policy runs, for the two-person rule in `ops_group`.
+    organisation: Option<approvals::OpsRoom>,
     /// Tests only: runs first in [`WorkerContext::answer`], so a test can make a command
     /// panic there.
     #[cfg(test)]
@@ -73,17 +79,24 @@ pub struct Job {
     pub accepted: Accepted,
     /// Its answer, when it was answered before a restart: only the reply is left to send.
     pub answer: Option<Answer>,
-    /// `accepted.text` parsed; `None` when the message has no text.
+    /// `accepted.text` parsed; `None` when the message has no text or is a click.
     parsed: Option<Result<Command, ParseError>>,
+    /// A click on a card's button, entered as a command.
+    click: Option<clicks::Click>,
 }
 
 impl From<Pending> for Job {
     fn from(Pending { accepted, answer }: Pending) -> Self {
-        let parsed = accepted.text.as_deref().map(Command::parse);
+        let click = clicks::Click::of(&accepted);
+        let parsed = match click {
+            Some(_) => None,
+            None => accepted.text.as_deref().map(Command::parse),
+        };
         Self {
             accepted,
             answer,
             parsed,
+            click,
         }
     }
 }
@@ -91,6 +104,9 @@ impl From<Pending> for Job {
 impl Job {
     /// The command name in its text, or `-`.
     fn command_name(&self) -> &'static str {
+        if let Some(click) = &self.click {
+            return click.name();
+        }
         match &self.parsed {
             Some(Ok(c)) => c.spec().name,
             _ => "-",
@@ -103,7 +119,7 @@ impl Job {
     pub(crate) fn calls_group_api(&self) -> bool {
         self.answer.is_none()
             && self.accepted.conversation_type == ConversationType::Group
-            && matches!(&self.parsed, Some(Ok(c)) if c.spec().calls_group_api)
+            && (self.click.is_some() || matches!(&self.parsed, Some(Ok(c)) if c.spec().calls_group_api))
     }
 }
 
@@ -150,6 +166,8 @@ impl WorkerContext {
             revert_minute: settings.revert_minute,
             leases: Arc::new(leases),
             clock,
+            cards: None,
+            organisation: None,
             #[cfg(test)]
             before_answer: None,
         }
@@ -166,6 +184,12 @@ impl WorkerContext {
             Recorder::new(self.ledger.clone(), Arc::clone(&self.metrics)),
             self.leases.holder().to_owned(),
         ));
+        self
+    }
+
+    /// This worker with reply cards.
+    pub fn with_cards(mut self, cards: Option<Arc<crate::cards::Cards>>) -> Self {
+        self.cards = cards;
         self
     }
 
@@ -262,6 +286,9 @@ impl WorkerContext {
 
     /// Decides and carries out one command; never calls DingTalk for a refused one.
     pub async fn answer(&self, job: &Job) -> Answer {
+        if let Some(click) = &job.click {
+            return self.run_click(&job.accepted, click).await;
+        }
         let Job {
             accepted: job,
             parsed,
@@ -341,7 +368,10 @@ impl WorkerContext {
             .commands
             .with_label_values(&[answer.command.as_str(), answer.outcome.as_str()])
             .inc();
-        let delivery = self.deliver(accepted, &answer).await;
+        let delivery = match &job.click {
+            Some(click) => self.show_click(accepted, click, &answer).await,
+            None => self.reply(accepted, &answer).await,
+        };
         self.metrics
             .replies
             .with_label_values(&[delivery.as_ledger_text().as_ref()])

@@ -6,7 +6,7 @@ use url::Url;
 
 use super::WorkerContext;
 use crate::dingtalk::{ApiError, advice};
-use crate::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, who};
+use crate::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, ReplyCard, who};
 use crate::ledger::LedgerError;
 
 /// sendBySession's answer for an expired or unknown session.
@@ -45,6 +45,7 @@ pub fn failed(command: &str, what: &str, e: &ApiError) -> Answer {
             _ => format!("{what} did not go through ({}): {}.", e.short(), advice(e)),
         },
         detail: e.to_string(),
+        card: None,
     }
 }
 
@@ -74,7 +75,36 @@ pub fn ledger_failed(command: &str, e: &LedgerError) -> Answer {
 }
 
 impl WorkerContext {
-    /// Sends the answer to the chat. The message's sessionWebhook comes first; when it has
+    /// Replies to a command: a switch command's answer as a card when cards are on (text
+    /// when the card could not be sent), anything else as text. A change supersedes the
+    /// cards of earlier changes of its setting.
+    pub(super) async fn reply(&self, job: &Accepted, answer: &Answer) -> Delivery {
+        let (Some(cards), Some(card)) = (&self.cards, answer.card.as_deref()) else {
+            return self.deliver(job, answer).await;
+        };
+        let sent = match card {
+            ReplyCard::Setting(change) => cards.send_answer(job, answer, change).await,
+            ReplyCard::Plan { code, out_track_id } => cards.send_plan(job, answer, code, out_track_id).await,
+        };
+        let (delivery, keep) = match sent {
+            Ok(id) => (Delivery::Card, Some(id)),
+            Err(_) => (self.deliver(job, answer).await, None),
+        };
+        if let (ReplyCard::Setting(change), Outcome::Ok) = (card, answer.outcome) {
+            cards
+                .supersede(
+                    &job.conversation_id,
+                    &change.setting,
+                    keep.as_deref(),
+                    &change.by,
+                    &change.command,
+                )
+                .await;
+        }
+        delivery
+    }
+
+    /// Sends the answer to the chat as text. The message's sessionWebhook comes first; when it has
     /// expired (by its time or DingTalk's 300001), a group chat gets the robot group-message
     /// API instead, which cannot @-mention, so the sender is named in the text.
     pub(super) async fn deliver(&self, job: &Accepted, answer: &Answer) -> Delivery {

@@ -306,6 +306,12 @@ impl WorkerContext {
             l.finish_revert(id, state, &short, clock.now_ms())
         })
         .await;
+        // The card of the command that scheduled it, when it was answered with one.
+        if let (Some(cards), Outcome::Ok) = (&self.cards, outcome) {
+            cards
+                .reverted(&job.conversation_id, &job.setting, job.due_ms, &text)
+                .await;
+        }
         let content = format!("{} {text}", outcome.mark());
         let message = self.dingtalk.send_group_message(&job.conversation_id, &content);
         let delivery = match self.within_deadline("the group message", message).await {

@@ -1,0 +1,146 @@
+//! What a click gets at once. DingTalk waits at most 2 s for the acknowledgement, so the gate
+//! decides only what the ledger and the admin list can tell quickly: a click from someone
+//! who is not an admin, on a card dingops does not know, on a button no longer offered, or
+//! on a card already working gets a private notice and changes nothing; any other click is
+//! entered once as a command (its identity is its msgId) and the card shows "working" until
+//! the worker has run it. See docs/cards.md.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::{CLICK_MSGTYPE, CardData, render};
+use crate::clock::Clock;
+use crate::domain::{Accepted, ConversationType, SessionWebhook};
+use crate::ledger::{CardHandle, CardRow, ClickEntry, LedgerError};
+
+/// The private notices a clicker may see.
+pub const ADMINS_ONLY: &str = "Only dingops admins can use these buttons.";
+pub const NEEDS_SECOND_ADMIN: &str =
+    "This plan needs a second admin: another admin must approve it, not the one who asked for it.";
+pub const NO_LONGER_VALID: &str = "This button is no longer valid: the card changed since you saw it.";
+pub const ALREADY_WORKING: &str = "dingops is already working on a click on this card.";
+pub const UNKNOWN_CARD: &str = "dingops does not know this card.";
+
+/// What the gate decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    /// The acknowledgement's `response` object.
+    pub response: Value,
+    /// Whether a new command was entered (the worker must be woken).
+    pub new: bool,
+}
+
+/// The acknowledgement's `response`: the card's public parameters to show now (merged by
+/// key), and the clicker's private notice (empty clears an old one).
+pub fn response(params: &BTreeMap<String, String>, notice: &str) -> Value {
+    json!({
+        "cardUpdateOptions": {"updateCardDataByKey": true, "updatePrivateDataByKey": true},
+        "cardData": {"cardParamMap": params},
+        "userPrivateData": {"cardParamMap": {"notice": notice}},
+    })
+}
+
+/// The command a click is entered as: the group of its card, the clicker as sender.
+pub fn click_command(identity: &str, row: &CardRow, user_id: &str, action: &str, now_ms: u64) -> Accepted {
+    Accepted {
+        msg_id: identity.to_owned(),
+        received_ms: now_ms,
+        conversation_id: row.conversation_id.clone(),
+        conversation_type: ConversationType::Group,
+        conversation_title: None,
+        sender_staff_id: Some(user_id.to_owned()),
+        sender_nick: None,
+        sender_is_admin: false,
+        msgtype: CLICK_MSGTYPE.to_owned(),
+        text: Some(format!("{action} {}", row.out_track_id)),
+        session_webhook: SessionWebhook::new(""),
+        session_expires_ms: None,
+    }
+}
+
+/// The gate of one dingops: its ledger and its admins.
+#[derive(Clone)]
+pub struct Gate {
+    ledger: CardHandle,
+    admins: Arc<HashSet<String>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Gate {
+    pub fn new(ledger: CardHandle, admins: &[String], clock: Arc<dyn Clock>) -> Self {
+        Self {
+            ledger,
+            admins: Arc::new(admins.iter().filter(|a| !a.is_empty()).cloned().collect()),
+            clock,
+        }
+    }
+
+    /// Decides a click (see the module's documentation). `Err`: the ledger did not answer;
+    /// nothing was entered, and DingTalk will push the click again.
+    pub async fn enter(
+        &self,
+        identity: &str,
+        out_track_id: &str,
+        user_id: &str,
+        action: &str,
+    ) -> Result<Admitted, LedgerError> {
+        let id = out_track_id.to_owned();
+        let Some(row) = self.ledger.call(move |l| l.card(&id)).await? else {
+            return Ok(refused(&BTreeMap::new(), UNKNOWN_CARD));
+        };
+        let shown = CardData::of(&row).params;
+        if !self.admins.contains(user_id) {
+            tracing::info!(action, "a card button was clicked by someone who is not an admin");
+            return Ok(refused(&shown, ADMINS_ONLY));
+        }
+        if row.kind == "plan" && action == render::APPROVE && row.created_by == user_id {
+            return Ok(refused(&shown, NEEDS_SECOND_ADMIN));
+        }
+        let now = self.clock.now_ms();
+        let command = click_command(identity, &row, user_id, action, now);
+        let (id, act) = (row.out_track_id.clone(), action.to_owned());
+        let entry = self
+            .ledger
+            .call(move |l| l.accept_click(&command, &id, &act, now))
+            .await?;
+        Ok(match entry {
+            ClickEntry::New => {
+                let mut working = shown.clone();
+                working.insert("status".to_owned(), "working".to_owned());
+                working.insert("buttons".to_owned(), "[]".to_owned());
+                Admitted {
+                    response: response(&working, ""),
+                    new: true,
+                }
+            }
+            // Pushed again: the card is as the first push left it.
+            ClickEntry::Duplicate => Admitted {
+                response: response(&current(&row, &shown), ""),
+                new: false,
+            },
+            ClickEntry::UnknownCard => refused(&BTreeMap::new(), UNKNOWN_CARD),
+            ClickEntry::Busy => refused(&current(&row, &shown), ALREADY_WORKING),
+            ClickEntry::NotOffered => refused(&current(&row, &shown), NO_LONGER_VALID),
+        })
+    }
+}
+
+/// The parameters as the card shows them now: its status and buttons from the ledger.
+fn current(row: &CardRow, shown: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut p = shown.clone();
+    p.insert("status".to_owned(), row.status.clone());
+    p.insert(
+        "buttons".to_owned(),
+        serde_json::to_string(&row.buttons).unwrap_or_else(|_| "[]".to_owned()),
+    );
+    p
+}
+
+fn refused(shown: &BTreeMap<String, String>, notice: &str) -> Admitted {
+    Admitted {
+        response: response(shown, notice),
+        new: false,
+    }
+}

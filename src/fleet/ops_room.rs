@@ -1,0 +1,77 @@
+//! The fleet as the worker's [`Organisation`]: the plan and the apply the ops group's
+//! two-person rule starts from chat (see `worker::approvals`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::Fleet;
+use crate::worker::approvals::{OrgFuture, Organisation, PlanBrief};
+
+/// The changes a plan lists in the chat; the rest are counted.
+const FIRST_CHANGES: usize = 5;
+
+impl Organisation for Fleet {
+    fn plan(&self) -> OrgFuture<'_, Result<PlanBrief, String>> {
+        Box::pin(async move {
+            let digest = self.governor().policy().digest_hex();
+            let plan = self.plan().await.map_err(|e| e.to_string())?;
+            let (todo, writes) = plan.work();
+            let groups_changing = plan.groups.iter().filter(|g| !g.changes.is_empty()).count();
+            let mut lines = vec![format!(
+                "Policy plan: {} settings to change in {} of {} groups; {} held by exceptions; {} errors.",
+                plan.change_count(),
+                groups_changing,
+                plan.groups.len(),
+                plan.held_count(),
+                plan.error_count()
+            )];
+            lines.push(format!(
+                "Applying it costs about {} DingTalk calls of the monthly quota ({} reads, {writes} writes).",
+                todo.len() as u64 + writes,
+                todo.len()
+            ));
+            let changes = plan.groups.iter().flat_map(|g| {
+                let name = g.name.clone().unwrap_or_else(|| g.conversation_id.clone());
+                g.changes.iter().map(move |c| {
+                    format!(
+                        "- {name}: {} {} → {}",
+                        c.setting.key(),
+                        c.now.text(c.setting),
+                        c.setting.word(c.wanted)
+                    )
+                })
+            });
+            lines.extend(changes.clone().take(FIRST_CHANGES));
+            let more = changes.count().saturating_sub(FIRST_CHANGES);
+            if more > 0 {
+                lines.push(format!("- … and {more} more"));
+            }
+            Ok(PlanBrief {
+                policy_digest: digest,
+                text: lines.join("\n"),
+            })
+        })
+    }
+
+    fn apply(
+        &self,
+        policy_digest: String,
+        progress: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
+    ) -> OrgFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            if self.governor().policy().digest_hex() != policy_digest {
+                return Err("the policy changed since this plan was made; run /plan again".to_owned());
+            }
+            let resolution = self.resolve().await.map_err(|e| e.to_string())?;
+            let total = resolution.targets.len();
+            let done = Arc::new(AtomicUsize::new(0));
+            let report = self
+                .apply_resolved(resolution, "apply (two-person rule)", |_| {
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    let _ = progress.send((n, total));
+                })
+                .await;
+            Ok(report.summary())
+        })
+    }
+}
