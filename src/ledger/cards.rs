@@ -83,3 +83,51 @@ pub enum ApprovalVerdict {
     /// An approval by the admin who asked (nothing changed).
     SameAdmin(Approval),
 }
+
+/// The status of a card running a click: it offers no button until the click's command
+/// finished and the card was updated.
+pub(crate) const WORKING: &str = "working";
+
+/// The state of an approval nobody decided yet.
+pub(crate) const OPEN: &str = "open";
+/// The state an approval by a second admin leaves.
+pub(crate) const APPROVED: &str = "approved";
+/// The state a discarded approval has.
+pub(crate) const DISCARDED: &str = "discarded";
+
+/// Checks the state [`super::CardStore::decide_approval`] is asked to write.
+pub(crate) fn decision(state: &str) -> Result<(), super::LedgerError> {
+    if state == APPROVED || state == DISCARDED {
+        Ok(())
+    } else {
+        Err(super::LedgerError::Invalid(
+            "an approval is decided as approved or discarded",
+        ))
+    }
+}
+
+/// The verdict on deciding `approval` (as stored) as `state` by `by` at `now_ms`, in the
+/// trait's order; `None` when it may be decided. Every store decides by this.
+pub(crate) fn verdict(approval: &Approval, state: &str, by: &str, now_ms: u64) -> Option<ApprovalVerdict> {
+    if approval.state != OPEN {
+        Some(ApprovalVerdict::AlreadyDecided(approval.clone()))
+    } else if now_ms >= approval.expires_ms {
+        Some(ApprovalVerdict::Expired(approval.clone()))
+    } else if state == APPROVED && by == approval.asked_by {
+        Some(ApprovalVerdict::SameAdmin(approval.clone()))
+    } else {
+        None
+    }
+}
+
+/// What a click on `card` (as stored) for `action` comes to, in the trait's order after
+/// the msgId and the card's existence; `None` when it is entered as a new command.
+pub(crate) fn click_refusal(card: &CardRow, action: &str) -> Option<ClickEntry> {
+    if card.status == WORKING {
+        Some(ClickEntry::Busy)
+    } else if !card.buttons.iter().any(|b| b == action) {
+        Some(ClickEntry::NotOffered)
+    } else {
+        None
+    }
+}

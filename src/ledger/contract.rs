@@ -127,6 +127,9 @@ contract!(
 /// The monthly quota's contract (`QuotaBook`), once per store.
 mod quota;
 
+/// The interactive cards' contract (`CardStore`), once per store.
+mod cards;
+
 fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
     let clock = crate::clock::ManualClock::at(0);
     super::testing::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);

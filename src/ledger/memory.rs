@@ -4,6 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+mod cards;
+
+use super::cards::{Approval, CardRow};
 use super::{
     AuditRow, BindingStore, CommandLog, CommandStatus, LeaseStore, LedgerError, Maintenance, PruneStep,
     QuotaBook, QuotaCount, QuotaTake, RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
@@ -56,6 +59,40 @@ struct State {
     quota: BTreeMap<(String, String, String), u64>,
     /// Months marked spent, with the first mark's time.
     quota_spent: HashMap<String, u64>,
+    /// Cards by `out_track_id`, each with its insertion number (`cards.rs`).
+    cards: HashMap<String, (u64, CardRow)>,
+    /// The last insertion number of a card.
+    last_card: u64,
+    /// Approvals by code.
+    approvals: HashMap<String, Approval>,
+}
+
+impl State {
+    /// Whether a command (or an own action) with `msg_id` is recorded.
+    fn knows(&self, msg_id: &str) -> bool {
+        self.positions.contains_key(msg_id) || self.own.iter().any(|r| r.msg_id == msg_id)
+    }
+
+    /// Records an accepted command at the next position unless its `msg_id` is known;
+    /// `true` when it was new. [`CommandLog::accept`] and a card's click both record here.
+    fn insert_command(&mut self, cmd: &Accepted) -> bool {
+        if self.positions.contains_key(&cmd.msg_id) {
+            return false;
+        }
+        self.last_pos += 1;
+        let pos = self.last_pos;
+        self.positions.insert(cmd.msg_id.clone(), pos);
+        self.commands.insert(
+            pos,
+            Row {
+                accepted: cmd.clone(),
+                answer: None,
+                delivery: None,
+                finished_ms: None,
+            },
+        );
+        true
+    }
 }
 
 /// A [`Ledger`] held in memory.
@@ -149,23 +186,7 @@ impl MemoryLedger {
 
 impl CommandLog for MemoryLedger {
     fn accept(&self, cmd: &Accepted) -> Result<bool, LedgerError> {
-        let mut s = self.state()?;
-        if s.positions.contains_key(&cmd.msg_id) {
-            return Ok(false);
-        }
-        s.last_pos += 1;
-        let pos = s.last_pos;
-        s.positions.insert(cmd.msg_id.clone(), pos);
-        s.commands.insert(
-            pos,
-            Row {
-                accepted: cmd.clone(),
-                answer: None,
-                delivery: None,
-                finished_ms: None,
-            },
-        );
-        Ok(true)
+        Ok(self.state()?.insert_command(cmd))
     }
 
     fn record_answer(&self, msg_id: &str, answer: &Answer) -> Result<(), LedgerError> {
@@ -285,7 +306,7 @@ impl CommandLog for MemoryLedger {
     fn record_own_action(&self, row: &AuditRow) -> Result<(), LedgerError> {
         let mut s = self.state()?;
         // A msgId already recorded is left as it is, as the SQL stores' `ON CONFLICT` does.
-        if !s.positions.contains_key(&row.msg_id) && !s.own.iter().any(|r| r.msg_id == row.msg_id) {
+        if !s.knows(&row.msg_id) {
             s.own.push(row.clone());
         }
         Ok(())
@@ -578,58 +599,5 @@ mod tests {
     fn leases_are_granted_renewed_expired_and_released_as_the_trait_says() {
         let clock = crate::clock::ManualClock::at(0);
         super::super::testing::check_lease_contract(&super::MemoryLedger::with_clock(clock.clone()), &clock);
-    }
-}
-
-// Placeholder until the card tables land (issue 22, in progress on a branch).
-impl crate::ledger::CardStore for MemoryLedger {
-    fn insert_card(&self, _: &crate::ledger::CardRow) -> Result<bool, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn card(&self, _: &str) -> Result<Option<crate::ledger::CardRow>, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn cards_of_setting(
-        &self,
-        _: &str,
-        _: &str,
-        _: &[&str],
-    ) -> Result<Vec<crate::ledger::CardRow>, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn set_card_state(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &str,
-        _: &[String],
-        _: &str,
-        _: u64,
-    ) -> Result<bool, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn accept_click(
-        &self,
-        _: &crate::domain::Accepted,
-        _: &str,
-        _: &str,
-        _: u64,
-    ) -> Result<crate::ledger::ClickEntry, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn insert_approval(&self, _: &crate::ledger::Approval) -> Result<bool, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn approval(&self, _: &str) -> Result<Option<crate::ledger::Approval>, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn decide_approval(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: u64,
-    ) -> Result<crate::ledger::ApprovalVerdict, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
     }
 }

@@ -138,6 +138,38 @@ CREATE TABLE IF NOT EXISTS quota_spent (
     month     TEXT PRIMARY KEY,
     marked_ms INTEGER NOT NULL
 );",
+    // 9: interactive cards (docs/architecture.md, "Buttons"): each card dingops sent, with
+    // its status, the buttons it offers (a JSON array) and the click it works on; and the
+    // approvals of the two-person rule. A card's clicks are rows of `commands`. The rowid
+    // of `cards` is its insertion order.
+    "CREATE TABLE IF NOT EXISTS cards (
+    out_track_id    TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    msg_id          TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    setting         TEXT,
+    created_by      TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    buttons         TEXT NOT NULL,
+    pending_click   TEXT,
+    data            TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    updated_ms      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cards_of_setting ON cards(conversation_id, setting, status);
+CREATE TABLE IF NOT EXISTS approvals (
+    code            TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    asked_by        TEXT NOT NULL,
+    asked_by_nick   TEXT,
+    asked_ms        INTEGER NOT NULL,
+    expires_ms      INTEGER NOT NULL,
+    out_track_id    TEXT,
+    policy_digest   TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    decided_by      TEXT,
+    decided_ms      INTEGER
+);",
 ];
 
 /// The version a database has after all steps.
@@ -235,6 +267,49 @@ mod tests {
             )
             .unwrap();
         assert_eq!(group_index, 0, "the per-group index is dropped");
+    }
+
+    #[test]
+    fn a_step_8_database_keeps_its_rows_and_gains_the_card_tables() {
+        let conn = Connection::open_in_memory().unwrap();
+        for (i, step) in STEPS.iter().take(8).enumerate() {
+            conn.execute_batch(&format!("{step}\nPRAGMA user_version = {};", i + 1))
+                .unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO commands (msg_id, received_ms, conversation_id, conversation_type,
+                 sender_is_admin, msgtype, status) VALUES ('m8', 1, 'cid8==', '2', 0, 'text', 'accepted');
+             INSERT INTO quota_calls VALUES ('2026-12', 'chat_get', 'background', 3);",
+        )
+        .unwrap();
+        assert_eq!(version(&conn).unwrap(), 8);
+        migrate(&conn).unwrap();
+        assert_eq!(version(&conn).unwrap(), LATEST);
+        let kept: (String, i64) = conn
+            .query_row(
+                "SELECT c.msg_id, q.calls FROM commands c, quota_calls q",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, ("m8".to_owned(), 3));
+        let empty: (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM cards), (SELECT count(*) FROM approvals)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(empty, (0, 0));
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT out_track_id FROM cards
+                 WHERE conversation_id = 'c' AND setting = 'dm' AND status = 'done'",
+                [],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("cards_of_setting"), "{plan}");
     }
 
     #[test]

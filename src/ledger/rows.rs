@@ -10,6 +10,7 @@ use crate::domain::{
 };
 
 use super::AuditRow;
+use super::cards::{Approval, CardRow};
 
 /// The status of a command, stored as its text in `commands.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,17 @@ impl RevertState {
             Self::Replaced => "replaced",
         }
     }
+}
+
+/// The columns an accepted command is inserted with, in the order both stores bind them;
+/// `status` last, which the statements set to `accepted`. Ingest and a card's click insert
+/// through the same statement per store, so a click is a command like any other.
+macro_rules! accepted_columns {
+    () => {
+        "msg_id, received_ms, conversation_id, conversation_type, conversation_title,
+         sender_staff_id, sender_nick, sender_is_admin, msgtype, text, session_webhook,
+         session_expires_ms, status"
+    };
 }
 
 /// The columns of an open command before its position, in the order
@@ -111,6 +123,22 @@ macro_rules! known_columns {
     };
 }
 
+/// The columns [`card_from_row`] reads, in its order; inserts bind them in this order too.
+macro_rules! card_columns {
+    () => {
+        "out_track_id, conversation_id, msg_id, kind, setting, created_by, status, buttons,
+         pending_click, data, created_ms, updated_ms"
+    };
+}
+
+/// The columns [`approval_from_row`] reads, in its order; inserts bind them in this order too.
+macro_rules! approval_columns {
+    () => {
+        "code, conversation_id, asked_by, asked_by_nick, asked_ms, expires_ms, out_track_id,
+         policy_digest, state, decided_by, decided_ms"
+    };
+}
+
 /// Reading one cell of a row, as each driver does it. Integers are stored as 64-bit, except
 /// a revert's value ([`Cells::small`]) and flags, which each dialect stores its own way.
 pub(crate) trait Cells {
@@ -131,6 +159,8 @@ pub(crate) trait Cells {
 pub(crate) enum RowError<E> {
     Cell(E),
     ChatId(InvalidChatId),
+    /// A card's buttons are not a JSON array of strings (only such are written).
+    Buttons(serde_json::Error),
 }
 
 impl<E> From<E> for RowError<E> {
@@ -256,4 +286,44 @@ pub(crate) fn known_from_row<R: Cells>(r: &R) -> Result<(String, KnownValue), Ro
             set_ms: to_u64(r.int(5)?),
         },
     ))
+}
+
+/// A card's buttons as stored: a JSON array of the action ids, in order.
+pub(crate) fn buttons_text(buttons: &[String]) -> String {
+    serde_json::Value::from(buttons.to_vec()).to_string()
+}
+
+/// A card, from a row of [`card_columns`].
+pub(crate) fn card_from_row<R: Cells>(r: &R) -> Result<CardRow, RowError<R::Error>> {
+    Ok(CardRow {
+        out_track_id: r.text(0)?,
+        conversation_id: r.text(1)?,
+        msg_id: r.text(2)?,
+        kind: r.text(3)?,
+        setting: r.opt_text(4)?,
+        created_by: r.text(5)?,
+        status: r.text(6)?,
+        buttons: serde_json::from_str(&r.text(7)?).map_err(RowError::Buttons)?,
+        pending_click: r.opt_text(8)?,
+        data: r.text(9)?,
+        created_ms: to_u64(r.int(10)?),
+        updated_ms: to_u64(r.int(11)?),
+    })
+}
+
+/// An approval, from a row of [`approval_columns`].
+pub(crate) fn approval_from_row<R: Cells>(r: &R) -> Result<Approval, RowError<R::Error>> {
+    Ok(Approval {
+        code: r.text(0)?,
+        conversation_id: r.text(1)?,
+        asked_by: r.text(2)?,
+        asked_by_nick: r.opt_text(3)?,
+        asked_ms: to_u64(r.int(4)?),
+        expires_ms: to_u64(r.int(5)?),
+        out_track_id: r.opt_text(6)?,
+        policy_digest: r.text(7)?,
+        state: r.text(8)?,
+        decided_by: r.opt_text(9)?,
+        decided_ms: r.opt_int(10)?.map(to_u64),
+    })
 }

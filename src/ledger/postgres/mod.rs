@@ -251,6 +251,7 @@ fn unmapped(op: &'static str) -> impl Fn(RowError<tokio_postgres::Error>) -> Led
     move |e| match e {
         RowError::Cell(error) => LedgerError::Postgres { op, error },
         RowError::ChatId(e) => LedgerError::Schema(format!("a stored chatid is invalid: {e}")),
+        RowError::Buttons(e) => LedgerError::Schema(format!("a stored card's buttons are invalid: {e}")),
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! `mod.rs` opens the file and runs reads and writes; `files.rs` keeps the file (its
 //! permissions, the writer thread and the checkpointer), `lock.rs` the lock that makes one
-//! `serve` per file, `roles.rs` the statements of each role (`quota.rs` those of the monthly quota).
+//! `serve` per file, `roles.rs` the statements of each role (`quota.rs` those of the monthly quota, `cards.rs`
+//! those of cards and approvals).
 
+mod cards;
 mod files;
 mod lock;
 mod quota;
@@ -208,6 +210,35 @@ fn cells<T>(mapped: Result<T, RowError<rusqlite::Error>>) -> rusqlite::Result<T>
         RowError::ChatId(e) => {
             rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
         }
+        RowError::Buttons(e) => {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+        }
+    })
+}
+
+/// Records an accepted command unless its msgId is known: the one insert of ingest and of a
+/// card's click. The number of rows inserted (0 or 1).
+fn insert_accepted(conn: &Connection, c: &Accepted) -> rusqlite::Result<usize> {
+    conn.prepare_cached(concat!(
+        "INSERT OR IGNORE INTO commands (",
+        accepted_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'accepted')"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
+            c.msg_id,
+            to_i64(c.received_ms),
+            c.conversation_id,
+            c.conversation_type.as_wire(),
+            c.conversation_title,
+            c.sender_staff_id,
+            c.sender_nick,
+            c.sender_is_admin as i64,
+            c.msgtype,
+            c.text,
+            c.session_webhook.expose(),
+            c.session_expires_ms.map(to_i64),
+        ])
     })
 }
 

@@ -16,30 +16,7 @@ impl CommandLog for SqliteLedger {
 
     fn accept_then(&self, c: Accepted, done: Box<dyn FnOnce(Result<bool, LedgerError>) + Send>) {
         self.submit(done, move |conn| {
-            let n = conn
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO commands (msg_id, received_ms, conversation_id,
-                     conversation_type, conversation_title, sender_staff_id, sender_nick,
-                     sender_is_admin, msgtype, text, session_webhook, session_expires_ms, status)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'accepted')",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        c.msg_id,
-                        to_i64(c.received_ms),
-                        c.conversation_id,
-                        c.conversation_type.as_wire(),
-                        c.conversation_title,
-                        c.sender_staff_id,
-                        c.sender_nick,
-                        c.sender_is_admin as i64,
-                        c.msgtype,
-                        c.text,
-                        c.session_webhook.expose(),
-                        c.session_expires_ms.map(to_i64),
-                    ])
-                })
-                .map_err(sql("accept"))?;
+            let n = insert_accepted(conn, &c).map_err(sql("accept"))?;
             Ok(n == 1)
         })
     }
@@ -668,58 +645,5 @@ mod tests {
             Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
             &clock,
         );
-    }
-}
-
-// Placeholder until the card tables land (issue 22, in progress on a branch).
-impl crate::ledger::CardStore for SqliteLedger {
-    fn insert_card(&self, _: &crate::ledger::CardRow) -> Result<bool, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn card(&self, _: &str) -> Result<Option<crate::ledger::CardRow>, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn cards_of_setting(
-        &self,
-        _: &str,
-        _: &str,
-        _: &[&str],
-    ) -> Result<Vec<crate::ledger::CardRow>, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn set_card_state(
-        &self,
-        _: &str,
-        _: Option<&str>,
-        _: &str,
-        _: &[String],
-        _: &str,
-        _: u64,
-    ) -> Result<bool, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn accept_click(
-        &self,
-        _: &crate::domain::Accepted,
-        _: &str,
-        _: &str,
-        _: u64,
-    ) -> Result<crate::ledger::ClickEntry, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn insert_approval(&self, _: &crate::ledger::Approval) -> Result<bool, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn approval(&self, _: &str) -> Result<Option<crate::ledger::Approval>, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
-    }
-    fn decide_approval(
-        &self,
-        _: &str,
-        _: &str,
-        _: &str,
-        _: u64,
-    ) -> Result<crate::ledger::ApprovalVerdict, LedgerError> {
-        Err(LedgerError::Invalid("cards are not stored yet"))
     }
 }
