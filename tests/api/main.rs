@@ -7,6 +7,7 @@ mod audit_input;
 mod audit_server;
 mod audit_worker;
 mod budget;
+mod cards;
 mod clocks;
 mod commands;
 mod dedupe;
