@@ -50,6 +50,7 @@ keys! {
     "ledger": database, retention_days;
     "stream": mode, stream_connections, stream_keepalive_secs;
     "fleet": policy, dm_reapply_hours, reconcile_every;
+    "cards": card_template_id, card_callback_secret, card_callback_route_key, ops_group;
 }
 
 /// The environment variable of `key`: `DINGOPS_` and the key in capitals.

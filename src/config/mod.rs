@@ -43,12 +43,13 @@ pub struct Settings {
     pub ledger: LedgerSettings,
     pub stream: StreamSettings,
     pub fleet: FleetSettings,
+    pub cards: CardSettings,
 }
 
 use keys::{Keys, Sources};
 pub use sections::{
-    DingTalkSettings, FleetSettings, LedgerSettings, Mode, ProxyAddr, ServerSettings, StreamSettings,
-    WorkerSettings,
+    CardSettings, DingTalkSettings, FleetSettings, LedgerSettings, Mode, ProxyAddr, ServerSettings,
+    StreamSettings, WorkerSettings,
 };
 
 impl Settings {
@@ -76,6 +77,7 @@ impl Settings {
             ledger: LedgerSettings::read(src)?,
             stream: StreamSettings::read(src)?,
             fleet: FleetSettings::read(src)?,
+            cards: CardSettings::read(src)?,
         })
     }
 }

@@ -425,18 +425,8 @@ impl FleetSettings {
 
 impl StreamSettings {
     pub(super) fn read(src: &Sources) -> Result<Self, ConfigError> {
-        let mode = match src
-            .string("mode")?
-            .map(|m| m.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("http") => Mode::Http,
-            Some("stream") => Mode::Stream,
-            Some("both") => Mode::Both,
-            Some(_) => return Err(Sources::invalid("mode", "expected http, stream or both")),
-        };
         Ok(Self {
-            mode,
+            mode: read_mode(src)?,
             connections: src.integer("stream_connections", 1, 1, 16)? as usize,
             keepalive_secs: src.integer("stream_keepalive_secs", 30, 1, 3600)?,
         })
@@ -446,4 +436,104 @@ impl StreamSettings {
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_secs)
     }
+}
+
+/// `mode`: `http` (the default), `stream` or `both`.
+fn read_mode(src: &Sources) -> Result<Mode, ConfigError> {
+    match src
+        .string("mode")?
+        .map(|m| m.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("http") => Ok(Mode::Http),
+        Some("stream") => Ok(Mode::Stream),
+        Some("both") => Ok(Mode::Both),
+        Some(_) => Err(Sources::invalid("mode", "expected http, stream or both")),
+    }
+}
+
+/// Interactive cards: the replies with buttons and their callbacks (see docs/dingtalk.md,
+/// "Interactive cards"). Without `card_template_id` replies stay text.
+#[derive(Debug, Clone)]
+pub struct CardSettings {
+    /// `card_template_id`: the published card template replies are sent with. Default none:
+    /// cards off.
+    pub template_id: Option<String>,
+    /// `card_callback_secret`: the `apiSecret` DingTalk signs HTTP card callbacks with (and
+    /// `dingops check --register-card-callback` registers). Required in http and both mode
+    /// when cards are on; never printed.
+    pub callback_secret: Option<SecretString>,
+    /// `card_callback_route_key`: the `callbackRouteKey` of HTTP card callbacks. Default
+    /// `dingops`.
+    pub callback_route_key: String,
+    /// `ops_group`: the openConversationId of the group where `/plan` asks for a second
+    /// admin's approval. Default none.
+    pub ops_group: Option<String>,
+}
+
+/// Longest `card_template_id`, `ops_group` accepted.
+const MAX_ID_BYTES: usize = 256;
+/// Longest `card_callback_route_key` accepted.
+const MAX_ROUTE_KEY_BYTES: usize = 64;
+
+impl CardSettings {
+    /// Whether replies are cards (`card_template_id` is set).
+    pub fn enabled(&self) -> bool {
+        self.template_id.is_some()
+    }
+
+    pub(super) fn read(src: &Sources) -> Result<Self, ConfigError> {
+        let template_id = non_empty(src.string("card_template_id")?);
+        if let Some(id) = &template_id
+            && (id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Sources::invalid(
+                "card_template_id",
+                format!(
+                    "expected the template id from DingTalk's card builder (visible ASCII, at most {MAX_ID_BYTES} bytes), such as xxxx-xxxx.schema"
+                ),
+            ));
+        }
+        let callback_secret = non_empty(src.string("card_callback_secret")?).map(SecretString::from);
+        let callback_route_key =
+            non_empty(src.string("card_callback_route_key")?).unwrap_or_else(|| "dingops".into());
+        if callback_route_key.len() > MAX_ROUTE_KEY_BYTES
+            || !callback_route_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(Sources::invalid(
+                "card_callback_route_key",
+                format!("expected letters, digits, `-`, `_` or `.`, at most {MAX_ROUTE_KEY_BYTES} of them"),
+            ));
+        }
+        let ops_group = non_empty(src.string("ops_group")?);
+        if let Some(cid) = &ops_group
+            && (!cid.starts_with("cid")
+                || cid.len() > MAX_ID_BYTES
+                || !cid.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(Sources::invalid(
+                "ops_group",
+                "expected the group's openConversationId (it starts with `cid`), not a chatid or a name",
+            ));
+        }
+        if template_id.is_some() && callback_secret.is_none() && read_mode(src)?.http() {
+            return Err(Sources::invalid(
+                "card_callback_secret",
+                "is required with `card_template_id` in http or both mode: DingTalk signs the card callbacks to POST /card-callback with it",
+            ));
+        }
+        Ok(Self {
+            template_id,
+            callback_secret,
+            callback_route_key,
+            ops_group,
+        })
+    }
+}
+
+/// A text key's value trimmed, `None` when absent or empty.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }

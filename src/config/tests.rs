@@ -138,7 +138,7 @@ fn the_known_keys_are_every_documented_key_once() {
     ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
-    assert_eq!(keys.len(), 36);
+    assert_eq!(keys.len(), 40);
 }
 
 #[test]
@@ -352,4 +352,120 @@ fn reconcile_every_auto_needs_a_monthly_budget() {
     .unwrap();
     assert!(s.fleet.reconcile_auto);
     assert_eq!(s.fleet.reconcile_every, None);
+}
+
+#[test]
+fn cards_are_off_by_default_and_their_route_key_is_dingops() {
+    let s = Settings::from_sources(Some(MINIMAL), &env(&[])).unwrap();
+    assert!(!s.cards.enabled());
+    assert_eq!(s.cards.template_id, None);
+    assert!(s.cards.callback_secret.is_none());
+    assert_eq!(s.cards.callback_route_key, "dingops");
+    assert_eq!(s.cards.ops_group, None);
+    // The example file's empty strings mean "not set".
+    let s = Settings::from_sources(
+        Some("app_key=\"k\"\napp_secret=\"s\"\ncard_template_id=\"\"\ncard_callback_secret=\"\"\nops_group=\" \"\n"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(!s.cards.enabled() && s.cards.callback_secret.is_none() && s.cards.ops_group.is_none());
+}
+
+#[test]
+fn card_keys_come_from_the_environment_and_the_secret_is_never_shown() {
+    let s = Settings::from_sources(
+        Some(MINIMAL),
+        &env(&[
+            ("DINGOPS_CARD_TEMPLATE_ID", " 1a2b3c-4d5e.schema "),
+            ("DINGOPS_CARD_CALLBACK_SECRET", "card-hunter2"),
+            ("DINGOPS_CARD_CALLBACK_ROUTE_KEY", "ops_cards-1.prod"),
+            ("DINGOPS_OPS_GROUP", "cidOpsGroup0000000=="),
+        ]),
+    )
+    .unwrap();
+    assert!(s.cards.enabled());
+    assert_eq!(s.cards.template_id.as_deref(), Some("1a2b3c-4d5e.schema"));
+    assert_eq!(
+        s.cards.callback_secret.as_ref().map(|x| x.expose_secret()),
+        Some("card-hunter2")
+    );
+    assert_eq!(s.cards.callback_route_key, "ops_cards-1.prod");
+    assert_eq!(s.cards.ops_group.as_deref(), Some("cidOpsGroup0000000=="));
+    assert!(!format!("{s:?}").contains("card-hunter2"));
+}
+
+#[test]
+fn a_card_template_in_http_or_both_mode_needs_the_callback_secret() {
+    for mode in ["http", "both"] {
+        let err = Settings::from_sources(
+            Some(MINIMAL),
+            &env(&[("DINGOPS_CARD_TEMPLATE_ID", "t.schema"), ("DINGOPS_MODE", mode)]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "configuration key `card_callback_secret` (env DINGOPS_CARD_CALLBACK_SECRET): is required with `card_template_id`"
+            ),
+            "{mode}: {err}"
+        );
+    }
+    let s = Settings::from_sources(
+        Some(MINIMAL),
+        &env(&[
+            ("DINGOPS_CARD_TEMPLATE_ID", "t.schema"),
+            ("DINGOPS_MODE", "stream"),
+        ]),
+    )
+    .unwrap();
+    assert!(s.cards.enabled() && s.cards.callback_secret.is_none());
+    // A secret without a template is harmless: cards stay off.
+    let s = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_CARD_CALLBACK_SECRET", "x")])).unwrap();
+    assert!(!s.cards.enabled());
+}
+
+#[test]
+fn the_ops_group_must_be_an_open_conversation_id() {
+    for bad in ["chat0123456789abcdef", "Ops group", "cid with space=="] {
+        let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_OPS_GROUP", bad)])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration key `ops_group` (env DINGOPS_OPS_GROUP): expected the group's openConversationId"),
+            "{bad}: {err}"
+        );
+    }
+    let long = format!("cid{}", "a".repeat(300));
+    assert!(Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_OPS_GROUP", &long)])).is_err());
+}
+
+#[test]
+fn a_bad_template_id_or_route_key_names_its_key() {
+    for (key, var, bad) in [
+        ("card_template_id", "DINGOPS_CARD_TEMPLATE_ID", "two words"),
+        (
+            "card_callback_route_key",
+            "DINGOPS_CARD_CALLBACK_ROUTE_KEY",
+            "a/b",
+        ),
+        (
+            "card_callback_route_key",
+            "DINGOPS_CARD_CALLBACK_ROUTE_KEY",
+            &"k".repeat(65),
+        ),
+    ] {
+        let err = Settings::from_sources(
+            Some(MINIMAL),
+            &env(&[(var, bad), ("DINGOPS_CARD_CALLBACK_SECRET", "x")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(&format!("`{key}`")), "{bad}: {err}");
+    }
+    let err = Settings::from_sources(
+        Some("app_key=\"k\"\napp_secret=\"s\"\ncard_template_id=5\n"),
+        &env(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "configuration key `card_template_id` (env DINGOPS_CARD_TEMPLATE_ID): expected a string, found integer"
+    );
 }

@@ -32,6 +32,10 @@ pub enum ApiError {
     /// `monthly_call_budget` (then nothing was sent).
     #[error("{0}")]
     Quota(QuotaSpent),
+    /// DingTalk took a card but did not deliver it to the group: a `deliverResults` entry
+    /// with `success: false`, and its `errorMsg` (docs/dingtalk.md, "Interactive cards").
+    #[error("card not delivered: {0}")]
+    Undelivered(String),
 }
 
 /// Why a call met the monthly quota.
@@ -125,7 +129,9 @@ impl ApiError {
                 }
             }
             ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) => ErrorClass::Transient,
-            ApiError::Decode(_) | ApiError::Credentials(_) => ErrorClass::Permanent,
+            ApiError::Decode(_) | ApiError::Credentials(_) | ApiError::Undelivered(_) => {
+                ErrorClass::Permanent
+            }
             ApiError::Quota(_) => ErrorClass::QuotaSpent,
         }
     }
@@ -167,6 +173,8 @@ impl ApiError {
                 ..
             }) => code.clone(),
             ApiError::Quota(_) => "budget".into(),
+            // A fixed word: the errorMsg is DingTalk's text, too varied for a metric label.
+            ApiError::Undelivered(_) => "card-not-delivered".into(),
         }
     }
 }
@@ -202,6 +210,24 @@ pub fn advice(e: &ApiError) -> String {
         }
         ApiError::Status { code, .. } if code == "parameter.invalid" || code.starts_with("invalidParameter") => {
             "DingTalk says a parameter is invalid; check that the bound chatid is right (rebind with /bind <chatid>)".into()
+        }
+        ApiError::Undelivered(_) => {
+            "DingTalk did not deliver the card to the group; check that the robot is in the group and that the app's robot may post there".into()
+        }
+        ApiError::Status { code, .. } if code == "param.templateNotExist" || code == "param.templateUnpublished" => {
+            "DingTalk does not know the card template or it is not published: publish it in DingTalk's card builder and check `card_template_id`".into()
+        }
+        ApiError::Status { status: 403, message, .. } if message.contains(super::cards::CARD_PERMISSION) => {
+            "the app lacks permission Card.Instance.Write (interactive card instances, write); add it in the DingTalk developer console".into()
+        }
+        ApiError::Status { code, .. } if code == "param.callbackRouteKeyExist" => {
+            "that card_callback_route_key is registered to another URL; run `dingops check --register-card-callback <URL> --force` to replace it".into()
+        }
+        ApiError::Status { code, .. } if code == "param.cardNotExist" => {
+            "DingTalk does not know that card (its outTrackId); it was never delivered or belongs to another app".into()
+        }
+        ApiError::Status { code, .. } if code == "param.openSpaceIdInvalid" => {
+            "DingTalk refused the group's openConversationId for a card; check the group's binding and `ops_group`".into()
         }
         ApiError::Status { code, .. } if code.contains("PermissionDenied") || code.starts_with("permession") => {
             "the app lacks permission qyapi_chat_manage (to change groups) or qyapi_chat_read (to read them); add it in the DingTalk developer console".into()

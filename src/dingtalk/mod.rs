@@ -4,6 +4,7 @@
 //! limit, the retry policy and token invalidation, so each API function only describes its
 //! request and how to read the answer.
 
+pub mod cards;
 pub mod error;
 mod pacing;
 pub mod quota;
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
+pub use cards::{CardCallback, CardSend};
 pub use error::{ApiError, ErrorClass, QuotaCause, QuotaSpent, advice};
 use pacing::Limiter;
 use token::TokenCache;
@@ -49,10 +51,13 @@ pub enum Api {
     ChatGet,
     DepartmentListSubId,
     DepartmentGet,
+    CardCreate,
+    CardUpdate,
+    CardRegister,
 }
 
 impl Api {
-    pub const ALL: [Api; 10] = [
+    pub const ALL: [Api; 13] = [
         Api::GetToken,
         Api::AccessToken,
         Api::FriendSwitch,
@@ -63,6 +68,9 @@ impl Api {
         Api::ChatGet,
         Api::DepartmentListSubId,
         Api::DepartmentGet,
+        Api::CardCreate,
+        Api::CardUpdate,
+        Api::CardRegister,
     ];
 
     /// A stable name for logs and metrics.
@@ -78,6 +86,9 @@ impl Api {
             Api::ChatGet => "chat_get",
             Api::DepartmentListSubId => "department_listsubid",
             Api::DepartmentGet => "department_get",
+            Api::CardCreate => "card.createAndDeliver",
+            Api::CardUpdate => "card.update",
+            Api::CardRegister => "card.register",
         }
     }
 
@@ -97,7 +108,8 @@ impl Api {
     }
 
     /// Whether repeating the call after an unclear failure (timeout, broken connection)
-    /// is harmless. A reply is not: DingTalk may already have posted it.
+    /// is harmless. A reply is not: DingTalk may already have posted it. A card is: its
+    /// `outTrackId` makes a second create a no-op ([`cards`]).
     fn idempotent(self) -> bool {
         !matches!(self, Api::SendBySession | Api::GroupMessage)
     }
