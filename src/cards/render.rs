@@ -49,7 +49,12 @@ pub fn notice(user_id: &str, text: &str) -> BTreeMap<String, BTreeMap<String, St
 /// A setting card's title: the setting and the value the command set, e.g. `Mute all: on`.
 pub fn setting_title(change: &SettingChange) -> String {
     match Setting::from_stored(&change.setting) {
-        Some(s) => format!("{}: {}", s.label(), s.describe(change.value)),
+        // The value's first words only ("on", not "on: only the owner and admins can speak").
+        Some(s) => format!(
+            "{}: {}",
+            s.label(),
+            s.describe(change.value).split(':').next().unwrap_or_default()
+        ),
         None => change.setting.clone(),
     }
 }
@@ -113,6 +118,6 @@ mod tests {
 
     #[test]
     fn the_title_names_the_setting_and_the_value_set() {
-        assert_eq!(setting_title(&mute(None)), "Mute all: on");
+        assert_eq!(setting_title(&mute(None)), "Whole-group mute: on");
     }
 }

@@ -406,7 +406,7 @@ impl CommandSpec {
     pub fn timed(&self) -> bool {
         match self.arg {
             Arg::None(plain) => matches!(plain, Plain::LockDm | Plain::UnlockDm),
-            Arg::ChatId => false,
+            Arg::ChatId | Arg::Code => false,
             Arg::Fixed(..) | Arg::Choice(..) => true,
         }
     }
@@ -433,6 +433,7 @@ impl CommandSpec {
         match self.arg {
             Arg::None(plain) => self.args.is_empty() && plain.kind() as usize == kind,
             Arg::ChatId => !self.args.is_empty() && kind == CommandKind::Bind as usize,
+            Arg::Code => !self.args.is_empty() && kind == CommandKind::Apply as usize,
             Arg::Fixed(switch, value) => {
                 self.args.is_empty() && value <= 1 && switch.command_kind(value) as usize == kind
             }
