@@ -98,6 +98,9 @@ pub async fn serve(args: SimArgs) -> anyhow::Result<()> {
     println!(
         "  control: GET/POST /_sim/groups, GET/POST /_sim/departments, POST /_sim/sessions, GET /_sim/calls, GET /_sim/replies, POST /_sim/faults, GET/POST /_sim/quota"
     );
+    println!(
+        "  cards: GET /_sim/cards, GET /_sim/cards/{{outTrackId}}, POST /_sim/cards/press, POST /_sim/cards/fail, GET /_sim/cards/callbacks"
+    );
     tokio::signal::ctrl_c().await?;
     sim.stop().await;
     Ok(())

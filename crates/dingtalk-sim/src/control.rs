@@ -1,6 +1,7 @@
 //! Steering and reading a running simulator: [`Simulator`]'s methods for tests, benchmarks
 //! and the demo (groups, departments, reply sessions, faults, the calls and replies it
-//! received), and the `/_sim/*` routes that do the same over HTTP (`dingops sim`).
+//! received), and the `/_sim/*` routes that do the same over HTTP (`dingops sim`). The card
+//! ones (`/_sim/cards*`) are in `cards/control.rs`.
 
 use std::time::{Duration, Instant};
 

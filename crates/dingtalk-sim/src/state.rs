@@ -125,11 +125,13 @@ pub struct RecordedCall {
 /// A reply received on a sessionWebhook.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RecordedReply {
-    /// `session` (sendBySession) or `group-message` (the robot group-message API).
+    /// `session` (sendBySession), `group-message` (the robot group-message API), `card` (a
+    /// card created with `createAndDeliver`, as text) or `card-update` (a card's update or a
+    /// click's answer applied to it, as text; see [`crate::cards`]).
     pub via: String,
     pub open_conversation_id: String,
     pub at_ms: u64,
-    /// The message text (`text.content` or `markdown.text`).
+    /// The message text (`text.content` or `markdown.text`), or a card rendered as text.
     pub content: String,
     pub at_user_ids: Vec<String>,
     pub body: Value,

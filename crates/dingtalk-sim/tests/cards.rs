@@ -2,9 +2,26 @@
 //! `/_sim/cards*` control routes, and button presses over Stream and signed HTTP.
 
 use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use dingtalk_sim::{CardFailMode, SimConfig, Simulator, api};
+use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use dingtalk_sim::stream::{BOT_TOPIC, CARD_TOPIC};
+use dingtalk_sim::{CardFailMode, CardPress, SimConfig, Simulator, api};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Long enough for anything on loopback; tests normally finish far sooner.
+const PATIENCE: Duration = Duration::from_secs(10);
 
 const CID: &str = "cidCards==";
 
@@ -623,5 +640,492 @@ async fn the_card_calls_count_against_the_monthly_quota() {
         assert!(dingtalk_sim::quota::counted(api), "{api}");
         assert_eq!(sim.calls(Some(api)).pop().expect("recorded").answer, 90020);
     }
+    sim.stop().await;
+}
+
+/// A Stream client subscribed to `topics`, connected; returns it and its connection id.
+async fn stream_client(sim: &Simulator, topics: &[&str]) -> (Ws, String) {
+    let before = sim.stream().connections().len();
+    let subscriptions: Vec<Value> = topics
+        .iter()
+        .map(|t| json!({"type": "CALLBACK", "topic": t}))
+        .collect();
+    let body = json!({
+        "clientId": sim.config().app_key,
+        "clientSecret": sim.config().app_secret,
+        "subscriptions": subscriptions,
+    });
+    let (status, v) = post(sim, "/v1.0/gateway/connections/open", &body).await;
+    assert_eq!(status, 200, "{v}");
+    let endpoint = v["endpoint"].as_str().expect("endpoint");
+    let ticket = v["ticket"].as_str().expect("ticket");
+    let addr = endpoint
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("host:port");
+    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let (ws, _) = tokio_tungstenite::client_async(format!("{endpoint}?ticket={ticket}"), tcp)
+        .await
+        .expect("handshake");
+    let live = sim.stream().wait_for_connections(before + 1, PATIENCE).await;
+    let id = live
+        .into_iter()
+        .find(|c| c.ticket == ticket)
+        .expect("the new connection is live")
+        .id;
+    (ws, id)
+}
+
+/// The next text frame as JSON; `None` when none comes within `wait`.
+async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    tokio::time::timeout(wait, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str::<Value>(t.as_str()).expect("a JSON frame");
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+async fn send_ack(ws: &mut Ws, frame: &Value, code: i64, response: &Value) {
+    let ack = json!({
+        "code": code,
+        "headers": {"contentType": "application/json", "messageId": frame["headers"]["messageId"]},
+        "message": "OK",
+        "data": json!({"response": response}).to_string(),
+    });
+    ws.send(Message::text(ack.to_string())).await.expect("send ACK");
+}
+
+/// A click's answer: the card `working`, a note to the clicker.
+fn working() -> Value {
+    json!({
+        "cardUpdateOptions": {"updateCardDataByKey": true, "updatePrivateDataByKey": true},
+        "cardData": {"cardParamMap": {"status": "working", "buttons": "[]"}},
+        "userPrivateData": {"cardParamMap": {"notice": "undoing…"}},
+    })
+}
+
+/// The click payload of a frame's `data` (or an HTTP body), and its `content`.
+fn click_of(data: &str) -> (Value, Value) {
+    let click: Value = serde_json::from_str(data).expect("the click is JSON");
+    let content = serde_json::from_str(click["content"].as_str().expect("content is a string"))
+        .expect("content is JSON");
+    (click, content)
+}
+
+#[tokio::test]
+async fn a_press_over_stream_reaches_a_card_subscriber_and_its_ack_response_updates_the_card() {
+    let sim = sim();
+    with_card(&sim).await;
+    let (_robot_only, robot_conn) = stream_client(&sim, &[BOT_TOPIC]).await;
+    let (mut ws, conn) = stream_client(&sim, &[BOT_TOPIC, CARD_TOPIC]).await;
+    for _ in 0..2 {
+        let press = CardPress::new("card-1", "staff-a", "undo");
+        let (outcome, frame) = tokio::join!(sim.press_card(&press), async {
+            let frame = next_frame(&mut ws, PATIENCE).await.expect("the card callback");
+            send_ack(&mut ws, &frame, 200, &working()).await;
+            frame
+        });
+        let outcome = outcome.expect("a known card");
+        assert_eq!(frame["type"], "CALLBACK");
+        assert_eq!(frame["specVersion"], "1.0");
+        let h = &frame["headers"];
+        assert_eq!(h["topic"], CARD_TOPIC);
+        assert_eq!(h["contentType"], "application/json");
+        assert_eq!(h["connectionId"], conn.as_str());
+        assert_eq!(h["messageId"], outcome.message_id.as_str());
+        let time = h["time"].as_str().expect("time is a string");
+        assert!(
+            time.len() == 13 && time.bytes().all(|b| b.is_ascii_digit()),
+            "{time}"
+        );
+        let (click, content) = click_of(frame["data"].as_str().expect("data is a string"));
+        assert_eq!(
+            click,
+            json!({"type": "actionCallback", "outTrackId": "card-1", "corpId": "dingsimcorp",
+                "userId": "staff-a", "userIdType": 1, "spaceType": "IM_GROUP", "spaceId": CID,
+                "extension": "{}", "content": click["content"]})
+        );
+        assert_eq!(
+            content,
+            json!({"cardPrivateData": {"actionIds": ["undo"], "params": {"action": "undo"}}})
+        );
+        assert!(outcome.delivered);
+        assert_eq!(outcome.status, Some(200));
+        assert_eq!(outcome.response, Some(working()));
+        assert!(outcome.applied);
+        assert!(outcome.latency_ms < 5000);
+    }
+    // Both went to the card subscriber, never to the robot-only connection.
+    let pushes = sim.stream().pushes();
+    assert_eq!(pushes.len(), 2);
+    assert!(
+        pushes
+            .iter()
+            .all(|p| p.connection == conn && p.connection != robot_conn)
+    );
+
+    let card = sim.card("card-1").expect("kept");
+    assert_eq!(card.params["status"], "working");
+    assert_eq!(card.params["title"], "DMs off");
+    assert_eq!(card.private["staff-a"]["notice"], "undoing…");
+    assert_eq!(card.private["staff-b"]["notice"], "admins only");
+    assert_eq!(card.updates, 2);
+    assert_eq!(
+        transcript(&sim)[1],
+        (
+            "card-update".to_owned(),
+            "[card update] DMs off — working\nPrivate chat **prohibited** by Admin\n\
+             (to staff-a only) undoing…"
+                .to_owned()
+        )
+    );
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_press_without_a_card_subscriber_is_not_delivered_and_an_unknown_card_is_none() {
+    let sim = sim();
+    with_card(&sim).await;
+    let (_ws, _) = stream_client(&sim, &[BOT_TOPIC]).await;
+    let outcome = sim
+        .press_card(&CardPress::new("card-1", "staff-a", "undo"))
+        .await
+        .expect("a known card");
+    assert!(!outcome.delivered);
+    assert_eq!(
+        (outcome.status, outcome.response, outcome.applied),
+        (None, None, false)
+    );
+    assert!(sim.stream().pushes().is_empty());
+    assert!(sim.stream().unacknowledged().is_empty());
+    assert_eq!(sim.card("card-1").expect("kept").updates, 0);
+    assert_eq!(
+        sim.press_card(&CardPress::new("card-9", "staff-a", "undo")).await,
+        None
+    );
+
+    let (status, v) = post(
+        &sim,
+        "/_sim/cards/press",
+        &json!({"outTrackId": "card-1", "userId": "staff-a", "action": "undo"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["delivered"], false);
+    assert_eq!(v["status"], Value::Null);
+    assert_eq!(v["response"], Value::Null);
+    let (status, _) = post(
+        &sim,
+        "/_sim/cards/press",
+        &json!({"outTrackId": "card-9", "userId": "staff-a", "action": "undo"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn pressing_again_with_the_same_message_id_re_pushes_the_same_frame() {
+    let sim = sim();
+    with_card(&sim).await;
+    let (mut ws, _) = stream_client(&sim, &[CARD_TOPIC]).await;
+    let press = CardPress::new("card-1", "staff-a", "undo").message_id("press-1");
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        let (outcome, frame) = tokio::join!(sim.press_card(&press), async {
+            let frame = next_frame(&mut ws, PATIENCE).await.expect("the card callback");
+            send_ack(&mut ws, &frame, 200, &working()).await;
+            frame
+        });
+        let outcome = outcome.expect("a known card");
+        assert_eq!(outcome.message_id, "press-1");
+        assert_eq!(outcome.status, Some(200));
+        frames.push(frame);
+    }
+    assert_eq!(frames[0], frames[1], "the same frame, headers and data");
+    assert_eq!(frames[0]["headers"]["messageId"], "press-1");
+    // A re-push with other parameters still sends the first press's callback.
+    let other = CardPress::new("card-1", "staff-z", "extend").message_id("press-1");
+    let (outcome, frame) = tokio::join!(sim.press_card(&other), async {
+        let frame = next_frame(&mut ws, PATIENCE).await.expect("the card callback");
+        send_ack(&mut ws, &frame, 200, &json!(null)).await;
+        frame
+    });
+    assert_eq!(frame, frames[0]);
+    let outcome = outcome.expect("a known card");
+    assert_eq!(
+        (outcome.status, outcome.response, outcome.applied),
+        (Some(200), None, false)
+    );
+    assert_eq!(sim.card("card-1").expect("kept").updates, 2);
+    assert_eq!(sim.stream().acks().len(), 3);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn an_unacknowledged_card_callback_is_pushed_again_by_the_gateway_until_its_ack() {
+    let sim = sim();
+    with_card(&sim).await;
+    let (mut ws, _) = stream_client(&sim, &[CARD_TOPIC]).await;
+    let press = CardPress::new("card-1", "staff-a", "revert_now");
+    let (outcome, (first, second)) = tokio::join!(sim.press_card(&press), async {
+        let first = next_frame(&mut ws, PATIENCE).await.expect("the card callback");
+        // No ACK: the gateway pushes it again after its delay (300 ms here).
+        let second = next_frame(&mut ws, PATIENCE).await.expect("the re-push");
+        send_ack(&mut ws, &second, 200, &working()).await;
+        (first, second)
+    });
+    assert_eq!(first["headers"]["messageId"], second["headers"]["messageId"]);
+    assert_eq!(first["data"], second["data"]);
+    let outcome = outcome.expect("a known card");
+    assert_eq!(outcome.status, Some(200));
+    assert!(outcome.applied);
+    assert!(outcome.latency_ms >= 300, "{}", outcome.latency_ms);
+    let attempts: Vec<u32> = sim.stream().pushes().iter().map(|p| p.attempt).collect();
+    assert_eq!(attempts, vec![1, 2]);
+    assert!(sim.stream().unacknowledged().is_empty());
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_with_another_code_is_reported_and_not_applied() {
+    let sim = sim();
+    with_card(&sim).await;
+    let (mut ws, _) = stream_client(&sim, &[CARD_TOPIC]).await;
+    let press = CardPress::new("card-1", "staff-a", "undo");
+    let (outcome, ()) = tokio::join!(sim.press_card(&press), async {
+        let frame = next_frame(&mut ws, PATIENCE).await.expect("the card callback");
+        send_ack(&mut ws, &frame, 400, &working()).await;
+    });
+    let outcome = outcome.expect("a known card");
+    assert_eq!((outcome.delivered, outcome.status), (true, Some(400)));
+    assert_eq!(outcome.response, Some(working()));
+    assert!(!outcome.applied);
+    let card = sim.card("card-1").expect("kept");
+    assert_eq!((card.params["status"].as_str(), card.updates), ("done", 0));
+    assert_eq!(transcript(&sim).len(), 1);
+    sim.stop().await;
+}
+
+/// What an HTTP card-callback receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    timestamp: Option<String>,
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A loopback server answering every POST with `status` and `answer`; returns its URL and
+/// what it received.
+fn receiver(status: u16, answer: Value) -> (String, Arc<Mutex<Vec<Received>>>) {
+    let seen: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let log = seen.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/card-callback", listener.local_addr().expect("addr"));
+    let server = HttpServer::new(move || {
+        let log = log.clone();
+        let answer = answer.clone();
+        actix_web::App::new().route(
+            "/card-callback",
+            web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                let header = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                log.lock().expect("log").push(Received {
+                    timestamp: header("x-ddpaas-signature-timestamp"),
+                    signature: header("x-ddpaas-signature"),
+                    body: body.to_vec(),
+                });
+                let status = actix_web::http::StatusCode::from_u16(status).expect("a status");
+                let answer = answer.clone();
+                async move { HttpResponse::build(status).json(answer) }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (url, seen)
+}
+
+/// Registers `url` with `secret` for the key `dingops` and creates the HTTP card `card-1`.
+async fn with_http_card(sim: &Simulator, url: &str, secret: &str) {
+    let token = token(sim).await;
+    let route = json!({"callbackRouteKey": "dingops", "callbackUrl": url, "apiSecret": secret});
+    assert_eq!(register(sim, &token, &route).await.0, 200);
+    let mut body = card_body(sim, "card-1");
+    body["callbackType"] = json!("HTTP");
+    body["callbackRouteKey"] = json!("dingops");
+    assert_eq!(create(sim, &token, &body).await.0, 200);
+}
+
+fn verify(secret: &str, timestamp: &str, signature: &str) -> bool {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(timestamp.as_bytes());
+    let given = STANDARD.decode(signature).expect("Base64");
+    mac.verify_slice(&given).is_ok()
+}
+
+#[tokio::test]
+async fn a_press_over_http_is_signed_with_the_registered_secret_and_its_answer_updates_the_card() {
+    let sim = sim();
+    let (url, seen) = receiver(200, working());
+    with_http_card(&sim, &url, "card-secret").await;
+    let before = dingtalk_sim::clock::now_ms();
+    let outcome = sim
+        .press_card(&CardPress::new("card-1", "staff-a", "extend"))
+        .await
+        .expect("a known card");
+    assert!(outcome.delivered);
+    assert_eq!(outcome.status, Some(200));
+    assert_eq!(outcome.response, Some(working()));
+    assert!(outcome.applied);
+
+    let got = seen.lock().expect("log").clone();
+    assert_eq!(got.len(), 1);
+    let timestamp = got[0].timestamp.clone().expect("a timestamp header");
+    let ts: u64 = timestamp.parse().expect("milliseconds");
+    assert!(ts >= before && ts <= dingtalk_sim::clock::now_ms(), "{ts}");
+    let signature = got[0].signature.clone().expect("a signature header");
+    assert!(verify("card-secret", &timestamp, &signature), "{signature}");
+    assert!(!verify("other-secret", &timestamp, &signature));
+    let (click, content) = click_of(std::str::from_utf8(&got[0].body).expect("UTF-8"));
+    assert_eq!(click["outTrackId"], "card-1");
+    assert_eq!(click["userId"], "staff-a");
+    assert_eq!(click["spaceId"], CID);
+    assert_eq!(click["type"], "actionCallback");
+    assert_eq!(content["cardPrivateData"]["actionIds"], json!(["extend"]));
+
+    let card = sim.card("card-1").expect("kept");
+    assert_eq!(card.params["status"], "working");
+    assert_eq!(card.private["staff-a"]["notice"], "undoing…");
+    assert_eq!(card.updates, 1);
+    assert_eq!(transcript(&sim).len(), 2);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_press_over_http_sends_a_given_timestamp_and_signature_and_a_re_push_repeats_them() {
+    let sim = sim();
+    let (url, seen) = receiver(503, json!(null));
+    with_http_card(&sim, &url, "card-secret").await;
+    let press = CardPress {
+        timestamp: Some("1700000000000".into()),
+        ..CardPress::new("card-1", "staff-a", "undo").message_id("http-1")
+    };
+    let outcome = sim.press_card(&press).await.expect("a known card");
+    assert_eq!((outcome.delivered, outcome.status), (true, Some(503)));
+    assert_eq!((outcome.response, outcome.applied), (None, false));
+    // The same messageId again: the same timestamp and body, signed again.
+    let again = CardPress::new("card-1", "staff-a", "undo").message_id("http-1");
+    sim.press_card(&again).await.expect("a known card");
+    let forged = CardPress {
+        signature: Some("Zm9yZ2Vk".into()),
+        ..CardPress::new("card-1", "staff-a", "undo")
+    };
+    sim.press_card(&forged).await.expect("a known card");
+
+    let got = seen.lock().expect("log").clone();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].timestamp.as_deref(), Some("1700000000000"));
+    assert_eq!(got[1].timestamp, got[0].timestamp);
+    assert_eq!(got[1].body, got[0].body);
+    assert!(verify(
+        "card-secret",
+        "1700000000000",
+        got[0].signature.as_deref().expect("sig")
+    ));
+    assert_eq!(got[1].signature, got[0].signature);
+    assert_eq!(got[2].signature.as_deref(), Some("Zm9yZ2Vk"));
+    assert_ne!(got[2].timestamp, got[0].timestamp);
+    assert_eq!(sim.card("card-1").expect("kept").updates, 0);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_press_on_an_http_card_without_a_registered_address_is_not_delivered() {
+    let sim = sim();
+    let token = token(&sim).await;
+    let mut body = card_body(&sim, "card-1");
+    body["callbackType"] = json!("HTTP");
+    body["callbackRouteKey"] = json!("unregistered");
+    assert_eq!(create(&sim, &token, &body).await.0, 200);
+    let outcome = sim
+        .press_card(&CardPress::new("card-1", "staff-a", "undo"))
+        .await
+        .expect("a known card");
+    assert!(!outcome.delivered);
+    assert_eq!(outcome.status, None);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_press_whose_callback_gets_no_ack_within_five_seconds_reports_no_status() {
+    let sim = sim();
+    with_card(&sim).await;
+    let (_silent, _) = stream_client(&sim, &[CARD_TOPIC]).await;
+    let outcome = sim
+        .press_card(&CardPress::new("card-1", "staff-a", "undo"))
+        .await
+        .expect("a known card");
+    assert!(outcome.delivered);
+    assert_eq!(
+        (outcome.status, outcome.response, outcome.applied),
+        (None, None, false)
+    );
+    assert!(
+        (5000..PATIENCE.as_millis() as u64).contains(&outcome.latency_ms),
+        "{}",
+        outcome.latency_ms
+    );
+    assert_eq!(sim.stream().unacknowledged(), vec![outcome.message_id]);
+    assert_eq!(sim.card("card-1").expect("kept").updates, 0);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_press_and_fail_routes_speak_json() {
+    let sim = sim();
+    let (url, _) = receiver(200, working());
+    with_http_card(&sim, &url, "card-secret").await;
+    let (status, v) = post(
+        &sim,
+        "/_sim/cards/press",
+        &json!({"outTrackId": "card-1", "userId": "staff-a", "action": "undo", "messageId": "m-9"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let latency = v["latencyMs"].as_u64().expect("latencyMs");
+    assert_eq!(
+        v,
+        json!({"delivered": true, "status": 200, "response": working(), "applied": true,
+            "latencyMs": latency, "messageId": "m-9"})
+    );
+    let (status, _) = post(&sim, "/_sim/cards/fail", &json!({"mode": "update", "times": 1})).await;
+    assert_eq!(status, 200);
+    let token = token(&sim).await;
+    let (status, v) = put(&sim, &token, &json!({"outTrackId": "card-1"})).await;
+    assert_eq!((status, v["code"].as_str()), (500, Some("system.busy")));
+    let (status, _) = post(&sim, "/_sim/cards/fail", &json!({"mode": "deliver", "times": 1})).await;
+    assert_eq!(status, 200);
+    let (_, v) = create(&sim, &token, &card_body(&sim, "card-2")).await;
+    assert_eq!(v["result"]["deliverResults"][0]["success"], false);
+    let (status, _) = post(&sim, "/_sim/cards/fail", &json!({"mode": "sideways", "times": 1})).await;
+    assert_eq!(status, 400);
     sim.stop().await;
 }

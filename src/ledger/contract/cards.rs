@@ -3,23 +3,11 @@
 
 use std::sync::{Arc, Barrier};
 
-use super::{Memory, Sqlite, Store, accepted, unfinished};
+use super::{Memory, Postgres, Sqlite, Store, accepted, unfinished};
 use crate::domain::{Accepted, Answer, Delivery, Outcome, Pending, SessionWebhook};
 use crate::ledger::{Approval, ApprovalVerdict, CardRow, ClickEntry, Ledger, LedgerError};
 
-// Memory and SQLite until the PostgreSQL tables land (the next commit on this branch).
-macro_rules! memory_and_sqlite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(#[test] fn $name() { super::$name(&super::Memory::new()) })*
-        }
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(&super::Sqlite::new()) })*
-        }
-    };
-}
-
-memory_and_sqlite!(
+contract!(
     a_card_is_recorded_once_and_read_back_as_written,
     the_cards_of_one_setting_of_a_group_are_listed_newest_first_by_status,
     a_cards_state_is_set_and_with_an_expected_status_only_from_that_status,

@@ -134,11 +134,15 @@ pub(super) const READY_PROBE_SQL: &str = "UPDATE health SET probed_ms = $1 WHERE
 /// transaction-level advisory lock before its first row gets a position (the lock's row is
 /// joined to every inserted row) and holds it until its commit: ingest batches of all
 /// replicas take positions and commit one after another.
-pub(super) const INSERT_ACCEPTED_SQL: &str =
+///
+/// A card's click is inserted by this statement too, inside the click's transaction: the
+/// lock then lasts until that transaction commits, and the click's position is in order
+/// like any acceptance's.
+pub(super) const INSERT_ACCEPTED_SQL: &str = concat!(
     "WITH in_order AS (SELECT pg_advisory_xact_lock(7301446012553011))
-     INSERT INTO commands (msg_id, received_ms, conversation_id,
-     conversation_type, conversation_title, sender_staff_id, sender_nick, sender_is_admin, msgtype,
-     text, session_webhook, session_expires_ms, status)
+     INSERT INTO commands (",
+    accepted_columns!(),
+    ")
      SELECT m, r, c, ct, tt, s, n, a, mt, tx, w, e, 'accepted'
      FROM in_order CROSS JOIN
           unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
@@ -146,11 +150,23 @@ pub(super) const INSERT_ACCEPTED_SQL: &str =
           WITH ORDINALITY AS t(m, r, c, ct, tt, s, n, a, mt, tx, w, e, o)
      ORDER BY o
      ON CONFLICT (msg_id) DO NOTHING
-     RETURNING msg_id";
+     RETURNING msg_id"
+);
 
 /// Inserts `accepts`; the msgIds that were new.
 pub(super) async fn insert_accepted(
     s: &mut Session,
+    accepts: &[Accepted],
+) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
+    let insert = s.statement(INSERT_ACCEPTED_SQL).await?;
+    insert_accepted_with(&s.client, &insert, accepts).await
+}
+
+/// Inserts `accepts` with `insert` (the statement [`INSERT_ACCEPTED_SQL`] prepared on the
+/// connection of `client`, a connection or a transaction on it); the msgIds that were new.
+pub(super) async fn insert_accepted_with(
+    client: &(impl tokio_postgres::GenericClient + Sync),
+    insert: &tokio_postgres::Statement,
     accepts: &[Accepted],
 ) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
     let col = |f: fn(&Accepted) -> String| accepts.iter().map(f).collect::<Vec<_>>();
@@ -167,9 +183,9 @@ pub(super) async fn insert_accepted(
     let body = opt(|c| opt_text(&c.text));
     let webhook = col(|c| text(c.session_webhook.expose()));
     let expires: Vec<Option<i64>> = accepts.iter().map(|c| c.session_expires_ms.map(to_i64)).collect();
-    let rows = s
+    let rows = client
         .query(
-            INSERT_ACCEPTED_SQL,
+            insert,
             &[
                 &msg_id, &received, &cid, &ctype, &title, &staff, &nick, &admin, &msgtype, &body, &webhook,
                 &expires,

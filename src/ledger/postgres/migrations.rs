@@ -132,6 +132,39 @@ CREATE TABLE quota_spent (
     month     TEXT COLLATE \"C\" PRIMARY KEY,
     marked_ms BIGINT NOT NULL
 );",
+    // 9: interactive cards (docs/architecture.md, "Buttons"): each card dingops sent, with
+    // its status, the buttons it offers (a JSON array) and the click it works on; and the
+    // approvals of the two-person rule. A card's clicks are rows of `commands`. `seq` is a
+    // card's insertion order.
+    "CREATE TABLE cards (
+    out_track_id    TEXT COLLATE \"C\" PRIMARY KEY,
+    seq             BIGSERIAL NOT NULL,
+    conversation_id TEXT COLLATE \"C\" NOT NULL,
+    msg_id          TEXT COLLATE \"C\" NOT NULL,
+    kind            TEXT NOT NULL,
+    setting         TEXT COLLATE \"C\",
+    created_by      TEXT NOT NULL,
+    status          TEXT COLLATE \"C\" NOT NULL,
+    buttons         TEXT NOT NULL,
+    pending_click   TEXT,
+    data            TEXT NOT NULL,
+    created_ms      BIGINT NOT NULL,
+    updated_ms      BIGINT NOT NULL
+);
+CREATE INDEX cards_of_setting ON cards (conversation_id, setting, status);
+CREATE TABLE approvals (
+    code            TEXT COLLATE \"C\" PRIMARY KEY,
+    conversation_id TEXT COLLATE \"C\" NOT NULL,
+    asked_by        TEXT NOT NULL,
+    asked_by_nick   TEXT,
+    asked_ms        BIGINT NOT NULL,
+    expires_ms      BIGINT NOT NULL,
+    out_track_id    TEXT,
+    policy_digest   TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    decided_by      TEXT,
+    decided_ms      BIGINT
+);",
 ];
 
 /// The version a database has after all steps.
@@ -233,6 +266,43 @@ mod tests {
         });
         assert_eq!(read.join().unwrap(), LATEST);
         drop(ledger);
+    }
+
+    #[test]
+    fn a_database_before_the_card_tables_keeps_its_rows_and_gains_them() {
+        let schema = TestSchema::new();
+        // The database as the release before the cards left it (SQLite's step 8).
+        let before = LATEST - 1;
+        let steps = STEPS[..before as usize].join(";\n");
+        schema.column(&format!(
+            "{steps};
+             CREATE TABLE schema_version (one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+                                          version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES ({before});
+             INSERT INTO commands (msg_id, received_ms, conversation_id, conversation_type,
+                 sender_is_admin, msgtype, status) VALUES ('m8', 1, 'cid8==', '2', false, 'text', 'accepted');
+             INSERT INTO quota_calls VALUES ('2026-12', 'chat_get', 'background', 3);"
+        ));
+        assert!(schema.column("SELECT to_regclass('cards')::text")[0].is_none());
+        drop(PostgresLedger::open(&schema.postgres_url()).unwrap());
+        assert_eq!(stored_version(&schema), [Some(LATEST.to_string())]);
+        assert_eq!(
+            schema.column("SELECT msg_id || ' ' || calls FROM commands, quota_calls"),
+            [Some("m8 3".to_owned())]
+        );
+        assert_eq!(
+            schema.column("SELECT (SELECT count(*) FROM cards) + (SELECT count(*) FROM approvals)"),
+            [Some("0".to_owned())]
+        );
+        assert_eq!(
+            schema.column(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'cards_of_setting'"
+            ),
+            [Some(format!(
+                "CREATE INDEX cards_of_setting ON {}.cards USING btree (conversation_id, setting, status)",
+                schema.column("SELECT current_schema()")[0].clone().unwrap()
+            ))]
+        );
     }
 
     #[test]

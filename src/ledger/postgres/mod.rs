@@ -6,7 +6,8 @@
 //! a timeout. An async caller awaits the task's result from its own runtime (the hot path's
 //! calls, `calls.rs`, and the async forms of the roles); a synchronous role method waits on a
 //! channel, so a call works from any thread and never nests one runtime in another. The
-//! roles' statements are in `roles.rs`, the group commit of callbacks in `ingest.rs`.
+//! roles' statements are in `roles.rs` (`quota.rs` the monthly quota's, `cards.rs` those of
+//! cards and approvals), the group commit of callbacks in `ingest.rs`.
 //!
 //! Callbacks are committed in groups, as in SQLite: a writer task takes every acceptance
 //! waiting when it starts a write and inserts them with one statement (one round trip, one
@@ -266,6 +267,7 @@ fn mapped<T>(
 
 // After `ledger_now!`, which they use.
 mod calls;
+mod cards;
 mod ingest;
 mod quota;
 mod roles;

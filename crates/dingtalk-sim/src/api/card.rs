@@ -1,4 +1,4 @@
-//! The interactive-card APIs (docs/dingtalk.md, Interactive cards):
+//! The interactive-card APIs (docs/dingtalk.md, Simulator fidelity):
 //! `v1.0/card/instances/createAndDeliver`, `PUT v1.0/card/instances` and
 //! `v1.0/card/callbacks/register`. Like the other v1.0 APIs they pass the gate (faults, the
 //! per-API rate limit, the monthly quota) and want the new-style token in

@@ -1,4 +1,4 @@
-//! Interactive cards as DingTalk keeps them (docs/dingtalk.md, Interactive cards): the cards
+//! Interactive cards as DingTalk keeps them (docs/dingtalk.md, Simulator fidelity): the cards
 //! the robot created with `createAndDeliver` (served in `api/card.rs`), their public and
 //! per-user private parameters as `PUT /v1.0/card/instances` and click answers left them,
 //! the callback addresses registered per route key, and the failures queued for the card
