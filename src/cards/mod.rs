@@ -21,9 +21,12 @@ use crate::dingtalk::{ApiError, DingTalk};
 use crate::domain::{Accepted, Answer, Outcome, SettingChange};
 use crate::ledger::{CardRow, LedgerError, LedgerHandle};
 
-/// The statuses in which a setting card still stands: a newer change supersedes it, its
-/// revert marks it reverted.
+/// The statuses in which a setting card still stands: its revert marks it reverted.
 pub const STANDING: [&str; 2] = ["done", "extended"];
+
+/// The statuses a newer change of the setting supersedes: a standing card, and one whose
+/// click has not run yet (it will find its card superseded and change nothing).
+pub const SUPERSEDABLE: [&str; 3] = ["done", "extended", "working"];
 
 /// The msgtype of a click entered as a command; its text is `<action> <outTrackId>`.
 pub const CLICK_MSGTYPE: &str = "cardAction";
@@ -265,7 +268,7 @@ impl Cards {
         let (cid, s) = (conversation_id.to_owned(), setting.to_owned());
         let rows = match self
             .ledger
-            .call(move |l| l.cards_of_setting(&cid, &s, &STANDING))
+            .call(move |l| l.cards_of_setting(&cid, &s, &SUPERSEDABLE))
             .await
         {
             Ok(r) => r,

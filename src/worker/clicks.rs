@@ -16,6 +16,9 @@ use crate::ledger::{CardRow, RevertState};
 /// timed settings is 30 days, and so is ours.
 pub const MAX_EXCEPTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The detail of a click whose card no longer waits for it.
+const NOT_PENDING: &str = "not the card's pending click";
+
 /// A click entered as a command: its action and card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Click {
@@ -70,7 +73,7 @@ impl WorkerContext {
             Err(e) => return ledger_failed(name, &e),
         };
         if row.pending_click.as_deref() != Some(job.msg_id.as_str()) {
-            return Answer::new(name, Outcome::Info, gate::ALREADY_WORKING, "not the card's pending click");
+            return Answer::new(name, Outcome::Info, gate::NO_LONGER_VALID, NOT_PENDING);
         }
         if row.kind == "plan" {
             return self.run_plan_click(job, click, &row).await;
@@ -325,6 +328,10 @@ impl WorkerContext {
                 return Delivery::Failed("ledger".into());
             }
         };
+        // A click that did not run (its card moved on meanwhile) leaves the card as it is.
+        if answer.detail == NOT_PENDING {
+            return Delivery::Failed("stale-click".into());
+        }
         let mut data = CardData::of(&row);
         let body = data.params.get("body").cloned().unwrap_or_default();
         let clicker = job.sender_staff_id.clone().unwrap_or_default();
