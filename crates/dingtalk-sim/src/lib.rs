@@ -2,13 +2,15 @@
 //! that dingops uses (tokens, the private-chat switch, chatid conversion, replies), with
 //! DingTalk's error shapes, token expiry, its per-API rate limit and injectable faults, plus
 //! [`chat`], which plays DingTalk's side of the robot callback and signs it with [`sign`],
-//! and [`stream`], DingTalk's Stream mode: `connections/open` and a WebSocket gateway.
+//! and [`stream`], DingTalk's Stream mode: `connections/open` and a WebSocket gateway, and
+//! [`cards`], interactive cards: their APIs, button presses and their transcript.
 //!
 //! dingops' demo, integration tests and benchmarks run against it; the `dingtalk-sim` binary
 //! (and `dingops sim`) serves it alone. It does not depend on dingops, so dingops' signature
 //! verifier is checked against an independent signer.
 
 pub mod api;
+pub mod cards;
 pub mod chat;
 pub mod cli;
 pub mod clock;
@@ -18,6 +20,7 @@ pub mod sign;
 mod state;
 pub mod stream;
 
+pub use cards::{CardCallbackRoute, CardFailMode, CardPress, CardPressOutcome, SimCard};
 pub use control::DEMO_GROUPS;
 pub use state::{
     DepartmentError, Fault, MANAGEMENT_FIELDS, ROOT_DEPT, RecordedCall, RecordedReply, SimDepartment,
@@ -32,11 +35,13 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 use rand::RngExt as _;
 
+use crate::api::card::{create_and_deliver, register_callback, update_card};
 use crate::api::department::{department_get, department_listsubid};
 use crate::api::gateway::stream_open;
 use crate::api::group::{chat_get, convert, friendswitch, group_update};
 use crate::api::robot::{group_message, send_by_session};
 use crate::api::token::{access_token, gettoken};
+use crate::cards::control::{control_callbacks, control_card, control_cards, control_fail, control_press};
 use crate::control::{
     control_add_department, control_add_group, control_calls, control_departments, control_fault,
     control_groups, control_open_session, control_quota, control_replies, control_revoke, control_set_quota,
@@ -152,6 +157,12 @@ impl Simulator {
                 .route("/robot/sendBySession", web::post().to(send_by_session))
                 .route("/v1.0/robot/groupMessages/send", web::post().to(group_message))
                 .route("/v1.0/gateway/connections/open", web::post().to(stream_open))
+                .route(
+                    "/v1.0/card/instances/createAndDeliver",
+                    web::post().to(create_and_deliver),
+                )
+                .route("/v1.0/card/instances", web::put().to(update_card))
+                .route("/v1.0/card/callbacks/register", web::post().to(register_callback))
                 .route("/_sim/groups", web::get().to(control_groups))
                 .route("/_sim/groups", web::post().to(control_add_group))
                 .route("/_sim/departments", web::get().to(control_departments))
@@ -163,6 +174,11 @@ impl Simulator {
                 .route("/_sim/revoke-tokens", web::post().to(control_revoke))
                 .route("/_sim/quota", web::get().to(control_quota))
                 .route("/_sim/quota", web::post().to(control_set_quota))
+                .route("/_sim/cards", web::get().to(control_cards))
+                .route("/_sim/cards/callbacks", web::get().to(control_callbacks))
+                .route("/_sim/cards/press", web::post().to(control_press))
+                .route("/_sim/cards/fail", web::post().to(control_fail))
+                .route("/_sim/cards/{out_track_id}", web::get().to(control_card))
         })
         .workers(1)
         .disable_signals()

@@ -38,6 +38,13 @@ pub fn sign(app_secret: &str, timestamp: &str) -> String {
     STANDARD.encode(hmac_sha256(app_secret.as_bytes(), message.as_bytes()))
 }
 
+/// The `x-ddpaas-signature` of an interactive card's HTTP callback: HMAC-SHA256 keyed by the
+/// registered `apiSecret` over the `x-ddpaas-signature-timestamp` string alone, in standard
+/// Base64 (the body is not signed).
+pub fn card_signature(api_secret: &str, timestamp: &str) -> String {
+    STANDARD.encode(hmac_sha256(api_secret.as_bytes(), timestamp.as_bytes()))
+}
+
 /// Signs callbacks for one app secret.
 #[derive(Clone)]
 pub struct Signer {
@@ -123,6 +130,19 @@ mod tests {
         let ts: u64 = timestamp.parse().expect("a decimal timestamp");
         assert!(ts >= before && ts <= crate::clock::now_ms(), "{ts}");
         assert_eq!(signature, sign("s", &timestamp));
+    }
+
+    #[test]
+    fn a_card_signature_is_the_hmac_of_the_timestamp_alone() {
+        // RFC 4231 test case 2, in Base64: key "Jefe", the message standing in for a timestamp.
+        assert_eq!(
+            card_signature("Jefe", "what do ya want for nothing?"),
+            STANDARD.encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?"))
+        );
+        assert_eq!(
+            card_signature("Jefe", "what do ya want for nothing?"),
+            "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM="
+        );
     }
 
     #[test]

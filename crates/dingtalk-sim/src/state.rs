@@ -162,6 +162,8 @@ pub(crate) struct State {
     pub(crate) departments: Vec<SimDepartment>,
     /// The organisation's monthly API quota.
     pub(crate) quota: crate::quota::Quota,
+    /// Interactive cards, their callback addresses and queued failures.
+    pub(crate) cards: crate::cards::Cards,
 }
 
 pub(crate) struct Shared {

@@ -3,9 +3,11 @@
 //! The routes serving them, one family a file: `token.rs` (`gettoken`,
 //! `oauth2/accessToken`), `group.rs` (the private-chat switch, chatid conversion,
 //! `im/group/update`, `chat/get`), `department.rs` (`department/listsubid`,
-//! `department/get`), `robot.rs` (`sendBySession`, `groupMessages/send`) and `gateway.rs`
-//! (Stream mode's `connections/open`).
+//! `department/get`), `robot.rs` (`sendBySession`, `groupMessages/send`), `card.rs` (the
+//! interactive-card APIs: `createAndDeliver`, `PUT card/instances`, `callbacks/register`)
+//! and `gateway.rs` (Stream mode's `connections/open`).
 
+pub(crate) mod card;
 pub(crate) mod department;
 pub(crate) mod gateway;
 pub(crate) mod group;
@@ -29,6 +31,9 @@ pub const GROUP_UPDATE: &str = "im_group_update";
 pub const CHAT_GET: &str = "chat_get";
 pub const DEPARTMENT_LISTSUBID: &str = "department_listsubid";
 pub const DEPARTMENT_GET: &str = "department_get";
+pub const CARD_CREATE: &str = "card_create_and_deliver";
+pub const CARD_UPDATE: &str = "card_instances_update";
+pub const CARD_REGISTER: &str = "card_callbacks_register";
 
 #[derive(Deserialize)]
 pub(crate) struct TokenQuery {

@@ -7,6 +7,7 @@
 //! answers of, an unencrypted endpoint elsewhere. docs/dingtalk.md (Stream mode) describes
 //! the protocol.
 
+mod card;
 mod records;
 mod server;
 mod wire;
@@ -24,16 +25,19 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::chat::{Chat, Member, new_msg_id, text_message};
 use crate::clock::now_ms;
 use server::accept_loop;
-use wire::{new_message_id, parse_subscriptions, uuid_like};
+pub(crate) use wire::new_message_id;
+use wire::{parse_subscriptions, uuid_like};
 
 /// The topic of robot messages.
 pub const BOT_TOPIC: &str = "/v1.0/im/bot/messages/get";
+/// The topic of interactive cards' button callbacks (see [`crate::cards`]).
+pub const CARD_TOPIC: &str = "/v1.0/card/instances/callback";
 /// The frames' `specVersion`.
 pub const SPEC_VERSION: &str = "1.0";
 /// The WebSocket path of the gateway (the endpoint `connections/open` hands out).
@@ -106,6 +110,9 @@ struct Pending {
     data: String,
     attempts: u32,
     next_at: Instant,
+    /// Pushed only to connections that subscribed `topic` (card callbacks); other frames go
+    /// to any live connection.
+    subscribers_only: bool,
 }
 
 #[derive(Default)]
@@ -137,6 +144,8 @@ struct State {
     every_connection: Option<StreamFault>,
     /// The endpoint `connections/open` hands out instead of the gateway's own.
     advertised: Option<String>,
+    /// Who waits for the next ACK of a `messageId` (a card press, see `card.rs`).
+    ack_waiters: HashMap<String, Vec<oneshot::Sender<RecordedAck>>>,
 }
 
 /// The Stream gateway of a running simulator (see [`crate::Simulator::stream`]).
@@ -275,6 +284,7 @@ impl Gateway {
             data,
             attempts: 0,
             next_at: Instant::now(),
+            subscribers_only: false,
         });
         let idx = s.pending.len() - 1;
         dispatch(&mut s, idx, self.timing.repush_after);
@@ -285,7 +295,7 @@ impl Gateway {
     /// without tracking it; returns the connection's id, `None` when none is live.
     pub fn send_raw(&self, text: &str) -> Option<String> {
         let mut s = self.state();
-        let i = pick(&mut s)?;
+        let i = pick(&mut s, None)?;
         let live = &s.live[i];
         let id = live.info.id.clone();
         live.tx.send(Command::Send(text.to_owned())).ok()?;
@@ -388,24 +398,31 @@ impl Gateway {
     }
 }
 
-/// The next live connection in turn: one not being disconnected if there is any.
-fn pick(s: &mut State) -> Option<usize> {
+/// The next live connection in turn (among those that subscribed `topic`, when given): one
+/// not being disconnected if there is any.
+fn pick(s: &mut State, topic: Option<&str>) -> Option<usize> {
     let n = s.live.len();
     if n == 0 {
         return None;
     }
     let start = s.next_target;
-    let preferred = (0..n)
-        .map(|k| (start + k) % n)
-        .find(|&i| !s.live[i].info.disconnecting);
-    let i = preferred.unwrap_or(start % n);
+    let eligible =
+        |i: &usize| topic.is_none_or(|t| s.live[*i].info.subscriptions.iter().any(|sub| sub.topic == t));
+    let mut turn = (0..n).map(|k| (start + k) % n);
+    let preferred = turn
+        .clone()
+        .find(|i| eligible(i) && !s.live[*i].info.disconnecting);
+    let i = preferred.or_else(|| turn.find(eligible))?;
     s.next_target = (i + 1) % n;
     Some(i)
 }
 
 /// Pushes `s.pending[idx]` to a live connection, if there is one, and schedules the re-push.
 fn dispatch(s: &mut State, idx: usize, repush_after: Duration) {
-    let Some(target) = pick(s) else {
+    let only = s.pending[idx]
+        .subscribers_only
+        .then(|| s.pending[idx].topic.clone());
+    let Some(target) = pick(s, only.as_deref()) else {
         return;
     };
     let (connection, zombie, tx) = {

@@ -59,6 +59,11 @@ impl Gateway {
                         .written
                         .remove(&ack.message_id)
                         .map(|t| u64::try_from(now.duration_since(t).as_micros()).unwrap_or(u64::MAX));
+                    if let Some(waiters) = s.ack_waiters.remove(&ack.message_id) {
+                        for w in waiters {
+                            let _ = w.send(ack.clone());
+                        }
+                    }
                     s.acks.push(ack);
                     s.ack_total += 1;
                     if let Some(count) = &s.ack_count {

@@ -116,7 +116,7 @@ pub(super) fn uuid_like() -> String {
 }
 
 /// A fresh frame `messageId`, shaped like DingTalk's (`212ca9d7_974_1898c159aa6_1783b`).
-pub(super) fn new_message_id() -> String {
+pub(crate) fn new_message_id() -> String {
     format!(
         "{}_{}_{:x}_{}",
         random_hex(8),
