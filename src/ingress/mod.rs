@@ -6,6 +6,7 @@
 
 pub mod card;
 pub mod card_callback;
+pub mod card_http;
 pub mod http;
 pub mod payload;
 pub mod probes;
