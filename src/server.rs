@@ -14,6 +14,7 @@ use actix_web::{App, HttpServer, web};
 use crate::config::Settings;
 use crate::dingtalk::DingTalk;
 use crate::ingress::Pipeline;
+use crate::ingress::card_http::{CardHttpIngress, card_callback};
 use crate::ingress::http::{HttpIngress, bound_request, callback, connections_per_worker};
 use crate::ingress::probes::{self, Probes};
 use crate::ingress::signature::Verifier;
@@ -247,6 +248,7 @@ impl Application {
             Some(StreamIngress::start(
                 &settings.dingtalk,
                 &settings.stream,
+                settings.cards.enabled(),
                 pipeline.clone(),
                 metrics.clone(),
             )?)
@@ -254,6 +256,17 @@ impl Application {
             None
         };
         let serve_callback = settings.stream.mode.http();
+        // `POST /card-callback` with cards on in http or both mode (where the secret is
+        // required); otherwise it answers 404 like any unknown path.
+        let card_ingress = match (&settings.cards.callback_secret, serve_callback) {
+            (Some(secret), true) if settings.cards.enabled() => Some(web::Data::new(CardHttpIngress {
+                secret: secret.clone(),
+                window_ms: settings.server.signature_window_secs.saturating_mul(1000),
+                pipeline: pipeline.clone(),
+                metrics: metrics.clone(),
+            })),
+            _ => None,
+        };
         let ingress = web::Data::new(HttpIngress {
             verifier: Verifier::new(
                 settings.dingtalk.app_secret.clone(),
@@ -297,6 +310,12 @@ impl Application {
                 app.route("/callback", web::post().to(callback))
             } else {
                 app
+            };
+            let app = match &card_ingress {
+                Some(cards) => app
+                    .app_data(cards.clone())
+                    .route("/card-callback", web::post().to(card_callback)),
+                None => app,
             };
             app.route("/healthz", web::get().to(probes::healthz))
                 .route("/readyz", web::get().to(probes::readyz))

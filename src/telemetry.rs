@@ -135,6 +135,8 @@ pub struct Metrics {
     registry: Registry,
     /// `dingops_callbacks_total{outcome, reason}`.
     pub callbacks: IntCounterVec,
+    /// `dingops_card_callbacks_total{outcome, reason}`: card clicks on `POST /card-callback`.
+    pub card_callbacks: IntCounterVec,
     /// `dingops_commands_total{command, result}`.
     pub commands: IntCounterVec,
     /// `dingops_dingtalk_calls_total{api, errcode}`; errcode `0` is success.
@@ -413,6 +415,12 @@ impl Metrics {
                 &registry,
                 "dingops_callbacks_total",
                 "Robot callbacks by outcome (accepted, duplicate, rejected, unavailable) and reason.",
+                &["outcome", "reason"],
+            ),
+            card_callbacks: counter(
+                &registry,
+                "dingops_card_callbacks_total",
+                "Card clicks on POST /card-callback by outcome (answered, rejected, unavailable) and reason.",
                 &["outcome", "reason"],
             ),
             commands: counter(

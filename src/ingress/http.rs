@@ -57,12 +57,15 @@ impl Acknowledge for HttpAck {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> HttpResponse {
+pub(super) fn error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": message }))
 }
 
 /// One header's value: `Ok(None)` when absent, `Err` when repeated or not visible ASCII.
-fn single_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, SignatureError> {
+pub(super) fn single_header<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+) -> Result<Option<&'a str>, SignatureError> {
     let mut values = headers.get_all(name);
     let Some(first) = values.next() else {
         return Ok(None);
@@ -83,7 +86,7 @@ fn verify(state: &HttpIngress, headers: &HeaderMap) -> Result<(), SignatureError
 
 /// Reads and drops a body of a declared length up to the limit; leaves anything else unread
 /// (actix then closes the connection).
-async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
+pub(super) async fn discard_body(req: &HttpRequest, mut payload: web::Payload) {
     if declared_length(req).is_none_or(|n| n > MAX_BODY_BYTES as u64) {
         return;
     }
@@ -106,7 +109,7 @@ fn declared_length(req: &HttpRequest) -> Option<u64> {
 
 /// Why a callback's body was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyError {
+pub(super) enum BodyError {
     /// Declared or found larger than [`MAX_BODY_BYTES`]: 413.
     TooLarge,
     /// Not received within `request_timeout_ms` ([`BodyDeadline`]): 408.
@@ -116,7 +119,7 @@ enum BodyError {
 }
 
 impl BodyError {
-    fn response(self) -> HttpResponse {
+    pub(super) fn response(self) -> HttpResponse {
         match self {
             Self::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB"),
             Self::Deadline => error(
@@ -128,7 +131,7 @@ impl BodyError {
     }
 
     /// The `reason` label of `dingops_callbacks_total`.
-    fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             Self::TooLarge => "too_large",
             Self::Deadline => "timeout",
@@ -137,7 +140,10 @@ impl BodyError {
     }
 }
 
-async fn read_body(req: &HttpRequest, mut payload: web::Payload) -> Result<web::BytesMut, BodyError> {
+pub(super) async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<web::BytesMut, BodyError> {
     let declared = declared_length(req);
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(BodyError::TooLarge);

@@ -5,6 +5,8 @@
 //! [`Pipeline::accept`] and know nothing of each other (see docs/architecture.md).
 
 pub mod card;
+pub mod card_callback;
+pub mod card_http;
 pub mod http;
 pub mod payload;
 pub mod probes;

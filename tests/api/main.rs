@@ -17,6 +17,7 @@ mod faults;
 mod governance;
 mod helpers;
 mod hostile;
+mod ingress_cards;
 mod lifecycle;
 mod limits;
 mod ops;

@@ -1,5 +1,6 @@
 //! One live Stream connection: a read loop that never waits on the pipeline (each robot
-//! message is handed to its own task, at most [`IN_FLIGHT`] at once), a writer task that owns
+//! message or card click is handed to its own task, at most [`IN_FLIGHT`] at once), a
+//! writer task that owns
 //! the socket's sending half behind a queue bounded in frames and in bytes, and the
 //! keepalive watchdog.
 
@@ -18,6 +19,8 @@ use tracing::Instrument as _;
 
 use super::dial::Socket;
 use super::frame::{self, Route};
+use crate::ingress::card::ClickAck;
+use crate::ingress::card_callback::{parse_click, stream_click_identity};
 use crate::ingress::payload::Callback;
 use crate::ingress::{Acknowledge, Admission, Inbound, Pipeline};
 use crate::telemetry::Metrics;
@@ -49,6 +52,9 @@ pub struct Shared {
     pub keepalive: Duration,
     /// Connections live now (read by `/readyz`).
     pub live: Arc<AtomicUsize>,
+    /// Whether card clicks are taken (cards are on, so the card topic is subscribed); off,
+    /// a card frame is a topic dingops does not take.
+    pub cards: bool,
 }
 
 /// How a connection ended.
@@ -232,6 +238,23 @@ pub async fn run(
                 ));
                 continue;
             }
+            Route::Card { message_id, data } if shared.cards => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break End::Dropped("closed semaphore".into());
+                };
+                tokio::spawn(handle_click(
+                    shared.clone(),
+                    outbox.clone(),
+                    message_id,
+                    data,
+                    permit,
+                ));
+                continue;
+            }
+            Route::Card { message_id, .. } => {
+                tracing::debug!(connection = %label, "card click while cards are off; answered 404");
+                Some((frame::ack_empty(&message_id, 404), 404))
+            }
             Route::Ping { message_id, data } if data.len() > MAX_PING_ECHO_BYTES => {
                 tracing::debug!(connection = %label, bytes = data.len(), "SYSTEM ping data too large to echo; answered 400");
                 shared.metrics.stream.pings_refused.inc();
@@ -251,7 +274,7 @@ pub async fn run(
                 Some((frame::ack_empty(&message_id, 200), 200))
             }
             Route::Malformed { message_id } => {
-                tracing::info!(connection = %label, "robot frame rejected: its data is not a string");
+                tracing::info!(connection = %label, topic = inbound.topic, "frame rejected: its data is not a string");
                 Some((frame::ack_empty(&message_id, 400), 400))
             }
             Route::Unknown { message_id } => {
@@ -342,6 +365,50 @@ async fn handle_robot(
     let Some(ack) = ack else {
         // The ledger refused it: no ACK, so DingTalk pushes it again.
         return;
+    };
+    shared
+        .metrics
+        .stream
+        .acks
+        .with_label_values(&[code_label(code)])
+        .inc();
+    shared
+        .metrics
+        .stream
+        .ack_seconds
+        .observe(clock.instant().saturating_duration_since(started).as_secs_f64());
+    let _ = outbox.send(Message::text(ack)).await;
+}
+
+/// Parses a card click, puts it through the pipeline and queues its ACK: 200 with the
+/// pipeline's answer, 400 for a click that cannot be read, none when the ledger could not
+/// record it (DingTalk pushes it again).
+async fn handle_click(
+    shared: Arc<Shared>,
+    outbox: Outbox,
+    message_id: String,
+    data: String,
+    _permit: OwnedSemaphorePermit,
+) {
+    let clock = Arc::clone(shared.pipeline.clock());
+    let started = clock.instant();
+    let (ack, code) = match parse_click(data.as_bytes()) {
+        Err(e) => {
+            tracing::info!(error = %e, "card click rejected: payload");
+            (frame::ack_empty(&message_id, 400), 400)
+        }
+        Ok(click) => {
+            let span = tracing::debug_span!("card_click", card = %click.out_track_id, action = %click.action);
+            let answer = shared
+                .pipeline
+                .accept_click(stream_click_identity(&message_id), click)
+                .instrument(span)
+                .await;
+            match answer {
+                ClickAck::Answer(x) => (frame::ack_card(&message_id, &x), 200),
+                ClickAck::Unavailable => return,
+            }
+        }
     };
     shared
         .metrics

@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use url::Url;
 
-use super::frame::BOT_TOPIC;
+use super::frame::{BOT_TOPIC, CARD_TOPIC};
 use crate::config::{DingTalkSettings, ProxyAddr};
 use crate::dingtalk::ApiError;
 
@@ -107,6 +107,8 @@ pub struct Dialer {
     app_secret: SecretString,
     proxy: Option<ProxyAddr>,
     connect_timeout: Duration,
+    /// Whether connections also subscribe the card topic ([`Dialer::with_cards`]).
+    cards: bool,
 }
 
 impl Dialer {
@@ -121,7 +123,25 @@ impl Dialer {
             app_secret: settings.app_secret.clone(),
             proxy: settings.proxy.clone(),
             connect_timeout: settings.upstream_connect_timeout(),
+            cards: false,
         })
+    }
+
+    /// This dialer's connections also subscribe the clicks on cards' buttons
+    /// ([`CARD_TOPIC`]) when `cards` (cards are on: `card_template_id` is set).
+    #[must_use]
+    pub fn with_cards(mut self, cards: bool) -> Self {
+        self.cards = cards;
+        self
+    }
+
+    /// What a connection subscribes: the robot topic, and the card topic with cards on.
+    pub fn subscriptions(&self) -> Value {
+        let mut topics = vec![json!({"type": "CALLBACK", "topic": BOT_TOPIC})];
+        if self.cards {
+            topics.push(json!({"type": "CALLBACK", "topic": CARD_TOPIC}));
+        }
+        Value::Array(topics)
     }
 
     /// A fresh ticket, then a connection with it.
@@ -136,7 +156,7 @@ impl Dialer {
         let mut body = json!({
             "clientId": self.app_key,
             "clientSecret": self.app_secret.expose_secret(),
-            "subscriptions": [{"type": "CALLBACK", "topic": BOT_TOPIC}],
+            "subscriptions": self.subscriptions(),
             "ua": concat!("dingops/", env!("CARGO_PKG_VERSION")),
         });
         if let Some(ip) = self.local_ip().await {
@@ -459,6 +479,20 @@ mod tests {
         ] {
             assert_eq!(on_loopback(&Url::parse(url).unwrap()), loopback, "{url}");
         }
+    }
+
+    #[test]
+    fn the_card_topic_is_subscribed_beside_the_robot_topic_only_with_cards_on() {
+        let env = [("DINGOPS_APP_KEY", "k"), ("DINGOPS_APP_SECRET", "s")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        let settings = crate::config::Settings::from_sources(None, &env).unwrap();
+        let robot = json!({"type": "CALLBACK", "topic": "/v1.0/im/bot/messages/get"});
+        let card = json!({"type": "CALLBACK", "topic": "/v1.0/card/instances/callback"});
+        let dialer = Dialer::new(&settings.dingtalk).unwrap();
+        assert_eq!(dialer.subscriptions(), json!([robot]));
+        let dialer = dialer.with_cards(true);
+        assert_eq!(dialer.subscriptions(), json!([robot, card]));
     }
 
     #[test]

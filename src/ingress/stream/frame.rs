@@ -6,6 +6,8 @@ use serde_json::{Map, Value, json};
 
 /// The topic of robot messages.
 pub const BOT_TOPIC: &str = "/v1.0/im/bot/messages/get";
+/// The topic of clicks on interactive cards' buttons (subscribed when cards are on).
+pub const CARD_TOPIC: &str = "/v1.0/card/instances/callback";
 /// The `data` of an ACK to a robot message; DingTalk ignores it.
 const EMPTY_RESPONSE: &str = "{\"response\":null}";
 
@@ -29,7 +31,9 @@ pub enum Route {
     Disconnect { message_id: String, reason: String },
     /// A robot message: `data` is the callback payload (JSON text), not parsed yet.
     Robot { message_id: String, data: String },
-    /// A robot frame whose `data` is not a string.
+    /// A click on a card's button: `data` is the click (JSON text), not parsed yet.
+    Card { message_id: String, data: String },
+    /// A robot or card frame whose `data` is not a string.
     Malformed { message_id: String },
     /// A topic dingops did not subscribe to (or a type it does not take).
     Unknown { message_id: String },
@@ -45,7 +49,7 @@ pub struct RoutedFrame {
     pub route: Route,
     /// `SYSTEM`, `EVENT`, `CALLBACK`, `other`, or `invalid` when it is not a frame.
     pub kind: &'static str,
-    /// The robot topic, `ping`, `disconnect`, `other`, or `-` when it is not a frame. Fixed
+    /// The robot or card topic, `ping`, `disconnect`, `other`, or `-` when it is not a frame. Fixed
     /// strings, so a hostile gateway cannot grow the metric's label set.
     pub topic: &'static str,
 }
@@ -69,6 +73,7 @@ pub fn read(text: &str) -> RoutedFrame {
         },
         topic: match topic.as_str() {
             BOT_TOPIC => BOT_TOPIC,
+            CARD_TOPIC => CARD_TOPIC,
             "ping" => "ping",
             "disconnect" => "disconnect",
             _ => "other",
@@ -101,6 +106,10 @@ fn route(frame: RawFrame, topic: &str) -> Route {
         ("SYSTEM", _) => Route::OtherSystem,
         ("CALLBACK", BOT_TOPIC) => match data {
             Some(data) => Route::Robot { message_id, data },
+            None => Route::Malformed { message_id },
+        },
+        ("CALLBACK", CARD_TOPIC) => match data {
+            Some(data) => Route::Card { message_id, data },
             None => Route::Malformed { message_id },
         },
         _ => Route::Unknown { message_id },
@@ -141,6 +150,12 @@ pub fn ack(message_id: &str, code: u16, data: &str) -> String {
 /// The ACK of a robot message (or of anything that needs no answer data).
 pub fn ack_empty(message_id: &str, code: u16) -> String {
     ack(message_id, code, EMPTY_RESPONSE)
+}
+
+/// The ACK of a card click, code 200: `data` is the JSON string `{"response": answer}`,
+/// as the Stream SDKs send it; DingTalk applies `answer` to the card.
+pub fn ack_card(message_id: &str, answer: &Value) -> String {
+    ack(message_id, 200, &json!({ "response": answer }).to_string())
 }
 
 #[cfg(test)]
@@ -209,12 +224,46 @@ mod tests {
     }
 
     #[test]
+    fn a_card_click_carries_its_data_unparsed_and_needs_it_as_a_string() {
+        assert_eq!(
+            read(&frame("CALLBACK", CARD_TOPIC, json!("{\"outTrackId\":\"t\"}"))),
+            RoutedFrame {
+                route: Route::Card {
+                    message_id: "m1".into(),
+                    data: "{\"outTrackId\":\"t\"}".into()
+                },
+                kind: "CALLBACK",
+                topic: CARD_TOPIC,
+            }
+        );
+        assert_eq!(
+            read(&frame("CALLBACK", CARD_TOPIC, json!({"outTrackId": "t"}))).route,
+            Route::Malformed {
+                message_id: "m1".into()
+            }
+        );
+        // Only a CALLBACK frame is a click.
+        assert_eq!(
+            read(&frame("EVENT", CARD_TOPIC, json!("{}"))).route,
+            Route::Unknown {
+                message_id: "m1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_card_ack_carries_the_answer_inside_response_as_a_json_string() {
+        let answer = json!({"cardData": {"cardParamMap": {"status": "working"}}});
+        let v: Value = serde_json::from_str(&ack_card("m9", &answer)).unwrap();
+        assert_eq!(v["code"], json!(200));
+        assert_eq!(v["headers"]["messageId"], json!("m9"));
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, json!({"response": answer}));
+    }
+
+    #[test]
     fn other_topics_and_types_are_unknown() {
-        for (kind, topic) in [
-            ("CALLBACK", "/v1.0/card/instances/callback"),
-            ("EVENT", "*"),
-            ("PUSH", BOT_TOPIC),
-        ] {
+        for (kind, topic) in [("EVENT", "*"), ("PUSH", BOT_TOPIC)] {
             assert_eq!(
                 read(&frame(kind, topic, json!("{}"))).route,
                 Route::Unknown {

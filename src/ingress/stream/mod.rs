@@ -1,7 +1,9 @@
 //! The Stream-mode ingress: dingops dials DingTalk and holds `stream_connections` WebSocket
 //! connections; each robot message it reads enters the same [`Pipeline`] as an HTTP callback
 //! (the connection itself is authenticated, so there is no signature step) and is acknowledged
-//! with an ACK frame once the ledger holds it (see docs/dingtalk.md#stream-mode).
+//! with an ACK frame once the ledger holds it (see docs/dingtalk.md#stream-mode). With cards
+//! on, the connections also subscribe the card topic, and each click goes to
+//! [`Pipeline::accept_click`], its answer back in the ACK.
 //!
 //! Each connection slot is kept by a supervisor: open (a fresh ticket every time), connect,
 //! serve, and on the end reconnect with a jittered backoff (1 s doubling to 60 s, reset once a
@@ -100,20 +102,23 @@ pub struct StreamIngress {
 }
 
 impl StreamIngress {
-    /// Starts `stream_connections` supervisors on the current runtime.
+    /// Starts `stream_connections` supervisors on the current runtime. With `cards` (cards
+    /// are on) each connection also subscribes the card topic and takes its clicks.
     pub fn start(
         dingtalk: &DingTalkSettings,
         stream: &StreamSettings,
+        cards: bool,
         pipeline: Pipeline,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ApiError> {
-        let dialer = Arc::new(Dialer::new(dingtalk)?);
+        let dialer = Arc::new(Dialer::new(dingtalk)?.with_cards(cards));
         let status = StreamStatus::default();
         let shared = Arc::new(Shared {
             pipeline,
             metrics,
             keepalive: stream.keepalive(),
             live: status.live.clone(),
+            cards,
         });
         let (stop, stopping) = watch::channel(false);
         let slots = (0..stream.connections)

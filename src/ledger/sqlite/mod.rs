@@ -2,8 +2,8 @@
 //!
 //! `mod.rs` opens the file and runs reads and writes; `files.rs` keeps the file (its
 //! permissions, the writer thread and the checkpointer), `lock.rs` the lock that makes one
-//! `serve` per file, `roles.rs` the statements of each role (`quota.rs` those of the monthly quota, `cards.rs`
-//! those of cards and approvals).
+//! `serve` per file, `roles.rs` the statements of each role (`quota.rs` those of the monthly
+//! quota, `cards.rs` those of cards and approvals).
 
 mod cards;
 mod files;

@@ -1,0 +1,127 @@
+//! `POST /card-callback`: clicks on cards sent with `callbackType` HTTP. Verify the
+//! `x-ddpaas-signature` headers → bounded body (the same bounds as `/callback`) → parse the
+//! click → [`Pipeline::accept_click`] → its answer as the response body (see
+//! docs/dingtalk.md, "Interactive cards"). Served only when cards are on.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use secrecy::SecretString;
+use tracing::Instrument as _;
+
+use super::Pipeline;
+use super::card::ClickAck;
+use super::card_callback::{http_click_identity, parse_click, verify_card_signature};
+use super::http::{BodyError, discard_body, error, read_body, single_header};
+use super::signature::SignatureError;
+use crate::telemetry::Metrics;
+
+/// The header with the signing time (ms since the epoch).
+pub const TIMESTAMP_HEADER: &str = "x-ddpaas-signature-timestamp";
+/// The header with Base64(HMAC-SHA256(key `card_callback_secret`, the timestamp)).
+pub const SIGNATURE_HEADER: &str = "x-ddpaas-signature";
+
+/// What the card callback route needs.
+pub struct CardHttpIngress {
+    /// `card_callback_secret`.
+    pub secret: SecretString,
+    /// `signature_window_secs` in ms: how far the timestamp may be from our clock.
+    pub window_ms: u64,
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The card callback route.
+pub async fn card_callback(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<CardHttpIngress>,
+) -> HttpResponse {
+    let (response, outcome, reason) = handle(&req, payload, &state).await;
+    state
+        .metrics
+        .card_callbacks
+        .with_label_values(&[outcome, reason])
+        .inc();
+    response
+}
+
+/// The signature's timestamp header, once the signature holds.
+fn verify<'a>(state: &CardHttpIngress, req: &'a HttpRequest) -> Result<&'a str, SignatureError> {
+    let timestamp = single_header(req.headers(), TIMESTAMP_HEADER)?;
+    let signature = single_header(req.headers(), SIGNATURE_HEADER)?;
+    verify_card_signature(
+        &state.secret,
+        timestamp,
+        signature,
+        state.pipeline.clock().now_ms(),
+        state.window_ms,
+    )?;
+    timestamp.ok_or(SignatureError::Missing)
+}
+
+/// The route up to its answer, with the metric labels (outcome, reason).
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &CardHttpIngress,
+) -> (HttpResponse, &'static str, &'static str) {
+    // The signature is checked before a byte of the body is read.
+    let timestamp = match verify(state, req) {
+        Ok(t) => t,
+        Err(e) => {
+            // Debug: forged requests must not flood the log; the metric counts them.
+            tracing::debug!(reason = e.reason(), "card callback rejected: signature");
+            discard_body(req, payload).await;
+            let reason = match e {
+                SignatureError::Missing => "signature_missing",
+                SignatureError::Malformed => "signature_malformed",
+                SignatureError::Stale => "signature_stale",
+                SignatureError::Mismatch => "signature_mismatch",
+            };
+            let message = format!(
+                "{} signature ({TIMESTAMP_HEADER}, {SIGNATURE_HEADER})",
+                e.reason()
+            );
+            return (error(StatusCode::UNAUTHORIZED, &message), "rejected", reason);
+        }
+    };
+    let body = match read_body(req, payload).await {
+        Ok(b) => b,
+        Err(e) => {
+            if e == BodyError::Deadline {
+                tracing::debug!("card callback rejected: body not received in time");
+            } else {
+                tracing::info!(reason = e.reason(), "card callback rejected: body");
+            }
+            return (e.response(), "rejected", e.reason());
+        }
+    };
+    let click = match parse_click(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(error = %e, "card callback rejected: payload");
+            return (
+                error(StatusCode::BAD_REQUEST, &e.to_string()),
+                "rejected",
+                "bad_request",
+            );
+        }
+    };
+    let identity = http_click_identity(timestamp, &body);
+    let span = tracing::debug_span!("card_click", card = %click.out_track_id, action = %click.action);
+    match state
+        .pipeline
+        .accept_click(identity, click)
+        .instrument(span)
+        .await
+    {
+        ClickAck::Answer(x) => (HttpResponse::Ok().json(x), "answered", "-"),
+        ClickAck::Unavailable => (
+            error(StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable, retry later"),
+            "unavailable",
+            "ledger",
+        ),
+    }
+}

@@ -1,0 +1,319 @@
+//! The two ways a card click comes in, as far as the ingresses decide: `POST /card-callback`
+//! (signed with `card_callback_secret`, bounded like `/callback`) and the card topic on the
+//! Stream connections. Hostile or broken clicks get a clear answer and change nothing; what
+//! a valid click does is tests/api/cards.rs's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dingops::config::{Mode, Settings};
+use dingops::dingtalk::{CardCallback, CardSend, DingTalk};
+use dingops::ingress::card_callback::card_signature;
+use dingtalk_sim::{CardPress, Simulator};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const TEMPLATE: &str = "dingops-test.schema";
+const CARD_SECRET: &str = "card-callback-secret";
+
+fn cards_on(s: &mut Settings) {
+    s.cards.template_id = Some(TEMPLATE.into());
+    s.cards.callback_secret = Some(SecretString::from(CARD_SECRET.to_owned()));
+}
+
+async fn card_app() -> TestApp {
+    spawn_app_with(Options {
+        settings: Some(Box::new(cards_on)),
+        ..Options::default()
+    })
+    .await
+}
+
+/// A click as DingTalk sends it.
+fn click_body() -> Vec<u8> {
+    json!({
+        "type": "actionCallback",
+        "outTrackId": "dingops-card-1",
+        "corpId": "dingcorp",
+        "userId": "admin01",
+        "userIdType": 1,
+        "spaceType": "IM_GROUP",
+        "spaceId": GROUP,
+        "extension": "{}",
+        "content": "{\"cardPrivateData\":{\"actionIds\":[\"undo\"],\"params\":{\"action\":\"undo\"}}}",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The signature headers DingTalk sends at `timestamp_ms`.
+fn signed_at(timestamp_ms: u64) -> Vec<(&'static str, String)> {
+    let ts = timestamp_ms.to_string();
+    let sig = card_signature(&SecretString::from(CARD_SECRET.to_owned()), &ts);
+    vec![
+        ("x-ddpaas-signature-timestamp", ts),
+        ("x-ddpaas-signature", sig),
+        ("content-type", "application/json".into()),
+    ]
+}
+
+fn signed_now() -> Vec<(&'static str, String)> {
+    signed_at(dingops::clock::now_ms())
+}
+
+/// Posts raw parts to `/card-callback`; the status and body.
+async fn post(app: &TestApp, headers: &[(&str, String)], body: Vec<u8>) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/card-callback", app.address))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// Nothing reached DingTalk and nothing entered the ledger.
+async fn assert_nothing_happened(app: &TestApp) {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(app.sim.calls(None).is_empty(), "{:?}", app.sim.calls(None));
+    assert_eq!(app.ledger_rows(), 0);
+}
+
+#[tokio::test]
+async fn a_card_callback_signed_with_another_secret_is_refused_with_401() {
+    let app = card_app().await;
+    let ts = dingops::clock::now_ms().to_string();
+    let forged = card_signature(&SecretString::from("not-the-secret".to_owned()), &ts);
+    let headers = [
+        ("x-ddpaas-signature-timestamp", ts),
+        ("x-ddpaas-signature", forged),
+    ];
+    let (status, body) = post(&app, &headers, click_body()).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"],
+        json!("mismatch signature (x-ddpaas-signature-timestamp, x-ddpaas-signature)")
+    );
+    assert_nothing_happened(&app).await;
+}
+
+#[tokio::test]
+async fn a_card_callback_without_both_signature_headers_is_refused_with_401() {
+    let app = card_app().await;
+    let full = signed_now();
+    for keep in [
+        "x-ddpaas-signature-timestamp",
+        "x-ddpaas-signature",
+        "content-type",
+    ] {
+        let headers: Vec<_> = full.iter().filter(|(k, _)| *k == keep).cloned().collect();
+        assert_eq!(post(&app, &headers, click_body()).await.0, 401, "only {keep}");
+    }
+    // The robot callback's headers are not the card callback's.
+    let (ts, sign) = app.sender.signed_headers();
+    let robot = [("timestamp", ts), ("sign", sign)];
+    assert_eq!(post(&app, &robot, click_body()).await.0, 401);
+    assert_nothing_happened(&app).await;
+}
+
+#[tokio::test]
+async fn a_stale_card_callback_is_refused_with_401() {
+    let app = card_app().await;
+    let window_ms = 3_600_000;
+    for at in [
+        dingops::clock::now_ms() - window_ms - 60_000,
+        dingops::clock::now_ms() + window_ms + 60_000,
+    ] {
+        let (status, body) = post(&app, &signed_at(at), click_body()).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("stale"), "{body}");
+    }
+    assert_nothing_happened(&app).await;
+}
+
+#[tokio::test]
+async fn an_oversized_card_callback_is_refused_with_413() {
+    let app = card_app().await;
+    let mut body = click_body();
+    body.resize(64 * 1024 + 1, b' ');
+    assert_eq!(post(&app, &signed_now(), body).await.0, 413);
+    assert_nothing_happened(&app).await;
+}
+
+#[tokio::test]
+async fn a_malformed_card_callback_is_refused_with_400() {
+    let app = card_app().await;
+    let without_action = json!({
+        "outTrackId": "dingops-card-1",
+        "userId": "admin01",
+        "content": "{\"cardPrivateData\":{\"actionIds\":[]}}",
+    });
+    let without_card = json!({"userId": "admin01", "content": {"cardPrivateData": {"actionIds": ["undo"]}}});
+    for (body, says) in [
+        (b"not json".to_vec(), "not the expected JSON"),
+        (without_action.to_string().into_bytes(), "without `action`"),
+        (without_card.to_string().into_bytes(), "without `outTrackId`"),
+        (vec![0xff, 0xfe], "not the expected JSON"),
+    ] {
+        let (status, text) = post(&app, &signed_now(), body).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(says), "{text}");
+    }
+    assert_nothing_happened(&app).await;
+}
+
+#[tokio::test]
+async fn without_a_card_template_card_callback_is_not_served() {
+    let app = spawn_app_with(Options {
+        settings: Some(Box::new(|s: &mut Settings| {
+            s.cards.callback_secret = Some(SecretString::from(CARD_SECRET.to_owned()));
+        })),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(post(&app, &signed_now(), click_body()).await.0, 404);
+    assert_nothing_happened(&app).await;
+}
+
+#[tokio::test]
+async fn in_stream_mode_card_callback_is_not_served() {
+    let sim = stream_sim(1000);
+    let app = spawn_stream_app(sim, Mode::Stream, 1, cards_on).await;
+    assert_eq!(post(&app, &signed_now(), click_body()).await.0, 404);
+}
+
+/// A card the robot posted in GROUP, created through dingops' client; its outTrackId.
+async fn sim_card(sim: &Simulator, callback: CardCallback) -> String {
+    let settings = sim_settings(sim).unwrap();
+    let dingtalk = DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new())).unwrap();
+    let out_track_id = format!("dingops-test-{}", dingtalk_sim::chat::new_msg_id());
+    dingtalk
+        .create_card(&CardSend {
+            template_id: TEMPLATE.into(),
+            out_track_id: out_track_id.clone(),
+            conversation_id: GROUP.into(),
+            callback,
+            params: [
+                ("title", "t"),
+                ("body", "b"),
+                ("status", "done"),
+                ("buttons", "[\"undo\"]"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            private: Default::default(),
+        })
+        .await
+        .unwrap();
+    out_track_id
+}
+
+#[tokio::test]
+async fn with_cards_on_a_stream_connection_takes_card_clicks_and_acks_a_broken_one_400() {
+    let sim = stream_sim(1000);
+    let app = spawn_stream_app(sim.clone(), Mode::Stream, 1, cards_on).await;
+    let card = sim_card(&sim, CardCallback::Stream).await;
+    let rows_before = app.ledger_rows();
+    // A press without an action id: the click cannot be read.
+    let outcome = sim
+        .press_card(&CardPress::new(&card, "admin01", ""))
+        .await
+        .unwrap();
+    assert!(outcome.delivered, "the card topic is not subscribed: {outcome:?}");
+    assert_eq!(outcome.status, Some(400), "{outcome:?}");
+    assert_eq!(outcome.response, None);
+    assert!(!outcome.applied);
+    assert_eq!(app.ledger_rows(), rows_before);
+    let metrics = reqwest::get(format!("{}/metrics", app.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "dingops_stream_frames_total{topic=\"/v1.0/card/instances/callback\",type=\"CALLBACK\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_card_template_the_card_topic_is_not_subscribed() {
+    let sim = stream_sim(1000);
+    let app = spawn_stream_app(sim.clone(), Mode::Stream, 1, |_| {}).await;
+    let card = sim_card(&sim, CardCallback::Stream).await;
+    let outcome = sim
+        .press_card(&CardPress::new(&card, "admin01", "undo"))
+        .await
+        .unwrap();
+    assert!(!outcome.delivered, "{outcome:?}");
+    assert_eq!(app.ledger_rows(), 0);
+}
+
+#[tokio::test]
+async fn an_http_click_with_a_forged_signature_from_dingtalk_is_refused_with_401() {
+    let app = card_app().await;
+    let settings = sim_settings(&app.sim).unwrap();
+    let dingtalk = DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new())).unwrap();
+    dingtalk
+        .register_card_callback(
+            &format!("{}/card-callback", app.address),
+            "dingops",
+            &SecretString::from(CARD_SECRET.to_owned()),
+            false,
+        )
+        .await
+        .unwrap();
+    let card = sim_card(
+        &app.sim,
+        CardCallback::Http {
+            route_key: "dingops".into(),
+        },
+    )
+    .await;
+    let mut press = CardPress::new(&card, "admin01", "undo");
+    press.signature = Some(card_signature(
+        &SecretString::from("forged".to_owned()),
+        &dingops::clock::now_ms().to_string(),
+    ));
+    let outcome = app.sim.press_card(&press).await.unwrap();
+    assert_eq!(outcome.status, Some(401), "{outcome:?}");
+    assert!(!outcome.applied);
+    assert_eq!(app.ledger_rows(), 0);
+}
+
+#[tokio::test]
+async fn a_signed_card_callback_whose_body_stalls_gets_408_and_its_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app_with(Options {
+        settings: Some(Box::new(|s: &mut Settings| {
+            cards_on(s);
+            s.server.request_timeout_ms = 300;
+        })),
+        ..Options::default()
+    })
+    .await;
+    let headers: String = signed_now()
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let port = app.address.rsplit(':').next().unwrap();
+    let mut conn = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /card-callback HTTP/1.1\r\nhost: 127.0.0.1\r\n{headers}content-length: 1000\r\n\r\n{{\"outTrackId\":"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(8), conn.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the stalled card callback was not closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_nothing_happened(&app).await;
+}
