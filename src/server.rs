@@ -471,8 +471,5 @@ fn ops_room(
         );
         Arc::new(fleet) as Arc<dyn crate::worker::approvals::Organisation>
     });
-    Some(crate::worker::approvals::OpsRoom {
-        group,
-        organisation,
-    })
+    Some(crate::worker::approvals::OpsRoom { group, organisation })
 }

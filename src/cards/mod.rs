@@ -136,7 +136,14 @@ impl Cards {
             code: None,
             params: render::params(&title, &body, status, &buttons),
         };
-        let row = self.row(job, "setting", Some(change.setting.clone()), status, buttons, data);
+        let row = self.row(
+            job,
+            "setting",
+            Some(change.setting.clone()),
+            status,
+            buttons,
+            data,
+        );
         self.send(row).await
     }
 
@@ -264,7 +271,14 @@ impl Cards {
 
     /// Marks the standing cards of a setting superseded by a newer change (buttons gone, the
     /// body says by whom), except `keep` (the newer change's own card).
-    pub async fn supersede(&self, conversation_id: &str, setting: &str, keep: Option<&str>, by: &str, command: &str) {
+    pub async fn supersede(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        keep: Option<&str>,
+        by: &str,
+        command: &str,
+    ) {
         let (cid, s) = (conversation_id.to_owned(), setting.to_owned());
         let rows = match self
             .ledger
@@ -307,7 +321,10 @@ impl Cards {
             if data.change.as_ref().and_then(|c| c.until_ms) != Some(due_ms) {
                 continue;
             }
-            let body = format!("{}\n\n{text}", data.params.get("body").cloned().unwrap_or_default());
+            let body = format!(
+                "{}\n\n{text}",
+                data.params.get("body").cloned().unwrap_or_default()
+            );
             if let Err(e) = self.update(&row, "reverted", &[], &body, None).await {
                 tracing::warn!(error = %e, "could not mark a card reverted");
             }

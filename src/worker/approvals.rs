@@ -168,7 +168,12 @@ impl WorkerContext {
     pub(super) async fn run_plan_click(&self, job: &Accepted, click: &Click, row: &CardRow) -> Answer {
         let name = click.name();
         let Some(code) = CardData::of(row).code else {
-            return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "plan card without a code");
+            return Answer::new(
+                name,
+                Outcome::Info,
+                gate::UNKNOWN_CARD,
+                "plan card without a code",
+            );
         };
         match click.action.as_str() {
             render::APPROVE => match self.ops_room(job, name) {
@@ -181,7 +186,13 @@ impl WorkerContext {
     }
 
     /// Decides `code` for `job`'s sender; `Err` is the refusal.
-    async fn decide(&self, job: &Accepted, name: &str, code: &str, state: &'static str) -> Result<Approval, Answer> {
+    async fn decide(
+        &self,
+        job: &Accepted,
+        name: &str,
+        code: &str,
+        state: &'static str,
+    ) -> Result<Approval, Answer> {
         let (key, by) = (code.to_owned(), job.sender_staff_id.clone().unwrap_or_default());
         let now = self.dingtalk.ledger_time().now_ms();
         let verdict = self
@@ -216,7 +227,13 @@ impl WorkerContext {
     }
 
     /// Approves `code` and applies the policy, showing its progress on the plan card.
-    async fn approve(&self, job: &Accepted, name: &str, code: &str, organisation: Arc<dyn Organisation>) -> Answer {
+    async fn approve(
+        &self,
+        job: &Accepted,
+        name: &str,
+        code: &str,
+        organisation: Arc<dyn Organisation>,
+    ) -> Answer {
         let approval = match self.decide(job, name, code, "approved").await {
             Ok(a) => a,
             Err(a) => return a,
@@ -257,8 +274,12 @@ impl WorkerContext {
                 )
             }
             Err(e) => {
-                self.show_plan(card.as_ref(), "failed", &format!("{heading}\n\nThe apply failed: {e}."))
-                    .await;
+                self.show_plan(
+                    card.as_ref(),
+                    "failed",
+                    &format!("{heading}\n\nThe apply failed: {e}."),
+                )
+                .await;
                 Answer::new(
                     name,
                     Outcome::Failed,
@@ -302,12 +323,12 @@ impl WorkerContext {
         let (Some(cards), Some(row)) = (&self.cards, card) else {
             return;
         };
-        let plan = CardData::of(row)
-            .params
-            .get("body")
-            .cloned()
-            .unwrap_or_default();
-        let plan = plan.split("\n\nA second admin").next().unwrap_or_default().to_owned();
+        let plan = CardData::of(row).params.get("body").cloned().unwrap_or_default();
+        let plan = plan
+            .split("\n\nA second admin")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if let Err(e) = cards
             .update(row, status, &[], &format!("{plan}\n\n{line}"), None)
             .await

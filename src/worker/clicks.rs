@@ -82,7 +82,12 @@ impl WorkerContext {
             return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "card without a change");
         };
         let Some(setting) = Setting::from_stored(&change.setting) else {
-            return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "card of an unknown setting");
+            return Answer::new(
+                name,
+                Outcome::Info,
+                gate::UNKNOWN_CARD,
+                "card of an unknown setting",
+            );
         };
         // The card must still be the setting's latest word: dingops' record still has the
         // value it set and, for a timed one, its revert is still the one pending.
@@ -110,7 +115,9 @@ impl WorkerContext {
         };
         match (click.action.as_str(), revert) {
             (render::EXTEND, Some(r)) => self.extend(name, &row, &change, setting, r, by).await,
-            (render::UNDO | render::REVERT_NOW, Some(r)) => self.end_now(name, click, &change, setting, r, by).await,
+            (render::UNDO | render::REVERT_NOW, Some(r)) => {
+                self.end_now(name, click, &change, setting, r, by).await
+            }
             (render::UNDO, None) => self.undo(name, &row, &change, setting, by).await,
             _ => stale(name, "This card does not offer it."),
         }
@@ -223,7 +230,11 @@ impl WorkerContext {
                 Outcome::Ok,
                 format!(
                     "{} by {}: {} is back to {}.",
-                    if click.action == render::UNDO { "Undone" } else { "Reverted now" },
+                    if click.action == render::UNDO {
+                        "Undone"
+                    } else {
+                        "Reverted now"
+                    },
                     by.shown(),
                     setting.label(),
                     setting.describe(value)
@@ -236,7 +247,14 @@ impl WorkerContext {
 
     /// Undo of a change that stands: back to the policy's value, else the value before, else
     /// the opposite (the DM switch, which cannot be read back).
-    async fn undo(&self, name: &str, row: &CardRow, change: &SettingChange, setting: Setting, by: Actor) -> Answer {
+    async fn undo(
+        &self,
+        name: &str,
+        row: &CardRow,
+        change: &SettingChange,
+        setting: Setting,
+        by: Actor,
+    ) -> Answer {
         let Some(group) = group_of(row, change) else {
             return stale(name, "Its group is not known.");
         };
@@ -335,7 +353,11 @@ impl WorkerContext {
         let mut data = CardData::of(&row);
         let body = data.params.get("body").cloned().unwrap_or_default();
         let clicker = job.sender_staff_id.clone().unwrap_or_default();
-        let before_status = data.params.get("status").cloned().unwrap_or_else(|| "done".into());
+        let before_status = data
+            .params
+            .get("status")
+            .cloned()
+            .unwrap_or_else(|| "done".into());
         let before_buttons = render::buttons_of(&data.params);
         let (status, buttons, body, notice) = match answer.outcome {
             // A plan card's approval and discard show their own progress and end.
@@ -355,11 +377,19 @@ impl WorkerContext {
                     }
                     _ => Vec::new(),
                 };
-                (status.to_owned(), buttons, format!("{body}\n\n{}", answer.text), None)
+                (
+                    status.to_owned(),
+                    buttons,
+                    format!("{body}\n\n{}", answer.text),
+                    None,
+                )
             }
-            Outcome::Refused if answer.detail == "stale card" => {
-                ("superseded".to_owned(), Vec::new(), body, Some(answer.text.clone()))
-            }
+            Outcome::Refused if answer.detail == "stale card" => (
+                "superseded".to_owned(),
+                Vec::new(),
+                body,
+                Some(answer.text.clone()),
+            ),
             _ => (before_status, before_buttons, body, Some(answer.text.clone())),
         };
         let notice = notice.map(|n| (clicker.clone(), n));

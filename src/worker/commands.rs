@@ -6,7 +6,9 @@ use super::WorkerContext;
 use super::reply::{failed, failed_reading, ledger_failed};
 use crate::clock::format_ms;
 use crate::command::{Command, GroupSwitch, help_text};
-use crate::domain::{Accepted, Answer, Binding, ChatId, Outcome, ReplyCard, RevertRestore, SettingChange, who};
+use crate::domain::{
+    Accepted, Answer, Binding, ChatId, Outcome, ReplyCard, RevertRestore, SettingChange, who,
+};
 use crate::governance::{
     Actor, Ask, Change, ChangeError, Decision, Desired, Group, PolicyWant, Setting, Via,
 };

@@ -4,8 +4,8 @@
 //! concurrency and per-group order, deciding by [`schedule`]. Nothing here knows which
 //! ingress a message came by.
 
-pub mod authorizer;
 pub mod approvals;
+pub mod authorizer;
 pub mod clicks;
 mod commands;
 pub mod group_leases;
