@@ -290,7 +290,8 @@ fn label(action: &str) -> &str {
 }
 
 /// A card as text: `<head> <title> — <status>`, the body, the buttons (`[Undo] [Extend]`),
-/// then `(to <userId> only) <notice>` for each private `notice`.
+/// then `(to <userId> only) <notice>` for each private `notice` that is not empty (an empty
+/// one clears an old notice: nothing to show).
 pub(crate) fn render(head: &str, params: &ParamMap, private: &BTreeMap<String, ParamMap>) -> String {
     let get = |k: &str| params.get(k).map_or("", String::as_str);
     let mut lines = vec![format!("{head} {} — {}", get("title"), get("status"))];
@@ -310,7 +311,7 @@ pub(crate) fn render(head: &str, params: &ParamMap, private: &BTreeMap<String, P
         Err(_) => lines.push(format!("(buttons not a JSON list of ids: {buttons})")),
     }
     for (user, map) in private {
-        if let Some(notice) = map.get("notice") {
+        if let Some(notice) = map.get("notice").filter(|n| !n.is_empty()) {
             lines.push(format!("(to {user} only) {notice}"));
         }
     }
@@ -336,7 +337,10 @@ mod tests {
             ("body", "by Admin"),
             ("buttons", r#"["undo","extend","revert_now","approve","discard"]"#),
         ]);
-        let private = BTreeMap::from([("u1".to_owned(), map(&[("notice", "admins only")]))]);
+        let private = BTreeMap::from([
+            ("u1".to_owned(), map(&[("notice", "admins only")])),
+            ("u2".to_owned(), map(&[("notice", "")])),
+        ]);
         assert_eq!(
             render("[card]", &params, &private),
             "[card] DMs off — done\nby Admin\n[Undo] [Extend] [Revert now] [Approve] [Discard]\n\

@@ -1,6 +1,10 @@
 //! `dingops demo`: the DingTalk simulator (the `dingtalk-sim` crate) and the real server on
 //! loopback, a scripted group conversation, printed as a chat transcript, over HTTP callbacks
-//! or over Stream mode (`--mode stream`). Success only when every step behaved.
+//! or over Stream mode (`--mode stream`). Success only when every step behaved. The steps
+//! with text replies are here; the "Buttons" part (interactive cards, `buttons.rs`) runs
+//! after them on a dingops restarted with a card template, on the same simulator and ledger.
+
+mod buttons;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -66,6 +70,11 @@ struct Step {
     dm_after: Option<bool>,
 }
 
+/// A reply starting with `mark` that contains `contains`.
+fn reply(mark: &'static str, contains: &'static str) -> Expect {
+    Expect::Reply { mark, contains }
+}
+
 fn script() -> Vec<Step> {
     let step = |who, text, expect, dm_after| Step {
         who,
@@ -76,78 +85,24 @@ fn script() -> Vec<Step> {
         dm_after,
     };
     vec![
-        step(
-            "alice",
-            "/help",
-            Expect::Reply {
-                mark: "ℹ️",
-                contains: "/lock-dm",
-            },
-            Some(false),
-        ),
-        step(
-            "alice",
-            "/lock-dm",
-            Expect::Reply {
-                mark: "⛔",
-                contains: "/bind",
-            },
-            Some(false),
-        ),
+        step("alice", "/help", reply("ℹ️", "/lock-dm"), Some(false)),
+        step("alice", "/lock-dm", reply("⛔", "/bind"), Some(false)),
         step(
             "alice",
             "/bind chatother9f8e7d6c",
-            Expect::Reply {
-                mark: "⛔",
-                contains: "another group",
-            },
+            reply("⛔", "another group"),
             Some(false),
         ),
         step(
             "alice",
             "/bind chatdemo0a1b2c3d",
-            Expect::Reply {
-                mark: "✅",
-                contains: "bound",
-            },
+            reply("✅", "bound"),
             Some(false),
         ),
-        step(
-            "alice",
-            "/lock-dm",
-            Expect::Reply {
-                mark: "✅",
-                contains: "forbidden",
-            },
-            Some(true),
-        ),
-        step(
-            "bob",
-            "/unlock-dm",
-            Expect::Reply {
-                mark: "⛔",
-                contains: "admins only",
-            },
-            Some(true),
-        ),
-        step(
-            "bob",
-            "/dm-status",
-            Expect::Reply {
-                mark: "ℹ️",
-                contains: "forbidden",
-            },
-            Some(true),
-        ),
-        step(
-            "alice",
-            "/unlock-dm",
-            Expect::Reply {
-                mark: "✅",
-                contains: "allowed again",
-            },
-            Some(false),
-        ),
+        step("alice", "/lock-dm", reply("✅", "forbidden"), Some(true)),
+        step("bob", "/unlock-dm", reply("⛔", "admins only"), Some(true)),
+        step("bob", "/dm-status", reply("ℹ️", "forbidden"), Some(true)),
+        step("alice", "/unlock-dm", reply("✅", "allowed again"), Some(false)),
         Step {
             redeliver: true,
             ..step("alice", "/unlock-dm", Expect::Duplicate, Some(false))
@@ -161,31 +116,12 @@ fn script() -> Vec<Step> {
                 Some(false),
             )
         },
-        step(
-            "bob",
-            "/私聊状态",
-            Expect::Reply {
-                mark: "ℹ️",
-                contains: "allowed",
-            },
-            Some(false),
-        ),
-        step(
-            "alice",
-            "/mute-all 1m",
-            Expect::Reply {
-                mark: "✅",
-                contains: "It reverts at",
-            },
-            Some(false),
-        ),
+        step("bob", "/私聊状态", reply("ℹ️", "allowed"), Some(false)),
+        step("alice", "/mute-all 1m", reply("✅", "It reverts at"), Some(false)),
         step(
             "bob",
             "/group-status",
-            Expect::Reply {
-                mark: "ℹ️",
-                contains: "Pending revert: Whole-group mute back to off",
-            },
+            reply("ℹ️", "Pending revert: Whole-group mute back to off"),
             Some(false),
         ),
         step(
@@ -199,38 +135,21 @@ fn script() -> Vec<Step> {
         step(
             "bob",
             "/群状态",
-            Expect::Reply {
-                mark: "ℹ️",
-                contains: "Whole-group mute: off",
-            },
+            reply("ℹ️", "Whole-group mute: off"),
             Some(false),
         ),
         // The demo's policy keeps every bound group out of search (rule 1).
-        step(
-            "alice",
-            "/searchable on",
-            Expect::Reply {
-                mark: "⛔",
-                contains: "rule 1",
-            },
-            Some(false),
-        ),
+        step("alice", "/searchable on", reply("⛔", "rule 1"), Some(false)),
         step(
             "alice",
             "/searchable on 1m",
-            Expect::Reply {
-                mark: "✅",
-                contains: "to the policy's value",
-            },
+            reply("✅", "to the policy's value"),
             Some(false),
         ),
         step(
             "bob",
             "/group-status",
-            Expect::Reply {
-                mark: "ℹ️",
-                contains: "exception until",
-            },
+            reply("ℹ️", "exception until"),
             Some(false),
         ),
         step(
@@ -247,6 +166,11 @@ fn script() -> Vec<Step> {
 fn clock() -> String {
     let t = crate::clock::format_ms(crate::clock::now_ms());
     t.get(11..19).unwrap_or(&t).to_owned()
+}
+
+/// The string at `pointer` in `v`, `?` when there is none.
+fn str_at<'v>(v: &'v Value, pointer: &str) -> &'v str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("?")
 }
 
 fn describe_call(call: &RecordedCall) -> String {
@@ -268,6 +192,21 @@ fn describe_call(call: &RecordedCall) -> String {
                 .map_or("?".into(), Value::to_string)
         ),
         api::CHAT_GET => format!("chat/get chatid={}", call.body.as_str().unwrap_or("?")),
+        api::CARD_CREATE => format!(
+            "card/instances/createAndDeliver outTrackId={} callbackType={}",
+            str_at(&call.body, "/outTrackId"),
+            str_at(&call.body, "/callbackType")
+        ),
+        api::CARD_UPDATE => format!(
+            "card/instances (update) outTrackId={} status={}",
+            str_at(&call.body, "/outTrackId"),
+            str_at(&call.body, "/cardData/cardParamMap/status")
+        ),
+        api::CARD_REGISTER => format!(
+            "card/callbacks/register callbackRouteKey={} callbackUrl={}",
+            str_at(&call.body, "/callbackRouteKey"),
+            str_at(&call.body, "/callbackUrl")
+        ),
         api::GROUP_MESSAGE => "robot/groupMessages/send".into(),
         api::GET_TOKEN => "gettoken".into(),
         api::ACCESS_TOKEN => "oauth2/accessToken".into(),
@@ -292,16 +231,11 @@ fn sim_settings(sim: &Simulator) -> Result<Settings, crate::config::ConfigError>
     Settings::from_sources(None, &env)
 }
 
-/// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
-pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bool> {
-    let sim_config = SimConfig::default();
-    let sim = Simulator::start(sim_config.clone(), TcpListener::bind("127.0.0.1:0")?)?;
-    sim.add_group(GROUP_CID, GROUP_CHATID, "dingops demo group");
-    sim.add_group(OTHER_CID, OTHER_CHATID, "another group");
-
-    let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut settings = sim_settings(&sim)?;
+/// The settings of the demo's dingops (before the Buttons part turns cards on): the
+/// simulator's DingTalk, Alice the only admin, the ledger in `dir`, shortened reverts, the
+/// demo's policy reconciled every 2 s.
+fn demo_settings(sim: &Simulator, dir: &std::path::Path, transport: Transport) -> anyhow::Result<Settings> {
+    let mut settings = sim_settings(sim)?;
     settings.worker.admins = vec!["manager01".into()];
     settings.worker.trust_is_admin = false;
     settings.ledger.database = dir.join("demo.db").into();
@@ -314,38 +248,111 @@ pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bo
     if transport == Transport::Stream {
         settings.stream.mode = Mode::Stream;
     }
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let app = Application::build_with_listener(
-        settings,
-        listener,
-        RunOptions {
-            handle_signals: false,
-            http_workers: 1,
-        },
-    )
-    .await?;
-    let bot_url = format!("http://127.0.0.1:{}", app.port());
-    let handle = app.handle();
-    let running = tokio::spawn(app.run_until_stopped());
+    Ok(settings)
+}
 
-    let result = if transport == Transport::Stream
-        && sim
+/// A dingops serving on loopback (an [`Application`] on its own task).
+struct Running {
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// `http://127.0.0.1:<port>`.
+    url: String,
+}
+
+impl Running {
+    async fn start(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let app = Application::build_with_listener(
+            settings,
+            listener,
+            RunOptions {
+                handle_signals: false,
+                http_workers: 1,
+            },
+        )
+        .await?;
+        let url = format!("http://127.0.0.1:{}", app.port());
+        let handle = app.handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        Ok(Self { handle, task, url })
+    }
+
+    /// Stops it gracefully and waits until it has.
+    async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+}
+
+/// Waits (10 s at most) until a live Stream connection subscribed `topic`.
+async fn wait_for_subscriber(sim: &Simulator, topic: &str) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let subscribed = sim
             .stream()
-            .wait_for_connections(1, Duration::from_secs(10))
-            .await
-            .is_empty()
-    {
-        writeln!(out, "dingops did not open a Stream connection to the simulator")?;
-        Ok(false)
-    } else {
-        play(out, &sim, &bot_url, &sim_config, transport).await
-    };
+            .connections()
+            .iter()
+            .any(|c| c.subscriptions.iter().any(|s| s.topic == topic));
+        if subscribed || std::time::Instant::now() >= end {
+            return subscribed;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
-    handle.stop(true).await;
-    let _ = running.await;
+/// How many steps of a part behaved, of how many.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    passed: usize,
+    total: usize,
+}
+
+impl Tally {
+    fn add(&mut self, behaved: bool) {
+        self.total += 1;
+        self.passed += usize::from(behaved);
+    }
+}
+
+/// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
+pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bool> {
+    let sim_config = SimConfig::default();
+    let sim = Simulator::start(sim_config.clone(), TcpListener::bind("127.0.0.1:0")?)?;
+    sim.add_group(GROUP_CID, GROUP_CHATID, "dingops demo group");
+    sim.add_group(OTHER_CID, OTHER_CHATID, "another group");
+
+    let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = both_parts(out, &sim, &dir, &sim_config, transport).await;
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The conversation with text replies, then the Buttons part; the summary of both.
+async fn both_parts(
+    out: &mut dyn Write,
+    sim: &Simulator,
+    dir: &std::path::Path,
+    cfg: &SimConfig,
+    transport: Transport,
+) -> anyhow::Result<bool> {
+    let settings = demo_settings(sim, dir, transport)?;
+    let dingops = Running::start(settings.clone()).await?;
+    let played = if transport == Transport::Stream && !wait_for_subscriber(sim, BOT_TOPIC).await {
+        writeln!(out, "dingops did not open a Stream connection to the simulator")?;
+        Ok(None)
+    } else {
+        play(out, sim, &dingops.url, cfg, transport).await.map(Some)
+    };
+    dingops.stop().await;
+    let Some(text) = played? else {
+        return Ok(false);
+    };
+    let cards = buttons::play(out, sim, settings, cfg, transport).await?;
+    let (passed, total) = (text.passed + cards.passed, text.total + cards.total);
+    writeln!(out, "Summary: {passed} of {total} steps behaved.")?;
+    Ok(passed == total)
 }
 
 /// Pushes `data` as a robot frame and waits for dingops' ACK; its code, 0 when none came.
@@ -426,7 +433,17 @@ struct Senders<'a> {
     stream: bool,
 }
 
-impl Senders<'_> {
+impl<'a> Senders<'a> {
+    /// Senders to the dingops at `bot_url` (HTTP) or through the simulator's gateway.
+    fn new(sim: &'a Simulator, bot_url: &str, cfg: &SimConfig, stream: bool) -> Self {
+        Self {
+            sim,
+            sender: CallbackSender::new(bot_url, SecretString::from(cfg.app_secret.clone())),
+            forger: CallbackSender::new(bot_url, SecretString::from("a guessed secret".to_owned())),
+            stream,
+        }
+    }
+
     /// Sends `body` (forged: signed wrongly, or as a cut-off frame); HTTP: the response
     /// status, Stream: the ACK's code.
     async fn send(&self, body: &Value, forged: bool) -> anyhow::Result<u16> {
@@ -643,36 +660,35 @@ async fn judge(
     Ok(problems.is_empty())
 }
 
+/// The demo group as a callback names it, with a fresh reply session.
+fn demo_chat(sim: &Simulator) -> Chat {
+    let (webhook, expires) = sim.open_session(GROUP_CID, Duration::from_secs(90 * 60));
+    Chat {
+        open_conversation_id: GROUP_CID.into(),
+        title: "dingops demo group".into(),
+        conversation_type: "2".into(),
+        session_webhook: webhook,
+        session_expires_ms: expires,
+    }
+}
+
+/// The conversation with text replies (the steps of [`script`]).
 async fn play(
     out: &mut dyn Write,
     sim: &Simulator,
     bot_url: &str,
     cfg: &SimConfig,
     transport: Transport,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Tally> {
     let stream = transport == Transport::Stream;
     let people = cast();
-    let (webhook, expires) = sim.open_session(GROUP_CID, Duration::from_secs(90 * 60));
-    let chat = Chat {
-        open_conversation_id: GROUP_CID.into(),
-        title: "dingops demo group".into(),
-        conversation_type: "2".into(),
-        session_webhook: webhook,
-        session_expires_ms: expires,
-    };
-    let senders = Senders {
-        sim,
-        sender: CallbackSender::new(bot_url, SecretString::from(cfg.app_secret.clone())),
-        forger: CallbackSender::new(bot_url, SecretString::from("a guessed secret".to_owned())),
-        stream,
-    };
+    let chat = demo_chat(sim);
+    let senders = Senders::new(sim, bot_url, cfg, stream);
     introduce(out, sim, bot_url, &chat.title, stream)?;
 
-    let steps = script();
-    let total = steps.len();
-    let mut passed = 0;
+    let mut tally = Tally::default();
     let mut last_body: Option<Value> = None;
-    for step in steps {
+    for step in script() {
         let (member, role) = &people[step.who];
         let body = match (&last_body, step.redeliver) {
             (Some(b), true) => b.clone(),
@@ -682,27 +698,24 @@ async fn play(
         let calls_before = sim.calls(None).len();
         let label = speaker(&step, member, role, stream);
         if let Expect::Revert { contains } = step.expect {
-            if watch_revert(out, sim, step.text, contains, (replies_before, calls_before)).await? {
-                passed += 1;
-            }
+            tally.add(watch_revert(out, sim, step.text, contains, (replies_before, calls_before)).await?);
             continue;
         }
         writeln!(out, "[{}] {label}: @dingops {}", clock(), step.text)?;
         let status = senders.send(&body, step.forged).await?;
         last_body = Some(body);
-        if judge(
-            out,
-            sim,
-            &step,
-            member,
-            status,
-            (replies_before, calls_before),
-            stream,
-        )
-        .await?
-        {
-            passed += 1;
-        }
+        tally.add(
+            judge(
+                out,
+                sim,
+                &step,
+                member,
+                status,
+                (replies_before, calls_before),
+                stream,
+            )
+            .await?,
+        );
     }
     let state = sim.group(GROUP_CID).map(|g| g.dm_prohibited);
     writeln!(
@@ -715,6 +728,6 @@ async fn play(
             "allowed"
         }
     )?;
-    writeln!(out, "Summary: {passed} of {total} steps behaved.")?;
-    Ok(passed == total)
+    writeln!(out)?;
+    Ok(tally)
 }
