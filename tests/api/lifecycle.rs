@@ -28,8 +28,14 @@ fn dingops_demo_exits_zero_and_prints_the_conversation() {
         stdout.contains("(to member01 only) Only dingops admins can use these buttons."),
         "{stdout}"
     );
-    assert!(stdout.contains("[card update] Whole-group mute: on — extended"), "{stdout}");
-    assert!(stdout.contains("[card update] Whole-group mute: on — reverted"), "{stdout}");
+    assert!(
+        stdout.contains("[card update] Whole-group mute: on — extended"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[card update] Whole-group mute: on — reverted"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("✅ @manager01 Private chat is now forbidden"),
         "{stdout}"

@@ -708,8 +708,14 @@ fn dingops_demo_in_stream_mode_exits_zero_and_prints_the_conversation() {
         stdout.contains("(to member01 only) Only dingops admins can use these buttons."),
         "{stdout}"
     );
-    assert!(stdout.contains("[card update] Whole-group mute: on — extended"), "{stdout}");
-    assert!(stdout.contains("[card update] Whole-group mute: on — reverted"), "{stdout}");
+    assert!(
+        stdout.contains("[card update] Whole-group mute: on — extended"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[card update] Whole-group mute: on — reverted"),
+        "{stdout}"
+    );
     assert!(stdout.contains("dingops answered ACK code 400"), "{stdout}");
     assert!(!stdout.contains("✘"), "{stdout}");
 }

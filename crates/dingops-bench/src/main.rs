@@ -1,9 +1,11 @@
-//! `dingops-bench`: the load benchmark, the soak test and the policy benchmark of the
+//! `dingops-bench`: the load benchmark, the soak test, the policy and card benchmarks of the
 //! dingops binary, with the DingTalk simulator on loopback (see docs/performance.md and
 //! docs/reliability.md, "Soak").
 
 mod bench;
 mod budget;
+mod card_costs;
+mod cards;
 mod policy;
 mod reverts;
 mod stream;
@@ -101,6 +103,26 @@ enum Cmd {
         /// Bound groups the messages are spread over.
         #[arg(long, default_value_t = 100)]
         groups: usize,
+        /// RUST_LOG of the dingops under test (its logs go to /dev/null).
+        #[arg(long, default_value = "info")]
+        rust_log: String,
+    },
+    /// Card clicks (reply cards' buttons): ACK latency over Stream and `POST /card-callback`
+    /// against robot messages at the same rate, and a card's cost in DingTalk calls (see
+    /// docs/performance.md, "Card callbacks").
+    Cards {
+        /// Seconds of each latency phase (clicks, then messages, or the other way round).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Clicks (and baseline messages) per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Rounds, each a fresh dingops per transport; the medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Keep-alive connections of the HTTP phases.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
         /// RUST_LOG of the dingops under test (its logs go to /dev/null).
         #[arg(long, default_value = "info")]
         rust_log: String,
@@ -235,6 +257,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::Cards {
+            seconds,
+            rate,
+            rounds,
+            connections,
+            rust_log,
+        } => {
+            let exe = dingops_binary(cli.dingops)?;
+            let opts = cards::CardsOptions {
+                seconds: Duration::from_secs(seconds),
+                rate,
+                rounds,
+                connections,
+                rust_log,
+            };
+            let mut out = std::io::stdout();
+            let ok = cards::run(&opts, &exe, &mut out).await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Budget { count, runs } => {
             let mut out = std::io::stdout();

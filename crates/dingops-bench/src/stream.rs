@@ -115,9 +115,9 @@ pub async fn run(opts: &StreamOptions, exe: &Path, out: &mut dyn Write) -> anyho
 
 /// Messages typed by an admin: ¾ `/help`, ¼ `/lock-dm`, across the bound groups.
 #[derive(Clone)]
-struct Messages {
-    chats: Arc<Vec<Chat>>,
-    admin: Member,
+pub(crate) struct Messages {
+    pub(crate) chats: Arc<Vec<Chat>>,
+    pub(crate) admin: Member,
 }
 
 impl Messages {
@@ -126,7 +126,7 @@ impl Messages {
     }
 
     /// The k-th message, with a fresh random msgId.
-    fn payload(&self, k: u64) -> Value {
+    pub(crate) fn payload(&self, k: u64) -> Value {
         let chat = &self.chats[(k as usize) % self.chats.len()];
         text_message(&new_msg_id(), chat, &self.admin, Self::text(k))
     }
@@ -320,7 +320,7 @@ async fn start_both(
 }
 
 /// Waits until the gateway saw every connection of a stopped dingops close.
-async fn gone(gw: &Gateway) -> anyhow::Result<()> {
+pub(crate) async fn gone(gw: &Gateway) -> anyhow::Result<()> {
     let end = Instant::now() + Duration::from_secs(10);
     while !gw.connections().is_empty() {
         anyhow::ensure!(Instant::now() < end, "the stopped dingops' connections stay live");
@@ -330,7 +330,7 @@ async fn gone(gw: &Gateway) -> anyhow::Result<()> {
 }
 
 /// Waits until no reply arrived for half a second: the workers are idle.
-async fn settle(sim: &Simulator) {
+pub(crate) async fn settle(sim: &Simulator) {
     let end = Instant::now() + Duration::from_secs(120);
     let mut last = sim.reply_count();
     loop {
@@ -344,7 +344,7 @@ async fn settle(sim: &Simulator) {
 }
 
 /// Signed HTTP callbacks of the same messages (random msgIds).
-fn signed_requests(sim: &Simulator, msgs: &Messages) -> Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> {
+pub(crate) fn signed_requests(sim: &Simulator, msgs: &Messages) -> Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync> {
     let ts = now_ms().to_string();
     let sign = signature(&sim.config().app_secret, &ts);
     let msgs = msgs.clone();
@@ -359,6 +359,21 @@ async fn paced_pushes(
     duration: Duration,
     msgs: &Messages,
 ) -> (u64, Vec<RecordedAck>) {
+    paced_frames(gw, rate, duration, |n| {
+        gw.push_callback(&msgs.payload(n));
+        true
+    })
+    .await
+}
+
+/// [`paced_pushes`] of any frames: `push(n)` pushes the n-th one, or returns `false` when
+/// there is none (the phase ends early then).
+pub(crate) async fn paced_frames(
+    gw: &Gateway,
+    rate: u32,
+    duration: Duration,
+    mut push: impl FnMut(u64) -> bool,
+) -> (u64, Vec<RecordedAck>) {
     let _ = gw.take_acks();
     let _ = gw.take_pushes();
     let mut counter = gw.ack_counter();
@@ -372,7 +387,9 @@ async fn paced_pushes(
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        gw.push_callback(&msgs.payload(n));
+        if !push(n) {
+            break;
+        }
         n += 1;
     }
     let _ = tokio::time::timeout(
