@@ -176,7 +176,11 @@ mod tests {
         let ledger = Arc::new(MemoryLedger::new());
         assert!(ledger.insert_card(&row).unwrap());
         let handle = LedgerHandle::shared(ledger.clone());
-        let gate = Gate::new(handle.into(), &["boss".into(), "deputy".into()], ManualClock::at(5));
+        let gate = Gate::new(
+            handle.into(),
+            &["boss".into(), "deputy".into()],
+            ManualClock::at(5),
+        );
         (gate, ledger)
     }
 
@@ -217,9 +221,17 @@ mod tests {
     #[tokio::test]
     async fn the_admin_who_asked_for_a_plan_cannot_approve_it_but_may_discard_it() {
         let (gate, _) = gate_over(card("plan", &["approve", "discard"]));
-        let own = gate.enter("card:a", "dingops-1", "boss", "approve").await.unwrap();
+        let own = gate
+            .enter("card:a", "dingops-1", "boss", "approve")
+            .await
+            .unwrap();
         assert_eq!(notice_of(&own), NEEDS_SECOND_ADMIN);
         assert!(!own.new);
-        assert!(gate.enter("card:b", "dingops-1", "boss", "discard").await.unwrap().new);
+        assert!(
+            gate.enter("card:b", "dingops-1", "boss", "discard")
+                .await
+                .unwrap()
+                .new
+        );
     }
 }
