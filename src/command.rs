@@ -60,6 +60,8 @@ pub enum ParseError {
     BadDuration { spec: &'static CommandSpec, got: String },
     #[error("`{0}` is not a chatid: a chatid looks like `chat` followed by letters and digits")]
     InvalidChatId(String),
+    #[error("`{0}` is not a plan code: a code is the 8 letters and digits /plan gave")]
+    InvalidCode(String),
 }
 
 /// Longest text we look at; DingTalk messages can be long, commands are short.
@@ -106,10 +108,14 @@ impl Command {
             },
             Arg::Code => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),
-                [code] => Ok(Command::Apply {
-                    code: truncate(code, 64).to_ascii_uppercase(),
-                }),
-                _ => Err(ParseError::UnexpectedArgument(spec)),
+                [code]
+                    if (1..=16).contains(&code.len()) && code.chars().all(|c| c.is_ascii_alphanumeric()) =>
+                {
+                    Ok(Command::Apply {
+                        code: code.to_ascii_uppercase(),
+                    })
+                }
+                _ => Err(ParseError::InvalidCode(truncate(&args.join(" "), 64).to_owned())),
             },
             Arg::Choice(switch, choices) => match args.as_slice() {
                 [] => Err(ParseError::MissingArgument(spec)),

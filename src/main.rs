@@ -67,7 +67,16 @@ enum Cmd {
         session_webhook: String,
     },
     /// Validate the configuration and try the real credentials and bindings.
-    Check,
+    Check {
+        /// Also register this public address of POST /card-callback with DingTalk for
+        /// card_callback_route_key, signed with card_callback_secret (http mode cards).
+        #[arg(long, value_name = "URL")]
+        register_card_callback: Option<String>,
+        /// With --register-card-callback: replace the URL the route key is registered to
+        /// (forceUpdate); without it DingTalk refuses to move a registered key.
+        #[arg(long, requires = "register_card_callback")]
+        force: bool,
+    },
     /// Find every department group of the organisation and whether it is bound; with
     /// --apply, store the department tree and bind the groups not bound yet.
     Discover {
@@ -176,9 +185,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             logs("error");
             cli::quota(config, json).await
         }
-        Cmd::Check => {
+        Cmd::Check {
+            register_card_callback,
+            force,
+        } => {
             logs("error");
-            cli::check(config).await
+            let register = register_card_callback.map(|url| dingops::ops::CardRegistration { url, force });
+            cli::check(config, register.as_ref()).await
         }
         Cmd::Discover { apply, json } => {
             logs("error");

@@ -1,6 +1,8 @@
 //! `dingops check`: the configuration tried against reality, as a list of items
 //! (`crate::cli` prints it).
 
+mod cards;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +18,8 @@ pub struct CheckItem {
     pub what: String,
     /// What to do when it failed.
     pub fix: Option<String>,
+    /// What the operator should know about it, failed or not.
+    pub note: Option<String>,
 }
 
 impl CheckItem {
@@ -24,6 +28,7 @@ impl CheckItem {
             ok: true,
             what: what.into(),
             fix: None,
+            note: None,
         }
     }
 
@@ -32,14 +37,31 @@ impl CheckItem {
             ok: false,
             what: what.into(),
             fix: Some(fix.into()),
+            note: None,
         }
+    }
+
+    fn noting(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(note.into());
+        self
     }
 }
 
+/// `dingops check --register-card-callback <url> [--force]`: the address to register for
+/// HTTP card callbacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRegistration {
+    /// The public address of `POST /card-callback`.
+    pub url: String,
+    /// `forceUpdate`: replace the URL the route key has, if any.
+    pub force: bool,
+}
+
 /// Checks the configuration against reality: the ledger, both tokens with the real
-/// credentials, and every static binding with `convertToOpenConversationId`. The one
-/// function that takes all of [`Settings`]: checking every section is its job.
-pub async fn check(settings: &Settings) -> Vec<CheckItem> {
+/// credentials, and every static binding with `convertToOpenConversationId`; with
+/// `register`, registers the card callback address too. The one function that takes all
+/// of [`Settings`]: checking every section is its job.
+pub async fn check(settings: &Settings, register: Option<&CardRegistration>) -> Vec<CheckItem> {
     let mut items = vec![CheckItem::pass(format!(
         "configuration is valid (app_key {}, listen {})",
         settings.dingtalk.app_key, settings.server.listen
@@ -115,8 +137,12 @@ pub async fn check(settings: &Settings) -> Vec<CheckItem> {
             Err(e) => CheckItem::fail(format!("{name}: {e}"), advice(&e)),
         });
     }
+    items.push(cards::cards_line(settings));
     if settings.stream.mode.stream() {
-        items.push(check_stream(&settings.dingtalk).await);
+        items.push(check_stream(&settings.dingtalk, settings.cards.enabled()).await);
+    }
+    if let Some(register) = register {
+        items.push(cards::register(&client, &settings.cards, register).await);
     }
     for (cid, chatid) in &settings.worker.groups {
         let what = format!("binding {cid} → {chatid}");
@@ -158,15 +184,16 @@ async fn check_ledger(database: &Database) -> (CheckItem, Option<LedgerHandle>) 
     }
 }
 
-/// Opens one Stream connection with the real credentials and closes it again.
-async fn check_stream(dingtalk: &DingTalkSettings) -> CheckItem {
+/// Opens one Stream connection with the real credentials (subscribing what `serve` would:
+/// the card topic too with `cards`) and closes it again.
+async fn check_stream(dingtalk: &DingTalkSettings, cards: bool) -> CheckItem {
     use crate::ingress::stream::dial::{DialError, Dialer};
     let what = format!(
         "Stream connection through {}v1.0/gateway/connections/open",
         dingtalk.api_base
     );
     let dialer = match Dialer::new(dingtalk) {
-        Ok(d) => d,
+        Ok(d) => d.with_cards(cards),
         Err(e) => return CheckItem::fail(format!("{what}: {e}"), "check api_base and proxy"),
     };
     match dialer.dial().await {

@@ -74,6 +74,7 @@ proptest! {
         match Command::parse(&text) {
             Err(ParseError::Unknown(name))
             | Err(ParseError::InvalidChatId(name))
+            | Err(ParseError::InvalidCode(name))
             | Err(ParseError::BadChoice { got: name, .. }) => prop_assert!(name.len() <= 64),
             _ => {}
         }
@@ -87,6 +88,7 @@ proptest! {
         lead in "[ \\t\\n]{0,3}",
         trail in "[ \\t\\n]{0,3}",
         chatid in "chat[a-zA-Z0-9]{1,32}",
+        code in "[A-Z2-9]{8}",
     ) {
         let spec = &COMMANDS[index];
         let word = if alias { spec.alias } else { spec.name };
@@ -97,6 +99,10 @@ proptest! {
             text.push(' ');
             text.push_str(&chatid);
         }
+        if spec.kind == CommandKind::Apply {
+            text.push(' ');
+            text.push_str(&code);
+        }
         if let Some(choice) = spec.choices().first() {
             text.push(' ');
             text.push_str(if alias { choice.zh } else { choice.en });
@@ -106,8 +112,11 @@ proptest! {
         prop_assert!(cmd.is_ok(), "{:?} → {:?}", text, cmd);
         let cmd = cmd.unwrap();
         prop_assert_eq!(cmd.kind(), spec.kind);
-        if let Command::Bind { chatid: parsed } = cmd {
+        if let Command::Bind { chatid: parsed } = &cmd {
             prop_assert_eq!(parsed.as_str(), chatid.as_str());
+        }
+        if let Command::Apply { code: parsed } = &cmd {
+            prop_assert_eq!(parsed, &code);
         }
     }
 
@@ -118,8 +127,8 @@ proptest! {
     ) {
         let spec = &COMMANDS[index];
         let text = format!("{} {junk}x", spec.name);
-        // The junk is one or more arguments: commands without arguments refuse them, and
-        // /bind refuses anything that is not a plain chatid.
+        // The junk is one or more arguments: commands without arguments refuse them, /bind
+        // refuses anything that is not a plain chatid, /apply anything that is not a code.
         prop_assert!(Command::parse(&text).is_err(), "{:?}", text);
     }
 }

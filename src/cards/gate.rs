@@ -144,3 +144,94 @@ fn refused(shown: &BTreeMap<String, String>, notice: &str) -> Admitted {
         new: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::ledger::{CardStore as _, CommandLog as _, LedgerHandle, MemoryLedger};
+
+    fn card(kind: &str, buttons: &[&str]) -> CardRow {
+        CardRow {
+            out_track_id: "dingops-1".into(),
+            conversation_id: "cidG==".into(),
+            msg_id: "m0".into(),
+            kind: kind.into(),
+            setting: Some("chatBannedType".into()),
+            created_by: "boss".into(),
+            status: "done".into(),
+            buttons: buttons.iter().map(|b| (*b).to_owned()).collect(),
+            pending_click: None,
+            data: CardData {
+                params: render::params("t", "b", "done", &[]),
+                ..CardData::default()
+            }
+            .to_json(),
+            created_ms: 1,
+            updated_ms: 1,
+        }
+    }
+
+    fn gate_over(row: CardRow) -> (Gate, Arc<MemoryLedger>) {
+        let ledger = Arc::new(MemoryLedger::new());
+        assert!(ledger.insert_card(&row).unwrap());
+        let handle = LedgerHandle::shared(ledger.clone());
+        let gate = Gate::new(
+            handle.into(),
+            &["boss".into(), "deputy".into()],
+            ManualClock::at(5),
+        );
+        (gate, ledger)
+    }
+
+    fn notice_of(a: &Admitted) -> &str {
+        a.response["userPrivateData"]["cardParamMap"]["notice"]
+            .as_str()
+            .unwrap_or("?")
+    }
+
+    #[tokio::test]
+    async fn an_admins_click_is_entered_once_and_shows_working() {
+        let (gate, ledger) = gate_over(card("setting", &["undo"]));
+        let first = gate.enter("card:x", "dingops-1", "deputy", "undo").await.unwrap();
+        assert!(first.new);
+        assert_eq!(first.response["cardData"]["cardParamMap"]["status"], "working");
+        assert_eq!(notice_of(&first), "");
+        let again = gate.enter("card:x", "dingops-1", "deputy", "undo").await.unwrap();
+        assert!(!again.new, "a pushed-again click is not entered twice");
+        assert_eq!(ledger.open_count().unwrap(), 1);
+        let other = gate.enter("card:y", "dingops-1", "boss", "undo").await.unwrap();
+        assert!(!other.new);
+        assert_eq!(notice_of(&other), ALREADY_WORKING);
+    }
+
+    #[tokio::test]
+    async fn a_member_an_unknown_card_and_a_button_not_offered_enter_nothing() {
+        let (gate, ledger) = gate_over(card("setting", &["undo"]));
+        let member = gate.enter("card:a", "dingops-1", "member", "undo").await.unwrap();
+        assert_eq!(notice_of(&member), ADMINS_ONLY);
+        let unknown = gate.enter("card:b", "dingops-9", "boss", "undo").await.unwrap();
+        assert_eq!(notice_of(&unknown), UNKNOWN_CARD);
+        let stale = gate.enter("card:c", "dingops-1", "boss", "extend").await.unwrap();
+        assert_eq!(notice_of(&stale), NO_LONGER_VALID);
+        assert!(![member, unknown, stale].iter().any(|a| a.new));
+        assert_eq!(ledger.open_count().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_admin_who_asked_for_a_plan_cannot_approve_it_but_may_discard_it() {
+        let (gate, _) = gate_over(card("plan", &["approve", "discard"]));
+        let own = gate
+            .enter("card:a", "dingops-1", "boss", "approve")
+            .await
+            .unwrap();
+        assert_eq!(notice_of(&own), NEEDS_SECOND_ADMIN);
+        assert!(!own.new);
+        assert!(
+            gate.enter("card:b", "dingops-1", "boss", "discard")
+                .await
+                .unwrap()
+                .new
+        );
+    }
+}

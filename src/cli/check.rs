@@ -13,6 +13,9 @@ pub fn render_check(items: &[CheckItem]) -> String {
         if let Some(fix) = &item.fix {
             out.push_str(&format!("   fix: {}\n", printable(fix)));
         }
+        if let Some(note) = &item.note {
+            out.push_str(&format!("   note: {}\n", printable(note)));
+        }
     }
     let failed = items.iter().filter(|i| !i.ok).count();
     if failed == 0 {

@@ -39,8 +39,12 @@ pub async fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `dingops check`: the checklist; a configuration that does not load is its first item.
-pub async fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+/// `dingops check [--register-card-callback <URL> [--force]]`: the checklist; a
+/// configuration that does not load is its first item.
+pub async fn check(
+    config: Option<&Path>,
+    register: Option<&crate::ops::CardRegistration>,
+) -> anyhow::Result<ExitCode> {
     let settings = match Settings::load(config) {
         Ok(s) => s,
         Err(e) => {
@@ -48,7 +52,7 @@ pub async fn check(config: Option<&Path>) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let items = crate::ops::check(&settings).await;
+    let items = crate::ops::check(&settings, register).await;
     write_stdout(&check::render_check(&items))?;
     Ok(if items.iter().all(|i| i.ok) {
         ExitCode::SUCCESS

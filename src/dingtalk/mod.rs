@@ -304,6 +304,7 @@ impl DingTalk {
             Some(shared) => {
                 shared.legacy = TokenCache::new(clock.clone());
                 shared.modern = TokenCache::new(clock.clone());
+                shared.ledger_time = crate::ledger::LedgerTime::with_clock(clock.clone());
                 shared.clock = clock;
             }
             None => tracing::warn!("a DingTalk client already shared keeps its clock"),
@@ -331,6 +332,11 @@ impl DingTalk {
             TokenKind::Legacy => &self.shared.legacy,
             TokenKind::Modern => &self.shared.modern,
         }
+    }
+
+    /// The clock this client reads the time by (injected: tests drive it).
+    pub fn clock(&self) -> &Arc<dyn crate::clock::Clock> {
+        &self.shared.clock
     }
 
     /// This process's reading of the ledger's clock: the budget's slots go by it, and so do

@@ -246,7 +246,8 @@ impl Governor {
     /// tries again, so two writers of overlapping settings cannot hold each other up.
     async fn serialise(&self, names: &[String], holder: &str) -> Result<(), ChangeError> {
         let ttl_ms = millis(SETTING_LEASE_TTL);
-        let started = tokio::time::Instant::now();
+        let clock = self.dingtalk.clock();
+        let started = clock.instant();
         let mut pause = LEASE_RETRY_FIRST;
         loop {
             let (asked, who) = (names.to_vec(), holder.to_owned());
@@ -265,7 +266,7 @@ impl Governor {
                 let who = holder.to_owned();
                 self.ledger.call(move |l| l.release_leases(&held, &who)).await?;
             }
-            if started.elapsed() >= WAIT_FOR_SETTING {
+            if clock.instant().duration_since(started) >= WAIT_FOR_SETTING {
                 return Err(ChangeError::Busy);
             }
             tokio::time::sleep(pause).await;

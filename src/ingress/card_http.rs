@@ -74,17 +74,15 @@ async fn handle(
             // Debug: forged requests must not flood the log; the metric counts them.
             tracing::debug!(reason = e.reason(), "card callback rejected: signature");
             discard_body(req, payload).await;
-            let reason = match e {
-                SignatureError::Missing => "signature_missing",
-                SignatureError::Malformed => "signature_malformed",
-                SignatureError::Stale => "signature_stale",
-                SignatureError::Mismatch => "signature_mismatch",
-            };
             let message = format!(
                 "{} signature ({TIMESTAMP_HEADER}, {SIGNATURE_HEADER})",
                 e.reason()
             );
-            return (error(StatusCode::UNAUTHORIZED, &message), "rejected", reason);
+            return (
+                error(StatusCode::UNAUTHORIZED, &message),
+                "rejected",
+                e.metric_reason(),
+            );
         }
     };
     let body = match read_body(req, payload).await {

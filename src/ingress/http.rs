@@ -195,12 +195,6 @@ async fn handle(
         // Debug, not info: a flood of forged requests must not become a flood of log lines;
         // dingops_callbacks_total counts them.
         tracing::debug!(reason = e.reason(), "callback rejected: signature");
-        let reason = match e {
-            SignatureError::Missing => "signature_missing",
-            SignatureError::Malformed => "signature_malformed",
-            SignatureError::Stale => "signature_stale",
-            SignatureError::Mismatch => "signature_mismatch",
-        };
         // The body is never parsed, but a small one is read and dropped so the connection
         // can be kept alive: actix closes a connection whose request body was left unread,
         // and a reconnect per rejection costs more than reading a few KiB.
@@ -208,7 +202,7 @@ async fn handle(
         return (
             error(StatusCode::UNAUTHORIZED, &e.to_string()),
             "rejected",
-            reason,
+            e.metric_reason(),
         );
     }
     let body = match read_body(req, payload).await {

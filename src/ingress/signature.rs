@@ -46,6 +46,16 @@ impl SignatureError {
             Self::Mismatch => "mismatch",
         }
     }
+
+    /// The `reason` label of a callback route's metric (`signature_missing`, …).
+    pub fn metric_reason(self) -> &'static str {
+        match self {
+            Self::Missing => "signature_missing",
+            Self::Malformed => "signature_malformed",
+            Self::Stale => "signature_stale",
+            Self::Mismatch => "signature_mismatch",
+        }
+    }
 }
 
 /// Verifies and produces callback signatures for one app secret.

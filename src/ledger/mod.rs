@@ -220,11 +220,19 @@ pub struct PruneStep {
 /// offset last measured against [`RateBudget::clock_ms`]. Due times of timed reverts are kept in
 /// the ledger's time, and rate-budget slots are the ledger's times, so replicas whose clocks
 /// disagree still act on one clock, the one they share. Starts at no offset until measured.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LedgerTime {
     offset_ms: std::sync::atomic::AtomicI64,
     /// When the offset was last measured.
-    measured: std::sync::Mutex<Option<std::time::Instant>>,
+    measured: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// This machine's clock, which the offset corrects.
+    clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl Default for LedgerTime {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(crate::clock::SystemClock))
+    }
 }
 
 /// Readings of the ledger's clock per measurement; the one with the shortest round trip
@@ -232,10 +240,19 @@ pub struct LedgerTime {
 const CLOCK_SAMPLES: usize = 3;
 
 impl LedgerTime {
+    /// The ledger's time read on `clock` (this machine's, injected), before any measurement.
+    pub fn with_clock(clock: Arc<dyn crate::clock::Clock>) -> Self {
+        Self {
+            offset_ms: std::sync::atomic::AtomicI64::new(0),
+            measured: std::sync::Mutex::new(None),
+            clock,
+        }
+    }
+
     /// The ledger's time now, as last measured.
     pub fn now_ms(&self) -> u64 {
         let offset = self.offset_ms.load(std::sync::atomic::Ordering::Relaxed);
-        crate::clock::now_ms().saturating_add_signed(offset)
+        self.clock.now_ms().saturating_add_signed(offset)
     }
 
     /// Reads the ledger's clock and keeps how far it is from this machine's (the ledger's
@@ -250,9 +267,9 @@ impl LedgerTime {
             CLOCK_SAMPLES
         };
         for _ in 0..samples {
-            let before = crate::clock::now_ms();
+            let before = self.clock.now_ms();
             let theirs = ledger.clock_ms().await?;
-            let after = crate::clock::now_ms();
+            let after = self.clock.now_ms();
             let (rtt, ours) = (after.saturating_sub(before), before / 2 + after / 2);
             let offset = i64::try_from(theirs)
                 .unwrap_or(i64::MAX)
@@ -263,7 +280,7 @@ impl LedgerTime {
         }
         let offset = best.map_or(0, |(_, offset)| offset);
         self.offset_ms.store(offset, std::sync::atomic::Ordering::Relaxed);
-        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.clock.instant());
         Ok(offset)
     }
 
@@ -278,7 +295,7 @@ impl LedgerTime {
             .measured
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|at| at.elapsed() > max_age);
+            .is_none_or(|at| self.clock.instant().duration_since(at) > max_age);
         if stale && let Err(e) = self.measure(ledger).await {
             tracing::warn!(error = %e, "cannot read the ledger's clock; keeping the last offset");
         }

@@ -317,3 +317,109 @@ async fn a_signed_card_callback_whose_body_stalls_gets_408_and_its_connection_is
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_nothing_happened(&app).await;
 }
+
+/// The environment of `dingops check` against `sim` with cards on, its ledger in `dir`.
+fn check_env(sim: &Simulator, dir: &std::path::Path, secret: bool) -> Vec<(&'static str, String)> {
+    let mut env = sim_env(sim);
+    env.extend([
+        ("DINGOPS_ADMINS", "admin01".into()),
+        ("DINGOPS_DATABASE", dir.join("l.db").display().to_string()),
+        ("DINGOPS_CARD_TEMPLATE_ID", TEMPLATE.into()),
+    ]);
+    if secret {
+        env.push(("DINGOPS_CARD_CALLBACK_SECRET", CARD_SECRET.into()));
+    } else {
+        env.push(("DINGOPS_MODE", "stream".into()));
+    }
+    env
+}
+
+#[tokio::test]
+async fn check_registers_the_card_callback_and_moves_it_only_with_force() {
+    let sim = new_sim(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let first = "https://ops.example.com/card-callback";
+    let run = dingops(
+        &["check", "--register-card-callback", first],
+        check_env(&sim, dir.path(), true),
+    )
+    .await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "✅ registered card callback address {first} for route key `dingops`"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("note: sent forceUpdate: false"), "{out}");
+    assert!(
+        out.contains(&format!("✅ interactive cards on: template {TEMPLATE}")),
+        "{out}"
+    );
+    assert!(!out.contains(CARD_SECRET), "{out}");
+    let routes = |sim: &Simulator| -> Vec<(String, String)> {
+        sim.card_callbacks()
+            .into_iter()
+            .map(|r| (r.callback_route_key, r.callback_url))
+            .collect()
+    };
+    assert_eq!(routes(&sim), [("dingops".to_owned(), first.to_owned())]);
+
+    // Another URL for the same key is refused without --force, and the fix says so.
+    let second = "https://ops2.example.com/card-callback";
+    let run = dingops(
+        &["check", "--register-card-callback", second],
+        check_env(&sim, dir.path(), true),
+    )
+    .await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("❌ registering card callback address {second}")),
+        "{out}"
+    );
+    assert!(out.contains("fix: that card_callback_route_key is registered to another URL; run `dingops check --register-card-callback <URL> --force`"), "{out}");
+    assert_eq!(routes(&sim), [("dingops".to_owned(), first.to_owned())]);
+
+    let run = dingops(
+        &["check", "--register-card-callback", second, "--force"],
+        check_env(&sim, dir.path(), true),
+    )
+    .await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(0), "{out}");
+    assert!(out.contains("note: --force sent forceUpdate: true"), "{out}");
+    assert_eq!(routes(&sim), [("dingops".to_owned(), second.to_owned())]);
+    assert!(!out.contains(CARD_SECRET), "{out}");
+}
+
+#[tokio::test]
+async fn registering_a_card_callback_without_the_secret_names_the_key_and_calls_nothing() {
+    let sim = new_sim(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let run = dingops(
+        &[
+            "check",
+            "--register-card-callback",
+            "https://ops.example.com/card-callback",
+        ],
+        check_env(&sim, dir.path(), false),
+    )
+    .await;
+    let out = format!("{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, Some(1), "{out}");
+    assert!(
+        out.contains("card_callback_secret is not set") && out.contains("fix: set `card_callback_secret`"),
+        "{out}"
+    );
+    assert!(sim.card_callbacks().is_empty());
+    // In stream mode the card topic is subscribed, and check says so.
+    assert!(
+        out.contains("clicks come over Stream (card topic /v1.0/card/instances/callback subscribed)"),
+        "{out}"
+    );
+    // --force means nothing alone.
+    let run = dingops(&["check", "--force"], check_env(&sim, dir.path(), false)).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+}

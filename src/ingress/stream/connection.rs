@@ -225,35 +225,16 @@ pub async fn run(
             .with_label_values(&[inbound.kind, inbound.topic])
             .inc();
         let reply = match inbound.route {
-            Route::Robot { message_id, data } => {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break End::Dropped("closed semaphore".into());
-                };
-                tokio::spawn(handle_robot(
-                    shared.clone(),
-                    outbox.clone(),
-                    message_id,
-                    data,
-                    permit,
-                ));
-                continue;
-            }
-            Route::Card { message_id, data } if shared.cards => {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break End::Dropped("closed semaphore".into());
-                };
-                tokio::spawn(handle_click(
-                    shared.clone(),
-                    outbox.clone(),
-                    message_id,
-                    data,
-                    permit,
-                ));
-                continue;
-            }
-            Route::Card { message_id, .. } => {
+            Route::Card { message_id, .. } if !shared.cards => {
                 tracing::debug!(connection = %label, "card click while cards are off; answered 404");
                 Some((frame::ack_empty(&message_id, 404), 404))
+            }
+            route @ (Route::Robot { .. } | Route::Card { .. }) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break End::Dropped("closed semaphore".into());
+                };
+                tokio::spawn(handle_inbound(shared.clone(), outbox.clone(), route, permit));
+                continue;
             }
             Route::Ping { message_id, data } if data.len() > MAX_PING_ECHO_BYTES => {
                 tracing::debug!(connection = %label, bytes = data.len(), "SYSTEM ping data too large to echo; answered 400");
@@ -332,38 +313,17 @@ where
     let _ = tokio::time::timeout(CLOSE_WAIT, async { while stream.next().await.is_some() {} }).await;
 }
 
-/// Parses a robot message, puts it through the pipeline and queues its ACK.
-async fn handle_robot(
-    shared: Arc<Shared>,
-    outbox: Outbox,
-    message_id: String,
-    data: String,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
+/// Puts a robot message or a card click through the pipeline and queues its ACK; none when
+/// the ledger could not record it, so that DingTalk pushes it again.
+async fn handle_inbound(shared: Arc<Shared>, outbox: Outbox, route: Route, _permit: OwnedSemaphorePermit) {
     let clock = Arc::clone(shared.pipeline.clock());
     let started = clock.instant();
-    let (ack, code) = match Callback::parse(data.as_bytes()) {
-        Err(e) => {
-            tracing::info!(error = %e, "robot frame rejected: payload");
-            (Some(frame::ack_empty(&message_id, 400)), 400)
-        }
-        Ok(callback) => {
-            let message = callback.into_accepted(clock.now_ms());
-            let span =
-                tracing::debug_span!("stream", msg_id = %message.msg_id, group = %message.conversation_id);
-            let ack = shared
-                .pipeline
-                .accept(Inbound {
-                    message,
-                    ack: StreamAck { message_id },
-                })
-                .instrument(span)
-                .await;
-            (ack, 200)
-        }
+    let ack = match route {
+        Route::Robot { message_id, data } => robot_ack(&shared, message_id, &data).await,
+        Route::Card { message_id, data } => click_ack(&shared, &message_id, &data).await,
+        _ => None,
     };
-    let Some(ack) = ack else {
-        // The ledger refused it: no ACK, so DingTalk pushes it again.
+    let Some((ack, code)) = ack else {
         return;
     };
     shared
@@ -380,48 +340,49 @@ async fn handle_robot(
     let _ = outbox.send(Message::text(ack)).await;
 }
 
-/// Parses a card click, puts it through the pipeline and queues its ACK: 200 with the
-/// pipeline's answer, 400 for a click that cannot be read, none when the ledger could not
-/// record it (DingTalk pushes it again).
-async fn handle_click(
-    shared: Arc<Shared>,
-    outbox: Outbox,
-    message_id: String,
-    data: String,
-    _permit: OwnedSemaphorePermit,
-) {
-    let clock = Arc::clone(shared.pipeline.clock());
-    let started = clock.instant();
-    let (ack, code) = match parse_click(data.as_bytes()) {
+/// A robot message's ACK and its code: 200 once the ledger holds it, 400 when it does not
+/// parse.
+async fn robot_ack(shared: &Shared, message_id: String, data: &str) -> Option<(String, u16)> {
+    let callback = match Callback::parse(data.as_bytes()) {
+        Ok(callback) => callback,
         Err(e) => {
-            tracing::info!(error = %e, "card click rejected: payload");
-            (frame::ack_empty(&message_id, 400), 400)
-        }
-        Ok(click) => {
-            let span = tracing::debug_span!("card_click", card = %click.out_track_id, action = %click.action);
-            let answer = shared
-                .pipeline
-                .accept_click(stream_click_identity(&message_id), click)
-                .instrument(span)
-                .await;
-            match answer {
-                ClickAck::Answer(x) => (frame::ack_card(&message_id, &x), 200),
-                ClickAck::Unavailable => return,
-            }
+            tracing::info!(error = %e, "robot frame rejected: payload");
+            return Some((frame::ack_empty(&message_id, 400), 400));
         }
     };
-    shared
-        .metrics
-        .stream
-        .acks
-        .with_label_values(&[code_label(code)])
-        .inc();
-    shared
-        .metrics
-        .stream
-        .ack_seconds
-        .observe(clock.instant().saturating_duration_since(started).as_secs_f64());
-    let _ = outbox.send(Message::text(ack)).await;
+    let message = callback.into_accepted(shared.pipeline.clock().now_ms());
+    let span = tracing::debug_span!("stream", msg_id = %message.msg_id, group = %message.conversation_id);
+    let ack = shared
+        .pipeline
+        .accept(Inbound {
+            message,
+            ack: StreamAck { message_id },
+        })
+        .instrument(span)
+        .await;
+    ack.map(|ack| (ack, 200))
+}
+
+/// A card click's ACK and its code: 200 with the pipeline's answer as `{"response": X}`,
+/// 400 when the click cannot be read.
+async fn click_ack(shared: &Shared, message_id: &str, data: &str) -> Option<(String, u16)> {
+    let click = match parse_click(data.as_bytes()) {
+        Ok(click) => click,
+        Err(e) => {
+            tracing::info!(error = %e, "card click rejected: payload");
+            return Some((frame::ack_empty(message_id, 400), 400));
+        }
+    };
+    let span = tracing::debug_span!("card_click", card = %click.out_track_id, action = %click.action);
+    let answer = shared
+        .pipeline
+        .accept_click(stream_click_identity(message_id), click)
+        .instrument(span)
+        .await;
+    match answer {
+        ClickAck::Answer(x) => Some((frame::ack_card(message_id, &x), 200)),
+        ClickAck::Unavailable => None,
+    }
 }
 
 fn code_label(code: u16) -> &'static str {

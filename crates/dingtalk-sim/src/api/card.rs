@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::api::token::check_token;
 use crate::api::{self, header_token};
-use crate::cards::{CardChange, CardFailMode, Route, SimCard, card_data, private_data, transcribe};
+use crate::cards::transcript::transcribe;
+use crate::cards::{CardChange, CardFailMode, Route, SimCard, card_data, private_data};
 use crate::clock::now_ms;
 use crate::random_hex;
 use crate::state::{Gate, Shared, State, gate, record};
@@ -250,7 +251,7 @@ fn update(s: &mut State, token: Option<&str>, v: &Value) -> Result<(i64, Value),
         params_by_key,
         private_by_key,
     };
-    if !crate::cards::update(s, out_track_id, &change, v.clone()) {
+    if !crate::cards::transcript::update(s, out_track_id, &change, v.clone()) {
         return Err(Refusal(400, "param.cardNotExist", "卡片不存在"));
     }
     Ok((0, json!({"success": true, "result": true})))

@@ -201,5 +201,5 @@ fn apply(shared: &Shared, out_track_id: &str, user_id: &str, x: &Value) -> bool 
         params_by_key,
         private_by_key,
     };
-    super::update(&mut shared.state(), out_track_id, &change, x.clone())
+    super::transcript::update(&mut shared.state(), out_track_id, &change, x.clone())
 }
