@@ -303,18 +303,21 @@ impl Governor {
             self.find_before(group, &mut out).await;
         }
         // A card's Extend keeps the exception's own end: what it restores is the value before
-        // the command that made it, not the value the exception set.
+        // the command that made it, not the value the exception set; and DingTalk already has
+        // the value, so it is not sent again.
+        let mut extending = vec![false; out.len()];
         if change.via == Via::Card && change.until_ms.is_some() {
-            for (w, (_, ask)) in out.iter_mut().zip(&change.items) {
+            for ((w, (_, ask)), extends) in out.iter_mut().zip(&change.items).zip(&mut extending) {
                 if let (Some(e), Ask::Chat { value, .. }) =
                     (desired.get(&w.setting).and_then(|d| d.exception.as_ref()), ask)
                     && e.value == *value
                 {
                     w.before = e.restores;
+                    *extends = true;
                 }
             }
         }
-        self.call_dingtalk(group, &mut out).await;
+        self.call_dingtalk(group, &mut out, &extending).await;
         self.record(change, &mut out).await;
         Ok(out)
     }
@@ -401,10 +404,13 @@ impl Governor {
 
     /// Sends what was decided: the group switches in one `im/group/update`, the DM switch
     /// with `friendswitch/update`.
-    async fn call_dingtalk(&self, group: &Group, out: &mut [Written]) {
+    /// Items marked in `skip` are not sent (DingTalk has their value already).
+    async fn call_dingtalk(&self, group: &Group, out: &mut [Written], skip: &[bool]) {
         let fields: BTreeMap<&str, u8> = out
             .iter()
-            .filter_map(|w| match (w.setting, &w.decision) {
+            .zip(skip)
+            .filter(|(_, skip)| !**skip)
+            .filter_map(|(w, _)| match (w.setting, &w.decision) {
                 (Setting::Switch(s), Decision::Write { value, .. }) => Some((s.field(), *value)),
                 _ => None,
             })
@@ -412,16 +418,21 @@ impl Governor {
         if !fields.is_empty()
             && let Err(e) = self.dingtalk.update_group_fields(&group.chat_id, &fields).await
         {
-            for w in out.iter_mut().filter(|w| {
-                matches!(
-                    (w.setting, &w.decision),
-                    (Setting::Switch(_), Decision::Write { .. })
-                )
+            for (w, _) in out.iter_mut().zip(skip).filter(|(w, skip)| {
+                !**skip
+                    && matches!(
+                        (w.setting, &w.decision),
+                        (Setting::Switch(_), Decision::Write { .. })
+                    )
             }) {
                 w.error = Some(e.clone());
             }
         }
-        for w in out.iter_mut().filter(|w| w.setting == Setting::Dm) {
+        for (w, _) in out
+            .iter_mut()
+            .zip(skip)
+            .filter(|(w, skip)| !**skip && w.setting == Setting::Dm)
+        {
             if let Decision::Write { value, .. } = w.decision
                 && let Err(e) = self.dingtalk.set_friend_switch(&group.chat_id, value == 1).await
             {

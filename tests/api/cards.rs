@@ -265,8 +265,14 @@ async fn extend_moves_the_revert_by_the_same_duration_and_revert_now_runs_it_at_
     let app = card_app(|s| s.worker.revert_minute = Duration::from_secs(60)).await;
     let card = card_after(&app, &admin(), "/mute-all 30m").await;
     let due = app.ledger().pending_reverts(Some(GROUP)).unwrap()[0].due_ms;
+    let updates = app.sim.calls(Some(api::GROUP_UPDATE)).len();
     press(&app, &card, &admin(), "extend").await;
     let extended = card_in(&app, &card.out_track_id, "extended").await;
+    assert_eq!(
+        app.sim.calls(Some(api::GROUP_UPDATE)).len(),
+        updates,
+        "DingTalk has the value already: Extend does not send it again"
+    );
     assert_eq!(
         buttons(&extended),
         serde_json::json!(["undo", "extend", "revert_now"])

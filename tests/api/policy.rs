@@ -646,12 +646,24 @@ async fn serve_with_reconcile_every_fixes_drift_and_counts_it_by_setting() {
     assert!(app.sim.set_option(OTHER, "mentionAllAuthority", 0));
     assert!(eventually(Duration::from_secs(15), || owner_only(OTHER)).await);
 
-    let metrics = reqwest::get(format!("{}/metrics", app.address))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The run counts the drift once its group's write is done and recorded: the metric is
+    // read once that run has ended (or the deadline passed), then asserted exactly.
+    let read_metrics = || async {
+        reqwest::get(format!("{}/metrics", app.address))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut metrics = read_metrics().await;
+    while !metrics.contains("dingops_policy_drift_total{setting=\"atall\"} 3")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = read_metrics().await;
+    }
     assert!(
         metrics.contains("dingops_policy_drift_total{setting=\"atall\"} 3"),
         "{metrics}"
