@@ -279,54 +279,65 @@ impl Cards {
         by: &str,
         command: &str,
     ) {
-        let (cid, s) = (conversation_id.to_owned(), setting.to_owned());
-        let rows = match self
-            .ledger
-            .call(move |l| l.cards_of_setting(&cid, &s, &SUPERSEDABLE))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the cards a change supersedes");
-                return;
-            }
-        };
-        for row in rows.iter().filter(|r| Some(r.out_track_id.as_str()) != keep) {
-            let body = format!(
-                "{}\n\nSuperseded by {by} with `{command}`.",
-                CardData::of(row).params.get("body").cloned().unwrap_or_default()
-            );
-            if let Err(e) = self.update(row, "superseded", &[], &body, None).await {
-                tracing::warn!(error = %e, "could not mark a card superseded");
-            }
-        }
+        let line = format!("Superseded by {by} with `{command}`.");
+        self.mark(
+            conversation_id,
+            setting,
+            &SUPERSEDABLE,
+            "superseded",
+            &line,
+            |row, _| Some(row.out_track_id.as_str()) != keep,
+        )
+        .await;
     }
 
     /// Marks the standing card whose timed change ended at `due_ms` reverted, with `text`.
     pub async fn reverted(&self, conversation_id: &str, setting: &str, due_ms: u64, text: &str) {
+        self.mark(
+            conversation_id,
+            setting,
+            &STANDING,
+            "reverted",
+            text,
+            |_, data| data.change.as_ref().and_then(|c| c.until_ms) == Some(due_ms),
+        )
+        .await;
+    }
+
+    /// Ends the cards of a setting whose status is one of `statuses` and that `which` picks:
+    /// `status`, no buttons, `line` added to the body. Best effort: a failure is logged.
+    async fn mark(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        statuses: &'static [&'static str],
+        status: &str,
+        line: &str,
+        which: impl Fn(&CardRow, &CardData) -> bool,
+    ) {
         let (cid, s) = (conversation_id.to_owned(), setting.to_owned());
         let rows = match self
             .ledger
-            .call(move |l| l.cards_of_setting(&cid, &s, &STANDING))
+            .call(move |l| l.cards_of_setting(&cid, &s, statuses))
             .await
         {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "could not read the card of a revert");
+                tracing::warn!(error = %e, status, "could not read the cards to mark");
                 return;
             }
         };
         for row in rows {
             let data = CardData::of(&row);
-            if data.change.as_ref().and_then(|c| c.until_ms) != Some(due_ms) {
+            if !which(&row, &data) {
                 continue;
             }
             let body = format!(
-                "{}\n\n{text}",
+                "{}\n\n{line}",
                 data.params.get("body").cloned().unwrap_or_default()
             );
-            if let Err(e) = self.update(&row, "reverted", &[], &body, None).await {
-                tracing::warn!(error = %e, "could not mark a card reverted");
+            if let Err(e) = self.update(&row, status, &[], &body, None).await {
+                tracing::warn!(error = %e, status, "could not update a card");
             }
         }
     }

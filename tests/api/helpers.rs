@@ -592,3 +592,17 @@ pub async fn group_message(app: &TestApp, text: &str, secs: u64) -> Option<Recor
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The demo's Buttons part in its transcript: the card, a member's refused click, Extend and
+/// Revert now.
+pub fn assert_demo_buttons(stdout: &str) {
+    for line in [
+        "[card] Whole-group mute: on — done",
+        "[Undo] [Extend] [Revert now]",
+        "(to member01 only) Only dingops admins can use these buttons.",
+        "[card update] Whole-group mute: on — extended",
+        "[card update] Whole-group mute: on — reverted",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from {stdout}");
+    }
+}

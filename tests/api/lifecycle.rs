@@ -21,21 +21,7 @@ fn dingops_demo_exits_zero_and_prints_the_conversation() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("Summary: 23 of 23 steps behaved."), "{stdout}");
-    // The Buttons part: the card, a member's refused click, Extend and Revert now.
-    assert!(stdout.contains("[card] Whole-group mute: on — done"), "{stdout}");
-    assert!(stdout.contains("[Undo] [Extend] [Revert now]"), "{stdout}");
-    assert!(
-        stdout.contains("(to member01 only) Only dingops admins can use these buttons."),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("[card update] Whole-group mute: on — extended"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("[card update] Whole-group mute: on — reverted"),
-        "{stdout}"
-    );
+    assert_demo_buttons(&stdout);
     assert!(
         stdout.contains("✅ @manager01 Private chat is now forbidden"),
         "{stdout}"
