@@ -452,9 +452,37 @@ impl DingTalk {
     /// fetch this caller starts gives up at `deadline`.
     async fn token(&self, kind: TokenKind, deadline: Instant) -> Result<SecretString, ApiError> {
         match kind {
-            TokenKind::Legacy => self.shared.legacy.get(|| self.fetch_legacy_token(deadline)).await,
-            TokenKind::Modern => self.shared.modern.get(|| self.fetch_modern_token(deadline)).await,
+            TokenKind::Legacy => {
+                self.shared
+                    .legacy
+                    .get(|| self.counted_fetch("legacy", self.fetch_legacy_token(deadline)))
+                    .await
+            }
+            TokenKind::Modern => {
+                self.shared
+                    .modern
+                    .get(|| self.counted_fetch("modern", self.fetch_modern_token(deadline)))
+                    .await
+            }
         }
+    }
+
+    /// One token fetch of `kind`, counted in `dingops_token_fetch_failures_total` when it
+    /// fails after its retries (callers waiting on it share the one failure).
+    async fn counted_fetch(
+        &self,
+        kind: &'static str,
+        fetch: impl Future<Output = Result<(SecretString, i64), ApiError>>,
+    ) -> Result<(SecretString, i64), ApiError> {
+        let fetched = fetch.await;
+        if fetched.is_err() {
+            self.shared
+                .metrics
+                .token_fetch_failures
+                .with_label_values(&[kind])
+                .inc();
+        }
+        fetched
     }
 
     async fn fetch_legacy_token(&self, deadline: Instant) -> Result<(SecretString, i64), ApiError> {
