@@ -81,7 +81,7 @@ fn client_noise() -> tracing_subscriber::filter::Targets {
 /// `dingops_http_client_errors_total{kind}`. Process-wide, because the log events it counts
 /// are: every application's registry exports the same counter.
 static HTTP_CLIENT_ERRORS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(|| {
-    IntCounterVec::new(
+    let errors = IntCounterVec::new(
         Opts::new(
             "dingops_http_client_errors_total",
             "HTTP connections closed because of the client, by kind: parse (malformed HTTP), \
@@ -90,7 +90,8 @@ static HTTP_CLIENT_ERRORS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyL
         ),
         &["kind"],
     )
-    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+    initialised(errors, &[&["parse"], &["io"], &["timeout"], &["other"]])
 });
 
 /// Counts a connection closed because of the client (`parse`, `io`, `timeout`, `other`).

@@ -246,10 +246,17 @@ impl DingTalk {
     ) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = http_client(settings)?;
-        let limiters = Api::ALL
+        let limiters: HashMap<Api, Limiter> = Api::ALL
             .into_iter()
             .filter_map(|api| Limiter::new(options.calls_per_sec).map(|l| (api, l)))
             .collect();
+        if ledger.is_some() {
+            // Exported at 0 from the start (docs/operating.md): the first fallback shows
+            // as an increase.
+            for api in limiters.keys() {
+                metrics.budget_fallbacks.with_label_values(&[api.name()]);
+            }
+        }
         metrics
             .quota
             .budget

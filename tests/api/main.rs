@@ -10,6 +10,7 @@ mod budget;
 mod cards;
 mod clocks;
 mod commands;
+mod dashboards;
 mod dedupe;
 mod discover;
 mod exceptions;
