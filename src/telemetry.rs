@@ -708,3 +708,58 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revert_counts_as_due_at_its_time_and_as_overdue_a_minute_after() {
+        let metrics = Metrics::new();
+        let now = 10_000_000;
+        let late = REVERT_OVERDUE.as_millis() as u64;
+        let due_times = [
+            now + 1,        // pending
+            now,            // due now
+            now - late,     // due exactly a minute ago: not yet overdue
+            now - late - 1, // overdue
+        ];
+        metrics.reverts.observe(due_times.into_iter(), now);
+        assert_eq!(metrics.reverts.pending.get(), 4);
+        assert_eq!(metrics.reverts.due.get(), 3);
+        assert_eq!(metrics.reverts.overdue.get(), 1);
+        metrics.reverts.observe(std::iter::empty(), now);
+        assert_eq!(
+            (
+                metrics.reverts.pending.get(),
+                metrics.reverts.due.get(),
+                metrics.reverts.overdue.get()
+            ),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn the_failure_series_alerts_read_are_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for line in [
+            "dingops_callbacks_total{outcome=\"rejected\",reason=\"signature_mismatch\"} 0",
+            "dingops_callbacks_total{outcome=\"unavailable\",reason=\"ledger\"} 0",
+            "dingops_card_callbacks_total{outcome=\"unavailable\",reason=\"ledger\"} 0",
+            "dingops_policy_runs_total{result=\"failed\"} 0",
+            "dingops_reverts_total{result=\"failed\"} 0",
+            "dingops_token_fetch_failures_total{kind=\"modern\"} 0",
+            "dingops_quota_refused_total{class=\"interactive\"} 0",
+            "dingops_stream_reconnects_total{reason=\"open_refused\"} 0",
+            "dingops_policy_drift_total{setting=\"mute_all\"} 0",
+            "dingops_reverts_overdue 0",
+            "dingops_ready 0",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "no {line}:\n{text}");
+        }
+        assert!(
+            !text.contains("dingops_policy_drift_total{setting=\"dm\"}"),
+            "the private-chat switch is never drift"
+        );
+    }
+}
