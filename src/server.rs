@@ -148,6 +148,7 @@ impl Application {
             }
         };
         let metrics = Arc::new(Metrics::new());
+        metrics.describe(settings.stream.mode.name());
         let reload_metrics = metrics.clone();
         // One clock for the worker, its pool, leases and timer, and the DingTalk pacing.
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);

@@ -81,7 +81,7 @@ fn client_noise() -> tracing_subscriber::filter::Targets {
 /// `dingops_http_client_errors_total{kind}`. Process-wide, because the log events it counts
 /// are: every application's registry exports the same counter.
 static HTTP_CLIENT_ERRORS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyLock::new(|| {
-    IntCounterVec::new(
+    let errors = IntCounterVec::new(
         Opts::new(
             "dingops_http_client_errors_total",
             "HTTP connections closed because of the client, by kind: parse (malformed HTTP), \
@@ -90,7 +90,8 @@ static HTTP_CLIENT_ERRORS: std::sync::LazyLock<IntCounterVec> = std::sync::LazyL
         ),
         &["kind"],
     )
-    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+    initialised(errors, &[&["parse"], &["io"], &["timeout"], &["other"]])
 });
 
 /// Counts a connection closed because of the client (`parse`, `io`, `timeout`, `other`).
@@ -177,6 +178,89 @@ pub struct Metrics {
     pub policy_reload_errors: IntCounter,
     /// The monthly API quota.
     pub quota: QuotaMetrics,
+    /// `dingops_policy_groups_drifting`: groups whose last two reconcile reads by this
+    /// process both found drift (the fix did not hold or did not land).
+    pub policy_groups_drifting: IntGauge,
+    /// `dingops_token_fetch_failures_total{kind}`: access-token fetches that failed after
+    /// their retries.
+    pub token_fetch_failures: IntCounterVec,
+    /// `dingops_ready`: 1 when the last readiness check (`/readyz`, or the one every scrape
+    /// of `/metrics` runs) passed.
+    pub ready: IntGauge,
+    /// `dingops_info{version, mode}`: always 1; says which ingress mode runs.
+    pub info: IntGaugeVec,
+    /// Timed reverts (see [`RevertMetrics`]).
+    pub reverts: RevertMetrics,
+}
+
+/// The metrics of the timed reverts, set by the scheduler at each of its rounds (every
+/// second) from the list it reads anyway.
+pub struct RevertMetrics {
+    /// `dingops_reverts_pending`: timed reverts scheduled and not finished.
+    pub pending: IntGauge,
+    /// `dingops_reverts_due`: pending reverts whose time has come.
+    pub due: IntGauge,
+    /// `dingops_reverts_overdue`: pending reverts due more than [`REVERT_OVERDUE`] ago.
+    pub overdue: IntGauge,
+    /// `dingops_reverts_total{result}`: reverts that ran, by result (ok, failed).
+    pub ran: IntCounterVec,
+}
+
+/// How late a due revert may be before it counts as overdue: the scheduler looks every
+/// second and one revert's DingTalk calls give up within the client's deadline.
+pub const REVERT_OVERDUE: Duration = Duration::from_secs(60);
+
+impl RevertMetrics {
+    fn new(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            register(
+                registry,
+                IntGauge::new(name, help)
+                    .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}")),
+            )
+        };
+        Self {
+            pending: gauge(
+                "dingops_reverts_pending",
+                "Timed reverts scheduled and not finished.",
+            ),
+            due: gauge(
+                "dingops_reverts_due",
+                "Timed reverts whose time has come and that have not finished.",
+            ),
+            overdue: gauge(
+                "dingops_reverts_overdue",
+                "Timed reverts due more than a minute ago and not finished.",
+            ),
+            ran: initialised(
+                counter(
+                    registry,
+                    "dingops_reverts_total",
+                    "Timed reverts that ran, by result (ok, failed).",
+                    &["result"],
+                ),
+                &[&["ok"], &["failed"]],
+            ),
+        }
+    }
+
+    /// Sets the gauges from the pending reverts' due times (ms, the ledger's clock) at `now`.
+    pub fn observe(&self, due_ms: impl Iterator<Item = u64>, now_ms: u64) {
+        let late_ms = REVERT_OVERDUE.as_millis() as u64;
+        let (mut pending, mut due, mut overdue) = (0i64, 0i64, 0i64);
+        for at in due_ms {
+            pending += 1;
+            if at <= now_ms {
+                due += 1;
+            }
+            if at.saturating_add(late_ms) < now_ms {
+                overdue += 1;
+            }
+        }
+        self.pending.set(pending);
+        self.due.set(due);
+        self.overdue.set(overdue);
+    }
 }
 
 /// The metrics of the monthly API quota (docs/operating.md).
@@ -189,6 +273,8 @@ pub struct QuotaMetrics {
     /// `dingops_quota_exhausted`: 1 when DingTalk answered this month that the
     /// organisation's quota is spent (90020).
     pub exhausted: IntGauge,
+    /// `dingops_quota_projected`: this month's counted calls at its end, at the pace so far.
+    pub projected: IntGauge,
     /// `dingops_reconcile_skipped_total{reason}`: reconcile runs skipped or cut short by
     /// the quota (`spent`, `budget`, `shortened`).
     pub reconcile_skipped: IntCounterVec,
@@ -226,17 +312,27 @@ impl QuotaMetrics {
                 "dingops_quota_exhausted",
                 "1 when DingTalk answered this month that the organisation's API quota is spent (90020).",
             ),
-            reconcile_skipped: counter(
-                registry,
-                "dingops_reconcile_skipped_total",
-                "Reconcile runs skipped or cut short by the monthly quota, by reason (spent, budget, shortened).",
-                &["reason"],
+            projected: gauge(
+                "dingops_quota_projected",
+                "This month's counted calls at its end, at the pace so far (every process on the ledger).",
             ),
-            refused: counter(
-                registry,
-                "dingops_quota_refused_total",
-                "DingTalk calls not made because their class's share of the monthly budget was used up.",
-                &["class"],
+            reconcile_skipped: initialised(
+                counter(
+                    registry,
+                    "dingops_reconcile_skipped_total",
+                    "Reconcile runs skipped or cut short by the monthly quota, by reason (spent, budget, shortened).",
+                    &["reason"],
+                ),
+                &[&["spent"], &["budget"], &["shortened"]],
+            ),
+            refused: initialised(
+                counter(
+                    registry,
+                    "dingops_quota_refused_total",
+                    "DingTalk calls not made because their class's share of the monthly budget was used up.",
+                    &["class"],
+                ),
+                &[&["interactive"], &["background"]],
             ),
         }
     }
@@ -282,11 +378,23 @@ impl StreamMetrics {
         );
         Self {
             connections,
-            reconnects: counter(
-                registry,
-                "dingops_stream_reconnects_total",
-                "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed, insecure_endpoint).",
-                &["reason"],
+            reconnects: initialised(
+                counter(
+                    registry,
+                    "dingops_stream_reconnects_total",
+                    "Stream reconnects by reason (disconnect, closed, dropped, keepalive, open_refused, open_failed, connect_failed, insecure_endpoint).",
+                    &["reason"],
+                ),
+                &[
+                    &["disconnect"],
+                    &["closed"],
+                    &["dropped"],
+                    &["keepalive"],
+                    &["open_refused"],
+                    &["open_failed"],
+                    &["connect_failed"],
+                    &["insecure_endpoint"],
+                ],
             ),
             frames: counter(
                 registry,
@@ -325,6 +433,37 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| unreachable!("static metric definition {name}: {e}"));
     register(registry, c)
+}
+
+/// Creates the series `values` of `counter` at 0. A labelled series exists only once set,
+/// and an alert on `increase()` misses the first failure of a series that did not exist:
+/// the series alerts and panels name are exported from the start.
+fn initialised(counter: IntCounterVec, values: &[&[&str]]) -> IntCounterVec {
+    for v in values {
+        counter.with_label_values(v);
+    }
+    counter
+}
+
+/// The reasons of `dingops_callbacks_total` and `dingops_card_callbacks_total` a signature
+/// check gives (docs/operating.md).
+const SIGNATURE_REASONS: &[&str] = &[
+    "signature_missing",
+    "signature_malformed",
+    "signature_stale",
+    "signature_mismatch",
+];
+
+/// A callbacks counter, its signature-failure, ledger-refusal and success series created
+/// at 0 (`ok` is the outcome of a handled one: accepted, answered).
+fn callback_counter(registry: &Registry, name: &str, help: &str, ok: &str) -> IntCounterVec {
+    let c = counter(registry, name, help, &["outcome", "reason"]);
+    c.with_label_values(&[ok, "-"]);
+    c.with_label_values(&["unavailable", "ledger"]);
+    for reason in SIGNATURE_REASONS {
+        c.with_label_values(&["rejected", reason]);
+    }
+    c
 }
 
 const FAST_BUCKETS: &[f64] = &[
@@ -411,17 +550,17 @@ impl Metrics {
                 &["api"],
             ),
             budget_wait_seconds,
-            callbacks: counter(
+            callbacks: callback_counter(
                 &registry,
                 "dingops_callbacks_total",
                 "Robot callbacks by outcome (accepted, duplicate, rejected, unavailable) and reason.",
-                &["outcome", "reason"],
+                "accepted",
             ),
-            card_callbacks: counter(
+            card_callbacks: callback_counter(
                 &registry,
                 "dingops_card_callbacks_total",
                 "Card clicks on POST /card-callback by outcome (answered, rejected, unavailable) and reason.",
-                &["outcome", "reason"],
+                "answered",
             ),
             commands: counter(
                 &registry,
@@ -435,11 +574,23 @@ impl Metrics {
                 "DingTalk API calls by API and errcode (0 = success).",
                 &["api", "errcode"],
             ),
-            token_fetches: counter(
-                &registry,
-                "dingops_token_fetches_total",
-                "Access-token fetches by kind (legacy, modern).",
-                &["kind"],
+            token_fetches: initialised(
+                counter(
+                    &registry,
+                    "dingops_token_fetches_total",
+                    "Access-token fetches by kind (legacy, modern).",
+                    &["kind"],
+                ),
+                &[&["legacy"], &["modern"]],
+            ),
+            token_fetch_failures: initialised(
+                counter(
+                    &registry,
+                    "dingops_token_fetch_failures_total",
+                    "Access-token fetches that failed after their retries, by kind (legacy, modern).",
+                    &["kind"],
+                ),
+                &[&["legacy"], &["modern"]],
             ),
             replies: counter(
                 &registry,
@@ -462,18 +613,58 @@ impl Metrics {
             ledger_write_retries,
             ledger_writes_retrying,
             stream: StreamMetrics::new(&registry),
-            policy_drift: counter(
-                &registry,
-                "dingops_policy_drift_total",
-                "Settings found different from the policy by serve's reconcile, by setting.",
-                &["setting"],
+            policy_drift: {
+                let drift = counter(
+                    &registry,
+                    "dingops_policy_drift_total",
+                    "Settings found different from the policy by serve's reconcile, by setting.",
+                    &["setting"],
+                );
+                // The readable settings: the private-chat switch is never drift.
+                for setting in crate::governance::Setting::all() {
+                    if matches!(setting, crate::governance::Setting::Switch(_)) {
+                        drift.with_label_values(&[setting.key()]);
+                    }
+                }
+                drift
+            },
+            policy_runs: initialised(
+                counter(
+                    &registry,
+                    "dingops_policy_runs_total",
+                    "Reconcile runs of serve by result (converged, failed).",
+                    &["result"],
+                ),
+                &[&["converged"], &["failed"]],
             ),
-            policy_runs: counter(
+            policy_groups_drifting: register(
                 &registry,
-                "dingops_policy_runs_total",
-                "Reconcile runs of serve by result (converged, failed).",
-                &["result"],
+                IntGauge::new(
+                    "dingops_policy_groups_drifting",
+                    "Groups whose last two reconcile reads by this process both found settings different from the policy.",
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
             ),
+            ready: register(
+                &registry,
+                IntGauge::new(
+                    "dingops_ready",
+                    "1 when the last readiness check (/readyz, or the one each scrape of /metrics runs) passed.",
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            ),
+            info: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dingops_info",
+                        "Always 1: the version and the ingress mode (http, stream, both) of this process.",
+                    ),
+                    &["version", "mode"],
+                )
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}")),
+            ),
+            reverts: RevertMetrics::new(&registry),
             policy_reload_errors: register(
                 &registry,
                 IntCounter::new(
@@ -485,6 +676,14 @@ impl Metrics {
             quota: QuotaMetrics::new(&registry),
             registry,
         }
+    }
+
+    /// Says which ingress `mode` (http, stream, both) this process runs, in `dingops_info`.
+    pub fn describe(&self, mode: &str) {
+        self.info.reset();
+        self.info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), mode])
+            .set(1);
     }
 
     /// Counts a callback.
@@ -507,5 +706,60 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revert_counts_as_due_at_its_time_and_as_overdue_a_minute_after() {
+        let metrics = Metrics::new();
+        let now = 10_000_000;
+        let late = REVERT_OVERDUE.as_millis() as u64;
+        let due_times = [
+            now + 1,        // pending
+            now,            // due now
+            now - late,     // due exactly a minute ago: not yet overdue
+            now - late - 1, // overdue
+        ];
+        metrics.reverts.observe(due_times.into_iter(), now);
+        assert_eq!(metrics.reverts.pending.get(), 4);
+        assert_eq!(metrics.reverts.due.get(), 3);
+        assert_eq!(metrics.reverts.overdue.get(), 1);
+        metrics.reverts.observe(std::iter::empty(), now);
+        assert_eq!(
+            (
+                metrics.reverts.pending.get(),
+                metrics.reverts.due.get(),
+                metrics.reverts.overdue.get()
+            ),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn the_failure_series_alerts_read_are_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        for line in [
+            "dingops_callbacks_total{outcome=\"rejected\",reason=\"signature_mismatch\"} 0",
+            "dingops_callbacks_total{outcome=\"unavailable\",reason=\"ledger\"} 0",
+            "dingops_card_callbacks_total{outcome=\"unavailable\",reason=\"ledger\"} 0",
+            "dingops_policy_runs_total{result=\"failed\"} 0",
+            "dingops_reverts_total{result=\"failed\"} 0",
+            "dingops_token_fetch_failures_total{kind=\"modern\"} 0",
+            "dingops_quota_refused_total{class=\"interactive\"} 0",
+            "dingops_stream_reconnects_total{reason=\"open_refused\"} 0",
+            "dingops_policy_drift_total{setting=\"mute_all\"} 0",
+            "dingops_reverts_overdue 0",
+            "dingops_ready 0",
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "no {line}:\n{text}");
+        }
+        assert!(
+            !text.contains("dingops_policy_drift_total{setting=\"dm\"}"),
+            "the private-chat switch is never drift"
+        );
     }
 }

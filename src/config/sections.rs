@@ -142,6 +142,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The name in the configuration (`http`, `stream`, `both`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Stream => "stream",
+            Mode::Both => "both",
+        }
+    }
+
     /// Whether `POST /callback` is served.
     pub fn http(self) -> bool {
         matches!(self, Mode::Http | Mode::Both)

@@ -246,10 +246,17 @@ impl DingTalk {
     ) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = http_client(settings)?;
-        let limiters = Api::ALL
+        let limiters: HashMap<Api, Limiter> = Api::ALL
             .into_iter()
             .filter_map(|api| Limiter::new(options.calls_per_sec).map(|l| (api, l)))
             .collect();
+        if ledger.is_some() {
+            // Exported at 0 from the start (docs/operating.md): the first fallback shows
+            // as an increase.
+            for api in limiters.keys() {
+                metrics.budget_fallbacks.with_label_values(&[api.name()]);
+            }
+        }
         metrics
             .quota
             .budget
@@ -452,9 +459,37 @@ impl DingTalk {
     /// fetch this caller starts gives up at `deadline`.
     async fn token(&self, kind: TokenKind, deadline: Instant) -> Result<SecretString, ApiError> {
         match kind {
-            TokenKind::Legacy => self.shared.legacy.get(|| self.fetch_legacy_token(deadline)).await,
-            TokenKind::Modern => self.shared.modern.get(|| self.fetch_modern_token(deadline)).await,
+            TokenKind::Legacy => {
+                self.shared
+                    .legacy
+                    .get(|| self.counted_fetch("legacy", self.fetch_legacy_token(deadline)))
+                    .await
+            }
+            TokenKind::Modern => {
+                self.shared
+                    .modern
+                    .get(|| self.counted_fetch("modern", self.fetch_modern_token(deadline)))
+                    .await
+            }
         }
+    }
+
+    /// One token fetch of `kind`, counted in `dingops_token_fetch_failures_total` when it
+    /// fails after its retries (callers waiting on it share the one failure).
+    async fn counted_fetch(
+        &self,
+        kind: &'static str,
+        fetch: impl Future<Output = Result<(SecretString, i64), ApiError>>,
+    ) -> Result<(SecretString, i64), ApiError> {
+        let fetched = fetch.await;
+        if fetched.is_err() {
+            self.shared
+                .metrics
+                .token_fetch_failures
+                .with_label_values(&[kind])
+                .inc();
+        }
+        fetched
     }
 
     async fn fetch_legacy_token(&self, deadline: Instant) -> Result<(SecretString, i64), ApiError> {

@@ -209,6 +209,9 @@ impl DingTalk {
                 .set(i64::try_from(c.calls).unwrap_or(i64::MAX));
         }
         metrics.exhausted.set(i64::from(usage.spent));
+        metrics
+            .projected
+            .set(i64::try_from(usage.projected()).unwrap_or(i64::MAX));
     }
 
     /// Whether this process saw DingTalk answer 90020 this month.

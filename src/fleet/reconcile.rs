@@ -46,6 +46,9 @@ pub struct Reconciler {
     /// number), so that the one read longest ago goes next.
     last_read: Mutex<HashMap<String, u64>>,
     reads: std::sync::atomic::AtomicU64,
+    /// The groups whose last read by this process found drift, and whether the read before
+    /// it did too (`dingops_policy_groups_drifting` counts those).
+    drifting: Mutex<HashMap<String, bool>>,
     metrics: Arc<Metrics>,
     running: AtomicBool,
     /// This replica's name in the leases.
@@ -76,6 +79,7 @@ impl Reconciler {
             every: every.into(),
             last_read: Mutex::default(),
             reads: std::sync::atomic::AtomicU64::new(1),
+            drifting: Mutex::default(),
             metrics,
             running: AtomicBool::new(false),
             holder,
@@ -270,6 +274,22 @@ impl Reconciler {
         }
     }
 
+    /// Remembers whether a read of `group` found drift; sets the number of groups whose last
+    /// two reads both did (the fix did not hold, or did not land).
+    fn track_drift(&self, group: &str, drifted: bool) {
+        let mut drifting = self.drifting.lock().unwrap_or_else(|p| p.into_inner());
+        if drifted {
+            let again = drifting.contains_key(group);
+            drifting.insert(group.to_owned(), again);
+        } else {
+            drifting.remove(group);
+        }
+        let repeated = drifting.values().filter(|again| **again).count();
+        self.metrics
+            .policy_groups_drifting
+            .set(i64::try_from(repeated).unwrap_or(i64::MAX));
+    }
+
     /// Counts and logs the drift of one group: readable settings that differed from the
     /// policy. The private-chat switch cannot be read, so setting it again after
     /// `dm_reapply_hours` is not drift.
@@ -288,6 +308,7 @@ impl Reconciler {
         for key in &drifted {
             self.metrics.policy_drift.with_label_values(&[key]).inc();
         }
+        self.track_drift(&g.plan.conversation_id, !drifted.is_empty());
         if !drifted.is_empty() {
             tracing::warn!(
                 group = %g.plan.conversation_id,

@@ -114,7 +114,14 @@ impl Scheduler {
         // Due times are in the ledger's time (see `LedgerTime`).
         let now = self.ctx.dingtalk.ledger_time().now_ms();
         let due = match self.ctx.ledger.call(|l| l.pending_reverts(None)).await {
-            Ok(jobs) => jobs.into_iter().filter(|j| j.due_ms <= now).collect::<Vec<_>>(),
+            Ok(jobs) => {
+                // Every replica reads every pending revert: each exports the whole ledger's.
+                self.ctx
+                    .metrics
+                    .reverts
+                    .observe(jobs.iter().map(|j| j.due_ms), now);
+                jobs.into_iter().filter(|j| j.due_ms <= now).collect::<Vec<_>>()
+            }
             Err(e) => {
                 tracing::error!(error = %e, "could not read the pending reverts; trying again shortly");
                 return 0;
@@ -197,6 +204,7 @@ impl WorkerContext {
                 // failed and the others still run.
                 if AssertUnwindSafe(self.revert(job)).catch_unwind().await.is_err() {
                     tracing::error!(revert = id, "a timed revert panicked; it is recorded as failed");
+                    self.metrics.reverts.ran.with_label_values(&["failed"]).inc();
                     let clock = Arc::clone(&self.clock);
                     self.write_until_landed("finish a timed revert that panicked", move |l| {
                         l.finish_revert(id, RevertState::Failed, "failed", clock.now_ms())
@@ -214,6 +222,7 @@ impl WorkerContext {
     async fn revert(&self, job: RevertJob) {
         let Some(setting) = Setting::from_stored(&job.setting) else {
             tracing::error!(setting = %job.setting, "a timed revert names no setting dingops knows; recorded failed");
+            self.metrics.reverts.ran.with_label_values(&["failed"]).inc();
             let (id, clock) = (job.id, Arc::clone(&self.clock));
             self.write_until_landed("finish a timed revert of an unknown setting", move |l| {
                 l.finish_revert(id, RevertState::Failed, "failed", clock.now_ms())
@@ -301,6 +310,11 @@ impl WorkerContext {
             ),
         };
         tracing::info!(outcome = outcome.as_str(), "timed revert ran");
+        self.metrics
+            .reverts
+            .ran
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         let (id, short, clock) = (job.id, outcome.as_str().to_owned(), Arc::clone(&self.clock));
         self.write_until_landed("finish a timed revert", move |l| {
             l.finish_revert(id, state, &short, clock.now_ms())

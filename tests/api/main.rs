@@ -3,6 +3,7 @@
 // Test helpers panic on purpose when the system under test misbehaves.
 #![allow(clippy::unwrap_used)]
 
+mod alerts;
 mod audit_input;
 mod audit_server;
 mod audit_worker;
@@ -10,6 +11,7 @@ mod budget;
 mod cards;
 mod clocks;
 mod commands;
+mod dashboards;
 mod dedupe;
 mod discover;
 mod exceptions;

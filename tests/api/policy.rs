@@ -669,7 +669,7 @@ async fn serve_with_reconcile_every_fixes_drift_and_counts_it_by_setting() {
         "{metrics}"
     );
     assert!(
-        !metrics.contains("dingops_policy_drift_total{setting=\"searchable\"}"),
+        metrics.contains("dingops_policy_drift_total{setting=\"searchable\"} 0\n"),
         "{metrics}"
     );
     assert!(
