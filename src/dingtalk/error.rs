@@ -59,7 +59,7 @@ pub enum QuotaCause {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaSpent {
     pub cause: QuotaCause,
-    /// The first moment of next month in `timezone`, as people read it
+    /// The first moment of DingTalk's next month (China time), shown in `timezone`
     /// ("2027-01-01 00:00 Asia/Shanghai").
     pub renews: String,
 }

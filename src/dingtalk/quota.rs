@@ -17,6 +17,8 @@ use crate::quota::{Budget, Class, Month};
 /// The quota's state in one client, shared by its class-tagged handles.
 pub(super) struct Gate {
     budget: Budget,
+    /// `timezone`: where people read the time the quota renews. The month itself is
+    /// DingTalk's ([`Month::dingtalk`]), whatever this says.
     timezone: TimeZone,
     /// Where calls are counted for every process; `None`: in `local`.
     book: Option<QuotaHandle>,
@@ -138,14 +140,15 @@ impl DingTalk {
         self.shared.quota.budget
     }
 
-    /// The zone whose calendar months the quota counts.
+    /// The zone the quota's renewal is shown in (`timezone`); not the zone its month turns
+    /// in, which is DingTalk's (China time).
     pub fn quota_timezone(&self) -> &TimeZone {
         &self.shared.quota.timezone
     }
 
-    /// The month the client's clock is in now.
+    /// DingTalk's month the client's clock is in now (China time, whatever `timezone` says).
     pub fn quota_month(&self) -> Month {
-        Month::of(self.shared.clock.now_ms(), &self.shared.quota.timezone)
+        Month::dingtalk(self.shared.clock.now_ms())
     }
 
     /// Calls this process did not make because their class's share of the month was used
