@@ -414,7 +414,7 @@ impl DingTalk {
                 ),
                 None => None,
             };
-            self.take_quota(api).await?;
+            self.take_quota(api, deadline).await?;
             self.pace(api, deadline).await?;
             let started = self.shared.clock.instant();
             let result = op(tok.clone()).await;
