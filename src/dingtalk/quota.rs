@@ -456,3 +456,57 @@ impl DingTalk {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{LedgerHandle, MemoryLedger};
+    use crate::quota::Reserve;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_write_backs_at_once_write_each_remembered_call_once() {
+        let ledger = LedgerHandle::new(MemoryLedger::new());
+        let budget = Budget {
+            monthly: Some(100),
+            reserve: Reserve::Calls(0),
+        };
+        let gate = Arc::new(Gate::new(budget, TimeZone::UTC, Some(ledger.quota())));
+        for _ in 0..5 {
+            gate.note_unrecorded("2026-12", "friendswitch_update", Class::Interactive);
+        }
+        gate.note_unrecorded("2026-11", "im_group_update", Class::Interactive);
+        assert_eq!(gate.unrecorded_in("2026-12"), 5);
+        let (a, b) = (Arc::clone(&gate), Arc::clone(&gate));
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { a.write_back().await }),
+            tokio::spawn(async move { b.write_back().await })
+        );
+        ra.unwrap();
+        rb.unwrap();
+        let counts = |month: &'static str| {
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .call(move |l| l.quota_counts(month))
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| (c.api, c.class, c.calls))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            counts("2026-12").await,
+            [("friendswitch_update".to_owned(), "interactive".to_owned(), 5)]
+        );
+        assert_eq!(
+            counts("2026-11").await,
+            [("im_group_update".to_owned(), "interactive".to_owned(), 1)],
+            "each call is written to the month it was made in"
+        );
+        assert_eq!(gate.unrecorded_in("2026-12") + gate.unrecorded_in("2026-11"), 0);
+        // Nothing left: another write-back writes nothing.
+        gate.write_back().await;
+        assert_eq!(counts("2026-12").await[0].2, 5);
+    }
+}
