@@ -1,6 +1,7 @@
-//! The organisation's monthly API quota as a budget: the calendar month in the configured
-//! time zone, the two classes of calls and how much of the month each may spend
-//! (docs/operating.md, "The monthly quota"; DingTalk's side in docs/dingtalk.md).
+//! The organisation's monthly API quota as a budget: DingTalk's calendar month (China
+//! time, whatever `timezone` dingops shows times in), the two classes of calls and how much
+//! of the month each may spend (docs/operating.md, "The monthly quota"; DingTalk's side in
+//! docs/dingtalk.md).
 //!
 //! Pure arithmetic; the counts themselves live in the ledger, shared by every process.
 
@@ -103,7 +104,13 @@ impl Budget {
     }
 }
 
-/// One calendar month in the configured time zone.
+/// The zone DingTalk's month turns in: China time, UTC+8 all year (China has kept no
+/// daylight saving since 1991). `timezone` only says how times are shown.
+pub fn china_time() -> TimeZone {
+    TimeZone::fixed(jiff::tz::offset(8))
+}
+
+/// One calendar month in a time zone; the quota's is DingTalk's ([`Month::dingtalk`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Month {
     /// `YYYY-MM`: how the ledger keys its counts.
@@ -114,6 +121,12 @@ pub struct Month {
 }
 
 impl Month {
+    /// DingTalk's month `ms` (milliseconds since the Unix epoch) falls in: the calendar
+    /// month in China time, the month the quota counts and renews by.
+    pub fn dingtalk(ms: u64) -> Month {
+        Month::of(ms, &china_time())
+    }
+
     /// The month `ms` (milliseconds since the Unix epoch) falls in, in `tz`.
     pub fn of(ms: u64, tz: &TimeZone) -> Month {
         let at = Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or(Timestamp::MAX);
@@ -180,6 +193,17 @@ mod tests {
             Month::of(1_796_054_400_000 + 8 * 3_600_000, &TimeZone::UTC).key,
             "2026-12"
         );
+    }
+
+    #[test]
+    fn dingtalks_month_is_the_calendar_month_in_china_time() {
+        // 2026-11-30T16:00:00Z is 2026-12-01 00:00 in Beijing, still November in Los Angeles.
+        let m = Month::dingtalk(1_796_054_400_000);
+        assert_eq!(m, Month::of(1_796_054_400_000, &shanghai()));
+        assert_eq!(m.key, "2026-12");
+        assert_eq!(Month::dingtalk(1_796_054_400_000 - 1).key, "2026-11");
+        let la = TimeZone::get("America/Los_Angeles").expect("built-in zone");
+        assert_eq!(Month::of(1_796_054_400_000, &la).key, "2026-11");
     }
 
     #[test]

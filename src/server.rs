@@ -216,7 +216,8 @@ impl Application {
             }
             _ => None,
         };
-        // The quota's metrics, from the ledger: what every process on it spent.
+        // The quota's metrics, from the ledger: what every process on it spent; first the
+        // calls the ledger could not count when they were made are written back to it.
         let quota_metrics = tokio::spawn(async move {
             loop {
                 dingtalk.refresh_quota_metrics().await;

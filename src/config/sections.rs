@@ -84,8 +84,8 @@ pub struct DingTalkSettings {
     /// calendar month and the share kept for interactive work (docs/configuration.md).
     /// Default off, 20%.
     pub quota: crate::quota::Budget,
-    /// `timezone` (shared with the worker's replies): the months of the quota are calendar
-    /// months there.
+    /// `timezone` (shared with the worker's replies): where the quota's renewal is shown.
+    /// The quota's months are DingTalk's (China time) whatever it says.
     pub timezone: jiff::tz::TimeZone,
 }
 

@@ -32,6 +32,12 @@ pub enum ApiError {
     /// `monthly_call_budget` (then nothing was sent).
     #[error("{0}")]
     Quota(QuotaSpent),
+    /// A background call the monthly quota could not count (the ledger did not answer before
+    /// the call's deadline): it was not sent. Interactive calls go instead, counted later.
+    #[error(
+        "the ledger could not count the call in the monthly API quota; background calls are not made uncounted"
+    )]
+    Uncounted,
     /// DingTalk took a card but did not deliver it to the group: a `deliverResults` entry
     /// with `success: false`, and its `errorMsg` (docs/dingtalk.md, "Interactive cards").
     #[error("card not delivered: {0}")]
@@ -59,7 +65,7 @@ pub enum QuotaCause {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaSpent {
     pub cause: QuotaCause,
-    /// The first moment of next month in `timezone`, as people read it
+    /// The first moment of DingTalk's next month (China time), shown in `timezone`
     /// ("2027-01-01 00:00 Asia/Shanghai").
     pub renews: String,
 }
@@ -128,7 +134,9 @@ impl ApiError {
                     ErrorClass::Permanent
                 }
             }
-            ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) => ErrorClass::Transient,
+            ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) | ApiError::Uncounted => {
+                ErrorClass::Transient
+            }
             ApiError::Decode(_) | ApiError::Credentials(_) | ApiError::Undelivered(_) => {
                 ErrorClass::Permanent
             }
@@ -164,6 +172,7 @@ impl ApiError {
             ApiError::Status { status, code, .. } if code.is_empty() => format!("http-{status}"),
             ApiError::Status { code, .. } => code.clone(),
             ApiError::Timeout => "timeout".into(),
+            ApiError::Uncounted => "quota-uncounted".into(),
             ApiError::Connect => "connect".into(),
             ApiError::Transport(_) => "transport".into(),
             ApiError::Decode(_) => "decode".into(),
@@ -236,6 +245,9 @@ pub fn advice(e: &ApiError) -> String {
             "the app lacks permission qyapi_chat_read, or the group owner is outside the app's visibility; check the developer console".into()
         }
         ApiError::Credentials(_) => "DingTalk refused the app's credentials; check app_key and app_secret".into(),
+        ApiError::Uncounted => {
+            "the ledger could not count it in the monthly API quota; background work waits until the ledger answers".into()
+        }
         e => match e.class() {
             ErrorClass::RateLimited => "DingTalk is rate-limiting this app; try again in a minute".into(),
             ErrorClass::Transient => "DingTalk could not be reached; try again in a minute".into(),

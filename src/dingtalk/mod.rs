@@ -357,6 +357,29 @@ impl DingTalk {
         self.shared.options.deadline
     }
 
+    /// `call` (one call of this client), given up at [`DingTalk::call_deadline`] even where
+    /// the client would go on: an attempt started just before it, or a call waiting its turn
+    /// in the local pacing. Given up, it is [`ApiError::Timeout`]. Only DingTalk's calls are
+    /// wrapped so, never a record of what they did (see docs/reliability.md).
+    pub async fn within_deadline<T>(
+        &self,
+        what: &'static str,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let deadline = self.call_deadline();
+        match tokio::time::timeout(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    what,
+                    deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+                    "a DingTalk call outlasted its deadline; given up"
+                );
+                Err(ApiError::Timeout)
+            }
+        }
+    }
+
     /// The deadline of a call starting now.
     fn deadline(&self) -> Instant {
         let now = self.shared.clock.instant();
@@ -398,7 +421,7 @@ impl DingTalk {
                 ),
                 None => None,
             };
-            self.take_quota(api).await?;
+            self.take_quota(api, deadline).await?;
             self.pace(api, deadline).await?;
             let started = self.shared.clock.instant();
             let result = op(tok.clone()).await;

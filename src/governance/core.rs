@@ -160,6 +160,28 @@ async fn renew_while_held(ledger: LedgerHandle, names: Vec<String>, holder: Stri
     }
 }
 
+/// How a change's DingTalk calls end: as the client ends them, or also at its deadline
+/// ([`Governor::change_within_deadline`]). Never a bound on the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    Client,
+    Deadline,
+}
+
+impl Bound {
+    async fn call<T>(
+        self,
+        dingtalk: &DingTalk,
+        what: &'static str,
+        call: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        match self {
+            Bound::Client => call.await,
+            Bound::Deadline => dingtalk.within_deadline(what, call).await,
+        }
+    }
+}
+
 /// How long a change waits for another writer of the same setting.
 const WAIT_FOR_SETTING: Duration = Duration::from_secs(30);
 /// First pause between two attempts at the setting's lease; it doubles up to the max.
@@ -216,6 +238,19 @@ impl Governor {
 
     /// Carries out `change`: see the module's documentation.
     pub async fn change(&self, change: Change) -> Result<Vec<Written>, ChangeError> {
+        self.change_bounded(change, Bound::Client).await
+    }
+
+    /// [`Governor::change`] whose DingTalk calls are each given up at the client's deadline
+    /// (`retry_deadline_ms`) even where the client would go on (a timed revert, which must
+    /// not hold its slot for long). A call given up is a timeout for its settings. Only the
+    /// calls are bounded: what landed is recorded, retried until it lands, however long the
+    /// ledger takes.
+    pub async fn change_within_deadline(&self, change: Change) -> Result<Vec<Written>, ChangeError> {
+        self.change_bounded(change, Bound::Deadline).await
+    }
+
+    async fn change_bounded(&self, change: Change, bound: Bound) -> Result<Vec<Written>, ChangeError> {
         let cid = change.group.conversation_id.clone();
         let names: Vec<String> = change
             .items
@@ -232,7 +267,7 @@ impl Governor {
             names.clone(),
             holder.clone(),
         )));
-        let result = self.change_held(&change).await;
+        let result = self.change_held(&change, bound).await;
         drop(renewing);
         let (ledger, release) = (self.ledger.clone(), names);
         // Best effort: a lease left behind ends with its lifetime.
@@ -274,7 +309,7 @@ impl Governor {
         }
     }
 
-    async fn change_held(&self, change: &Change) -> Result<Vec<Written>, ChangeError> {
+    async fn change_held(&self, change: &Change, bound: Bound) -> Result<Vec<Written>, ChangeError> {
         let group = &change.group;
         let desired = self.desired(&group.conversation_id, Some(&group.chat_id)).await?;
         let cid = group.conversation_id.clone();
@@ -317,7 +352,7 @@ impl Governor {
                 }
             }
         }
-        self.call_dingtalk(group, &mut out, &extending).await;
+        self.call_dingtalk(group, &mut out, &extending, bound).await;
         self.record(change, &mut out).await;
         Ok(out)
     }
@@ -405,7 +440,7 @@ impl Governor {
     /// Sends what was decided: the group switches in one `im/group/update`, the DM switch
     /// with `friendswitch/update`.
     /// Items marked in `skip` are not sent (DingTalk has their value already).
-    async fn call_dingtalk(&self, group: &Group, out: &mut [Written], skip: &[bool]) {
+    async fn call_dingtalk(&self, group: &Group, out: &mut [Written], skip: &[bool], bound: Bound) {
         let fields: BTreeMap<&str, u8> = out
             .iter()
             .zip(skip)
@@ -416,7 +451,13 @@ impl Governor {
             })
             .collect();
         if !fields.is_empty()
-            && let Err(e) = self.dingtalk.update_group_fields(&group.chat_id, &fields).await
+            && let Err(e) = bound
+                .call(
+                    &self.dingtalk,
+                    "im/group/update",
+                    self.dingtalk.update_group_fields(&group.chat_id, &fields),
+                )
+                .await
         {
             for (w, _) in out.iter_mut().zip(skip).filter(|(w, skip)| {
                 !**skip
@@ -434,7 +475,13 @@ impl Governor {
             .filter(|(w, skip)| !**skip && w.setting == Setting::Dm)
         {
             if let Decision::Write { value, .. } = w.decision
-                && let Err(e) = self.dingtalk.set_friend_switch(&group.chat_id, value == 1).await
+                && let Err(e) = bound
+                    .call(
+                        &self.dingtalk,
+                        "friendswitch/update",
+                        self.dingtalk.set_friend_switch(&group.chat_id, value == 1),
+                    )
+                    .await
             {
                 w.error = Some(e);
             }

@@ -248,16 +248,17 @@ impl WorkerContext {
             command: format!("revert of {}", job.scheduled_command),
             until_ms: None,
         };
-        let through_core = async {
-            match self.governor.change(change).await {
-                Ok(mut w) if !w.is_empty() => Ok(w.remove(0)),
-                Ok(_) => Err(ApiError::Decode("the core answered no outcome".into())),
-                // The ledger or a concurrent writer held it up: like a failed call, the
-                // revert is recorded failed and the group told.
-                Err(e) => Err(ApiError::Transport(e.to_string())),
-            }
+        // Each DingTalk call of the change is given up at the client's deadline, so that a
+        // hanging DingTalk holds the revert's slot for a bounded time; what DingTalk did is
+        // recorded however long the ledger takes (a record cut off would leave the ledger
+        // with the old value and the group told a change that landed had failed).
+        let written = match self.governor.change_within_deadline(change).await {
+            Ok(mut w) if !w.is_empty() => Ok(w.remove(0)),
+            Ok(_) => Err(ApiError::Decode("the core answered no outcome".into())),
+            // A concurrent writer held it up, or the ledger could not be read: like a failed
+            // call, the revert is recorded failed and the group told.
+            Err(e) => Err(ApiError::Transport(e.to_string())),
         };
-        let written = self.within_deadline("the change", through_core).await;
         let (value, because) = match &written {
             Ok(Written {
                 decision: Decision::Superseded,
@@ -328,7 +329,7 @@ impl WorkerContext {
         }
         let content = format!("{} {text}", outcome.mark());
         let message = self.dingtalk.send_group_message(&job.conversation_id, &content);
-        let delivery = match self.within_deadline("the group message", message).await {
+        let delivery = match self.dingtalk.within_deadline("the group message", message).await {
             Ok(()) => Delivery::GroupMessage,
             Err(e) => {
                 tracing::warn!(error = %e.short(), "the group message of a timed revert failed");
@@ -340,30 +341,6 @@ impl WorkerContext {
             l.record_own_action(&row)
         })
         .await;
-    }
-
-    /// One DingTalk call of a revert, given up at the client's deadline (`retry_deadline_ms`,
-    /// the longest one call may take with its retries) even where the client would go on: an
-    /// attempt started just before it, or a call waiting its turn in the local pacing. Given
-    /// up, it is a timeout, which the revert records failed and tells the group, like any
-    /// other failure; so a hanging DingTalk holds the revert's slot for a bounded time.
-    async fn within_deadline<T>(
-        &self,
-        what: &'static str,
-        call: impl std::future::Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, ApiError> {
-        let deadline = self.dingtalk.call_deadline();
-        match tokio::time::timeout(deadline, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(
-                    what,
-                    deadline_ms = deadline.as_millis() as u64,
-                    "a timed revert's DingTalk call outlasted its deadline; given up"
-                );
-                Err(ApiError::Timeout)
-            }
-        }
     }
 }
 

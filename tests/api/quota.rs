@@ -276,3 +276,146 @@ async fn two_replicas_on_postgres_share_one_months_count() {
     let usage = clients[1].quota_usage().await.unwrap();
     assert_eq!(usage.used(), 7);
 }
+
+/// DingTalk's month is China time (UTC+8) whatever `timezone` says: with
+/// `timezone = "America/Los_Angeles"` and the clock 30 s after midnight in Beijing on
+/// December 1st (still the morning of November 30th in Los Angeles), November's spent
+/// budget is behind and December's is whole; the renewal is shown in Los Angeles time.
+#[tokio::test]
+async fn the_quota_renews_at_midnight_china_time_whatever_the_timezone_it_is_shown_in() {
+    use dingops::clock::ManualClock;
+    use dingops::quota::{Class, Reserve};
+
+    let sim = new_sim(SimConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    // November (China time) spent to the budget by background reads.
+    for _ in 0..4 {
+        assert!(
+            ledger
+                .take_quota("2026-11", "chat_get", "background", None)
+                .unwrap()
+                .taken
+        );
+    }
+    let mut settings = sim_settings(&sim).unwrap();
+    settings.dingtalk.timezone = jiff::tz::TimeZone::get("America/Los_Angeles").unwrap();
+    settings.dingtalk.quota.monthly = Some(4);
+    settings.dingtalk.quota.reserve = Reserve::Calls(0);
+    // Pacing reads the ledger's wall clock, which this test does not move: off.
+    settings.dingtalk.api_calls_per_sec = 0;
+    // 2026-12-01 00:00:30 in Beijing is 2026-11-30 08:00:30 in Los Angeles.
+    let midnight_beijing: u64 = 1_796_054_400_000;
+    let clock = ManualClock::at(midnight_beijing + 30_000);
+    let client = DingTalk::with_budget(
+        &settings.dingtalk,
+        Arc::new(Metrics::new()),
+        LedgerHandle::new(ledger),
+    )
+    .unwrap()
+    .with_clock(clock.clone());
+    let background = client.for_class(Class::Background);
+
+    let usage = client.quota_usage().await.unwrap();
+    assert_eq!(usage.month.key, "2026-12", "the quota has renewed");
+    assert_eq!(usage.month.starts_ms, midnight_beijing);
+    assert_eq!(usage.used(), 0);
+    assert_eq!(
+        dingops::cli::quota::apply_fits(2, 2, &usage),
+        Ok(()),
+        "apply may spend the new month"
+    );
+    assert_eq!(
+        dingops::dingtalk::quota::renews_text(&usage.month, client.quota_timezone()),
+        "on 2026-12-31 08:00 America/Los_Angeles",
+        "midnight of January 1st in Beijing, shown in Los Angeles time"
+    );
+    let chat = ChatId::parse(GROUP_CHATID).unwrap();
+    background.chat_get(&chat).await.unwrap();
+    assert_eq!(client.quota_usage().await.unwrap().used(), 1);
+
+    // A minute earlier it was still November in Beijing too: spent.
+    clock.set(midnight_beijing - 30_000);
+    let refused = background.chat_get(&chat).await;
+    assert!(
+        matches!(refused, Err(dingops::dingtalk::ApiError::Quota(_))),
+        "{refused:?}"
+    );
+    assert_eq!(sim.calls(Some(api::CHAT_GET)).len(), 1);
+}
+
+/// The sum of the ledger's counts of `month`.
+fn counted(db: &std::path::Path, month: &str) -> u64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let calls: i64 = conn
+        .query_row(
+            "SELECT coalesce(sum(calls), 0) FROM quota_calls WHERE month = ?1",
+            [month],
+            |r| r.get(0),
+        )
+        .unwrap();
+    u64::try_from(calls).unwrap()
+}
+
+/// The ledger cannot count calls while its file is moved away (every write fails, nothing
+/// is committed). A chat command's call still goes, counted in the process; a background
+/// call is not made uncounted. Once the ledger answers again, the calls counted in the
+/// process are written to it, once: its month then counts exactly the calls made.
+#[tokio::test]
+async fn calls_made_while_the_ledger_could_not_count_them_are_written_to_it_once_it_returns() {
+    use dingops::quota::{Class, Reserve};
+
+    let sim = new_sim(SimConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ledger.db");
+    let mut settings = sim_settings(&sim).unwrap();
+    settings.dingtalk.quota.monthly = Some(100);
+    settings.dingtalk.quota.reserve = Reserve::Calls(0);
+    settings.dingtalk.retry_base_ms = 20;
+    // How long a background call waits for the ledger before it is refused.
+    settings.dingtalk.retry_deadline_ms = 1000;
+    let ledger = LedgerHandle::new(SqliteLedger::open(&db).unwrap());
+    let client = DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger).unwrap();
+    let background = client.for_class(Class::Background);
+    let month = client.quota_month().key;
+    let chat = ChatId::parse(GROUP_CHATID).unwrap();
+    let made = || sim.calls(Some(api::FRIEND_SWITCH)).len() + sim.calls(Some(api::CHAT_GET)).len();
+
+    client.set_friend_switch(&chat, true).await.unwrap();
+    background.chat_get(&chat).await.unwrap();
+    assert_eq!(counted(&db, &month), 2);
+
+    let away = dir.path().join("ledger.db.away");
+    std::fs::rename(&db, &away).unwrap();
+    for prohibit in [false, true, false] {
+        client.set_friend_switch(&chat, prohibit).await.unwrap();
+    }
+    let refused = background.chat_get(&chat).await;
+    assert!(
+        refused.is_err(),
+        "a background call was made that the ledger could not count: {refused:?}"
+    );
+    assert_eq!(sim.calls(Some(api::CHAT_GET)).len(), 1, "nothing sent uncounted");
+    assert_eq!(made(), 5);
+    std::fs::rename(&away, &db).unwrap();
+    assert_eq!(
+        counted(&db, &month),
+        2,
+        "the ledger counted nothing while it was away"
+    );
+
+    // The ledger answers again: the next call is counted there, and the three counted in the
+    // process follow it.
+    background.chat_get(&chat).await.unwrap();
+    assert_eq!(made(), 6);
+    let exact = eventually(Duration::from_secs(10), || counted(&db, &month) == 6).await;
+    assert!(exact, "the ledger counts {} of 6 calls", counted(&db, &month));
+    // Once only: later calls add one each.
+    client.set_friend_switch(&chat, true).await.unwrap();
+    background.chat_get(&chat).await.unwrap();
+    assert_eq!(made(), 8);
+    let usage = client.quota_usage().await.unwrap();
+    assert_eq!(usage.used(), 8, "{:?}", usage.counts);
+    assert_eq!(usage.used_by(Class::Interactive), 5, "{:?}", usage.counts);
+    assert_eq!(usage.used_by(Class::Background), 3, "{:?}", usage.counts);
+}

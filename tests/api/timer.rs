@@ -250,7 +250,7 @@ async fn a_revert_whose_call_outlasts_its_deadline_is_recorded_failed_and_told_a
     );
     assert!(
         message.content.starts_with(
-            "❌ Timed revert failed: DingTalk did not set Whole-group mute back to off: everyone can speak (timeout)"
+            "❌ Timed revert failed: DingTalk did not set Whole-group mute back to off: everyone can speak, as it was before the command (timeout)"
         ),
         "{}",
         message.content
@@ -269,4 +269,93 @@ async fn a_revert_whose_call_outlasts_its_deadline_is_recorded_failed_and_told_a
     // Recorded failed, not left to run again.
     assert!(app.ledger().pending_reverts(None).unwrap().is_empty());
     assert_eq!(updates_of(&app.sim, GROUP_CHATID).len(), 1);
+}
+
+/// A revert's DingTalk call succeeds, and then the ledger stalls (another connection holds
+/// its write lock) for longer than the revert's deadline (`retry_deadline_ms`, 2 s here).
+/// The deadline bounds DingTalk's calls, not the records: the new value is recorded once the
+/// stall ends, and the group is told the revert is done.
+#[tokio::test]
+async fn a_revert_that_changed_dingtalk_is_recorded_and_told_done_when_the_ledger_stalls_past_its_deadline() {
+    let groups = vec![(GROUP.to_owned(), GROUP_CHATID.to_owned())];
+    let dir = ledger_with_reverts(&groups, now_ms() + 1500);
+    let sim = new_sim(Default::default());
+    muted_groups(&sim, &groups);
+    // The update is under way for a second: long enough to lock the ledger behind it.
+    sim.inject_for_chat(api::GROUP_UPDATE, GROUP_CHATID, Fault::Delay { ms: 1000 });
+    let app = spawn_app_with(Options {
+        sim: Some(sim),
+        dir: Some(dir),
+        settings: Some(Box::new(|s| {
+            s.dingtalk.upstream_timeout_ms = 5000;
+            s.dingtalk.retry_deadline_ms = 2000;
+            // Without pacing, nothing between the setting's lease and DingTalk's answer
+            // writes to the ledger: the lock below holds up the records only.
+            s.dingtalk.api_calls_per_sec = 0;
+        })),
+        ..Options::default()
+    })
+    .await;
+
+    // The change holds the setting's lease before it calls DingTalk.
+    let db = app.dir.path().join("ledger.db");
+    let leased = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| {
+                c.query_row(
+                    "SELECT count(*) FROM leases WHERE name LIKE 'setting:%'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0)
+            > 0
+    };
+    assert!(
+        eventually(Duration::from_secs(10), leased).await,
+        "the revert never took its setting's lease"
+    );
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.busy_timeout(Duration::from_secs(10)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let answered = eventually(Duration::from_secs(10), || {
+        updates_of(&app.sim, GROUP_CHATID).iter().any(|c| c.answer == 0)
+    })
+    .await;
+    assert!(answered, "DingTalk never answered the revert's update");
+    assert_eq!(app.sim.group(GROUP).unwrap().options["chatBannedType"], 0);
+    // The stall outlasts the revert's deadline.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        messages_in(&app.sim, GROUP).is_empty(),
+        "the group was told before the revert was on record"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    let told = eventually(Duration::from_secs(20), || {
+        !messages_in(&app.sim, GROUP).is_empty()
+    })
+    .await;
+    assert!(told, "the group was never told");
+    let message = messages_in(&app.sim, GROUP).remove(0);
+    assert!(
+        message
+            .content
+            .starts_with("✅ Timed revert: Whole-group mute back to off"),
+        "{}",
+        message.content
+    );
+    let rows = timer_rows(&app, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].result.as_deref(), Some("ok"), "{rows:#?}");
+    let known = app.ledger().known_settings(GROUP).unwrap();
+    let muted = known
+        .iter()
+        .find(|(s, _)| s == "chatBannedType")
+        .map(|(_, k)| (k.value, k.via.clone()));
+    assert_eq!(muted, Some((0, "revert".to_owned())), "{known:?}");
+    assert!(app.ledger().pending_reverts(None).unwrap().is_empty());
+    assert_eq!(updates_of(&app.sim, GROUP_CHATID).len(), 1);
+    assert_eq!(messages_in(&app.sim, GROUP).len(), 1);
 }
