@@ -261,9 +261,10 @@ impl Application {
         let card_ingress = match (&settings.cards.callback_secret, serve_callback) {
             (Some(secret), true) if settings.cards.enabled() => Some(web::Data::new(CardHttpIngress {
                 secret: secret.clone(),
-                window_ms: settings.server.signature_window_secs.saturating_mul(1000),
+                window_ms: settings.cards.callback_window_secs.saturating_mul(1000),
                 pipeline: pipeline.clone(),
                 metrics: metrics.clone(),
+                used: Default::default(),
             })),
             _ => None,
         };

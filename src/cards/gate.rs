@@ -77,6 +77,19 @@ impl Gate {
         }
     }
 
+    /// Answers a click whose identity was used before: the card as it is now (as a
+    /// pushed-again click gets), nothing entered. `Err`: the ledger did not answer.
+    pub async fn duplicate(&self, out_track_id: &str) -> Result<Admitted, LedgerError> {
+        let id = out_track_id.to_owned();
+        Ok(match self.ledger.call(move |l| l.card(&id)).await? {
+            Some(row) => Admitted {
+                response: response(&current(&row, &CardData::of(&row).params), ""),
+                new: false,
+            },
+            None => refused(&BTreeMap::new(), UNKNOWN_CARD),
+        })
+    }
+
     /// Decides a click (see the module's documentation). `Err`: the ledger did not answer;
     /// nothing was entered, and DingTalk will push the click again.
     pub async fn enter(
