@@ -181,6 +181,7 @@ impl Application {
             .with_ops_room(ops_room),
         );
         let leases = ctx.leases().clone();
+        let authorizer = ctx.authorizer().clone();
         tracing::info!(
             replica = leases.holder(),
             shared_ledger = leases.is_shared(),
@@ -240,7 +241,7 @@ impl Application {
         if cards.is_some() {
             pipeline = pipeline.with_cards(crate::cards::gate::Gate::new(
                 ledger.clone().into(),
-                &settings.worker.admins,
+                authorizer,
                 clock,
             ));
         }
