@@ -452,10 +452,22 @@ const OPS: &str = OTHER;
 /// group; GROUP is muted, so a plan has one change to make.
 async fn ops_card_app() -> TestApp {
     let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[rule]]\ngroups = [\"*\"]\nmute_all = false\n",
+    )
+    .unwrap();
+    let app = ops_card_app_on(None, dir).await;
+    assert!(app.sim.set_option(GROUP, "chatBannedType", 1));
+    app
+}
+
+/// [`ops_card_app`]'s app on `sim` (else a new one) and the ledger and policy in `dir`.
+async fn ops_card_app_on(sim: Option<Arc<Simulator>>, dir: Arc<tempfile::TempDir>) -> TestApp {
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "[[rule]]\ngroups = [\"*\"]\nmute_all = false\n").unwrap();
-    let app = spawn_app_with(Options {
+    spawn_app_with(Options {
         dir: Some(dir),
+        sim,
         settings: Some(Box::new(move |s: &mut Settings| {
             cards_on(s);
             s.cards.ops_group = Some(OPS.into());
@@ -465,9 +477,7 @@ async fn ops_card_app() -> TestApp {
         })),
         ..Options::default()
     })
-    .await;
-    assert!(app.sim.set_option(GROUP, "chatBannedType", 1));
-    app
+    .await
 }
 
 /// The card `who` gets in `cid` for `text`.
@@ -563,4 +573,38 @@ async fn a_captured_signature_pair_replayed_with_another_body_is_a_duplicate_and
     })
     .await;
     assert!(applied, "{:#?}", app.sim.card(&plan.out_track_id));
+}
+
+#[tokio::test]
+async fn a_captured_pair_of_an_entered_click_is_still_a_duplicate_after_a_restart() {
+    let app = ops_card_app().await;
+    let ada = admin();
+    let setting = card_for(&app, GROUP, &ada, "/lock-dm").await;
+    let plan = card_for(&app, OPS, &ada, "/plan").await;
+    let entered = signed_at(dingops::clock::now_ms());
+    let (status, body) = post(&app, &entered, click_on(&setting.out_track_id, "admin01", "undo")).await;
+    assert_eq!(status, 200, "{body}");
+    card_becomes(&app, &setting.out_track_id, "undone").await;
+
+    // A new process knows the pair from the ledger alone.
+    let (sim, dir) = app.stop().await;
+    let app = ops_card_app_on(Some(sim), dir).await;
+    let (updates, rows) = (
+        app.sim.calls(Some(dingtalk_sim::api::GROUP_UPDATE)).len(),
+        app.ledger_rows(),
+    );
+    let (status, body) = post(&app, &entered, click_on(&plan.out_track_id, "admin02", "approve")).await;
+    assert_eq!(status, 200, "answered as a duplicate: {body}");
+    assert_eq!(notice_in(&body), "", "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.sim.group(GROUP).unwrap().options["chatBannedType"],
+        1,
+        "the plan was not applied"
+    );
+    assert_eq!(
+        app.sim.calls(Some(dingtalk_sim::api::GROUP_UPDATE)).len(),
+        updates
+    );
+    assert_eq!(app.ledger_rows(), rows, "nothing was entered");
 }
