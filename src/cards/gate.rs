@@ -289,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn an_admin_over_the_per_sender_limit_is_told_privately_and_a_click_not_entered_is_not_counted() {
         let (gate, ledger) = gate_limited(card("setting", &["undo"]), 1);
-        // Busy-card and duplicate clicks are not entered, so they do not count.
+        // A button not offered and a click pushed again are not entered: they do not count.
         let stale = gate.enter("card:a", "dingops-1", "boss", "extend").await.unwrap();
         assert_eq!(notice_of(&stale), NO_LONGER_VALID);
         let first = gate.enter("card:b", "dingops-1", "boss", "undo").await.unwrap();
