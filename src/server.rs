@@ -182,6 +182,7 @@ impl Application {
             .with_ops_room(ops_room),
         );
         let leases = ctx.leases().clone();
+        let authorizer = ctx.authorizer().clone();
         tracing::info!(
             replica = leases.holder(),
             shared_ledger = leases.is_shared(),
@@ -242,7 +243,7 @@ impl Application {
         if cards.is_some() {
             pipeline = pipeline.with_cards(crate::cards::gate::Gate::new(
                 ledger.clone().into(),
-                &settings.worker.admins,
+                authorizer,
                 clock,
             ));
         }
@@ -263,9 +264,10 @@ impl Application {
         let card_ingress = match (&settings.cards.callback_secret, serve_callback) {
             (Some(secret), true) if settings.cards.enabled() => Some(web::Data::new(CardHttpIngress {
                 secret: secret.clone(),
-                window_ms: settings.server.signature_window_secs.saturating_mul(1000),
+                window_ms: settings.cards.callback_window_secs.saturating_mul(1000),
                 pipeline: pipeline.clone(),
                 metrics: metrics.clone(),
+                used: Default::default(),
             })),
             _ => None,
         };

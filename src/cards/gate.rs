@@ -1,11 +1,13 @@
 //! What a click gets at once. DingTalk waits at most 2 s for the acknowledgement, so the gate
-//! decides only what the ledger and the admin list can tell quickly: a click from someone
-//! who is not an admin, on a card dingops does not know, on a button no longer offered, or
-//! on a card already working gets a private notice and changes nothing; any other click is
-//! entered once as a command (its identity is its msgId) and the card shows "working" until
-//! the worker has run it. See docs/cards.md.
+//! decides only what the ledger and the admin rule can tell quickly: a click from someone
+//! who is not an admin, from an admin over the per-sender limit (the worker's
+//! [`Authorizer`], shared: clicks and typed commands count together), an Extend past
+//! [`MAX_EXTENDS`], a click on a card dingops does not know, on a button no longer offered,
+//! or on a card already working gets a private notice and changes nothing; any other click
+//! is entered once as a command (its identity is its msgId) and the card shows "working"
+//! until the worker has run it. See docs/cards.md.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -14,6 +16,11 @@ use super::{CLICK_MSGTYPE, CardData, render};
 use crate::clock::Clock;
 use crate::domain::{Accepted, ConversationType, SessionWebhook};
 use crate::ledger::{CardHandle, CardRow, ClickEntry, LedgerError};
+use crate::worker::Authorizer;
+
+/// How many times Extend works on one card; after that the card no longer offers it and a
+/// new command is needed (each Extend is a card update, a call of the monthly quota).
+pub const MAX_EXTENDS: u32 = 5;
 
 /// The private notices a clicker may see.
 pub const ADMINS_ONLY: &str = "Only dingops admins can use these buttons.";
@@ -22,6 +29,8 @@ pub const NEEDS_SECOND_ADMIN: &str =
 pub const NO_LONGER_VALID: &str = "This button is no longer valid: the card changed since you saw it.";
 pub const ALREADY_WORKING: &str = "dingops is already working on a click on this card.";
 pub const UNKNOWN_CARD: &str = "dingops does not know this card.";
+pub const EXTENDS_USED: &str =
+    "Extend works at most 5 times on one card; type a new command to change it again.";
 
 /// What the gate decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,21 +69,34 @@ pub fn click_command(identity: &str, row: &CardRow, user_id: &str, action: &str,
     }
 }
 
-/// The gate of one dingops: its ledger and its admins.
+/// The gate of one dingops: its ledger and the worker's admin rule.
 #[derive(Clone)]
 pub struct Gate {
     ledger: CardHandle,
-    admins: Arc<HashSet<String>>,
+    authorizer: Arc<Authorizer>,
     clock: Arc<dyn Clock>,
 }
 
 impl Gate {
-    pub fn new(ledger: CardHandle, admins: &[String], clock: Arc<dyn Clock>) -> Self {
+    pub fn new(ledger: CardHandle, authorizer: Arc<Authorizer>, clock: Arc<dyn Clock>) -> Self {
         Self {
             ledger,
-            admins: Arc::new(admins.iter().filter(|a| !a.is_empty()).cloned().collect()),
+            authorizer,
             clock,
         }
+    }
+
+    /// Answers a click whose identity was used before: the card as it is now (as a
+    /// pushed-again click gets), nothing entered. `Err`: the ledger did not answer.
+    pub async fn duplicate(&self, out_track_id: &str) -> Result<Admitted, LedgerError> {
+        let id = out_track_id.to_owned();
+        Ok(match self.ledger.call(move |l| l.card(&id)).await? {
+            Some(row) => Admitted {
+                response: response(&current(&row, &CardData::of(&row).params), ""),
+                new: false,
+            },
+            None => refused(&BTreeMap::new(), UNKNOWN_CARD),
+        })
     }
 
     /// Decides a click (see the module's documentation). `Err`: the ledger did not answer;
@@ -90,13 +112,27 @@ impl Gate {
         let Some(row) = self.ledger.call(move |l| l.card(&id)).await? else {
             return Ok(refused(&BTreeMap::new(), UNKNOWN_CARD));
         };
-        let shown = CardData::of(&row).params;
-        if !self.admins.contains(user_id) {
+        let data = CardData::of(&row);
+        let shown = data.params.clone();
+        // A click carries no isAdmin: only the admin list admits its clicker.
+        if !self.authorizer.is_admin(Some(user_id), false) {
             tracing::info!(action, "a card button was clicked by someone who is not an admin");
             return Ok(refused(&shown, ADMINS_ONLY));
         }
         if row.kind == "plan" && action == render::APPROVE && row.created_by == user_id {
             return Ok(refused(&shown, NEEDS_SECOND_ADMIN));
+        }
+        if action == render::EXTEND && data.extends >= MAX_EXTENDS {
+            return Ok(refused(&current(&row, &shown), EXTENDS_USED));
+        }
+        // The per-sender limit of admin commands, counted in the card's group; given back
+        // below when the click is not entered after all. A click pushed again while it runs
+        // was counted the first time.
+        let counted = row.pending_click.as_deref() != Some(identity);
+        let at = self.clock.instant();
+        if counted && !self.authorizer.take(&row.conversation_id, user_id, at) {
+            tracing::info!(action, "a card button was clicked over the per-sender limit");
+            return Ok(refused(&current(&row, &shown), &self.authorizer.slow_down()));
         }
         let now = self.clock.now_ms();
         let command = click_command(identity, &row, user_id, action, now);
@@ -104,8 +140,11 @@ impl Gate {
         let entry = self
             .ledger
             .call(move |l| l.accept_click(&command, &id, &act, now))
-            .await?;
-        Ok(match entry {
+            .await;
+        if counted && !matches!(entry, Ok(ClickEntry::New)) {
+            self.authorizer.give_back(&row.conversation_id, user_id, at);
+        }
+        Ok(match entry? {
             ClickEntry::New => {
                 let mut working = shown.clone();
                 working.insert("status".to_owned(), "working".to_owned());
@@ -125,6 +164,16 @@ impl Gate {
             ClickEntry::NotOffered => refused(&current(&row, &shown), NO_LONGER_VALID),
         })
     }
+}
+
+/// Counts a successful Extend in the card's `extends` and returns `buttons` without Extend
+/// once it has been used [`MAX_EXTENDS`] times.
+pub fn count_extend(extends: &mut u32, mut buttons: Vec<String>) -> Vec<String> {
+    *extends = extends.saturating_add(1);
+    if *extends >= MAX_EXTENDS {
+        buttons.retain(|b| b != render::EXTEND);
+    }
+    buttons
 }
 
 /// The parameters as the card shows them now: its status and buttons from the ledger.
@@ -173,14 +222,16 @@ mod tests {
     }
 
     fn gate_over(row: CardRow) -> (Gate, Arc<MemoryLedger>) {
+        gate_limited(row, 0)
+    }
+
+    /// A gate whose admins may run `per_minute` admin commands a minute (0: unlimited).
+    fn gate_limited(row: CardRow, per_minute: u32) -> (Gate, Arc<MemoryLedger>) {
         let ledger = Arc::new(MemoryLedger::new());
         assert!(ledger.insert_card(&row).unwrap());
         let handle = LedgerHandle::shared(ledger.clone());
-        let gate = Gate::new(
-            handle.into(),
-            &["boss".into(), "deputy".into()],
-            ManualClock::at(5),
-        );
+        let authorizer = Authorizer::new(&["boss".into(), "deputy".into()], true, per_minute);
+        let gate = Gate::new(handle.into(), Arc::new(authorizer), ManualClock::at(5));
         (gate, ledger)
     }
 
@@ -233,5 +284,55 @@ mod tests {
                 .unwrap()
                 .new
         );
+    }
+
+    #[tokio::test]
+    async fn an_admin_over_the_per_sender_limit_is_told_privately_and_a_click_not_entered_is_not_counted() {
+        let (gate, ledger) = gate_limited(card("setting", &["undo"]), 1);
+        // A button not offered and a click pushed again are not entered: they do not count.
+        let stale = gate.enter("card:a", "dingops-1", "boss", "extend").await.unwrap();
+        assert_eq!(notice_of(&stale), NO_LONGER_VALID);
+        let first = gate.enter("card:b", "dingops-1", "boss", "undo").await.unwrap();
+        assert!(first.new);
+        let again = gate.enter("card:b", "dingops-1", "boss", "undo").await.unwrap();
+        assert!(!again.new);
+        assert_eq!(notice_of(&again), "", "a duplicate, not over the limit");
+        let over = gate.enter("card:c", "dingops-1", "boss", "undo").await.unwrap();
+        assert!(!over.new);
+        assert!(
+            notice_of(&over).starts_with("slow down: at most 1 admin commands"),
+            "{}",
+            notice_of(&over)
+        );
+        assert_eq!(ledger.open_count().unwrap(), 1);
+        // Another admin has a limit of their own.
+        let deputy = gate.enter("card:d", "dingops-1", "deputy", "undo").await.unwrap();
+        assert_eq!(notice_of(&deputy), ALREADY_WORKING);
+    }
+
+    #[tokio::test]
+    async fn a_click_never_claims_is_admin_even_where_is_admin_is_trusted() {
+        let (gate, ledger) = gate_over(card("setting", &["undo"]));
+        let member = gate.enter("card:a", "dingops-1", "member", "undo").await.unwrap();
+        assert_eq!(notice_of(&member), ADMINS_ONLY);
+        assert_eq!(ledger.open_count().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn extend_is_refused_once_the_card_has_used_its_extends() {
+        let mut row = card("setting", &["undo", "extend"]);
+        let mut data = CardData::of(&row);
+        let mut buttons = row.buttons.clone();
+        for _ in 0..MAX_EXTENDS {
+            buttons = count_extend(&mut data.extends, row.buttons.clone());
+        }
+        assert_eq!(data.extends, MAX_EXTENDS);
+        assert_eq!(buttons, ["undo"], "the card no longer offers Extend");
+        row.data = data.to_json();
+        let (gate, ledger) = gate_over(row);
+        let sixth = gate.enter("card:a", "dingops-1", "boss", "extend").await.unwrap();
+        assert_eq!(notice_of(&sixth), EXTENDS_USED);
+        assert!(!sixth.new);
+        assert_eq!(ledger.open_count().unwrap(), 0);
     }
 }

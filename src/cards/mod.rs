@@ -43,6 +43,13 @@ pub struct CardData {
     /// The public parameters as last sent.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// How many times Extend worked on this card (at most [`gate::MAX_EXTENDS`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extends: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl CardData {
@@ -135,6 +142,7 @@ impl Cards {
             change: Some(change.clone()),
             code: None,
             params: render::params(&title, &body, status, &buttons),
+            extends: 0,
         };
         let row = self.row(
             job,
@@ -160,6 +168,7 @@ impl Cards {
             change: None,
             code: Some(code.to_owned()),
             params: render::params("Policy plan", &answer.text, "pending_approval", &buttons),
+            extends: 0,
         };
         let mut row = self.row(job, "plan", None, "pending_approval", buttons, data);
         row.out_track_id = out_track_id.to_owned();

@@ -50,7 +50,8 @@ keys! {
     "ledger": database, retention_days;
     "stream": mode, stream_connections, stream_keepalive_secs;
     "fleet": policy, dm_reapply_hours, reconcile_every;
-    "cards": card_template_id, card_callback_secret, card_callback_route_key, ops_group;
+    "cards": card_template_id, card_callback_secret, card_callback_route_key,
+        card_callback_window_secs, ops_group;
 }
 
 /// The environment variable of `key`: `DINGOPS_` and the key in capitals.

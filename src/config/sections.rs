@@ -475,6 +475,11 @@ pub struct CardSettings {
     /// `card_callback_route_key`: the `callbackRouteKey` of HTTP card callbacks. Default
     /// `dingops`.
     pub callback_route_key: String,
+    /// `card_callback_window_secs`: accepted distance between an HTTP card callback's
+    /// `x-ddpaas-signature-timestamp` and our clock (1–600; default 60). Shorter than
+    /// `signature_window_secs`: DingTalk signs a card callback's timestamp but not its body,
+    /// so a signed pair is a one-click ticket only as long as it is fresh.
+    pub callback_window_secs: u64,
     /// `ops_group`: the openConversationId of the group where `/plan` asks for a second
     /// admin's approval. Default none.
     pub ops_group: Option<String>,
@@ -484,6 +489,12 @@ pub struct CardSettings {
 const MAX_ID_BYTES: usize = 256;
 /// Longest `card_callback_route_key` accepted.
 const MAX_ROUTE_KEY_BYTES: usize = 64;
+/// `card_callback_window_secs` by default: about a minute.
+const DEFAULT_CARD_WINDOW_SECS: u64 = 60;
+/// The longest `card_callback_window_secs`: ten minutes, far below the shortest
+/// `retention_days` (a day), so the ledger always remembers an entered click's pair for
+/// longer than the pair is fresh.
+const MAX_CARD_WINDOW_SECS: u64 = 600;
 
 impl CardSettings {
     /// Whether replies are cards (`card_template_id` is set).
@@ -516,6 +527,12 @@ impl CardSettings {
                 format!("expected letters, digits, `-`, `_` or `.`, at most {MAX_ROUTE_KEY_BYTES} of them"),
             ));
         }
+        let callback_window_secs = src.integer(
+            "card_callback_window_secs",
+            DEFAULT_CARD_WINDOW_SECS,
+            1,
+            MAX_CARD_WINDOW_SECS,
+        )?;
         let ops_group = non_empty(src.string("ops_group")?);
         if let Some(cid) = &ops_group
             && (!cid.starts_with("cid")
@@ -537,6 +554,7 @@ impl CardSettings {
             template_id,
             callback_secret,
             callback_route_key,
+            callback_window_secs,
             ops_group,
         })
     }

@@ -138,7 +138,7 @@ fn the_known_keys_are_every_documented_key_once() {
     ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
-    assert_eq!(keys.len(), 40);
+    assert_eq!(keys.len(), 41);
 }
 
 #[test]
@@ -361,6 +361,7 @@ fn cards_are_off_by_default_and_their_route_key_is_dingops() {
     assert_eq!(s.cards.template_id, None);
     assert!(s.cards.callback_secret.is_none());
     assert_eq!(s.cards.callback_route_key, "dingops");
+    assert_eq!(s.cards.callback_window_secs, 60);
     assert_eq!(s.cards.ops_group, None);
     // The example file's empty strings mean "not set".
     let s = Settings::from_sources(
@@ -468,4 +469,30 @@ fn a_bad_template_id_or_route_key_names_its_key() {
         err.to_string(),
         "configuration key `card_template_id` (env DINGOPS_CARD_TEMPLATE_ID): expected a string, found integer"
     );
+}
+
+#[test]
+fn the_card_callback_window_is_one_to_six_hundred_seconds() {
+    let s = Settings::from_sources(
+        Some("app_key=\"k\"\napp_secret=\"s\"\ncard_callback_window_secs=30\n"),
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(s.cards.callback_window_secs, 30);
+    let s = Settings::from_sources(
+        Some(MINIMAL),
+        &env(&[("DINGOPS_CARD_CALLBACK_WINDOW_SECS", "600")]),
+    )
+    .unwrap();
+    assert_eq!(s.cards.callback_window_secs, 600);
+    for bad in ["0", "601", "3600", "a minute"] {
+        let err = Settings::from_sources(Some(MINIMAL), &env(&[("DINGOPS_CARD_CALLBACK_WINDOW_SECS", bad)]))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "configuration key `card_callback_window_secs` (env DINGOPS_CARD_CALLBACK_WINDOW_SECS):"
+            ),
+            "{bad}: {err}"
+        );
+    }
 }

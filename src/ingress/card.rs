@@ -55,4 +55,22 @@ impl Pipeline {
             }
         }
     }
+
+    /// Answers a click whose identity was used before as a duplicate: the card as it is
+    /// now, nothing entered.
+    pub async fn duplicate_click(&self, click: &CardClick) -> ClickAck {
+        let Some(gate) = &self.cards else {
+            return ClickAck::Answer(crate::cards::gate::response(
+                &Default::default(),
+                crate::cards::gate::UNKNOWN_CARD,
+            ));
+        };
+        match gate.duplicate(&click.out_track_id).await {
+            Ok(admitted) => ClickAck::Answer(admitted.response),
+            Err(e) => {
+                tracing::error!(error = %e, "ledger unavailable; card click not acknowledged");
+                ClickAck::Unavailable
+            }
+        }
+    }
 }

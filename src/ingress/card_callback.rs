@@ -137,8 +137,8 @@ fn mac(secret: &SecretString, timestamp: &str) -> Hmac<Sha256> {
 
 /// Checks an HTTP card callback's headers against `secret`: both are required, the
 /// timestamp (ms) must be within `window_ms` of `now_ms`, and the signature is compared in
-/// constant time. The body is not signed (DingTalk signs the timestamp alone), so the
-/// pipeline dedupes clicks by [`http_click_identity`].
+/// constant time. The body is not signed (DingTalk signs the timestamp alone), so a
+/// signed pair is good for one click: see [`http_click_identity`].
 pub fn verify_card_signature(
     secret: &SecretString,
     timestamp_header: Option<&str>,
@@ -170,13 +170,15 @@ pub fn verify_card_signature(
 }
 
 /// The identity of an HTTP click for the ledger: `card:` and the hex SHA-256 of the
-/// timestamp header, a newline and the body. A redelivery of the same request is the same
-/// click; the Stream ingress uses the frame's messageId instead.
-pub fn http_click_identity(timestamp: &str, body: &[u8]) -> String {
+/// timestamp header, a newline and the signature header. DingTalk signs the timestamp
+/// alone, so the pair is all that proves a request came from DingTalk: it is good for one
+/// click whatever the body says, and a request that reuses it is a duplicate (see
+/// docs/cards.md, "Clicks over HTTP"). The Stream ingress uses the frame's messageId instead.
+pub fn http_click_identity(timestamp: &str, signature: &str) -> String {
     let mut hash = Sha256::new();
     hash.update(timestamp.as_bytes());
     hash.update(b"\n");
-    hash.update(body);
+    hash.update(signature.as_bytes());
     let digest = hash.finalize();
     let mut id = String::with_capacity(5 + 64);
     id.push_str("card:");

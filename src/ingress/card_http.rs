@@ -1,9 +1,12 @@
 //! `POST /card-callback`: clicks on cards sent with `callbackType` HTTP. Verify the
 //! `x-ddpaas-signature` headers → bounded body (the same bounds as `/callback`) → parse the
 //! click → [`Pipeline::accept_click`] → its answer as the response body (see
-//! docs/dingtalk.md, "Interactive cards"). Served only when cards are on.
+//! docs/dingtalk.md, "Interactive cards"). Served only when cards are on. A signed header
+//! pair is good for one click: a request that reuses it is answered as a duplicate and runs
+//! nothing, whatever its body (see docs/cards.md, "Clicks over HTTP").
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -26,10 +29,50 @@ pub const SIGNATURE_HEADER: &str = "x-ddpaas-signature";
 pub struct CardHttpIngress {
     /// `card_callback_secret`.
     pub secret: SecretString,
-    /// `signature_window_secs` in ms: how far the timestamp may be from our clock.
+    /// `card_callback_window_secs` in ms: how far the timestamp may be from our clock.
     pub window_ms: u64,
     pub pipeline: Pipeline,
     pub metrics: Arc<Metrics>,
+    /// The pairs this process took within the window, entered or refused.
+    pub used: UsedPairs,
+}
+
+/// Pairs remembered at most; past it, with none expired, a new pair is taken for used (a
+/// signed pair comes from DingTalk only, so only a flood of real clicks gets there).
+const MAX_USED_PAIRS: usize = 100_000;
+
+/// The header pairs this process has taken, until their timestamp leaves the window. The
+/// ledger knows the pairs of entered clicks (their identity) across restarts and replicas;
+/// this also knows those of clicks refused at once (an admin's own approval, a member's
+/// click), which are never recorded.
+#[derive(Default)]
+pub struct UsedPairs {
+    /// Identity → the ms after which its timestamp is stale anyway.
+    until: Mutex<HashMap<String, u64>>,
+}
+
+impl UsedPairs {
+    /// Takes `identity` until `until_ms`; `false` when it was taken before.
+    fn take(&self, identity: &str, until_ms: u64, now_ms: u64) -> bool {
+        let mut used = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if used.len() >= MAX_USED_PAIRS {
+            used.retain(|_, until| *until >= now_ms);
+        }
+        if used.contains_key(identity) || used.len() >= MAX_USED_PAIRS {
+            return false;
+        }
+        used.insert(identity.to_owned(), until_ms);
+        true
+    }
+
+    /// Gives `identity` back: the ledger could not take its click, and DingTalk will send
+    /// the same request again.
+    fn give_back(&self, identity: &str) {
+        self.until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(identity);
+    }
 }
 
 /// The card callback route.
@@ -47,8 +90,8 @@ pub async fn card_callback(
     response
 }
 
-/// The signature's timestamp header, once the signature holds.
-fn verify<'a>(state: &CardHttpIngress, req: &'a HttpRequest) -> Result<&'a str, SignatureError> {
+/// The signature's timestamp header and the signature, once the signature holds.
+fn verify<'a>(state: &CardHttpIngress, req: &'a HttpRequest) -> Result<(&'a str, &'a str), SignatureError> {
     let timestamp = single_header(req.headers(), TIMESTAMP_HEADER)?;
     let signature = single_header(req.headers(), SIGNATURE_HEADER)?;
     verify_card_signature(
@@ -58,7 +101,7 @@ fn verify<'a>(state: &CardHttpIngress, req: &'a HttpRequest) -> Result<&'a str, 
         state.pipeline.clock().now_ms(),
         state.window_ms,
     )?;
-    timestamp.ok_or(SignatureError::Missing)
+    timestamp.zip(signature).ok_or(SignatureError::Missing)
 }
 
 /// The route up to its answer, with the metric labels (outcome, reason).
@@ -68,8 +111,8 @@ async fn handle(
     state: &CardHttpIngress,
 ) -> (HttpResponse, &'static str, &'static str) {
     // The signature is checked before a byte of the body is read.
-    let timestamp = match verify(state, req) {
-        Ok(t) => t,
+    let (timestamp, signature) = match verify(state, req) {
+        Ok(pair) => pair,
         Err(e) => {
             // Debug: forged requests must not flood the log; the metric counts them.
             tracing::debug!(reason = e.reason(), "card callback rejected: signature");
@@ -107,14 +150,28 @@ async fn handle(
             );
         }
     };
-    let identity = http_click_identity(timestamp, &body);
+    let identity = http_click_identity(timestamp, signature);
     let span = tracing::debug_span!("card_click", card = %click.out_track_id, action = %click.action);
-    match state
-        .pipeline
-        .accept_click(identity, click)
-        .instrument(span)
-        .await
-    {
+    // The timestamp parsed when the signature was checked; past `until` it is stale.
+    let until = timestamp
+        .parse::<u64>()
+        .unwrap_or(0)
+        .saturating_add(state.window_ms);
+    let ack = if state.used.take(&identity, until, state.pipeline.clock().now_ms()) {
+        let ack = state
+            .pipeline
+            .accept_click(identity.clone(), click)
+            .instrument(span)
+            .await;
+        if ack == ClickAck::Unavailable {
+            state.used.give_back(&identity);
+        }
+        ack
+    } else {
+        tracing::debug!("card callback with a used signature pair: a duplicate");
+        state.pipeline.duplicate_click(&click).instrument(span).await
+    };
+    match ack {
         ClickAck::Answer(x) => (HttpResponse::Ok().json(x), "answered", "-"),
         ClickAck::Unavailable => (
             error(StatusCode::SERVICE_UNAVAILABLE, "ledger unavailable, retry later"),

@@ -1,5 +1,8 @@
 //! Who may run what: the admin list, the `isAdmin` switch, and the per-sender limit on admin
-//! commands.
+//! commands. One rule for typed commands and card clicks: the worker asks [`Authorizer::authorize`]
+//! before a typed admin command, the card gate ([`crate::cards::gate`]) asks
+//! [`Authorizer::is_admin`] and [`Authorizer::take`] before it enters a click, so a click
+//! counts against the same per-sender limit as a typed command (see docs/cards.md).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -42,7 +45,7 @@ impl Authorizer {
         if !spec.admin_only {
             return None;
         }
-        if !self.is_admin(job) {
+        if !self.is_admin(job.sender_staff_id.as_deref(), job.sender_is_admin) {
             return Some(Answer::new(
                 spec.name,
                 Outcome::Refused,
@@ -53,40 +56,46 @@ impl Authorizer {
                 "sender is not an admin",
             ));
         }
-        if !self.within_sender_limit(job, now) {
+        if !self.take(
+            &job.conversation_id,
+            job.sender_staff_id.as_deref().unwrap_or_default(),
+            now,
+        ) {
             return Some(Answer::new(
                 spec.name,
                 Outcome::Refused,
-                format!(
-                    "slow down: at most {} admin commands per minute per person in a group. Try again in a minute.",
-                    self.admin_commands_per_minute
-                ),
+                self.slow_down(),
                 "per-sender limit",
             ));
         }
         None
     }
 
-    /// On the admin list, or (when trusted) marked `isAdmin` by DingTalk.
-    pub fn is_admin(&self, job: &Accepted) -> bool {
-        let listed = job
-            .sender_staff_id
-            .as_deref()
-            .is_some_and(|s| !s.is_empty() && self.admins.contains(s));
-        listed || (self.trust_is_admin && job.sender_is_admin)
+    /// Whether `sender` is an admin: on the admin list, or (when trusted) marked `isAdmin`
+    /// by the channel. A robot message carries `isAdmin` (`claims_admin`); a card click
+    /// does not, so its clicker must be on the list.
+    pub fn is_admin(&self, sender: Option<&str>, claims_admin: bool) -> bool {
+        let listed = sender.is_some_and(|s| !s.is_empty() && self.admins.contains(s));
+        listed || (self.trust_is_admin && claims_admin)
     }
 
-    /// Counts an admin command against its sender's limit in its group; `false` when the
-    /// sender is over it. Protects the app's DingTalk quota against a runaway script.
-    fn within_sender_limit(&self, job: &Accepted, now: Instant) -> bool {
+    /// What a sender over the per-sender limit is told.
+    pub fn slow_down(&self) -> String {
+        format!(
+            "slow down: at most {} admin commands (card clicks included) per minute per person in a group. Try again in a minute.",
+            self.admin_commands_per_minute
+        )
+    }
+
+    /// Counts an admin command or click by `sender` in `conversation_id` against the
+    /// sender's limit there; `false` when the sender is over it (nothing counted). Protects
+    /// the app's DingTalk quota against a runaway script or a clicking spree.
+    pub fn take(&self, conversation_id: &str, sender: &str, now: Instant) -> bool {
         let limit = self.admin_commands_per_minute as usize;
         if limit == 0 {
             return true;
         }
-        let key = (
-            job.conversation_id.clone(),
-            job.sender_staff_id.clone().unwrap_or_default(),
-        );
+        let key = (conversation_id.to_owned(), sender.to_owned());
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         // Forget senders idle for a whole window so the map stays small.
         if recent.len() > MAX_REMEMBERED {
@@ -108,6 +117,18 @@ impl Authorizer {
         }
         times.push_back(now);
         true
+    }
+
+    /// Gives back what [`Authorizer::take`] counted at `at`: the click was not entered after
+    /// all (a duplicate, a busy card, a button no longer offered), so it ran nothing.
+    pub fn give_back(&self, conversation_id: &str, sender: &str, at: Instant) {
+        let key = (conversation_id.to_owned(), sender.to_owned());
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(times) = recent.get_mut(&key)
+            && let Some(i) = times.iter().rposition(|t| *t == at)
+        {
+            times.remove(i);
+        }
     }
 }
 
@@ -172,9 +193,36 @@ mod tests {
     fn the_per_sender_limit_refuses_the_command_over_it_and_frees_up_after_a_minute() {
         let p = Authorizer::new(&["boss".into()], false, 2);
         let t0 = Instant::now();
-        assert!(p.within_sender_limit(&job("boss", false), t0));
-        assert!(p.within_sender_limit(&job("boss", false), t0));
-        assert!(!p.within_sender_limit(&job("boss", false), t0));
-        assert!(p.within_sender_limit(&job("boss", false), t0 + SENDER_WINDOW));
+        assert!(p.take("cid==", "boss", t0));
+        assert!(p.take("cid==", "boss", t0));
+        assert!(!p.take("cid==", "boss", t0));
+        assert!(p.take("cid==", "boss", t0 + SENDER_WINDOW));
+    }
+
+    #[test]
+    fn typed_commands_and_clicks_share_one_limit_and_a_click_not_entered_is_given_back() {
+        let p = Authorizer::new(&["boss".into()], false, 2);
+        let t0 = Instant::now();
+        assert_eq!(p.authorize(&job("boss", false), lock(), t0), None);
+        // A click in the same group: the second and last of the minute.
+        assert!(p.take("cid==", "boss", t0));
+        let refused = p.authorize(&job("boss", false), lock(), t0).unwrap();
+        assert_eq!(refused.detail, "per-sender limit");
+        assert!(refused.text.contains("card clicks included"), "{}", refused.text);
+        // The click was not entered after all: its count is given back.
+        p.give_back("cid==", "boss", t0);
+        assert_eq!(p.authorize(&job("boss", false), lock(), t0), None);
+    }
+
+    #[test]
+    fn a_click_carries_no_is_admin_so_only_the_list_admits_its_clicker() {
+        let p = Authorizer::new(&["boss".into()], true, 0);
+        assert!(p.is_admin(Some("boss"), false));
+        assert!(p.is_admin(Some("someone"), true), "a trusted isAdmin");
+        assert!(
+            !p.is_admin(Some("someone"), false),
+            "a click never claims isAdmin"
+        );
+        assert!(!p.is_admin(Some(""), false) && !p.is_admin(None, false));
     }
 }

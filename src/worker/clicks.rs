@@ -373,7 +373,7 @@ impl WorkerContext {
                         {
                             change.until_ms = Some(r.due_ms);
                         }
-                        render::standing_buttons(change)
+                        gate::count_extend(&mut data.extends, render::standing_buttons(change))
                     }
                     _ => Vec::new(),
                 };

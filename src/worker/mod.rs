@@ -38,7 +38,8 @@ pub use pool::{Intake, PoolParts, WorkerPool};
 pub struct WorkerContext {
     ledger: LedgerHandle,
     dingtalk: Arc<DingTalk>,
-    authorizer: Authorizer,
+    /// Who may run what; the card gate shares it, so clicks count like typed commands.
+    authorizer: Arc<Authorizer>,
     reply_hosts: ReplyHosts,
     static_groups: BTreeMap<String, ChatId>,
     metrics: Arc<Metrics>,
@@ -153,11 +154,11 @@ impl WorkerContext {
             // Chat commands, their replies and timed reverts are interactive: they may spend
             // the reserve background work leaves.
             dingtalk: Arc::new(dingtalk.for_class(crate::quota::Class::Interactive)),
-            authorizer: Authorizer::new(
+            authorizer: Arc::new(Authorizer::new(
                 &settings.admins,
                 settings.trust_is_admin,
                 settings.admin_commands_per_minute,
-            ),
+            )),
             reply_hosts: settings.reply_hosts.clone(),
             governor,
             static_groups: settings.groups.clone(),
@@ -196,6 +197,11 @@ impl WorkerContext {
     /// The governance core this worker changes settings through.
     pub fn governor(&self) -> &Arc<Governor> {
         &self.governor
+    }
+
+    /// The admin rule and per-sender limit, for the card gate to share.
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
     }
 
     /// The clock the worker reads the time by.

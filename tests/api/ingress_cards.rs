@@ -33,16 +33,22 @@ async fn card_app() -> TestApp {
 
 /// A click as DingTalk sends it.
 fn click_body() -> Vec<u8> {
+    click_on("dingops-card-1", "admin01", "undo")
+}
+
+/// The body DingTalk sends when `user` presses `action` on the card `out_track_id`.
+fn click_on(out_track_id: &str, user: &str, action: &str) -> Vec<u8> {
+    let content = json!({"cardPrivateData": {"actionIds": [action], "params": {"action": action}}});
     json!({
         "type": "actionCallback",
-        "outTrackId": "dingops-card-1",
+        "outTrackId": out_track_id,
         "corpId": "dingcorp",
-        "userId": "admin01",
+        "userId": user,
         "userIdType": 1,
         "spaceType": "IM_GROUP",
         "spaceId": GROUP,
         "extension": "{}",
-        "content": "{\"cardPrivateData\":{\"actionIds\":[\"undo\"],\"params\":{\"action\":\"undo\"}}}",
+        "content": content.to_string(),
     })
     .to_string()
     .into_bytes()
@@ -422,4 +428,183 @@ async fn registering_a_card_callback_without_the_secret_names_the_key_and_calls_
     // --force means nothing alone.
     let run = dingops(&["check", "--force"], check_env(&sim, dir.path(), false)).await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_card_callback_older_than_the_card_window_but_within_the_robot_window_is_refused_with_401() {
+    let app = card_app().await;
+    // Two minutes: inside `signature_window_secs` (an hour), outside the card window (60 s).
+    for at in [
+        dingops::clock::now_ms() - 120_000,
+        dingops::clock::now_ms() + 120_000,
+    ] {
+        let (status, body) = post(&app, &signed_at(at), click_body()).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("stale"), "{body}");
+    }
+    assert_nothing_happened(&app).await;
+}
+
+/// The ops group of the two-person rule.
+const OPS: &str = OTHER;
+
+/// An app with cards, two admins, OTHER as the ops group and a policy that unmutes every
+/// group; GROUP is muted, so a plan has one change to make.
+async fn ops_card_app() -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[rule]]\ngroups = [\"*\"]\nmute_all = false\n",
+    )
+    .unwrap();
+    let app = ops_card_app_on(None, dir).await;
+    assert!(app.sim.set_option(GROUP, "chatBannedType", 1));
+    app
+}
+
+/// [`ops_card_app`]'s app on `sim` (else a new one) and the ledger and policy in `dir`.
+async fn ops_card_app_on(sim: Option<Arc<Simulator>>, dir: Arc<tempfile::TempDir>) -> TestApp {
+    let policy = dir.path().join("policy.toml");
+    spawn_app_with(Options {
+        dir: Some(dir),
+        sim,
+        settings: Some(Box::new(move |s: &mut Settings| {
+            cards_on(s);
+            s.cards.ops_group = Some(OPS.into());
+            s.fleet.policy = Some(policy);
+            s.worker.admins = vec!["admin01".into(), "admin02".into()];
+            s.worker.groups = bindings(&[(GROUP, GROUP_CHATID), (OTHER, OTHER_CHATID)]);
+        })),
+        ..Options::default()
+    })
+    .await
+}
+
+/// The card `who` gets in `cid` for `text`.
+async fn card_for(
+    app: &TestApp,
+    cid: &str,
+    who: &dingtalk_sim::chat::Member,
+    text: &str,
+) -> dingtalk_sim::SimCard {
+    let before = app.sim.cards().len();
+    assert_eq!(app.say(&app.chat(cid), who, text).await.0, 200);
+    let cards = app.sim.wait_for_cards(before + 1, Duration::from_secs(10)).await;
+    assert_eq!(cards.len(), before + 1, "one card for {text}");
+    cards.into_iter().rfind(|c| c.conversation_id == cid).unwrap()
+}
+
+/// The card's status once it is `status` (waits up to 10 s).
+async fn card_becomes(app: &TestApp, id: &str, status: &str) {
+    let ok = eventually(Duration::from_secs(10), || {
+        app.sim
+            .card(id)
+            .is_some_and(|c| c.params.get("status").map(String::as_str) == Some(status))
+    })
+    .await;
+    assert!(ok, "card {id} never became {status}: {:#?}", app.sim.card(id));
+}
+
+fn notice_in(body: &str) -> String {
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+    answer["userPrivateData"]["cardParamMap"]["notice"]
+        .as_str()
+        .unwrap_or("?")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_captured_signature_pair_replayed_with_another_body_is_a_duplicate_and_runs_nothing() {
+    let app = ops_card_app().await;
+    let ada = admin();
+    let setting = card_for(&app, GROUP, &ada, "/lock-dm").await;
+    let plan = card_for(&app, OPS, &ada, "/plan").await;
+    assert_eq!(plan.params["status"], "pending_approval");
+    let now = dingops::clock::now_ms();
+
+    // Ada's Undo on her setting card, entered and run: its header pair is captured.
+    let entered = signed_at(now);
+    let (status, body) = post(&app, &entered, click_on(&setting.out_track_id, "admin01", "undo")).await;
+    assert_eq!(status, 200, "{body}");
+    card_becomes(&app, &setting.out_track_id, "undone").await;
+    // Ada's Approve of her own plan, refused by the two-person rule: captured too.
+    let refused = signed_at(now + 1);
+    let (status, body) = post(&app, &refused, click_on(&plan.out_track_id, "admin01", "approve")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(notice_in(&body).contains("needs a second admin"), "{body}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (updates, rows) = (
+        app.sim.calls(Some(dingtalk_sim::api::GROUP_UPDATE)).len(),
+        app.ledger_rows(),
+    );
+    // Each captured pair with a forged body: the second admin approves the plan.
+    for pair in [&entered, &refused] {
+        let (status, body) = post(&app, pair, click_on(&plan.out_track_id, "admin02", "approve")).await;
+        assert_eq!(status, 200, "answered as a duplicate: {body}");
+        assert_eq!(notice_in(&body), "", "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.sim.group(GROUP).unwrap().options["chatBannedType"],
+        1,
+        "the plan was not applied"
+    );
+    assert_eq!(
+        app.sim.calls(Some(dingtalk_sim::api::GROUP_UPDATE)).len(),
+        updates
+    );
+    assert_eq!(app.ledger_rows(), rows, "nothing was entered");
+    assert_eq!(
+        app.sim.card(&plan.out_track_id).unwrap().params["status"],
+        "pending_approval"
+    );
+
+    // The second admin's own click (its own pair) still approves it.
+    let (status, body) = post(
+        &app,
+        &signed_at(now + 2),
+        click_on(&plan.out_track_id, "admin02", "approve"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let applied = eventually(Duration::from_secs(10), || {
+        app.sim.group(GROUP).unwrap().options["chatBannedType"] == 0
+    })
+    .await;
+    assert!(applied, "{:#?}", app.sim.card(&plan.out_track_id));
+}
+
+#[tokio::test]
+async fn a_captured_pair_of_an_entered_click_is_still_a_duplicate_after_a_restart() {
+    let app = ops_card_app().await;
+    let ada = admin();
+    let setting = card_for(&app, GROUP, &ada, "/lock-dm").await;
+    let plan = card_for(&app, OPS, &ada, "/plan").await;
+    let entered = signed_at(dingops::clock::now_ms());
+    let (status, body) = post(&app, &entered, click_on(&setting.out_track_id, "admin01", "undo")).await;
+    assert_eq!(status, 200, "{body}");
+    card_becomes(&app, &setting.out_track_id, "undone").await;
+
+    // A new process knows the pair from the ledger alone.
+    let (sim, dir) = app.stop().await;
+    let app = ops_card_app_on(Some(sim), dir).await;
+    let (updates, rows) = (
+        app.sim.calls(Some(dingtalk_sim::api::GROUP_UPDATE)).len(),
+        app.ledger_rows(),
+    );
+    let (status, body) = post(&app, &entered, click_on(&plan.out_track_id, "admin02", "approve")).await;
+    assert_eq!(status, 200, "answered as a duplicate: {body}");
+    assert_eq!(notice_in(&body), "", "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.sim.group(GROUP).unwrap().options["chatBannedType"],
+        1,
+        "the plan was not applied"
+    );
+    assert_eq!(
+        app.sim.calls(Some(dingtalk_sim::api::GROUP_UPDATE)).len(),
+        updates
+    );
+    assert_eq!(app.ledger_rows(), rows, "nothing was entered");
 }

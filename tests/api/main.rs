@@ -9,6 +9,7 @@ mod audit_server;
 mod audit_worker;
 mod budget;
 mod cards;
+mod click_limits;
 mod clocks;
 mod commands;
 mod dashboards;

@@ -454,8 +454,11 @@ async fn click_phase(
             Latency::from_acks(sent, &acks, entered)
         }
         Transport::Http => {
-            let ts = now_ms().to_string();
-            let sign = card_signature(CARD_SECRET, &ts);
+            // A signed pair is good for one click (a reused one is a duplicate), so each
+            // request is signed at its own millisecond, as DingTalk signs each callback: its
+            // scheduled send time (one ms apart beyond 1 000 clicks/s).
+            let start = now_ms();
+            let step = u64::from((1000 / opts.rate.max(1)).max(1));
             let clicks = Arc::new(clicks.to_vec());
             let limit = clicks.len() as u64;
             Latency::from_http(
@@ -465,7 +468,11 @@ async fn click_phase(
                     opts.seconds,
                     Some(opts.rate),
                     Some(limit),
-                    Arc::new(move |n| card_request(&ts, &sign, &clicks[usize::try_from(n).unwrap_or(0)])),
+                    Arc::new(move |n| {
+                        let ts = start.saturating_add(n.saturating_mul(step)).to_string();
+                        let sign = card_signature(CARD_SECRET, &ts);
+                        card_request(&ts, &sign, &clicks[usize::try_from(n).unwrap_or(0)])
+                    }),
                 )
                 .await,
             )
