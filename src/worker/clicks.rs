@@ -72,11 +72,14 @@ impl WorkerContext {
             Ok(None) => return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "unknown card"),
             Err(e) => return ledger_failed(name, &e),
         };
-        if row.pending_click.as_deref() != Some(job.msg_id.as_str()) {
-            return Answer::new(name, Outcome::Info, gate::NO_LONGER_VALID, NOT_PENDING);
-        }
+        // A plan card's click is decided by its approval alone, which a code allows once:
+        // an Approve whose apply a stop cut short finds its card no longer pending (the card
+        // shows the apply's progress) but its approval still running, and resumes it.
         if row.kind == "plan" {
             return self.run_plan_click(job, click, &row).await;
+        }
+        if row.pending_click.as_deref() != Some(job.msg_id.as_str()) {
+            return Answer::new(name, Outcome::Info, gate::NO_LONGER_VALID, NOT_PENDING);
         }
         let Some(change) = CardData::of(&row).change else {
             return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "card without a change");

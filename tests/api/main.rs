@@ -3,6 +3,7 @@
 // Test helpers panic on purpose when the system under test misbehaves.
 #![allow(clippy::unwrap_used)]
 
+mod approvals;
 mod audit_input;
 mod audit_server;
 mod audit_worker;
