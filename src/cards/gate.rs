@@ -120,9 +120,11 @@ impl Gate {
                 response: response(&current(&row, &shown), ""),
                 new: false,
             },
+            // A click that lost shows nothing public: the card was read before the click that
+            // won moved it on, and showing that would put its buttons back for everyone.
             ClickEntry::UnknownCard => refused(&BTreeMap::new(), UNKNOWN_CARD),
-            ClickEntry::Busy => refused(&current(&row, &shown), ALREADY_WORKING),
-            ClickEntry::NotOffered => refused(&current(&row, &shown), NO_LONGER_VALID),
+            ClickEntry::Busy => refused(&BTreeMap::new(), ALREADY_WORKING),
+            ClickEntry::NotOffered => refused(&BTreeMap::new(), NO_LONGER_VALID),
         })
     }
 }
@@ -203,6 +205,8 @@ mod tests {
         let other = gate.enter("card:y", "dingops-1", "boss", "undo").await.unwrap();
         assert!(!other.new);
         assert_eq!(notice_of(&other), ALREADY_WORKING);
+        // The click that lost shows nothing public: never the buttons of the card it read.
+        assert_eq!(other.response["cardData"]["cardParamMap"], json!({}));
     }
 
     #[tokio::test]

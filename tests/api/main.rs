@@ -8,6 +8,7 @@ mod audit_input;
 mod audit_server;
 mod audit_worker;
 mod budget;
+mod card_races;
 mod card_updates;
 mod cards;
 mod clocks;
