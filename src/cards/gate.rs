@@ -115,11 +115,17 @@ impl Gate {
                     new: true,
                 }
             }
-            // Pushed again: the card is as the first push left it.
-            ClickEntry::Duplicate => Admitted {
-                response: response(&current(&row, &shown), ""),
-                new: false,
-            },
+            // Pushed again: the card as the ledger has it now, read after the click was
+            // entered (the read above may come from before it, when the pushes came at once).
+            ClickEntry::Duplicate => {
+                let id = row.out_track_id.clone();
+                let now_row = self.ledger.call(move |l| l.card(&id)).await?.unwrap_or(row);
+                let shown = CardData::of(&now_row).params;
+                Admitted {
+                    response: response(&current(&now_row, &shown), ""),
+                    new: false,
+                }
+            }
             // A click that lost shows nothing public: the card was read before the click that
             // won moved it on, and showing that would put its buttons back for everyone.
             ClickEntry::UnknownCard => refused(&BTreeMap::new(), UNKNOWN_CARD),

@@ -208,19 +208,20 @@ impl WorkerContext {
         by: Actor,
     ) -> Answer {
         let id = revert.id;
+        // Its time came: the timer runs it (a claim does not tell a revert the timer runs
+        // from one a stop cut off), and its run is the one revert. The card shows how it
+        // ended; only a revert the timer did not take is run here.
+        if self.dingtalk.ledger_time().now_ms() >= revert.due_ms {
+            if let Err(e) = self.revert_ended(&revert).await {
+                return ledger_failed(name, &e);
+            }
+            if let Some(answer) = self.reverted_by_timer(name, row, change, setting).await {
+                return answer;
+            }
+        }
         match self.ledger.call(move |l| l.claim_revert(id)).await {
             Ok(true) => {}
-            // The timer claimed it first: its run is the one revert; the card shows how it
-            // ended once it has.
-            Ok(false) => {
-                if let Err(e) = self.revert_ended(&revert).await {
-                    return ledger_failed(name, &e);
-                }
-                return match self.reverted_by_timer(name, row, change, setting).await {
-                    Some(answer) => answer,
-                    None => stale(name, "Its timed change has ended."),
-                };
-            }
+            Ok(false) => return stale(name, "Its timed change has ended."),
             Err(e) => return ledger_failed(name, &e),
         }
         let core = Change {
