@@ -154,14 +154,22 @@ impl Gate {
                     new: true,
                 }
             }
-            // Pushed again: the card is as the first push left it.
-            ClickEntry::Duplicate => Admitted {
-                response: response(&current(&row, &shown), ""),
-                new: false,
-            },
+            // Pushed again: the card as the ledger has it now, read after the click was
+            // entered (the read above may come from before it, when the pushes came at once).
+            ClickEntry::Duplicate => {
+                let id = row.out_track_id.clone();
+                let now_row = self.ledger.call(move |l| l.card(&id)).await?.unwrap_or(row);
+                let shown = CardData::of(&now_row).params;
+                Admitted {
+                    response: response(&current(&now_row, &shown), ""),
+                    new: false,
+                }
+            }
+            // A click that lost shows nothing public: the card was read before the click that
+            // won moved it on, and showing that would put its buttons back for everyone.
             ClickEntry::UnknownCard => refused(&BTreeMap::new(), UNKNOWN_CARD),
-            ClickEntry::Busy => refused(&current(&row, &shown), ALREADY_WORKING),
-            ClickEntry::NotOffered => refused(&current(&row, &shown), NO_LONGER_VALID),
+            ClickEntry::Busy => refused(&BTreeMap::new(), ALREADY_WORKING),
+            ClickEntry::NotOffered => refused(&BTreeMap::new(), NO_LONGER_VALID),
         })
     }
 }
@@ -254,6 +262,8 @@ mod tests {
         let other = gate.enter("card:y", "dingops-1", "boss", "undo").await.unwrap();
         assert!(!other.new);
         assert_eq!(notice_of(&other), ALREADY_WORKING);
+        // The click that lost shows nothing public: never the buttons of the card it read.
+        assert_eq!(other.response["cardData"]["cardParamMap"], json!({}));
     }
 
     #[tokio::test]

@@ -8,8 +8,9 @@ pub mod gate;
 pub mod render;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,12 +22,26 @@ use crate::dingtalk::{ApiError, DingTalk};
 use crate::domain::{Accepted, Answer, Outcome, SettingChange};
 use crate::ledger::{CardRow, LedgerError, LedgerHandle};
 
-/// The statuses in which a setting card still stands: its revert marks it reverted.
-pub const STANDING: [&str; 2] = ["done", "extended"];
-
-/// The statuses a newer change of the setting supersedes: a standing card, and one whose
-/// click has not run yet (it will find its card superseded and change nothing).
+/// The statuses a newer change of the setting supersedes, and its timed revert ends: a
+/// standing card, and one whose click has not run yet (it finds its card moved on and
+/// leaves it as it is).
 pub const SUPERSEDABLE: [&str; 3] = ["done", "extended", "working"];
+
+/// A card update DingTalk did not take is sent again (the card as the ledger has it) this
+/// long after, doubling each time up to [`RESEND_MAX_GAP`], at most [`RESEND_ATTEMPTS`]
+/// times. The group was told in text when it failed first.
+pub const RESEND_FIRST_GAP: Duration = Duration::from_secs(1);
+pub const RESEND_MAX_GAP: Duration = Duration::from_secs(300);
+pub const RESEND_ATTEMPTS: u32 = 12;
+
+/// A card whose last update DingTalk did not take.
+#[derive(Debug, Clone, Copy)]
+struct Resend {
+    /// Sends tried again so far.
+    attempts: u32,
+    /// When (ms, the injected clock) to try again.
+    next_ms: u64,
+}
 
 /// The msgtype of a click entered as a command; its text is `<action> <outTrackId>`.
 pub const CLICK_MSGTYPE: &str = "cardAction";
@@ -79,6 +94,8 @@ pub struct Cards {
     dingtalk: Arc<DingTalk>,
     clock: Arc<dyn Clock>,
     next: AtomicU64,
+    /// The cards whose last update DingTalk did not take, by `outTrackId`.
+    resend: Mutex<BTreeMap<String, Resend>>,
 }
 
 impl Cards {
@@ -107,6 +124,7 @@ impl Cards {
             dingtalk,
             clock,
             next: AtomicU64::new(0),
+            resend: Mutex::default(),
         })
     }
 
@@ -252,12 +270,54 @@ impl Cards {
     pub async fn update_data(
         &self,
         row: &CardRow,
-        mut data: CardData,
+        data: CardData,
         status: &str,
         buttons: &[String],
         body: &str,
         notice: Option<(&str, &str)>,
     ) -> Result<(), SendError> {
+        self.update_from(row, None, data, status, buttons, body, notice)
+            .await
+            .map(|_| ())
+    }
+
+    /// Ends a click on a card: [`Cards::update_data`], only while the card still works on
+    /// a click. `Ok(false)`: the card moved on meanwhile (the timer's revert or a newer
+    /// change ended it), so its public state is left as it is and only `notice` is sent.
+    pub async fn end_click(
+        &self,
+        row: &CardRow,
+        data: CardData,
+        status: &str,
+        buttons: &[String],
+        body: &str,
+        notice: Option<(&str, &str)>,
+    ) -> Result<bool, SendError> {
+        self.update_from(
+            row,
+            Some(crate::ledger::cards::WORKING),
+            data,
+            status,
+            buttons,
+            body,
+            notice,
+        )
+        .await
+    }
+
+    /// Records and sends a card's new state when its status is `expect` (any, for `None`);
+    /// `Ok(false)`: it was not, and only `notice` went out.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_from(
+        &self,
+        row: &CardRow,
+        expect: Option<&'static str>,
+        mut data: CardData,
+        status: &str,
+        buttons: &[String],
+        body: &str,
+        notice: Option<(&str, &str)>,
+    ) -> Result<bool, SendError> {
         let title = data.params.get("title").cloned().unwrap_or_default();
         let params = render::params(&title, body, status, buttons);
         data.params = params.clone();
@@ -268,14 +328,130 @@ impl Cards {
             buttons.to_vec(),
             self.clock.now_ms(),
         );
-        self.ledger
-            .call(move |l| l.set_card_state(&id, None, &st, &bt, &json, now))
+        let changed = self
+            .ledger
+            .call(move |l| l.set_card_state(&id, expect, &st, &bt, &json, now))
             .await?;
         let private = notice.map(|(u, t)| render::notice(u, t)).unwrap_or_default();
-        self.dingtalk
-            .update_card(&row.out_track_id, &params, &private)
-            .await?;
-        Ok(())
+        if !changed {
+            self.dingtalk
+                .update_card(&row.out_track_id, &BTreeMap::new(), &private)
+                .await?;
+            return Ok(false);
+        }
+        self.push(row, &params, &private).await?;
+        Ok(true)
+    }
+
+    /// Sends a card's public parameters (all of them: a card shows the newest state sent)
+    /// and `private`. When DingTalk does not take them, the card is sent again later
+    /// ([`Cards::resend_due`]) and its group is told in text what it would show.
+    async fn push(
+        &self,
+        row: &CardRow,
+        params: &BTreeMap<String, String>,
+        private: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<(), ApiError> {
+        match self
+            .dingtalk
+            .update_card(&row.out_track_id, params, private)
+            .await
+        {
+            Ok(()) => {
+                self.resends().remove(&row.out_track_id);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.short(), "DingTalk did not take a card update; it is sent again later and the group told");
+                let first = {
+                    let mut resend = self.resends();
+                    let first = !resend.contains_key(&row.out_track_id);
+                    resend.insert(
+                        row.out_track_id.clone(),
+                        Resend {
+                            attempts: 0,
+                            next_ms: self.clock.now_ms().saturating_add(gap_ms(0)),
+                        },
+                    );
+                    first
+                };
+                if first {
+                    self.tell_group(row, params, &e).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells a card's group in text what the card would show, as it could not be updated.
+    async fn tell_group(&self, row: &CardRow, params: &BTreeMap<String, String>, e: &ApiError) {
+        let title = params.get("title").map_or("", String::as_str);
+        let status = params.get("status").map_or("", String::as_str);
+        let newest = params
+            .get("body")
+            .and_then(|b| b.rsplit("\n\n").next())
+            .unwrap_or_default();
+        let text = format!(
+            "⚠️ dingops could not update its card \"{title}\" ({}), so here is what it shows: {status}. {newest}\ndingops tries the card again.",
+            e.short()
+        );
+        if let Err(e) = self
+            .dingtalk
+            .send_group_message(&row.conversation_id, &text)
+            .await
+        {
+            tracing::warn!(error = %e.short(), "could not tell a group that its card was not updated");
+        }
+    }
+
+    fn resends(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Resend>> {
+        self.resend.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends again the cards whose last update DingTalk did not take and whose time came
+    /// (by the injected clock): each as the ledger has it now. Called by the timer's tick.
+    pub async fn resend_due(&self) {
+        let now = self.clock.now_ms();
+        let due: Vec<(String, Resend)> = self
+            .resends()
+            .iter()
+            .filter(|(_, r)| r.next_ms <= now)
+            .map(|(id, r)| (id.clone(), *r))
+            .collect();
+        for (id, resend) in due {
+            let key = id.clone();
+            let row = match self.ledger.call(move |l| l.card(&key)).await {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    self.resends().remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read a card to send again");
+                    continue;
+                }
+            };
+            let params = CardData::of(&row).params;
+            match self.dingtalk.update_card(&id, &params, &BTreeMap::new()).await {
+                Ok(()) => {
+                    tracing::info!("a card DingTalk had not taken was updated");
+                    self.resends().remove(&id);
+                }
+                Err(e) => {
+                    let attempts = resend.attempts.saturating_add(1);
+                    let mut resends = self.resends();
+                    if attempts >= RESEND_ATTEMPTS {
+                        tracing::warn!(error = %e.short(), attempts, "gave up sending a card again");
+                        resends.remove(&id);
+                    } else if let Some(r) = resends.get_mut(&id) {
+                        *r = Resend {
+                            attempts,
+                            next_ms: self.clock.now_ms().saturating_add(gap_ms(attempts)),
+                        };
+                    }
+                }
+            }
+        }
     }
 
     /// Marks the standing cards of a setting superseded by a newer change (buttons gone, the
@@ -300,12 +476,13 @@ impl Cards {
         .await;
     }
 
-    /// Marks the standing card whose timed change ended at `due_ms` reverted, with `text`.
+    /// Marks the card whose timed change ended at `due_ms` reverted, with `text`: a standing
+    /// one, or one whose click (Revert now racing the timer) has not ended yet.
     pub async fn reverted(&self, conversation_id: &str, setting: &str, due_ms: u64, text: &str) {
         self.mark(
             conversation_id,
             setting,
-            &STANDING,
+            &SUPERSEDABLE,
             "reverted",
             text,
             |_, data| data.change.as_ref().and_then(|c| c.until_ms) == Some(due_ms),
@@ -350,4 +527,10 @@ impl Cards {
             }
         }
     }
+}
+
+/// The wait before sending a card again after `attempts` sends failed.
+fn gap_ms(attempts: u32) -> u64 {
+    let gap = RESEND_FIRST_GAP.saturating_mul(1u32 << attempts.min(16));
+    u64::try_from(gap.min(RESEND_MAX_GAP).as_millis()).unwrap_or(u64::MAX)
 }

@@ -25,12 +25,17 @@ pub fn standing_buttons(change: &SettingChange) -> Vec<String> {
     buttons
 }
 
-/// The card's public parameters: every value a string, `buttons` a JSON array as a string.
+/// The most bytes DingTalk takes in one `cardParamMap` value (docs/cards.md): every value
+/// dingops sends is cut to fit.
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// The card's public parameters: every value a string, `buttons` a JSON array as a string,
+/// each within [`MAX_VALUE_BYTES`] (the body as [`fit_body`] keeps it).
 pub fn params(title: &str, body: &str, status: &str, buttons: &[String]) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("title".to_owned(), title.to_owned()),
-        ("body".to_owned(), body.to_owned()),
-        ("status".to_owned(), status.to_owned()),
+        ("title".to_owned(), cut(title, MAX_VALUE_BYTES)),
+        ("body".to_owned(), fit_body(body)),
+        ("status".to_owned(), cut(status, MAX_VALUE_BYTES)),
         (
             "buttons".to_owned(),
             serde_json::to_string(buttons).unwrap_or_else(|_| "[]".to_owned()),
@@ -42,8 +47,81 @@ pub fn params(title: &str, body: &str, status: &str, buttons: &[String]) -> BTre
 pub fn notice(user_id: &str, text: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     BTreeMap::from([(
         user_id.to_owned(),
-        BTreeMap::from([("notice".to_owned(), text.to_owned())]),
+        BTreeMap::from([("notice".to_owned(), cut(text, MAX_VALUE_BYTES))]),
     )])
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, `…` marking the cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let room = max.saturating_sub('…'.len_utf8());
+    let end = (0..=room).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+    format!("{}…", &text[..end])
+}
+
+/// The line standing for `n` updates left out of a card's body.
+fn left_out(n: usize) -> String {
+    format!("(… {n} earlier updates not shown)")
+}
+
+/// How many updates a [`left_out`] line stands for, when `line` is one.
+fn left_out_count(line: &str) -> Option<usize> {
+    line.strip_prefix("(… ")?
+        .strip_suffix(" earlier updates not shown)")?
+        .parse()
+        .ok()
+}
+
+/// The paragraphs a card's body always starts with: the command's reply and who ran it.
+const HEAD: usize = 2;
+
+/// A card's body within [`MAX_VALUE_BYTES`]. A body is paragraphs: the command's reply and
+/// who ran it first, then one per update (a click's result, a revert, a supersession). When
+/// it is too long, those two and the newest updates that fit are kept and the ones between
+/// are counted in one line; a start too long by itself is cut.
+pub fn fit_body(body: &str) -> String {
+    if body.len() <= MAX_VALUE_BYTES {
+        return body.to_owned();
+    }
+    let parts: Vec<&str> = body.split("\n\n").collect();
+    let (head, rest) = parts.split_at(HEAD.min(parts.len()));
+    let first = head.join("\n\n");
+    let first = first.as_str();
+    let mut rest = rest.to_vec();
+    let mut hidden = 0;
+    if let Some(n) = rest.first().and_then(|p| left_out_count(p)) {
+        hidden = n;
+        rest.remove(0);
+    }
+    let assemble = |first: &str, hidden: usize, kept: &[&str]| {
+        let mut out = first.to_owned();
+        if hidden > 0 {
+            out.push_str("\n\n");
+            out.push_str(&left_out(hidden));
+        }
+        for p in kept {
+            out.push_str("\n\n");
+            out.push_str(p);
+        }
+        out
+    };
+    while rest.len() > 1 && assemble(first, hidden, &rest).len() > MAX_VALUE_BYTES {
+        rest.remove(0);
+        hidden += 1;
+    }
+    let whole = assemble(first, hidden, &rest);
+    if whole.len() <= MAX_VALUE_BYTES {
+        return whole;
+    }
+    // The reply alone is too long: it is cut, the rest kept.
+    let reply = head.first().copied().unwrap_or_default();
+    let others = &whole[reply.len()..];
+    let room = MAX_VALUE_BYTES
+        .saturating_sub(others.len())
+        .max(MAX_VALUE_BYTES / 4);
+    cut(&format!("{}{others}", cut(reply, room)), MAX_VALUE_BYTES)
 }
 
 /// A setting card's title: the setting and the value the command set, e.g. `Mute all: on`.
@@ -114,6 +192,34 @@ mod tests {
         assert_eq!(p["status"], "done");
         assert_eq!(buttons_of(&p), ["undo"]);
         assert_eq!(params("t", "b", "done", &[])["buttons"], "[]");
+    }
+
+    #[test]
+    fn a_long_body_keeps_its_first_and_newest_paragraphs_within_the_limit_and_counts_the_rest() {
+        let mut body = "The command's reply.\n\nAda ran `/mute-all 30m`.".to_owned();
+        for n in 0..40 {
+            body = fit_body(&format!("{body}\n\nUpdate {n}: {}", "x".repeat(100)));
+            assert!(body.len() <= MAX_VALUE_BYTES, "{} bytes after {n}", body.len());
+        }
+        assert!(
+            body.starts_with("The command's reply.\n\nAda ran `/mute-all 30m`.\n\n(… "),
+            "{body}"
+        );
+        assert!(
+            body.ends_with(&format!("Update 39: {}", "x".repeat(100))),
+            "{body}"
+        );
+        let hidden = body.split("\n\n").nth(2).and_then(left_out_count).unwrap();
+        let shown = body.split("\n\n").count() - 3;
+        assert_eq!(hidden + shown, 40, "every update is shown or counted: {body}");
+        // A first paragraph too long by itself is cut, and the newest update still shows.
+        let huge = fit_body(&format!("{}\n\nthe newest", "é".repeat(2000)));
+        assert!(
+            huge.len() <= MAX_VALUE_BYTES && huge.ends_with("the newest"),
+            "{huge}"
+        );
+        assert_eq!(fit_body("short"), "short");
+        assert_eq!(cut("ééé", 5), "é…");
     }
 
     #[test]

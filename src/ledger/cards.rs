@@ -62,7 +62,8 @@ pub struct Approval {
     pub out_track_id: Option<String>,
     /// The policy's digest the plan was made from.
     pub policy_digest: String,
-    /// `open`, `approved`, `discarded`.
+    /// `open`, `approved` (its run under way, or cut short by a stop: a restart resumes
+    /// it), `discarded`; once its run ended, `applied` or `failed`.
     pub state: String,
     /// staffId of who approved or discarded it.
     pub decided_by: Option<String>,
@@ -94,6 +95,20 @@ pub(crate) const OPEN: &str = "open";
 pub(crate) const APPROVED: &str = "approved";
 /// The state a discarded approval has.
 pub(crate) const DISCARDED: &str = "discarded";
+/// The states an approved plan's run ends in.
+pub const APPLIED: &str = "applied";
+pub const APPLY_FAILED: &str = "failed";
+
+/// Checks the state [`super::CardStore::end_approval`] is asked to write.
+pub(crate) fn ending(state: &str) -> Result<(), super::LedgerError> {
+    if state == APPLIED || state == APPLY_FAILED {
+        Ok(())
+    } else {
+        Err(super::LedgerError::Invalid(
+            "an approved plan's run ends applied or failed",
+        ))
+    }
+}
 
 /// Checks the state [`super::CardStore::decide_approval`] is asked to write.
 pub(crate) fn decision(state: &str) -> Result<(), super::LedgerError> {

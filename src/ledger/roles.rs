@@ -394,6 +394,10 @@ pub trait CardStore: Send + Sync + 'static {
         by: &str,
         now_ms: u64,
     ) -> Result<ApprovalVerdict, LedgerError>;
+    /// Ends the run of an approved plan: `state` is `applied` or `failed`. Only an
+    /// `approved` approval ends (`false`: unknown, or not `approved`, and nothing changed).
+    /// An approval still `approved` is a run not ended: a restart resumes it.
+    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError>;
 }
 
 /// A store with every role: what `serve` and the CLI tools open, and split into roles for

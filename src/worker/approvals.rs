@@ -14,7 +14,22 @@ use super::clicks::Click;
 use super::reply::ledger_failed;
 use crate::cards::{CardData, gate, render};
 use crate::domain::{Accepted, Answer, Outcome, ReplyCard, who};
+use crate::ledger::cards::{APPLIED, APPLY_FAILED};
 use crate::ledger::{Approval, ApprovalVerdict, CardRow};
+
+const APPROVED: &str = "approved";
+const DISCARDED: &str = "discarded";
+
+/// Whether deciding `approval` as `state` for `job` resumes its run: it is still
+/// `approved` (its run never ended) and `job`'s sender approved it. Commands of one group
+/// run one at a time in order, so only the command that approved it, run again after a
+/// restart, finds it so.
+fn resumes(approval: &Approval, state: &str, job: &Accepted) -> bool {
+    state == APPROVED
+        && approval.state == APPROVED
+        && approval.decided_by.is_some()
+        && approval.decided_by == job.sender_staff_id
+}
 
 /// What an [`Organisation`] call returns.
 pub type OrgFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -185,14 +200,16 @@ impl WorkerContext {
         }
     }
 
-    /// Decides `code` for `job`'s sender; `Err` is the refusal.
+    /// Decides `code` for `job`'s sender; `Err` is the refusal. `(approval, true)`: an
+    /// approval this sender decided whose run never ended (a stop cut it short): the
+    /// command that approved it runs again after the restart, and resumes it.
     async fn decide(
         &self,
         job: &Accepted,
         name: &str,
         code: &str,
         state: &'static str,
-    ) -> Result<Approval, Answer> {
+    ) -> Result<(Approval, bool), Answer> {
         let (key, by) = (code.to_owned(), job.sender_staff_id.clone().unwrap_or_default());
         let now = self.dingtalk.ledger_time().now_ms();
         let verdict = self
@@ -202,7 +219,8 @@ impl WorkerContext {
             .map_err(|e| ledger_failed(name, &e))?;
         let refused = |text: String, detail: &str| Answer::new(name, Outcome::Refused, text, detail);
         match verdict {
-            ApprovalVerdict::Decided(a) => Ok(a),
+            ApprovalVerdict::Decided(a) => Ok((a, false)),
+            ApprovalVerdict::AlreadyDecided(a) if resumes(&a, state, job) => Ok((a, true)),
             ApprovalVerdict::Unknown => Err(refused(
                 format!("No plan has the code {code}. Run /plan for a new one."),
                 "unknown code",
@@ -217,7 +235,7 @@ impl WorkerContext {
             ApprovalVerdict::AlreadyDecided(a) => Err(refused(
                 format!(
                     "The plan {code} was already {} by {}; a code works once. Run /plan again.",
-                    a.state,
+                    if a.state == DISCARDED { DISCARDED } else { APPROVED },
                     a.decided_by.as_deref().unwrap_or("-")
                 ),
                 "used code",
@@ -234,7 +252,7 @@ impl WorkerContext {
         code: &str,
         organisation: Arc<dyn Organisation>,
     ) -> Answer {
-        let approval = match self.decide(job, name, code, "approved").await {
+        let (approval, resumed) = match self.decide(job, name, code, APPROVED).await {
             Ok(a) => a,
             Err(a) => return a,
         };
@@ -244,7 +262,12 @@ impl WorkerContext {
         );
         let asker = who(&approval.asked_by, approval.asked_by_nick.as_deref());
         let card = self.plan_card(&approval).await;
-        let heading = format!("Approved by {approver} (asked by {asker}).");
+        let heading = if resumed {
+            tracing::info!(code, "resuming the apply of a plan approved before a restart");
+            format!("Approved by {approver} (asked by {asker}); the apply resumed after dingops restarted.")
+        } else {
+            format!("Approved by {approver} (asked by {asker}).")
+        };
         self.show_plan(card.as_ref(), "approved", &format!("{heading} Applying…"))
             .await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -262,6 +285,15 @@ impl WorkerContext {
                 }
             }
         };
+        // The run ended: a restart no longer resumes it.
+        let (key, ended) = (
+            code.to_owned(),
+            if result.is_ok() { APPLIED } else { APPLY_FAILED },
+        );
+        self.write_until_landed("end the run of an approved plan", move |l| {
+            l.end_approval(&key, ended).map(|_| ())
+        })
+        .await;
         match result {
             Ok(summary) => {
                 self.show_plan(card.as_ref(), "done", &format!("{heading}\n\n{summary}"))
@@ -292,8 +324,8 @@ impl WorkerContext {
 
     /// Discards `code`.
     async fn discard(&self, job: &Accepted, name: &str, code: &str) -> Answer {
-        let approval = match self.decide(job, name, code, "discarded").await {
-            Ok(a) => a,
+        let approval = match self.decide(job, name, code, DISCARDED).await {
+            Ok((a, _)) => a,
             Err(a) => return a,
         };
         let by = who(

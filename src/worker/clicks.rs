@@ -19,6 +19,10 @@ pub const MAX_EXCEPTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The detail of a click whose card no longer waits for it.
 const NOT_PENDING: &str = "not the card's pending click";
 
+/// The detail of a click on a timed card whose revert the timer ran meanwhile: the card
+/// ends reverted, as the setting is, and the click changed nothing.
+const TIMER_REVERTED: &str = "reverted by the timer meanwhile";
+
 /// A click entered as a command: its action and card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Click {
@@ -72,11 +76,14 @@ impl WorkerContext {
             Ok(None) => return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "unknown card"),
             Err(e) => return ledger_failed(name, &e),
         };
-        if row.pending_click.as_deref() != Some(job.msg_id.as_str()) {
-            return Answer::new(name, Outcome::Info, gate::NO_LONGER_VALID, NOT_PENDING);
-        }
+        // A plan card's click is decided by its approval alone, which a code allows once:
+        // an Approve whose apply a stop cut short finds its card no longer pending (the card
+        // shows the apply's progress) but its approval still running, and resumes it.
         if row.kind == "plan" {
             return self.run_plan_click(job, click, &row).await;
+        }
+        if row.pending_click.as_deref() != Some(job.msg_id.as_str()) {
+            return Answer::new(name, Outcome::Info, gate::NO_LONGER_VALID, NOT_PENDING);
         }
         let Some(change) = CardData::of(&row).change else {
             return Answer::new(name, Outcome::Info, gate::UNKNOWN_CARD, "card without a change");
@@ -100,14 +107,22 @@ impl WorkerContext {
             Ok(x) => x,
             Err(e) => return ledger_failed(name, &e),
         };
-        if known.as_ref().map(|k| k.value) != Some(change.value) {
-            return stale(name, "The setting was changed since.");
-        }
         let revert = pending
             .into_iter()
             .find(|r| r.setting == change.setting && Some(r.due_ms) == change.until_ms);
-        if change.until_ms.is_some() && revert.is_none() {
-            return stale(name, "Its timed change has ended.");
+        let changed = known.as_ref().map(|k| k.value) != Some(change.value);
+        if changed || (change.until_ms.is_some() && revert.is_none()) {
+            if let Some(answer) = self.reverted_by_timer(name, &row, &change, setting).await {
+                return answer;
+            }
+            return stale(
+                name,
+                if changed {
+                    "The setting was changed since."
+                } else {
+                    "Its timed change has ended."
+                },
+            );
         }
         let by = Actor {
             staff_id: job.sender_staff_id.clone().unwrap_or_default(),
@@ -116,7 +131,7 @@ impl WorkerContext {
         match (click.action.as_str(), revert) {
             (render::EXTEND, Some(r)) => self.extend(name, &row, &change, setting, r, by).await,
             (render::UNDO | render::REVERT_NOW, Some(r)) => {
-                self.end_now(name, click, &change, setting, r, by).await
+                self.end_now(name, click, &row, &change, setting, r, by).await
             }
             (render::UNDO, None) => self.undo(name, &row, &change, setting, by).await,
             _ => stale(name, "This card does not offer it."),
@@ -181,16 +196,29 @@ impl WorkerContext {
 
     /// Revert now (and Undo of a timed change): the end of the exception, run now, as the
     /// timer would run it.
+    #[allow(clippy::too_many_arguments)]
     async fn end_now(
         &self,
         name: &str,
         click: &Click,
+        row: &CardRow,
         change: &SettingChange,
         setting: Setting,
         revert: RevertJob,
         by: Actor,
     ) -> Answer {
         let id = revert.id;
+        // Its time came: the timer runs it (a claim does not tell a revert the timer runs
+        // from one a stop cut off), and its run is the one revert. The card shows how it
+        // ended; only a revert the timer did not take is run here.
+        if self.dingtalk.ledger_time().now_ms() >= revert.due_ms {
+            if let Err(e) = self.revert_ended(&revert).await {
+                return ledger_failed(name, &e);
+            }
+            if let Some(answer) = self.reverted_by_timer(name, row, change, setting).await {
+                return answer;
+            }
+        }
         match self.ledger.call(move |l| l.claim_revert(id)).await {
             Ok(true) => {}
             Ok(false) => return stale(name, "Its timed change has ended."),
@@ -297,6 +325,54 @@ impl WorkerContext {
         }
     }
 
+    /// Waits until the timer's run of `revert` ended (it is no longer pending nor running),
+    /// for at most the time a revert's DingTalk call may take and a few seconds to record it.
+    async fn revert_ended(&self, revert: &RevertJob) -> Result<(), crate::ledger::LedgerError> {
+        let deadline = self.clock.instant() + self.dingtalk.call_deadline() + Duration::from_secs(5);
+        loop {
+            let cid = revert.conversation_id.clone();
+            let pending = self.ledger.call(move |l| l.pending_reverts(Some(&cid))).await?;
+            if !pending.iter().any(|r| r.id == revert.id) || self.clock.instant() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The answer of a click on a timed card whose end came and whose setting no longer has
+    /// the card's value: the timer's revert ran meanwhile, and the card ends reverted.
+    async fn reverted_by_timer(
+        &self,
+        name: &str,
+        row: &CardRow,
+        change: &SettingChange,
+        setting: Setting,
+    ) -> Option<Answer> {
+        let until = change.until_ms?;
+        if self.dingtalk.ledger_time().now_ms() < until {
+            return None;
+        }
+        let (cid, stored) = (row.conversation_id.clone(), change.setting.clone());
+        let known = self
+            .ledger
+            .call(move |l| l.known_setting(&cid, &stored))
+            .await
+            .ok()
+            .flatten()?;
+        (known.value != change.value).then(|| {
+            Answer::new(
+                name,
+                Outcome::Info,
+                format!(
+                    "Its timed revert ran at the same time: {} is back to {}.",
+                    setting.label(),
+                    setting.describe(known.value)
+                ),
+                TIMER_REVERTED,
+            )
+        })
+    }
+
     async fn through_core(&self, name: &str, core: Change) -> Result<(), Answer> {
         self.through_core_value(name, core).await.map(|_| ())
     }
@@ -384,6 +460,12 @@ impl WorkerContext {
                     None,
                 )
             }
+            _ if answer.detail == TIMER_REVERTED => (
+                "reverted".to_owned(),
+                Vec::new(),
+                format!("{body}\n\n{}", answer.text),
+                None,
+            ),
             Outcome::Refused if answer.detail == "stale card" => (
                 "superseded".to_owned(),
                 Vec::new(),
@@ -393,8 +475,10 @@ impl WorkerContext {
             _ => (before_status, before_buttons, body, Some(answer.text.clone())),
         };
         let notice = notice.map(|n| (clicker.clone(), n));
+        // Only while the card still works on this click: one the timer or a newer change
+        // ended meanwhile keeps that end.
         match cards
-            .update_data(
+            .end_click(
                 &row,
                 data,
                 &status,
@@ -404,7 +488,8 @@ impl WorkerContext {
             )
             .await
         {
-            Ok(()) => Delivery::Card,
+            Ok(true) => Delivery::Card,
+            Ok(false) => Delivery::Failed("card-moved-on".into()),
             Err(e) => {
                 tracing::warn!(error = %e, "could not update a clicked card");
                 Delivery::Failed("card-update".into())

@@ -58,6 +58,10 @@ pub async fn run(ctx: Arc<WorkerContext>) {
             measured = Some(ctx.clock.instant());
         }
         scheduler.start_due().await;
+        // Card updates DingTalk did not take go again on this tick when their time came.
+        if let Some(cards) = &ctx.cards {
+            cards.resend_due().await;
+        }
         tokio::time::sleep(TICK).await;
     }
 }

@@ -13,15 +13,15 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-const TEMPLATE: &str = "dingops-reply.schema";
+pub(crate) const TEMPLATE: &str = "dingops-reply.schema";
 const CARD_SECRET: &str = "card-callback-secret-for-tests";
 
-fn second_admin() -> Member {
+pub(crate) fn second_admin() -> Member {
     Member::new("admin02", "Bo", false)
 }
 
 /// An app in HTTP mode with cards on, its callback URL registered with the simulator.
-async fn card_app(tweak: impl FnOnce(&mut dingops::config::Settings) + 'static) -> TestApp {
+pub(crate) async fn card_app(tweak: impl FnOnce(&mut dingops::config::Settings) + 'static) -> TestApp {
     let app = spawn_app_with(Options {
         settings: Some(Box::new(move |s| {
             s.cards.template_id = Some(TEMPLATE.into());
@@ -59,7 +59,7 @@ async fn register_at(sim: &dingtalk_sim::Simulator, address: &str) {
 }
 
 /// The one card expected after `text`.
-async fn card_after(app: &TestApp, who: &Member, text: &str) -> SimCard {
+pub(crate) async fn card_after(app: &TestApp, who: &Member, text: &str) -> SimCard {
     let before = app.sim.cards().len();
     let (status, _) = app.say(&app.chat(GROUP), who, text).await;
     assert_eq!(status, 200);
@@ -68,7 +68,7 @@ async fn card_after(app: &TestApp, who: &Member, text: &str) -> SimCard {
     cards.last().cloned().unwrap()
 }
 
-async fn press(app: &TestApp, card: &SimCard, who: &Member, action: &str) -> CardPressOutcome {
+pub(crate) async fn press(app: &TestApp, card: &SimCard, who: &Member, action: &str) -> CardPressOutcome {
     app.sim
         .press_card(&CardPress {
             out_track_id: card.out_track_id.clone(),
@@ -81,7 +81,7 @@ async fn press(app: &TestApp, card: &SimCard, who: &Member, action: &str) -> Car
 }
 
 /// The card once its status is `status` (waits up to 10 s).
-async fn card_in(app: &TestApp, id: &str, status: &str) -> SimCard {
+pub(crate) async fn card_in(app: &TestApp, id: &str, status: &str) -> SimCard {
     let ok = eventually(Duration::from_secs(10), || {
         app.sim
             .card(id)
@@ -93,15 +93,15 @@ async fn card_in(app: &TestApp, id: &str, status: &str) -> SimCard {
     card
 }
 
-fn buttons(card: &SimCard) -> Value {
+pub(crate) fn buttons(card: &SimCard) -> Value {
     serde_json::from_str(&card.params["buttons"]).unwrap()
 }
 
-fn option(app: &TestApp, field: &str) -> i64 {
+pub(crate) fn option(app: &TestApp, field: &str) -> i64 {
     app.sim.group(GROUP).unwrap().options[field]
 }
 
-fn notice(outcome: &CardPressOutcome) -> String {
+pub(crate) fn notice(outcome: &CardPressOutcome) -> String {
     outcome.response.as_ref().unwrap()["userPrivateData"]["cardParamMap"]["notice"]
         .as_str()
         .unwrap_or_default()

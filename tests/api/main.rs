@@ -4,10 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod alerts;
+mod approvals;
 mod audit_input;
 mod audit_server;
 mod audit_worker;
 mod budget;
+mod card_races;
+mod card_updates;
 mod cards;
 mod click_limits;
 mod clocks;

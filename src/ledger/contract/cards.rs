@@ -21,6 +21,7 @@ contract!(
     an_approval_is_decided_once_by_a_second_admin_before_it_expires,
     the_checks_on_deciding_an_approval_come_in_the_documented_order,
     two_admins_racing_to_decide_an_approval_decide_it_once,
+    an_approved_plans_run_ends_once_and_only_from_approved,
     pruning_leaves_cards_and_approvals_alone,
 );
 
@@ -513,6 +514,44 @@ fn the_checks_on_deciding_an_approval_come_in_the_documented_order(store: &dyn S
         l.decide_approval("C1", "approved", "u2", 10).unwrap(),
         ApprovalVerdict::AlreadyDecided(odd)
     );
+}
+
+fn an_approved_plans_run_ends_once_and_only_from_approved(store: &dyn Store) {
+    let l = store.open();
+    l.insert_approval(&approval("A1", 1000)).unwrap();
+    // An open approval has no run to end.
+    assert!(!l.end_approval("A1", "applied").unwrap());
+    assert!(!l.end_approval("nope", "applied").unwrap());
+    let ApprovalVerdict::Decided(approved) = l.decide_approval("A1", "approved", "u2", 10).unwrap() else {
+        panic!("an open approval is decided");
+    };
+    // Still approved, its run is not ended: read back as such (a restart resumes it).
+    assert_eq!(store.open().approval("A1").unwrap(), Some(approved.clone()));
+    assert!(l.end_approval("A1", "applied").unwrap());
+    let applied = Approval {
+        state: "applied".into(),
+        ..approved
+    };
+    assert_eq!(store.open().approval("A1").unwrap(), Some(applied.clone()));
+    // Once: an ended run stays as it ended.
+    assert!(!l.end_approval("A1", "failed").unwrap());
+    assert_eq!(l.approval("A1").unwrap(), Some(applied.clone()));
+    // And the code stays used up.
+    assert_eq!(
+        l.decide_approval("A1", "approved", "u3", 20).unwrap(),
+        ApprovalVerdict::AlreadyDecided(applied)
+    );
+    // A discarded plan has no run; a state other than applied or failed is refused.
+    l.insert_approval(&approval("D1", 1000)).unwrap();
+    l.decide_approval("D1", "discarded", "u1", 10).unwrap();
+    assert!(!l.end_approval("D1", "failed").unwrap());
+    l.insert_approval(&approval("X1", 1000)).unwrap();
+    l.decide_approval("X1", "approved", "u2", 10).unwrap();
+    assert!(matches!(
+        l.end_approval("X1", "open"),
+        Err(LedgerError::Invalid(_))
+    ));
+    assert_eq!(l.approval("X1").unwrap().unwrap().state, "approved");
 }
 
 fn two_admins_racing_to_decide_an_approval_decide_it_once(store: &dyn Store) {

@@ -124,4 +124,16 @@ impl CardStore for MemoryLedger {
         approval.decided_ms = Some(now_ms);
         Ok(ApprovalVerdict::Decided(approval.clone()))
     }
+
+    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError> {
+        cards::ending(state)?;
+        let mut s = self.state()?;
+        match s.approvals.get_mut(code) {
+            Some(a) if a.state == cards::APPROVED => {
+                a.state = state.to_owned();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }

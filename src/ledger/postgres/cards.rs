@@ -312,4 +312,19 @@ impl CardStore for PostgresLedger {
             Ok((verdict, s))
         })
     }
+
+    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError> {
+        cards::ending(state)?;
+        let (code, state) = (text(code), state.to_owned());
+        self.with("end approval", move |mut s| async move {
+            let n = s
+                .execute(
+                    "UPDATE approvals SET state = $2 WHERE code = $1 AND state = $3",
+                    &[&code, &state, &cards::APPROVED],
+                )
+                .await
+                .map_err(pg("end approval"))?;
+            Ok((n == 1, s))
+        })
+    }
 }

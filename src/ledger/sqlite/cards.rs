@@ -260,4 +260,16 @@ impl CardStore for SqliteLedger {
             Ok(ApprovalVerdict::Decided(approval))
         })
     }
+
+    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError> {
+        cards::ending(state)?;
+        let (code, state) = (code.to_owned(), state.to_owned());
+        self.write(move |conn| {
+            let n = conn
+                .prepare_cached("UPDATE approvals SET state = ?2 WHERE code = ?1 AND state = ?3")
+                .and_then(|mut st| st.execute(params![code, state, cards::APPROVED]))
+                .map_err(sql("end approval"))?;
+            Ok(n == 1)
+        })
+    }
 }
