@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use dingtalk_sim::chat::Member;
 use dingtalk_sim::{CardFailMode, api};
 use serde_json::Value;
 
 use crate::cards::{buttons, card_after, card_app, card_in, option, press, second_admin};
 use crate::helpers::*;
+use dingops::cards::gate::MAX_EXTENDS;
 
 /// DingTalk's limit on one `cardParamMap` value (docs/cards.md).
 const VALUE_LIMIT: usize = 1024;
@@ -27,18 +29,29 @@ fn param_values(v: &Value, inside: bool, out: &mut Vec<String>) {
     }
 }
 
+/// Two admins with the longest userIds DingTalk hands out (64 characters): each Extend's line
+/// names one of them, so the card's body grows fastest.
+fn long_admins() -> (Member, Member) {
+    (
+        Member::new(&format!("{:a<64}", "admin01-"), "Ada", false),
+        Member::new(&format!("{:b<64}", "admin02-"), "Bo", false),
+    )
+}
+
 #[tokio::test]
-async fn sixteen_extends_keep_every_card_value_within_dingtalks_kilobyte() {
-    let app = card_app(|s| {
+async fn extends_up_to_the_cap_by_admins_with_long_ids_keep_every_card_value_within_dingtalks_kilobyte() {
+    let (first, second) = long_admins();
+    let ids = vec![first.staff_id.clone(), second.staff_id.clone()];
+    let app = card_app(move |s| {
         s.worker.revert_minute = Duration::from_secs(60);
-        s.worker.admin_commands_per_minute = 1000;
+        s.worker.admins = ids;
     })
     .await;
-    let card = card_after(&app, &admin(), "/mute-all 30m").await;
+    let card = card_after(&app, &first, "/mute-all 30m").await;
     let mut acks = Vec::new();
-    for n in 0..16 {
-        let who = if n % 2 == 0 { admin() } else { second_admin() };
-        let pressed = press(&app, &card, &who, "extend").await;
+    for n in 0..MAX_EXTENDS {
+        let who = if n % 2 == 0 { &first } else { &second };
+        let pressed = press(&app, &card, who, "extend").await;
         acks.extend(pressed.response);
         card_in(&app, &card.out_track_id, "extended").await;
     }
@@ -54,7 +67,7 @@ async fn sixteen_extends_keep_every_card_value_within_dingtalks_kilobyte() {
     for ack in &acks {
         param_values(ack, false, &mut values);
     }
-    assert!(values.len() > 16 * 4, "{} values", values.len());
+    assert!(values.len() > MAX_EXTENDS as usize * 4, "{} values", values.len());
     let longest = values.iter().map(String::len).max().unwrap_or(0);
     assert!(
         longest <= VALUE_LIMIT,
@@ -68,14 +81,12 @@ async fn sixteen_extends_keep_every_card_value_within_dingtalks_kilobyte() {
     assert!(body.contains("`/mute-all 30m`"), "{body}");
     let newest = body.rsplit("\n\n").next().unwrap();
     assert!(
-        newest.starts_with("Extended by admin02: "),
-        "the 16th Extend shows last: {body}"
+        newest.starts_with(&format!("Extended by {}: ", first.staff_id)),
+        "the last Extend shows last: {body}"
     );
     assert!(body.contains("earlier updates not shown"), "{body}");
-    assert_eq!(
-        buttons(&shown),
-        serde_json::json!(["undo", "extend", "revert_now"])
-    );
+    // Extend has been used up: the card offers the rest.
+    assert_eq!(buttons(&shown), serde_json::json!(["undo", "revert_now"]));
 }
 
 #[tokio::test]
