@@ -36,6 +36,10 @@ pub enum ApiError {
     /// with `success: false`, and its `errorMsg` (docs/dingtalk.md, "Interactive cards").
     #[error("card not delivered: {0}")]
     Undelivered(String),
+    /// Not sent: the check before the attempt ([`super::AttemptGuard`]) said the caller may
+    /// no longer write (its lease was taken, its policy is no longer in force).
+    #[error("abandoned, not sent: {0}")]
+    Abandoned(String),
 }
 
 /// Why a call met the monthly quota.
@@ -129,7 +133,7 @@ impl ApiError {
                 }
             }
             ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) => ErrorClass::Transient,
-            ApiError::Decode(_) | ApiError::Credentials(_) | ApiError::Undelivered(_) => {
+            ApiError::Decode(_) | ApiError::Credentials(_) | ApiError::Undelivered(_) | ApiError::Abandoned(_) => {
                 ErrorClass::Permanent
             }
             ApiError::Quota(_) => ErrorClass::QuotaSpent,
@@ -175,6 +179,7 @@ impl ApiError {
             ApiError::Quota(_) => "budget".into(),
             // A fixed word: the errorMsg is DingTalk's text, too varied for a metric label.
             ApiError::Undelivered(_) => "card-not-delivered".into(),
+            ApiError::Abandoned(_) => "abandoned".into(),
         }
     }
 }

@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::desired::{Ask, Decision, Desired, Exception, PolicyWant};
+use super::desired::{Ask, Decision, Desired, Exception, Held, PolicyWant};
 use super::record::Recorder;
 use super::reload::PolicyCell;
 use super::setting::Setting;
-use crate::dingtalk::{ApiError, DingTalk};
+use crate::dingtalk::{ApiError, AttemptGuard, DingTalk};
 use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
-use crate::ledger::{LedgerError, LedgerHandle};
+use crate::ledger::{Fence, LedgerError, LedgerHandle};
 
 /// Through what a setting was changed: recorded with its value and shown by `/group-status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,11 @@ async fn renew_while_held(ledger: LedgerHandle, names: Vec<String>, holder: Stri
     }
 }
 
+/// Why a write was abandoned: its lease is gone.
+const LEASE_LOST: &str = "another writer took this setting's lease while this change was under way";
+/// Why a policy write was abandoned: another process loaded a newer policy.
+const NOT_IN_FORCE: &str = "the policy in force changed (serve reloaded it) while this run was under way";
+
 /// How long a change waits for another writer of the same setting.
 const WAIT_FOR_SETTING: Duration = Duration::from_secs(30);
 /// First pause between two attempts at the setting's lease; it doubles up to the max.
@@ -232,7 +237,11 @@ impl Governor {
             names.clone(),
             holder.clone(),
         )));
-        let result = self.change_held(&change).await;
+        let fence = Fence {
+            leases: names.clone(),
+            holder: holder.clone(),
+        };
+        let result = self.change_held(&change, &fence).await;
         drop(renewing);
         let (ledger, release) = (self.ledger.clone(), names);
         // Best effort: a lease left behind ends with its lifetime.
@@ -274,7 +283,46 @@ impl Governor {
         }
     }
 
-    async fn change_held(&self, change: &Change) -> Result<Vec<Written>, ChangeError> {
+    /// Asked right before each DingTalk attempt of a change: the change still holds its
+    /// settings' leases (renewed by the ledger's clock; a lease that ran out or was taken
+    /// is lost) and, for a policy write, its policy is still the one in force.
+    fn attempt_guard(&self, fence: &Fence, policy: Option<String>) -> Box<AttemptGuard> {
+        let (ledger, fence) = (self.ledger.clone(), fence.clone());
+        Box::new(move || {
+            let (ledger, fence, policy) = (ledger.clone(), fence.clone(), policy.clone());
+            Box::pin(async move {
+                let (names, holder) = (fence.leases.clone(), fence.holder.clone());
+                let ttl_ms = millis(SETTING_LEASE_TTL);
+                let held = ledger
+                    .call(move |l| l.renew_leases(&names, &holder, ttl_ms))
+                    .await
+                    .map_err(|e| format!("cannot check the setting's lease: {e}"))?;
+                if held.len() != fence.leases.len() {
+                    return Err(LEASE_LOST.to_owned());
+                }
+                if let Some(digest) = policy {
+                    let in_force = ledger
+                        .call(|l| l.policy_in_force())
+                        .await
+                        .map_err(|e| format!("cannot read the policy in force: {e}"))?;
+                    if in_force.is_some_and(|f| f != digest) {
+                        return Err(NOT_IN_FORCE.to_owned());
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Whether the policy this core applies is the one in force for the organisation (or
+    /// none was recorded).
+    pub async fn policy_in_force(&self) -> Result<bool, LedgerError> {
+        let digest = self.policy.digest_hex();
+        let in_force = self.ledger.call(|l| l.policy_in_force()).await?;
+        Ok(in_force.is_none_or(|f| f == digest))
+    }
+
+    async fn change_held(&self, change: &Change, fence: &Fence) -> Result<Vec<Written>, ChangeError> {
         let group = &change.group;
         let desired = self.desired(&group.conversation_id, Some(&group.chat_id)).await?;
         let cid = group.conversation_id.clone();
@@ -317,8 +365,22 @@ impl Governor {
                 }
             }
         }
-        self.call_dingtalk(group, &mut out, &extending).await;
-        self.record(change, &mut out).await;
+        // A policy write applies this process's policy: only while it is the one in force.
+        let policy_write = change.items.iter().any(|(_, ask)| matches!(ask, Ask::Policy { .. }));
+        if policy_write && !self.policy_in_force().await? {
+            for (w, _) in out
+                .iter_mut()
+                .zip(&change.items)
+                .filter(|(_, (_, ask))| matches!(ask, Ask::Policy { .. }))
+            {
+                if matches!(w.decision, Decision::Write { .. }) {
+                    w.decision = Decision::Held(Held::NotInForce);
+                }
+            }
+        }
+        let guard = self.attempt_guard(fence, policy_write.then(|| self.policy.digest_hex()));
+        self.call_dingtalk(group, &mut out, &extending, &*guard).await;
+        self.record(change, &mut out, fence).await;
         Ok(out)
     }
 
@@ -405,7 +467,7 @@ impl Governor {
     /// Sends what was decided: the group switches in one `im/group/update`, the DM switch
     /// with `friendswitch/update`.
     /// Items marked in `skip` are not sent (DingTalk has their value already).
-    async fn call_dingtalk(&self, group: &Group, out: &mut [Written], skip: &[bool]) {
+    async fn call_dingtalk(&self, group: &Group, out: &mut [Written], skip: &[bool], guard: &AttemptGuard) {
         let fields: BTreeMap<&str, u8> = out
             .iter()
             .zip(skip)
@@ -416,7 +478,10 @@ impl Governor {
             })
             .collect();
         if !fields.is_empty()
-            && let Err(e) = self.dingtalk.update_group_fields(&group.chat_id, &fields).await
+            && let Err(e) = self
+                .dingtalk
+                .update_group_fields_guarded(&group.chat_id, &fields, Some(guard))
+                .await
         {
             for (w, _) in out.iter_mut().zip(skip).filter(|(w, skip)| {
                 !**skip
@@ -434,7 +499,10 @@ impl Governor {
             .filter(|(w, skip)| !**skip && w.setting == Setting::Dm)
         {
             if let Decision::Write { value, .. } = w.decision
-                && let Err(e) = self.dingtalk.set_friend_switch(&group.chat_id, value == 1).await
+                && let Err(e) = self
+                    .dingtalk
+                    .set_friend_switch_guarded(&group.chat_id, value == 1, Some(guard))
+                    .await
             {
                 w.error = Some(e);
             }
@@ -444,7 +512,7 @@ impl Governor {
     /// Records what landed: each setting's new value, and for a chat command its exception
     /// (made, replacing an older one, or cancelled by an untimed command). Each record is
     /// retried until it lands: DingTalk made the change, the ledger must know it.
-    async fn record(&self, change: &Change, out: &mut [Written]) {
+    async fn record(&self, change: &Change, out: &mut [Written], fence: &Fence) {
         let cid = change.group.conversation_id.clone();
         let now = self.dingtalk.ledger_time().now_ms();
         for (w, (_, ask)) in out.iter_mut().zip(&change.items).filter(|(w, _)| w.landed()) {
@@ -458,12 +526,23 @@ impl Governor {
                 via: change.via.as_str().to_owned(),
                 set_ms: now,
             };
-            let (key, stored) = (cid.clone(), w.setting.stored());
-            self.recorder
-                .until_landed("record a setting's new value", move |l| {
-                    l.record_setting(&key, stored, &known)
+            let (key, stored, fenced) = (cid.clone(), w.setting.stored(), fence.clone());
+            // Fenced: once another writer took the setting's lease, its value is the one
+            // that stands and this one is not recorded (nor its exception).
+            let recorded = self
+                .recorder
+                .until_landed_with("record a setting's new value", move |l| {
+                    l.record_setting_fenced(&key, stored, &known, &fenced)
                 })
                 .await;
+            if !recorded {
+                tracing::warn!(
+                    setting = stored,
+                    "a setting's lease was taken by another writer before this change was recorded; not recorded"
+                );
+                w.error = Some(ApiError::Abandoned(LEASE_LOST.to_owned()));
+                continue;
+            }
             // Only a person's command (typed, or a card's button) makes or ends an exception;
             // the end of one (a revert) is finished by whoever ran it.
             if !matches!(change.via, Via::Chat | Via::Card) || !matches!(ask, Ask::Chat { .. }) {

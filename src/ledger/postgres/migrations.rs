@@ -165,6 +165,14 @@ CREATE TABLE approvals (
     decided_by      TEXT,
     decided_ms      BIGINT
 );",
+    // The policy in force for the organisation: the digest of the policy file `serve` loaded
+    // last (or `dingops apply` started with).
+    "CREATE TABLE policy_in_force (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    digest  TEXT NOT NULL,
+    set_by  TEXT NOT NULL,
+    set_ms  BIGINT NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.
