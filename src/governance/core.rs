@@ -7,10 +7,14 @@
 //! 2. reads what the setting should be under that serialisation (the policy in force, the
 //!    exception in force) and decides ([`super::desired`]); a policy write decided from a
 //!    stale plan is dropped, not sent;
-//! 3. calls DingTalk (the client reserves the rate budget and the monthly quota);
+//! 3. calls DingTalk (the client reserves the rate budget and the monthly quota), asking
+//!    right before each attempt whether the change still holds its leases (renewed by the
+//!    ledger's clock) and, for a policy write, whether its policy is still in force: a
+//!    writer that lost either sends nothing more;
 //! 4. records the new value of each setting it wrote (who, when, through what) and makes,
 //!    replaces or cancels the exception (the pending revert), every record retried until it
-//!    lands.
+//!    lands; the value's record is fenced by the change's holder name, so the ledger refuses
+//!    it once another writer took a lease (docs/reliability.md).
 //!
 //! See docs/architecture.md, "The governance core".
 
