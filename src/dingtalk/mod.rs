@@ -130,10 +130,22 @@ enum TokenKind {
     Modern,
 }
 
-/// Asked right before each attempt of a write: `Err(why)` abandons the call, nothing more
-/// is sent (the governance core checks the setting's lease and the policy in force).
+/// Asked at two points of each attempt of a write (the first and every retry): `Err(why)`
+/// abandons the call, nothing more is sent (the governance core checks the setting's lease
+/// and the policy in force).
 pub type AttemptGuard =
-    dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+    dyn Fn(GuardPoint) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+
+/// Where an attempt asks its [`AttemptGuard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardPoint {
+    /// Before the quota and the pacing: the check that may take a ledger write.
+    BeforePacing,
+    /// After the pacing, right before the request: a check here delays the request past its
+    /// slot in the rate budget, so a guard keeps it for what cannot wait (it was long since
+    /// the last check, or a policy write's policy in force).
+    BeforeSending,
+}
 
 /// Retry and pacing settings.
 #[derive(Debug, Clone)]
@@ -413,12 +425,19 @@ impl DingTalk {
                 ),
                 None => None,
             };
+            // A writer that was stalled (a stopped process, a hung earlier attempt) learns
+            // here that it may no longer write, before it spends quota or a slot.
+            if let Some(guard) = guard {
+                guard(GuardPoint::BeforePacing)
+                    .await
+                    .map_err(ApiError::Abandoned)?;
+            }
             self.take_quota(api).await?;
             self.pace(api, deadline).await?;
-            // Last, right before the request: a writer that was stalled (a stopped process, a
-            // hung earlier attempt) learns here that it may no longer write.
             if let Some(guard) = guard {
-                guard().await.map_err(ApiError::Abandoned)?;
+                guard(GuardPoint::BeforeSending)
+                    .await
+                    .map_err(ApiError::Abandoned)?;
             }
             let started = self.shared.clock.instant();
             let result = op(tok.clone()).await;

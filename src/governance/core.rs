@@ -27,7 +27,7 @@ use super::desired::{Ask, Decision, Desired, Exception, Held, PolicyWant};
 use super::record::Recorder;
 use super::reload::PolicyCell;
 use super::setting::Setting;
-use crate::dingtalk::{ApiError, AttemptGuard, DingTalk};
+use crate::dingtalk::{ApiError, AttemptGuard, DingTalk, GuardPoint};
 use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
 use crate::ledger::{Fence, LedgerError, LedgerHandle};
 
@@ -148,14 +148,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// When a change last had its leases renewed (or taken): a monotonic instant read before the
+/// ledger write that renewed them, so the lease surely lasts [`SETTING_LEASE_TTL`] from it.
+type Renewed = Arc<std::sync::Mutex<tokio::time::Instant>>;
+
+fn renewed_at(renewed: &Renewed) -> tokio::time::Instant {
+    *renewed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn mark_renewed(renewed: &Renewed, at: tokio::time::Instant) {
+    let mut last = renewed.lock().unwrap_or_else(|p| p.into_inner());
+    *last = (*last).max(at);
+}
+
 /// Renews a change's leases every third of their lifetime until it is aborted.
-async fn renew_while_held(ledger: LedgerHandle, names: Vec<String>, holder: String) {
+async fn renew_while_held(
+    ledger: LedgerHandle,
+    names: Vec<String>,
+    holder: String,
+    clock: Arc<dyn crate::clock::Clock>,
+    renewed: Renewed,
+) {
     loop {
         tokio::time::sleep(SETTING_LEASE_TTL / 3).await;
         let (asked, who) = (names.clone(), holder.clone());
         let ttl_ms = millis(SETTING_LEASE_TTL);
+        let before = clock.instant();
         match ledger.call(move |l| l.renew_leases(&asked, &who, ttl_ms)).await {
-            Ok(held) if held.len() == names.len() => {}
+            Ok(held) if held.len() == names.len() => mark_renewed(&renewed, before),
             Ok(_) => {
                 tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
             }
@@ -232,7 +252,9 @@ impl Governor {
             .map(|(s, _)| format!("setting:{cid}:{}", s.stored()))
             .collect();
         let holder = format!("{}#{}", self.holder, self.next.fetch_add(1, Ordering::Relaxed));
+        let taking = self.dingtalk.clock().instant();
         self.serialise(&names, &holder).await?;
+        let renewed: Renewed = Arc::new(std::sync::Mutex::new(taking));
         // The leases are short and renewed while the change runs, so that a writer killed
         // mid-change holds up the next one for a few seconds only.
         // Stopped when the change ends, or is dropped (a caller's deadline).
@@ -240,12 +262,14 @@ impl Governor {
             self.ledger.clone(),
             names.clone(),
             holder.clone(),
+            self.dingtalk.clock().clone(),
+            renewed.clone(),
         )));
         let fence = Fence {
             leases: names.clone(),
             holder: holder.clone(),
         };
-        let result = self.change_held(&change, &fence).await;
+        let result = self.change_held(&change, &fence, &renewed).await;
         drop(renewing);
         let (ledger, release) = (self.ledger.clone(), names);
         // Best effort: a lease left behind ends with its lifetime.
@@ -287,31 +311,52 @@ impl Governor {
         }
     }
 
-    /// Asked right before each DingTalk attempt of a change: the change still holds its
-    /// settings' leases (renewed by the ledger's clock; a lease that ran out or was taken
-    /// is lost) and, for a policy write, its policy is still the one in force.
-    fn attempt_guard(&self, fence: &Fence, policy: Option<String>) -> Box<AttemptGuard> {
-        let (ledger, fence) = (self.ledger.clone(), fence.clone());
-        Box::new(move || {
-            let (ledger, fence, policy) = (ledger.clone(), fence.clone(), policy.clone());
+    /// Asked at each DingTalk attempt of a change: the change still holds its settings'
+    /// leases (renewed, so the ledger's clock decides; a lease that ran out or was taken is
+    /// lost) and, for a policy write right before sending, its policy is still the one in
+    /// force. Leases renewed less than half a lease ago (by a monotonic instant read before
+    /// the renewal) surely still hold: nobody can take a live lease, so no ledger round trip
+    /// is needed, and a chat command's request is not held past its slot in the rate budget.
+    /// Older than that (the process stalled: the renewals every third of a lease did not
+    /// run, or a hung attempt outlasted them), the ledger is asked, renewing them.
+    fn attempt_guard(&self, fence: &Fence, renewed: &Renewed, policy: Option<String>) -> Box<AttemptGuard> {
+        let (ledger, fence, clock, renewed) = (
+            self.ledger.clone(),
+            fence.clone(),
+            self.dingtalk.clock().clone(),
+            renewed.clone(),
+        );
+        Box::new(move |point| {
+            let (ledger, fence, policy, clock, renewed) = (
+                ledger.clone(),
+                fence.clone(),
+                policy.clone(),
+                clock.clone(),
+                renewed.clone(),
+            );
             Box::pin(async move {
+                let now = clock.instant();
+                let fresh = now.duration_since(renewed_at(&renewed)) < SETTING_LEASE_TTL / 2;
+                let check_policy = point == GuardPoint::BeforeSending && policy.is_some();
+                if fresh && !check_policy {
+                    return Ok(());
+                }
                 let (names, holder) = (fence.leases.clone(), fence.holder.clone());
                 let ttl_ms = millis(SETTING_LEASE_TTL);
-                let held = ledger
-                    .call(move |l| l.renew_leases(&names, &holder, ttl_ms))
+                let (held, in_force) = ledger
+                    .call(move |l| {
+                        let held = l.renew_leases(&names, &holder, ttl_ms)?;
+                        let in_force = if check_policy { l.policy_in_force()? } else { None };
+                        Ok((held, in_force))
+                    })
                     .await
                     .map_err(|e| format!("cannot check the setting's lease: {e}"))?;
                 if held.len() != fence.leases.len() {
                     return Err(LEASE_LOST.to_owned());
                 }
-                if let Some(digest) = policy {
-                    let in_force = ledger
-                        .call(|l| l.policy_in_force())
-                        .await
-                        .map_err(|e| format!("cannot read the policy in force: {e}"))?;
-                    if in_force.is_some_and(|f| f != digest) {
-                        return Err(NOT_IN_FORCE.to_owned());
-                    }
+                mark_renewed(&renewed, now);
+                if in_force.is_some_and(|f| Some(f) != policy) {
+                    return Err(NOT_IN_FORCE.to_owned());
                 }
                 Ok(())
             })
@@ -326,7 +371,12 @@ impl Governor {
         Ok(in_force.is_none_or(|f| f == digest))
     }
 
-    async fn change_held(&self, change: &Change, fence: &Fence) -> Result<Vec<Written>, ChangeError> {
+    async fn change_held(
+        &self,
+        change: &Change,
+        fence: &Fence,
+        renewed: &Renewed,
+    ) -> Result<Vec<Written>, ChangeError> {
         let group = &change.group;
         let desired = self.desired(&group.conversation_id, Some(&group.chat_id)).await?;
         let cid = group.conversation_id.clone();
@@ -382,7 +432,7 @@ impl Governor {
                 }
             }
         }
-        let guard = self.attempt_guard(fence, policy_write.then(|| self.policy.digest_hex()));
+        let guard = self.attempt_guard(fence, renewed, policy_write.then(|| self.policy.digest_hex()));
         self.call_dingtalk(group, &mut out, &extending, &*guard).await;
         self.record(change, &mut out, fence).await;
         Ok(out)
