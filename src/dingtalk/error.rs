@@ -133,9 +133,10 @@ impl ApiError {
                 }
             }
             ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) => ErrorClass::Transient,
-            ApiError::Decode(_) | ApiError::Credentials(_) | ApiError::Undelivered(_) | ApiError::Abandoned(_) => {
-                ErrorClass::Permanent
-            }
+            ApiError::Decode(_)
+            | ApiError::Credentials(_)
+            | ApiError::Undelivered(_)
+            | ApiError::Abandoned(_) => ErrorClass::Permanent,
             ApiError::Quota(_) => ErrorClass::QuotaSpent,
         }
     }

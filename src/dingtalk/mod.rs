@@ -605,24 +605,29 @@ impl DingTalk {
         prohibit: bool,
         guard: Option<&AttemptGuard>,
     ) -> Result<(), ApiError> {
-        self.call_guarded(Api::FriendSwitch, Some(TokenKind::Legacy), guard, |tok| async move {
-            let mut url = join(&self.shared.oapi_base, "/topapi/chat/member/friendswitch/update")?;
-            if let Some(t) = &tok {
-                url.query_pairs_mut()
-                    .append_pair("access_token", t.expose_secret());
-            }
-            let body = json!({"chatid": chatid.as_str(), "is_prohibit": prohibit});
-            let resp = self
-                .shared
-                .http
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(transport)?;
-            let (status, v) = read_body(resp).await?;
-            legacy_outcome(status, &v)
-        })
+        self.call_guarded(
+            Api::FriendSwitch,
+            Some(TokenKind::Legacy),
+            guard,
+            |tok| async move {
+                let mut url = join(&self.shared.oapi_base, "/topapi/chat/member/friendswitch/update")?;
+                if let Some(t) = &tok {
+                    url.query_pairs_mut()
+                        .append_pair("access_token", t.expose_secret());
+                }
+                let body = json!({"chatid": chatid.as_str(), "is_prohibit": prohibit});
+                let resp = self
+                    .shared
+                    .http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(transport)?;
+                let (status, v) = read_body(resp).await?;
+                legacy_outcome(status, &v)
+            },
+        )
         .await
     }
 
@@ -656,18 +661,23 @@ impl DingTalk {
             return Ok(());
         }
         let body = &json!({"chatid": chatid.as_str(), "managementOptions": fields});
-        self.call_guarded(Api::GroupUpdate, Some(TokenKind::Modern), guard, |tok| async move {
-            let v = self
-                .modern_post("/v1.0/im/group/update", &tok, Some(body))
-                .await?;
-            if v.get("success").and_then(Value::as_bool) == Some(true) {
-                Ok(())
-            } else {
-                Err(ApiError::Decode(
-                    "group/update answered without success: true".into(),
-                ))
-            }
-        })
+        self.call_guarded(
+            Api::GroupUpdate,
+            Some(TokenKind::Modern),
+            guard,
+            |tok| async move {
+                let v = self
+                    .modern_post("/v1.0/im/group/update", &tok, Some(body))
+                    .await?;
+                if v.get("success").and_then(Value::as_bool) == Some(true) {
+                    Ok(())
+                } else {
+                    Err(ApiError::Decode(
+                        "group/update answered without success: true".into(),
+                    ))
+                }
+            },
+        )
         .await
     }
 

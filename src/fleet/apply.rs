@@ -287,10 +287,9 @@ impl Fleet {
                 )),
                 Decision::Held(Held::NotInForce) => {
                     stale.store(true, SeqCst);
-                    result.left_alone.push(format!(
-                        "{}: the policy in force changed",
-                        w.setting.key()
-                    ));
+                    result
+                        .left_alone
+                        .push(format!("{}: the policy in force changed", w.setting.key()));
                 }
                 Decision::Refused(_) | Decision::Superseded => {}
             }

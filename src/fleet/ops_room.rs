@@ -76,10 +76,14 @@ impl Organisation for Fleet {
             };
             let done = AtomicUsize::new(0);
             let report = self
-                .run_policy(spec, || {}, |total, _| {
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    let _ = progress.send((n, total));
-                })
+                .run_policy(
+                    spec,
+                    || {},
+                    |total, _| {
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        let _ = progress.send((n, total));
+                    },
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(report.summary())

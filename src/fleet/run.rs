@@ -40,7 +40,9 @@ pub enum RunRefused {
         "another policy run (a `dingops apply`, or a reconcile run of `serve`) is under way on this ledger and still was after {0} s; try again when it is done"
     )]
     Busy(u64),
-    #[error("the policy this run would apply is no longer the policy in force (serve reloaded a new one); plan again")]
+    #[error(
+        "the policy this run would apply is no longer the policy in force (serve reloaded a new one); plan again"
+    )]
     NotInForce,
     /// The monthly quota does not allow it: the refusal with its numbers.
     #[error("{0}")]

@@ -420,7 +420,10 @@ impl Governor {
             }
         }
         // A policy write applies this process's policy: only while it is the one in force.
-        let policy_write = change.items.iter().any(|(_, ask)| matches!(ask, Ask::Policy { .. }));
+        let policy_write = change
+            .items
+            .iter()
+            .any(|(_, ask)| matches!(ask, Ask::Policy { .. }));
         if policy_write && !self.policy_in_force().await? {
             for (w, _) in out
                 .iter_mut()

@@ -75,9 +75,7 @@ async fn an_apply_stopped_past_its_setting_lease_does_not_send_its_retry_and_rep
     // Stopped for longer than its 6 s lease; meanwhile an admin's timed command waits for the
     // lease to run out, takes it and writes.
     signal(pid, "-STOP");
-    let reply = app
-        .ask(&app.chat(GROUP), &admin(), "/searchable off 1h")
-        .await;
+    let reply = app.ask(&app.chat(GROUP), &admin(), "/searchable off 1h").await;
     assert_reply(&reply, "✅", "");
     signal(pid, "-CONT");
     let status = exit_within(&mut child.0, Duration::from_secs(60))

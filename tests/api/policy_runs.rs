@@ -57,7 +57,8 @@ fn muted(app: &TestApp) -> i64 {
 }
 
 #[tokio::test]
-async fn a_two_person_apply_while_another_policy_run_holds_the_lease_is_refused_saying_so_and_changes_nothing() {
+async fn a_two_person_apply_while_another_policy_run_holds_the_lease_is_refused_saying_so_and_changes_nothing()
+ {
     let app = ops_app(|_| {}).await;
     let plan = app.ask(&app.chat(OPS), &admin(), "/plan").await;
     let code = code_in(&plan.content);
@@ -109,8 +110,16 @@ async fn a_two_person_apply_that_does_not_fit_the_background_share_is_refused_na
     let applied = app
         .ask(&app.chat(OPS), &second_admin(), &format!("/apply {code}"))
         .await;
-    assert_reply(&applied, "❌", "apply refused: the changes need 2 calls (1 reads, 1 writes)");
-    assert!(applied.content.contains("1 left for background work"), "{}", applied.content);
+    assert_reply(
+        &applied,
+        "❌",
+        "apply refused: the changes need 2 calls (1 reads, 1 writes)",
+    );
+    assert!(
+        applied.content.contains("1 left for background work"),
+        "{}",
+        applied.content
+    );
     assert_eq!(muted(&app), 1, "nothing applied");
     assert!(app.sim.calls(Some(api::GROUP_UPDATE)).is_empty());
 }
@@ -190,10 +199,7 @@ async fn a_running_apply_writes_nothing_of_the_old_policy_once_serve_reloaded_a_
             .success()
     );
     let end = std::time::Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("policy reloaded")
-    {
+    while !std::fs::read_to_string(&log).unwrap().contains("policy reloaded") {
         assert!(std::time::Instant::now() < end, "serve did not reload");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -206,8 +212,7 @@ async fn a_running_apply_writes_nothing_of_the_old_policy_once_serve_reloaded_a_
     // A write already sent when serve reloaded may land just after; none starts later.
     let late = old_writes(&sim, reloaded_ms + 1000);
     assert_eq!(
-        late,
-        0,
+        late, 0,
         "{late} writes of the old policy after the reload ({before} before it; {} groups)\n{stdout}",
         n
     );

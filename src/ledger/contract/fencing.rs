@@ -47,10 +47,7 @@ fn a_fenced_record_lands_while_its_holder_keeps_the_lease_and_is_refused_once_an
             .unwrap()
     );
     // Another writer takes one of the two leases (it ran out) and records its value.
-    assert_eq!(
-        l.try_leases(&names[..1], "chat#7", 6_000).unwrap(),
-        &names[..1]
-    );
+    assert_eq!(l.try_leases(&names[..1], "chat#7", 6_000).unwrap(), &names[..1]);
     assert!(
         l.record_setting_fenced("g", "searchable", &known(0, "chat"), &{
             let mut f = fence("chat#7");

@@ -651,6 +651,28 @@ impl Maintenance for SqliteLedger {
     }
 }
 
+/// Writes what dingops knows of one setting of a group, replacing what it knew.
+fn upsert_setting(conn: &Connection, cid: &str, setting: &str, k: &KnownValue) -> Result<(), LedgerError> {
+    conn.execute(
+        "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(conversation_id, setting) DO UPDATE SET value = excluded.value,
+         set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+         set_ms = excluded.set_ms",
+        params![
+            cid,
+            setting,
+            i64::from(k.value),
+            k.set_by,
+            k.set_by_nick,
+            k.via,
+            to_i64(k.set_ms)
+        ],
+    )
+    .map_err(sql("record_setting"))?;
+    Ok(())
+}
+
 // The store-independent tests are in `contract.rs`; these are about SQLite's own locking.
 #[cfg(test)]
 mod tests {
@@ -677,26 +699,4 @@ mod tests {
             &clock,
         );
     }
-}
-
-/// Writes what dingops knows of one setting of a group, replacing what it knew.
-fn upsert_setting(conn: &Connection, cid: &str, setting: &str, k: &KnownValue) -> Result<(), LedgerError> {
-    conn.execute(
-        "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT(conversation_id, setting) DO UPDATE SET value = excluded.value,
-         set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
-         set_ms = excluded.set_ms",
-        params![
-            cid,
-            setting,
-            i64::from(k.value),
-            k.set_by,
-            k.set_by_nick,
-            k.via,
-            to_i64(k.set_ms)
-        ],
-    )
-    .map_err(sql("record_setting"))?;
-    Ok(())
 }
