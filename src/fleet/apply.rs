@@ -18,7 +18,7 @@ use crate::clock::{format_ms, now_ms};
 use crate::domain::{ChatId, printable};
 use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
 use crate::governance::{Actor, Ask, Change as GovernedChange, Decision, Group, Held, Via};
-use crate::ledger::{AuditRow, LedgerError};
+use crate::ledger::AuditRow;
 
 /// Groups worked on at once by `apply`: enough for reads and writes of different groups to
 /// use their APIs' budgets side by side.
@@ -156,21 +156,11 @@ fn unresolved_line(u: &Unresolved) -> String {
 }
 
 impl Fleet {
-    /// Applies the policy: each group is read again, then changed (one `group/update` with
-    /// all its changed switches, `friendswitch/update` for the private-chat switch), and its
-    /// changes recorded at once. `origin` names the run in the audit (`apply`, `reconcile`);
-    /// `each` sees every group as it finishes.
-    pub async fn apply(
-        &self,
-        origin: &str,
-        each: impl FnMut(&GroupApplied),
-    ) -> Result<ApplyReport, LedgerError> {
-        let resolution = self.resolve().await?;
-        Ok(self.apply_resolved(resolution, origin, each).await)
-    }
-
-    /// [`Fleet::apply`] to groups already resolved (the CLI counts them first for its
-    /// progress bar).
+    /// Applies the policy to groups already resolved: each group is read again, then changed
+    /// (one `group/update` with all its changed switches, `friendswitch/update` for the
+    /// private-chat switch), and its changes recorded at once. `origin` names the run in the
+    /// audit (`apply`, `reconcile`); `each` sees every group as it finishes. The caller holds
+    /// the `policy` lease: [`Fleet::run_policy`] or the reconcile loop.
     pub async fn apply_resolved(
         &self,
         resolution: Resolution,
