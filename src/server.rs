@@ -152,6 +152,10 @@ impl Application {
         let reload_metrics = metrics.clone();
         // One clock for the worker, its pool, leases and timer, and the DingTalk pacing.
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        // The policy this serve loaded is the policy in force for the organisation: a policy
+        // run of another one (a `dingops apply` started before) stops writing.
+        policy.record_in_force(&ledger, "serve", clock.now_ms()).await;
+        let in_force = (ledger.clone(), clock.clone());
         // One DingTalk rate budget for every process and replica on this ledger (CLI tools
         // included).
         let dingtalk = Arc::new(
@@ -355,7 +359,14 @@ impl Application {
             tasks.push(tokio::spawn(stop_on_signal(server.handle(), stopping.clone())));
         }
         if let Some(hangup) = hangup {
-            tasks.push(tokio::spawn(reload_on_hangup(hangup, policy, reload_metrics)));
+            let (ledger, clock) = in_force;
+            tasks.push(tokio::spawn(reload_on_hangup(
+                hangup,
+                policy,
+                reload_metrics,
+                ledger,
+                clock,
+            )));
         }
         let tasks = Tasks(tasks);
         Ok(Self {
@@ -418,6 +429,8 @@ async fn reload_on_hangup(
     hangup: std::io::Result<tokio::signal::unix::Signal>,
     policy: Arc<crate::governance::PolicyCell>,
     metrics: Arc<Metrics>,
+    ledger: LedgerHandle,
+    clock: Arc<dyn crate::clock::Clock>,
 ) {
     let mut hangup = match hangup {
         Ok(s) => s,
@@ -431,7 +444,9 @@ async fn reload_on_hangup(
             tracing::info!("SIGHUP: no policy file is configured; nothing to reload");
             continue;
         }
-        policy.reload_logged("SIGHUP", &metrics);
+        policy
+            .reload_in_force("SIGHUP", &metrics, &ledger, "serve", clock.now_ms())
+            .await;
     }
 }
 

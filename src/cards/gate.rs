@@ -86,13 +86,15 @@ impl Gate {
         }
     }
 
-    /// Answers a click whose identity was used before: the card as it is now (as a
-    /// pushed-again click gets), nothing entered. `Err`: the ledger did not answer.
+    /// Answers a click whose identity was used before: nothing entered, and nothing public
+    /// shown. The first use of the pair may still be on its way into the ledger, so the card
+    /// read now may be from before it; showing that would put its buttons back for everyone.
+    /// `Err`: the ledger did not answer.
     pub async fn duplicate(&self, out_track_id: &str) -> Result<Admitted, LedgerError> {
         let id = out_track_id.to_owned();
         Ok(match self.ledger.call(move |l| l.card(&id)).await? {
-            Some(row) => Admitted {
-                response: response(&current(&row, &CardData::of(&row).params), ""),
+            Some(_) => Admitted {
+                response: response(&BTreeMap::new(), ""),
                 new: false,
             },
             None => refused(&BTreeMap::new(), UNKNOWN_CARD),

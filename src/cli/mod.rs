@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use crate::config::{LedgerSettings, Settings};
 use crate::fleet::Fleet;
-use crate::fleet::policy_lease::{POLICY_LEASE_TTL, PolicyLease};
+use crate::fleet::policy_lease::POLICY_LEASE_TTL;
 use crate::server::{Application, RunOptions};
 
 /// Writes `text` to stdout. A reader that went away (`dingops audit | head`) is not an
@@ -147,85 +147,49 @@ async fn open_fleet(settings: &Settings) -> Result<Fleet, crate::fleet::OpenErro
 /// How long `apply` waits for another policy run on the ledger to finish.
 const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// `dingops apply`: one policy run at a time on the ledger, not beside another apply nor
-/// beside a reconcile run of a `serve` (any replica).
+/// `dingops apply`: one policy run ([`Fleet::run_policy`]): not beside another apply nor
+/// beside a reconcile run of a `serve` (any replica); its policy becomes the policy in force
+/// for the organisation; refused (exit 1, nothing written) when the month is spent or the
+/// reads and planned writes do not fit what the month has left for background work; a
+/// budget that runs out midway stops the run cleanly (what was done is recorded; a rerun
+/// resumes).
 pub async fn apply(config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
     let fleet = open_fleet(&settings).await?;
     let holder = format!("apply-{}", crate::worker::group_leases::replica_id());
-    let waited = PolicyLease::take_waiting(fleet.ledger(), &holder, APPLY_WAITS_FOR_LEASE, || {
+    let dingtalk = fleet.dingtalk();
+    let refused = dingtalk.quota_refusals();
+    let progress = std::sync::OnceLock::new();
+    let spec = crate::fleet::run::RunSpec {
+        holder: &holder,
+        origin: "apply",
+        wait: APPLY_WAITS_FOR_LEASE,
+        puts_in_force: true,
+    };
+    let waiting = || {
         eprintln!(
             "apply: another policy run (a `dingops apply`, or a reconcile run of `serve`) is under \
              way on this ledger; waiting for it to finish (a killed one holds it for at most {} s)",
             POLICY_LEASE_TTL.as_secs()
         )
-    })
-    .await?;
-    let Some(lease) = waited else {
-        eprintln!(
-            "error: another policy run still holds this ledger after {} s; try again later",
-            APPLY_WAITS_FOR_LEASE.as_secs()
-        );
-        return Ok(ExitCode::FAILURE);
     };
-    let result = apply_within_budget(&settings, &fleet).await;
-    lease.release().await;
-    result
-}
-
-/// `apply`'s run once it holds the policy lease. Without a monthly budget: every group,
-/// re-planned right before its change. With one: refused (exit 1, nothing written) when the
-/// month is spent or the reads and planned writes do not fit what the month has left for
-/// background work; else the groups with changes are applied, and a budget that runs out
-/// midway stops the run cleanly (what was done is recorded; a rerun resumes).
-async fn apply_within_budget(settings: &Settings, fleet: &Fleet) -> anyhow::Result<ExitCode> {
-    let resolution = fleet.resolve().await?;
-    let dingtalk = fleet.dingtalk();
-    let (resolution, planned) = if settings.dingtalk.quota.monthly.is_some() {
-        let usage = dingtalk.quota_usage().await?;
-        if usage.spent {
-            eprintln!(
-                "apply refused: DingTalk answered 90020 in {}: the organisation's monthly API quota is spent until {}. Nothing was changed.",
-                usage.month.key,
-                crate::dingtalk::quota::renews_text(&usage.month, dingtalk.quota_timezone())
-                    .trim_start_matches("on ")
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-        let reads = resolution.targets.len() as u64;
-        if let Err(refusal) = quota::apply_fits(reads, 0, &usage) {
-            eprintln!("{refusal}");
-            return Ok(ExitCode::FAILURE);
-        }
-        let refused_reading = dingtalk.quota_refusals();
-        let plan = fleet.plan_resolved(resolution.clone()).await;
-        let usage = dingtalk.quota_usage().await?;
-        let (todo, writes) = plan.work();
-        if dingtalk.quota_refusals() > refused_reading {
-            eprintln!(
-                "apply refused: the month's background budget ran out while reading the groups ({}). Nothing was changed.",
-                usage.line()
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-        if let Err(refusal) = quota::apply_fits(todo.len() as u64, writes, &usage) {
-            eprintln!("{refusal}");
-            return Ok(ExitCode::FAILURE);
-        }
-        let unchanged = crate::fleet::apply::GroupApplied::unchanged_in(&plan);
-        let mut resolution = resolution;
-        resolution.targets.retain(|t| todo.contains(&t.conversation_id));
-        (resolution, unchanged)
-    } else {
-        (resolution, Vec::new())
-    };
-    let refused = dingtalk.quota_refusals();
-    let progress = progress::ApplyProgress::new(resolution.targets.len());
-    let mut report = fleet
-        .apply_resolved(resolution, "apply", |g| progress.group(g))
+    let run = fleet
+        .run_policy(spec, waiting, |total, g| {
+            progress
+                .get_or_init(|| progress::ApplyProgress::new(total))
+                .group(g)
+        })
         .await;
-    progress.finish();
-    report.add_unchanged(planned);
+    if let Some(p) = progress.get() {
+        p.finish();
+    }
+    let report = match run {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     write_stdout(&report.summary())?;
     if dingtalk.quota_refusals() > refused {
         let usage = dingtalk.quota_usage().await?;

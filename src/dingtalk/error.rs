@@ -42,6 +42,10 @@ pub enum ApiError {
     /// with `success: false`, and its `errorMsg` (docs/dingtalk.md, "Interactive cards").
     #[error("card not delivered: {0}")]
     Undelivered(String),
+    /// Not sent: the check before the attempt ([`super::AttemptGuard`]) said the caller may
+    /// no longer write (its lease was taken, its policy is no longer in force).
+    #[error("abandoned, not sent: {0}")]
+    Abandoned(String),
 }
 
 /// Why a call met the monthly quota.
@@ -137,9 +141,10 @@ impl ApiError {
             ApiError::Timeout | ApiError::Connect | ApiError::Transport(_) | ApiError::Uncounted => {
                 ErrorClass::Transient
             }
-            ApiError::Decode(_) | ApiError::Credentials(_) | ApiError::Undelivered(_) => {
-                ErrorClass::Permanent
-            }
+            ApiError::Decode(_)
+            | ApiError::Credentials(_)
+            | ApiError::Undelivered(_)
+            | ApiError::Abandoned(_) => ErrorClass::Permanent,
             ApiError::Quota(_) => ErrorClass::QuotaSpent,
         }
     }
@@ -184,6 +189,7 @@ impl ApiError {
             ApiError::Quota(_) => "budget".into(),
             // A fixed word: the errorMsg is DingTalk's text, too varied for a metric label.
             ApiError::Undelivered(_) => "card-not-delivered".into(),
+            ApiError::Abandoned(_) => "abandoned".into(),
         }
     }
 }

@@ -130,6 +130,23 @@ enum TokenKind {
     Modern,
 }
 
+/// Asked at two points of each attempt of a write (the first and every retry): `Err(why)`
+/// abandons the call, nothing more is sent (the governance core checks the setting's lease
+/// and the policy in force).
+pub type AttemptGuard =
+    dyn Fn(GuardPoint) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+
+/// Where an attempt asks its [`AttemptGuard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardPoint {
+    /// Before the quota and the pacing: the check that may take a ledger write.
+    BeforePacing,
+    /// After the pacing, right before the request: a check here delays the request past its
+    /// slot in the rate budget, so a guard keeps it for what cannot wait (it was long since
+    /// the last check, or a policy write's policy in force).
+    BeforeSending,
+}
+
 /// Retry and pacing settings.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -393,7 +410,23 @@ impl DingTalk {
         F: Fn(Option<SecretString>) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
-        self.call_until(api, token, self.deadline(), op).await
+        self.call_until(api, token, self.deadline(), None, op).await
+    }
+
+    /// [`DingTalk::call`] that asks `guard` right before each attempt (the first and every
+    /// retry) and sends nothing more once it says no.
+    async fn call_guarded<T, F, Fut>(
+        &self,
+        api: Api,
+        token: Option<TokenKind>,
+        guard: Option<&AttemptGuard>,
+        op: F,
+    ) -> Result<T, ApiError>
+    where
+        F: Fn(Option<SecretString>) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        self.call_until(api, token, self.deadline(), guard, op).await
     }
 
     /// [`DingTalk::call`] with a given deadline; waiting for a token counts against it.
@@ -402,6 +435,7 @@ impl DingTalk {
         api: Api,
         token: Option<TokenKind>,
         deadline: Instant,
+        guard: Option<&AttemptGuard>,
         op: F,
     ) -> Result<T, ApiError>
     where
@@ -421,8 +455,20 @@ impl DingTalk {
                 ),
                 None => None,
             };
+            // A writer that was stalled (a stopped process, a hung earlier attempt) learns
+            // here that it may no longer write, before it spends quota or a slot.
+            if let Some(guard) = guard {
+                guard(GuardPoint::BeforePacing)
+                    .await
+                    .map_err(ApiError::Abandoned)?;
+            }
             self.take_quota(api, deadline).await?;
             self.pace(api, deadline).await?;
+            if let Some(guard) = guard {
+                guard(GuardPoint::BeforeSending)
+                    .await
+                    .map_err(ApiError::Abandoned)?;
+            }
             let started = self.shared.clock.instant();
             let result = op(tok.clone()).await;
             let took = self.shared.clock.instant().saturating_duration_since(started);
@@ -521,7 +567,7 @@ impl DingTalk {
             .token_fetches
             .with_label_values(&["legacy"])
             .inc();
-        self.call_until(Api::GetToken, None, deadline, |_| async {
+        self.call_until(Api::GetToken, None, deadline, None, |_| async {
             let mut url = join(&self.shared.oapi_base, "/gettoken")?;
             url.query_pairs_mut()
                 .append_pair("appkey", &self.shared.app_key)
@@ -540,7 +586,7 @@ impl DingTalk {
             .token_fetches
             .with_label_values(&["modern"])
             .inc();
-        self.call_until(Api::AccessToken, None, deadline, |_| async {
+        self.call_until(Api::AccessToken, None, deadline, None, |_| async {
             let url = join(&self.shared.api_base, "/v1.0/oauth2/accessToken")?;
             let body =
                 json!({"appKey": self.shared.app_key, "appSecret": self.shared.app_secret.expose_secret()});
@@ -607,24 +653,39 @@ impl DingTalk {
     /// members of the group `chatid`.
     #[tracing::instrument(skip(self), fields(chatid = %chatid))]
     pub async fn set_friend_switch(&self, chatid: &ChatId, prohibit: bool) -> Result<(), ApiError> {
-        self.call(Api::FriendSwitch, Some(TokenKind::Legacy), |tok| async move {
-            let mut url = join(&self.shared.oapi_base, "/topapi/chat/member/friendswitch/update")?;
-            if let Some(t) = &tok {
-                url.query_pairs_mut()
-                    .append_pair("access_token", t.expose_secret());
-            }
-            let body = json!({"chatid": chatid.as_str(), "is_prohibit": prohibit});
-            let resp = self
-                .shared
-                .http
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(transport)?;
-            let (status, v) = read_body(resp).await?;
-            legacy_outcome(status, &v)
-        })
+        self.set_friend_switch_guarded(chatid, prohibit, None).await
+    }
+
+    /// [`DingTalk::set_friend_switch`] with `guard` asked before each attempt.
+    pub async fn set_friend_switch_guarded(
+        &self,
+        chatid: &ChatId,
+        prohibit: bool,
+        guard: Option<&AttemptGuard>,
+    ) -> Result<(), ApiError> {
+        self.call_guarded(
+            Api::FriendSwitch,
+            Some(TokenKind::Legacy),
+            guard,
+            |tok| async move {
+                let mut url = join(&self.shared.oapi_base, "/topapi/chat/member/friendswitch/update")?;
+                if let Some(t) = &tok {
+                    url.query_pairs_mut()
+                        .append_pair("access_token", t.expose_secret());
+                }
+                let body = json!({"chatid": chatid.as_str(), "is_prohibit": prohibit});
+                let resp = self
+                    .shared
+                    .http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(transport)?;
+                let (status, v) = read_body(resp).await?;
+                legacy_outcome(status, &v)
+            },
+        )
         .await
     }
 
@@ -644,22 +705,37 @@ impl DingTalk {
         chatid: &ChatId,
         fields: &BTreeMap<&str, u8>,
     ) -> Result<(), ApiError> {
+        self.update_group_fields_guarded(chatid, fields, None).await
+    }
+
+    /// [`DingTalk::update_group_fields`] with `guard` asked before each attempt.
+    pub async fn update_group_fields_guarded(
+        &self,
+        chatid: &ChatId,
+        fields: &BTreeMap<&str, u8>,
+        guard: Option<&AttemptGuard>,
+    ) -> Result<(), ApiError> {
         if fields.is_empty() {
             return Ok(());
         }
         let body = &json!({"chatid": chatid.as_str(), "managementOptions": fields});
-        self.call(Api::GroupUpdate, Some(TokenKind::Modern), |tok| async move {
-            let v = self
-                .modern_post("/v1.0/im/group/update", &tok, Some(body))
-                .await?;
-            if v.get("success").and_then(Value::as_bool) == Some(true) {
-                Ok(())
-            } else {
-                Err(ApiError::Decode(
-                    "group/update answered without success: true".into(),
-                ))
-            }
-        })
+        self.call_guarded(
+            Api::GroupUpdate,
+            Some(TokenKind::Modern),
+            guard,
+            |tok| async move {
+                let v = self
+                    .modern_post("/v1.0/im/group/update", &tok, Some(body))
+                    .await?;
+                if v.get("success").and_then(Value::as_bool) == Some(true) {
+                    Ok(())
+                } else {
+                    Err(ApiError::Decode(
+                        "group/update answered without success: true".into(),
+                    ))
+                }
+            },
+        )
         .await
     }
 

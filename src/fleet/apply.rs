@@ -18,7 +18,7 @@ use crate::clock::{format_ms, now_ms};
 use crate::domain::{ChatId, printable};
 use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
 use crate::governance::{Actor, Ask, Change as GovernedChange, Decision, Group, Held, Via};
-use crate::ledger::{AuditRow, LedgerError};
+use crate::ledger::AuditRow;
 
 /// Groups worked on at once by `apply`: enough for reads and writes of different groups to
 /// use their APIs' budgets side by side.
@@ -86,7 +86,14 @@ impl GroupApplied {
 pub struct ApplyReport {
     pub groups: Vec<GroupApplied>,
     pub unresolved: Vec<Unresolved>,
+    /// Why the run stopped before its end: the policy it applies is no longer the policy in
+    /// force for the organisation (the groups not done were left as they are).
+    pub stopped: Option<String>,
 }
+
+/// Why a run stops when another process put a newer policy in force.
+pub const NOT_IN_FORCE: &str = "stopped: the policy in force changed (serve reloaded a new policy) while this run was under way; \
+     nothing more of the old policy was written. Run it again to apply the policy in force";
 
 impl ApplyReport {
     /// Groups with at least one change made and nothing failed.
@@ -118,7 +125,7 @@ impl ApplyReport {
 
     /// `dingops apply`'s exit code: 0 when everything converged, else 1.
     pub fn exit_code(&self) -> u8 {
-        u8::from(self.failed() > 0)
+        u8::from(self.failed() > 0 || self.stopped.is_some())
     }
 
     /// The summary printed at the end: counts, then each failure with its reason.
@@ -137,6 +144,9 @@ impl ApplyReport {
         for u in &self.unresolved {
             out.push_str(&format!("  {}\n", unresolved_line(u)));
         }
+        if let Some(why) = &self.stopped {
+            out.push_str(&format!("{why}.\n"));
+        }
         out
     }
 }
@@ -146,21 +156,11 @@ fn unresolved_line(u: &Unresolved) -> String {
 }
 
 impl Fleet {
-    /// Applies the policy: each group is read again, then changed (one `group/update` with
-    /// all its changed switches, `friendswitch/update` for the private-chat switch), and its
-    /// changes recorded at once. `origin` names the run in the audit (`apply`, `reconcile`);
-    /// `each` sees every group as it finishes.
-    pub async fn apply(
-        &self,
-        origin: &str,
-        each: impl FnMut(&GroupApplied),
-    ) -> Result<ApplyReport, LedgerError> {
-        let resolution = self.resolve().await?;
-        Ok(self.apply_resolved(resolution, origin, each).await)
-    }
-
-    /// [`Fleet::apply`] to groups already resolved (the CLI counts them first for its
-    /// progress bar).
+    /// Applies the policy to groups already resolved: each group is read again, then changed
+    /// (one `group/update` with all its changed switches, `friendswitch/update` for the
+    /// private-chat switch), and its changes recorded at once. `origin` names the run in the
+    /// audit (`apply`, `reconcile`); `each` sees every group as it finishes. The caller holds
+    /// the `policy` lease: [`Fleet::run_policy`] or the reconcile loop.
     pub async fn apply_resolved(
         &self,
         resolution: Resolution,
@@ -168,10 +168,12 @@ impl Fleet {
         mut each: impl FnMut(&GroupApplied),
     ) -> ApplyReport {
         let mut groups = Vec::with_capacity(resolution.targets.len());
+        let stale = std::sync::atomic::AtomicBool::new(false);
+        let stale = &stale;
         // Owned targets: a borrowing closure here makes the future not `Send` for every
         // lifetime, which `tokio::spawn` (the reconcile task) needs.
         let mut done = futures_util::stream::iter(resolution.targets)
-            .map(|t| async move { self.apply_group(&t, origin).await })
+            .map(|t| async move { self.apply_group(&t, origin, stale).await })
             .buffer_unordered(APPLY_IN_FLIGHT);
         while let Some(g) = done.next().await {
             each(&g);
@@ -182,10 +184,32 @@ impl Fleet {
         ApplyReport {
             groups,
             unresolved: resolution.unresolved,
+            stopped: stale
+                .load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| NOT_IN_FORCE.to_owned()),
         }
     }
 
-    async fn apply_group(&self, target: &Target, origin: &str) -> GroupApplied {
+    /// One group of a run; `stale` is set (and every group after it left alone) once the
+    /// run's policy is no longer the one in force.
+    async fn apply_group(
+        &self,
+        target: &Target,
+        origin: &str,
+        stale: &std::sync::atomic::AtomicBool,
+    ) -> GroupApplied {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !stale.load(SeqCst) && !self.governor.policy_in_force().await.unwrap_or(true) {
+            stale.store(true, SeqCst);
+        }
+        if stale.load(SeqCst) {
+            return GroupApplied {
+                plan: GroupPlan::not_read(target),
+                applied: Vec::new(),
+                failures: Vec::new(),
+                left_alone: vec!["not read: the policy in force changed".to_owned()],
+            };
+        }
         let plan = self.plan_group(target).await;
         let mut result = GroupApplied {
             plan,
@@ -251,6 +275,12 @@ impl Fleet {
                     "{}: the policy changed since the group was read",
                     w.setting.key()
                 )),
+                Decision::Held(Held::NotInForce) => {
+                    stale.store(true, SeqCst);
+                    result
+                        .left_alone
+                        .push(format!("{}: the policy in force changed", w.setting.key()));
+                }
                 Decision::Refused(_) | Decision::Superseded => {}
             }
         }

@@ -10,6 +10,7 @@ pub mod ops_room;
 pub mod plan;
 pub mod policy_lease;
 pub mod reconcile;
+pub mod run;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,11 +1,16 @@
 //! The fleet as the worker's [`Organisation`]: the plan and the apply the ops group's
 //! two-person rule starts from chat (see `worker::approvals`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::Fleet;
+use super::run::RunSpec;
 use crate::worker::approvals::{OrgFuture, Organisation, PlanBrief};
+
+/// How long an approved plan waits for another policy run (a `dingops apply`, a reconcile
+/// run) to finish before it is refused, saying so.
+const TWO_PERSON_WAITS_FOR_LEASE: Duration = Duration::from_secs(5);
 
 /// The changes a plan lists in the chat; the rest are counted.
 const FIRST_CHANGES: usize = 5;
@@ -62,15 +67,25 @@ impl Organisation for Fleet {
             if self.governor().policy().digest_hex() != policy_digest {
                 return Err("the policy changed since this plan was made; run /plan again".to_owned());
             }
-            let resolution = self.resolve().await.map_err(|e| e.to_string())?;
-            let total = resolution.targets.len();
-            let done = Arc::new(AtomicUsize::new(0));
+            let holder = format!("two-person-{}", crate::worker::group_leases::replica_id());
+            let spec = RunSpec {
+                holder: &holder,
+                origin: "apply (two-person rule)",
+                wait: TWO_PERSON_WAITS_FOR_LEASE,
+                puts_in_force: false,
+            };
+            let done = AtomicUsize::new(0);
             let report = self
-                .apply_resolved(resolution, "apply (two-person rule)", |_| {
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    let _ = progress.send((n, total));
-                })
-                .await;
+                .run_policy(
+                    spec,
+                    || {},
+                    |total, _| {
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        let _ = progress.send((n, total));
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(report.summary())
         })
     }

@@ -78,6 +78,20 @@ pub struct GroupPlan {
     pub error: Option<String>,
 }
 
+impl GroupPlan {
+    /// A group a run did not read (it stopped before).
+    pub fn not_read(target: &Target) -> Self {
+        Self {
+            conversation_id: target.conversation_id.clone(),
+            chat_id: target.chat_id.clone(),
+            name: None,
+            changes: Vec::new(),
+            held: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 /// A whole plan: one entry per matched group, and the selectors that matched nothing
 /// dingops can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -208,10 +208,13 @@ impl Reconciler {
             }
         };
         // A changed policy file is read before the run; a refused one keeps the policy in force.
+        // A new policy is recorded as the one in force for the organisation (as on SIGHUP).
+        let now = self.fleet.dingtalk().ledger_time().now_ms();
         self.fleet
             .governor()
             .policy()
-            .reload_logged("reconcile", &self.metrics);
+            .reload_in_force("reconcile", &self.metrics, self.fleet.ledger(), &self.holder, now)
+            .await;
         if !self.quota_allows().await {
             lease.release().await;
             return None;

@@ -7,10 +7,14 @@
 //! 2. reads what the setting should be under that serialisation (the policy in force, the
 //!    exception in force) and decides ([`super::desired`]); a policy write decided from a
 //!    stale plan is dropped, not sent;
-//! 3. calls DingTalk (the client reserves the rate budget and the monthly quota);
+//! 3. calls DingTalk (the client reserves the rate budget and the monthly quota), asking
+//!    right before each attempt whether the change still holds its leases (renewed by the
+//!    ledger's clock) and, for a policy write, whether its policy is still in force: a
+//!    writer that lost either sends nothing more;
 //! 4. records the new value of each setting it wrote (who, when, through what) and makes,
 //!    replaces or cancels the exception (the pending revert), every record retried until it
-//!    lands.
+//!    lands; the value's record is fenced by the change's holder name, so the ledger refuses
+//!    it once another writer took a lease (docs/reliability.md).
 //!
 //! See docs/architecture.md, "The governance core".
 
@@ -19,13 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::desired::{Ask, Decision, Desired, Exception, PolicyWant};
+use super::desired::{Ask, Decision, Desired, Exception, Held, PolicyWant};
 use super::record::Recorder;
 use super::reload::PolicyCell;
 use super::setting::Setting;
-use crate::dingtalk::{ApiError, DingTalk};
+use crate::dingtalk::{ApiError, AttemptGuard, DingTalk, GuardPoint};
 use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
-use crate::ledger::{LedgerError, LedgerHandle};
+use crate::ledger::{Fence, LedgerError, LedgerHandle};
 
 /// Through what a setting was changed: recorded with its value and shown by `/group-status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,14 +148,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// When a change last had its leases renewed (or taken): a monotonic instant read before the
+/// ledger write that renewed them, so the lease surely lasts [`SETTING_LEASE_TTL`] from it.
+type Renewed = Arc<std::sync::Mutex<tokio::time::Instant>>;
+
+fn renewed_at(renewed: &Renewed) -> tokio::time::Instant {
+    *renewed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn mark_renewed(renewed: &Renewed, at: tokio::time::Instant) {
+    let mut last = renewed.lock().unwrap_or_else(|p| p.into_inner());
+    *last = (*last).max(at);
+}
+
 /// Renews a change's leases every third of their lifetime until it is aborted.
-async fn renew_while_held(ledger: LedgerHandle, names: Vec<String>, holder: String) {
+async fn renew_while_held(
+    ledger: LedgerHandle,
+    names: Vec<String>,
+    holder: String,
+    clock: Arc<dyn crate::clock::Clock>,
+    renewed: Renewed,
+) {
     loop {
         tokio::time::sleep(SETTING_LEASE_TTL / 3).await;
         let (asked, who) = (names.clone(), holder.clone());
         let ttl_ms = millis(SETTING_LEASE_TTL);
+        let before = clock.instant();
         match ledger.call(move |l| l.renew_leases(&asked, &who, ttl_ms)).await {
-            Ok(held) if held.len() == names.len() => {}
+            Ok(held) if held.len() == names.len() => mark_renewed(&renewed, before),
             Ok(_) => {
                 tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
             }
@@ -181,6 +205,10 @@ impl Bound {
         }
     }
 }
+/// Why a write was abandoned: its lease is gone.
+const LEASE_LOST: &str = "another writer took this setting's lease while this change was under way";
+/// Why a policy write was abandoned: another process loaded a newer policy.
+const NOT_IN_FORCE: &str = "the policy in force changed (serve reloaded it) while this run was under way";
 
 /// How long a change waits for another writer of the same setting.
 const WAIT_FOR_SETTING: Duration = Duration::from_secs(30);
@@ -258,7 +286,9 @@ impl Governor {
             .map(|(s, _)| format!("setting:{cid}:{}", s.stored()))
             .collect();
         let holder = format!("{}#{}", self.holder, self.next.fetch_add(1, Ordering::Relaxed));
+        let taking = self.dingtalk.clock().instant();
         self.serialise(&names, &holder).await?;
+        let renewed: Renewed = Arc::new(std::sync::Mutex::new(taking));
         // The leases are short and renewed while the change runs, so that a writer killed
         // mid-change holds up the next one for a few seconds only.
         // Stopped when the change ends, or is dropped (a caller's deadline).
@@ -266,8 +296,14 @@ impl Governor {
             self.ledger.clone(),
             names.clone(),
             holder.clone(),
+            self.dingtalk.clock().clone(),
+            renewed.clone(),
         )));
-        let result = self.change_held(&change, bound).await;
+        let fence = Fence {
+            leases: names.clone(),
+            holder: holder.clone(),
+        };
+        let result = self.change_held(&change, &fence, &renewed, bound).await;
         drop(renewing);
         let (ledger, release) = (self.ledger.clone(), names);
         // Best effort: a lease left behind ends with its lifetime.
@@ -309,7 +345,73 @@ impl Governor {
         }
     }
 
-    async fn change_held(&self, change: &Change, bound: Bound) -> Result<Vec<Written>, ChangeError> {
+    /// Asked at each DingTalk attempt of a change: the change still holds its settings'
+    /// leases (renewed, so the ledger's clock decides; a lease that ran out or was taken is
+    /// lost) and, for a policy write right before sending, its policy is still the one in
+    /// force. Leases renewed less than half a lease ago (by a monotonic instant read before
+    /// the renewal) surely still hold: nobody can take a live lease, so no ledger round trip
+    /// is needed, and a chat command's request is not held past its slot in the rate budget.
+    /// Older than that (the process stalled: the renewals every third of a lease did not
+    /// run, or a hung attempt outlasted them), the ledger is asked, renewing them.
+    fn attempt_guard(&self, fence: &Fence, renewed: &Renewed, policy: Option<String>) -> Box<AttemptGuard> {
+        let (ledger, fence, clock, renewed) = (
+            self.ledger.clone(),
+            fence.clone(),
+            self.dingtalk.clock().clone(),
+            renewed.clone(),
+        );
+        Box::new(move |point| {
+            let (ledger, fence, policy, clock, renewed) = (
+                ledger.clone(),
+                fence.clone(),
+                policy.clone(),
+                clock.clone(),
+                renewed.clone(),
+            );
+            Box::pin(async move {
+                let now = clock.instant();
+                let fresh = now.duration_since(renewed_at(&renewed)) < SETTING_LEASE_TTL / 2;
+                let check_policy = point == GuardPoint::BeforeSending && policy.is_some();
+                if fresh && !check_policy {
+                    return Ok(());
+                }
+                let (names, holder) = (fence.leases.clone(), fence.holder.clone());
+                let ttl_ms = millis(SETTING_LEASE_TTL);
+                let (held, in_force) = ledger
+                    .call(move |l| {
+                        let held = l.renew_leases(&names, &holder, ttl_ms)?;
+                        let in_force = if check_policy { l.policy_in_force()? } else { None };
+                        Ok((held, in_force))
+                    })
+                    .await
+                    .map_err(|e| format!("cannot check the setting's lease: {e}"))?;
+                if held.len() != fence.leases.len() {
+                    return Err(LEASE_LOST.to_owned());
+                }
+                mark_renewed(&renewed, now);
+                if in_force.is_some_and(|f| Some(f) != policy) {
+                    return Err(NOT_IN_FORCE.to_owned());
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Whether the policy this core applies is the one in force for the organisation (or
+    /// none was recorded).
+    pub async fn policy_in_force(&self) -> Result<bool, LedgerError> {
+        let digest = self.policy.digest_hex();
+        let in_force = self.ledger.call(|l| l.policy_in_force()).await?;
+        Ok(in_force.is_none_or(|f| f == digest))
+    }
+
+    async fn change_held(
+        &self,
+        change: &Change,
+        fence: &Fence,
+        renewed: &Renewed,
+        bound: Bound,
+    ) -> Result<Vec<Written>, ChangeError> {
         let group = &change.group;
         let desired = self.desired(&group.conversation_id, Some(&group.chat_id)).await?;
         let cid = group.conversation_id.clone();
@@ -352,8 +454,26 @@ impl Governor {
                 }
             }
         }
-        self.call_dingtalk(group, &mut out, &extending, bound).await;
-        self.record(change, &mut out).await;
+        // A policy write applies this process's policy: only while it is the one in force.
+        let policy_write = change
+            .items
+            .iter()
+            .any(|(_, ask)| matches!(ask, Ask::Policy { .. }));
+        if policy_write && !self.policy_in_force().await? {
+            for (w, _) in out
+                .iter_mut()
+                .zip(&change.items)
+                .filter(|(_, (_, ask))| matches!(ask, Ask::Policy { .. }))
+            {
+                if matches!(w.decision, Decision::Write { .. }) {
+                    w.decision = Decision::Held(Held::NotInForce);
+                }
+            }
+        }
+        let guard = self.attempt_guard(fence, renewed, policy_write.then(|| self.policy.digest_hex()));
+        self.call_dingtalk(group, &mut out, &extending, &*guard, bound)
+            .await;
+        self.record(change, &mut out, fence).await;
         Ok(out)
     }
 
@@ -440,7 +560,14 @@ impl Governor {
     /// Sends what was decided: the group switches in one `im/group/update`, the DM switch
     /// with `friendswitch/update`.
     /// Items marked in `skip` are not sent (DingTalk has their value already).
-    async fn call_dingtalk(&self, group: &Group, out: &mut [Written], skip: &[bool], bound: Bound) {
+    async fn call_dingtalk(
+        &self,
+        group: &Group,
+        out: &mut [Written],
+        skip: &[bool],
+        guard: &AttemptGuard,
+        bound: Bound,
+    ) {
         let fields: BTreeMap<&str, u8> = out
             .iter()
             .zip(skip)
@@ -455,7 +582,8 @@ impl Governor {
                 .call(
                     &self.dingtalk,
                     "im/group/update",
-                    self.dingtalk.update_group_fields(&group.chat_id, &fields),
+                    self.dingtalk
+                        .update_group_fields_guarded(&group.chat_id, &fields, Some(guard)),
                 )
                 .await
         {
@@ -479,7 +607,8 @@ impl Governor {
                     .call(
                         &self.dingtalk,
                         "friendswitch/update",
-                        self.dingtalk.set_friend_switch(&group.chat_id, value == 1),
+                        self.dingtalk
+                            .set_friend_switch_guarded(&group.chat_id, value == 1, Some(guard)),
                     )
                     .await
             {
@@ -491,7 +620,7 @@ impl Governor {
     /// Records what landed: each setting's new value, and for a chat command its exception
     /// (made, replacing an older one, or cancelled by an untimed command). Each record is
     /// retried until it lands: DingTalk made the change, the ledger must know it.
-    async fn record(&self, change: &Change, out: &mut [Written]) {
+    async fn record(&self, change: &Change, out: &mut [Written], fence: &Fence) {
         let cid = change.group.conversation_id.clone();
         let now = self.dingtalk.ledger_time().now_ms();
         for (w, (_, ask)) in out.iter_mut().zip(&change.items).filter(|(w, _)| w.landed()) {
@@ -505,12 +634,23 @@ impl Governor {
                 via: change.via.as_str().to_owned(),
                 set_ms: now,
             };
-            let (key, stored) = (cid.clone(), w.setting.stored());
-            self.recorder
-                .until_landed("record a setting's new value", move |l| {
-                    l.record_setting(&key, stored, &known)
+            let (key, stored, fenced) = (cid.clone(), w.setting.stored(), fence.clone());
+            // Fenced: once another writer took the setting's lease, its value is the one
+            // that stands and this one is not recorded (nor its exception).
+            let recorded = self
+                .recorder
+                .until_landed_with("record a setting's new value", move |l| {
+                    l.record_setting_fenced(&key, stored, &known, &fenced)
                 })
                 .await;
+            if !recorded {
+                tracing::warn!(
+                    setting = stored,
+                    "a setting's lease was taken by another writer before this change was recorded; not recorded"
+                );
+                w.error = Some(ApiError::Abandoned(LEASE_LOST.to_owned()));
+                continue;
+            }
             // Only a person's command (typed, or a card's button) makes or ends an exception;
             // the end of one (a revert) is finished by whoever ran it.
             if !matches!(change.via, Via::Chat | Via::Card) || !matches!(ask, Ask::Chat { .. }) {

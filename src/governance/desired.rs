@@ -74,6 +74,9 @@ pub enum Held {
     /// The policy no longer wants the planned value (it was reloaded, or no rule names the
     /// setting any more): the plan is stale.
     Stale,
+    /// The policy this process applies is no longer the policy in force for the organisation
+    /// (another process loaded a newer one): a policy run stops.
+    NotInForce,
 }
 
 /// What the core does with a request.

@@ -98,7 +98,46 @@ impl PolicyCell {
     /// `why` says what asked (`SIGHUP`, `reconcile`).
     pub fn reload_logged(&self, why: &'static str, metrics: &crate::telemetry::Metrics) -> Reload {
         let outcome = self.reload();
-        match &outcome {
+        Self::log_reload(why, metrics, &outcome);
+        outcome
+    }
+
+    /// [`PolicyCell::reload_logged`] in `serve`: a new policy is recorded in the ledger as
+    /// the policy in force for the organisation before it is announced, so that a policy run
+    /// of the old one (a `dingops apply` in another process) stops writing.
+    pub async fn reload_in_force(
+        &self,
+        why: &'static str,
+        metrics: &crate::telemetry::Metrics,
+        ledger: &crate::ledger::LedgerHandle,
+        by: &str,
+        now_ms: u64,
+    ) -> Reload {
+        let outcome = self.reload();
+        if matches!(outcome, Reload::Replaced) {
+            self.record_in_force(ledger, by, now_ms).await;
+        }
+        Self::log_reload(why, metrics, &outcome);
+        outcome
+    }
+
+    /// Records this policy in the ledger as the policy in force for the organisation (`by`
+    /// names the process); a failure is logged (the next load or run records it again).
+    pub async fn record_in_force(&self, ledger: &crate::ledger::LedgerHandle, by: &str, now_ms: u64) {
+        if self.path.is_none() {
+            return;
+        }
+        let (digest, by) = (self.digest_hex(), by.to_owned());
+        if let Err(e) = ledger
+            .call(move |l| l.set_policy_in_force(&digest, &by, now_ms))
+            .await
+        {
+            tracing::error!(error = %e, "cannot record the policy in force in the ledger");
+        }
+    }
+
+    fn log_reload(why: &'static str, metrics: &crate::telemetry::Metrics, outcome: &Reload) {
+        match outcome {
             Reload::Unchanged => tracing::debug!(why, "policy file unchanged"),
             Reload::Replaced => tracing::info!(why, "policy reloaded: the new file is in force"),
             Reload::Refused(e) => {
@@ -106,7 +145,6 @@ impl PolicyCell {
                 tracing::error!(why, error = %e, "policy reload refused; the previous policy stays in force");
             }
         }
-        outcome
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Option<Arc<Policy>>> {

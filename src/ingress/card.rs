@@ -56,8 +56,8 @@ impl Pipeline {
         }
     }
 
-    /// Answers a click whose identity was used before as a duplicate: the card as it is
-    /// now, nothing entered.
+    /// Answers a click whose identity was used before as a duplicate: nothing entered,
+    /// nothing public shown (see `Gate::duplicate`).
     pub async fn duplicate_click(&self, click: &CardClick) -> ClickAck {
         let Some(gate) = &self.cards else {
             return ClickAck::Answer(crate::cards::gate::response(

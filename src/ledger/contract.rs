@@ -130,6 +130,9 @@ mod quota;
 /// The interactive cards' contract (`CardStore`), once per store.
 mod cards;
 
+/// The fence of a setting's record and the policy in force (`SettingStore`), once per store.
+mod fencing;
+
 fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn Store) {
     let clock = crate::clock::ManualClock::at(0);
     super::testing::check_lease_contract(store.open_with_clock(clock.clone()).as_ref(), &clock);

@@ -55,6 +55,8 @@ struct State {
     call_slots: HashMap<String, Vec<u64>>,
     /// Leases by name: holder and the end of the lease (ms).
     leases: HashMap<String, (String, u64)>,
+    /// The policy in force for the organisation: its digest.
+    policy_in_force: Option<String>,
     /// Calls counted per (month, api, class).
     quota: BTreeMap<(String, String, String), u64>,
     /// Months marked spent, with the first mark's time.
@@ -364,6 +366,34 @@ impl SettingStore for MemoryLedger {
             .known
             .insert((conversation_id.to_owned(), setting.to_owned()), known.clone());
         Ok(())
+    }
+
+    fn record_setting_fenced(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        known: &KnownValue,
+        fence: &super::Fence,
+    ) -> Result<bool, LedgerError> {
+        let mut s = self.state()?;
+        let held = fence
+            .leases
+            .iter()
+            .all(|name| s.leases.get(name).is_some_and(|(h, _)| *h == fence.holder));
+        if held {
+            s.known
+                .insert((conversation_id.to_owned(), setting.to_owned()), known.clone());
+        }
+        Ok(held)
+    }
+
+    fn set_policy_in_force(&self, digest: &str, _by: &str, _set_ms: u64) -> Result<(), LedgerError> {
+        self.state()?.policy_in_force = Some(digest.to_owned());
+        Ok(())
+    }
+
+    fn policy_in_force(&self) -> Result<Option<String>, LedgerError> {
+        Ok(self.state()?.policy_in_force.clone())
     }
 
     fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {

@@ -170,6 +170,15 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by      TEXT,
     decided_ms      INTEGER
 );",
+    // 10: the policy in force for the organisation: the digest of the policy file `serve`
+    // loaded last (or `dingops apply` started with); a policy run writes only while its
+    // policy is this one (docs/reliability.md).
+    "CREATE TABLE IF NOT EXISTS policy_in_force (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    digest  TEXT NOT NULL,
+    set_by  TEXT NOT NULL,
+    set_ms  INTEGER NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.

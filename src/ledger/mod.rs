@@ -28,7 +28,7 @@ use crate::domain::{Accepted, Answer, Delivery, Pending};
 
 pub use cards::{Approval, ApprovalVerdict, CardRow, ClickEntry};
 pub use roles::{
-    BindingStore, CardStore, CommandLog, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook,
+    BindingStore, CardStore, CommandLog, Fence, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook,
     QuotaCount, QuotaTake, RateBudget, SettingStore,
 };
 pub use rows::{CommandStatus, RevertState};

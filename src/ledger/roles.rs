@@ -144,6 +144,24 @@ pub trait SettingStore: Send + Sync + 'static {
         setting: &str,
         known: &KnownValue,
     ) -> Result<(), LedgerError>;
+    /// [`SettingStore::record_setting`] by a writer that holds the setting's leases: recorded
+    /// only when every lease of `fence` is still held by its holder (even one past its end
+    /// that nobody took since), checked in the same atomic step as the write; `false`, and
+    /// nothing written, when another holder took one meanwhile (or it was given back). The
+    /// holder name is the fencing token: the governance core names each change's holder
+    /// once and never again, so a stale writer cannot pass for the current one.
+    fn record_setting_fenced(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        known: &KnownValue,
+        fence: &Fence,
+    ) -> Result<bool, LedgerError>;
+    /// Records `digest` as the policy in force for the organisation (`by`: who loaded it,
+    /// `set_ms`: when), replacing the one before. See docs/reliability.md.
+    fn set_policy_in_force(&self, digest: &str, by: &str, set_ms: u64) -> Result<(), LedgerError>;
+    /// The digest of the policy in force for the organisation, when one was recorded.
+    fn policy_in_force(&self) -> Result<Option<String>, LedgerError>;
     /// [`SettingStore::known_settings`] of one setting.
     fn known_setting(&self, conversation_id: &str, setting: &str) -> Result<Option<KnownValue>, LedgerError> {
         Ok(self
@@ -189,6 +207,16 @@ pub trait SettingStore: Send + Sync + 'static {
         result: &str,
         finished_ms: u64,
     ) -> Result<(), LedgerError>;
+}
+
+/// The leases a writer holds while it changes a setting: a record it makes is refused once
+/// another holder took any of them ([`SettingStore::record_setting_fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The lease names (`setting:<openConversationId>:<setting>`).
+    pub leases: Vec<String>,
+    /// The holder they were taken for: unique to one change, never reused.
+    pub holder: String,
 }
 
 /// Named leases, by which replicas sharing one ledger divide the work.

@@ -165,6 +165,14 @@ CREATE TABLE approvals (
     decided_by      TEXT,
     decided_ms      BIGINT
 );",
+    // The policy in force for the organisation: the digest of the policy file `serve` loaded
+    // last (or `dingops apply` started with).
+    "CREATE TABLE policy_in_force (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    digest  TEXT NOT NULL,
+    set_by  TEXT NOT NULL,
+    set_ms  BIGINT NOT NULL
+);",
 ];
 
 /// The version a database has after all steps.
@@ -271,8 +279,12 @@ mod tests {
     #[test]
     fn a_database_before_the_card_tables_keeps_its_rows_and_gains_them() {
         let schema = TestSchema::new();
-        // The database as the release before the cards left it (SQLite's step 8).
-        let before = LATEST - 1;
+        // The database as the release before the cards left it (SQLite's step 8): every step
+        // before the one that makes the card tables.
+        let before = STEPS
+            .iter()
+            .position(|s| s.contains("CREATE TABLE cards"))
+            .unwrap() as i32;
         let steps = STEPS[..before as usize].join(";\n");
         schema.column(&format!(
             "{steps};

@@ -331,6 +331,82 @@ impl SettingStore for PostgresLedger {
         })
     }
 
+    fn record_setting_fenced(
+        &self,
+        conversation_id: &str,
+        setting: &str,
+        k: &KnownValue,
+        fence: &crate::ledger::Fence,
+    ) -> Result<bool, LedgerError> {
+        let (cid, setting, k) = (conversation_id.to_owned(), setting.to_owned(), k.clone());
+        let (names, holder) = (
+            fence.leases.iter().map(|n| text(n)).collect::<Vec<_>>(),
+            text(&fence.holder),
+        );
+        self.with("record_setting fenced", move |mut c| async move {
+            let op = "record_setting fenced";
+            let tx = c.client.transaction().await.map_err(pg(op))?;
+            // FOR SHARE: a takeover of one of these leases (an UPDATE of its row) waits for
+            // this write, or this one sees its new holder.
+            let held = tx
+                .query(
+                    "SELECT name FROM leases WHERE name = ANY($1) AND holder = $2 FOR SHARE",
+                    &[&names, &holder],
+                )
+                .await
+                .map_err(pg(op))?
+                .len();
+            let names_held = held == names.len();
+            if names_held {
+                tx.execute(
+                    "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (conversation_id, setting) DO UPDATE SET value = excluded.value,
+                     set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+                     set_ms = excluded.set_ms",
+                    &[
+                        &text(&cid),
+                        &text(&setting),
+                        &i16::from(k.value),
+                        &text(&k.set_by),
+                        &opt_text(&k.set_by_nick),
+                        &text(&k.via),
+                        &to_i64(k.set_ms),
+                    ],
+                )
+                .await
+                .map_err(pg(op))?;
+            }
+            tx.commit().await.map_err(pg(op))?;
+            Ok((names_held, c))
+        })
+    }
+
+    fn set_policy_in_force(&self, digest: &str, by: &str, set_ms: u64) -> Result<(), LedgerError> {
+        let (digest, by) = (digest.to_owned(), by.to_owned());
+        self.with("set policy in force", move |mut c| async move {
+            c.execute(
+                "INSERT INTO policy_in_force (id, digest, set_by, set_ms) VALUES (1, $1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET digest = excluded.digest, set_by = excluded.set_by,
+                 set_ms = excluded.set_ms",
+                &[&text(&digest), &text(&by), &to_i64(set_ms)],
+            )
+            .await
+            .map_err(pg("set policy in force"))?;
+            Ok(((), c))
+        })
+    }
+
+    fn policy_in_force(&self) -> Result<Option<String>, LedgerError> {
+        self.with("policy in force", move |mut c| async move {
+            let row = c
+                .query_opt("SELECT digest FROM policy_in_force WHERE id = 1", &[])
+                .await
+                .map_err(pg("policy in force"))?;
+            Ok((row.map(|r| r.get::<_, String>(0)), c))
+        })
+    }
+
     fn schedule_revert(&self, job: &RevertJob) -> Result<Option<RevertJob>, LedgerError> {
         let job = job.clone();
         self.with("schedule revert", move |mut c| async move {

@@ -351,25 +351,56 @@ impl SettingStore for SqliteLedger {
 
     fn record_setting(&self, cid: &str, setting: &str, k: &KnownValue) -> Result<(), LedgerError> {
         let (cid, setting, k) = (cid.to_owned(), setting.to_owned(), k.clone());
+        self.write(move |conn| upsert_setting(conn, &cid, &setting, &k))
+    }
+
+    fn record_setting_fenced(
+        &self,
+        cid: &str,
+        setting: &str,
+        k: &KnownValue,
+        fence: &crate::ledger::Fence,
+    ) -> Result<bool, LedgerError> {
+        let (cid, setting, k, fence) = (cid.to_owned(), setting.to_owned(), k.clone(), fence.clone());
+        // In the writer's transaction: no lease changes hands between the check and the write.
+        self.write(move |conn| {
+            let mut st = conn
+                .prepare_cached("SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2")
+                .map_err(sql("record_setting fenced"))?;
+            for name in &fence.leases {
+                if !st
+                    .exists(params![name, fence.holder])
+                    .map_err(sql("record_setting fenced"))?
+                {
+                    return Ok(false);
+                }
+            }
+            upsert_setting(conn, &cid, &setting, &k)?;
+            Ok(true)
+        })
+    }
+
+    fn set_policy_in_force(&self, digest: &str, by: &str, set_ms: u64) -> Result<(), LedgerError> {
+        let (digest, by) = (digest.to_owned(), by.to_owned());
         self.write(move |conn| {
             conn.execute(
-                "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT(conversation_id, setting) DO UPDATE SET value = excluded.value,
-                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+                "INSERT INTO policy_in_force (id, digest, set_by, set_ms) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET digest = excluded.digest, set_by = excluded.set_by,
                  set_ms = excluded.set_ms",
-                params![
-                    cid,
-                    setting,
-                    i64::from(k.value),
-                    k.set_by,
-                    k.set_by_nick,
-                    k.via,
-                    to_i64(k.set_ms)
-                ],
+                params![digest, by, to_i64(set_ms)],
             )
-            .map_err(sql("record_setting"))?;
+            .map_err(sql("set policy in force"))?;
             Ok(())
+        })
+    }
+
+    fn policy_in_force(&self) -> Result<Option<String>, LedgerError> {
+        self.with(|conn| {
+            conn.query_row("SELECT digest FROM policy_in_force WHERE id = 1", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+            .map_err(sql("policy in force"))
         })
     }
 
@@ -618,6 +649,28 @@ impl Maintenance for SqliteLedger {
             })
         })
     }
+}
+
+/// Writes what dingops knows of one setting of a group, replacing what it knew.
+fn upsert_setting(conn: &Connection, cid: &str, setting: &str, k: &KnownValue) -> Result<(), LedgerError> {
+    conn.execute(
+        "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(conversation_id, setting) DO UPDATE SET value = excluded.value,
+         set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+         set_ms = excluded.set_ms",
+        params![
+            cid,
+            setting,
+            i64::from(k.value),
+            k.set_by,
+            k.set_by_nick,
+            k.via,
+            to_i64(k.set_ms)
+        ],
+    )
+    .map_err(sql("record_setting"))?;
+    Ok(())
 }
 
 // The store-independent tests are in `contract.rs`; these are about SQLite's own locking.
