@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Fleet;
 use super::run::RunSpec;
-use crate::worker::approvals::{OrgFuture, Organisation, PlanBrief};
+use crate::worker::approvals::{ApprovedRun, OrgFuture, Organisation, PlanBrief};
 
 /// How long an approved plan waits for another policy run (a `dingops apply`, a reconcile
 /// run) to finish before it is refused, saying so.
@@ -60,17 +60,22 @@ impl Organisation for Fleet {
 
     fn apply(
         &self,
-        policy_digest: String,
+        run: ApprovedRun,
         progress: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
     ) -> OrgFuture<'_, Result<String, String>> {
         Box::pin(async move {
-            if self.governor().policy().digest_hex() != policy_digest {
+            if self.governor().policy().digest_hex() != run.policy_digest {
                 return Err("the policy changed since this plan was made; run /plan again".to_owned());
             }
-            let holder = format!("two-person-{}", crate::worker::group_leases::replica_id());
+            // Named by the plan: the same run resumed after a restart holds the same lease.
+            let holder = format!("two-person-{}", run.code);
+            let origin = format!(
+                "apply (two-person rule: plan {}, asked by {}, approved by {})",
+                run.code, run.asked_by, run.approved_by
+            );
             let spec = RunSpec {
                 holder: &holder,
-                origin: "apply (two-person rule)",
+                origin: &origin,
                 wait: TWO_PERSON_WAITS_FOR_LEASE,
                 puts_in_force: false,
             };

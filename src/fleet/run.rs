@@ -24,7 +24,7 @@ use crate::ledger::LedgerError;
 pub struct RunSpec<'a> {
     /// Its name in the policy lease.
     pub holder: &'a str,
-    /// Its name in the audit (`apply`, `apply (two-person rule)`).
+    /// Its name in the audit (`apply`, `apply (two-person rule: plan …, asked by …, approved by …)`).
     pub origin: &'a str,
     /// How long it waits for another run that holds the policy lease.
     pub wait: Duration,

@@ -52,13 +52,26 @@ pub struct PlanBrief {
 /// fleet, which sits above the worker).
 pub trait Organisation: Send + Sync + 'static {
     fn plan(&self) -> OrgFuture<'_, Result<PlanBrief, String>>;
-    /// Applies the policy when its digest is still `policy_digest`; `progress` gets (groups
-    /// done, groups in all) as groups finish. `Ok`: the summary.
+    /// Applies the policy of an approved plan when its digest is still the plan's;
+    /// `progress` gets (groups done, groups in all) as groups finish. `Ok`: the summary.
     fn apply(
         &self,
-        policy_digest: String,
+        run: ApprovedRun,
         progress: tokio::sync::mpsc::UnboundedSender<(usize, usize)>,
     ) -> OrgFuture<'_, Result<String, String>>;
+}
+
+/// An approved plan's run, as the organisation applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovedRun {
+    /// The plan's code: the run's name in the policy lease, so a run resumed after a
+    /// restart takes over the lease its stopped process left instead of waiting it out.
+    pub code: String,
+    /// The digest of the policy the plan was made from.
+    pub policy_digest: String,
+    /// The staffIds of the admin who asked and the admin who approved, for the audit.
+    pub asked_by: String,
+    pub approved_by: String,
 }
 
 /// The ops group and the policy runs it may start.
@@ -271,7 +284,15 @@ impl WorkerContext {
         self.show_plan(card.as_ref(), "approved", &format!("{heading} Applying…"))
             .await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let run = organisation.apply(approval.policy_digest.clone(), tx);
+        let run = organisation.apply(
+            ApprovedRun {
+                code: code.to_owned(),
+                policy_digest: approval.policy_digest.clone(),
+                asked_by: approval.asked_by.clone(),
+                approved_by: job.sender_staff_id.clone().unwrap_or_default(),
+            },
+            tx,
+        );
         tokio::pin!(run);
         let mut last_shown = self.clock.instant();
         let result = loop {
