@@ -53,8 +53,9 @@ impl Store for Sqlite {
 struct Postgres(TestSchema);
 
 impl Postgres {
-    fn new() -> Self {
-        Self(TestSchema::new())
+    /// A schema on the test server, or `None` when the test is skipped (no server named).
+    fn or_skip() -> Option<Self> {
+        TestSchema::or_skip().map(Self)
     }
 }
 
@@ -97,7 +98,10 @@ macro_rules! contract {
             $(#[test] fn $name() { super::$name(&super::Sqlite::new()) })*
         }
         mod postgres {
-            $(#[test] fn $name() { super::$name(&super::Postgres::new()) })*
+            $(#[test] fn $name() {
+                let Some(store) = super::Postgres::or_skip() else { return };
+                super::$name(&store)
+            })*
         }
     };
 }
@@ -153,7 +157,7 @@ fn leases_are_granted_renewed_expired_and_released_as_the_trait_says(store: &dyn
 /// whatever the clocks of the replicas, and the server's clock is what the store tells.
 #[test]
 fn leases_on_postgres_go_by_the_servers_clock() {
-    let store = Postgres::new();
+    let Some(store) = Postgres::or_skip() else { return };
     let (a, b) = (store.open(), store.open());
     let before = crate::clock::now_ms();
     let told = a.clock_ms().unwrap();
@@ -681,9 +685,12 @@ fn the_probe_writes_and_succeeds_on_a_working_store(store: &dyn Store) {
 /// stores): each check gets a fresh schema, kept until the end.
 #[test]
 fn the_rate_budget_follows_the_sliding_window_rule_on_postgres() {
+    let Some(server) = dingops_testkit::test_database_url() else {
+        return;
+    };
     let schemas = std::sync::Mutex::new(Vec::new());
     super::testing::budget_tests::run_all(|clock| {
-        let schema = TestSchema::new();
+        let schema = TestSchema::on(&server);
         let ledger = PostgresLedger::open_with_clock(&schema.postgres_url(), clock).unwrap();
         schemas.lock().unwrap().push(schema);
         Box::new(ledger)
@@ -694,7 +701,9 @@ fn the_rate_budget_follows_the_sliding_window_rule_on_postgres() {
 /// would have made alone.
 #[test]
 fn reservations_from_two_replicas_share_one_budget_on_postgres() {
-    let schema = TestSchema::new();
+    let Some(schema) = TestSchema::or_skip() else {
+        return;
+    };
     let clock = crate::clock::ManualClock::at(0);
     let open = || -> Arc<dyn Ledger> {
         Arc::new(PostgresLedger::open_with_clock(&schema.postgres_url(), clock.clone()).unwrap())
@@ -707,7 +716,9 @@ fn reservations_from_two_replicas_share_one_budget_on_postgres() {
 /// positions committed after one with higher positions.
 #[test]
 fn a_reader_after_its_cursor_misses_no_command_while_two_replicas_ingest_on_postgres() {
-    let schema = TestSchema::new();
+    let Some(schema) = TestSchema::or_skip() else {
+        return;
+    };
     let writers: Vec<Arc<dyn Ledger>> = (0..2)
         .map(|_| Arc::new(PostgresLedger::open(&schema.postgres_url()).unwrap()) as Arc<dyn Ledger>)
         .collect();

@@ -441,6 +441,24 @@ pub async fn ack_of(sim: &Simulator, message_id: &str) -> dingtalk_sim::stream::
     }
 }
 
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &std::process::Child) {
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// The status of `GET url`, or `None` when no answer came within 8 s.
+pub async fn get_status(url: String) -> Option<u16> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(8))
+        .build()
+        .unwrap();
+    client.get(url).send().await.ok().map(|r| r.status().as_u16())
+}
+
 /// The status of `GET /readyz` on `address`.
 pub async fn readyz(address: &str) -> u16 {
     reqwest::get(format!("{address}/readyz"))

@@ -41,8 +41,9 @@ impl Store {
         ))
     }
 
-    fn postgres() -> Self {
-        Self::Postgres(Arc::new(TestSchema::new()))
+    /// A schema on the test server, or `None` when the test is skipped (no server named).
+    fn postgres() -> Option<Self> {
+        TestSchema::or_skip().map(|schema| Self::Postgres(Arc::new(schema)))
     }
 
     /// The ledger for one more replica (or for the test to look into): the shared one, or a
@@ -305,13 +306,15 @@ async fn a_thousand_commands_spread_over_three_replicas_each_run_once_and_are_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_commands_spread_over_two_replicas_on_postgres_and_both_ingresses_each_run_once_and_are_answered_once()
  {
-    thousand_commands_over(2, Store::postgres()).await;
+    let Some(store) = Store::postgres() else { return };
+    thousand_commands_over(2, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_commands_spread_over_three_replicas_on_postgres_and_both_ingresses_each_run_once_and_are_answered_once()
  {
-    thousand_commands_over(3, Store::postgres()).await;
+    let Some(store) = Store::postgres() else { return };
+    thousand_commands_over(3, store).await;
 }
 
 /// 24 commands of one group sent alternately to two replicas, some of their DingTalk calls
@@ -351,7 +354,8 @@ async fn a_groups_commands_sent_alternately_to_two_replicas_reach_dingtalk_in_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_groups_commands_sent_alternately_to_two_replicas_on_postgres_reach_dingtalk_in_the_order_accepted()
 {
-    one_groups_commands_alternating_between_two_replicas(Store::postgres()).await;
+    let Some(store) = Store::postgres() else { return };
+    one_groups_commands_alternating_between_two_replicas(store).await;
 }
 
 /// The replica running a slow command is killed mid-call; a replica started meanwhile
@@ -399,7 +403,8 @@ async fn a_command_of_a_replica_killed_mid_call_is_finished_by_another_after_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_command_of_a_replica_on_postgres_killed_mid_call_is_finished_by_another_after_the_lease_and_answered_once()
  {
-    a_killed_replicas_command_is_taken_over(Store::postgres()).await;
+    let Some(store) = Store::postgres() else { return };
+    a_killed_replicas_command_is_taken_over(store).await;
 }
 
 /// A replica stopping gracefully releases its groups: another runs the next command at
@@ -426,7 +431,8 @@ async fn a_replica_stopped_gracefully_gives_its_groups_to_the_others_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_on_postgres_stopped_gracefully_gives_its_groups_to_the_others_at_once() {
-    a_stopped_replicas_groups_go_to_the_others_at_once(Store::postgres()).await;
+    let Some(store) = Store::postgres() else { return };
+    a_stopped_replicas_groups_go_to_the_others_at_once(store).await;
 }
 
 /// A timed revert falls due while replicas start, stop and die: it runs once.
@@ -497,7 +503,8 @@ async fn a_timed_revert_due_while_replicas_start_and_stop_runs_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_timed_revert_due_while_replicas_on_postgres_start_and_stop_runs_once() {
-    a_timed_revert_among_changing_replicas(Store::postgres()).await;
+    let Some(store) = Store::postgres() else { return };
+    a_timed_revert_among_changing_replicas(store).await;
 }
 
 /// 300 groups bound in the configuration, one `/lock-dm` each, sent round robin to three
@@ -506,6 +513,7 @@ async fn a_timed_revert_due_while_replicas_on_postgres_start_and_stop_runs_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_on_postgres_draining_300_groups_keep_within_one_rate_budget() {
     const GROUPS: usize = 300;
+    let Some(store) = Store::postgres() else { return };
     let sim = new_sim(SimConfig::default());
     assert_eq!(sim.config().rate_limit_per_sec, 20);
     let groups: Vec<(String, String)> = (0..GROUPS)
@@ -514,7 +522,6 @@ async fn three_replicas_on_postgres_draining_300_groups_keep_within_one_rate_bud
     for (cid, chat) in &groups {
         sim.add_group(cid, chat, cid);
     }
-    let store = Store::postgres();
     let mut fleet = Vec::new();
     for _ in 0..3 {
         let settings = replica_settings(&groups, 30);
@@ -604,7 +611,10 @@ fn group_holder(schema: &TestSchema, cid: &str) -> Option<u32> {
 async fn two_binaries_on_postgres_share_the_callbacks_and_one_killed_mid_command_has_it_finished_by_the_other_once()
  {
     const LEASE_SECS: u64 = 2;
-    let schema = Arc::new(TestSchema::new());
+    let Some(schema) = TestSchema::or_skip() else {
+        return;
+    };
+    let schema = Arc::new(schema);
     let sim = new_sim(SimConfig {
         rate_limit_per_sec: 0,
         ..SimConfig::default()

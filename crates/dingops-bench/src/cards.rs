@@ -26,12 +26,9 @@ use crate::bench::{
     ChildServer, PhaseStats, drive, group_chat, http_request, in_scratch_dir, quantile_ms, sim_with_config,
     start_dingops,
 };
+use crate::card_setup::{ADMINS, CARD_SECRET, TEMPLATE};
 use crate::stream::{Messages, gone, paced_frames, settle, signed_requests};
 
-pub(crate) const TEMPLATE: &str = "dingops-bench.schema";
-pub(crate) const CARD_SECRET: &str = "bench-card-callback-secret";
-/// The clickers, all on the admin list.
-pub(crate) const ADMINS: [&str; 4] = ["admin01", "admin02", "admin03", "admin04"];
 /// The switch commands that make one card each in a group: seven settings, so no card
 /// supersedes another and every one is clickable.
 const COMMANDS: [&str; 7] = [
@@ -45,8 +42,6 @@ const COMMANDS: [&str; 7] = [
 ];
 /// A click's ACK p99, well inside the 2 s DingTalk waits.
 pub const GOAL_P99_MS: f64 = 20.0;
-/// The APIs that fetch an access token (not counted as a card's cost).
-pub(crate) const TOKEN_APIS: [&str; 2] = [api::GET_TOKEN, api::ACCESS_TOKEN];
 
 /// What to run.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 mod bench;
 mod budget;
 mod card_costs;
+mod card_setup;
 mod cards;
 mod policy;
 mod reverts;

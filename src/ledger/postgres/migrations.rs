@@ -254,7 +254,9 @@ mod tests {
 
     #[test]
     fn a_new_database_reaches_the_latest_version_and_opening_it_again_changes_nothing() {
-        let schema = TestSchema::new();
+        let Some(schema) = TestSchema::or_skip() else {
+            return;
+        };
         drop(PostgresLedger::open(&schema.postgres_url()).unwrap());
         assert_eq!(stored_version(&schema), [Some(LATEST.to_string())]);
         let ledger = PostgresLedger::open(&schema.postgres_url()).unwrap();
@@ -278,7 +280,9 @@ mod tests {
 
     #[test]
     fn a_database_before_the_card_tables_keeps_its_rows_and_gains_them() {
-        let schema = TestSchema::new();
+        let Some(schema) = TestSchema::or_skip() else {
+            return;
+        };
         // The database as the release before the cards left it (SQLite's step 8): every step
         // before the one that makes the card tables.
         let before = STEPS
@@ -319,7 +323,9 @@ mod tests {
 
     #[test]
     fn a_database_from_a_newer_dingops_is_refused_and_left_as_it_is() {
-        let schema = TestSchema::new();
+        let Some(schema) = TestSchema::or_skip() else {
+            return;
+        };
         drop(PostgresLedger::open(&schema.postgres_url()).unwrap());
         schema.column(&format!("UPDATE schema_version SET version = {}", LATEST + 1));
         let err = PostgresLedger::open(&schema.postgres_url())
@@ -331,7 +337,9 @@ mod tests {
 
     #[test]
     fn replicas_opening_a_new_database_at_once_all_start_on_one_schema() {
-        let schema = TestSchema::new();
+        let Some(schema) = TestSchema::or_skip() else {
+            return;
+        };
         let opened: Vec<_> = (0..3)
             .map(|_| {
                 let url = schema.postgres_url();

@@ -2,21 +2,52 @@
 //! parallel on one server and leave nothing behind.
 //!
 //! The server is named by `DINGOPS_TEST_DATABASE_URL` (`.ci/postgres start` prints it).
-//! Without it, a test that needs PostgreSQL fails with a message saying how to start one: it
-//! never passes silently.
+//! Without it, a test that needs PostgreSQL is skipped and says so on stderr, so that
+//! `cargo test` passes on a fresh clone; with `DINGOPS_REQUIRE_POSTGRES=1` (which `.ci/run`
+//! sets) it fails instead, saying how to start a server: CI never skips these tests.
+
+use std::io::Write as _;
 
 /// The variable naming the test server.
 pub const TEST_DATABASE_URL: &str = "DINGOPS_TEST_DATABASE_URL";
 
-/// The test server's URL, or a failed test that says how to get one.
-pub fn test_database_url() -> String {
+/// The variable that, set to `1`, makes a missing test server fail the tests that need it
+/// instead of skipping them.
+pub const REQUIRE_POSTGRES: &str = "DINGOPS_REQUIRE_POSTGRES";
+
+/// How to get a test server, for the skip line and the failure.
+const HOW_TO_RUN: &str = "start one with `eval \"$(.ci/postgres start)\"` (stop it with \
+                          `.ci/postgres stop --remove`), or run `.ci/run`, which does both";
+
+/// The test server's URL, or `None` when the calling test, which needs PostgreSQL, is to be
+/// skipped: no server is named and `DINGOPS_REQUIRE_POSTGRES` is not `1`. A skip writes one
+/// line to stderr (past the test harness's capture, so it shows) naming the test and how to
+/// run it. When a server is required and none is named, the test fails saying how to start
+/// one. The one place that decides whether a PostgreSQL test runs.
+pub fn test_database_url() -> Option<String> {
+    let required = match std::env::var(REQUIRE_POSTGRES) {
+        Ok(v) if v.trim() == "1" => true,
+        Ok(v) if v.trim().is_empty() || v.trim() == "0" => false,
+        Err(std::env::VarError::NotPresent) => false,
+        Ok(v) => panic!("{REQUIRE_POSTGRES}={v:?}: it is 1 (require PostgreSQL) or 0"),
+        Err(e) => panic!("{REQUIRE_POSTGRES}: {e}"),
+    };
     match std::env::var(TEST_DATABASE_URL) {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "{TEST_DATABASE_URL} is not set: this test needs a PostgreSQL server. Start one with \
-             `eval \"$(.ci/postgres start)\"` (stop it with `.ci/postgres stop --remove`), \
-             or run `.ci/run`, which does both"
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if required => panic!(
+            "{TEST_DATABASE_URL} is not set and {REQUIRE_POSTGRES}=1: this test needs a \
+             PostgreSQL server; {HOW_TO_RUN}"
         ),
+        _ => {
+            let current = std::thread::current();
+            let test = current.name().unwrap_or("a test");
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped {test}: it needs PostgreSQL and {TEST_DATABASE_URL} is not set; \
+                 {HOW_TO_RUN}"
+            );
+            None
+        }
     }
 }
 
@@ -28,9 +59,10 @@ pub struct TestSchema {
 }
 
 impl TestSchema {
-    /// A schema on the test server.
-    pub fn new() -> Self {
-        Self::on(&test_database_url())
+    /// A schema on the test server, or `None` when the calling test is to be skipped (see
+    /// [`test_database_url`]): `let Some(schema) = TestSchema::or_skip() else { return };`.
+    pub fn or_skip() -> Option<Self> {
+        test_database_url().map(|server| Self::on(&server))
     }
 
     /// A schema on the server at `server` (a `postgres://` URL without parameters).
@@ -55,12 +87,6 @@ impl TestSchema {
     /// The first column of each row `sql` returns, as text, in this schema.
     pub fn column(&self, sql: &str) -> Vec<Option<String>> {
         query_column(&self.url, sql)
-    }
-}
-
-impl Default for TestSchema {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

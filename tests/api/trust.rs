@@ -1,5 +1,5 @@
-//! Audit findings about what dingops believes: the payload's isAdmin claim, where replies may
-//! go, and configurations that would silently drop every reply.
+//! What dingops trusts: the payload's isAdmin claim, where replies may go, and
+//! configurations that would silently drop every reply (found by the hardening audit).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
-//! Audit rows on the worker: ledger writes that fail, tokens that hang, one group's backlog,
-//! and panics. Each test reproduces the attack the audit ran.
+//! The worker under faults: ledger writes that fail, tokens that hang, one group's backlog,
+//! and panics. Each test reproduces an attack the hardening audit ran.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
