@@ -48,6 +48,13 @@ impl Clock for SystemClock {
     }
 }
 
+/// The machine's wall clock, for a test that runs on it. Product code never builds its
+/// own: the wiring (`main.rs`, `server.rs`) hands the clock down.
+#[cfg(test)]
+pub(crate) fn wall_clock() -> std::sync::Arc<dyn Clock> {
+    std::sync::Arc::new(SystemClock)
+}
+
 /// A clock that stands still until it is set or advanced (tests).
 #[derive(Debug)]
 pub struct ManualClock(std::sync::atomic::AtomicU64);

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use dingops::cli::{self, AuditQuery, send::Smoke};
+use dingops::clock::{Clock, SystemClock};
 use dingops::telemetry::LogFormat;
 
 /// dingops: DingTalk group policy, one chat command away.
@@ -144,6 +146,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_deref();
     let logs = |default| dingops::telemetry::init(cli.log_format, default);
+    // The one clock of a CLI run; `serve` builds its own.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {
             logs("info");
@@ -153,7 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Demo { mode } => {
             logs("error");
             let mut out = std::io::stdout();
-            let ok = dingops::demo::run(&mut out, mode).await?;
+            let ok = dingops::demo::run(&mut out, mode, clock).await?;
             std::io::Write::flush(&mut out)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
@@ -179,11 +183,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group,
                 session_webhook,
             };
-            cli::send::send(config, &smoke).await
+            cli::send::send(config, &smoke, clock.as_ref()).await
         }
         Cmd::Quota { json } => {
             logs("error");
-            cli::quota(config, json).await
+            cli::quota(config, json, clock).await
         }
         Cmd::Check {
             register_card_callback,
@@ -191,19 +195,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             logs("error");
             let register = register_card_callback.map(|url| dingops::ops::CardRegistration { url, force });
-            cli::check(config, register.as_ref()).await
+            cli::check(config, register.as_ref(), clock).await
         }
         Cmd::Discover { apply, json } => {
             logs("error");
-            cli::discover(config, apply, json).await
+            cli::discover(config, apply, json, clock).await
         }
         Cmd::Plan { json } => {
             logs("error");
-            cli::plan(config, json).await
+            cli::plan(config, json, clock).await
         }
         Cmd::Apply => {
             logs("error");
-            cli::apply(config).await
+            cli::apply(config, clock).await
         }
         Cmd::Audit {
             group,
@@ -217,7 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json,
                 limit,
             };
-            cli::audit(config, query).await
+            cli::audit(config, query, clock).await
         }
     }
 }

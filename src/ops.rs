@@ -6,6 +6,7 @@ mod cards;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::config::{DingTalkSettings, Settings};
 use crate::dingtalk::{DingTalk, advice};
 use crate::ledger::{Database, LedgerHandle};
@@ -60,8 +61,13 @@ pub struct CardRegistration {
 /// Checks the configuration against reality: the ledger, both tokens with the real
 /// credentials, and every static binding with `convertToOpenConversationId`; with
 /// `register`, registers the card callback address too. The one function that takes all
-/// of [`Settings`]: checking every section is its job.
-pub async fn check(settings: &Settings, register: Option<&CardRegistration>) -> Vec<CheckItem> {
+/// of [`Settings`]: checking every section is its job. The ledger and the client read the
+/// time from `clock`.
+pub async fn check(
+    settings: &Settings,
+    register: Option<&CardRegistration>,
+    clock: Arc<dyn Clock>,
+) -> Vec<CheckItem> {
     let mut items = vec![CheckItem::pass(format!(
         "configuration is valid (app_key {}, listen {})",
         settings.dingtalk.app_key, settings.server.listen
@@ -79,7 +85,7 @@ pub async fn check(settings: &Settings, register: Option<&CardRegistration>) -> 
             ),
         });
     }
-    let (item, ledger) = check_ledger(&settings.ledger.database).await;
+    let (item, ledger) = check_ledger(&settings.ledger.database, clock.clone()).await;
     items.push(item);
     if settings.worker.admins.is_empty() && !settings.worker.trust_is_admin {
         items.push(CheckItem::fail(
@@ -91,8 +97,8 @@ pub async fn check(settings: &Settings, register: Option<&CardRegistration>) -> 
     // draw on it too. Without a ledger they are paced here alone.
     let metrics = Arc::new(Metrics::new());
     let client = match ledger {
-        Some(ledger) => DingTalk::with_budget(&settings.dingtalk, metrics, ledger),
-        None => DingTalk::new(&settings.dingtalk, metrics),
+        Some(ledger) => DingTalk::with_budget(&settings.dingtalk, metrics, ledger, clock),
+        None => DingTalk::new(&settings.dingtalk, metrics, clock),
     };
     let client = match client {
         Ok(c) => c,
@@ -159,8 +165,8 @@ pub async fn check(settings: &Settings, register: Option<&CardRegistration>) -> 
 }
 
 /// Opens the ledger and writes to it; the ledger, when it works, paces check's calls.
-async fn check_ledger(database: &Database) -> (CheckItem, Option<LedgerHandle>) {
-    let opened = match crate::ledger::open(database).await {
+async fn check_ledger(database: &Database, clock: Arc<dyn Clock>) -> (CheckItem, Option<LedgerHandle>) {
+    let opened = match crate::ledger::open(database, clock).await {
         Ok(opened) => opened.call(|l| l.ping()).await.map(|()| opened),
         Err(e) => Err(e),
     };

@@ -140,28 +140,34 @@ impl Application {
         let hangup = options
             .handle_signals
             .then(|| tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
+        // One clock for the ledger, the worker, its pool, leases and timer, and the DingTalk
+        // client: the only one this process builds.
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
         let (ledger, sharing) = match given {
             Some(ledger) => (LedgerHandle::shared(ledger), Sharing::Replicas),
             None => {
-                let sharing = Sharing::claim(&settings.ledger.database)?;
-                (crate::ledger::open(&settings.ledger.database).await?, sharing)
+                let sharing = Sharing::claim(&settings.ledger.database, clock.as_ref())?;
+                (
+                    crate::ledger::open(&settings.ledger.database, clock.clone()).await?,
+                    sharing,
+                )
             }
         };
         let metrics = Arc::new(Metrics::new());
         metrics.describe(settings.stream.mode.name());
         let reload_metrics = metrics.clone();
-        // One clock for the worker, its pool, leases and timer, and the DingTalk pacing.
-        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
         // The policy this serve loaded is the policy in force for the organisation: a policy
         // run of another one (a `dingops apply` started before) stops writing.
         policy.record_in_force(&ledger, "serve", clock.now_ms()).await;
         let in_force = (ledger.clone(), clock.clone());
         // One DingTalk rate budget for every process and replica on this ledger (CLI tools
         // included).
-        let dingtalk = Arc::new(
-            DingTalk::with_budget(&settings.dingtalk, metrics.clone(), ledger.clone())?
-                .with_clock(clock.clone()),
-        );
+        let dingtalk = Arc::new(DingTalk::with_budget(
+            &settings.dingtalk,
+            metrics.clone(),
+            ledger.clone(),
+            clock.clone(),
+        )?);
         // Reply cards, when a template is configured; their calls are interactive.
         let cards = crate::cards::Cards::new(
             &settings.cards,
@@ -248,7 +254,7 @@ impl Application {
             pipeline = pipeline.with_cards(crate::cards::gate::Gate::new(
                 ledger.clone().into(),
                 authorizer,
-                clock,
+                clock.clone(),
             ));
         }
         let stream = if settings.stream.mode.stream() {
@@ -286,6 +292,7 @@ impl Application {
         let pruner = tokio::spawn(crate::ledger::retention::prune_loop(
             ledger.clone(),
             settings.ledger.retention(),
+            clock.clone(),
         ));
         let probes = web::Data::new(Probes {
             ledger,

@@ -5,14 +5,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use super::table::{Fit, Table};
-use crate::clock::{format_ms, now_ms};
+use crate::clock::format_ms;
 use crate::domain::{printable_json, who};
 use crate::ledger::AuditRow;
 
-/// Parses `--since`: a duration back from now (`2h`, `30m`, `7days`) or an RFC 3339 time.
-pub fn parse_since(text: &str) -> Result<u64, String> {
+/// Parses `--since`: a duration back from `now_ms` (`2h`, `30m`, `7days`) or an RFC 3339 time.
+pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
     if let Ok(d) = humantime::parse_duration(text) {
-        return Ok(now_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+        return Ok(now_ms.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
     }
     humantime::parse_rfc3339_weak(text)
         .map_err(|_| format!("`{text}` is neither a duration (2h, 30m) nor a time (2026-11-26T08:00:00Z)"))

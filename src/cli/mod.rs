@@ -15,7 +15,9 @@ pub mod table;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::config::{LedgerSettings, Settings};
 use crate::fleet::Fleet;
 use crate::fleet::policy_lease::POLICY_LEASE_TTL;
@@ -44,6 +46,7 @@ pub async fn serve(config: Option<&Path>) -> anyhow::Result<ExitCode> {
 pub async fn check(
     config: Option<&Path>,
     register: Option<&crate::ops::CardRegistration>,
+    clock: Arc<dyn Clock>,
 ) -> anyhow::Result<ExitCode> {
     let settings = match Settings::load(config) {
         Ok(s) => s,
@@ -52,7 +55,7 @@ pub async fn check(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let items = crate::ops::check(&settings, register).await;
+    let items = crate::ops::check(&settings, register, clock).await;
     write_stdout(&check::render_check(&items))?;
     Ok(if items.iter().all(|i| i.ok) {
         ExitCode::SUCCESS
@@ -62,15 +65,21 @@ pub async fn check(
 }
 
 /// `dingops discover [--apply] [--json]`.
-pub async fn discover(config: Option<&Path>, apply: bool, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn discover(
+    config: Option<&Path>,
+    apply: bool,
+    json: bool,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let progress = progress::discover_progress();
+    let progress = progress::discover_progress(clock.clone());
     let report = crate::fleet::discover::run(
         &settings.dingtalk,
         &settings.ledger.database,
         &settings.worker.groups,
         apply,
         progress.as_ref(),
+        clock,
     )
     .await?;
     write_stdout(&if json {
@@ -83,9 +92,9 @@ pub async fn discover(config: Option<&Path>, apply: bool, json: bool) -> anyhow:
 
 /// `dingops plan [--json]`: exit 0 nothing to do, 2 changes pending, 1 an error. With a
 /// monthly budget it also says what the plan cost and what the month has left.
-pub async fn plan(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn plan(config: Option<&Path>, json: bool, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let fleet = open_fleet(&settings).await?;
+    let fleet = open_fleet(&settings, clock).await?;
     let refused = fleet.dingtalk().quota_refusals();
     let plan = fleet.plan().await?;
     let cost = (plan.groups.len() as u64).saturating_sub(fleet.dingtalk().quota_refusals() - refused);
@@ -118,11 +127,11 @@ pub async fn plan(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode>
 
 /// `dingops quota [--json]`: this month's use of the monthly API quota by API and class,
 /// as the ledger has it (every process on it), with budget, reserve and projection.
-pub async fn quota(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn quota(config: Option<&Path>, json: bool, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let ledger = crate::ledger::open(&settings.ledger.database).await?;
-    let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
-    let client = crate::dingtalk::DingTalk::with_budget(&settings.dingtalk, metrics, ledger)?;
+    let ledger = crate::ledger::open(&settings.ledger.database, clock.clone()).await?;
+    let metrics = Arc::new(crate::telemetry::Metrics::new());
+    let client = crate::dingtalk::DingTalk::with_budget(&settings.dingtalk, metrics, ledger, clock)?;
     let usage = client.quota_usage().await?;
     let tz = &settings.dingtalk.timezone;
     write_stdout(&if json {
@@ -134,12 +143,13 @@ pub async fn quota(config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode
 }
 
 /// The fleet of `plan` and `apply`, from the sections it needs.
-async fn open_fleet(settings: &Settings) -> Result<Fleet, crate::fleet::OpenError> {
+async fn open_fleet(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Fleet, crate::fleet::OpenError> {
     Fleet::open(
         &settings.fleet,
         &settings.dingtalk,
         &settings.ledger.database,
         &settings.worker.groups,
+        clock,
     )
     .await
 }
@@ -153,9 +163,9 @@ const APPLY_WAITS_FOR_LEASE: std::time::Duration = std::time::Duration::from_sec
 /// reads and planned writes do not fit what the month has left for background work; a
 /// budget that runs out midway stops the run cleanly (what was done is recorded; a rerun
 /// resumes).
-pub async fn apply(config: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub async fn apply(config: Option<&Path>, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
-    let fleet = open_fleet(&settings).await?;
+    let fleet = open_fleet(&settings, clock).await?;
     let holder = format!("apply-{}", crate::worker::group_leases::replica_id());
     let dingtalk = fleet.dingtalk();
     let refused = dingtalk.quota_refusals();
@@ -219,7 +229,11 @@ pub struct AuditQuery {
 
 /// `dingops audit`: reads only the ledger section, so it needs no app credentials; a
 /// configuration that does not load is an error as for every other subcommand.
-pub async fn audit(config: Option<&Path>, query: AuditQuery) -> anyhow::Result<ExitCode> {
+pub async fn audit(
+    config: Option<&Path>,
+    query: AuditQuery,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<ExitCode> {
     let database = LedgerSettings::load(config)?.database;
     if let Some(path) = database.sqlite_path()
         && !path.is_file()
@@ -229,10 +243,10 @@ pub async fn audit(config: Option<&Path>, query: AuditQuery) -> anyhow::Result<E
     let since = query
         .since
         .as_deref()
-        .map(audit::parse_since)
+        .map(|since| audit::parse_since(since, clock.now_ms()))
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let ledger = crate::ledger::open(&database).await?;
+    let ledger = crate::ledger::open(&database, clock).await?;
     let (group, limit) = (query.group, query.limit);
     let rows = ledger
         .call(move |l| l.history(group.as_deref(), since, limit))

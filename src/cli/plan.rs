@@ -34,7 +34,7 @@ pub fn plan_table(plan: &Plan) -> String {
                 group,
                 name,
                 c.setting.key(),
-                &c.now.text(c.setting),
+                &c.now.text(c.setting, plan.at_ms),
                 "→",
                 c.setting.word(c.wanted),
             ]);
@@ -118,7 +118,7 @@ pub fn plan_json(plan: &Plan) -> Value {
                         "setting": c.setting.key(),
                         "field": field,
                         "now": now,
-                        "now_text": c.now.text(c.setting),
+                        "now_text": c.now.text(c.setting, plan.at_ms),
                         "wanted": c.wanted,
                         "wanted_text": c.setting.word(c.wanted),
                     })
@@ -199,6 +199,7 @@ mod tests {
                 selector: "dept:7".into(),
                 reason: "department 7 is not among the discovered departments".into(),
             }],
+            at_ms: 0,
         };
         let table = plan_table(&plan);
         assert!(table.contains("mute_all  false    →  true"), "{table}");

@@ -3,8 +3,9 @@
 //! [`ApplyProgress`], fed each group as it finishes.
 
 use std::io::IsTerminal as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use crate::clock::Clock;
 use crate::fleet::apply::GroupApplied;
 use crate::fleet::discover::Progress;
 
@@ -39,6 +40,8 @@ impl Progress for Bar {
 struct Lines {
     /// When the last line was printed (ms since the epoch).
     last_ms: Mutex<Option<u64>>,
+    /// What "every few seconds" is read on.
+    clock: Arc<dyn Clock>,
 }
 
 /// The least time between two of [`Lines`]' lines, in ms.
@@ -47,7 +50,7 @@ const LINE_EVERY_MS: u64 = 2000;
 impl Progress for Lines {
     fn update(&self, done: usize, pending: usize) {
         let mut last = self.last_ms.lock().unwrap_or_else(|p| p.into_inner());
-        let now = crate::clock::now_ms();
+        let now = self.clock.now_ms();
         if last.is_none_or(|t| now.saturating_sub(t) >= LINE_EVERY_MS) {
             *last = Some(now);
             eprintln!(
@@ -63,7 +66,7 @@ impl Progress for Lines {
 }
 
 /// `discover`'s progress: a bar when stderr is a terminal, plain lines otherwise.
-pub fn discover_progress() -> Box<dyn Progress> {
+pub fn discover_progress(clock: Arc<dyn Clock>) -> Box<dyn Progress> {
     if std::io::stderr().is_terminal() {
         Box::new(Bar::new(
             1,
@@ -73,6 +76,7 @@ pub fn discover_progress() -> Box<dyn Progress> {
     } else {
         Box::new(Lines {
             last_ms: Mutex::new(None),
+            clock,
         })
     }
 }

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::ingress::signature::Verifier;
 
@@ -27,8 +28,9 @@ pub struct Smoke {
     pub session_webhook: String,
 }
 
-/// Sends `smoke` signed with the configured app secret; prints the HTTP status and answer.
-pub async fn send(config: Option<&Path>, smoke: &Smoke) -> anyhow::Result<ExitCode> {
+/// Sends `smoke` signed with the configured app secret, at `clock`'s now; prints the HTTP
+/// status and answer.
+pub async fn send(config: Option<&Path>, smoke: &Smoke, clock: &dyn Clock) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(config)?;
     let body = smoke_callback(
         &smoke.group,
@@ -36,8 +38,9 @@ pub async fn send(config: Option<&Path>, smoke: &Smoke) -> anyhow::Result<ExitCo
         smoke.admin,
         &smoke.text,
         &smoke.session_webhook,
+        clock.now_ms(),
     );
-    let (status, answer) = post_signed(&smoke.url, &settings.dingtalk.app_secret, &body)
+    let (status, answer) = post_signed(&smoke.url, &settings.dingtalk.app_secret, &body, clock.now_ms())
         .await
         .with_context(|| format!("cannot reach {}", smoke.url))?;
     super::write_stdout(&format!("HTTP {status} {answer}\n"))?;
@@ -52,9 +55,15 @@ pub async fn send(config: Option<&Path>, smoke: &Smoke) -> anyhow::Result<ExitCo
 /// `text`, with a fresh msgId and a reply session valid for 90 minutes. `send` builds it
 /// here rather than with the simulator's builder so that builds without the simulator (the
 /// `demo` feature) keep this smoke test.
-fn smoke_callback(group: &str, sender: &str, admin: bool, text: &str, session_webhook: &str) -> Value {
+fn smoke_callback(
+    group: &str,
+    sender: &str,
+    admin: bool,
+    text: &str,
+    session_webhook: &str,
+    now: u64,
+) -> Value {
     use rand::RngExt as _;
-    let now = crate::clock::now_ms();
     let msg_id = format!("smoke{:032x}", rand::rng().random::<u128>());
     json!({
         "msgId": msg_id,
@@ -74,10 +83,15 @@ fn smoke_callback(group: &str, sender: &str, admin: bool, text: &str, session_we
     })
 }
 
-/// Posts `body` to the dingops at `base_url` with `timestamp` and `sign` headers for now,
+/// Posts `body` to the dingops at `base_url` with `timestamp` and `sign` headers for `now_ms`,
 /// signed with `secret`; returns the HTTP status and the answer.
-async fn post_signed(base_url: &str, secret: &SecretString, body: &Value) -> reqwest::Result<(u16, String)> {
-    let timestamp = crate::clock::now_ms().to_string();
+async fn post_signed(
+    base_url: &str,
+    secret: &SecretString,
+    body: &Value,
+    now_ms: u64,
+) -> reqwest::Result<(u16, String)> {
+    let timestamp = now_ms.to_string();
     let sign = Verifier::new(secret.clone(), 0).sign(&timestamp);
     let response = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -17,8 +17,9 @@ use dingtalk_sim::{
 };
 
 use super::{
-    DEMO_REVERT_MINUTE, GROUP_CID, Running, Senders, Tally, Transport, cast, clock, demo_chat, describe_call,
+    DEMO_REVERT_MINUTE, GROUP_CID, Running, Senders, Tally, Transport, cast, demo_chat, describe_call, hms,
 };
+use crate::clock::Clock;
 use crate::config::Settings;
 
 /// The card template the demo's dingops names (the simulator takes any id).
@@ -137,6 +138,7 @@ pub(super) async fn play(
     mut settings: Settings,
     cfg: &SimConfig,
     transport: Transport,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<Tally> {
     let stream = transport == Transport::Stream;
     settings.cards.template_id = Some(TEMPLATE.into());
@@ -158,10 +160,10 @@ pub(super) async fn play(
     let ready = if stream {
         introduce_stream(out, sim, &dingops.url).await
     } else {
-        introduce_http(out, sim, &settings, &dingops.url).await
+        introduce_http(out, sim, &settings, &dingops.url, clock).await
     };
     let tally = match ready {
-        Ok(true) => steps(out, sim, &dingops.url, cfg, stream).await,
+        Ok(true) => steps(out, sim, &dingops.url, cfg, stream, clock).await,
         Ok(false) => Ok(Tally {
             passed: 0,
             total: script().len(),
@@ -205,14 +207,18 @@ async fn introduce_http(
     sim: &Simulator,
     settings: &Settings,
     url: &str,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<bool> {
     writeln!(
         out,
         "  dingops             {url}  (POST /callback, POST /card-callback)"
     )?;
     let calls_before = sim.calls(None).len();
-    let client =
-        crate::dingtalk::DingTalk::new(&settings.dingtalk, Arc::new(crate::telemetry::Metrics::new()))?;
+    let client = crate::dingtalk::DingTalk::new(
+        &settings.dingtalk,
+        Arc::new(crate::telemetry::Metrics::new()),
+        clock.clone(),
+    )?;
     let registered = client
         .register_card_callback(
             &format!("{url}/card-callback"),
@@ -224,7 +230,7 @@ async fn introduce_http(
     writeln!(
         out,
         "[{}] the operator registers the callback URL (dingops check --register-card-callback {url}/card-callback)",
-        clock()
+        hms(clock.now_ms())
     )?;
     write_calls(out, &sim.calls(None)[calls_before..])?;
     if let Err(e) = registered {
@@ -257,7 +263,7 @@ fn write_card_entries(out: &mut dyn Write, replies: &[RecordedReply], answers: b
             continue;
         }
         let mut lines = r.content.lines();
-        writeln!(out, "[{}] {who}: {}", clock(), lines.next().unwrap_or(""))?;
+        writeln!(out, "[{}] {who}: {}", hms(r.at_ms), lines.next().unwrap_or(""))?;
         for l in lines {
             writeln!(out, "           {l}")?;
         }
@@ -272,6 +278,7 @@ async fn steps(
     url: &str,
     cfg: &SimConfig,
     stream: bool,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<Tally> {
     let people = cast();
     let chat = demo_chat(sim);
@@ -288,7 +295,7 @@ async fn steps(
                 writeln!(
                     out,
                     "[{}] {} ({}, {role}): @dingops {text}",
-                    clock(),
+                    hms(clock.now_ms()),
                     member.nick,
                     member.staff_id
                 )?;
@@ -312,7 +319,7 @@ async fn steps(
                 writeln!(
                     out,
                     "[{}] {} ({}, {role}): presses [{label}] on the card",
-                    clock(),
+                    hms(clock.now_ms()),
                     member.nick,
                     member.staff_id
                 )?;

@@ -9,6 +9,7 @@ mod buttons;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -18,6 +19,7 @@ use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message}
 use dingtalk_sim::stream::BOT_TOPIC;
 use dingtalk_sim::{RecordedCall, RecordedReply, SimConfig, Simulator, api};
 
+use crate::clock::Clock;
 use crate::config::{Mode, Settings};
 use crate::server::{Application, RunOptions};
 
@@ -163,8 +165,9 @@ fn script() -> Vec<Step> {
     ]
 }
 
-fn clock() -> String {
-    let t = crate::clock::format_ms(crate::clock::now_ms());
+/// The time of day of `ms`, for the transcript.
+fn hms(ms: u64) -> String {
+    let t = crate::clock::format_ms(ms);
     t.get(11..19).unwrap_or(&t).to_owned()
 }
 
@@ -315,7 +318,7 @@ impl Tally {
 }
 
 /// Runs the demo, writing the transcript to `out`. `Ok(true)` when every step behaved.
-pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bool> {
+pub async fn run(out: &mut dyn Write, transport: Transport, clock: Arc<dyn Clock>) -> anyhow::Result<bool> {
     let sim_config = SimConfig::default();
     let sim = Simulator::start(sim_config.clone(), TcpListener::bind("127.0.0.1:0")?)?;
     sim.add_group(GROUP_CID, GROUP_CHATID, "dingops demo group");
@@ -323,7 +326,7 @@ pub async fn run(out: &mut dyn Write, transport: Transport) -> anyhow::Result<bo
 
     let dir = std::env::temp_dir().join(format!("dingops-demo-{}-{}", std::process::id(), new_msg_id()));
     std::fs::create_dir_all(&dir)?;
-    let result = both_parts(out, &sim, &dir, &sim_config, transport).await;
+    let result = both_parts(out, &sim, &dir, &sim_config, transport, &clock).await;
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -336,6 +339,7 @@ async fn both_parts(
     dir: &std::path::Path,
     cfg: &SimConfig,
     transport: Transport,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<bool> {
     let settings = demo_settings(sim, dir, transport)?;
     let dingops = Running::start(settings.clone()).await?;
@@ -343,13 +347,15 @@ async fn both_parts(
         writeln!(out, "dingops did not open a Stream connection to the simulator")?;
         Ok(None)
     } else {
-        play(out, sim, &dingops.url, cfg, transport).await.map(Some)
+        play(out, sim, &dingops.url, cfg, transport, clock)
+            .await
+            .map(Some)
     };
     dingops.stop().await;
     let Some(text) = played? else {
         return Ok(false);
     };
-    let cards = buttons::play(out, sim, settings, cfg, transport).await?;
+    let cards = buttons::play(out, sim, settings, cfg, transport, clock).await?;
     let (passed, total) = (text.passed + cards.passed, text.total + cards.total);
     writeln!(out, "Summary: {passed} of {total} steps behaved.")?;
     Ok(passed == total)
@@ -474,8 +480,9 @@ async fn watch_revert(
     text: &str,
     contains: &str,
     (replies_before, calls_before): (usize, usize),
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<bool> {
-    writeln!(out, "[{}] {}", clock(), text)?;
+    writeln!(out, "[{}] {}", hms(clock.now_ms()), text)?;
     let end = std::time::Instant::now() + Duration::from_secs(20);
     let message = loop {
         let found = sim
@@ -494,7 +501,12 @@ async fn watch_revert(
     }
     let behaved = match message {
         Some(m) if m.content.contains(contains) => {
-            writeln!(out, "[{}] dingops (timer, group message): {}", clock(), m.content)?;
+            writeln!(
+                out,
+                "[{}] dingops (timer, group message): {}",
+                hms(m.at_ms),
+                m.content
+            )?;
             writeln!(out, "           ✔ as expected")?;
             true
         }
@@ -628,7 +640,7 @@ async fn judge(
     }
     for r in new_replies {
         let mut lines = r.content.lines();
-        writeln!(out, "[{}] dingops: {}", clock(), lines.next().unwrap_or(""))?;
+        writeln!(out, "[{}] dingops: {}", hms(r.at_ms), lines.next().unwrap_or(""))?;
         for l in lines {
             writeln!(out, "           {l}")?;
         }
@@ -679,6 +691,7 @@ async fn play(
     bot_url: &str,
     cfg: &SimConfig,
     transport: Transport,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<Tally> {
     let stream = transport == Transport::Stream;
     let people = cast();
@@ -698,10 +711,20 @@ async fn play(
         let calls_before = sim.calls(None).len();
         let label = speaker(&step, member, role, stream);
         if let Expect::Revert { contains } = step.expect {
-            tally.add(watch_revert(out, sim, step.text, contains, (replies_before, calls_before)).await?);
+            tally.add(
+                watch_revert(
+                    out,
+                    sim,
+                    step.text,
+                    contains,
+                    (replies_before, calls_before),
+                    clock,
+                )
+                .await?,
+            );
             continue;
         }
-        writeln!(out, "[{}] {label}: @dingops {}", clock(), step.text)?;
+        writeln!(out, "[{}] {label}: @dingops {}", hms(clock.now_ms()), step.text)?;
         let status = senders.send(&body, step.forged).await?;
         last_body = Some(body);
         tally.add(

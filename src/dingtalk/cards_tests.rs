@@ -301,7 +301,12 @@ fn serve(conn: std::net::TcpStream, script: &Script, log: &Mutex<Vec<Seen>>) {
 }
 
 fn client(base: &str) -> DingTalk {
-    DingTalk::new(&settings(base), Arc::new(Metrics::new())).unwrap()
+    DingTalk::new(
+        &settings(base),
+        Arc::new(Metrics::new()),
+        crate::clock::wall_clock(),
+    )
+    .unwrap()
 }
 
 fn settings(base: &str) -> crate::config::DingTalkSettings {
@@ -330,7 +335,13 @@ fn delivered() -> Value {
 async fn a_card_is_posted_with_the_new_style_token_and_counted_as_a_card_call() {
     let (base, seen) = scripted(Box::new(|_, _| (200, delivered(), Duration::ZERO)));
     let ledger = crate::ledger::LedgerHandle::new(crate::ledger::MemoryLedger::new());
-    let dingtalk = DingTalk::with_budget(&settings(&base), Arc::new(Metrics::new()), ledger).unwrap();
+    let dingtalk = DingTalk::with_budget(
+        &settings(&base),
+        Arc::new(Metrics::new()),
+        ledger,
+        crate::clock::wall_clock(),
+    )
+    .unwrap();
     dingtalk.create_card(&card(CardCallback::Stream)).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");

@@ -32,6 +32,7 @@ use wire::{
     credentials_error, join, legacy_outcome, read_body, status_error, token_from, transport, truncate,
 };
 
+use crate::clock::Clock;
 use crate::config::DingTalkSettings;
 use crate::domain::ChatId;
 use crate::ledger::{BudgetHandle, LedgerHandle};
@@ -230,7 +231,7 @@ struct Shared {
     /// The budget's slots are times of the ledger's clock: this is how they map to ours.
     ledger_time: crate::ledger::LedgerTime,
     /// Where deadlines and the pacing's slots are read.
-    clock: Arc<dyn crate::clock::Clock>,
+    clock: Arc<dyn Clock>,
     options: ClientOptions,
     metrics: Arc<Metrics>,
 }
@@ -251,15 +252,21 @@ impl DingTalk {
     /// A client for the app in `settings` that paces its calls in this process alone and
     /// counts the monthly budget (if any) in this process alone: for tools that run without
     /// a ledger. Beside other processes on a ledger, use [`DingTalk::with_budget`]. Its calls
-    /// are interactive until [`DingTalk::for_class`] says otherwise.
-    pub fn new(settings: &DingTalkSettings, metrics: Arc<Metrics>) -> Result<Self, ApiError> {
-        Self::build(settings, metrics, None)
+    /// are interactive until [`DingTalk::for_class`] says otherwise. It reads the time
+    /// (deadlines, pacing, token refreshes, the quota's month) from `clock`.
+    pub fn new(
+        settings: &DingTalkSettings,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ApiError> {
+        Self::build(settings, metrics, None, clock)
     }
 
     fn build(
         settings: &DingTalkSettings,
         metrics: Arc<Metrics>,
         ledger: Option<LedgerHandle>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, ApiError> {
         let options = ClientOptions::from_settings(settings);
         let http = http_client(settings)?;
@@ -285,8 +292,8 @@ impl DingTalk {
             app_key: settings.app_key.clone(),
             app_secret: settings.app_secret.clone(),
             robot_code: settings.robot_code.clone(),
-            legacy: TokenCache::default(),
-            modern: TokenCache::default(),
+            legacy: TokenCache::new(clock.clone()),
+            modern: TokenCache::new(clock.clone()),
             limiters,
             budget: ledger.as_ref().map(LedgerHandle::budget),
             quota: quota::Gate::new(
@@ -294,8 +301,8 @@ impl DingTalk {
                 settings.timezone.clone(),
                 ledger.map(|l| l.quota()),
             ),
-            ledger_time: Default::default(),
-            clock: Arc::new(crate::clock::SystemClock),
+            ledger_time: crate::ledger::LedgerTime::with_clock(clock.clone()),
+            clock,
             options,
             metrics,
         };
@@ -311,29 +318,15 @@ impl DingTalk {
     /// paced in this process alone (logged, counted in
     /// `dingops_rate_budget_fallbacks_total`). `api_calls_per_sec = 0` still turns pacing
     /// off, and then the ledger is not asked. With a `monthly_call_budget`, each counted call
-    /// is also counted in the ledger's monthly quota, shared the same way.
+    /// is also counted in the ledger's monthly quota, shared the same way. The time is
+    /// read from `clock`, as [`DingTalk::new`]'s.
     pub fn with_budget(
         settings: &DingTalkSettings,
         metrics: Arc<Metrics>,
         ledger: LedgerHandle,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, ApiError> {
-        Self::build(settings, metrics, Some(ledger))
-    }
-
-    /// This client reading the time (deadlines, pacing, the quota's month) from `clock`
-    /// instead of the system's. Called on a new client, before [`DingTalk::for_class`].
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
-        match Arc::get_mut(&mut self.shared) {
-            Some(shared) => {
-                shared.legacy = TokenCache::new(clock.clone());
-                shared.modern = TokenCache::new(clock.clone());
-                shared.ledger_time = crate::ledger::LedgerTime::with_clock(clock.clone());
-                shared.clock = clock;
-            }
-            None => tracing::warn!("a DingTalk client already shared keeps its clock"),
-        }
-        self
+        Self::build(settings, metrics, Some(ledger), clock)
     }
 
     /// A handle on the same client (connections, tokens, pacing, counts) whose calls are
@@ -359,7 +352,7 @@ impl DingTalk {
     }
 
     /// The clock this client reads the time by (injected: tests drive it).
-    pub fn clock(&self) -> &Arc<dyn crate::clock::Clock> {
+    pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.shared.clock
     }
 

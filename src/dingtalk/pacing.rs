@@ -232,20 +232,20 @@ mod tests {
     async fn a_call_over_the_limit_waits_on_the_clock_for_the_slot_the_window_frees() {
         // 3 calls/s: at most 2 in any 1.05 s, a least gap of 262.5 ms between slots. Time is
         // paused: each wait ends when tokio's clock reaches its slot, not on the wall clock.
-        let clock = crate::clock::SystemClock;
+        let clock = crate::clock::ManualClock::at(0);
         let limiter = Limiter::new(3).unwrap();
         let t0 = Instant::now();
         let waited = |from: Instant| Instant::now().saturating_duration_since(from);
-        limiter.acquire(&clock).await;
+        limiter.acquire(&*clock).await;
         assert_eq!(waited(t0), Duration::ZERO, "under the limit: at once");
-        limiter.acquire(&clock).await;
+        limiter.acquire(&*clock).await;
         let gap = Duration::from_micros(262_500);
         assert!(
             waited(t0) >= gap && waited(t0) <= gap + MAX_LATE,
             "{:?}",
             waited(t0)
         );
-        limiter.acquire(&clock).await;
+        limiter.acquire(&*clock).await;
         assert!(
             waited(t0) >= WINDOW && waited(t0) <= WINDOW + MAX_LATE,
             "the third waits for the first's window: {:?}",

@@ -45,12 +45,6 @@ pub struct TokenCache {
     clock: Arc<dyn Clock>,
 }
 
-impl Default for TokenCache {
-    fn default() -> Self {
-        Self::new(Arc::new(crate::clock::SystemClock))
-    }
-}
-
 /// What a caller does after looking at the cache.
 enum Role {
     Cached(SecretString),
@@ -189,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_fetch() {
-        let cache = Arc::new(TokenCache::default());
+        let cache = Arc::new(TokenCache::new(crate::clock::ManualClock::at(0)));
         let fetches = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -212,7 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_failed_fetch_and_its_error() {
-        let cache = Arc::new(TokenCache::default());
+        let cache = Arc::new(TokenCache::new(crate::clock::ManualClock::at(0)));
         let fetches = Arc::new(AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -235,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiter_takes_over_when_the_fetching_caller_is_cancelled() {
-        let cache = Arc::new(TokenCache::default());
+        let cache = Arc::new(TokenCache::new(crate::clock::ManualClock::at(0)));
         let first = {
             let cache = cache.clone();
             tokio::spawn(async move {
@@ -275,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalidating_the_current_token_forces_a_new_fetch_but_an_old_one_does_not() {
-        let cache = TokenCache::default();
+        let cache = TokenCache::new(crate::clock::ManualClock::at(0));
         let t1 = cache
             .get(|| async { Ok((SecretString::from("t1"), 7200)) })
             .await
@@ -297,7 +291,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_token_is_fetched_again_ten_minutes_before_it_expires() {
         // Paused time: the two hours pass on tokio's clock, not the wall clock.
-        let cache = TokenCache::default();
+        let cache = TokenCache::new(crate::clock::ManualClock::at(0));
         let get = |t: &'static str| cache.get(move || async move { Ok((SecretString::from(t), 7200)) });
         assert_eq!(get("t1").await.unwrap().expose_secret(), "t1");
         tokio::time::advance(Duration::from_secs(6599)).await;

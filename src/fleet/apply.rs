@@ -14,7 +14,7 @@ use futures_util::StreamExt as _;
 
 use super::Fleet;
 use super::plan::{Change, GroupPlan};
-use crate::clock::{format_ms, now_ms};
+use crate::clock::format_ms;
 use crate::domain::{ChatId, printable};
 use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
 use crate::governance::{Actor, Ask, Change as GovernedChange, Decision, Group, Held, Via};
@@ -250,6 +250,8 @@ impl Fleet {
             }
         };
         let mut rows = Vec::new();
+        // The rows' time is the ledger's, as the DM state's the plan compares with.
+        let now = self.dingtalk.ledger_time().now_ms();
         let mut switch_failed = false;
         for (w, planned) in written.iter().zip(&result.plan.changes) {
             match &w.decision {
@@ -263,7 +265,7 @@ impl Fleet {
                         }
                         (Some(_), Setting::Switch(_)) => {}
                     }
-                    rows.push(audit_row(&cid, &chatid, planned, origin, w.error.as_ref()));
+                    rows.push(audit_row(&cid, &chatid, planned, origin, w.error.as_ref(), now));
                 }
                 Decision::Held(Held::Exception(e)) => result.left_alone.push(format!(
                     "{} held by an exception until {} by {}",
@@ -305,9 +307,9 @@ fn audit_row(
     change: &Change,
     origin: &str,
     error: Option<&crate::dingtalk::ApiError>,
+    now: u64,
 ) -> AuditRow {
     use rand::RngExt as _;
-    let now = now_ms();
     let key = change.setting.key();
     let field = match change.setting {
         Setting::Switch(s) => s.field(),
@@ -316,7 +318,7 @@ fn audit_row(
     let detail = match error {
         None => format!(
             "chatid {chatid} {field}: {} -> {}",
-            change.now.text(change.setting),
+            change.now.text(change.setting, now),
             change.setting.word(change.wanted)
         ),
         Some(e) => e.to_string(),

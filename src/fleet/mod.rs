@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::config::{Database, DingTalkSettings, FleetSettings};
 use crate::dingtalk::DingTalk;
 use crate::domain::ChatId;
@@ -60,19 +61,26 @@ impl Fleet {
     }
 
     /// The fleet of a CLI run (`plan`, `apply`): the configured policy, a DingTalk client of
-    /// its own, and the ledger opened without the serve lock, so it can run beside `serve`.
+    /// its own, and the ledger opened without the serve lock, so it can run beside `serve`;
+    /// the time is read from `clock`.
     pub async fn open(
         fleet: &FleetSettings,
         dingtalk: &DingTalkSettings,
         database: &Database,
         static_groups: &BTreeMap<String, ChatId>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, OpenError> {
         let path = fleet.policy.as_ref().ok_or(OpenError::NoPolicy)?;
         let policy = Arc::new(PolicyCell::load(Some(path))?);
-        let ledger = crate::ledger::open(database).await?;
+        let ledger = crate::ledger::open(database, clock.clone()).await?;
         let metrics = Arc::new(Metrics::new());
         // Paced by the budget every process on this ledger shares, a running `serve` included.
-        let dingtalk = Arc::new(DingTalk::with_budget(dingtalk, metrics.clone(), ledger.clone())?);
+        let dingtalk = Arc::new(DingTalk::with_budget(
+            dingtalk,
+            metrics.clone(),
+            ledger.clone(),
+            clock,
+        )?);
         let holder = format!("cli-{}", crate::worker::group_leases::replica_id());
         Ok(Self::new(
             policy,

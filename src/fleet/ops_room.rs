@@ -41,7 +41,7 @@ impl Organisation for Fleet {
                     format!(
                         "- {name}: {} {} → {}",
                         c.setting.key(),
-                        c.now.text(c.setting),
+                        c.now.text(c.setting, plan.at_ms),
                         c.setting.word(c.wanted)
                     )
                 })

@@ -4,7 +4,6 @@
 use futures_util::StreamExt as _;
 
 use super::Fleet;
-use crate::clock::now_ms;
 use crate::domain::{ChatId, DmState};
 use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
 use crate::ledger::LedgerError;
@@ -25,15 +24,16 @@ pub enum Now {
 }
 
 impl Now {
-    /// In the policy file's words.
-    pub fn text(&self, setting: Setting) -> String {
+    /// In the policy file's words, how long ago counted to `now_ms` (the ledger's time, which
+    /// the DM state's time is in).
+    pub fn text(&self, setting: Setting, now_ms: u64) -> String {
         match self {
             Now::Live(v @ (0 | 1)) => setting.word(*v as u8).to_owned(),
             Now::Live(v) => format!("unknown value {v}"),
             Now::NotReported => "not reported".to_owned(),
             Now::Dm(None) => "unknown".to_owned(),
             Now::Dm(Some(s)) => {
-                let hours = now_ms().saturating_sub(s.set_ms) / 3_600_000;
+                let hours = now_ms.saturating_sub(s.set_ms) / 3_600_000;
                 format!("{} ({hours}h ago)", setting.word(u8::from(s.prohibited)))
             }
         }
@@ -98,6 +98,8 @@ impl GroupPlan {
 pub struct Plan {
     pub groups: Vec<GroupPlan>,
     pub unresolved: Vec<Unresolved>,
+    /// The ledger's time when the plan was made.
+    pub at_ms: u64,
 }
 
 impl Plan {
@@ -192,8 +194,12 @@ impl Fleet {
                 return plan;
             }
         };
-        let fresh_after =
-            now_ms().saturating_sub(u64::try_from(self.dm_reapply.as_millis()).unwrap_or(u64::MAX));
+        // The DM state's time is the ledger's (its writer stamped it so).
+        let fresh_after = self
+            .dingtalk
+            .ledger_time()
+            .now_ms()
+            .saturating_sub(u64::try_from(self.dm_reapply.as_millis()).unwrap_or(u64::MAX));
         for (setting, wanted) in &target.wanted {
             if let Some(e) = desired.get(setting).and_then(|d| d.exception.as_ref()) {
                 plan.held.push(HeldByException {
@@ -234,6 +240,7 @@ impl Fleet {
 
     /// [`Fleet::plan`] of groups already resolved.
     pub async fn plan_resolved(&self, resolution: Resolution) -> Plan {
+        let at_ms = self.dingtalk.ledger_time().now_ms();
         let groups = futures_util::stream::iter(resolution.targets)
             .map(|t| async move { self.plan_group(&t).await })
             .buffered(PLAN_IN_FLIGHT)
@@ -242,6 +249,7 @@ impl Fleet {
         Plan {
             groups,
             unresolved: resolution.unresolved,
+            at_ms,
         }
     }
 }
@@ -277,11 +285,13 @@ pub(crate) mod tests {
         let clean = Plan {
             groups: vec![group("cidA==", vec![], None)],
             unresolved: vec![],
+            at_ms: 0,
         };
         assert_eq!(clean.exit_code(), 0);
         let pending = Plan {
             groups: vec![group("cidA==", vec![mute(0)], None)],
             unresolved: vec![],
+            at_ms: 0,
         };
         assert_eq!(pending.exit_code(), 2);
         let broken = Plan {
@@ -290,6 +300,7 @@ pub(crate) mod tests {
                 group("cidB==", vec![], Some("cannot read the group")),
             ],
             unresolved: vec![],
+            at_ms: 0,
         };
         assert_eq!(broken.exit_code(), 1);
     }

@@ -11,7 +11,7 @@ use super::{
     AuditRow, BindingStore, CommandLog, CommandStatus, LeaseStore, LedgerError, Maintenance, PruneStep,
     QuotaBook, QuotaCount, QuotaTake, RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot,
 };
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, KnownValue, Pending, RevertJob};
 
 /// One command as the memory ledger keeps it.
@@ -106,9 +106,10 @@ pub struct MemoryLedger {
     clock: Arc<dyn Clock>,
 }
 
+#[cfg(test)]
 impl Default for MemoryLedger {
     fn default() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
+        Self::with_clock(crate::clock::wall_clock())
     }
 }
 
@@ -135,6 +136,8 @@ fn open_rows(
 }
 
 impl MemoryLedger {
+    /// A ledger on the machine's clock (tests).
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }

@@ -50,19 +50,26 @@ pub use sqlite::{LockError, LockFile, OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLed
 /// Opens the ledger `database` names: a SQLite file, or a PostgreSQL server (connected,
 /// schema brought up to date), on the blocking pool. Every process opens its ledger here:
 /// `serve` (after [`Sharing::claim`]) and the CLI tools, which take no lock and so run beside
-/// a `serve`.
-pub async fn open(database: &Database) -> Result<LedgerHandle, LedgerError> {
+/// a `serve`. A SQLite ledger decides leases and rate-budget slots by `clock` (this
+/// machine's); a PostgreSQL one by the server's clock, the one every replica shares.
+pub async fn open(
+    database: &Database,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<LedgerHandle, LedgerError> {
     let database = database.clone();
-    let ledger = tokio::task::spawn_blocking(move || open_blocking(&database))
+    let ledger = tokio::task::spawn_blocking(move || open_blocking(&database, clock))
         .await
         .map_err(|e| LedgerError::Join(e.to_string()))??;
     Ok(Handle::shared(ledger))
 }
 
 /// [`open`] on the calling thread, for a caller that keeps the ledger itself (the tests).
-pub fn open_blocking(database: &Database) -> Result<Arc<dyn Ledger>, LedgerError> {
+pub fn open_blocking(
+    database: &Database,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<Arc<dyn Ledger>, LedgerError> {
     Ok(match database {
-        Database::Sqlite(path) => Arc::new(SqliteLedger::open(path)?),
+        Database::Sqlite(path) => Arc::new(SqliteLedger::open(path, clock)?),
         Database::Postgres(url) => Arc::new(PostgresLedger::open(url)?),
     })
 }
@@ -84,10 +91,10 @@ pub enum Sharing {
 impl Sharing {
     /// How a `serve` shares the ledger `database`: a SQLite file is locked for this process
     /// (one `serve` per file); a PostgreSQL ledger is shared by design. Taken before the
-    /// ledger is opened.
-    pub fn claim(database: &Database) -> Result<Self, LockError> {
+    /// ledger is opened. The lock file tells since when, by `clock`.
+    pub fn claim(database: &Database, clock: &dyn crate::clock::Clock) -> Result<Self, LockError> {
         Ok(match database.sqlite_path() {
-            Some(path) => Self::Alone(LockFile::take(path)?),
+            Some(path) => Self::Alone(LockFile::take(path, clock)?),
             None => Self::Replicas,
         })
     }
@@ -227,12 +234,6 @@ pub struct LedgerTime {
     measured: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// This machine's clock, which the offset corrects.
     clock: Arc<dyn crate::clock::Clock>,
-}
-
-impl Default for LedgerTime {
-    fn default() -> Self {
-        Self::with_clock(Arc::new(crate::clock::SystemClock))
-    }
 }
 
 /// Readings of the ledger's clock per measurement; the one with the shortest round trip
@@ -466,17 +467,18 @@ impl<R: ?Sized + RateBudget> Handle<R> {
 #[cfg(test)]
 mod time_tests {
     use super::{LedgerHandle, LedgerTime, MemoryLedger};
-    use crate::clock::{Clock as _, ManualClock, now_ms};
+    use crate::clock::{Clock as _, ManualClock};
 
     #[tokio::test]
     async fn the_ledgers_time_is_read_through_the_offset_measured_against_its_clock() {
         // A ledger whose clock runs 35 s ahead of this machine's, then one 35 s behind.
         for skew in [35_000_i64, -35_000] {
-            let clock = ManualClock::at(now_ms().saturating_add_signed(skew));
+            let ours = ManualClock::at(1_700_000_000_000);
+            let clock = ManualClock::at(ours.now_ms().saturating_add_signed(skew));
             let ledger = LedgerHandle::new(MemoryLedger::with_clock(clock.clone()));
-            let time = LedgerTime::default();
+            let time = LedgerTime::with_clock(ours.clone());
             assert!(
-                time.now_ms().abs_diff(now_ms()) < 1000,
+                time.now_ms().abs_diff(ours.now_ms()) < 1000,
                 "no offset before measuring"
             );
             let offset = time.measure(&ledger).await.unwrap();

@@ -1,6 +1,7 @@
 //! `retention_days`: finished commands past it are deleted from the ledger in the
 //! background, in short steps, so that pruning a large backlog leaves the writer to callbacks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::LedgerHandle;
@@ -13,11 +14,12 @@ const PRUNE_BATCH: usize = 500;
 const PRUNE_PAUSE: Duration = Duration::from_millis(10);
 
 /// Deletes finished commands older than `retention` from the ledger: at start, then hourly.
-/// Runs until its task is aborted.
-pub async fn prune_loop(ledger: LedgerHandle, retention: Duration) {
+/// Runs until its task is aborted. "Older" is by `clock` (the wiring's).
+pub async fn prune_loop(ledger: LedgerHandle, retention: Duration, clock: Arc<dyn crate::clock::Clock>) {
     loop {
-        let cutoff =
-            crate::clock::now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+        let cutoff = clock
+            .now_ms()
+            .saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
         let (mut after, mut deleted) = (0, 0);
         loop {
             match ledger

@@ -435,7 +435,7 @@ mod tests {
             LedgerHandle::shared(ledger.clone()),
             holder.into(),
             ttl,
-            Arc::new(crate::clock::SystemClock),
+            crate::clock::wall_clock(),
         ))
     }
 
@@ -521,7 +521,7 @@ mod tests {
             LedgerHandle::shared(ledger.clone()),
             "solo".into(),
             Duration::from_secs(30),
-            Arc::new(crate::clock::SystemClock),
+            crate::clock::wall_clock(),
         ));
         assert!(!solo.is_shared());
         assert_eq!(solo.take(vec!["g".into()]).await, ["g"]);

@@ -427,7 +427,8 @@ mod tests {
         .collect();
         let settings = Settings::from_sources(None, &env).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone()).unwrap());
+        let clock = crate::clock::wall_clock();
+        let dingtalk = Arc::new(DingTalk::new(&settings.dingtalk, metrics.clone(), clock.clone()).unwrap());
         // The memory ledger is this context's alone, as a SQLite file is a locked `serve`'s.
         let ledger = LedgerHandle::new(ledger);
         WorkerContext {
@@ -435,7 +436,7 @@ mod tests {
                 ledger.clone(),
                 group_leases::replica_id(),
                 settings.worker.claim_lease,
-                Arc::new(crate::clock::SystemClock),
+                clock.clone(),
             )),
             ..WorkerContext::new(
                 &settings.worker,
@@ -443,7 +444,7 @@ mod tests {
                 dingtalk,
                 metrics,
                 &Sharing::Replicas,
-                Arc::new(crate::clock::SystemClock),
+                clock,
             )
         }
     }

@@ -78,6 +78,7 @@ async fn register_at(sim: &Simulator, address: &str) {
     let client = dingops::dingtalk::DingTalk::new(
         &settings.dingtalk,
         std::sync::Arc::new(dingops::telemetry::Metrics::new()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
     )
     .unwrap();
     client

@@ -32,8 +32,19 @@ fn client(sim: &Simulator, ledger: Option<LedgerHandle>, metrics: Arc<Metrics>) 
     let settings = sim_settings(sim).unwrap();
     assert_eq!(settings.dingtalk.api_calls_per_sec, 20);
     Arc::new(match ledger {
-        Some(l) => DingTalk::with_budget(&settings.dingtalk, metrics, l).unwrap(),
-        None => DingTalk::new(&settings.dingtalk, metrics).unwrap(),
+        Some(l) => DingTalk::with_budget(
+            &settings.dingtalk,
+            metrics,
+            l,
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap(),
+        None => DingTalk::new(
+            &settings.dingtalk,
+            metrics,
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap(),
     })
 }
 
@@ -67,12 +78,16 @@ async fn two_clients_on_two_connections_to_one_ledger_file_share_one_rate_budget
     // Two ledgers opened on the same file: two connections, as two processes have.
     let a = client(
         &sim,
-        Some(LedgerHandle::new(SqliteLedger::open(&db).unwrap())),
+        Some(LedgerHandle::new(
+            SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap(),
+        )),
         Arc::default(),
     );
     let b = client(
         &sim,
-        Some(LedgerHandle::new(SqliteLedger::open(&db).unwrap())),
+        Some(LedgerHandle::new(
+            SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap(),
+        )),
         Arc::default(),
     );
 
@@ -99,7 +114,8 @@ async fn calls_go_on_paced_locally_when_the_ledger_cannot_take_a_reservation() {
     let groups = add_groups(&sim, "local", 40);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    let ledger = LedgerHandle::new(SqliteLedger::open(&db).unwrap());
+    let ledger =
+        LedgerHandle::new(SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap());
     // The ledger refuses every write once its file is gone.
     std::fs::remove_file(&db).unwrap();
     let metrics = Arc::new(Metrics::new());
@@ -129,12 +145,21 @@ async fn with_pacing_off_the_shared_budget_is_not_asked() {
     let groups = add_groups(&sim, "free", 5);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    let ledger = LedgerHandle::new(SqliteLedger::open(&db).unwrap());
+    let ledger =
+        LedgerHandle::new(SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap());
     std::fs::remove_file(&db).unwrap();
     let mut settings = sim_settings(&sim).unwrap();
     settings.dingtalk.api_calls_per_sec = 0;
     let metrics = Arc::new(Metrics::new());
-    let dingtalk = Arc::new(DingTalk::with_budget(&settings.dingtalk, metrics.clone(), ledger).unwrap());
+    let dingtalk = Arc::new(
+        DingTalk::with_budget(
+            &settings.dingtalk,
+            metrics.clone(),
+            ledger,
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap(),
+    );
 
     lock_all(dingtalk, groups).await;
 
@@ -257,7 +282,7 @@ async fn a_call_whose_shared_slot_lies_beyond_its_deadline_fails_without_calling
     let sim = new_sim(Default::default());
     let groups = add_groups(&sim, "late", 1);
     // Other processes have reserved the next two minutes of friendswitch calls.
-    let ledger = dingops::ledger::MemoryLedger::new();
+    let ledger = dingops::ledger::MemoryLedger::with_clock(std::sync::Arc::new(dingops::clock::SystemClock));
     for _ in 0..19 * 115 {
         ledger.reserve_call("friendswitch_update", 19, 1050).unwrap();
     }

@@ -44,9 +44,12 @@ async fn register(app: &TestApp) {
 
 async fn register_at(sim: &dingtalk_sim::Simulator, address: &str) {
     let settings = sim_settings(sim).unwrap();
-    let client =
-        dingops::dingtalk::DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new()))
-            .unwrap();
+    let client = dingops::dingtalk::DingTalk::new(
+        &settings.dingtalk,
+        Arc::new(dingops::telemetry::Metrics::new()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     client
         .register_card_callback(
             &format!("{address}/card-callback"),

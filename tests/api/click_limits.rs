@@ -34,9 +34,12 @@ async fn card_app(tweak: impl FnOnce(&mut dingops::config::Settings) + 'static) 
     })
     .await;
     let settings = sim_settings(&app.sim).unwrap();
-    let client =
-        dingops::dingtalk::DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new()))
-            .unwrap();
+    let client = dingops::dingtalk::DingTalk::new(
+        &settings.dingtalk,
+        Arc::new(dingops::telemetry::Metrics::new()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     client
         .register_card_callback(
             &format!("{}/card-callback", app.address),

@@ -82,6 +82,7 @@ async fn discovery_finds_groups_at_every_depth_lists_departments_without_and_cos
         &settings.worker.groups,
         false,
         &NoProgress,
+        std::sync::Arc::new(dingops::clock::SystemClock),
     )
     .await
     .unwrap();
@@ -178,7 +179,11 @@ async fn discovery_finds_groups_at_every_depth_lists_departments_without_and_cos
         .collect();
     assert_eq!(asked, (1..=6).collect());
     // Without --apply nothing is stored.
-    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    let ledger = SqliteLedger::open(
+        &dir.path().join("ledger.db"),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     assert!(ledger.departments().unwrap().is_empty());
     assert!(ledger.bindings().unwrap().is_empty());
 }
@@ -346,7 +351,7 @@ async fn apply_in_a_second_process_lets_a_running_serve_act_in_a_discovered_grou
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].body["chatid"], PLATFORM.1);
 
-    let ledger = SqliteLedger::open(&db).unwrap();
+    let ledger = SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap();
     let bound: Vec<(String, String, String)> = ledger
         .bindings()
         .unwrap()
@@ -384,7 +389,7 @@ async fn a_permission_error_exits_1_naming_the_department_and_stores_nothing() {
     let db = dir.path().join("ledger.db");
     let first = dingops(&["discover", "--apply"], env(&sim, &db)).await;
     assert_eq!(first.code, Some(0), "{}", first.stderr);
-    let ledger = SqliteLedger::open(&db).unwrap();
+    let ledger = SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap();
     let departments_before = ledger.departments().unwrap();
     let bindings_before = ledger.bindings().unwrap();
 
@@ -427,7 +432,10 @@ async fn a_group_bound_to_another_chatid_is_kept_and_reported_as_a_conflict() {
         bound_by: "Ada (admin01)".into(),
         bound_ms: 7,
     };
-    SqliteLedger::open(&db).unwrap().bind(&mine).unwrap();
+    SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock))
+        .unwrap()
+        .bind(&mine)
+        .unwrap();
 
     let run = dingops(&["discover", "--apply"], env(&sim, &db)).await;
     assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
@@ -450,7 +458,7 @@ async fn a_group_bound_to_another_chatid_is_kept_and_reported_as_a_conflict() {
         "{}",
         run.stdout
     );
-    let ledger = SqliteLedger::open(&db).unwrap();
+    let ledger = SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap();
     assert_eq!(ledger.binding(BACKEND.0).unwrap(), Some(mine));
     assert_eq!(
         ledger.binding(PLATFORM.0).unwrap().map(|b| b.chat_id),
@@ -472,6 +480,7 @@ async fn an_invalid_chatid_from_dingtalk_is_an_error_for_its_department_not_a_pa
         &settings.worker.groups,
         true,
         &NoProgress,
+        std::sync::Arc::new(dingops::clock::SystemClock),
     )
     .await
     .unwrap_err();
@@ -484,7 +493,11 @@ async fn an_invalid_chatid_from_dingtalk_is_an_error_for_its_department_not_a_pa
             .iter()
             .all(|c| c.body != "chat odd/../x")
     );
-    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    let ledger = SqliteLedger::open(
+        &dir.path().join("ledger.db"),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     assert!(ledger.departments().unwrap().is_empty());
     assert!(ledger.bindings().unwrap().is_empty());
 }
@@ -515,6 +528,7 @@ async fn a_200_department_tree_is_walked_completely_at_dingtalks_default_limit()
         &settings.worker.groups,
         true,
         &NoProgress,
+        std::sync::Arc::new(dingops::clock::SystemClock),
     )
     .await
     .unwrap();
@@ -539,7 +553,11 @@ async fn a_200_department_tree_is_walked_completely_at_dingtalks_default_limit()
             assert_eq!(ids, (1..=200).collect(), "{api}");
         }
     }
-    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    let ledger = SqliteLedger::open(
+        &dir.path().join("ledger.db"),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     assert_eq!(ledger.departments().unwrap().len(), 200);
     assert_eq!(ledger.bindings().unwrap().len(), 20);
 }

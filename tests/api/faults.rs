@@ -315,7 +315,11 @@ async fn at_start_a_command_whose_session_expired_meanwhile_is_recorded_and_not_
     let now = dingops::clock::now_ms();
     let (live_url, live_exp) = sim.open_session(GROUP, Duration::from_secs(600));
     {
-        let ledger = dingops::ledger::SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+        let ledger = dingops::ledger::SqliteLedger::open(
+            &dir.path().join("ledger.db"),
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap();
         let dead = format!("{}/robot/sendBySession?session=gone", sim.url());
         ledger
             .accept(&stale_command(

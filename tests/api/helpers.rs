@@ -208,7 +208,11 @@ impl TestApp {
     }
 
     pub fn ledger(&self) -> SqliteLedger {
-        SqliteLedger::open(&self.dir.path().join("ledger.db")).unwrap()
+        SqliteLedger::open(
+            &self.dir.path().join("ledger.db"),
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap()
     }
 
     /// The audit row of `msg_id` once it is finished.

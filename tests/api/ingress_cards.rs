@@ -194,7 +194,12 @@ async fn in_stream_mode_card_callback_is_not_served() {
 /// A card the robot posted in GROUP, created through dingops' client; its outTrackId.
 async fn sim_card(sim: &Simulator, callback: CardCallback) -> String {
     let settings = sim_settings(sim).unwrap();
-    let dingtalk = DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new())).unwrap();
+    let dingtalk = DingTalk::new(
+        &settings.dingtalk,
+        Arc::new(dingops::telemetry::Metrics::new()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     let out_track_id = format!("dingops-test-{}", dingtalk_sim::chat::new_msg_id());
     dingtalk
         .create_card(&CardSend {
@@ -265,7 +270,12 @@ async fn without_a_card_template_the_card_topic_is_not_subscribed() {
 async fn an_http_click_with_a_forged_signature_from_dingtalk_is_refused_with_401() {
     let app = card_app().await;
     let settings = sim_settings(&app.sim).unwrap();
-    let dingtalk = DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new())).unwrap();
+    let dingtalk = DingTalk::new(
+        &settings.dingtalk,
+        Arc::new(dingops::telemetry::Metrics::new()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     dingtalk
         .register_card_callback(
             &format!("{}/card-callback", app.address),

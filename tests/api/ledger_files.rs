@@ -38,7 +38,7 @@ async fn when_the_ledger_cannot_grow_readyz_fails_with_the_callbacks() {
     let sim = new_sim(Default::default());
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("l.db");
-    drop(dingops::ledger::SqliteLedger::open(&db).unwrap());
+    drop(dingops::ledger::SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap());
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         for i in 0..30 {
@@ -138,7 +138,7 @@ fn insert_command(
 async fn readyz_and_the_open_command_gauge_do_not_scan_a_large_ledger() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let db = dir.path().join("ledger.db");
-    drop(dingops::ledger::SqliteLedger::open(&db).unwrap());
+    drop(dingops::ledger::SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap());
     {
         let mut conn = rusqlite::Connection::open(&db).unwrap();
         let tx = conn.transaction().unwrap();
@@ -177,7 +177,7 @@ async fn readyz_and_the_open_command_gauge_do_not_scan_a_large_ledger() {
 async fn pruning_deletes_old_finished_commands_and_keeps_recent_and_open_ones() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let db = dir.path().join("ledger.db");
-    drop(dingops::ledger::SqliteLedger::open(&db).unwrap());
+    drop(dingops::ledger::SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap());
     let now = dingops::clock::now_ms();
     let day = 86_400_000;
     {

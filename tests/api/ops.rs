@@ -328,9 +328,12 @@ async fn audit_lists_who_ran_what_where_and_the_result() {
 async fn audit_needs_no_credentials_but_refuses_a_configuration_it_cannot_read() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    dingops::ledger::open(&dingops::config::Database::Sqlite(db.clone()))
-        .await
-        .unwrap();
+    dingops::ledger::open(
+        &dingops::config::Database::Sqlite(db.clone()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .await
+    .unwrap();
     let env = || vec![("DINGOPS_DATABASE", db.display().to_string())];
     // Only the ledger's keys are read: no app_key or app_secret needed.
     let (ok, out) = run_bin(&["audit"], env()).await;

@@ -60,7 +60,11 @@ impl Fleet40 {
     fn new(n: usize, policy: &str) -> Self {
         let sim = new_sim(SimConfig::default());
         let dir = tempfile::tempdir().unwrap();
-        let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+        let ledger = SqliteLedger::open(
+            &dir.path().join("ledger.db"),
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap();
         for i in 0..n {
             sim.add_group(&cid(i), &chatid(i), &format!("Team {i}"));
             ledger
@@ -81,7 +85,7 @@ impl Fleet40 {
     }
 
     fn ledger(&self) -> SqliteLedger {
-        SqliteLedger::open(&self.db()).unwrap()
+        SqliteLedger::open(&self.db(), std::sync::Arc::new(dingops::clock::SystemClock)).unwrap()
     }
 
     /// The binary with `args`, pointed at the simulator, this ledger and policy; its stdout
@@ -593,6 +597,7 @@ async fn department_selectors_take_one_group_or_a_whole_subtree() {
         &settings.dingtalk,
         &settings.ledger.database,
         &settings.worker.groups,
+        std::sync::Arc::new(dingops::clock::SystemClock),
     )
     .await
     .unwrap()
@@ -717,6 +722,7 @@ async fn two_replicas_reconciling_one_ledger_run_the_policy_once_per_period() {
                 &settings.dingtalk,
                 &settings.ledger.database,
                 &settings.worker.groups,
+                std::sync::Arc::new(dingops::clock::SystemClock),
             )
             .await
             .unwrap();

@@ -137,7 +137,8 @@ async fn a_running_apply_writes_nothing_of_the_old_policy_once_serve_reloaded_a_
     let sim = new_sim(SimConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ledger.db");
-    let ledger = dingops::ledger::SqliteLedger::open(&db).unwrap();
+    let ledger =
+        dingops::ledger::SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap();
     let n = 12;
     for i in 0..n {
         sim.add_group(&cid(i), &chatid(i), &format!("Team {i}"));

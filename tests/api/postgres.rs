@@ -24,7 +24,7 @@ async fn spawn_on(database: Database) -> TestApp {
 }
 
 fn open(database: &Database) -> std::sync::Arc<dyn Ledger> {
-    dingops::ledger::open_blocking(database).unwrap()
+    dingops::ledger::open_blocking(database, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap()
 }
 
 /// Waits until `msg_id` is finished in the ledger; its status and reply.

@@ -30,7 +30,11 @@ fn cid(i: usize) -> String {
 
 /// `n` groups in the simulator, bound in the ledger at `db`, and `policy` beside it.
 fn fleet(sim: &Simulator, dir: &std::path::Path, n: usize, policy: &str) {
-    let ledger = SqliteLedger::open(&dir.join("ledger.db")).unwrap();
+    let ledger = SqliteLedger::open(
+        &dir.join("ledger.db"),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     for i in 0..n {
         let chat = format!("chatquota{i:04}");
         sim.add_group(&cid(i), &chat, &format!("Team {i}"));
@@ -249,8 +253,22 @@ async fn two_replicas_on_postgres_share_one_months_count() {
     settings.dingtalk.quota.reserve = dingops::quota::Reserve::Calls(0);
     let clients: Vec<Arc<DingTalk>> = (0..2)
         .map(|_| {
-            let ledger = LedgerHandle::shared(dingops::ledger::open_blocking(&schema.database()).unwrap());
-            Arc::new(DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger).unwrap())
+            let ledger = LedgerHandle::shared(
+                dingops::ledger::open_blocking(
+                    &schema.database(),
+                    std::sync::Arc::new(dingops::clock::SystemClock),
+                )
+                .unwrap(),
+            );
+            Arc::new(
+                DingTalk::with_budget(
+                    &settings.dingtalk,
+                    Arc::new(Metrics::new()),
+                    ledger,
+                    std::sync::Arc::new(dingops::clock::SystemClock),
+                )
+                .unwrap(),
+            )
         })
         .collect();
     let chat = ChatId::parse(GROUP_CHATID).unwrap();
@@ -290,7 +308,11 @@ async fn the_quota_renews_at_midnight_china_time_whatever_the_timezone_it_is_sho
 
     let sim = new_sim(SimConfig::default());
     let dir = tempfile::tempdir().unwrap();
-    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    let ledger = SqliteLedger::open(
+        &dir.path().join("ledger.db"),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     // November (China time) spent to the budget by background reads.
     for _ in 0..4 {
         assert!(
@@ -313,9 +335,9 @@ async fn the_quota_renews_at_midnight_china_time_whatever_the_timezone_it_is_sho
         &settings.dingtalk,
         Arc::new(Metrics::new()),
         LedgerHandle::new(ledger),
+        clock.clone(),
     )
-    .unwrap()
-    .with_clock(clock.clone());
+    .unwrap();
     let background = client.for_class(Class::Background);
 
     let usage = client.quota_usage().await.unwrap();
@@ -376,8 +398,15 @@ async fn calls_made_while_the_ledger_could_not_count_them_are_written_to_it_once
     settings.dingtalk.retry_base_ms = 20;
     // How long a background call waits for the ledger before it is refused.
     settings.dingtalk.retry_deadline_ms = 1000;
-    let ledger = LedgerHandle::new(SqliteLedger::open(&db).unwrap());
-    let client = DingTalk::with_budget(&settings.dingtalk, Arc::new(Metrics::new()), ledger).unwrap();
+    let ledger =
+        LedgerHandle::new(SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock)).unwrap());
+    let client = DingTalk::with_budget(
+        &settings.dingtalk,
+        Arc::new(Metrics::new()),
+        ledger,
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     let background = client.for_class(Class::Background);
     let month = client.quota_month().key;
     let chat = ChatId::parse(GROUP_CHATID).unwrap();

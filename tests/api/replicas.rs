@@ -31,13 +31,19 @@ enum Store {
 
 impl Store {
     fn memory() -> Self {
-        Self::Shared(Arc::new(MemoryLedger::new()))
+        Self::Shared(Arc::new(MemoryLedger::with_clock(std::sync::Arc::new(
+            dingops::clock::SystemClock,
+        ))))
     }
 
     /// A SQLite file in `dir`, opened once and shared.
     fn sqlite(dir: &tempfile::TempDir) -> Self {
         Self::Shared(Arc::new(
-            SqliteLedger::open(&dir.path().join("shared.db")).unwrap(),
+            SqliteLedger::open(
+                &dir.path().join("shared.db"),
+                std::sync::Arc::new(dingops::clock::SystemClock),
+            )
+            .unwrap(),
         ))
     }
 
@@ -53,9 +59,15 @@ impl Store {
             Self::Shared(ledger) => ledger.clone(),
             Self::Postgres(schema) => {
                 let database = schema.database();
-                tokio::task::spawn_blocking(move || dingops::ledger::open_blocking(&database).unwrap())
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    dingops::ledger::open_blocking(
+                        &database,
+                        std::sync::Arc::new(dingops::clock::SystemClock),
+                    )
                     .unwrap()
+                })
+                .await
+                .unwrap()
             }
         }
     }

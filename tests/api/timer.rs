@@ -18,7 +18,11 @@ use crate::helpers::*;
 /// `due_ms`, for each of `groups` (openConversationId, chatid).
 fn ledger_with_reverts(groups: &[(String, String)], due_ms: u64) -> Arc<tempfile::TempDir> {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+    let ledger = SqliteLedger::open(
+        &dir.path().join("ledger.db"),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )
+    .unwrap();
     for (cid, chatid) in groups {
         let replaced = ledger
             .schedule_revert(&RevertJob {

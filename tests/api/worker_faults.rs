@@ -124,7 +124,11 @@ async fn an_older_unanswered_command_is_recorded_superseded_not_run_when_a_newer
     {
         // What a lost write leaves: the /lock-dm still open without its answer, the later
         // /unlock-dm of the same group finished.
-        let ledger = SqliteLedger::open(&dir.path().join("ledger.db")).unwrap();
+        let ledger = SqliteLedger::open(
+            &dir.path().join("ledger.db"),
+            std::sync::Arc::new(dingops::clock::SystemClock),
+        )
+        .unwrap();
         ledger
             .accept(&old_command(&sim, "m-lock", "/lock-dm", 60_000))
             .unwrap();

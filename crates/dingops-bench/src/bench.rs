@@ -1000,7 +1000,7 @@ async fn soak_in(opts: &SoakOptions, out: &mut dyn Write, exe: &Path, dir: &Path
     tokio::time::sleep(Duration::from_secs(2)).await;
     sampling.store(false, Ordering::Relaxed);
     let rss = sampler.await.unwrap_or_default();
-    let ledger = dingops::ledger::SqliteLedger::open(&db)?;
+    let ledger = dingops::ledger::SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock))?;
     let rows = ledger.history(None, None, usize::MAX)?;
     let done = rows.iter().filter(|r| r.status == "done").count();
     let switch_calls = sim.calls(Some(api::FRIEND_SWITCH)).len();

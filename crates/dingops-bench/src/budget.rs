@@ -50,7 +50,7 @@ fn measure(dir: &Path, count: usize, runs: usize) -> anyhow::Result<Vec<(&'stati
     let mut two = Vec::new();
     for run in 0..runs {
         let path = dir.join(format!("one-{run}.db"));
-        let ledger = SqliteLedger::open(&path)?;
+        let ledger = SqliteLedger::open(&path, std::sync::Arc::new(dingops::clock::SystemClock))?;
         let started = Instant::now();
         for _ in 0..count {
             ledger.reserve_call("friendswitch_update", MAX, WINDOW_MS)?;
@@ -59,8 +59,14 @@ fn measure(dir: &Path, count: usize, runs: usize) -> anyhow::Result<Vec<(&'stati
 
         let path = dir.join(format!("two-{run}.db"));
         let ledgers = [
-            Arc::new(SqliteLedger::open(&path)?),
-            Arc::new(SqliteLedger::open(&path)?),
+            Arc::new(SqliteLedger::open(
+                &path,
+                std::sync::Arc::new(dingops::clock::SystemClock),
+            )?),
+            Arc::new(SqliteLedger::open(
+                &path,
+                std::sync::Arc::new(dingops::clock::SystemClock),
+            )?),
         ];
         let started = Instant::now();
         let threads: Vec<_> = ledgers

@@ -66,8 +66,11 @@ pub(crate) async fn lifetime(dir: &Path) -> anyhow::Result<Vec<Step>> {
     let url = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let task = tokio::spawn(app.run_until_stopped());
-    let client =
-        dingops::dingtalk::DingTalk::new(&settings.dingtalk, Arc::new(dingops::telemetry::Metrics::new()))?;
+    let client = dingops::dingtalk::DingTalk::new(
+        &settings.dingtalk,
+        Arc::new(dingops::telemetry::Metrics::new()),
+        std::sync::Arc::new(dingops::clock::SystemClock),
+    )?;
     let registered = client
         .register_card_callback(
             &format!("{url}/card-callback"),

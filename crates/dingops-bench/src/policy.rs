@@ -77,7 +77,7 @@ async fn run_in(n: usize, exe: &Path, dir: &Path, out: &mut dyn Write) -> anyhow
     let (sim, groups) = sim_with_config("Policy", n, SimConfig::default())?;
     let db = dir.join("ledger.db");
     {
-        let ledger = SqliteLedger::open(&db)?;
+        let ledger = SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock))?;
         for (cid, chat) in &groups {
             ledger.bind(&Binding {
                 conversation_id: cid.clone(),

@@ -39,7 +39,7 @@ async fn run_in(opts: &RevertsOptions, exe: &Path, dir: &Path, out: &mut dyn Wri
     let db = dir.join("ledger.db");
     let due_ms = dingops::clock::now_ms().saturating_sub(1000);
     {
-        let ledger = SqliteLedger::open(&db)?;
+        let ledger = SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock))?;
         for (cid, chat) in &groups {
             sim.set_option(cid, "chatBannedType", 1);
             ledger.schedule_revert(&RevertJob {

@@ -574,7 +574,7 @@ async fn rss_phase(
     count_calls(sim);
     let rss_kib = dingops.rss_kib();
     let peak_rss_kib = dingops.peak_rss_kib();
-    let ledger = dingops::ledger::SqliteLedger::open(&db)?;
+    let ledger = dingops::ledger::SqliteLedger::open(&db, std::sync::Arc::new(dingops::clock::SystemClock))?;
     let rows = ledger.history(None, None, usize::MAX)?;
     let done = rows.iter().filter(|r| r.status == "done").count();
     let locks = (0..opts.messages).filter(|k| k.is_multiple_of(4)).count();

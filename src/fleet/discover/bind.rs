@@ -263,7 +263,7 @@ mod tests {
 
     #[tokio::test]
     async fn apply_stores_the_tree_binds_the_unbound_and_never_overwrites_a_binding() {
-        let ledger = crate::ledger::MemoryLedger::default();
+        let ledger = crate::ledger::MemoryLedger::new();
         let handle = LedgerHandle::new(ledger);
         // Bound by /bind after the walk read the bindings, to another chatid.
         let late = Binding {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::config::{Database, DingTalkSettings};
 use crate::dingtalk::advice;
 use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
@@ -343,15 +343,16 @@ fn tree_order(mut found: HashMap<i64, Found>) -> Vec<Found> {
 /// Discovers the organisation of the app of `dingtalk` and, with `apply`, stores it in the
 /// ledger at `database`; `configured` are the configuration's static bindings. Opens the
 /// ledger without the `serve` lock, so it can run beside a running `serve`, which sees the
-/// new bindings at its next command.
+/// new bindings at its next command. The time is read from `clock`.
 pub async fn run(
     dingtalk: &DingTalkSettings,
     database: &Database,
     configured: &BTreeMap<String, ChatId>,
     apply_changes: bool,
     progress: &dyn Progress,
+    clock: Arc<dyn Clock>,
 ) -> Result<Report, DiscoverError> {
-    let ledger = crate::ledger::open(database)
+    let ledger = crate::ledger::open(database, clock.clone())
         .await
         .map_err(|source| DiscoverError::LedgerOpen {
             path: database.to_string(),
@@ -359,14 +360,14 @@ pub async fn run(
         })?;
     // Paced by the budget every process on this ledger shares, a running `serve` included.
     // Background work: it never spends the interactive reserve of the monthly budget.
-    let client = DingTalk::with_budget(dingtalk, Arc::new(Metrics::new()), ledger.clone())
+    let client = DingTalk::with_budget(dingtalk, Arc::new(Metrics::new()), ledger.clone(), clock.clone())
         .map_err(DiscoverError::Client)?
         .for_class(crate::quota::Class::Background);
     let found = walk(&client, progress).await?;
     let stored = ledger.call(|l| l.bindings()).await?;
     let mut rows = classify(found, &stored, configured);
     if apply_changes {
-        apply(&ledger, &mut rows, now_ms()).await?;
+        apply(&ledger, &mut rows, clock.now_ms()).await?;
     }
     Ok(Report {
         rows,

@@ -35,7 +35,7 @@ pub(super) async fn replace_pending(
     tx: &tokio_postgres::Transaction<'_>,
     cid: &str,
     setting: &str,
-    now_ms: i64,
+    now_ms: Option<i64>,
 ) -> Result<Option<RevertJob>, LedgerError> {
     // One writer per setting of a group at a time, across connections and replicas: the
     // unique index allows one pending job, and two transactions that both replaced the old
@@ -49,7 +49,9 @@ pub(super) async fn replace_pending(
     let replaced = tx
         .query_opt(
             concat!(
-                "UPDATE jobs SET state = 'replaced', finished_ms = $3
+                "UPDATE jobs SET state = 'replaced', finished_ms = ",
+                ledger_now!("$3"),
+                "
                  WHERE conversation_id = $1 AND setting = $2 AND state IN ('pending', 'running')
                  RETURNING ",
                 job_columns!()

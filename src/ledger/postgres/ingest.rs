@@ -11,7 +11,12 @@ pub(super) enum Ingest {
         Instant,
     ),
     /// `/readyz`'s probe, committed by the same connection and path as callbacks.
-    Ping(i64, Box<dyn FnOnce(Result<(), LedgerError>) + Send>, Instant),
+    /// The probe's time: a test's clock, or `None` for the server's.
+    Ping(
+        Option<i64>,
+        Box<dyn FnOnce(Result<(), LedgerError>) + Send>,
+        Instant,
+    ),
 }
 
 pub(super) async fn writer_loop(pool: Arc<Pool>, mut jobs: tokio::sync::mpsc::UnboundedReceiver<Ingest>) {
@@ -21,7 +26,7 @@ pub(super) async fn writer_loop(pool: Arc<Pool>, mut jobs: tokio::sync::mpsc::Un
         let mut accepts = Vec::new();
         let mut accepted_done = Vec::new();
         let mut pings = Vec::new();
-        let mut probe_ms = 0;
+        let mut probe_ms = None;
         for job in batch.drain(..) {
             // A job that waited out a whole write timeout behind stuck batches is refused
             // now: its caller (a callback) must hear "retry later" in bounded time.
@@ -87,7 +92,7 @@ pub(super) async fn write_batch(
     pool: &Pool,
     session: &mut Option<Session>,
     accepts: &[Accepted],
-    probe_ms: Option<i64>,
+    probe_ms: Option<Option<i64>>,
 ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
     if session.as_ref().is_none_or(|s| s.client.is_closed()) {
         *session = Some(pool.connector().connect().await?);
@@ -123,7 +128,11 @@ pub(super) async fn write_batch(
 }
 
 /// `/readyz`'s probe: a real write of one row, found by its primary key.
-pub(super) const READY_PROBE_SQL: &str = "UPDATE health SET probed_ms = $1 WHERE id = 1";
+pub(super) const READY_PROBE_SQL: &str = concat!(
+    "UPDATE health SET probed_ms = ",
+    ledger_now!("$1"),
+    " WHERE id = 1"
+);
 
 /// The acceptances, as arrays unnested in their order: one prepared statement whatever the
 /// size of the batch, and positions handed out in that order.

@@ -411,8 +411,13 @@ impl SettingStore for PostgresLedger {
         let job = job.clone();
         self.with("schedule revert", move |mut c| async move {
             let tx = c.client.transaction().await.map_err(pg("schedule revert"))?;
-            let replaced =
-                replace_pending(&tx, &job.conversation_id, &job.setting, to_i64(job.scheduled_ms)).await?;
+            let replaced = replace_pending(
+                &tx,
+                &job.conversation_id,
+                &job.setting,
+                Some(to_i64(job.scheduled_ms)),
+            )
+            .await?;
             tx.execute(
                 "INSERT INTO jobs (conversation_id, chat_id, setting, value, due_ms, scheduled_by,
                  scheduled_command, scheduled_ms, set_value, restore, state)
@@ -438,10 +443,11 @@ impl SettingStore for PostgresLedger {
     }
 
     fn cancel_revert(&self, conversation_id: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
-        let (cid, setting) = (conversation_id.to_owned(), setting.to_owned());
+        // Finished at the ledger's now: the server's clock, or a test's.
+        let (cid, setting, now) = (conversation_id.to_owned(), setting.to_owned(), self.fixed_now());
         self.with("cancel revert", move |mut c| async move {
             let tx = c.client.transaction().await.map_err(pg("cancel revert"))?;
-            let replaced = replace_pending(&tx, &cid, &setting, to_i64(crate::clock::now_ms())).await?;
+            let replaced = replace_pending(&tx, &cid, &setting, now).await?;
             tx.commit().await.map_err(pg("cancel revert"))?;
             Ok((replaced, c))
         })
@@ -591,7 +597,7 @@ impl Maintenance for PostgresLedger {
         // fails when PostgreSQL is gone, read-only or stuck, exactly when callbacks get 503.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.ingest(Ingest::Ping(
-            to_i64(crate::clock::now_ms()),
+            self.fixed_now(),
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),

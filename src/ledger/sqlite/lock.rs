@@ -29,8 +29,8 @@ pub struct LockFile {
 }
 
 impl LockFile {
-    /// Takes the lock of the ledger `database` for this process.
-    pub fn take(database: &Path) -> Result<Self, LockError> {
+    /// Takes the lock of the ledger `database` for this process, since `clock`'s now.
+    pub fn take(database: &Path, clock: &dyn crate::clock::Clock) -> Result<Self, LockError> {
         use std::io::{Read as _, Seek as _, Write as _};
         use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         let path = sidecar(database, ".lock");
@@ -78,7 +78,9 @@ impl LockFile {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(failed)?;
         }
-        let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let since = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(clock.now_ms()),
+        );
         file.set_len(0)
             .and_then(|()| file.rewind())
             .and_then(|()| writeln!(file, "pid {} since {since}", std::process::id()))

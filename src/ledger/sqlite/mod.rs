@@ -28,7 +28,7 @@ use super::{
     AuditRow, BindingStore, CommandLog, LeaseStore, LedgerError, LedgerFuture, Maintenance, PruneStep,
     RateBudget, RevertState, SettingStore, Slot, budget_args, budget_slot, sql,
 };
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::domain::{Accepted, Answer, Binding, Delivery, Department, KnownValue, Pending, RevertJob};
 
 /// The SQLite ledger (WAL journal).
@@ -63,13 +63,9 @@ pub const READY_PROBE_SQL: &str = "UPDATE health SET probed_ms = ?1 WHERE id = 1
 pub const OPEN_COUNT_SQL: &str = "SELECT count(*) FROM commands WHERE status != 'done'";
 
 impl SqliteLedger {
-    /// Opens (creating if needed) the ledger at `path`.
-    pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        Self::open_with_clock(path, Arc::new(SystemClock))
-    }
-
-    /// [`SqliteLedger::open`], with leases and the rate budget read from `clock`.
-    pub fn open_with_clock(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+    /// Opens (creating if needed) the ledger at `path`, with leases and the rate budget
+    /// read from `clock`.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
         restrict_permissions(path);
         let conn = Connection::open(path).map_err(sql("open"))?;
         // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose

@@ -445,14 +445,14 @@ impl SettingStore for SqliteLedger {
     }
 
     fn cancel_revert(&self, cid: &str, setting: &str) -> Result<Option<RevertJob>, LedgerError> {
-        let (cid, setting) = (cid.to_owned(), setting.to_owned());
+        let (cid, setting, now) = (cid.to_owned(), setting.to_owned(), to_i64(self.clock.now_ms()));
         self.write(move |conn| {
             let replaced = pending_revert(conn, &cid, &setting)?;
             conn.prepare_cached(
                 "UPDATE jobs SET state = 'replaced', finished_ms = ?3
                  WHERE conversation_id = ?1 AND setting = ?2 AND state IN ('pending', 'running')",
             )
-            .and_then(|mut st| st.execute(params![cid, setting, to_i64(crate::clock::now_ms())]))
+            .and_then(|mut st| st.execute(params![cid, setting, now]))
             .map_err(sql("cancel revert"))?;
             Ok(replaced)
         })
@@ -606,7 +606,7 @@ impl Maintenance for SqliteLedger {
         // A real write through the writer, committed like a callback's: it fails when the disk
         // is full, the file is gone or replaced, or the writer is stuck, exactly when callbacks
         // get 503. It touches one row, whatever the size of the ledger.
-        let now = to_i64(crate::clock::now_ms());
+        let now = to_i64(self.clock.now_ms());
         self.write(move |conn| {
             conn.prepare_cached(READY_PROBE_SQL)
                 .and_then(|mut st| st.execute(params![now]))
@@ -684,7 +684,7 @@ mod tests {
         let n = std::sync::atomic::AtomicUsize::new(0);
         crate::ledger::testing::budget_tests::run_all(|clock| {
             let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Box::new(SqliteLedger::open_with_clock(&dir.path().join(format!("l{i}.db")), clock).unwrap())
+            Box::new(SqliteLedger::open(&dir.path().join(format!("l{i}.db")), clock).unwrap())
         });
     }
 
@@ -694,8 +694,8 @@ mod tests {
         let path = dir.path().join("l.db");
         let clock = crate::clock::ManualClock::at(0);
         crate::ledger::testing::budget_tests::two_handles_reserving_at_once_get_the_slots_of_one(
-            Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
-            Arc::new(SqliteLedger::open_with_clock(&path, clock.clone()).unwrap()),
+            Arc::new(SqliteLedger::open(&path, clock.clone()).unwrap()),
+            Arc::new(SqliteLedger::open(&path, clock.clone()).unwrap()),
             &clock,
         );
     }
