@@ -15,6 +15,7 @@ pub mod domain;
 pub mod fleet;
 pub mod governance;
 pub mod ingress;
+pub mod lease;
 pub mod ledger;
 pub mod ops;
 pub mod quota;

@@ -140,9 +140,15 @@ impl Fleet {
         waiting: impl FnOnce(),
         each: impl FnMut(usize, &GroupApplied),
     ) -> Result<ApplyReport, RunRefused> {
-        let Some(lease) = PolicyLease::take_waiting(self.ledger(), spec.holder, spec.wait, waiting)
-            .await
-            .map_err(RunRefused::Lease)?
+        let Some(lease) = PolicyLease::take_waiting(
+            self.ledger(),
+            self.dingtalk().clock(),
+            spec.holder,
+            spec.wait,
+            waiting,
+        )
+        .await
+        .map_err(RunRefused::Lease)?
         else {
             return Err(RunRefused::Busy(spec.wait.as_secs()));
         };

@@ -29,6 +29,7 @@ use super::reload::PolicyCell;
 use super::setting::Setting;
 use crate::dingtalk::{ApiError, AttemptGuard, DingTalk, GuardPoint};
 use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
+use crate::lease::Renewal;
 use crate::ledger::{Fence, LedgerError, LedgerHandle};
 
 /// Through what a setting was changed: recorded with its value and shown by `/group-status`.
@@ -139,15 +140,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
 }
 
-/// A task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// When a change last had its leases renewed (or taken): a monotonic instant read before the
 /// ledger write that renewed them, so the lease surely lasts [`SETTING_LEASE_TTL`] from it.
 type Renewed = Arc<std::sync::Mutex<tokio::time::Instant>>;
@@ -159,29 +151,6 @@ fn renewed_at(renewed: &Renewed) -> tokio::time::Instant {
 fn mark_renewed(renewed: &Renewed, at: tokio::time::Instant) {
     let mut last = renewed.lock().unwrap_or_else(|p| p.into_inner());
     *last = (*last).max(at);
-}
-
-/// Renews a change's leases every third of their lifetime until it is aborted.
-async fn renew_while_held(
-    ledger: LedgerHandle,
-    names: Vec<String>,
-    holder: String,
-    clock: Arc<dyn crate::clock::Clock>,
-    renewed: Renewed,
-) {
-    loop {
-        tokio::time::sleep(SETTING_LEASE_TTL / 3).await;
-        let (asked, who) = (names.clone(), holder.clone());
-        let ttl_ms = millis(SETTING_LEASE_TTL);
-        let before = clock.instant();
-        match ledger.call(move |l| l.renew_leases(&asked, &who, ttl_ms)).await {
-            Ok(held) if held.len() == names.len() => mark_renewed(&renewed, before),
-            Ok(_) => {
-                tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
-            }
-            Err(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
-        }
-    }
 }
 
 /// How a change's DingTalk calls end: as the client ends them, or also at its deadline
@@ -292,13 +261,26 @@ impl Governor {
         // The leases are short and renewed while the change runs, so that a writer killed
         // mid-change holds up the next one for a few seconds only.
         // Stopped when the change ends, or is dropped (a caller's deadline).
-        let renewing = AbortOnDrop(tokio::spawn(renew_while_held(
+        let marks = renewed.clone();
+        let renewing = crate::lease::hold(
             self.ledger.clone(),
             names.clone(),
             holder.clone(),
+            SETTING_LEASE_TTL,
             self.dingtalk.clock().clone(),
-            renewed.clone(),
-        )));
+            move |renewal| {
+                match renewal {
+                    Renewal::Kept { at } => mark_renewed(&marks, at),
+                    Renewal::Lost => {
+                        tracing::warn!(
+                            "a setting's lease ran out during its change; another writer may overlap"
+                        )
+                    }
+                    Renewal::Failed(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        );
         let fence = Fence {
             leases: names.clone(),
             holder: holder.clone(),
