@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::desired::{Ask, Decision, Desired, Exception, Held, PolicyWant};
+use super::directory::Directory;
 use super::record::Recorder;
 use super::reload::PolicyCell;
 use super::setting::Setting;
@@ -190,8 +191,8 @@ pub struct Governor {
     dingtalk: Arc<DingTalk>,
     ledger: LedgerHandle,
     policy: Arc<PolicyCell>,
-    /// Groups listed in the configuration: bound without `/bind`.
-    static_groups: Arc<BTreeMap<String, ChatId>>,
+    /// The groups known: bindings over the configuration.
+    directory: Directory,
     recorder: Recorder,
     /// Names this process among the lease holders; each change adds a number of its own.
     holder: String,
@@ -203,7 +204,7 @@ impl Governor {
         dingtalk: Arc<DingTalk>,
         ledger: LedgerHandle,
         policy: Arc<PolicyCell>,
-        static_groups: Arc<BTreeMap<String, ChatId>>,
+        directory: Directory,
         recorder: Recorder,
         holder: String,
     ) -> Self {
@@ -211,7 +212,7 @@ impl Governor {
             dingtalk,
             ledger,
             policy,
-            static_groups,
+            directory,
             recorder,
             holder,
             next: AtomicU64::new(0),
@@ -221,6 +222,11 @@ impl Governor {
     /// The policy in force.
     pub fn policy(&self) -> &Arc<PolicyCell> {
         &self.policy
+    }
+
+    /// The groups known: bindings over the configuration.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// The one retry rule for records.
@@ -473,11 +479,7 @@ impl Governor {
             .call(move |l| Ok((l.binding(&cid)?, l.departments()?, l.pending_reverts(Some(&cid))?)))
             .await?;
         if let Some(policy) = self.policy.current() {
-            let bound = match (&binding, self.static_groups.get(conversation_id)) {
-                (Some(b), _) => Some(b.chat_id.clone()),
-                (None, Some(c)) => Some(c.clone()),
-                (None, None) => None,
-            };
+            let bound = self.directory.known(conversation_id, binding).map(|k| k.chat_id);
             let _ = chat_id;
             for (setting, (value, rule)) in policy.wants_for(conversation_id, bound.as_ref(), &departments) {
                 out.entry(setting).or_default().policy = Some(PolicyWant {
