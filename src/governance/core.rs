@@ -97,6 +97,32 @@ pub struct Change {
     pub until_ms: Option<u64>,
 }
 
+impl Change {
+    /// The end of the exception `job` made: its revert of `setting`, run by `by` (the timer
+    /// at its time, or a person's Revert now / Undo on the card). The core decides what it
+    /// restores (the policy's value, the value before the command, or `job.value`).
+    pub fn end_exception(job: &RevertJob, setting: Setting, by: Actor, via: Via, command: String) -> Self {
+        Change {
+            group: Group {
+                conversation_id: job.conversation_id.clone(),
+                chat_id: job.chat_id.clone(),
+            },
+            items: vec![(
+                setting,
+                Ask::Revert {
+                    revert_id: job.id,
+                    before: (job.restore == RevertRestore::Before).then_some(job.value),
+                    fallback: job.value,
+                },
+            )],
+            by,
+            via,
+            command,
+            until_ms: None,
+        }
+    }
+}
+
 /// What became of one setting of a [`Change`].
 #[derive(Debug, Clone)]
 pub struct Written {
