@@ -3,6 +3,7 @@
 //!
 //! The binary (`main.rs`) parses the command line and hands each subcommand to [`cli`].
 
+pub mod advice;
 pub mod cards;
 pub mod cli;
 pub mod clock;

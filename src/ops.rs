@@ -6,8 +6,9 @@ mod cards;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::advice::advice;
 use crate::config::{DingTalkSettings, Settings};
-use crate::dingtalk::{DingTalk, advice};
+use crate::dingtalk::DingTalk;
 use crate::ledger::{Database, LedgerHandle};
 use crate::telemetry::Metrics;
 

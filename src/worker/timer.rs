@@ -26,8 +26,8 @@ use tokio::task::JoinSet;
 
 use super::WorkerContext;
 use super::group_leases::Borrowed;
+use crate::advice::advice;
 use crate::dingtalk::ApiError;
-use crate::dingtalk::advice;
 use crate::domain::{Delivery, Outcome, RevertJob};
 use crate::governance::{Actor, Change, Decision, Restore, Setting, Via, Written};
 use crate::ledger::{AuditRow, RevertState};
