@@ -182,7 +182,6 @@ impl Reconciler {
         };
         let refused_before = self.fleet.dingtalk().quota_refusals();
         let report = match self.fleet.run_policy(spec, || {}, |_, g| self.observe(g)).await {
-            Ok(report) => report,
             Err(RunRefused::Busy(_)) => {
                 tracing::info!(
                     "another policy run (an apply or a reconcile) is under way; skipping this one"
@@ -202,11 +201,7 @@ impl Reconciler {
                 tracing::warn!(reason, "{usage}; skipping this reconcile run");
                 return None;
             }
-            Err(e) => {
-                self.metrics.policy_runs.with_label_values(&["failed"]).inc();
-                tracing::error!(error = %e, "policy reconcile could not read the ledger");
-                return None;
-            }
+            run => run,
         };
         if self.fleet.dingtalk().quota_refusals() > refused_before || self.fleet.dingtalk().quota_spent_here()
         {
@@ -219,6 +214,14 @@ impl Reconciler {
                 "the month's background budget ran out during this reconcile run; the groups not read wait for the next month (or a larger budget)"
             );
         }
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                self.metrics.policy_runs.with_label_values(&["failed"]).inc();
+                tracing::error!(error = %e, "policy reconcile could not read the ledger");
+                return None;
+            }
+        };
         let result = if report.exit_code() == 0 {
             "converged"
         } else {
