@@ -3,6 +3,7 @@
 //!
 //! The binary (`main.rs`) parses the command line and hands each subcommand to [`cli`].
 
+pub mod advice;
 pub mod cards;
 pub mod cli;
 pub mod clock;
@@ -15,6 +16,7 @@ pub mod domain;
 pub mod fleet;
 pub mod governance;
 pub mod ingress;
+pub mod lease;
 pub mod ledger;
 pub mod ops;
 pub mod quota;

@@ -6,9 +6,10 @@ mod cards;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::advice::advice;
 use crate::clock::Clock;
 use crate::config::{DingTalkSettings, Settings};
-use crate::dingtalk::{DingTalk, advice};
+use crate::dingtalk::DingTalk;
 use crate::ledger::{Database, LedgerHandle};
 use crate::telemetry::Metrics;
 

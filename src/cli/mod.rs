@@ -172,9 +172,11 @@ pub async fn apply(config: Option<&Path>, clock: Arc<dyn Clock>) -> anyhow::Resu
     let progress = std::sync::OnceLock::new();
     let spec = crate::fleet::run::RunSpec {
         holder: &holder,
-        origin: "apply",
+        origin: crate::fleet::run::RunOrigin::Apply,
         wait: APPLY_WAITS_FOR_LEASE,
-        puts_in_force: true,
+        in_force: crate::fleet::run::InForce::Record,
+        quota: crate::fleet::run::QuotaCheck::UpFront,
+        pick: None,
     };
     let waiting = || {
         eprintln!(

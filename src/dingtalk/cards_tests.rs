@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::dingtalk::{ErrorClass, advice};
+use crate::advice::advice;
+use crate::dingtalk::ErrorClass;
 use crate::telemetry::Metrics;
 
 fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

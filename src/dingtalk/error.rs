@@ -150,7 +150,7 @@ impl ApiError {
     }
 
     /// Whether DingTalk answered that the organisation's monthly API quota is spent.
-    fn org_quota_spent(&self) -> bool {
+    pub(crate) fn org_quota_spent(&self) -> bool {
         match self {
             ApiError::Code { errcode, .. } => *errcode == 90020,
             ApiError::Status { code, .. } => code.contains("ApiCountLimitForOrg"),
@@ -195,79 +195,6 @@ impl ApiError {
 }
 
 /// A legacy-style failure with `errcode` and no message, for tests of code that reads it.
-/// What an admin should do about a DingTalk failure (see docs/dingtalk.md#error-codes).
-pub fn advice(e: &ApiError) -> String {
-    match e {
-        ApiError::Quota(q) => format!(
-            "the organisation's monthly DingTalk API quota is spent; it renews {}",
-            q.renews
-        ),
-        e if e.org_quota_spent() => {
-            "the organisation's monthly DingTalk API quota is spent; it renews on the first of next month".into()
-        }
-        ApiError::Code { errcode: 34001, .. } => {
-            "the bound chatid is invalid; rebind this group with /bind <chatid>".into()
-        }
-        ApiError::Code { errcode: 40036, .. } => {
-            "DingTalk says a parameter was empty (40036); rebind this group with /bind <chatid>".into()
-        }
-        ApiError::Code { errcode: 60011, .. } => {
-            "the app lacks permission qyapi_chat_manage; add it in the DingTalk developer console".into()
-        }
-        ApiError::Code { errcode: 400001, .. } | ApiError::Code { errcode: -1, .. } => {
-            "DingTalk had a system error; try again in a minute".into()
-        }
-        ApiError::Status { code, .. } if code == "invalideChatId" || code == "invalidChatId" => {
-            "DingTalk does not know that chatid; check it and try again".into()
-        }
-        ApiError::Status { message, .. } if message.contains("群主不在应用可见性内") => {
-            "the group owner is outside the app's visibility scope (群主不在应用可见性内); add the owner to the app's visible range in the DingTalk developer console".into()
-        }
-        ApiError::Status { code, .. } if code == "parameter.invalid" || code.starts_with("invalidParameter") => {
-            "DingTalk says a parameter is invalid; check that the bound chatid is right (rebind with /bind <chatid>)".into()
-        }
-        ApiError::Undelivered(_) => {
-            "DingTalk did not deliver the card to the group; check that the robot is in the group and that the app's robot may post there".into()
-        }
-        ApiError::Status { code, .. } if code == "param.templateNotExist" || code == "param.templateUnpublished" => {
-            "DingTalk does not know the card template or it is not published: publish it in DingTalk's card builder and check `card_template_id`".into()
-        }
-        ApiError::Status { status: 403, message, .. } if message.contains(super::cards::CARD_PERMISSION) => {
-            "the app lacks permission Card.Instance.Write (interactive card instances, write); add it in the DingTalk developer console".into()
-        }
-        ApiError::Status { code, .. } if code == "param.callbackRouteKeyExist" => {
-            "that card_callback_route_key is registered to another URL; run `dingops check --register-card-callback <URL> --force` to replace it".into()
-        }
-        ApiError::Status { code, .. } if code == "param.cardNotExist" => {
-            "DingTalk does not know that card (its outTrackId); it was never delivered or belongs to another app".into()
-        }
-        ApiError::Status { code, .. } if code == "param.openSpaceIdInvalid" => {
-            "DingTalk refused the group's openConversationId for a card; check the group's binding and `ops_group`".into()
-        }
-        ApiError::Status { code, .. } if code.contains("PermissionDenied") || code.starts_with("permession") => {
-            "the app lacks permission qyapi_chat_manage (to change groups) or qyapi_chat_read (to read them); add it in the DingTalk developer console".into()
-        }
-        ApiError::Status { code, .. } if code.starts_with("Forbidden") => {
-            "the app lacks permission qyapi_chat_read, or the group owner is outside the app's visibility; check the developer console".into()
-        }
-        ApiError::Credentials(_) => "DingTalk refused the app's credentials; check app_key and app_secret".into(),
-        ApiError::Uncounted => {
-            "the ledger could not count it in the monthly API quota; background work waits until the ledger answers".into()
-        }
-        e => match e.class() {
-            ErrorClass::RateLimited => "DingTalk is rate-limiting this app; try again in a minute".into(),
-            ErrorClass::Transient => "DingTalk could not be reached; try again in a minute".into(),
-            ErrorClass::TokenRejected => {
-                "DingTalk refused the app's access token; check app_key and app_secret".into()
-            }
-            ErrorClass::Permanent => "see the dingops log for details".into(),
-            ErrorClass::QuotaSpent => {
-                "the organisation's monthly DingTalk API quota is spent; it renews on the first of next month".into()
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 pub(crate) fn code(errcode: i64) -> ApiError {
     ApiError::Code {
@@ -317,8 +244,6 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(forbidden.class(), ErrorClass::QuotaSpent);
-        assert!(advice(&code(90020)).contains("monthly DingTalk API quota is spent"));
-        assert!(advice(&forbidden).contains("monthly DingTalk API quota is spent"));
         let spent = ApiError::Quota(QuotaSpent {
             cause: QuotaCause::DingTalk {
                 code: "90020".into(),
@@ -328,21 +253,5 @@ mod tests {
         });
         assert_eq!(spent.class(), ErrorClass::QuotaSpent);
         assert_eq!(spent.errcode(), Some(90020));
-        assert!(advice(&spent).ends_with("it renews 2027-01-01 00:00 Asia/Shanghai"));
-    }
-
-    #[test]
-    fn advice_names_the_fix_for_documented_codes() {
-        assert!(advice(&code(60011)).contains("qyapi_chat_manage"));
-        assert!(advice(&code(34001)).contains("/bind"));
-        assert!(advice(&code(400001)).contains("try again"));
-        let status = |code: &str, message: &str| ApiError::Status {
-            status: 400,
-            code: code.into(),
-            message: message.into(),
-        };
-        assert!(advice(&status("permession.checkFailed", "群主不在应用可见性内")).contains("visibility"));
-        assert!(advice(&status("permession.checkFailed", "")).contains("qyapi_chat_manage"));
-        assert!(advice(&status("parameter.invalid", "")).contains("/bind"));
     }
 }

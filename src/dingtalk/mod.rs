@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use url::Url;
 
 pub use cards::{CardCallback, CardSend};
-pub use error::{ApiError, ErrorClass, QuotaCause, QuotaSpent, advice};
+pub use error::{ApiError, ErrorClass, QuotaCause, QuotaSpent};
 use pacing::Limiter;
 use token::TokenCache;
 pub use wire::http_client;

@@ -14,10 +14,11 @@ use futures_util::StreamExt as _;
 
 use super::Fleet;
 use super::plan::{Change, GroupPlan};
+use super::run::RunOrigin;
 use crate::clock::format_ms;
 use crate::domain::{ChatId, printable};
 use crate::governance::policy::{Resolution, Setting, Target, Unresolved};
-use crate::governance::{Actor, Ask, Change as GovernedChange, Decision, Group, Held, Via};
+use crate::governance::{Actor, Ask, Change as GovernedChange, Decision, Group, Held};
 use crate::ledger::AuditRow;
 
 /// Groups worked on at once by `apply`: enough for reads and writes of different groups to
@@ -159,12 +160,12 @@ impl Fleet {
     /// Applies the policy to groups already resolved: each group is read again, then changed
     /// (one `group/update` with all its changed switches, `friendswitch/update` for the
     /// private-chat switch), and its changes recorded at once. `origin` names the run in the
-    /// audit (`apply`, `reconcile`); `each` sees every group as it finishes. The caller holds
-    /// the `policy` lease: [`Fleet::run_policy`] or the reconcile loop.
+    /// audit and the core; `each` sees every group as it finishes. The caller holds the
+    /// `policy` lease: [`Fleet::run_policy`].
     pub async fn apply_resolved(
         &self,
         resolution: Resolution,
-        origin: &str,
+        origin: &RunOrigin,
         mut each: impl FnMut(&GroupApplied),
     ) -> ApplyReport {
         let mut groups = Vec::with_capacity(resolution.targets.len());
@@ -195,7 +196,7 @@ impl Fleet {
     async fn apply_group(
         &self,
         target: &Target,
-        origin: &str,
+        origin: &RunOrigin,
         stale: &std::sync::atomic::AtomicBool,
     ) -> GroupApplied {
         use std::sync::atomic::Ordering::SeqCst;
@@ -234,12 +235,8 @@ impl Fleet {
                 .map(|c| (c.setting, Ask::Policy { value: c.wanted }))
                 .collect(),
             by: Actor::named(POLICY_SENDER),
-            via: if origin == "reconcile" {
-                Via::Reconcile
-            } else {
-                Via::Apply
-            },
-            command: format!("policy {origin}"),
+            via: origin.via(),
+            command: format!("policy {}", origin.audit_name()),
             until_ms: None,
         };
         let written = match self.governor.change(change).await {
@@ -305,7 +302,7 @@ fn audit_row(
     cid: &str,
     chatid: &ChatId,
     change: &Change,
-    origin: &str,
+    origin: &RunOrigin,
     error: Option<&crate::dingtalk::ApiError>,
     now: u64,
 ) -> AuditRow {
@@ -330,7 +327,7 @@ fn audit_row(
         sender_staff_id: Some(POLICY_SENDER.to_owned()),
         sender_nick: None,
         text: Some(format!("{key} = {}", change.setting.word(change.wanted))),
-        command: Some(format!("policy {origin}")),
+        command: Some(format!("policy {}", origin.audit_name())),
         status: "done".to_owned(),
         result: Some(if error.is_none() { "ok" } else { "failed" }.to_owned()),
         errcode: error.and_then(crate::dingtalk::ApiError::errcode),

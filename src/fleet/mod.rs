@@ -21,7 +21,7 @@ use crate::config::{Database, DingTalkSettings, FleetSettings};
 use crate::dingtalk::DingTalk;
 use crate::domain::ChatId;
 use crate::governance::policy::Resolution;
-use crate::governance::{Governor, PolicyCell, Recorder};
+use crate::governance::{Directory, Governor, PolicyCell, Recorder};
 use crate::ledger::{LedgerError, LedgerHandle};
 use crate::telemetry::Metrics;
 
@@ -32,7 +32,6 @@ pub struct Fleet {
     governor: Governor,
     dingtalk: Arc<DingTalk>,
     ledger: LedgerHandle,
-    static_groups: BTreeMap<String, ChatId>,
     dm_reapply: Duration,
 }
 
@@ -110,7 +109,7 @@ impl Fleet {
             Arc::clone(&dingtalk),
             ledger.clone(),
             policy,
-            Arc::new(static_groups.clone()),
+            Directory::new(static_groups),
             Recorder::new(ledger.clone(), metrics),
             holder,
         );
@@ -118,7 +117,6 @@ impl Fleet {
             governor,
             dingtalk,
             ledger,
-            static_groups,
             dm_reapply,
         }
     }
@@ -130,8 +128,7 @@ impl Fleet {
             .ledger
             .call(|l| Ok((l.bindings()?, l.departments()?)))
             .await?;
-        let mut bound = self.static_groups.clone();
-        bound.extend(bindings.into_iter().map(|b| (b.conversation_id, b.chat_id)));
+        let bound = self.governor.directory().all(bindings);
         Ok(match self.governor.policy().current() {
             Some(policy) => policy.resolve(&bound, &departments),
             None => Resolution {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::Fleet;
-use super::run::RunSpec;
+use super::run::{InForce, QuotaCheck, RunOrigin, RunSpec};
 use crate::worker::approvals::{ApprovedRun, OrgFuture, Organisation, PlanBrief};
 
 /// How long an approved plan waits for another policy run (a `dingops apply`, a reconcile
@@ -69,15 +69,17 @@ impl Organisation for Fleet {
             }
             // Named by the plan: the same run resumed after a restart holds the same lease.
             let holder = format!("two-person-{}", run.code);
-            let origin = format!(
-                "apply (two-person rule: plan {}, asked by {}, approved by {})",
-                run.code, run.asked_by, run.approved_by
-            );
             let spec = RunSpec {
                 holder: &holder,
-                origin: &origin,
+                origin: RunOrigin::TwoPerson {
+                    plan: run.code.to_string(),
+                    asked_by: run.asked_by.to_string(),
+                    approved_by: run.approved_by.to_string(),
+                },
                 wait: TWO_PERSON_WAITS_FOR_LEASE,
-                puts_in_force: false,
+                in_force: InForce::Check,
+                quota: QuotaCheck::UpFront,
+                pick: None,
             };
             let done = AtomicUsize::new(0);
             let report = self

@@ -3,8 +3,12 @@
 //! in the background, and give it back when they end. A holder that dies leaves the lease
 //! to run out after [`POLICY_LEASE_TTL`].
 
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
+use crate::lease::{Holding, Renewal};
 use crate::ledger::{LedgerError, LedgerHandle};
 
 /// The lease every policy run holds.
@@ -19,40 +23,46 @@ pub const POLICY_LEASE_TTL: Duration = Duration::from_secs(15);
 pub struct PolicyLease {
     ledger: LedgerHandle,
     holder: String,
-    renewal: tokio::task::JoinHandle<()>,
+    _renewal: Holding,
 }
 
 impl PolicyLease {
     /// Takes the lease for `holder`; `None` when another holder has it.
-    pub async fn take(ledger: &LedgerHandle, holder: &str) -> Result<Option<Self>, LedgerError> {
+    pub async fn take(
+        ledger: &LedgerHandle,
+        clock: &Arc<dyn Clock>,
+        holder: &str,
+    ) -> Result<Option<Self>, LedgerError> {
         let ttl = POLICY_LEASE_TTL.as_millis() as u64;
         let who = holder.to_owned();
         let taken = ledger.call(move |l| l.try_lease(POLICY_LEASE, &who, ttl)).await?;
         if !taken {
             return Ok(None);
         }
-        let (l, who) = (ledger.clone(), holder.to_owned());
-        let renewal = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(POLICY_LEASE_TTL / 3).await;
-                let names = vec![POLICY_LEASE.to_owned()];
-                let who2 = who.clone();
-                match l.call(move |l| l.renew_leases(&names, &who2, ttl)).await {
-                    Ok(kept) if kept.is_empty() => {
-                        tracing::error!(
-                            "the policy lease was lost; another policy run may start beside this one"
-                        );
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot renew the policy lease; trying again"),
+        let renewal = crate::lease::hold(
+            ledger.clone(),
+            vec![POLICY_LEASE.to_owned()],
+            holder.to_owned(),
+            POLICY_LEASE_TTL,
+            clock.clone(),
+            |renewal| match renewal {
+                Renewal::Lost => {
+                    tracing::error!(
+                        "the policy lease was lost; another policy run may start beside this one"
+                    );
+                    ControlFlow::Break(())
                 }
-            }
-        });
+                Renewal::Failed(e) => {
+                    tracing::warn!(error = %e, "cannot renew the policy lease; trying again");
+                    ControlFlow::Continue(())
+                }
+                Renewal::Kept { .. } => ControlFlow::Continue(()),
+            },
+        );
         Ok(Some(Self {
             ledger: ledger.clone(),
             holder: holder.to_owned(),
-            renewal,
+            _renewal: renewal,
         }))
     }
 
@@ -61,6 +71,7 @@ impl PolicyLease {
     /// `None` when it is still held by another at the end.
     pub async fn take_waiting(
         ledger: &LedgerHandle,
+        clock: &Arc<dyn Clock>,
         holder: &str,
         max_wait: Duration,
         waiting: impl FnOnce(),
@@ -68,7 +79,7 @@ impl PolicyLease {
         let until = tokio::time::Instant::now() + max_wait;
         let mut waiting = Some(waiting);
         loop {
-            if let Some(lease) = Self::take(ledger, holder).await? {
+            if let Some(lease) = Self::take(ledger, clock, holder).await? {
                 return Ok(Some(lease));
             }
             if tokio::time::Instant::now() >= until {
@@ -83,21 +94,15 @@ impl PolicyLease {
 
     /// Gives the lease back, so that the next run need not wait for it to run out.
     pub async fn release(self) {
-        self.renewal.abort();
-        let holder = self.holder.clone();
-        if let Err(e) = self
-            .ledger
-            .call(move |l| l.release_lease(POLICY_LEASE, &holder))
-            .await
-        {
+        let Self {
+            ledger,
+            holder,
+            _renewal: renewal,
+        } = self;
+        drop(renewal);
+        if let Err(e) = ledger.call(move |l| l.release_lease(POLICY_LEASE, &holder)).await {
             tracing::warn!(error = %e, "cannot give back the policy lease; it runs out by itself");
         }
-    }
-}
-
-impl Drop for PolicyLease {
-    fn drop(&mut self) {
-        self.renewal.abort();
     }
 }
 
@@ -106,27 +111,42 @@ mod tests {
     use super::*;
     use crate::ledger::MemoryLedger;
 
+    fn clock() -> Arc<dyn Clock> {
+        crate::clock::ManualClock::at(0)
+    }
+
     #[tokio::test]
     async fn one_policy_run_at_a_time_and_the_next_may_start_once_it_is_given_back() {
         let ledger = LedgerHandle::new(MemoryLedger::new());
-        let first = PolicyLease::take(&ledger, "apply-a").await.unwrap().unwrap();
-        assert!(PolicyLease::take(&ledger, "replica-b").await.unwrap().is_none());
+        let first = PolicyLease::take(&ledger, &clock(), "apply-a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            PolicyLease::take(&ledger, &clock(), "replica-b")
+                .await
+                .unwrap()
+                .is_none()
+        );
         first.release().await;
-        let second = PolicyLease::take(&ledger, "replica-b").await.unwrap();
+        let second = PolicyLease::take(&ledger, &clock(), "replica-b").await.unwrap();
         assert!(second.is_some());
     }
 
     #[tokio::test]
     async fn a_run_waiting_for_the_lease_starts_when_the_holder_gives_it_back() {
         let ledger = LedgerHandle::new(MemoryLedger::new());
-        let first = PolicyLease::take(&ledger, "apply-a").await.unwrap().unwrap();
+        let first = PolicyLease::take(&ledger, &clock(), "apply-a")
+            .await
+            .unwrap()
+            .unwrap();
         let (l, said) = (
             ledger.clone(),
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         );
         let said2 = said.clone();
         let waiter = tokio::spawn(async move {
-            PolicyLease::take_waiting(&l, "apply-b", Duration::from_secs(10), move || {
+            PolicyLease::take_waiting(&l, &clock(), "apply-b", Duration::from_secs(10), move || {
                 said2.store(true, std::sync::atomic::Ordering::SeqCst)
             })
             .await
@@ -138,7 +158,7 @@ mod tests {
         assert!(said.load(std::sync::atomic::Ordering::SeqCst));
         // Nobody gives it back: the wait ends without it.
         let l = ledger.clone();
-        let none = PolicyLease::take_waiting(&l, "apply-c", Duration::from_millis(600), || {})
+        let none = PolicyLease::take_waiting(&l, &clock(), "apply-c", Duration::from_millis(600), || {})
             .await
             .unwrap();
         assert!(none.is_none());

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::Fleet;
 use super::apply::{ApplyReport, GroupApplied};
-use super::policy_lease::PolicyLease;
+use super::run::{InForce, QuotaCheck, RunOrigin, RunRefused, RunSpec};
 use crate::governance::policy::{Resolution, Setting};
 use crate::quota::{Class, auto_interval};
 use crate::telemetry::Metrics;
@@ -115,32 +115,6 @@ impl Reconciler {
         every
     }
 
-    /// Whether the month's quota lets a run start: not after DingTalk's 90020 this month,
-    /// not when the background share is used up (both logged and counted).
-    async fn quota_allows(&self) -> bool {
-        let usage = match self.fleet.dingtalk().quota_usage().await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the monthly quota; reconciling anyway");
-                return true;
-            }
-        };
-        let reason = if usage.spent {
-            "spent"
-        } else if usage.left(Class::Background) == Some(0) {
-            "budget"
-        } else {
-            return true;
-        };
-        self.metrics
-            .quota
-            .reconcile_skipped
-            .with_label_values(&[reason])
-            .inc();
-        tracing::warn!(reason, "{}; skipping this reconcile run", usage.line());
-        false
-    }
-
     /// With `auto`, only the matched group read longest ago (never read: first).
     fn oldest_only(&self, mut resolution: Resolution) -> Resolution {
         let last = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,46 +168,41 @@ impl Reconciler {
             tracing::debug!("another replica reconciles in this period");
             return None;
         }
-        let lease = match PolicyLease::take(self.fleet.ledger(), &self.holder).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => {
+        let pick = |resolution| self.oldest_only(resolution);
+        let spec = RunSpec {
+            holder: &self.holder,
+            origin: RunOrigin::Reconcile,
+            wait: Duration::ZERO,
+            in_force: InForce::Reload(&self.metrics),
+            quota: QuotaCheck::SkipWhenSpent,
+            pick: match self.every {
+                Every::Auto => Some(&pick),
+                Every::Period(_) => None,
+            },
+        };
+        let refused_before = self.fleet.dingtalk().quota_refusals();
+        let report = match self.fleet.run_policy(spec, || {}, |_, g| self.observe(g)).await {
+            Err(RunRefused::Busy(_)) => {
                 tracing::info!(
                     "another policy run (an apply or a reconcile) is under way; skipping this one"
                 );
                 return None;
             }
-            Err(e) => {
+            Err(RunRefused::Lease(e)) => {
                 tracing::warn!(error = %e, "cannot take the policy lease; skipping this run");
                 return None;
             }
-        };
-        // A changed policy file is read before the run; a refused one keeps the policy in force.
-        // A new policy is recorded as the one in force for the organisation (as on SIGHUP).
-        let now = self.fleet.dingtalk().ledger_time().now_ms();
-        self.fleet
-            .governor()
-            .policy()
-            .reload_in_force("reconcile", &self.metrics, self.fleet.ledger(), &self.holder, now)
-            .await;
-        if !self.quota_allows().await {
-            lease.release().await;
-            return None;
-        }
-        let refused_before = self.fleet.dingtalk().quota_refusals();
-        let report = match self.fleet.resolve().await {
-            Ok(resolution) => {
-                let resolution = match self.every {
-                    Every::Auto => self.oldest_only(resolution),
-                    Every::Period(_) => resolution,
-                };
-                Ok(self
-                    .fleet
-                    .apply_resolved(resolution, "reconcile", |g| self.observe(g))
-                    .await)
+            Err(RunRefused::NoRoom { reason, usage }) => {
+                self.metrics
+                    .quota
+                    .reconcile_skipped
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::warn!(reason, "{usage}; skipping this reconcile run");
+                return None;
             }
-            Err(e) => Err(e),
+            run => run,
         };
-        lease.release().await;
         if self.fleet.dingtalk().quota_refusals() > refused_before || self.fleet.dingtalk().quota_spent_here()
         {
             self.metrics
@@ -245,36 +214,35 @@ impl Reconciler {
                 "the month's background budget ran out during this reconcile run; the groups not read wait for the next month (or a larger budget)"
             );
         }
-        match report {
-            Ok(report) => {
-                let result = if report.exit_code() == 0 {
-                    "converged"
-                } else {
-                    "failed"
-                };
-                self.metrics.policy_runs.with_label_values(&[result]).inc();
-                if report.failed() > 0 {
-                    tracing::warn!(
-                        failed = report.failed(),
-                        changed = report.changed(),
-                        "policy reconcile left groups unconverged: {}",
-                        report.summary().trim_end()
-                    );
-                } else {
-                    tracing::info!(
-                        changed = report.changed(),
-                        unchanged = report.unchanged(),
-                        "policy reconciled"
-                    );
-                }
-                Some(report)
-            }
+        let report = match report {
+            Ok(report) => report,
             Err(e) => {
                 self.metrics.policy_runs.with_label_values(&["failed"]).inc();
                 tracing::error!(error = %e, "policy reconcile could not read the ledger");
-                None
+                return None;
             }
+        };
+        let result = if report.exit_code() == 0 {
+            "converged"
+        } else {
+            "failed"
+        };
+        self.metrics.policy_runs.with_label_values(&[result]).inc();
+        if report.failed() > 0 {
+            tracing::warn!(
+                failed = report.failed(),
+                changed = report.changed(),
+                "policy reconcile left groups unconverged: {}",
+                report.summary().trim_end()
+            );
+        } else {
+            tracing::info!(
+                changed = report.changed(),
+                unchanged = report.unchanged(),
+                "policy reconciled"
+            );
         }
+        Some(report)
     }
 
     /// Remembers whether a read of `group` found drift; sets the number of groups whose last

@@ -24,11 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::desired::{Ask, Decision, Desired, Exception, Held, PolicyWant};
+use super::directory::Directory;
 use super::record::Recorder;
 use super::reload::PolicyCell;
 use super::setting::Setting;
 use crate::dingtalk::{ApiError, AttemptGuard, DingTalk, GuardPoint};
 use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
+use crate::lease::Renewal;
 use crate::ledger::{Fence, LedgerError, LedgerHandle};
 
 /// Through what a setting was changed: recorded with its value and shown by `/group-status`.
@@ -95,6 +97,32 @@ pub struct Change {
     pub until_ms: Option<u64>,
 }
 
+impl Change {
+    /// The end of the exception `job` made: its revert of `setting`, run by `by` (the timer
+    /// at its time, or a person's Revert now / Undo on the card). The core decides what it
+    /// restores (the policy's value, the value before the command, or `job.value`).
+    pub fn end_exception(job: &RevertJob, setting: Setting, by: Actor, via: Via, command: String) -> Self {
+        Change {
+            group: Group {
+                conversation_id: job.conversation_id.clone(),
+                chat_id: job.chat_id.clone(),
+            },
+            items: vec![(
+                setting,
+                Ask::Revert {
+                    revert_id: job.id,
+                    before: (job.restore == RevertRestore::Before).then_some(job.value),
+                    fallback: job.value,
+                },
+            )],
+            by,
+            via,
+            command,
+            until_ms: None,
+        }
+    }
+}
+
 /// What became of one setting of a [`Change`].
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -139,15 +167,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
 }
 
-/// A task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// When a change last had its leases renewed (or taken): a monotonic instant read before the
 /// ledger write that renewed them, so the lease surely lasts [`SETTING_LEASE_TTL`] from it.
 type Renewed = Arc<std::sync::Mutex<tokio::time::Instant>>;
@@ -159,29 +178,6 @@ fn renewed_at(renewed: &Renewed) -> tokio::time::Instant {
 fn mark_renewed(renewed: &Renewed, at: tokio::time::Instant) {
     let mut last = renewed.lock().unwrap_or_else(|p| p.into_inner());
     *last = (*last).max(at);
-}
-
-/// Renews a change's leases every third of their lifetime until it is aborted.
-async fn renew_while_held(
-    ledger: LedgerHandle,
-    names: Vec<String>,
-    holder: String,
-    clock: Arc<dyn crate::clock::Clock>,
-    renewed: Renewed,
-) {
-    loop {
-        tokio::time::sleep(SETTING_LEASE_TTL / 3).await;
-        let (asked, who) = (names.clone(), holder.clone());
-        let ttl_ms = millis(SETTING_LEASE_TTL);
-        let before = clock.instant();
-        match ledger.call(move |l| l.renew_leases(&asked, &who, ttl_ms)).await {
-            Ok(held) if held.len() == names.len() => mark_renewed(&renewed, before),
-            Ok(_) => {
-                tracing::warn!("a setting's lease ran out during its change; another writer may overlap")
-            }
-            Err(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
-        }
-    }
 }
 
 /// How a change's DingTalk calls end: as the client ends them, or also at its deadline
@@ -221,8 +217,8 @@ pub struct Governor {
     dingtalk: Arc<DingTalk>,
     ledger: LedgerHandle,
     policy: Arc<PolicyCell>,
-    /// Groups listed in the configuration: bound without `/bind`.
-    static_groups: Arc<BTreeMap<String, ChatId>>,
+    /// The groups known: bindings over the configuration.
+    directory: Directory,
     recorder: Recorder,
     /// Names this process among the lease holders; each change adds a number of its own.
     holder: String,
@@ -234,7 +230,7 @@ impl Governor {
         dingtalk: Arc<DingTalk>,
         ledger: LedgerHandle,
         policy: Arc<PolicyCell>,
-        static_groups: Arc<BTreeMap<String, ChatId>>,
+        directory: Directory,
         recorder: Recorder,
         holder: String,
     ) -> Self {
@@ -242,7 +238,7 @@ impl Governor {
             dingtalk,
             ledger,
             policy,
-            static_groups,
+            directory,
             recorder,
             holder,
             next: AtomicU64::new(0),
@@ -252,6 +248,11 @@ impl Governor {
     /// The policy in force.
     pub fn policy(&self) -> &Arc<PolicyCell> {
         &self.policy
+    }
+
+    /// The groups known: bindings over the configuration.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
     }
 
     /// The one retry rule for records.
@@ -292,13 +293,26 @@ impl Governor {
         // The leases are short and renewed while the change runs, so that a writer killed
         // mid-change holds up the next one for a few seconds only.
         // Stopped when the change ends, or is dropped (a caller's deadline).
-        let renewing = AbortOnDrop(tokio::spawn(renew_while_held(
+        let marks = renewed.clone();
+        let renewing = crate::lease::hold(
             self.ledger.clone(),
             names.clone(),
             holder.clone(),
+            SETTING_LEASE_TTL,
             self.dingtalk.clock().clone(),
-            renewed.clone(),
-        )));
+            move |renewal| {
+                match renewal {
+                    Renewal::Kept { at } => mark_renewed(&marks, at),
+                    Renewal::Lost => {
+                        tracing::warn!(
+                            "a setting's lease ran out during its change; another writer may overlap"
+                        )
+                    }
+                    Renewal::Failed(e) => tracing::warn!(error = %e, "could not renew a setting's lease"),
+                }
+                std::ops::ControlFlow::Continue(())
+            },
+        );
         let fence = Fence {
             leases: names.clone(),
             holder: holder.clone(),
@@ -491,11 +505,7 @@ impl Governor {
             .call(move |l| Ok((l.binding(&cid)?, l.departments()?, l.pending_reverts(Some(&cid))?)))
             .await?;
         if let Some(policy) = self.policy.current() {
-            let bound = match (&binding, self.static_groups.get(conversation_id)) {
-                (Some(b), _) => Some(b.chat_id.clone()),
-                (None, Some(c)) => Some(c.clone()),
-                (None, None) => None,
-            };
+            let bound = self.directory.known(conversation_id, binding).map(|k| k.chat_id);
             let _ = chat_id;
             for (setting, (value, rule)) in policy.wants_for(conversation_id, bound.as_ref(), &departments) {
                 out.entry(setting).or_default().policy = Some(PolicyWant {

@@ -8,6 +8,7 @@
 
 mod core;
 pub mod desired;
+pub mod directory;
 pub mod policy;
 pub mod record;
 pub mod reload;
@@ -15,6 +16,7 @@ pub mod setting;
 
 pub use core::{Actor, Change, ChangeError, Governor, Group, Via, Written};
 pub use desired::{Ask, Decision, Desired, Exception, Held, PolicyWant, Restore};
+pub use directory::Directory;
 pub use record::Recorder;
 pub use reload::{PolicyCell, Reload};
 pub use setting::Setting;

@@ -5,8 +5,9 @@
 use url::Url;
 
 use super::{CardRegistration, CheckItem};
+use crate::advice::advice;
 use crate::config::{CardSettings, Mode, Settings};
-use crate::dingtalk::{ApiError, DingTalk, advice};
+use crate::dingtalk::{ApiError, DingTalk};
 use crate::ingress::stream::frame::CARD_TOPIC;
 
 /// One line: cards on (the template, never the secret) or off, and where clicks come in.

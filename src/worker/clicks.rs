@@ -224,24 +224,13 @@ impl WorkerContext {
             Ok(false) => return stale(name, "Its timed change has ended."),
             Err(e) => return ledger_failed(name, &e),
         }
-        let core = Change {
-            group: Group {
-                conversation_id: revert.conversation_id.clone(),
-                chat_id: revert.chat_id.clone(),
-            },
-            items: vec![(
-                setting,
-                Ask::Revert {
-                    revert_id: revert.id,
-                    before: (revert.restore == crate::domain::RevertRestore::Before).then_some(revert.value),
-                    fallback: revert.value,
-                },
-            )],
-            by: by.clone(),
-            via: Via::Card,
-            command: format!("{} of `{}`", click.action.replace('_', " "), change.command),
-            until_ms: None,
-        };
+        let core = Change::end_exception(
+            &revert,
+            setting,
+            by.clone(),
+            Via::Card,
+            format!("{} of `{}`", click.action.replace('_', " "), change.command),
+        );
         let result = self.through_core_value(name, core).await;
         let (state, short) = match &result {
             Ok(_) => (RevertState::Done, "ok"),

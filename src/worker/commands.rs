@@ -9,6 +9,7 @@ use crate::command::{Command, GroupSwitch, help_text};
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, Outcome, ReplyCard, RevertRestore, SettingChange, who,
 };
+use crate::governance::directory::Source;
 use crate::governance::{
     Actor, Ask, Change, ChangeError, Decision, Desired, Group, PolicyWant, Setting, Via,
 };
@@ -38,18 +39,14 @@ impl WorkerContext {
     /// The chatid of a group and where it comes from: a verified `/bind` wins over the
     /// configuration.
     async fn chatid_of(&self, cid: &str) -> Result<Option<(ChatId, String)>, LedgerError> {
-        let key = cid.to_owned();
-        let bound = self.ledger.call(move |l| l.binding(&key)).await?;
-        Ok(match bound {
-            Some(b) => Some((
-                b.chat_id,
-                format!("bound by {} at {}", b.bound_by, format_ms(b.bound_ms)),
-            )),
-            None => self
-                .static_groups
-                .get(cid)
-                .map(|c| (c.clone(), "from the dingops configuration".to_owned())),
-        })
+        let known = self.governor.directory().lookup(&self.ledger, cid).await?;
+        Ok(known.map(|k| {
+            let how = match k.source {
+                Source::Bound { by, at_ms } => format!("bound by {by} at {}", format_ms(at_ms)),
+                Source::Configured => "from the dingops configuration".to_owned(),
+            };
+            (k.chat_id, how)
+        }))
     }
 
     /// Changes one setting through the governance core: with a duration the command is an

@@ -175,9 +175,11 @@ impl Leases {
         self.ttl
     }
 
-    /// How often leases are renewed: a third of their length.
+    /// How often leases are renewed ([`crate::lease::renewal_period`]). The pool's
+    /// heartbeat renews them, as it also gives back those it no longer uses: the set changes
+    /// from one heartbeat to the next, unlike the fixed set [`crate::lease::hold`] renews.
     pub fn heartbeat(&self) -> Duration {
-        self.ttl / 3
+        crate::lease::renewal_period(self.ttl)
     }
 
     /// The number of takes so far: read before reading commands from the ledger, it tells

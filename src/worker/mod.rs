@@ -14,7 +14,6 @@ pub mod reply;
 mod schedule;
 pub mod timer;
 
-use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +24,8 @@ use crate::clock::Clock;
 use crate::command::{Command, ParseError, help_text};
 use crate::config::WorkerSettings;
 use crate::dingtalk::DingTalk;
-use crate::domain::{Accepted, Answer, ChatId, ConversationType, Outcome, Pending, ReplyHosts};
-use crate::governance::{Governor, PolicyCell, Recorder};
+use crate::domain::{Accepted, Answer, ConversationType, Outcome, Pending, ReplyHosts};
+use crate::governance::{Directory, Governor, PolicyCell, Recorder};
 use crate::ledger::{Ledger, LedgerError, LedgerFuture, LedgerHandle, Sharing};
 use crate::telemetry::Metrics;
 
@@ -41,7 +40,6 @@ pub struct WorkerContext {
     /// Who may run what; the card gate shares it, so clicks count like typed commands.
     authorizer: Arc<Authorizer>,
     reply_hosts: ReplyHosts,
-    static_groups: BTreeMap<String, ChatId>,
     metrics: Arc<Metrics>,
     /// The zone replies state revert times in.
     timezone: jiff::tz::TimeZone,
@@ -145,7 +143,7 @@ impl WorkerContext {
             Arc::clone(&dingtalk),
             ledger.clone(),
             Arc::new(PolicyCell::fixed(None)),
-            Arc::new(settings.groups.clone()),
+            Directory::new(settings.groups.clone()),
             Recorder::new(ledger.clone(), Arc::clone(&metrics)),
             leases.holder().to_owned(),
         ));
@@ -161,7 +159,6 @@ impl WorkerContext {
             )),
             reply_hosts: settings.reply_hosts.clone(),
             governor,
-            static_groups: settings.groups.clone(),
             metrics,
             timezone: settings.timezone.clone(),
             revert_minute: settings.revert_minute,
@@ -181,7 +178,7 @@ impl WorkerContext {
             Arc::clone(&self.dingtalk),
             self.ledger.clone(),
             policy,
-            Arc::new(self.static_groups.clone()),
+            self.governor.directory().clone(),
             Recorder::new(self.ledger.clone(), Arc::clone(&self.metrics)),
             self.leases.holder().to_owned(),
         ));
@@ -399,7 +396,7 @@ mod tests {
 
     use super::*;
     use crate::config::Settings;
-    use crate::domain::{Binding, DmState, SessionWebhook};
+    use crate::domain::{Binding, ChatId, DmState, SessionWebhook};
     use crate::ledger::{BindingStore as _, CommandLog as _, MemoryLedger, SettingStore as _};
 
     /// A worker over an in-memory ledger whose DingTalk is a closed loopback port: any call

@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::WorkerContext;
-use crate::dingtalk::{ApiError, advice};
+use crate::advice::{Needs, advice_for};
+use crate::dingtalk::ApiError;
 use crate::domain::{Accepted, Answer, ConversationType, Delivery, Outcome, ReplyCard, who};
 use crate::ledger::LedgerError;
 
@@ -28,6 +29,12 @@ pub fn reply_message(job: &Accepted, answer: &Answer) -> Value {
 
 /// The ❌ answer when DingTalk refused `what` or could not be reached.
 pub fn failed(command: &str, what: &str, e: &ApiError) -> Answer {
+    failed_needing(command, what, e, Needs::ChangeGroups)
+}
+
+/// [`failed`] for a call that needs `needs` (a missing permission is named after it).
+fn failed_needing(command: &str, what: &str, e: &ApiError, needs: Needs) -> Answer {
+    let advice = |e| advice_for(e, needs);
     Answer {
         command: command.to_owned(),
         outcome: Outcome::Failed,
@@ -51,16 +58,7 @@ pub fn failed(command: &str, what: &str, e: &ApiError) -> Answer {
 
 /// [`failed`] for a read of a group: a missing permission is `qyapi_chat_read` there.
 pub fn failed_reading(command: &str, what: &str, e: &ApiError) -> Answer {
-    let permission = e.errcode() == Some(60011)
-        || matches!(e, ApiError::Status { code, .. } if code.contains("PermissionDenied"));
-    let mut answer = failed(command, what, e);
-    if permission {
-        answer.text = format!(
-            "DingTalk refused {what} ({}): the app lacks permission qyapi_chat_read; add it in the DingTalk developer console.",
-            e.short()
-        );
-    }
-    answer
+    failed_needing(command, what, e, Needs::ReadGroups)
 }
 
 /// The ❌ answer when the ledger failed mid-command; the details go to the log only.

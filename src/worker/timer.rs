@@ -26,10 +26,10 @@ use tokio::task::JoinSet;
 
 use super::WorkerContext;
 use super::group_leases::Borrowed;
+use crate::advice::advice;
 use crate::dingtalk::ApiError;
-use crate::dingtalk::advice;
-use crate::domain::{Delivery, Outcome, RevertJob, RevertRestore};
-use crate::governance::{Actor, Ask, Change, Decision, Group, Restore, Setting, Via, Written};
+use crate::domain::{Delivery, Outcome, RevertJob};
+use crate::governance::{Actor, Change, Decision, Restore, Setting, Via, Written};
 use crate::ledger::{AuditRow, RevertState};
 
 /// Who the audit names for a revert.
@@ -234,24 +234,13 @@ impl WorkerContext {
             .await;
             return;
         };
-        let change = Change {
-            group: Group {
-                conversation_id: job.conversation_id.clone(),
-                chat_id: job.chat_id.clone(),
-            },
-            items: vec![(
-                setting,
-                Ask::Revert {
-                    revert_id: job.id,
-                    before: (job.restore == RevertRestore::Before).then_some(job.value),
-                    fallback: job.value,
-                },
-            )],
-            by: Actor::named(TIMER),
-            via: Via::Revert,
-            command: format!("revert of {}", job.scheduled_command),
-            until_ms: None,
-        };
+        let change = Change::end_exception(
+            &job,
+            setting,
+            Actor::named(TIMER),
+            Via::Revert,
+            format!("revert of {}", job.scheduled_command),
+        );
         // Each DingTalk call of the change is given up at the client's deadline, so that a
         // hanging DingTalk holds the revert's slot for a bounded time; what DingTalk did is
         // recorded however long the ledger takes (a record cut off would leave the ledger
@@ -380,7 +369,7 @@ fn audit_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ChatId;
+    use crate::domain::{ChatId, RevertRestore};
     use crate::ledger::{LeaseStore as _, LedgerHandle, MemoryLedger, SettingStore as _};
 
     /// The revert of a `/mute-all 1m` in `cidG==`, scheduled at `scheduled_ms`, due at `due_ms`.

@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 
+use crate::advice::{Needs, advice, advice_for};
 use crate::clock::Clock;
 use crate::config::{Database, DingTalkSettings};
-use crate::dingtalk::advice;
-use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk, ErrorClass};
+use crate::dingtalk::{ApiError, DepartmentInfo, DingTalk};
 use crate::domain::{ChatId, printable};
 use crate::ledger::LedgerError;
 use crate::telemetry::Metrics;
@@ -113,30 +113,12 @@ impl DiscoverError {
             step,
             detail: printable(&e.to_string()).into_owned(),
             fix: if department_api {
-                department_advice(e)
+                advice_for(e, Needs::Departments)
             } else {
                 advice(e)
             },
             errcode: e.errcode(),
         }
-    }
-}
-
-/// What to do about a failed department API call.
-fn department_advice(e: &ApiError) -> String {
-    let permission = match e {
-        ApiError::Code { errcode, .. } => *errcode == 60011,
-        ApiError::Status { status, code, .. } => {
-            (*status == 403 && e.class() == ErrorClass::Permanent) || code.contains("PermissionDenied")
-        }
-        _ => false,
-    };
-    if permission {
-        "the app lacks permission qyapi_get_department_list (read the organisation's departments); add it in the DingTalk developer console".into()
-    } else if e.errcode() == Some(60003) {
-        "DingTalk no longer knows this department (changed during the walk?); run discover again".into()
-    } else {
-        advice(e)
     }
 }
 
