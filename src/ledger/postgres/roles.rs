@@ -278,6 +278,15 @@ impl BindingStore for PostgresLedger {
     }
 }
 
+/// The upsert of a setting's known value (`record_setting`, and `record_setting_fenced` while
+/// the change still holds its leases).
+const RECORD_SETTING_SQL: &str =
+    "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (conversation_id, setting) DO UPDATE SET value = excluded.value,
+     set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
+     set_ms = excluded.set_ms";
+
 impl SettingStore for PostgresLedger {
     fn known_settings(&self, conversation_id: &str) -> Result<Vec<(String, KnownValue)>, LedgerError> {
         let cid = conversation_id.to_owned();
@@ -310,11 +319,7 @@ impl SettingStore for PostgresLedger {
         let (cid, setting, k) = (conversation_id.to_owned(), setting.to_owned(), k.clone());
         self.with("record_setting", move |mut c| async move {
             c.execute(
-                "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (conversation_id, setting) DO UPDATE SET value = excluded.value,
-                 set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
-                 set_ms = excluded.set_ms",
+                RECORD_SETTING_SQL,
                 &[
                     &text(&cid),
                     &text(&setting),
@@ -359,11 +364,7 @@ impl SettingStore for PostgresLedger {
             let names_held = held == names.len();
             if names_held {
                 tx.execute(
-                    "INSERT INTO group_settings (conversation_id, setting, value, set_by, set_by_nick, via, set_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (conversation_id, setting) DO UPDATE SET value = excluded.value,
-                     set_by = excluded.set_by, set_by_nick = excluded.set_by_nick, via = excluded.via,
-                     set_ms = excluded.set_ms",
+                    RECORD_SETTING_SQL,
                     &[
                         &text(&cid),
                         &text(&setting),
