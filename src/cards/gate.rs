@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{CLICK_MSGTYPE, CardData, render};
+use super::{CLICK_MSGTYPE, CardData};
 use crate::clock::Clock;
 use crate::domain::{Accepted, ConversationType, SessionWebhook};
-use crate::ledger::{CardHandle, CardRow, ClickEntry, LedgerError};
+use crate::ledger::{CardAction, CardHandle, CardKind, CardRow, CardStatus, ClickEntry, LedgerError};
 use crate::worker::Authorizer;
 
 /// How many times Extend works on one card; after that the card no longer offers it and a
@@ -52,7 +52,13 @@ pub fn response(params: &BTreeMap<String, String>, notice: &str) -> Value {
 }
 
 /// The command a click is entered as: the group of its card, the clicker as sender.
-pub fn click_command(identity: &str, row: &CardRow, user_id: &str, action: &str, now_ms: u64) -> Accepted {
+pub fn click_command(
+    identity: &str,
+    row: &CardRow,
+    user_id: &str,
+    action: CardAction,
+    now_ms: u64,
+) -> Accepted {
     Accepted {
         msg_id: identity.to_owned(),
         received_ms: now_ms,
@@ -121,10 +127,16 @@ impl Gate {
             tracing::info!(action, "a card button was clicked by someone who is not an admin");
             return Ok(refused(&shown, ADMINS_ONLY));
         }
-        if row.kind == "plan" && action == render::APPROVE && row.created_by == user_id {
+        // An action dingops does not know was never offered: refused as one no longer is,
+        // before it counts against the per-sender limit.
+        let Ok(action) = action.parse::<CardAction>() else {
+            tracing::info!(action, "a card button dingops does not know was clicked");
+            return Ok(refused(&BTreeMap::new(), NO_LONGER_VALID));
+        };
+        if row.kind == CardKind::Plan && action == CardAction::Approve && row.created_by == user_id {
             return Ok(refused(&shown, NEEDS_SECOND_ADMIN));
         }
-        if action == render::EXTEND && data.extends >= MAX_EXTENDS {
+        if action == CardAction::Extend && data.extends >= MAX_EXTENDS {
             return Ok(refused(&current(&row, &shown), EXTENDS_USED));
         }
         // The per-sender limit of admin commands, counted in the card's group; given back
@@ -133,15 +145,15 @@ impl Gate {
         let counted = row.pending_click.as_deref() != Some(identity);
         let at = self.clock.instant();
         if counted && !self.authorizer.take(&row.conversation_id, user_id, at) {
-            tracing::info!(action, "a card button was clicked over the per-sender limit");
+            tracing::info!(%action, "a card button was clicked over the per-sender limit");
             return Ok(refused(&current(&row, &shown), &self.authorizer.slow_down()));
         }
         let now = self.clock.now_ms();
         let command = click_command(identity, &row, user_id, action, now);
-        let (id, act) = (row.out_track_id.clone(), action.to_owned());
+        let id = row.out_track_id.clone();
         let entry = self
             .ledger
-            .call(move |l| l.accept_click(&command, &id, &act, now))
+            .call(move |l| l.accept_click(&command, &id, action, now))
             .await;
         if counted && !matches!(entry, Ok(ClickEntry::New)) {
             self.authorizer.give_back(&row.conversation_id, user_id, at);
@@ -149,7 +161,7 @@ impl Gate {
         Ok(match entry? {
             ClickEntry::New => {
                 let mut working = shown.clone();
-                working.insert("status".to_owned(), "working".to_owned());
+                working.insert("status".to_owned(), CardStatus::Working.as_str().to_owned());
                 working.insert("buttons".to_owned(), "[]".to_owned());
                 Admitted {
                     response: response(&working, ""),
@@ -178,10 +190,10 @@ impl Gate {
 
 /// Counts a successful Extend in the card's `extends` and returns `buttons` without Extend
 /// once it has been used [`MAX_EXTENDS`] times.
-pub fn count_extend(extends: &mut u32, mut buttons: Vec<String>) -> Vec<String> {
+pub fn count_extend(extends: &mut u32, mut buttons: Vec<CardAction>) -> Vec<CardAction> {
     *extends = extends.saturating_add(1);
     if *extends >= MAX_EXTENDS {
-        buttons.retain(|b| b != render::EXTEND);
+        buttons.retain(|b| *b != CardAction::Extend);
     }
     buttons
 }
@@ -189,7 +201,7 @@ pub fn count_extend(extends: &mut u32, mut buttons: Vec<String>) -> Vec<String> 
 /// The parameters as the card shows them now: its status and buttons from the ledger.
 fn current(row: &CardRow, shown: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut p = shown.clone();
-    p.insert("status".to_owned(), row.status.clone());
+    p.insert("status".to_owned(), row.status.as_str().to_owned());
     p.insert(
         "buttons".to_owned(),
         serde_json::to_string(&row.buttons).unwrap_or_else(|_| "[]".to_owned()),
@@ -207,6 +219,7 @@ fn refused(shown: &BTreeMap<String, String>, notice: &str) -> Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cards::render;
     use crate::clock::ManualClock;
     use crate::ledger::{CardStore as _, CommandLog as _, LedgerHandle, MemoryLedger};
 
@@ -215,14 +228,14 @@ mod tests {
             out_track_id: "dingops-1".into(),
             conversation_id: "cidG==".into(),
             msg_id: "m0".into(),
-            kind: kind.into(),
+            kind: kind.parse().unwrap(),
             setting: Some("chatBannedType".into()),
             created_by: "boss".into(),
-            status: "done".into(),
-            buttons: buttons.iter().map(|b| (*b).to_owned()).collect(),
+            status: CardStatus::Done,
+            buttons: buttons.iter().map(|b| b.parse().unwrap()).collect(),
             pending_click: None,
             data: CardData {
-                params: render::params("t", "b", "done", &[]),
+                params: render::params("t", "b", CardStatus::Done, &[]),
                 ..CardData::default()
             }
             .to_json(),
@@ -279,6 +292,25 @@ mod tests {
         assert_eq!(notice_of(&stale), NO_LONGER_VALID);
         assert!(![member, unknown, stale].iter().any(|a| a.new));
         assert_eq!(ledger.open_count().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_action_id_dingops_does_not_know_is_refused_as_no_longer_offered_and_not_counted() {
+        let (gate, ledger) = gate_limited(card("setting", &["undo"]), 1);
+        for (identity, action) in [("card:a", "Undo"), ("card:b", "reboot"), ("card:c", "")] {
+            let odd = gate.enter(identity, "dingops-1", "boss", action).await.unwrap();
+            assert!(!odd.new, "{action:?}");
+            assert_eq!(notice_of(&odd), NO_LONGER_VALID, "{action:?}");
+            assert_eq!(odd.response["cardData"]["cardParamMap"], json!({}));
+        }
+        assert_eq!(ledger.open_count().unwrap(), 0);
+        // Not counted against the per-sender limit: the admin's one click a minute is left.
+        assert!(
+            gate.enter("card:d", "dingops-1", "boss", "undo")
+                .await
+                .unwrap()
+                .new
+        );
     }
 
     #[tokio::test]
@@ -339,7 +371,7 @@ mod tests {
             buttons = count_extend(&mut data.extends, row.buttons.clone());
         }
         assert_eq!(data.extends, MAX_EXTENDS);
-        assert_eq!(buttons, ["undo"], "the card no longer offers Extend");
+        assert_eq!(buttons, [CardAction::Undo], "the card no longer offers Extend");
         row.data = data.to_json();
         let (gate, ledger) = gate_over(row);
         let sixth = gate.enter("card:a", "dingops-1", "boss", "extend").await.unwrap();

@@ -20,12 +20,12 @@ use crate::config::{CardSettings, Mode};
 use crate::dingtalk::cards::{CardCallback, CardSend};
 use crate::dingtalk::{ApiError, DingTalk};
 use crate::domain::{Accepted, Answer, Outcome, SettingChange};
-use crate::ledger::{CardRow, LedgerError, LedgerHandle};
+use crate::ledger::{CardAction, CardKind, CardRow, CardStatus, LedgerError, LedgerHandle};
 
 /// The statuses a newer change of the setting supersedes, and its timed revert ends: a
 /// standing card, and one whose click has not run yet (it finds its card moved on and
 /// leaves it as it is).
-pub const SUPERSEDABLE: [&str; 3] = ["done", "extended", "working"];
+pub const SUPERSEDABLE: [CardStatus; 3] = [CardStatus::Done, CardStatus::Extended, CardStatus::Working];
 
 /// A card update DingTalk did not take is sent again (the card as the ledger has it) this
 /// long after, doubling each time up to [`RESEND_MAX_GAP`], at most [`RESEND_ATTEMPTS`]
@@ -151,8 +151,8 @@ impl Cards {
         change: &SettingChange,
     ) -> Result<String, SendError> {
         let (status, buttons) = match answer.outcome {
-            Outcome::Ok => ("done", render::standing_buttons(change)),
-            _ => ("failed", Vec::new()),
+            Outcome::Ok => (CardStatus::Done, render::standing_buttons(change)),
+            _ => (CardStatus::Failed, Vec::new()),
         };
         let title = render::setting_title(change);
         let body = render::setting_body(&answer.text, change);
@@ -164,7 +164,7 @@ impl Cards {
         };
         let row = self.row(
             job,
-            "setting",
+            CardKind::Setting,
             Some(change.setting.clone()),
             status,
             buttons,
@@ -181,14 +181,21 @@ impl Cards {
         code: &str,
         out_track_id: &str,
     ) -> Result<String, SendError> {
-        let buttons = vec![render::APPROVE.to_owned(), render::DISCARD.to_owned()];
+        let buttons = vec![CardAction::Approve, CardAction::Discard];
         let data = CardData {
             change: None,
             code: Some(code.to_owned()),
-            params: render::params("Policy plan", &answer.text, "pending_approval", &buttons),
+            params: render::params("Policy plan", &answer.text, CardStatus::PendingApproval, &buttons),
             extends: 0,
         };
-        let mut row = self.row(job, "plan", None, "pending_approval", buttons, data);
+        let mut row = self.row(
+            job,
+            CardKind::Plan,
+            None,
+            CardStatus::PendingApproval,
+            buttons,
+            data,
+        );
         row.out_track_id = out_track_id.to_owned();
         self.send(row).await
     }
@@ -197,10 +204,10 @@ impl Cards {
     fn row(
         &self,
         job: &Accepted,
-        kind: &str,
+        kind: CardKind,
         setting: Option<String>,
-        status: &str,
-        buttons: Vec<String>,
+        status: CardStatus,
+        buttons: Vec<CardAction>,
         data: CardData,
     ) -> CardRow {
         let now = self.clock.now_ms();
@@ -208,10 +215,10 @@ impl Cards {
             out_track_id: self.fresh_id(&job.msg_id),
             conversation_id: job.conversation_id.clone(),
             msg_id: job.msg_id.clone(),
-            kind: kind.to_owned(),
+            kind,
             setting,
             created_by: job.sender_staff_id.clone().unwrap_or_default(),
-            status: status.to_owned(),
+            status,
             buttons,
             pending_click: None,
             data: data.to_json(),
@@ -241,7 +248,7 @@ impl Cards {
                 let (id, data, now) = (row.out_track_id.clone(), row.data.clone(), self.clock.now_ms());
                 if let Err(le) = self
                     .ledger
-                    .call(move |l| l.set_card_state(&id, None, "unsent", &[], &data, now))
+                    .call(move |l| l.set_card_state(&id, None, CardStatus::Unsent, &[], &data, now))
                     .await
                 {
                     tracing::warn!(error = %le, "could not record that a card was not sent");
@@ -256,8 +263,8 @@ impl Cards {
     pub async fn update(
         &self,
         row: &CardRow,
-        status: &str,
-        buttons: &[String],
+        status: CardStatus,
+        buttons: &[CardAction],
         body: &str,
         notice: Option<(&str, &str)>,
     ) -> Result<(), SendError> {
@@ -271,8 +278,8 @@ impl Cards {
         &self,
         row: &CardRow,
         data: CardData,
-        status: &str,
-        buttons: &[String],
+        status: CardStatus,
+        buttons: &[CardAction],
         body: &str,
         notice: Option<(&str, &str)>,
     ) -> Result<(), SendError> {
@@ -288,14 +295,14 @@ impl Cards {
         &self,
         row: &CardRow,
         data: CardData,
-        status: &str,
-        buttons: &[String],
+        status: CardStatus,
+        buttons: &[CardAction],
         body: &str,
         notice: Option<(&str, &str)>,
     ) -> Result<bool, SendError> {
         self.update_from(
             row,
-            Some(crate::ledger::cards::WORKING),
+            Some(CardStatus::Working),
             data,
             status,
             buttons,
@@ -311,26 +318,25 @@ impl Cards {
     async fn update_from(
         &self,
         row: &CardRow,
-        expect: Option<&'static str>,
+        expect: Option<CardStatus>,
         mut data: CardData,
-        status: &str,
-        buttons: &[String],
+        status: CardStatus,
+        buttons: &[CardAction],
         body: &str,
         notice: Option<(&str, &str)>,
     ) -> Result<bool, SendError> {
         let title = data.params.get("title").cloned().unwrap_or_default();
         let params = render::params(&title, body, status, buttons);
         data.params = params.clone();
-        let (id, json, st, bt, now) = (
+        let (id, json, bt, now) = (
             row.out_track_id.clone(),
             data.to_json(),
-            status.to_owned(),
             buttons.to_vec(),
             self.clock.now_ms(),
         );
         let changed = self
             .ledger
-            .call(move |l| l.set_card_state(&id, expect, &st, &bt, &json, now))
+            .call(move |l| l.set_card_state(&id, expect, status, &bt, &json, now))
             .await?;
         let private = notice.map(|(u, t)| render::notice(u, t)).unwrap_or_default();
         if !changed {
@@ -469,7 +475,7 @@ impl Cards {
             conversation_id,
             setting,
             &SUPERSEDABLE,
-            "superseded",
+            CardStatus::Superseded,
             &line,
             |row, _| Some(row.out_track_id.as_str()) != keep,
         )
@@ -483,7 +489,7 @@ impl Cards {
             conversation_id,
             setting,
             &SUPERSEDABLE,
-            "reverted",
+            CardStatus::Reverted,
             text,
             |_, data| data.change.as_ref().and_then(|c| c.until_ms) == Some(due_ms),
         )
@@ -496,8 +502,8 @@ impl Cards {
         &self,
         conversation_id: &str,
         setting: &str,
-        statuses: &'static [&'static str],
-        status: &str,
+        statuses: &'static [CardStatus],
+        status: CardStatus,
         line: &str,
         which: impl Fn(&CardRow, &CardData) -> bool,
     ) {
@@ -509,7 +515,7 @@ impl Cards {
         {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, status, "could not read the cards to mark");
+                tracing::warn!(error = %e, %status, "could not read the cards to mark");
                 return;
             }
         };
@@ -523,7 +529,7 @@ impl Cards {
                 data.params.get("body").cloned().unwrap_or_default()
             );
             if let Err(e) = self.update(&row, status, &[], &body, None).await {
-                tracing::warn!(error = %e, status, "could not update a card");
+                tracing::warn!(error = %e, %status, "could not update a card");
             }
         }
     }

@@ -5,22 +5,13 @@ use std::collections::BTreeMap;
 
 use crate::domain::SettingChange;
 use crate::governance::Setting;
-
-/// The action ids a click carries, as the template's buttons name them.
-pub const UNDO: &str = "undo";
-pub const EXTEND: &str = "extend";
-pub const REVERT_NOW: &str = "revert_now";
-pub const APPROVE: &str = "approve";
-pub const DISCARD: &str = "discard";
-
-/// Every action id dingops knows.
-pub const ACTIONS: [&str; 5] = [UNDO, EXTEND, REVERT_NOW, APPROVE, DISCARD];
+use crate::ledger::{CardAction, CardStatus};
 
 /// The buttons of a setting card that stands: Undo, and on a timed one Extend and Revert now.
-pub fn standing_buttons(change: &SettingChange) -> Vec<String> {
-    let mut buttons = vec![UNDO.to_owned()];
+pub fn standing_buttons(change: &SettingChange) -> Vec<CardAction> {
+    let mut buttons = vec![CardAction::Undo];
     if change.until_ms.is_some() {
-        buttons.extend([EXTEND.to_owned(), REVERT_NOW.to_owned()]);
+        buttons.extend([CardAction::Extend, CardAction::RevertNow]);
     }
     buttons
 }
@@ -31,11 +22,16 @@ pub const MAX_VALUE_BYTES: usize = 1024;
 
 /// The card's public parameters: every value a string, `buttons` a JSON array as a string,
 /// each within [`MAX_VALUE_BYTES`] (the body as [`fit_body`] keeps it).
-pub fn params(title: &str, body: &str, status: &str, buttons: &[String]) -> BTreeMap<String, String> {
+pub fn params(
+    title: &str,
+    body: &str,
+    status: CardStatus,
+    buttons: &[CardAction],
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("title".to_owned(), cut(title, MAX_VALUE_BYTES)),
         ("body".to_owned(), fit_body(body)),
-        ("status".to_owned(), cut(status, MAX_VALUE_BYTES)),
+        ("status".to_owned(), status.as_str().to_owned()),
         (
             "buttons".to_owned(),
             serde_json::to_string(buttons).unwrap_or_else(|_| "[]".to_owned()),
@@ -143,19 +139,18 @@ pub fn setting_body(text: &str, change: &SettingChange) -> String {
 }
 
 /// The status a successful click leaves its card in.
-pub fn status_after(action: &str) -> &'static str {
+pub fn status_after(action: CardAction) -> CardStatus {
     match action {
-        UNDO => "undone",
-        EXTEND => "extended",
-        REVERT_NOW => "reverted",
-        APPROVE => "approved",
-        DISCARD => "discarded",
-        _ => "done",
+        CardAction::Undo => CardStatus::Undone,
+        CardAction::Extend => CardStatus::Extended,
+        CardAction::RevertNow => CardStatus::Reverted,
+        CardAction::Approve => CardStatus::Approved,
+        CardAction::Discard => CardStatus::Discarded,
     }
 }
 
 /// The buttons a card offers, read back from its parameters as last sent.
-pub fn buttons_of(params: &BTreeMap<String, String>) -> Vec<String> {
+pub fn buttons_of(params: &BTreeMap<String, String>) -> Vec<CardAction> {
     params
         .get("buttons")
         .and_then(|b| serde_json::from_str(b).ok())
@@ -181,17 +176,21 @@ mod tests {
 
     #[test]
     fn a_timed_change_offers_undo_extend_and_revert_now_and_an_untimed_one_undo_only() {
-        assert_eq!(standing_buttons(&mute(Some(5))), ["undo", "extend", "revert_now"]);
-        assert_eq!(standing_buttons(&mute(None)), ["undo"]);
+        let names = |b: Vec<CardAction>| b.iter().map(|a| a.as_str()).collect::<Vec<_>>();
+        assert_eq!(
+            names(standing_buttons(&mute(Some(5)))),
+            ["undo", "extend", "revert_now"]
+        );
+        assert_eq!(names(standing_buttons(&mute(None))), ["undo"]);
     }
 
     #[test]
     fn every_parameter_is_a_string_and_buttons_are_a_json_array_in_one() {
-        let p = params("t", "b", "done", &["undo".to_owned()]);
+        let p = params("t", "b", CardStatus::Done, &[CardAction::Undo]);
         assert_eq!(p["buttons"], r#"["undo"]"#);
         assert_eq!(p["status"], "done");
-        assert_eq!(buttons_of(&p), ["undo"]);
-        assert_eq!(params("t", "b", "done", &[])["buttons"], "[]");
+        assert_eq!(buttons_of(&p), [CardAction::Undo]);
+        assert_eq!(params("t", "b", CardStatus::Done, &[])["buttons"], "[]");
     }
 
     #[test]

@@ -2,6 +2,61 @@
 //! answers, the clicks on its buttons (entered once each), and the approvals of the
 //! two-person rule. See docs/architecture.md, "Buttons".
 
+use crate::domain::named_enum;
+
+named_enum! {
+    /// A card's status as last sent: stored as its text in `cards.status`, and the card's
+    /// `status` parameter on the wire (the template shows it).
+    pub enum CardStatus("card status") {
+        /// Running a click: it offers no button until the click's command finished and the
+        /// card was updated.
+        Working = "working",
+        /// A setting card whose command worked, or a plan card whose run ended.
+        Done = "done",
+        /// A setting card whose command failed, or a plan card whose run failed.
+        Failed = "failed",
+        /// Undo worked.
+        Undone = "undone",
+        /// Its timed change ended (Revert now, or the timer).
+        Reverted = "reverted",
+        /// Extend worked.
+        Extended = "extended",
+        /// A newer change of its setting took its place.
+        Superseded = "superseded",
+        /// A plan card waiting for a second admin.
+        PendingApproval = "pending_approval",
+        /// A plan card approved: its run under way.
+        Approved = "approved",
+        /// A plan card discarded.
+        Discarded = "discarded",
+        /// DingTalk did not take the card when it was sent.
+        Unsent = "unsent",
+    }
+}
+
+named_enum! {
+    /// What a card answers, stored as its text in `cards.kind`.
+    pub enum CardKind("card kind") {
+        /// A switch command's reply.
+        Setting = "setting",
+        /// A policy plan waiting for a second admin (the two-person rule).
+        Plan = "plan",
+    }
+}
+
+named_enum! {
+    /// The action id a button carries, as the template's buttons name it: stored in
+    /// `cards.buttons` (a JSON array of them), sent in the card's `buttons` parameter and
+    /// carried back by a click.
+    pub enum CardAction("card action") {
+        Undo = "undo",
+        Extend = "extend",
+        RevertNow = "revert_now",
+        Approve = "approve",
+        Discard = "discard",
+    }
+}
+
 /// A card dingops sent, or is about to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CardRow {
@@ -11,16 +66,16 @@ pub struct CardRow {
     pub conversation_id: String,
     /// The command it answers (its msgId).
     pub msg_id: String,
-    /// `setting` (a switch command's reply) or `plan` (the two-person rule).
-    pub kind: String,
+    /// A switch command's reply, or a plan (the two-person rule).
+    pub kind: CardKind,
     /// For a setting card, the setting's stored name (`dm`, or DingTalk's field).
     pub setting: Option<String>,
     /// staffId of who asked (the command's sender).
     pub created_by: String,
-    /// The card's status as last sent (`done`, `working`, `superseded`, ...).
-    pub status: String,
-    /// The action ids offered now, in order.
-    pub buttons: Vec<String>,
+    /// The card's status as last sent.
+    pub status: CardStatus,
+    /// The actions offered now, in order.
+    pub buttons: Vec<CardAction>,
     /// The msgId of the click being run, while the card is `working`.
     pub pending_click: Option<String>,
     /// The card module's own facts (JSON): values, durations, the rendered parameters.
@@ -85,10 +140,6 @@ pub enum ApprovalVerdict {
     SameAdmin(Approval),
 }
 
-/// The status of a card running a click: it offers no button until the click's command
-/// finished and the card was updated.
-pub(crate) const WORKING: &str = "working";
-
 /// The state of an approval nobody decided yet.
 pub(crate) const OPEN: &str = "open";
 /// The state an approval by a second admin leaves.
@@ -137,10 +188,10 @@ pub(crate) fn verdict(approval: &Approval, state: &str, by: &str, now_ms: u64) -
 
 /// What a click on `card` (as stored) for `action` comes to, in the trait's order after
 /// the msgId and the card's existence; `None` when it is entered as a new command.
-pub(crate) fn click_refusal(card: &CardRow, action: &str) -> Option<ClickEntry> {
-    if card.status == WORKING {
+pub(crate) fn click_refusal(card: &CardRow, action: CardAction) -> Option<ClickEntry> {
+    if card.status == CardStatus::Working {
         Some(ClickEntry::Busy)
-    } else if !card.buttons.iter().any(|b| b == action) {
+    } else if !card.buttons.contains(&action) {
         Some(ClickEntry::NotOffered)
     } else {
         None

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Delivery, Pending};
 
-pub use cards::{Approval, ApprovalVerdict, CardRow, ClickEntry};
+pub use cards::{Approval, ApprovalVerdict, CardAction, CardKind, CardRow, CardStatus, ClickEntry};
 pub use roles::{
     BindingStore, CardStore, CommandLog, Fence, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook,
     QuotaCount, QuotaTake, RateBudget, SettingStore,

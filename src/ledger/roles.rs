@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::cards::{Approval, ApprovalVerdict, CardRow, ClickEntry};
+use super::cards::{Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
 use super::{AuditRow, LedgerError, PruneStep, RevertState, Slot};
 use crate::domain::{
     Accepted, Answer, Binding, DM_SETTING, Delivery, Department, DmState, KnownValue, Pending, RevertJob,
@@ -381,7 +381,7 @@ pub trait CardStore: Send + Sync + 'static {
         &self,
         conversation_id: &str,
         setting: &str,
-        statuses: &[&str],
+        statuses: &[CardStatus],
     ) -> Result<Vec<CardRow>, LedgerError>;
     /// Sets a card's status, buttons, data and `updated_ms`, and clears `pending_click`.
     /// When `expect_status` is given, only if the card's status is that (`false`: not
@@ -389,9 +389,9 @@ pub trait CardStore: Send + Sync + 'static {
     fn set_card_state(
         &self,
         out_track_id: &str,
-        expect_status: Option<&str>,
-        status: &str,
-        buttons: &[String],
+        expect_status: Option<CardStatus>,
+        status: CardStatus,
+        buttons: &[CardAction],
         data: &str,
         now_ms: u64,
     ) -> Result<bool, LedgerError>;
@@ -404,7 +404,7 @@ pub trait CardStore: Send + Sync + 'static {
         &self,
         click: &Accepted,
         out_track_id: &str,
-        action: &str,
+        action: CardAction,
         now_ms: u64,
     ) -> Result<ClickEntry, LedgerError>;
     /// Records an approval; `false` (nothing written) when its code is known.

@@ -6,11 +6,11 @@
 
 use crate::domain::{
     Accepted, Answer, Binding, ChatId, ConversationType, Department, InvalidChatId, KnownValue, Outcome,
-    Pending, RevertJob, RevertRestore, SessionWebhook,
+    Pending, RevertJob, RevertRestore, SessionWebhook, UnknownName,
 };
 
 use super::AuditRow;
-use super::cards::{Approval, CardRow};
+use super::cards::{Approval, CardAction, CardRow};
 
 /// The status of a command, stored as its text in `commands.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +161,13 @@ pub(crate) enum RowError<E> {
     ChatId(InvalidChatId),
     /// A card's buttons are not a JSON array of strings (only such are written).
     Buttons(serde_json::Error),
+    /// A stored name (a card's status or kind, ...) names no value dingops knows.
+    Name(UnknownName),
+}
+
+/// The value a stored name names.
+fn named<T: std::str::FromStr<Err = UnknownName>, E>(text: String) -> Result<T, RowError<E>> {
+    text.parse().map_err(RowError::Name)
 }
 
 impl<E> From<E> for RowError<E> {
@@ -289,8 +296,8 @@ pub(crate) fn known_from_row<R: Cells>(r: &R) -> Result<(String, KnownValue), Ro
 }
 
 /// A card's buttons as stored: a JSON array of the action ids, in order.
-pub(crate) fn buttons_text(buttons: &[String]) -> String {
-    serde_json::Value::from(buttons.to_vec()).to_string()
+pub(crate) fn buttons_text(buttons: &[CardAction]) -> String {
+    serde_json::to_string(buttons).unwrap_or_else(|_| "[]".to_owned())
 }
 
 /// A card, from a row of [`card_columns`].
@@ -299,10 +306,10 @@ pub(crate) fn card_from_row<R: Cells>(r: &R) -> Result<CardRow, RowError<R::Erro
         out_track_id: r.text(0)?,
         conversation_id: r.text(1)?,
         msg_id: r.text(2)?,
-        kind: r.text(3)?,
+        kind: named(r.text(3)?)?,
         setting: r.opt_text(4)?,
         created_by: r.text(5)?,
-        status: r.text(6)?,
+        status: named(r.text(6)?)?,
         buttons: serde_json::from_str(&r.text(7)?).map_err(RowError::Buttons)?,
         pending_click: r.opt_text(8)?,
         data: r.text(9)?,

@@ -12,10 +12,10 @@ use std::time::Duration;
 use super::WorkerContext;
 use super::clicks::Click;
 use super::reply::ledger_failed;
-use crate::cards::{CardData, gate, render};
+use crate::cards::{CardData, gate};
 use crate::domain::{Accepted, Answer, Outcome, ReplyCard, who};
 use crate::ledger::cards::{APPLIED, APPLY_FAILED};
-use crate::ledger::{Approval, ApprovalVerdict, CardRow};
+use crate::ledger::{Approval, ApprovalVerdict, CardAction, CardRow, CardStatus};
 
 const APPROVED: &str = "approved";
 const DISCARDED: &str = "discarded";
@@ -203,12 +203,12 @@ impl WorkerContext {
                 "plan card without a code",
             );
         };
-        match click.action.as_str() {
-            render::APPROVE => match self.ops_room(job, name) {
+        match click.action {
+            CardAction::Approve => match self.ops_room(job, name) {
                 Ok(organisation) => self.approve(job, name, &code, organisation).await,
                 Err(a) => a,
             },
-            render::DISCARD => self.discard(job, name, &code).await,
+            CardAction::Discard => self.discard(job, name, &code).await,
             _ => Answer::new(name, Outcome::Refused, gate::NO_LONGER_VALID, "stale card"),
         }
     }
@@ -281,8 +281,12 @@ impl WorkerContext {
         } else {
             format!("Approved by {approver} (asked by {asker}).")
         };
-        self.show_plan(card.as_ref(), "approved", &format!("{heading} Applying…"))
-            .await;
+        self.show_plan(
+            card.as_ref(),
+            CardStatus::Approved,
+            &format!("{heading} Applying…"),
+        )
+        .await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let run = organisation.apply(
             ApprovedRun {
@@ -301,7 +305,7 @@ impl WorkerContext {
                 Some((done, total)) = rx.recv() => {
                     if self.clock.instant().duration_since(last_shown) >= PROGRESS_EVERY {
                         last_shown = self.clock.instant();
-                        self.show_plan(card.as_ref(), "approved", &format!("{heading} Applying: {done} of {total} groups done.")).await;
+                        self.show_plan(card.as_ref(), CardStatus::Approved, &format!("{heading} Applying: {done} of {total} groups done.")).await;
                     }
                 }
             }
@@ -317,8 +321,12 @@ impl WorkerContext {
         .await;
         match result {
             Ok(summary) => {
-                self.show_plan(card.as_ref(), "done", &format!("{heading}\n\n{summary}"))
-                    .await;
+                self.show_plan(
+                    card.as_ref(),
+                    CardStatus::Done,
+                    &format!("{heading}\n\n{summary}"),
+                )
+                .await;
                 Answer::new(
                     name,
                     Outcome::Ok,
@@ -329,7 +337,7 @@ impl WorkerContext {
             Err(e) => {
                 self.show_plan(
                     card.as_ref(),
-                    "failed",
+                    CardStatus::Failed,
                     &format!("{heading}\n\nThe apply failed: {e}."),
                 )
                 .await;
@@ -354,8 +362,12 @@ impl WorkerContext {
             job.sender_nick.as_deref(),
         );
         let card = self.plan_card(&approval).await;
-        self.show_plan(card.as_ref(), "discarded", &format!("Discarded by {by}."))
-            .await;
+        self.show_plan(
+            card.as_ref(),
+            CardStatus::Discarded,
+            &format!("Discarded by {by}."),
+        )
+        .await;
         Answer::new(
             name,
             Outcome::Ok,
@@ -372,7 +384,7 @@ impl WorkerContext {
     }
 
     /// Shows a plan card's status, with `line` after the plan.
-    async fn show_plan(&self, card: Option<&CardRow>, status: &str, line: &str) {
+    async fn show_plan(&self, card: Option<&CardRow>, status: CardStatus, line: &str) {
         let (Some(cards), Some(row)) = (&self.cards, card) else {
             return;
         };

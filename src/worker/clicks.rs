@@ -10,7 +10,7 @@ use super::reply::{failed, ledger_failed};
 use crate::cards::{CLICK_MSGTYPE, CardData, gate, render};
 use crate::domain::{Accepted, Answer, Delivery, Outcome, RevertJob, SettingChange};
 use crate::governance::{Actor, Ask, Change, ChangeError, Decision, Group, Setting, Via};
-use crate::ledger::{CardRow, RevertState};
+use crate::ledger::{CardAction, CardKind, CardRow, CardStatus, RevertState};
 
 /// The longest a timed change may last from now, Extend included: DingTalk's own limit on
 /// timed settings is 30 days, and so is ours.
@@ -26,32 +26,32 @@ const TIMER_REVERTED: &str = "reverted by the timer meanwhile";
 /// A click entered as a command: its action and card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Click {
-    pub action: String,
+    pub action: CardAction,
     pub out_track_id: String,
 }
 
 impl Click {
-    /// The click a command is, when it is one (`cardAction`, text `<action> <outTrackId>`).
+    /// The click a command is, when it is one (`cardAction`, text `<action> <outTrackId>`
+    /// with an action dingops knows: the gate enters no other).
     pub fn of(accepted: &Accepted) -> Option<Self> {
         if accepted.msgtype != CLICK_MSGTYPE {
             return None;
         }
         let (action, id) = accepted.text.as_deref()?.split_once(' ')?;
         Some(Self {
-            action: action.to_owned(),
+            action: action.parse().ok()?,
             out_track_id: id.to_owned(),
         })
     }
 
     /// The name the audit shows, e.g. `undo (card)`.
     pub fn name(&self) -> &'static str {
-        match self.action.as_str() {
-            render::UNDO => "undo (card)",
-            render::EXTEND => "extend (card)",
-            render::REVERT_NOW => "revert now (card)",
-            render::APPROVE => "approve (card)",
-            render::DISCARD => "discard (card)",
-            _ => "click (card)",
+        match self.action {
+            CardAction::Undo => "undo (card)",
+            CardAction::Extend => "extend (card)",
+            CardAction::RevertNow => "revert now (card)",
+            CardAction::Approve => "approve (card)",
+            CardAction::Discard => "discard (card)",
         }
     }
 }
@@ -79,7 +79,7 @@ impl WorkerContext {
         // A plan card's click is decided by its approval alone, which a code allows once:
         // an Approve whose apply a stop cut short finds its card no longer pending (the card
         // shows the apply's progress) but its approval still running, and resumes it.
-        if row.kind == "plan" {
+        if row.kind == CardKind::Plan {
             return self.run_plan_click(job, click, &row).await;
         }
         if row.pending_click.as_deref() != Some(job.msg_id.as_str()) {
@@ -128,12 +128,12 @@ impl WorkerContext {
             staff_id: job.sender_staff_id.clone().unwrap_or_default(),
             nick: job.sender_nick.clone(),
         };
-        match (click.action.as_str(), revert) {
-            (render::EXTEND, Some(r)) => self.extend(name, &row, &change, setting, r, by).await,
-            (render::UNDO | render::REVERT_NOW, Some(r)) => {
+        match (click.action, revert) {
+            (CardAction::Extend, Some(r)) => self.extend(name, &row, &change, setting, r, by).await,
+            (CardAction::Undo | CardAction::RevertNow, Some(r)) => {
                 self.end_now(name, click, &row, &change, setting, r, by).await
             }
-            (render::UNDO, None) => self.undo(name, &row, &change, setting, by).await,
+            (CardAction::Undo, None) => self.undo(name, &row, &change, setting, by).await,
             _ => stale(name, "This card does not offer it."),
         }
     }
@@ -229,7 +229,7 @@ impl WorkerContext {
             setting,
             by.clone(),
             Via::Card,
-            format!("{} of `{}`", click.action.replace('_', " "), change.command),
+            format!("{} of `{}`", click.action.as_str().replace('_', " "), change.command),
         );
         let result = self.through_core_value(name, core).await;
         let (state, short) = match &result {
@@ -247,7 +247,7 @@ impl WorkerContext {
                 Outcome::Ok,
                 format!(
                     "{} by {}: {} is back to {}.",
-                    if click.action == render::UNDO {
+                    if click.action == CardAction::Undo {
                         "Undone"
                     } else {
                         "Reverted now"
@@ -421,16 +421,16 @@ impl WorkerContext {
         let before_status = data
             .params
             .get("status")
-            .cloned()
-            .unwrap_or_else(|| "done".into());
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(CardStatus::Done);
         let before_buttons = render::buttons_of(&data.params);
         let (status, buttons, body, notice) = match answer.outcome {
             // A plan card's approval and discard show their own progress and end.
-            Outcome::Ok if row.kind == "plan" => return Delivery::Card,
+            Outcome::Ok if row.kind == CardKind::Plan => return Delivery::Card,
             Outcome::Ok => {
-                let status = render::status_after(&click.action);
-                let buttons = match (&mut data.change, click.action.as_str()) {
-                    (Some(change), render::EXTEND) => {
+                let status = render::status_after(click.action);
+                let buttons = match (&mut data.change, click.action) {
+                    (Some(change), CardAction::Extend) => {
                         // The card's change now ends at the revert's new time.
                         let (cid, s) = (row.conversation_id.clone(), change.setting.clone());
                         if let Ok(pending) = self.ledger.call(move |l| l.pending_reverts(Some(&cid))).await
@@ -442,21 +442,16 @@ impl WorkerContext {
                     }
                     _ => Vec::new(),
                 };
-                (
-                    status.to_owned(),
-                    buttons,
-                    format!("{body}\n\n{}", answer.text),
-                    None,
-                )
+                (status, buttons, format!("{body}\n\n{}", answer.text), None)
             }
             _ if answer.detail == TIMER_REVERTED => (
-                "reverted".to_owned(),
+                CardStatus::Reverted,
                 Vec::new(),
                 format!("{body}\n\n{}", answer.text),
                 None,
             ),
             Outcome::Refused if answer.detail == "stale card" => (
-                "superseded".to_owned(),
+                CardStatus::Superseded,
                 Vec::new(),
                 body,
                 Some(answer.text.clone()),
@@ -470,7 +465,7 @@ impl WorkerContext {
             .end_click(
                 &row,
                 data,
-                &status,
+                status,
                 &buttons,
                 &body,
                 notice.as_ref().map(|(u, n)| (u.as_str(), n.as_str())),

@@ -3,7 +3,7 @@
 
 use super::MemoryLedger;
 use crate::domain::Accepted;
-use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardRow, ClickEntry};
+use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
 use crate::ledger::{CardStore, LedgerError};
 
 impl CardStore for MemoryLedger {
@@ -26,7 +26,7 @@ impl CardStore for MemoryLedger {
         &self,
         conversation_id: &str,
         setting: &str,
-        statuses: &[&str],
+        statuses: &[CardStatus],
     ) -> Result<Vec<CardRow>, LedgerError> {
         let s = self.state()?;
         let mut found: Vec<&(u64, CardRow)> = s
@@ -35,7 +35,7 @@ impl CardStore for MemoryLedger {
             .filter(|(_, c)| {
                 c.conversation_id == conversation_id
                     && c.setting.as_deref() == Some(setting)
-                    && statuses.contains(&c.status.as_str())
+                    && statuses.contains(&c.status)
             })
             .collect();
         found.sort_by(|(n1, c1), (n2, c2)| c2.created_ms.cmp(&c1.created_ms).then(n2.cmp(n1)));
@@ -45,9 +45,9 @@ impl CardStore for MemoryLedger {
     fn set_card_state(
         &self,
         out_track_id: &str,
-        expect_status: Option<&str>,
-        status: &str,
-        buttons: &[String],
+        expect_status: Option<CardStatus>,
+        status: CardStatus,
+        buttons: &[CardAction],
         data: &str,
         now_ms: u64,
     ) -> Result<bool, LedgerError> {
@@ -58,7 +58,7 @@ impl CardStore for MemoryLedger {
         if expect_status.is_some_and(|e| e != card.status) {
             return Ok(false);
         }
-        card.status = status.to_owned();
+        card.status = status;
         card.buttons = buttons.to_vec();
         card.data = data.to_owned();
         card.updated_ms = now_ms;
@@ -70,7 +70,7 @@ impl CardStore for MemoryLedger {
         &self,
         click: &Accepted,
         out_track_id: &str,
-        action: &str,
+        action: CardAction,
         now_ms: u64,
     ) -> Result<ClickEntry, LedgerError> {
         let mut s = self.state()?;
@@ -83,7 +83,7 @@ impl CardStore for MemoryLedger {
         if let Some(refused) = cards::click_refusal(card, action) {
             return Ok(refused);
         }
-        card.status = cards::WORKING.to_owned();
+        card.status = CardStatus::Working;
         card.buttons.clear();
         card.pending_click = Some(click.msg_id.clone());
         card.updated_ms = now_ms;

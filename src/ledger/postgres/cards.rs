@@ -8,7 +8,7 @@ use tokio_postgres::{Statement, Transaction};
 use super::ingest::{INSERT_ACCEPTED_SQL, insert_accepted_with};
 use super::*;
 use crate::ledger::CardStore;
-use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardRow, ClickEntry};
+use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
 use crate::ledger::rows::{approval_from_row, buttons_text, card_from_row};
 
 const CARD_SQL: &str = concat!("SELECT ", card_columns!(), " FROM cards WHERE out_track_id = $1");
@@ -22,7 +22,7 @@ async fn enter_click(
     insert: &Statement,
     click: &Accepted,
     out_track_id: &str,
-    action: &str,
+    action: CardAction,
     now_ms: u64,
 ) -> Result<ClickEntry, LedgerError> {
     const OP: &str = "accept click";
@@ -68,7 +68,7 @@ async fn enter_click(
          WHERE out_track_id = $1",
         &[
             &out_track_id,
-            &cards::WORKING,
+            &CardStatus::Working.as_str(),
             &text(&click.msg_id),
             &to_i64(now_ms),
         ],
@@ -133,10 +133,10 @@ impl CardStore for PostgresLedger {
                         &text(&c.out_track_id),
                         &text(&c.conversation_id),
                         &text(&c.msg_id),
-                        &text(&c.kind),
+                        &c.kind.as_str(),
                         &opt_text(&c.setting),
                         &text(&c.created_by),
-                        &text(&c.status),
+                        &c.status.as_str(),
                         &buttons_text(&c.buttons),
                         &opt_text(&c.pending_click),
                         &text(&c.data),
@@ -166,13 +166,13 @@ impl CardStore for PostgresLedger {
         &self,
         conversation_id: &str,
         setting: &str,
-        statuses: &[&str],
+        statuses: &[CardStatus],
     ) -> Result<Vec<CardRow>, LedgerError> {
         if statuses.is_empty() {
             return Ok(Vec::new());
         }
         let (cid, setting) = (text(conversation_id), text(setting));
-        let statuses: Vec<String> = statuses.iter().map(|s| text(s)).collect();
+        let statuses: Vec<&'static str> = statuses.iter().map(|s| s.as_str()).collect();
         self.with("cards of setting", move |mut s| async move {
             let found = s
                 .query(
@@ -193,16 +193,16 @@ impl CardStore for PostgresLedger {
     fn set_card_state(
         &self,
         out_track_id: &str,
-        expect_status: Option<&str>,
-        status: &str,
-        buttons: &[String],
+        expect_status: Option<CardStatus>,
+        status: CardStatus,
+        buttons: &[CardAction],
         data: &str,
         now_ms: u64,
     ) -> Result<bool, LedgerError> {
         let (out, expect, status, buttons, data) = (
             text(out_track_id),
-            expect_status.map(text),
-            text(status),
+            expect_status.map(CardStatus::as_str),
+            status.as_str(),
             buttons_text(buttons),
             text(data),
         );
@@ -224,17 +224,17 @@ impl CardStore for PostgresLedger {
         &self,
         click: &Accepted,
         out_track_id: &str,
-        action: &str,
+        action: CardAction,
         now_ms: u64,
     ) -> Result<ClickEntry, LedgerError> {
-        let (click, out, action) = (click.clone(), text(out_track_id), action.to_owned());
+        let (click, out) = (click.clone(), text(out_track_id));
         self.with("accept click", move |mut s| async move {
             let insert = s
                 .statement(INSERT_ACCEPTED_SQL)
                 .await
                 .map_err(pg("accept click"))?;
             let tx = s.client.transaction().await.map_err(pg("accept click"))?;
-            let entry = enter_click(&tx, &insert, &click, &out, &action, now_ms).await?;
+            let entry = enter_click(&tx, &insert, &click, &out, action, now_ms).await?;
             let ended = if entry == ClickEntry::New {
                 tx.commit().await
             } else {

@@ -253,6 +253,7 @@ fn unmapped(op: &'static str) -> impl Fn(RowError<tokio_postgres::Error>) -> Led
         RowError::Cell(error) => LedgerError::Postgres { op, error },
         RowError::ChatId(e) => LedgerError::Schema(format!("a stored chatid is invalid: {e}")),
         RowError::Buttons(e) => LedgerError::Schema(format!("a stored card's buttons are invalid: {e}")),
+        RowError::Name(e) => LedgerError::Schema(format!("a stored {e}")),
     }
 }
 

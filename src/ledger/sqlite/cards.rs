@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::ledger::CardStore;
-use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardRow, ClickEntry};
+use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
 use crate::ledger::rows::{approval_from_row, buttons_text, card_from_row};
 
 /// Runs `f` inside a savepoint of the writer's transaction: all of its writes or none.
@@ -62,7 +62,7 @@ fn enter_click(
     conn: &Connection,
     click: &Accepted,
     out_track_id: &str,
-    action: &str,
+    action: CardAction,
     now_ms: u64,
 ) -> Result<ClickEntry, LedgerError> {
     let known = conn
@@ -87,7 +87,7 @@ fn enter_click(
         .and_then(|mut st| {
             st.execute(params![
                 out_track_id,
-                cards::WORKING,
+                CardStatus::Working.as_str(),
                 click.msg_id,
                 to_i64(now_ms)
             ])
@@ -112,10 +112,10 @@ impl CardStore for SqliteLedger {
                         c.out_track_id,
                         c.conversation_id,
                         c.msg_id,
-                        c.kind,
+                        c.kind.as_str(),
                         c.setting,
                         c.created_by,
-                        c.status,
+                        c.status.as_str(),
                         buttons_text(&c.buttons),
                         c.pending_click,
                         c.data,
@@ -136,12 +136,12 @@ impl CardStore for SqliteLedger {
         &self,
         conversation_id: &str,
         setting: &str,
-        statuses: &[&str],
+        statuses: &[CardStatus],
     ) -> Result<Vec<CardRow>, LedgerError> {
         if statuses.is_empty() {
             return Ok(Vec::new());
         }
-        let statuses = serde_json::Value::from(statuses.to_vec()).to_string();
+        let statuses = serde_json::to_string(statuses).unwrap_or_else(|_| "[]".to_owned());
         self.with(|conn| {
             conn.prepare_cached(concat!(
                 "SELECT ",
@@ -163,16 +163,16 @@ impl CardStore for SqliteLedger {
     fn set_card_state(
         &self,
         out_track_id: &str,
-        expect_status: Option<&str>,
-        status: &str,
-        buttons: &[String],
+        expect_status: Option<CardStatus>,
+        status: CardStatus,
+        buttons: &[CardAction],
         data: &str,
         now_ms: u64,
     ) -> Result<bool, LedgerError> {
         let (out, expect, status, buttons, data) = (
             out_track_id.to_owned(),
-            expect_status.map(str::to_owned),
-            status.to_owned(),
+            expect_status.map(CardStatus::as_str),
+            status.as_str(),
             buttons_text(buttons),
             data.to_owned(),
         );
@@ -193,11 +193,11 @@ impl CardStore for SqliteLedger {
         &self,
         click: &Accepted,
         out_track_id: &str,
-        action: &str,
+        action: CardAction,
         now_ms: u64,
     ) -> Result<ClickEntry, LedgerError> {
-        let (click, out, action) = (click.clone(), out_track_id.to_owned(), action.to_owned());
-        self.write(move |conn| enter_click(conn, &click, &out, &action, now_ms))
+        let (click, out) = (click.clone(), out_track_id.to_owned());
+        self.write(move |conn| enter_click(conn, &click, &out, action, now_ms))
     }
 
     fn insert_approval(&self, approval: &Approval) -> Result<bool, LedgerError> {

@@ -209,6 +209,9 @@ fn cells<T>(mapped: Result<T, RowError<rusqlite::Error>>) -> rusqlite::Result<T>
         RowError::Buttons(e) => {
             rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
         }
+        RowError::Name(e) => {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        }
     })
 }
 
