@@ -117,9 +117,9 @@ pub struct Approval {
     pub out_track_id: Option<String>,
     /// The policy's digest the plan was made from.
     pub policy_digest: String,
-    /// `open`, `approved` (its run under way, or cut short by a stop: a restart resumes
-    /// it), `discarded`; once its run ended, `applied` or `failed`.
-    pub state: String,
+    /// Open, approved (its run under way, or cut short by a stop: a restart resumes it),
+    /// discarded; once its run ended, applied or failed.
+    pub state: ApprovalState,
     /// staffId of who approved or discarded it.
     pub decided_by: Option<String>,
     pub decided_ms: Option<u64>,
@@ -140,19 +140,27 @@ pub enum ApprovalVerdict {
     SameAdmin(Approval),
 }
 
-/// The state of an approval nobody decided yet.
-pub(crate) const OPEN: &str = "open";
-/// The state an approval by a second admin leaves.
-pub(crate) const APPROVED: &str = "approved";
-/// The state a discarded approval has.
-pub(crate) const DISCARDED: &str = "discarded";
-/// The states an approved plan's run ends in.
-pub const APPLIED: &str = "applied";
-pub const APPLY_FAILED: &str = "failed";
+named_enum! {
+    /// The state of an approval (the two-person rule), stored as its text in
+    /// `approvals.state`.
+    pub enum ApprovalState("approval state") {
+        /// Nobody decided it yet.
+        Open = "open",
+        /// Approved by a second admin: its run under way, or cut short by a stop (a restart
+        /// resumes it).
+        Approved = "approved",
+        /// Discarded.
+        Discarded = "discarded",
+        /// Its run ended and the policy was applied.
+        Applied = "applied",
+        /// Its run ended and failed.
+        Failed = "failed",
+    }
+}
 
 /// Checks the state [`super::CardStore::end_approval`] is asked to write.
-pub(crate) fn ending(state: &str) -> Result<(), super::LedgerError> {
-    if state == APPLIED || state == APPLY_FAILED {
+pub(crate) fn ending(state: ApprovalState) -> Result<(), super::LedgerError> {
+    if matches!(state, ApprovalState::Applied | ApprovalState::Failed) {
         Ok(())
     } else {
         Err(super::LedgerError::Invalid(
@@ -162,8 +170,8 @@ pub(crate) fn ending(state: &str) -> Result<(), super::LedgerError> {
 }
 
 /// Checks the state [`super::CardStore::decide_approval`] is asked to write.
-pub(crate) fn decision(state: &str) -> Result<(), super::LedgerError> {
-    if state == APPROVED || state == DISCARDED {
+pub(crate) fn decision(state: ApprovalState) -> Result<(), super::LedgerError> {
+    if matches!(state, ApprovalState::Approved | ApprovalState::Discarded) {
         Ok(())
     } else {
         Err(super::LedgerError::Invalid(
@@ -174,12 +182,17 @@ pub(crate) fn decision(state: &str) -> Result<(), super::LedgerError> {
 
 /// The verdict on deciding `approval` (as stored) as `state` by `by` at `now_ms`, in the
 /// trait's order; `None` when it may be decided. Every store decides by this.
-pub(crate) fn verdict(approval: &Approval, state: &str, by: &str, now_ms: u64) -> Option<ApprovalVerdict> {
-    if approval.state != OPEN {
+pub(crate) fn verdict(
+    approval: &Approval,
+    state: ApprovalState,
+    by: &str,
+    now_ms: u64,
+) -> Option<ApprovalVerdict> {
+    if approval.state != ApprovalState::Open {
         Some(ApprovalVerdict::AlreadyDecided(approval.clone()))
     } else if now_ms >= approval.expires_ms {
         Some(ApprovalVerdict::Expired(approval.clone()))
-    } else if state == APPROVED && by == approval.asked_by {
+    } else if state == ApprovalState::Approved && by == approval.asked_by {
         Some(ApprovalVerdict::SameAdmin(approval.clone()))
     } else {
         None

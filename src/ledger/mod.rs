@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Delivery, Pending};
 
-pub use cards::{Approval, ApprovalVerdict, CardAction, CardKind, CardRow, CardStatus, ClickEntry};
+pub use cards::{
+    Approval, ApprovalState, ApprovalVerdict, CardAction, CardKind, CardRow, CardStatus, ClickEntry,
+};
 pub use roles::{
     BindingStore, CardStore, CommandLog, Fence, LeaseStore, Ledger, LedgerFuture, Maintenance, QuotaBook,
     QuotaCount, QuotaTake, RateBudget, SettingStore,

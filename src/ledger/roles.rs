@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::cards::{Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
+use super::cards::{Approval, ApprovalState, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
 use super::{AuditRow, LedgerError, PruneStep, RevertState, Slot};
 use crate::domain::{
     Accepted, Answer, Binding, DM_SETTING, Delivery, Department, DmState, KnownValue, Pending, RevertJob,
@@ -418,14 +418,14 @@ pub trait CardStore: Send + Sync + 'static {
     fn decide_approval(
         &self,
         code: &str,
-        state: &str,
+        state: ApprovalState,
         by: &str,
         now_ms: u64,
     ) -> Result<ApprovalVerdict, LedgerError>;
     /// Ends the run of an approved plan: `state` is `applied` or `failed`. Only an
     /// `approved` approval ends (`false`: unknown, or not `approved`, and nothing changed).
     /// An approval still `approved` is a run not ended: a restart resumes it.
-    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError>;
+    fn end_approval(&self, code: &str, state: ApprovalState) -> Result<bool, LedgerError>;
 }
 
 /// A store with every role: what `serve` and the CLI tools open, and split into roles for

@@ -329,7 +329,7 @@ pub(crate) fn approval_from_row<R: Cells>(r: &R) -> Result<Approval, RowError<R:
         expires_ms: to_u64(r.int(5)?),
         out_track_id: r.opt_text(6)?,
         policy_digest: r.text(7)?,
-        state: r.text(8)?,
+        state: named(r.text(8)?)?,
         decided_by: r.opt_text(9)?,
         decided_ms: r.opt_int(10)?.map(to_u64),
     })

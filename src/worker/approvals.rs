@@ -14,19 +14,15 @@ use super::clicks::Click;
 use super::reply::ledger_failed;
 use crate::cards::{CardData, gate};
 use crate::domain::{Accepted, Answer, Outcome, ReplyCard, who};
-use crate::ledger::cards::{APPLIED, APPLY_FAILED};
-use crate::ledger::{Approval, ApprovalVerdict, CardAction, CardRow, CardStatus};
-
-const APPROVED: &str = "approved";
-const DISCARDED: &str = "discarded";
+use crate::ledger::{Approval, ApprovalState, ApprovalVerdict, CardAction, CardRow, CardStatus};
 
 /// Whether deciding `approval` as `state` for `job` resumes its run: it is still
 /// `approved` (its run never ended) and `job`'s sender approved it. Commands of one group
 /// run one at a time in order, so only the command that approved it, run again after a
 /// restart, finds it so.
-fn resumes(approval: &Approval, state: &str, job: &Accepted) -> bool {
-    state == APPROVED
-        && approval.state == APPROVED
+fn resumes(approval: &Approval, state: ApprovalState, job: &Accepted) -> bool {
+    state == ApprovalState::Approved
+        && approval.state == ApprovalState::Approved
         && approval.decided_by.is_some()
         && approval.decided_by == job.sender_staff_id
 }
@@ -155,7 +151,7 @@ impl WorkerContext {
             expires_ms: now.saturating_add(CODE_LIFETIME.as_millis() as u64),
             out_track_id: out_track_id.clone(),
             policy_digest: brief.policy_digest.clone(),
-            state: "open".to_owned(),
+            state: ApprovalState::Open,
             decided_by: None,
             decided_ms: None,
         };
@@ -221,7 +217,7 @@ impl WorkerContext {
         job: &Accepted,
         name: &str,
         code: &str,
-        state: &'static str,
+        state: ApprovalState,
     ) -> Result<(Approval, bool), Answer> {
         let (key, by) = (code.to_owned(), job.sender_staff_id.clone().unwrap_or_default());
         let now = self.dingtalk.ledger_time().now_ms();
@@ -248,7 +244,11 @@ impl WorkerContext {
             ApprovalVerdict::AlreadyDecided(a) => Err(refused(
                 format!(
                     "The plan {code} was already {} by {}; a code works once. Run /plan again.",
-                    if a.state == DISCARDED { DISCARDED } else { APPROVED },
+                    if a.state == ApprovalState::Discarded {
+                        ApprovalState::Discarded
+                    } else {
+                        ApprovalState::Approved
+                    },
                     a.decided_by.as_deref().unwrap_or("-")
                 ),
                 "used code",
@@ -265,7 +265,7 @@ impl WorkerContext {
         code: &str,
         organisation: Arc<dyn Organisation>,
     ) -> Answer {
-        let (approval, resumed) = match self.decide(job, name, code, APPROVED).await {
+        let (approval, resumed) = match self.decide(job, name, code, ApprovalState::Approved).await {
             Ok(a) => a,
             Err(a) => return a,
         };
@@ -313,7 +313,11 @@ impl WorkerContext {
         // The run ended: a restart no longer resumes it.
         let (key, ended) = (
             code.to_owned(),
-            if result.is_ok() { APPLIED } else { APPLY_FAILED },
+            if result.is_ok() {
+                ApprovalState::Applied
+            } else {
+                ApprovalState::Failed
+            },
         );
         self.write_until_landed("end the run of an approved plan", move |l| {
             l.end_approval(&key, ended).map(|_| ())
@@ -353,7 +357,7 @@ impl WorkerContext {
 
     /// Discards `code`.
     async fn discard(&self, job: &Accepted, name: &str, code: &str) -> Answer {
-        let approval = match self.decide(job, name, code, DISCARDED).await {
+        let approval = match self.decide(job, name, code, ApprovalState::Discarded).await {
             Ok((a, _)) => a,
             Err(a) => return a,
         };

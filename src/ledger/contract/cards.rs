@@ -6,7 +6,8 @@ use std::sync::{Arc, Barrier};
 use super::{Memory, Postgres, Sqlite, Store, accepted, unfinished};
 use crate::domain::{Accepted, Answer, Delivery, Outcome, Pending, SessionWebhook};
 use crate::ledger::{
-    Approval, ApprovalVerdict, CardAction, CardKind, CardRow, CardStatus, ClickEntry, Ledger, LedgerError,
+    Approval, ApprovalState, ApprovalVerdict, CardAction, CardKind, CardRow, CardStatus, ClickEntry, Ledger,
+    LedgerError,
 };
 
 contract!(
@@ -76,13 +77,17 @@ fn approval(code: &str, expires_ms: u64) -> Approval {
         expires_ms,
         out_track_id: Some(format!("plan-{code}")),
         policy_digest: "sha256:abc".into(),
-        state: "open".into(),
+        state: ap("open"),
         decided_by: None,
         decided_ms: None,
     }
 }
 
 fn st(name: &str) -> CardStatus {
+    name.parse().unwrap()
+}
+
+fn ap(name: &str) -> ApprovalState {
     name.parse().unwrap()
 }
 
@@ -466,47 +471,47 @@ fn an_approval_is_decided_once_by_a_second_admin_before_it_expires(store: &dyn S
     let l = store.open();
     l.insert_approval(&approval("A1", 1000)).unwrap();
     assert_eq!(
-        l.decide_approval("nope", "approved", "u2", 500).unwrap(),
+        l.decide_approval("nope", ap("approved"), "u2", 500).unwrap(),
         ApprovalVerdict::Unknown
     );
     // The admin who asked cannot approve it; nothing changes.
     assert_eq!(
-        l.decide_approval("A1", "approved", "u1", 500).unwrap(),
+        l.decide_approval("A1", ap("approved"), "u1", 500).unwrap(),
         ApprovalVerdict::SameAdmin(approval("A1", 1000))
     );
     assert_eq!(l.approval("A1").unwrap(), Some(approval("A1", 1000)));
     // A second admin can, until the last millisecond before it expires.
     let approved = Approval {
-        state: "approved".into(),
+        state: ap("approved"),
         decided_by: Some("u2".into()),
         decided_ms: Some(999),
         ..approval("A1", 1000)
     };
     assert_eq!(
-        l.decide_approval("A1", "approved", "u2", 999).unwrap(),
+        l.decide_approval("A1", ap("approved"), "u2", 999).unwrap(),
         ApprovalVerdict::Decided(approved.clone())
     );
     assert_eq!(store.open().approval("A1").unwrap(), Some(approved.clone()));
     // Once only, whoever asks next and however.
     for (state, by) in [("approved", "u3"), ("discarded", "u2"), ("discarded", "u1")] {
         assert_eq!(
-            l.decide_approval("A1", state, by, 999).unwrap(),
+            l.decide_approval("A1", ap(state), by, 999).unwrap(),
             ApprovalVerdict::AlreadyDecided(approved.clone())
         );
     }
     // At its expiry time it no longer works.
     l.insert_approval(&approval("E1", 1000)).unwrap();
     assert_eq!(
-        l.decide_approval("E1", "approved", "u2", 1000).unwrap(),
+        l.decide_approval("E1", ap("approved"), "u2", 1000).unwrap(),
         ApprovalVerdict::Expired(approval("E1", 1000))
     );
     assert_eq!(l.approval("E1").unwrap(), Some(approval("E1", 1000)));
     // The admin who asked may discard it.
     l.insert_approval(&approval("D1", 1000)).unwrap();
     assert_eq!(
-        l.decide_approval("D1", "discarded", "u1", 10).unwrap(),
+        l.decide_approval("D1", ap("discarded"), "u1", 10).unwrap(),
         ApprovalVerdict::Decided(Approval {
-            state: "discarded".into(),
+            state: ap("discarded"),
             decided_by: Some("u1".into()),
             decided_ms: Some(10),
             ..approval("D1", 1000)
@@ -515,7 +520,7 @@ fn an_approval_is_decided_once_by_a_second_admin_before_it_expires(store: &dyn S
     // A state other than approved or discarded is refused and writes nothing.
     l.insert_approval(&approval("X1", 1000)).unwrap();
     assert!(matches!(
-        l.decide_approval("X1", "open", "u2", 10),
+        l.decide_approval("X1", ap("open"), "u2", 10),
         Err(LedgerError::Invalid(_))
     ));
     assert_eq!(l.approval("X1").unwrap(), Some(approval("X1", 1000)));
@@ -525,27 +530,28 @@ fn the_checks_on_deciding_an_approval_come_in_the_documented_order(store: &dyn S
     let l = store.open();
     // Decided and expired: already decided comes first.
     l.insert_approval(&approval("A1", 1000)).unwrap();
-    let ApprovalVerdict::Decided(discarded) = l.decide_approval("A1", "discarded", "u2", 10).unwrap() else {
+    let ApprovalVerdict::Decided(discarded) = l.decide_approval("A1", ap("discarded"), "u2", 10).unwrap()
+    else {
         panic!("an open approval is decided");
     };
     assert_eq!(
-        l.decide_approval("A1", "approved", "u1", 5000).unwrap(),
+        l.decide_approval("A1", ap("approved"), "u1", 5000).unwrap(),
         ApprovalVerdict::AlreadyDecided(discarded)
     );
     // Expired and approved by the admin who asked: expired comes first.
     l.insert_approval(&approval("B1", 1000)).unwrap();
     assert_eq!(
-        l.decide_approval("B1", "approved", "u1", 1000).unwrap(),
+        l.decide_approval("B1", ap("approved"), "u1", 1000).unwrap(),
         ApprovalVerdict::Expired(approval("B1", 1000))
     );
     // A stored state other than open counts as decided.
     let odd = Approval {
-        state: "approved".into(),
+        state: ap("approved"),
         ..approval("C1", 1000)
     };
     l.insert_approval(&odd).unwrap();
     assert_eq!(
-        l.decide_approval("C1", "approved", "u2", 10).unwrap(),
+        l.decide_approval("C1", ap("approved"), "u2", 10).unwrap(),
         ApprovalVerdict::AlreadyDecided(odd)
     );
 }
@@ -554,38 +560,39 @@ fn an_approved_plans_run_ends_once_and_only_from_approved(store: &dyn Store) {
     let l = store.open();
     l.insert_approval(&approval("A1", 1000)).unwrap();
     // An open approval has no run to end.
-    assert!(!l.end_approval("A1", "applied").unwrap());
-    assert!(!l.end_approval("nope", "applied").unwrap());
-    let ApprovalVerdict::Decided(approved) = l.decide_approval("A1", "approved", "u2", 10).unwrap() else {
+    assert!(!l.end_approval("A1", ap("applied")).unwrap());
+    assert!(!l.end_approval("nope", ap("applied")).unwrap());
+    let ApprovalVerdict::Decided(approved) = l.decide_approval("A1", ap("approved"), "u2", 10).unwrap()
+    else {
         panic!("an open approval is decided");
     };
     // Still approved, its run is not ended: read back as such (a restart resumes it).
     assert_eq!(store.open().approval("A1").unwrap(), Some(approved.clone()));
-    assert!(l.end_approval("A1", "applied").unwrap());
+    assert!(l.end_approval("A1", ap("applied")).unwrap());
     let applied = Approval {
-        state: "applied".into(),
+        state: ap("applied"),
         ..approved
     };
     assert_eq!(store.open().approval("A1").unwrap(), Some(applied.clone()));
     // Once: an ended run stays as it ended.
-    assert!(!l.end_approval("A1", "failed").unwrap());
+    assert!(!l.end_approval("A1", ap("failed")).unwrap());
     assert_eq!(l.approval("A1").unwrap(), Some(applied.clone()));
     // And the code stays used up.
     assert_eq!(
-        l.decide_approval("A1", "approved", "u3", 20).unwrap(),
+        l.decide_approval("A1", ap("approved"), "u3", 20).unwrap(),
         ApprovalVerdict::AlreadyDecided(applied)
     );
     // A discarded plan has no run; a state other than applied or failed is refused.
     l.insert_approval(&approval("D1", 1000)).unwrap();
-    l.decide_approval("D1", "discarded", "u1", 10).unwrap();
-    assert!(!l.end_approval("D1", "failed").unwrap());
+    l.decide_approval("D1", ap("discarded"), "u1", 10).unwrap();
+    assert!(!l.end_approval("D1", ap("failed")).unwrap());
     l.insert_approval(&approval("X1", 1000)).unwrap();
-    l.decide_approval("X1", "approved", "u2", 10).unwrap();
+    l.decide_approval("X1", ap("approved"), "u2", 10).unwrap();
     assert!(matches!(
-        l.end_approval("X1", "open"),
+        l.end_approval("X1", ap("open")),
         Err(LedgerError::Invalid(_))
     ));
-    assert_eq!(l.approval("X1").unwrap().unwrap().state, "approved");
+    assert_eq!(l.approval("X1").unwrap().unwrap().state.as_str(), "approved");
 }
 
 fn two_admins_racing_to_decide_an_approval_decide_it_once(store: &dyn Store) {
@@ -602,7 +609,7 @@ fn two_admins_racing_to_decide_an_approval_decide_it_once(store: &dyn Store) {
                     let (start, code) = (&start, &code);
                     s.spawn(move || {
                         start.wait();
-                        l.decide_approval(code, "approved", by, 500).unwrap()
+                        l.decide_approval(code, ap("approved"), by, 500).unwrap()
                     })
                 })
                 .collect();

@@ -3,7 +3,9 @@
 
 use super::MemoryLedger;
 use crate::domain::Accepted;
-use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
+use crate::ledger::cards::{
+    self, Approval, ApprovalState, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry,
+};
 use crate::ledger::{CardStore, LedgerError};
 
 impl CardStore for MemoryLedger {
@@ -107,7 +109,7 @@ impl CardStore for MemoryLedger {
     fn decide_approval(
         &self,
         code: &str,
-        state: &str,
+        state: ApprovalState,
         by: &str,
         now_ms: u64,
     ) -> Result<ApprovalVerdict, LedgerError> {
@@ -119,18 +121,18 @@ impl CardStore for MemoryLedger {
         if let Some(verdict) = cards::verdict(approval, state, by, now_ms) {
             return Ok(verdict);
         }
-        approval.state = state.to_owned();
+        approval.state = state;
         approval.decided_by = Some(by.to_owned());
         approval.decided_ms = Some(now_ms);
         Ok(ApprovalVerdict::Decided(approval.clone()))
     }
 
-    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError> {
+    fn end_approval(&self, code: &str, state: ApprovalState) -> Result<bool, LedgerError> {
         cards::ending(state)?;
         let mut s = self.state()?;
         match s.approvals.get_mut(code) {
-            Some(a) if a.state == cards::APPROVED => {
-                a.state = state.to_owned();
+            Some(a) if a.state == ApprovalState::Approved => {
+                a.state = state;
                 Ok(true)
             }
             _ => Ok(false),

@@ -8,7 +8,9 @@ use tokio_postgres::{Statement, Transaction};
 use super::ingest::{INSERT_ACCEPTED_SQL, insert_accepted_with};
 use super::*;
 use crate::ledger::CardStore;
-use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
+use crate::ledger::cards::{
+    self, Approval, ApprovalState, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry,
+};
 use crate::ledger::rows::{approval_from_row, buttons_text, card_from_row};
 
 const CARD_SQL: &str = concat!("SELECT ", card_columns!(), " FROM cards WHERE out_track_id = $1");
@@ -82,7 +84,7 @@ async fn enter_click(
 async fn decide_in(
     tx: &Transaction<'_>,
     code: &str,
-    state: &str,
+    state: ApprovalState,
     by: &str,
     now_ms: u64,
 ) -> Result<ApprovalVerdict, LedgerError> {
@@ -107,11 +109,11 @@ async fn decide_in(
     }
     tx.execute(
         "UPDATE approvals SET state = $2, decided_by = $3, decided_ms = $4 WHERE code = $1",
-        &[&code, &state, &by, &to_i64(now_ms)],
+        &[&code, &state.as_str(), &by, &to_i64(now_ms)],
     )
     .await
     .map_err(pg(OP))?;
-    approval.state = state.to_owned();
+    approval.state = state;
     approval.decided_by = Some(by.to_owned());
     approval.decided_ms = Some(now_ms);
     Ok(ApprovalVerdict::Decided(approval))
@@ -265,7 +267,7 @@ impl CardStore for PostgresLedger {
                         &to_i64(a.expires_ms),
                         &opt_text(&a.out_track_id),
                         &text(&a.policy_digest),
-                        &text(&a.state),
+                        &a.state.as_str(),
                         &opt_text(&a.decided_by),
                         &a.decided_ms.map(to_i64),
                     ],
@@ -294,15 +296,15 @@ impl CardStore for PostgresLedger {
     fn decide_approval(
         &self,
         code: &str,
-        state: &str,
+        state: ApprovalState,
         by: &str,
         now_ms: u64,
     ) -> Result<ApprovalVerdict, LedgerError> {
         cards::decision(state)?;
-        let (code, state, by) = (text(code), state.to_owned(), text(by));
+        let (code, by) = (text(code), text(by));
         self.with("decide approval", move |mut s| async move {
             let tx = s.client.transaction().await.map_err(pg("decide approval"))?;
-            let verdict = decide_in(&tx, &code, &state, &by, now_ms).await?;
+            let verdict = decide_in(&tx, &code, state, &by, now_ms).await?;
             let ended = if matches!(verdict, ApprovalVerdict::Decided(_)) {
                 tx.commit().await
             } else {
@@ -313,14 +315,14 @@ impl CardStore for PostgresLedger {
         })
     }
 
-    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError> {
+    fn end_approval(&self, code: &str, state: ApprovalState) -> Result<bool, LedgerError> {
         cards::ending(state)?;
-        let (code, state) = (text(code), state.to_owned());
+        let code = text(code);
         self.with("end approval", move |mut s| async move {
             let n = s
                 .execute(
                     "UPDATE approvals SET state = $2 WHERE code = $1 AND state = $3",
-                    &[&code, &state, &cards::APPROVED],
+                    &[&code, &state.as_str(), &ApprovalState::Approved.as_str()],
                 )
                 .await
                 .map_err(pg("end approval"))?;

@@ -5,7 +5,9 @@
 
 use super::*;
 use crate::ledger::CardStore;
-use crate::ledger::cards::{self, Approval, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry};
+use crate::ledger::cards::{
+    self, Approval, ApprovalState, ApprovalVerdict, CardAction, CardRow, CardStatus, ClickEntry,
+};
 use crate::ledger::rows::{approval_from_row, buttons_text, card_from_row};
 
 /// Runs `f` inside a savepoint of the writer's transaction: all of its writes or none.
@@ -219,7 +221,7 @@ impl CardStore for SqliteLedger {
                         to_i64(a.expires_ms),
                         a.out_track_id,
                         a.policy_digest,
-                        a.state,
+                        a.state.as_str(),
                         a.decided_by,
                         a.decided_ms.map(to_i64),
                     ])
@@ -236,23 +238,23 @@ impl CardStore for SqliteLedger {
     fn decide_approval(
         &self,
         code: &str,
-        state: &str,
+        state: ApprovalState,
         by: &str,
         now_ms: u64,
     ) -> Result<ApprovalVerdict, LedgerError> {
         cards::decision(state)?;
-        let (code, state, by) = (code.to_owned(), state.to_owned(), by.to_owned());
+        let (code, by) = (code.to_owned(), by.to_owned());
         self.write(move |conn| {
             let Some(mut approval) = approval_on(conn, &code)? else {
                 return Ok(ApprovalVerdict::Unknown);
             };
-            if let Some(verdict) = cards::verdict(&approval, &state, &by, now_ms) {
+            if let Some(verdict) = cards::verdict(&approval, state, &by, now_ms) {
                 return Ok(verdict);
             }
             conn.prepare_cached(
                 "UPDATE approvals SET state = ?2, decided_by = ?3, decided_ms = ?4 WHERE code = ?1",
             )
-            .and_then(|mut st| st.execute(params![code, state, by, to_i64(now_ms)]))
+            .and_then(|mut st| st.execute(params![code, state.as_str(), by, to_i64(now_ms)]))
             .map_err(sql("decide approval"))?;
             approval.state = state;
             approval.decided_by = Some(by);
@@ -261,13 +263,15 @@ impl CardStore for SqliteLedger {
         })
     }
 
-    fn end_approval(&self, code: &str, state: &str) -> Result<bool, LedgerError> {
+    fn end_approval(&self, code: &str, state: ApprovalState) -> Result<bool, LedgerError> {
         cards::ending(state)?;
-        let (code, state) = (code.to_owned(), state.to_owned());
+        let code = code.to_owned();
         self.write(move |conn| {
             let n = conn
                 .prepare_cached("UPDATE approvals SET state = ?2 WHERE code = ?1 AND state = ?3")
-                .and_then(|mut st| st.execute(params![code, state, cards::APPROVED]))
+                .and_then(|mut st| {
+                    st.execute(params![code, state.as_str(), ApprovalState::Approved.as_str()])
+                })
                 .map_err(sql("end approval"))?;
             Ok(n == 1)
         })
