@@ -32,7 +32,22 @@ impl Class {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == text)
+        text.parse().ok()
+    }
+}
+
+impl std::str::FromStr for Class {
+    type Err = crate::domain::UnknownName;
+
+    /// The class a stored name names; an unknown name is an error (the table was edited).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| crate::domain::UnknownName {
+                what: "quota class",
+                name: text.to_owned(),
+            })
     }
 }
 

@@ -52,7 +52,7 @@ pub fn quota_json(usage: &QuotaUsage, tz: &jiff::tz::TimeZone) -> Value {
     let calls: Vec<Value> = usage
         .counts
         .iter()
-        .map(|c| json!({"api": c.api, "class": c.class, "calls": c.calls}))
+        .map(|c| json!({"api": c.api, "class": c.class.as_str(), "calls": c.calls}))
         .collect();
     json!({
         "month": usage.month.key,
@@ -126,12 +126,12 @@ mod tests {
             counts: vec![
                 QuotaCount {
                     api: "chat_get".into(),
-                    class: "background".into(),
+                    class: crate::quota::Class::Background,
                     calls: background,
                 },
                 QuotaCount {
                     api: "im_group_update".into(),
-                    class: "interactive".into(),
+                    class: crate::quota::Class::Interactive,
                     calls: interactive,
                 },
             ],

@@ -66,7 +66,7 @@ impl QuotaUsage {
     pub fn used_by(&self, class: Class) -> u64 {
         self.counts
             .iter()
-            .filter(|c| c.class == class.as_str())
+            .filter(|c| c.class == class)
             .map(|c| c.calls)
             .sum()
     }
@@ -152,7 +152,7 @@ impl Gate {
             let Some((month, api, class)) = next else {
                 return;
             };
-            if let Err(e) = book.take_quota(&month, api, class.as_str(), None).await {
+            if let Err(e) = book.take_quota(&month, api, class, None).await {
                 tracing::warn!(error = %e, "cannot yet write the calls made while the ledger could not count them; trying again later");
                 return;
             }
@@ -237,7 +237,7 @@ impl DingTalk {
                     .filter(|((m, _), _)| *m == month.key)
                     .map(|((_, class), calls)| QuotaCount {
                         api: "all".into(),
-                        class: class.as_str().into(),
+                        class: *class,
                         calls: *calls,
                     })
                     .collect();
@@ -389,10 +389,7 @@ impl DingTalk {
         loop {
             let unrecorded = gate.unrecorded_in(month);
             let asked = ceiling.map(|c| c.saturating_sub(unrecorded));
-            let error = match book
-                .take_quota(month, api.name(), self.class.as_str(), asked)
-                .await
-            {
+            let error = match book.take_quota(month, api.name(), self.class, asked).await {
                 Ok(take) => {
                     if unrecorded > 0 {
                         // Not awaited: the call does not wait for the write-back.
@@ -494,7 +491,7 @@ mod tests {
                     .await
                     .unwrap()
                     .into_iter()
-                    .map(|c| (c.api, c.class, c.calls))
+                    .map(|c| (c.api, c.class.as_str().to_owned(), c.calls))
                     .collect::<Vec<_>>()
             }
         };

@@ -58,7 +58,7 @@ struct State {
     /// The policy in force for the organisation: its digest.
     policy_in_force: Option<String>,
     /// Calls counted per (month, api, class).
-    quota: BTreeMap<(String, String, String), u64>,
+    quota: BTreeMap<(String, String, crate::quota::Class), u64>,
     /// Months marked spent, with the first mark's time.
     quota_spent: HashMap<String, u64>,
     /// Cards by `out_track_id`, each with its insertion number (`cards.rs`).
@@ -532,7 +532,7 @@ impl QuotaBook for MemoryLedger {
         &self,
         month: &str,
         api: &str,
-        class: &str,
+        class: crate::quota::Class,
         ceiling: Option<u64>,
     ) -> Result<QuotaTake, LedgerError> {
         let mut s = self.state()?;
@@ -546,7 +546,7 @@ impl QuotaBook for MemoryLedger {
             return Ok(QuotaTake { taken: false, used });
         }
         *s.quota
-            .entry((month.to_owned(), api.to_owned(), class.to_owned()))
+            .entry((month.to_owned(), api.to_owned(), class))
             .or_default() += 1;
         Ok(QuotaTake {
             taken: true,
@@ -555,17 +555,20 @@ impl QuotaBook for MemoryLedger {
     }
 
     fn quota_counts(&self, month: &str) -> Result<Vec<QuotaCount>, LedgerError> {
-        Ok(self
+        let mut counts: Vec<QuotaCount> = self
             .state()?
             .quota
             .iter()
             .filter(|((m, _, _), _)| m == month)
             .map(|((_, api, class), calls)| QuotaCount {
                 api: api.clone(),
-                class: class.clone(),
+                class: *class,
                 calls: *calls,
             })
-            .collect())
+            .collect();
+        // As the SQL stores order them: by API, then by the class's stored name.
+        counts.sort_by(|a, b| (&a.api, a.class.as_str()).cmp(&(&b.api, b.class.as_str())));
+        Ok(counts)
     }
 
     fn mark_quota_spent(&self, month: &str, at_ms: u64) -> Result<(), LedgerError> {

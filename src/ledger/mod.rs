@@ -25,6 +25,7 @@ pub(crate) mod testing;
 use std::sync::Arc;
 
 use crate::domain::{Accepted, Answer, Delivery, Pending};
+use crate::quota::Class;
 
 pub use cards::{
     Approval, ApprovalState, ApprovalVerdict, CardAction, CardKind, CardRow, CardStatus, ClickEntry,
@@ -363,11 +364,11 @@ impl<R: ?Sized + QuotaBook> Handle<R> {
         &self,
         month: &str,
         api: &str,
-        class: &str,
+        class: Class,
         ceiling: Option<u64>,
     ) -> Result<QuotaTake, LedgerError> {
         Arc::clone(&self.0)
-            .take_quota_async(month.to_owned(), api.to_owned(), class.to_owned(), ceiling)
+            .take_quota_async(month.to_owned(), api.to_owned(), class, ceiling)
             .await
     }
 }

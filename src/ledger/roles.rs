@@ -19,6 +19,7 @@ use super::{AuditRow, LedgerError, PruneStep, RevertState, Slot};
 use crate::domain::{
     Accepted, Answer, Binding, DM_SETTING, Delivery, Department, DmState, KnownValue, Pending, RevertJob,
 };
+use crate::quota::Class;
 
 /// What the async form of a role's method returns: it owns its arguments, so that it can be
 /// awaited from any task.
@@ -329,13 +330,13 @@ pub struct QuotaTake {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct QuotaCount {
     pub api: String,
-    pub class: String,
+    pub class: Class,
     pub calls: u64,
 }
 
 /// The organisation's monthly API quota, counted for every process sharing the ledger
-/// (docs/dingtalk.md, "The monthly quota"). Months are keys such as `2026-12` and classes
-/// names such as `interactive`; the caller decides both.
+/// (docs/dingtalk.md, "The monthly quota"). Months are keys such as `2026-12`; the caller
+/// decides them. A class is stored as its name (`interactive`, `background`).
 pub trait QuotaBook: Send + Sync + 'static {
     /// Counts one call of `api` for `class` in `month` when the month's calls of every
     /// class together are fewer than `ceiling` (`None`: always). Read, compare and count are
@@ -345,7 +346,7 @@ pub trait QuotaBook: Send + Sync + 'static {
         &self,
         month: &str,
         api: &str,
-        class: &str,
+        class: Class,
         ceiling: Option<u64>,
     ) -> Result<QuotaTake, LedgerError>;
     /// The month's counts, by API and class (ordered so).
@@ -361,10 +362,10 @@ pub trait QuotaBook: Send + Sync + 'static {
         self: Arc<Self>,
         month: String,
         api: String,
-        class: String,
+        class: Class,
         ceiling: Option<u64>,
     ) -> LedgerFuture<QuotaTake> {
-        blocking(self, move |l| l.take_quota(&month, &api, &class, ceiling))
+        blocking(self, move |l| l.take_quota(&month, &api, class, ceiling))
     }
 }
 

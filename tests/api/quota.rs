@@ -317,7 +317,7 @@ async fn the_quota_renews_at_midnight_china_time_whatever_the_timezone_it_is_sho
     for _ in 0..4 {
         assert!(
             ledger
-                .take_quota("2026-11", "chat_get", "background", None)
+                .take_quota("2026-11", "chat_get", dingops::quota::Class::Background, None)
                 .unwrap()
                 .taken
         );

@@ -1,6 +1,7 @@
 //! The monthly quota's part of the ledger's contract (`QuotaBook`), run against every store.
 
 use super::{Memory, Postgres, Sqlite, Store};
+use crate::quota::Class;
 
 contract!(
     the_quota_counts_per_api_and_class_up_to_a_ceiling_on_the_months_total,
@@ -11,7 +12,10 @@ contract!(
 fn the_quota_counts_per_api_and_class_up_to_a_ceiling_on_the_months_total(store: &dyn Store) {
     use crate::ledger::{QuotaCount, QuotaTake};
     let l = store.open();
-    let take = |api: &str, class: &str, ceiling| l.take_quota("2026-12", api, class, ceiling).unwrap();
+    let take = |api: &str, class: &str, ceiling| {
+        l.take_quota("2026-12", api, class.parse().unwrap(), ceiling)
+            .unwrap()
+    };
     assert_eq!(
         take("chat_get", "background", Some(3)),
         QuotaTake { taken: true, used: 1 }
@@ -42,13 +46,13 @@ fn the_quota_counts_per_api_and_class_up_to_a_ceiling_on_the_months_total(store:
     );
     // Another month counts from zero.
     assert_eq!(
-        l.take_quota("2027-01", "chat_get", "background", Some(1))
+        l.take_quota("2027-01", "chat_get", Class::Background, Some(1))
             .unwrap(),
         QuotaTake { taken: true, used: 1 }
     );
     let count = |api: &str, class: &str, calls| QuotaCount {
         api: api.into(),
-        class: class.into(),
+        class: class.parse().unwrap(),
         calls,
     };
     // Another handle (a restart, another process) reads the same counts.
@@ -72,7 +76,7 @@ fn two_handles_taking_the_quota_at_once_never_pass_the_ceiling(store: &dyn Store
                 s.spawn(move || {
                     (0..40)
                         .filter(|_| {
-                            l.take_quota("2026-12", "chat_get", "background", Some(50))
+                            l.take_quota("2026-12", "chat_get", Class::Background, Some(50))
                                 .unwrap()
                                 .taken
                         })

@@ -3,13 +3,14 @@
 
 use super::*;
 use crate::ledger::{QuotaBook, QuotaCount, QuotaTake};
+use crate::quota::Class;
 
 impl PostgresLedger {
     fn take_quota_call(
         &self,
         month: String,
         api: String,
-        class: String,
+        class: Class,
         ceiling: Option<u64>,
     ) -> LedgerFuture<QuotaTake> {
         self.with_async("take quota", move |mut c| async move {
@@ -38,7 +39,7 @@ impl PostgresLedger {
             tx.execute(
                 "INSERT INTO quota_calls (month, api, class, calls) VALUES ($1, $2, $3, 1)
                  ON CONFLICT (month, api, class) DO UPDATE SET calls = quota_calls.calls + 1",
-                &[&text(&month), &text(&api), &text(&class)],
+                &[&text(&month), &text(&api), &class.as_str()],
             )
             .await
             .map_err(pg("take quota"))?;
@@ -59,12 +60,12 @@ impl QuotaBook for PostgresLedger {
         &self,
         month: &str,
         api: &str,
-        class: &str,
+        class: Class,
         ceiling: Option<u64>,
     ) -> Result<QuotaTake, LedgerError> {
         self.runtime.block(
             "take quota",
-            self.take_quota_call(month.to_owned(), api.to_owned(), class.to_owned(), ceiling),
+            self.take_quota_call(month.to_owned(), api.to_owned(), class, ceiling),
         )
     }
 
@@ -72,7 +73,7 @@ impl QuotaBook for PostgresLedger {
         self: Arc<Self>,
         month: String,
         api: String,
-        class: String,
+        class: Class,
         ceiling: Option<u64>,
     ) -> LedgerFuture<QuotaTake> {
         self.take_quota_call(month, api, class, ceiling)
@@ -88,10 +89,10 @@ impl QuotaBook for PostgresLedger {
                 )
                 .await
                 .map_err(pg("read quota"))?;
-            let counts = rows("read quota", &found, |r| {
+            let counts = mapped("read quota", &found, |r| {
                 Ok(QuotaCount {
                     api: r.try_get(0)?,
-                    class: r.try_get(1)?,
+                    class: r.try_get::<_, String>(1)?.parse().map_err(RowError::Name)?,
                     calls: to_u64(r.try_get(2)?),
                 })
             })?;

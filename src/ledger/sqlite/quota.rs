@@ -2,16 +2,17 @@
 
 use super::*;
 use crate::ledger::{QuotaBook, QuotaCount, QuotaTake};
+use crate::quota::Class;
 
 impl QuotaBook for SqliteLedger {
     fn take_quota(
         &self,
         month: &str,
         api: &str,
-        class: &str,
+        class: Class,
         ceiling: Option<u64>,
     ) -> Result<QuotaTake, LedgerError> {
-        let (month, api, class) = (month.to_owned(), api.to_owned(), class.to_owned());
+        let (month, api) = (month.to_owned(), api.to_owned());
         // In the writer's `BEGIN IMMEDIATE` transaction: SQLite's write lock, which every
         // other connection to the file waits for, is held from the read to the commit.
         self.write(move |conn| {
@@ -27,7 +28,7 @@ impl QuotaBook for SqliteLedger {
                 "INSERT INTO quota_calls (month, api, class, calls) VALUES (?1, ?2, ?3, 1)
                  ON CONFLICT (month, api, class) DO UPDATE SET calls = calls + 1",
             )
-            .and_then(|mut st| st.execute(params![month, api, class]))
+            .and_then(|mut st| st.execute(params![month, api, class.as_str()]))
             .map_err(sql("take quota"))?;
             Ok(QuotaTake {
                 taken: true,
@@ -46,7 +47,9 @@ impl QuotaBook for SqliteLedger {
             st.query_map(params![month], |r| {
                 Ok(QuotaCount {
                     api: r.get(0)?,
-                    class: r.get(1)?,
+                    class: r.get::<_, String>(1)?.parse().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+                    })?,
                     calls: to_u64(r.get(2)?),
                 })
             })
