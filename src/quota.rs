@@ -59,19 +59,28 @@ pub enum Reserve {
     Percent(u8),
 }
 
+/// Why a text is not a [`Reserve`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReserveError {
+    #[error("expected a percentage from 0% to 100%, found {0:?}")]
+    Percent(String),
+    #[error("expected a number of calls or a percentage such as \"20%\", found {0:?}")]
+    Calls(String),
+}
+
 impl Reserve {
     /// Reads `"20%"` or `"1000"`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ReserveError> {
         let text = text.trim();
         if let Some(p) = text.strip_suffix('%') {
             return match p.trim().parse::<u8>() {
                 Ok(p) if p <= 100 => Ok(Reserve::Percent(p)),
-                _ => Err(format!("expected a percentage from 0% to 100%, found {text:?}")),
+                _ => Err(ReserveError::Percent(text.to_owned())),
             };
         }
-        text.parse::<u64>().map(Reserve::Calls).map_err(|_| {
-            format!("expected a number of calls or a percentage such as \"20%\", found {text:?}")
-        })
+        text.parse::<u64>()
+            .map(Reserve::Calls)
+            .map_err(|_| ReserveError::Calls(text.to_owned()))
     }
 }
 
@@ -248,8 +257,18 @@ mod tests {
     fn a_reserve_is_a_count_or_a_percentage() {
         assert_eq!(Reserve::parse("20%"), Ok(Reserve::Percent(20)));
         assert_eq!(Reserve::parse(" 750 "), Ok(Reserve::Calls(750)));
-        assert!(Reserve::parse("120%").unwrap_err().contains("0% to 100%"));
-        assert!(Reserve::parse("lots").unwrap_err().contains("\"20%\""));
+        assert!(
+            Reserve::parse("120%")
+                .unwrap_err()
+                .to_string()
+                .contains("0% to 100%")
+        );
+        assert!(
+            Reserve::parse("lots")
+                .unwrap_err()
+                .to_string()
+                .contains("\"20%\"")
+        );
     }
 
     #[test]

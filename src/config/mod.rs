@@ -48,8 +48,8 @@ pub struct Settings {
 
 use keys::{Keys, Sources};
 pub use sections::{
-    CardSettings, DingTalkSettings, FleetSettings, LedgerSettings, Mode, ProxyAddr, ServerSettings,
-    StreamSettings, WorkerSettings,
+    CardSettings, DingTalkSettings, FleetSettings, LedgerSettings, Mode, ProxyAddr, ProxyError,
+    ServerSettings, StreamSettings, WorkerSettings,
 };
 
 impl Settings {

@@ -96,23 +96,38 @@ pub struct ProxyAddr {
     pub port: u16,
 }
 
+/// Why a text is not a [`ProxyAddr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("not a URL: {0}")]
+    NotUrl(url::ParseError),
+    #[error("expected http://host:port (an HTTP CONNECT proxy)")]
+    NotHttp,
+    #[error("proxy credentials are not supported")]
+    Credentials,
+    #[error("expected http://host:port without a path or query")]
+    PathOrQuery,
+    #[error("the proxy URL has no host")]
+    NoHost,
+}
+
 impl ProxyAddr {
     /// `http://host:port` (port 80 when left out); anything else is refused with the reason.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let url = Url::parse(text.trim()).map_err(|e| format!("not a URL: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, ProxyError> {
+        let url = Url::parse(text.trim()).map_err(ProxyError::NotUrl)?;
         if url.scheme() != "http" {
-            return Err("expected http://host:port (an HTTP CONNECT proxy)".into());
+            return Err(ProxyError::NotHttp);
         }
         if !url.username().is_empty() || url.password().is_some() {
-            return Err("proxy credentials are not supported".into());
+            return Err(ProxyError::Credentials);
         }
         if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
-            return Err("expected http://host:port without a path or query".into());
+            return Err(ProxyError::PathOrQuery);
         }
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or("the proxy URL has no host")?;
+            .ok_or(ProxyError::NoHost)?;
         Ok(Self {
             host: host.to_owned(),
             port: url.port_or_known_default().unwrap_or(80),
@@ -267,7 +282,7 @@ impl DingTalkSettings {
                 .filter(|p| !p.trim().is_empty())
                 .map(|p| ProxyAddr::parse(&p))
                 .transpose()
-                .map_err(|reason| Sources::invalid("proxy", reason))?,
+                .map_err(|reason| Sources::invalid("proxy", reason.to_string()))?,
             quota: read_quota(src)?,
             timezone: read_timezone(src)?,
         })
@@ -348,9 +363,8 @@ fn read_quota(src: &Sources) -> Result<crate::quota::Budget, ConfigError> {
     };
     let reserve = match src.text_or_integer("interactive_reserve")? {
         None => Reserve::Percent(20),
-        Some(text) => {
-            Reserve::parse(&text).map_err(|reason| Sources::invalid("interactive_reserve", reason))?
-        }
+        Some(text) => Reserve::parse(&text)
+            .map_err(|reason| Sources::invalid("interactive_reserve", reason.to_string()))?,
     };
     Ok(Budget { monthly, reserve })
 }
@@ -365,7 +379,8 @@ impl LedgerSettings {
 
     pub(super) fn read(src: &Sources) -> Result<Self, ConfigError> {
         let database = src.string("database")?.unwrap_or_else(|| "dingops.db".into());
-        let database = Database::parse(&database).map_err(|reason| Sources::invalid("database", reason))?;
+        let database =
+            Database::parse(&database).map_err(|reason| Sources::invalid("database", reason.to_string()))?;
         Ok(Self {
             database,
             retention_days: src.integer("retention_days", 180, 1, 36_500)?,

@@ -13,20 +13,31 @@ pub enum Database {
     Postgres(PostgresUrl),
 }
 
+/// Why a text is not a [`Database`]; never repeats the value (it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("is a URL of an unknown kind; use a file path or a postgres:// URL")]
+    UnknownUrl,
+    #[error(transparent)]
+    Postgres(#[from] super::postgres::PostgresUrlError),
+}
+
 impl Database {
     /// Reads a `database` value: a PostgreSQL URL by its scheme, else a file path. The
     /// reason of a refusal never repeats the value (it may hold a password).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DatabaseError> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("must not be empty".into());
+            return Err(DatabaseError::Empty);
         }
         let lower = text.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return PostgresUrl::parse(text).map(Self::Postgres);
+            return Ok(Self::Postgres(PostgresUrl::parse(text)?));
         }
         if lower.contains("://") {
-            return Err("is a URL of an unknown kind; use a file path or a postgres:// URL".into());
+            return Err(DatabaseError::UnknownUrl);
         }
         Ok(Self::Sqlite(PathBuf::from(text)))
     }

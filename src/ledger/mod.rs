@@ -45,9 +45,9 @@ pub mod prelude {
     };
 }
 
-pub use database::Database;
+pub use database::{Database, DatabaseError};
 pub use memory::MemoryLedger;
-pub use postgres::{PostgresLedger, PostgresUrl};
+pub use postgres::{PostgresLedger, PostgresUrl, PostgresUrlError};
 pub use sqlite::{LockError, LockFile, OPEN_COUNT_SQL, READY_PROBE_SQL, SqliteLedger};
 
 /// Opens the ledger `database` names: a SQLite file, or a PostgreSQL server (connected,

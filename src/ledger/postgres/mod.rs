@@ -18,7 +18,7 @@
 mod migrations;
 mod pool;
 mod url;
-pub use url::PostgresUrl;
+pub use url::{PostgresUrl, PostgresUrlError};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -140,7 +140,7 @@ impl PostgresLedger {
     }
 
     fn open_inner(url: &PostgresUrl, clock: Option<Arc<dyn Clock>>) -> Result<Self, LedgerError> {
-        let config = url.config().map_err(LedgerError::Schema)?;
+        let config = url.config().map_err(|e| LedgerError::Schema(e.to_string()))?;
         let connector = Connector::new(config, url.tls())?;
         let pool = Arc::new(Pool::new(connector, POOL_SIZE));
         let runtime = RuntimeThread::start()?;

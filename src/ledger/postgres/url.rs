@@ -26,9 +26,29 @@ impl Eq for PostgresUrl {}
 /// URL parameters whose value may be printed; any other's is shown as `***`.
 const PRINTABLE_PARAMS: &[&str] = &["host", "port", "dbname", "user", "sslmode", "application_name"];
 
+/// Why a text is not a [`PostgresUrl`]. No variant holds the URL (it may hold a password)
+/// but [`PostgresUrlError::Config`], which holds it redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PostgresUrlError {
+    #[error("is not a valid URL ({0})")]
+    NotUrl(url::ParseError),
+    #[error(
+        "sslmode must be disable, require or verify-full (TLS certificates are always verified against the webpki roots)"
+    )]
+    SslMode,
+    #[error("is not a valid PostgreSQL URL ({0})")]
+    NotPostgres(String),
+    #[error("names no PostgreSQL host")]
+    NoHost,
+    #[error("names no PostgreSQL user")]
+    NoUser,
+    #[error("{redacted}: not a valid PostgreSQL URL ({reason})")]
+    Config { redacted: String, reason: String },
+}
+
 impl PostgresUrl {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut url = Url::parse(text.trim()).map_err(|e| format!("is not a valid URL ({e})"))?;
+    pub fn parse(text: &str) -> Result<Self, PostgresUrlError> {
+        let mut url = Url::parse(text.trim()).map_err(PostgresUrlError::NotUrl)?;
         let mut tls = false;
         let mut kept = Vec::new();
         for (key, value) in url.query_pairs() {
@@ -38,13 +58,7 @@ impl PostgresUrl {
                     // rustls always verifies the server's certificate and name, so `require`
                     // is as strict as `verify-full`.
                     "require" | "verify-full" => true,
-                    _ => {
-                        return Err(
-                            "sslmode must be disable, require or verify-full (TLS certificates are \
-                             always verified against the webpki roots)"
-                                .into(),
-                        );
-                    }
+                    _ => return Err(PostgresUrlError::SslMode),
                 };
             } else {
                 kept.push((key.into_owned(), value.into_owned()));
@@ -59,12 +73,12 @@ impl PostgresUrl {
         let config: tokio_postgres::Config = url
             .as_str()
             .parse()
-            .map_err(|e| format!("is not a valid PostgreSQL URL ({e})"))?;
+            .map_err(|e: tokio_postgres::Error| PostgresUrlError::NotPostgres(e.to_string()))?;
         if config.get_hosts().is_empty() {
-            return Err("names no PostgreSQL host".into());
+            return Err(PostgresUrlError::NoHost);
         }
         if config.get_user().is_none() {
-            return Err("names no PostgreSQL user".into());
+            return Err(PostgresUrlError::NoUser);
         }
         if shown.password().is_some() {
             let _ = shown.set_password(Some("***"));
@@ -101,11 +115,14 @@ impl PostgresUrl {
     }
 
     /// The client configuration (without TLS, which the caller sets from [`Self::tls`]).
-    pub fn config(&self) -> Result<tokio_postgres::Config, String> {
+    pub fn config(&self) -> Result<tokio_postgres::Config, PostgresUrlError> {
         use secrecy::ExposeSecret as _;
         self.url
             .expose_secret()
             .parse()
-            .map_err(|e| format!("{}: not a valid PostgreSQL URL ({e})", self.redacted))
+            .map_err(|e: tokio_postgres::Error| PostgresUrlError::Config {
+                redacted: self.redacted.clone(),
+                reason: e.to_string(),
+            })
     }
 }
