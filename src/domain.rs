@@ -552,18 +552,27 @@ pub struct ReplyHost {
     port: Option<u16>,
 }
 
+/// Why an entry is not a [`ReplyHost`]: names the entry (a configured host, no secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyHostError {
+    #[error("`{0}` is not host[:port]")]
+    NotHostPort(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+}
+
 impl ReplyHost {
     /// Parses `host[:port]`; the error says what is wrong with the entry.
-    pub fn parse(entry: &str) -> Result<Self, String> {
+    pub fn parse(entry: &str) -> Result<Self, ReplyHostError> {
         let entry = entry.trim();
+        let not_host_port = || ReplyHostError::NotHostPort(entry.to_owned());
         if entry.is_empty() || entry.contains(['/', '@', '?', '#', ' ']) {
-            return Err(format!("`{entry}` is not host[:port]"));
+            return Err(not_host_port());
         }
-        let url =
-            Url::parse(&format!("http://{entry}/")).map_err(|_| format!("`{entry}` is not host[:port]"))?;
+        let url = Url::parse(&format!("http://{entry}/")).map_err(|_| not_host_port())?;
         let host = url
             .host_str()
-            .ok_or_else(|| format!("`{entry}` has no host"))?
+            .ok_or_else(|| ReplyHostError::NoHost(entry.to_owned()))?
             .to_ascii_lowercase();
         // `Url` drops an explicit :80 for http; recover it from the text.
         let port = url.port().or_else(|| entry.ends_with(":80").then_some(80));

@@ -307,7 +307,7 @@ impl WorkerSettings {
             .iter()
             .map(|e| ReplyHost::parse(e))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| Sources::invalid("reply_hosts", reason))?;
+            .map_err(|reason| Sources::invalid("reply_hosts", reason.to_string()))?;
         if reply_hosts.is_empty() {
             // With no host allowed every reply would be dropped without a word in the chat.
             return Err(Sources::invalid(

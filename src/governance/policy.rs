@@ -220,7 +220,9 @@ impl Policy {
                     format!("unknown setting; known: {}", known.join(", ")),
                 ));
             };
-            let value = setting.parse(value).map_err(|reason| problem(key, reason))?;
+            let value = setting
+                .parse(value)
+                .map_err(|reason| problem(key, reason.to_string()))?;
             settings.insert(setting, value);
         }
         let Some(groups) = groups else {

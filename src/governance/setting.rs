@@ -55,6 +55,14 @@ fn switch_key(switch: GroupSwitch) -> Option<&'static SwitchKey> {
     SWITCH_KEYS.iter().find(|k| k.switch == switch)
 }
 
+/// Why a policy file's value is not one of a setting's: what it takes, and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected {expected}, found {found}")]
+pub struct ValueError {
+    pub expected: String,
+    pub found: String,
+}
+
 impl Setting {
     /// Every setting, in the order plans list them.
     pub fn all() -> impl Iterator<Item = Setting> {
@@ -102,12 +110,15 @@ impl Setting {
     }
 
     /// Reads the file's value for this setting: 0 or 1.
-    pub(super) fn parse(self, value: &toml::Value) -> Result<u8, String> {
+    pub(super) fn parse(self, value: &toml::Value) -> Result<u8, ValueError> {
         let found = || match value {
             toml::Value::String(s) => format!("\"{s}\""),
             other => other.type_str().to_owned(),
         };
-        let refused = || format!("expected {}, found {}", self.expected(), found());
+        let refused = || ValueError {
+            expected: self.expected(),
+            found: found(),
+        };
         match (self, value) {
             (Setting::Dm, toml::Value::String(s)) => match s.as_str() {
                 "locked" => Ok(1),
