@@ -37,9 +37,21 @@ pub enum Selector {
     Dept { id: i64, subtree: bool },
 }
 
+/// Why an entry of `groups` is not a [`Selector`]; names the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    #[error("`{0}` is not a department selector: expected dept:<id> or dept:<id>/* with a positive number")]
+    Dept(String),
+    #[error(
+        "`{}` is not a group selector: expected \"*\", an openConversationId, dept:<id> or dept:<id>/*",
+        .0.escape_debug()
+    )]
+    Group(String),
+}
+
 impl Selector {
     /// Reads one entry of `groups`; the error says what is wrong with it.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SelectorError> {
         if text == "*" {
             return Ok(Selector::All);
         }
@@ -51,9 +63,7 @@ impl Selector {
             let digits = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
             return match id.parse::<i64>() {
                 Ok(id) if digits && id > 0 => Ok(Selector::Dept { id, subtree }),
-                _ => Err(format!(
-                    "`{text}` is not a department selector: expected dept:<id> or dept:<id>/* with a positive number"
-                )),
+                _ => Err(SelectorError::Dept(text.to_owned())),
             };
         }
         let ok =
@@ -61,10 +71,7 @@ impl Selector {
         if ok {
             Ok(Selector::Group(text.to_owned()))
         } else {
-            Err(format!(
-                "`{}` is not a group selector: expected \"*\", an openConversationId, dept:<id> or dept:<id>/*",
-                text.escape_debug()
-            ))
+            Err(SelectorError::Group(text.to_owned()))
         }
     }
 }
@@ -203,7 +210,7 @@ impl Policy {
                 let selectors = list
                     .iter()
                     .map(|item| match item {
-                        toml::Value::String(s) => Selector::parse(s),
+                        toml::Value::String(s) => Selector::parse(s).map_err(|e| e.to_string()),
                         other => Err(format!("selectors are strings, found {}", other.type_str())),
                     })
                     .collect::<Result<Vec<_>, _>>()
