@@ -382,15 +382,28 @@ impl From<KnownValue> for DmState {
     }
 }
 
+named_enum! {
+    /// Through what a setting was changed: recorded with its value (its text in
+    /// `known_settings.via`) and shown by `/group-status`.
+    pub enum Via("via") {
+        Chat = "chat",
+        Revert = "revert",
+        Apply = "apply",
+        Reconcile = "reconcile",
+        /// A button on a reply card.
+        Card = "card",
+    }
+}
+
 /// What dingops last knew of one setting of a group: the value it set, by whom, when and
-/// through what (`chat`, `revert`, `apply`, `reconcile`).
+/// through what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownValue {
     /// 0 or 1 (for the DM switch 1 = private chat forbidden).
     pub value: u8,
     pub set_by: String,
     pub set_by_nick: Option<String>,
-    pub via: String,
+    pub via: Via,
     pub set_ms: u64,
 }
 

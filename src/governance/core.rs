@@ -33,28 +33,7 @@ use crate::domain::{ChatId, KnownValue, RevertJob, RevertRestore, who};
 use crate::lease::Renewal;
 use crate::ledger::{Fence, LedgerError, LedgerHandle};
 
-/// Through what a setting was changed: recorded with its value and shown by `/group-status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Chat,
-    Revert,
-    Apply,
-    Reconcile,
-    /// A button on a reply card.
-    Card,
-}
-
-impl Via {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Via::Chat => "chat",
-            Via::Revert => "revert",
-            Via::Apply => "apply",
-            Via::Reconcile => "reconcile",
-            Via::Card => "card",
-        }
-    }
-}
+pub use crate::domain::Via;
 
 /// A group dingops can change: its openConversationId and chatid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -641,7 +620,7 @@ impl Governor {
                 value,
                 set_by: change.by.staff_id.clone(),
                 set_by_nick: change.by.nick.clone(),
-                via: change.via.as_str().to_owned(),
+                via: change.via,
                 set_ms: now,
             };
             let (key, stored, fenced) = (cid.clone(), w.setting.stored(), fence.clone());

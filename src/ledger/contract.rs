@@ -545,7 +545,7 @@ fn the_known_value_of_each_setting_is_stored_per_group_and_replaced(store: &dyn 
         value,
         set_by: "policy".into(),
         set_by_nick: None,
-        via: via.into(),
+        via: via.parse().unwrap(),
         set_ms,
     };
     assert!(l.known_settings("cid").unwrap().is_empty());

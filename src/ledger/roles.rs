@@ -183,7 +183,7 @@ pub trait SettingStore: Send + Sync + 'static {
             value: u8::from(state.prohibited),
             set_by: state.set_by.clone(),
             set_by_nick: state.set_by_nick.clone(),
-            via: "chat".to_owned(),
+            via: crate::domain::Via::Chat,
             set_ms: state.set_ms,
         };
         self.record_setting(conversation_id, DM_SETTING, &known)

@@ -289,7 +289,7 @@ pub(crate) fn known_from_row<R: Cells>(r: &R) -> Result<(String, KnownValue), Ro
             value: u8::try_from(r.small(1)?).unwrap_or(0).min(1),
             set_by: r.text(2)?,
             set_by_nick: r.opt_text(3)?,
-            via: r.text(4)?,
+            via: named(r.text(4)?)?,
             set_ms: to_u64(r.int(5)?),
         },
     ))

@@ -357,7 +357,7 @@ async fn a_revert_that_changed_dingtalk_is_recorded_and_told_done_when_the_ledge
     let muted = known
         .iter()
         .find(|(s, _)| s == "chatBannedType")
-        .map(|(_, k)| (k.value, k.via.clone()));
+        .map(|(_, k)| (k.value, k.via.as_str().to_owned()));
     assert_eq!(muted, Some((0, "revert".to_owned())), "{known:?}");
     assert!(app.ledger().pending_reverts(None).unwrap().is_empty());
     assert_eq!(updates_of(&app.sim, GROUP_CHATID).len(), 1);

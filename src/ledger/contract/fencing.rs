@@ -16,7 +16,7 @@ fn known(value: u8, via: &str) -> KnownValue {
         value,
         set_by: "tester".into(),
         set_by_nick: None,
-        via: via.into(),
+        via: via.parse().unwrap(),
         set_ms: 1_000,
     }
 }

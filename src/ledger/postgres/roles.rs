@@ -326,7 +326,7 @@ impl SettingStore for PostgresLedger {
                     &i16::from(k.value),
                     &text(&k.set_by),
                     &opt_text(&k.set_by_nick),
-                    &text(&k.via),
+                    &k.via.as_str(),
                     &to_i64(k.set_ms),
                 ],
             )
@@ -371,7 +371,7 @@ impl SettingStore for PostgresLedger {
                         &i16::from(k.value),
                         &text(&k.set_by),
                         &opt_text(&k.set_by_nick),
-                        &text(&k.via),
+                        &k.via.as_str(),
                         &to_i64(k.set_ms),
                     ],
                 )

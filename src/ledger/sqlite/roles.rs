@@ -665,7 +665,7 @@ fn upsert_setting(conn: &Connection, cid: &str, setting: &str, k: &KnownValue) -
             i64::from(k.value),
             k.set_by,
             k.set_by_nick,
-            k.via,
+            k.via.as_str(),
             to_i64(k.set_ms)
         ],
     )
