@@ -229,7 +229,11 @@ impl WorkerContext {
             setting,
             by.clone(),
             Via::Card,
-            format!("{} of `{}`", click.action.as_str().replace('_', " "), change.command),
+            format!(
+                "{} of `{}`",
+                click.action.as_str().replace('_', " "),
+                change.command
+            ),
         );
         let result = self.through_core_value(name, core).await;
         let (state, short) = match &result {
