@@ -7,16 +7,11 @@ use std::time::Duration;
 use dingtalk_sim::chat::{CallbackSender, Chat, Member, new_msg_id, text_message};
 use dingtalk_sim::{CardPress, Fault, Simulator, api};
 
+use crate::cards::{CARD_SECRET, TEMPLATE, register_at, second_admin};
 use crate::helpers::*;
 
-const TEMPLATE: &str = "dingops-reply.schema";
-const CARD_SECRET: &str = "card-callback-secret-for-tests";
 /// The ops group of the two-person rule.
 const OPS: &str = OTHER;
-
-fn second_admin() -> Member {
-    Member::new("admin02", "Bo", false)
-}
 
 /// The environment of a `serve` with a policy that unmutes every group, OTHER as the ops
 /// group, two admins and (with `cards`) reply cards.
@@ -71,27 +66,6 @@ async fn text_in(sim: &Simulator, cid: &str, needle: &str, secs: u64) -> Option<
     found
 }
 
-/// Registers `address`'s `/card-callback` for the route key, as `dingops check
-/// --register-card-callback` does.
-async fn register_at(sim: &Simulator, address: &str) {
-    let settings = sim_settings(sim).unwrap();
-    let client = dingops::dingtalk::DingTalk::new(
-        &settings.dingtalk,
-        std::sync::Arc::new(dingops::telemetry::Metrics::new()),
-        std::sync::Arc::new(dingops::clock::SystemClock),
-    )
-    .unwrap();
-    client
-        .register_card_callback(
-            &format!("{address}/card-callback"),
-            "dingops",
-            &secrecy::SecretString::from(CARD_SECRET),
-            true,
-        )
-        .await
-        .expect("the callback URL is registered");
-}
-
 /// The `im/group/update` calls that unmuted GROUP and were answered (not the hung one).
 fn unmutes(sim: &Simulator) -> usize {
     sim.calls(Some(api::GROUP_UPDATE))
@@ -104,23 +78,67 @@ fn unmutes(sim: &Simulator) -> usize {
         .count()
 }
 
+/// A real `serve` of the ops group on a ledger file, with a group whose mute the policy
+/// fixes, started again on the same ledger after a kill -9.
+struct OpsServe {
+    sim: std::sync::Arc<Simulator>,
+    sender: CallbackSender,
+    port: u16,
+    db: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+    first: Reaper,
+    _dir: tempfile::TempDir,
+}
+
+impl OpsServe {
+    async fn start(cards: bool) -> Self {
+        let sim = new_sim(Default::default());
+        assert!(
+            sim.set_option(GROUP, "chatBannedType", 1),
+            "drift the policy fixes"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let env = ops_env(dir.path(), cards);
+        let port = free_port();
+        let first = Reaper(spawn_binary(&sim, port, &db, &env));
+        wait_healthy(port).await;
+        let address = format!("http://127.0.0.1:{port}");
+        if cards {
+            register_at(&sim, &address).await;
+        }
+        let sender = CallbackSender::new(&address, sim.config().app_secret.clone().into());
+        Self {
+            sim,
+            sender,
+            port,
+            db,
+            env,
+            first,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until the apply's write hangs at DingTalk, kills the process (kill -9) and
+    /// starts a new one on the same ledger.
+    async fn kill_during_the_hang_and_restart(&mut self) -> Reaper {
+        wait_for_calls(&self.sim, "the hang", |c| {
+            c.iter().any(|c| c.api == api::GROUP_UPDATE && c.answer == -3)
+        })
+        .await;
+        self.first.0.kill().unwrap();
+        self.first.0.wait().unwrap();
+        let second = Reaper(spawn_binary(&self.sim, self.port, &self.db, &self.env));
+        wait_healthy(self.port).await;
+        second
+    }
+}
+
 #[tokio::test]
 async fn an_approved_plan_card_resumes_after_a_kill_during_its_apply_and_ends_done() {
-    let sim = new_sim(Default::default());
-    assert!(
-        sim.set_option(GROUP, "chatBannedType", 1),
-        "drift the policy fixes"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("l.db");
-    let env = ops_env(dir.path(), true);
-    let port = free_port();
-    let mut first = Reaper(spawn_binary(&sim, port, &db, &env));
-    wait_healthy(port).await;
-    let address = format!("http://127.0.0.1:{port}");
-    register_at(&sim, &address).await;
-    let sender = CallbackSender::new(&address, sim.config().app_secret.clone().into());
-    say(&sender, &session_chat(&sim, OPS), &admin(), "/plan").await;
+    let mut ops = OpsServe::start(true).await;
+    let sim = ops.sim.clone();
+    say(&ops.sender, &session_chat(&sim, OPS), &admin(), "/plan").await;
     let card = sim
         .wait_for_cards(1, Duration::from_secs(10))
         .await
@@ -135,15 +153,7 @@ async fn an_approved_plan_card_resumes_after_a_kill_during_its_apply_and_ends_do
         .await
         .unwrap();
     assert_eq!(pressed.status, Some(200));
-    wait_for_calls(&sim, "the hang", |c| {
-        c.iter().any(|c| c.api == api::GROUP_UPDATE && c.answer == -3)
-    })
-    .await;
-    first.0.kill().unwrap();
-    first.0.wait().unwrap();
-
-    let _second = Reaper(spawn_binary(&sim, port, &db, &env));
-    wait_healthy(port).await;
+    let _second = ops.kill_during_the_hang_and_restart().await;
     let done = eventually(Duration::from_secs(30), || {
         sim.card(&card.out_track_id)
             .is_some_and(|c| c.params["status"] == "done")
@@ -166,7 +176,7 @@ async fn an_approved_plan_card_resumes_after_a_kill_during_its_apply_and_ends_do
     // The code stays used up.
     let chat = session_chat(&sim, OPS);
     say(
-        &sender,
+        &ops.sender,
         &chat,
         &second_admin(),
         &format!("/apply {}", code_in(&card.params["body"])),
@@ -182,35 +192,16 @@ async fn an_approved_plan_card_resumes_after_a_kill_during_its_apply_and_ends_do
 
 #[tokio::test]
 async fn an_apply_code_typed_without_cards_resumes_after_a_kill_during_its_apply_and_is_answered() {
-    let sim = new_sim(Default::default());
-    assert!(
-        sim.set_option(GROUP, "chatBannedType", 1),
-        "drift the policy fixes"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("l.db");
-    let env = ops_env(dir.path(), false);
-    let port = free_port();
-    let mut first = Reaper(spawn_binary(&sim, port, &db, &env));
-    wait_healthy(port).await;
-    let address = format!("http://127.0.0.1:{port}");
-    let sender = CallbackSender::new(&address, sim.config().app_secret.clone().into());
+    let mut ops = OpsServe::start(false).await;
+    let sim = ops.sim.clone();
     let chat = session_chat(&sim, OPS);
-    say(&sender, &chat, &admin(), "/plan").await;
+    say(&ops.sender, &chat, &admin(), "/plan").await;
     let plan = text_in(&sim, OPS, "/apply ", 10).await.expect("the plan");
     let code = code_in(&plan);
 
     sim.inject(api::GROUP_UPDATE, Fault::Hang);
-    say(&sender, &chat, &second_admin(), &format!("/apply {code}")).await;
-    wait_for_calls(&sim, "the hang", |c| {
-        c.iter().any(|c| c.api == api::GROUP_UPDATE && c.answer == -3)
-    })
-    .await;
-    first.0.kill().unwrap();
-    first.0.wait().unwrap();
-
-    let _second = Reaper(spawn_binary(&sim, port, &db, &env));
-    wait_healthy(port).await;
+    say(&ops.sender, &chat, &second_admin(), &format!("/apply {code}")).await;
+    let _second = ops.kill_during_the_hang_and_restart().await;
     let answered = text_in(&sim, OPS, "Approved by Bo (admin02)", 30).await;
     assert!(
         answered.as_deref().is_some_and(|t| t.starts_with('✅')),

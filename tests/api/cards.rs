@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 pub(crate) const TEMPLATE: &str = "dingops-reply.schema";
-const CARD_SECRET: &str = "card-callback-secret-for-tests";
+pub(crate) const CARD_SECRET: &str = "card-callback-secret-for-tests";
 
 pub(crate) fn second_admin() -> Member {
     Member::new("admin02", "Bo", false)
@@ -42,7 +42,7 @@ async fn register(app: &TestApp) {
     register_at(&app.sim, &app.address).await;
 }
 
-async fn register_at(sim: &dingtalk_sim::Simulator, address: &str) {
+pub(crate) async fn register_at(sim: &dingtalk_sim::Simulator, address: &str) {
     let settings = sim_settings(sim).unwrap();
     let client = dingops::dingtalk::DingTalk::new(
         &settings.dingtalk,

@@ -628,3 +628,18 @@ pub fn assert_demo_buttons(stdout: &str) {
         assert!(stdout.contains(line), "{line:?} missing from {stdout}");
     }
 }
+
+/// Whether a change holds a setting's lease in the SQLite ledger at `db` (it takes it before
+/// it calls DingTalk, so its call is under way once this is true).
+pub fn setting_lease_held(db: &std::path::Path) -> bool {
+    rusqlite::Connection::open(db)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM leases WHERE name LIKE 'setting:%'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .unwrap_or(0)
+        > 0
+}

@@ -303,18 +303,7 @@ async fn a_revert_that_changed_dingtalk_is_recorded_and_told_done_when_the_ledge
 
     // The change holds the setting's lease before it calls DingTalk.
     let db = app.dir.path().join("ledger.db");
-    let leased = || {
-        rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM leases WHERE name LIKE 'setting:%'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-            })
-            .unwrap_or(0)
-            > 0
-    };
+    let leased = || setting_lease_held(&db);
     assert!(
         eventually(Duration::from_secs(10), leased).await,
         "the revert never took its setting's lease"

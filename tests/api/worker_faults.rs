@@ -53,18 +53,7 @@ async fn a_ledger_write_blocked_by_another_connection_is_retried_until_it_lands_
     // The change holds the setting's lease in the ledger before it calls DingTalk: once the
     // lease is there, the (slow) call is under way.
     let db = app.dir.path().join("ledger.db");
-    let leased = || {
-        rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM leases WHERE name LIKE 'setting:%'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-            })
-            .unwrap_or(0)
-            > 0
-    };
+    let leased = || setting_lease_held(&db);
     assert!(
         eventually(Duration::from_secs(10), leased).await,
         "the change never took its lease"
