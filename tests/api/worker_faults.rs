@@ -50,13 +50,15 @@ async fn a_ledger_write_blocked_by_another_connection_is_retried_until_it_lands_
     app.sim.inject(api::FRIEND_SWITCH, Fault::Delay { ms: 1500 });
     let (status, msg_id) = app.say(&app.chat(GROUP), &admin(), "/lock-dm").await;
     assert_eq!(status, 200);
-    // The change holds the setting's lease in the ledger before it calls DingTalk: once the
-    // lease is there, the (slow) call is under way.
-    let db = app.dir.path().join("ledger.db");
-    let leased = || setting_lease_held(&db);
+    // Once the call has met its injected delay, the (slow) call is under way: the ledger's
+    // writes before it (the setting's lease, the rate-budget slot) are done.
     assert!(
-        eventually(Duration::from_secs(10), leased).await,
-        "the change never took its lease"
+        eventually(Duration::from_secs(10), || app
+            .sim
+            .faults_pending(api::FRIEND_SWITCH)
+            == 0)
+        .await,
+        "the call never reached DingTalk"
     );
     let blocker = rusqlite::Connection::open(app.dir.path().join("ledger.db")).unwrap();
     blocker.busy_timeout(Duration::from_secs(10)).unwrap();

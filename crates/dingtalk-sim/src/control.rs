@@ -178,6 +178,12 @@ impl Simulator {
             .push_back(fault);
     }
 
+    /// Faults injected for `api` that no call has met yet: a call takes its fault when it
+    /// arrives, so 0 after one `inject` means a call is in it (a `Delay` under way).
+    pub fn faults_pending(&self, api: &str) -> usize {
+        self.shared.state().faults.get(api).map_or(0, |f| f.len())
+    }
+
     /// Queues a fault for the next call of `api` that names the group `chatid`
     /// (`friendswitch/update`, `im/group/update`); calls for other groups go on as usual. It
     /// comes before any fault queued for the whole API by [`Self::inject`].
